@@ -10,3 +10,5 @@
 
 pub mod link;
 pub mod protocol;
+pub mod pipe;
+pub mod shutdown;
