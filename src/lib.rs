@@ -12,3 +12,4 @@ pub mod link;
 pub mod protocol;
 pub mod pipe;
 pub mod shutdown;
+pub mod topic;
