@@ -9,7 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod link;
-pub mod protocol;
 pub mod pipe;
+pub mod protocol;
 pub mod shutdown;
 pub mod topic;

@@ -114,10 +114,12 @@ impl Dispatcher {
             }
         });
         let visited_in = match (&self.guard, matched.is_empty()) {
-            (Some(guard), false) => guard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(self.source, &message.topic, &message.payload, now),
+            (Some(guard), false) => guard.lock().unwrap_or_else(|e| e.into_inner()).take(
+                self.source,
+                &message.topic,
+                &message.payload,
+                now,
+            ),
             _ => None,
         };
         let mut copies = Vec::with_capacity(matched.len());

@@ -22,7 +22,7 @@ mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +173,11 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
                 guard: is_source[spec.dest].then(|| (guard.clone(), spec.dest)),
                 window: spec.inflight,
                 rate: spec.rate_limit.map(|(per_second, burst)| {
-                    TokenBucket::new(f64::from(per_second), burst, Instant::now())
+                    TokenBucket::new(
+                        f64::from(per_second),
+                        burst,
+                        tokio::time::Instant::now().into_std(),
+                    )
                 }),
                 abort: abort.clone(),
             };
@@ -229,7 +233,12 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
 /// Subscribes a source link to the union of its pipes' filters. Runs as its
 /// own task: the SUBACK may only come after a (re)connect, and deliveries
 /// from a resumed session must keep flowing meanwhile.
-async fn subscribe(name: String, link: Link, filters: Vec<(String, QoS)>, abort: CancellationToken) {
+async fn subscribe(
+    name: String,
+    link: Link,
+    filters: Vec<(String, QoS)>,
+    abort: CancellationToken,
+) {
     let asked = filters.clone();
     let result = tokio::select! {
         r = link.subscribe(filters) => r,
@@ -239,8 +248,12 @@ async fn subscribe(name: String, link: Link, filters: Vec<(String, QoS)>, abort:
         Ok(granted) => {
             for ((filter, _), g) in asked.iter().zip(granted.iter()) {
                 match g {
-                    Some(q) => tracing::info!(broker = %name, filter = %filter, qos = q.as_u8(), "subscribed"),
-                    None => tracing::error!(broker = %name, filter = %filter, "subscription refused by the broker"),
+                    Some(q) => {
+                        tracing::info!(broker = %name, filter = %filter, qos = q.as_u8(), "subscribed")
+                    }
+                    None => {
+                        tracing::error!(broker = %name, filter = %filter, "subscription refused by the broker")
+                    }
                 }
             }
         }
@@ -291,3 +304,6 @@ impl Pipes {
         busy
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -69,7 +69,13 @@ impl PipeRules {
 
     /// Rules that forward everything unchanged.
     pub fn pass_through() -> Self {
-        PipeRules::new(&[], Remap::default(), QosPolicy::Max(QoS::ExactlyOnce), false, None)
+        PipeRules::new(
+            &[],
+            Remap::default(),
+            QosPolicy::Max(QoS::ExactlyOnce),
+            false,
+            None,
+        )
     }
 
     /// The forwarded copy of `msg`, or why it is dropped. `filter_qos` is the
@@ -140,34 +146,89 @@ mod tests {
             let e = r.apply(&msg(t, b"", QoS::AtMostOnce, false), QoS::AtMostOnce);
             assert_eq!(e.unwrap_err().reason, DropReason::Excluded, "{t}");
         }
-        assert!(r.apply(&msg("a/public", b"", QoS::AtMostOnce, false), QoS::AtMostOnce).is_ok());
+        assert!(
+            r.apply(
+                &msg("a/public", b"", QoS::AtMostOnce, false),
+                QoS::AtMostOnce
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn oversize_drops_at_the_limit_plus_one() {
-        let r = PipeRules::new(&[], Remap::default(), QosPolicy::Max(QoS::AtLeastOnce), false, Some(3));
-        assert!(r.apply(&msg("t", b"abc", QoS::AtLeastOnce, false), QoS::AtLeastOnce).is_ok());
-        let e = r.apply(&msg("t", b"abcd", QoS::AtLeastOnce, false), QoS::AtLeastOnce);
+        let r = PipeRules::new(
+            &[],
+            Remap::default(),
+            QosPolicy::Max(QoS::AtLeastOnce),
+            false,
+            Some(3),
+        );
+        assert!(
+            r.apply(&msg("t", b"abc", QoS::AtLeastOnce, false), QoS::AtLeastOnce)
+                .is_ok()
+        );
+        let e = r.apply(
+            &msg("t", b"abcd", QoS::AtLeastOnce, false),
+            QoS::AtLeastOnce,
+        );
         assert_eq!(e.unwrap_err().reason, DropReason::Oversize);
     }
 
     #[test]
     fn qos_cap_filter_qos_and_force() {
-        let cap1 = PipeRules::new(&[], Remap::default(), QosPolicy::Max(QoS::AtLeastOnce), false, None);
+        let cap1 = PipeRules::new(
+            &[],
+            Remap::default(),
+            QosPolicy::Max(QoS::AtLeastOnce),
+            false,
+            None,
+        );
         let m2 = msg("t", b"", QoS::ExactlyOnce, false);
-        assert_eq!(cap1.apply(&m2, QoS::ExactlyOnce).unwrap().qos, QoS::AtLeastOnce);
-        assert_eq!(cap1.apply(&m2, QoS::AtMostOnce).unwrap().qos, QoS::AtMostOnce);
+        assert_eq!(
+            cap1.apply(&m2, QoS::ExactlyOnce).unwrap().qos,
+            QoS::AtLeastOnce
+        );
+        assert_eq!(
+            cap1.apply(&m2, QoS::AtMostOnce).unwrap().qos,
+            QoS::AtMostOnce
+        );
         let m0 = msg("t", b"", QoS::AtMostOnce, false);
-        assert_eq!(cap1.apply(&m0, QoS::ExactlyOnce).unwrap().qos, QoS::AtMostOnce);
-        let force1 = PipeRules::new(&[], Remap::default(), QosPolicy::Force(QoS::AtLeastOnce), false, None);
-        assert_eq!(force1.apply(&m0, QoS::AtMostOnce).unwrap().qos, QoS::AtLeastOnce);
-        assert_eq!(force1.apply(&m2, QoS::ExactlyOnce).unwrap().qos, QoS::AtLeastOnce);
+        assert_eq!(
+            cap1.apply(&m0, QoS::ExactlyOnce).unwrap().qos,
+            QoS::AtMostOnce
+        );
+        let force1 = PipeRules::new(
+            &[],
+            Remap::default(),
+            QosPolicy::Force(QoS::AtLeastOnce),
+            false,
+            None,
+        );
+        assert_eq!(
+            force1.apply(&m0, QoS::AtMostOnce).unwrap().qos,
+            QoS::AtLeastOnce
+        );
+        assert_eq!(
+            force1.apply(&m2, QoS::ExactlyOnce).unwrap().qos,
+            QoS::AtLeastOnce
+        );
     }
 
     #[test]
     fn retain_clear() {
-        let r = PipeRules::new(&[], Remap::default(), QosPolicy::Max(QoS::AtLeastOnce), true, None);
-        assert!(!r.apply(&msg("t", b"", QoS::AtMostOnce, true), QoS::AtMostOnce).unwrap().retain);
+        let r = PipeRules::new(
+            &[],
+            Remap::default(),
+            QosPolicy::Max(QoS::AtLeastOnce),
+            true,
+            None,
+        );
+        assert!(
+            !r.apply(&msg("t", b"", QoS::AtMostOnce, true), QoS::AtMostOnce)
+                .unwrap()
+                .retain
+        );
     }
 
     #[test]
@@ -176,7 +237,10 @@ mod tests {
             RemapRule::template("site/+/sensor/#", "cloud/{1}/data/{#}").unwrap(),
         ]);
         let r = PipeRules::new(&[], remap, QosPolicy::Max(QoS::AtLeastOnce), false, None);
-        let out = r.apply(&msg("site/7/sensor/t/1", b"", QoS::AtMostOnce, false), QoS::AtMostOnce);
+        let out = r.apply(
+            &msg("site/7/sensor/t/1", b"", QoS::AtMostOnce, false),
+            QoS::AtMostOnce,
+        );
         assert_eq!(out.unwrap().topic, "cloud/7/data/t/1");
     }
 
@@ -184,7 +248,9 @@ mod tests {
     fn remap_to_an_invalid_topic_drops_with_the_error() {
         let remap = Remap::new(vec![RemapRule::prefix(Some("a/"), None)]);
         let r = PipeRules::new(&[], remap, QosPolicy::Max(QoS::AtLeastOnce), false, None);
-        let e = r.apply(&msg("a/", b"", QoS::AtMostOnce, false), QoS::AtMostOnce).unwrap_err();
+        let e = r
+            .apply(&msg("a/", b"", QoS::AtMostOnce, false), QoS::AtMostOnce)
+            .unwrap_err();
         assert_eq!(e.reason, DropReason::Remap);
         assert!(e.error.is_some());
     }

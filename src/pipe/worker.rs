@@ -53,7 +53,7 @@ impl Worker {
             // Fill the window from the inbox.
             while inflight.len() < window && rate_wait.is_none() && self.inbox.has_items() {
                 if let Some(bucket) = self.rate.as_mut()
-                    && let Err(wait) = bucket.try_take(Instant::now())
+                    && let Err(wait) = bucket.try_take(tokio::time::Instant::now().into_std())
                 {
                     rate_wait = Some(tokio::time::Instant::now() + wait);
                     break;
