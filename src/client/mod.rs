@@ -1,0 +1,121 @@
+//! The client core: one task per remote broker that dials its endpoints
+//! (TCP/TLS), speaks MQTT 3.1.1 through the shared protocol state machines,
+//! reconnects with backoff, fails over and fails back, and serves a [`Link`].
+//!
+//! Entry point: [`spawn`]. Pure parts: [`backoff`] and [`failover`].
+//!
+//! [`Link`]: crate::link::Link
+
+pub mod backoff;
+pub mod failover;
+pub mod options;
+pub mod transport;
+
+use std::io;
+
+pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+
+/// Why connecting to, or talking with, an endpoint failed. Every variant that
+/// concerns one endpoint names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS settings cannot be turned into a rustls configuration.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    /// TCP connect or socket IO failed.
+    #[error("{endpoint}: {source}")]
+    Io {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The IO error.
+        source: io::Error,
+    },
+    /// The TLS handshake failed (e.g. unknown CA, name mismatch).
+    #[error("{endpoint}: TLS handshake failed: {source}")]
+    Tls {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The handshake error from rustls.
+        source: io::Error,
+    },
+    /// A step did not finish in time.
+    #[error("{endpoint}: timed out {stage}")]
+    Timeout {
+        /// Endpoint URL.
+        endpoint: String,
+        /// What was being waited for, e.g. "waiting for CONNACK".
+        stage: &'static str,
+    },
+    /// The broker refused the CONNECT.
+    #[error("{endpoint}: connection refused by broker: {reason}")]
+    Refused {
+        /// Endpoint URL.
+        endpoint: String,
+        /// CONNACK return code, described.
+        reason: String,
+    },
+    /// The broker sent something that is not valid MQTT, or broke the protocol.
+    #[error("{endpoint}: protocol error: {reason}")]
+    Protocol {
+        /// Endpoint URL.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The broker closed the connection.
+    #[error("{endpoint}: connection closed by broker")]
+    Closed {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+    /// No PINGRESP (or any packet) within 1.5 × keepalive: a half-open link.
+    #[error("{endpoint}: keepalive timeout, no answer from broker")]
+    KeepaliveTimeout {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+}
+
+/// A lifecycle event of one broker connection, for metrics and tests.
+/// Sent on [`ClientOptions::events`] when set (a full or absent receiver never blocks the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Dialing `endpoint` (TCP, TLS, CONNECT).
+    ConnectAttempt {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+    /// CONNACK accepted on `endpoint`.
+    Connected {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Whether the broker resumed our session.
+        session_present: bool,
+    },
+    /// A connect attempt failed or an established link was lost.
+    Disconnected {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Human reason (not a metric label).
+        reason: String,
+    },
+    /// Moving to another endpoint after a failure.
+    Failover {
+        /// Endpoint that failed.
+        from: String,
+        /// Endpoint to dial next.
+        to: String,
+    },
+    /// A probe of the primary succeeded (`good` consecutive so far) or failed (`good == 0`).
+    Probe {
+        /// The primary's URL.
+        endpoint: String,
+        /// Whether the probe succeeded.
+        ok: bool,
+    },
+    /// Enough good probes: leaving the secondary for the primary.
+    Failback {
+        /// The primary's URL.
+        to: String,
+    },
+}
