@@ -7,11 +7,21 @@
 //! [`Link`]: crate::link::Link
 
 pub mod backoff;
+mod connection;
 pub mod failover;
 pub mod options;
+mod subs;
+mod task;
 pub mod transport;
 
 use std::io;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::link::{Delivery, Link, LinkState};
 
 pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
 
@@ -118,4 +128,34 @@ pub enum ClientEvent {
         /// The primary's URL.
         to: String,
     },
+}
+
+/// Starts the connection task of one remote broker on `tracker` and returns
+/// the [`Link`] pipes use plus the stream of incoming messages.
+///
+/// The task runs until `shutdown` is cancelled, [`Link::shutdown`] is called,
+/// or every clone of the `Link` is dropped; it then sends DISCONNECT (no
+/// will), fails whatever is still pending with `LinkError::Closed` and sets
+/// the state to `Closed`. Wait for it with `tracker.close(); tracker.wait()`.
+///
+/// Must be called inside a tokio runtime. Configuration problems that only
+/// show when dialing (unreadable TLS files, ...) are reported as
+/// `Disconnected { reason }` and retried with backoff.
+pub fn spawn(
+    opts: ClientOptions,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> (Link, mpsc::Receiver<Delivery>) {
+    let (req_tx, req_rx) = mpsc::channel(opts.request_capacity.max(1));
+    let (del_tx, del_rx) = mpsc::channel(opts.delivery_capacity.max(1));
+    let first = opts.endpoints.first().map(Endpoint::url).unwrap_or_default();
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting {
+        endpoint: first,
+        attempt: 0,
+    });
+    let link = Link::new(opts.name.clone(), req_tx, state_rx);
+    let span = tracing::info_span!("client", broker = %opts.name);
+    let task = task::Task::new(opts, shutdown, req_rx, del_tx, state_tx);
+    tracker.spawn(task.run().instrument(span));
+    (link, del_rx)
 }
