@@ -163,6 +163,9 @@ impl Task {
         // we stop reading the socket (backpressure to the broker).
         let mut pending: Option<Delivery> = None;
         let mut probe: Option<Probe> = None;
+        // Local handles, so the futures below borrow them and not `self`.
+        let deliveries = self.deliveries.clone();
+        let shutdown = self.shutdown.clone();
         loop {
             let probe_at = match (&probe, self.failover.probe_due()) {
                 (None, Some(at)) => Some(Instant::from_std(at)),
@@ -178,7 +181,7 @@ impl Task {
                 // own buffer; `reserve` loses only its queue position; the
                 // sleep is rebuilt each turn; the probe future is kept in
                 // `probe` and polled by reference.
-                _ = self.shutdown.cancelled() => Some(End::Shutdown),
+                _ = shutdown.cancelled() => Some(End::Shutdown),
                 r = conn.framed.read_packet(), if pending.is_none() => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();
@@ -186,7 +189,7 @@ impl Task {
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
                 },
-                permit = self.deliveries.reserve(), if pending.is_some() => {
+                permit = deliveries.reserve(), if pending.is_some() => {
                     match (permit, pending.take()) {
                         (Ok(permit), Some(d)) => permit.send(d),
                         // The receiver is gone: nobody will handle it; ack so
@@ -231,11 +234,17 @@ impl Task {
         }
     }
 
-    fn on_packet(&mut self, packet: Packet, conn: &mut Conn, pending: &mut Option<Delivery>) -> Option<End> {
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        conn: &mut Conn,
+        pending: &mut Option<Delivery>,
+    ) -> Option<End> {
         match packet {
             Packet::Publish(publish) => match self.incoming.on_publish(publish, now_std()) {
                 IncomingAction::Deliver { message, token } => {
-                    let ack = token.map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
+                    let ack = token
+                        .map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
                     match self.deliveries.try_send(Delivery { message, ack }) {
                         Ok(()) => {}
                         Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => *pending = Some(d),
@@ -250,15 +259,21 @@ impl Task {
             },
             Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
                 Ok(done) => done.complete(Ok(())),
-                Err(v) => warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored"),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
             },
             Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
                 Ok(rel) => conn.queue(&rel),
-                Err(v) => warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored"),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
             },
             Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
                 Ok(done) => done.complete(Ok(())),
-                Err(v) => warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored"),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
             },
             Packet::PubRel(rel) => {
                 let comp = self.incoming.on_pubrel(rel.pkid);
@@ -309,7 +324,8 @@ impl Task {
         if probe.is_none()
             && let Some(due) = self.failover.probe_due()
             && now >= Instant::from_std(due)
-            && let (Some(dialer), Some(primary)) = (self.dialer(), self.opts.endpoints.first().cloned())
+            && let (Some(dialer), Some(primary)) =
+                (self.dialer(), self.opts.endpoints.first().cloned())
         {
             let limit = self.opts.connect_timeout;
             debug!(broker = %self.opts.name, endpoint = %primary, "probing primary");
@@ -323,7 +339,12 @@ impl Task {
     }
 
     fn on_probe(&mut self, ok: bool) -> Option<End> {
-        let primary = self.opts.endpoints.first().map(|e| e.url()).unwrap_or_default();
+        let primary = self
+            .opts
+            .endpoints
+            .first()
+            .map(|e| e.url())
+            .unwrap_or_default();
         self.emit(ClientEvent::Probe {
             endpoint: primary.clone(),
             ok,

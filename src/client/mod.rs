@@ -148,7 +148,11 @@ pub fn spawn(
 ) -> (Link, mpsc::Receiver<Delivery>) {
     let (req_tx, req_rx) = mpsc::channel(opts.request_capacity.max(1));
     let (del_tx, del_rx) = mpsc::channel(opts.delivery_capacity.max(1));
-    let first = opts.endpoints.first().map(Endpoint::url).unwrap_or_default();
+    let first = opts
+        .endpoints
+        .first()
+        .map(Endpoint::url)
+        .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting {
         endpoint: first,
         attempt: 0,

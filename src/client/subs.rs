@@ -89,6 +89,7 @@ pub struct Subs {
 
 impl Subs {
     /// Filters currently subscribed (as granted).
+    #[cfg(test)]
     pub fn active(&self) -> &[(String, QoS)] {
         &self.active
     }
@@ -126,7 +127,9 @@ impl Subs {
         let mut out = Vec::new();
         while !self.queued.is_empty() {
             let Some(pkid) = ids.reserve_id() else { break };
-            let Some(op) = self.queued.pop_front() else { break };
+            let Some(op) = self.queued.pop_front() else {
+                break;
+            };
             out.push(op.packet(pkid));
             self.seq += 1;
             self.inflight.insert(pkid, (self.seq, op));
@@ -213,7 +216,9 @@ mod tests {
     use super::*;
     use rumqttc::mqttbytes::QoS as W;
 
-    fn sub(filters: &[(&str, QoS)]) -> (SubOp, oneshot::Receiver<Result<Vec<Option<QoS>>, LinkError>>) {
+    type SubRx = oneshot::Receiver<Result<Vec<Option<QoS>>, LinkError>>;
+
+    fn sub(filters: &[(&str, QoS)]) -> (SubOp, SubRx) {
         let (tx, rx) = oneshot::channel();
         (
             SubOp::Subscribe {
@@ -243,7 +248,10 @@ mod tests {
         let id = pkid(&p[0]);
         let ack = SubAck::new(
             id,
-            vec![SubscribeReasonCode::Success(W::AtLeastOnce), SubscribeReasonCode::Failure],
+            vec![
+                SubscribeReasonCode::Success(W::AtLeastOnce),
+                SubscribeReasonCode::Failure,
+            ],
         );
         assert!(s.on_suback(ack, &mut ids));
         assert_eq!(
@@ -259,7 +267,10 @@ mod tests {
         let p = s.connected(false, &mut ids);
         match p.as_slice() {
             [Packet::Subscribe(sp)] => {
-                assert_eq!(sp.filters, vec![SubscribeFilter::new("a/#".into(), W::AtLeastOnce)]);
+                assert_eq!(
+                    sp.filters,
+                    vec![SubscribeFilter::new("a/#".into(), W::AtLeastOnce)]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -293,7 +304,13 @@ mod tests {
         let (a, _ra) = sub(&[("a", QoS::AtMostOnce)]);
         s.push(a);
         let p = s.connected(true, &mut ids);
-        s.on_suback(SubAck::new(pkid(&p[0]), vec![SubscribeReasonCode::Success(W::AtMostOnce)]), &mut ids);
+        s.on_suback(
+            SubAck::new(
+                pkid(&p[0]),
+                vec![SubscribeReasonCode::Success(W::AtMostOnce)],
+            ),
+            &mut ids,
+        );
         let (tx, mut rx) = oneshot::channel();
         s.push(SubOp::Unsubscribe {
             filters: vec!["a".into()],

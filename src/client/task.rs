@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
+use super::connection::{Conn, now_std};
 use super::failover::Failover;
 use super::subs::{SubOp, Subs};
-use super::connection::{Conn, now_std};
 use super::transport::{BoxStream, Dialer};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
@@ -140,7 +140,9 @@ impl Task {
                 break;
             }
             let index = self.failover.current();
-            let Some(ep) = self.endpoint(index) else { break };
+            let Some(ep) = self.endpoint(index) else {
+                break;
+            };
             let url = ep.url();
             attempt = attempt.saturating_add(1);
             info!(broker = %broker, endpoint = %url, attempt, "connecting");
@@ -153,8 +155,9 @@ impl Task {
             });
             // Cancel safety: dropping `connect` drops a half-open socket; no
             // session state is touched before it returns.
+            let shutdown = self.shutdown.clone();
             let connected = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 r = self.connect(&ep) => r,
             };
             let end = match connected {
@@ -225,12 +228,13 @@ impl Task {
     async fn wait_offline(&mut self, delay: Duration) -> bool {
         let sleep = sleep(delay);
         tokio::pin!(sleep);
+        let shutdown = self.shutdown.clone();
         loop {
             let room = self.outgoing.has_room() && self.qos0_backlog.len() < self.outgoing.window();
             tokio::select! {
                 // Cancel safety: every branch is cancel safe (`cancelled`,
                 // `Sleep` polled by reference, `recv` on mpsc).
-                _ = self.shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return false,
                 _ = &mut sleep => return true,
                 req = self.requests.recv(), if room => match req {
                     Some(req) => {
@@ -368,7 +372,10 @@ impl Task {
     /// maximum size (it would otherwise be retried forever).
     fn check_publish(&self, m: &Message) -> Result<(), LinkError> {
         if !topic_name_is_valid(&m.topic) {
-            return Err(LinkError::Rejected(format!("invalid topic name {:?}", m.topic)));
+            return Err(LinkError::Rejected(format!(
+                "invalid topic name {:?}",
+                m.topic
+            )));
         }
         let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len();
         if size > self.opts.max_packet_size {
@@ -400,7 +407,8 @@ impl Task {
                 // The `select!` guard keeps this from happening for callers;
                 // an internal publish (birth) may hit it.
                 warn!(broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
-                full.token.complete(Err(LinkError::Rejected("inflight window full".into())));
+                full.token
+                    .complete(Err(LinkError::Rejected("inflight window full".into())));
             }
         }
     }
