@@ -36,13 +36,17 @@ pub fn generate(dir: &Path, prefix: &str) -> Pki {
 
     let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
         .expect("server params");
-    server.distinguished_name.push(DnType::CommonName, "localhost");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_key = KeyPair::generate().expect("server key");
     let server_cert = server.signed_by(&server_key, &ca).expect("server cert");
 
     let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
-    client.distinguished_name.push(DnType::CommonName, "client_cn");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "client_cn");
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_key = KeyPair::generate().expect("client key");
     let client_cert = client.signed_by(&client_key, &ca).expect("client cert");

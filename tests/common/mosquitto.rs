@@ -59,6 +59,13 @@ impl Mosquitto {
              (apt-get install mosquitto mosquitto-clients); these tests need a real broker"
         );
         let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, mosquitto drops to the `mosquitto` user: it must
+        // still be able to write its persistence file here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod tempdir");
         let conf = dir.path().join("mosquitto.conf");
         let extra = extra_conf.replace("{dir}", &dir.path().display().to_string());
         let text = format!(
@@ -119,7 +126,10 @@ impl Mosquitto {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                panic!("mosquitto exited at start ({status}) on port {}: {err}", self.port);
+                panic!(
+                    "mosquitto exited at start ({status}) on port {}: {err}",
+                    self.port
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -176,24 +186,57 @@ impl Mosquitto {
             .args(extra)
             .output()
             .expect("run mosquitto_pub");
-        assert!(out.status.success(), "mosquitto_pub failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            stderr(&out)
+        );
     }
 
     /// Creates a persistent session for `client_id` subscribed to `filter`
     /// (`mosquitto_sub -c -E`), so later messages are queued for it.
     pub fn prepare_subscriber(&self, client_id: &str, filter: &str, qos: u8) {
         let out = client_cmd("mosquitto_sub", self.port)
-            .args(["-c", "-i", client_id, "-t", filter, "-q", &qos.to_string(), "-E"])
+            .args([
+                "-c",
+                "-i",
+                client_id,
+                "-t",
+                filter,
+                "-q",
+                &qos.to_string(),
+                "-E",
+            ])
             .output()
             .expect("run mosquitto_sub");
-        assert!(out.status.success(), "mosquitto_sub -E failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "mosquitto_sub -E failed: {}",
+            stderr(&out)
+        );
     }
 
     /// Collects `count` messages for the persistent session `client_id`
     /// (`mosquitto_sub -c -C count -W secs -v`); returns "topic payload" lines.
-    pub fn collect(&self, client_id: &str, filter: &str, qos: u8, count: usize, secs: u32) -> Vec<String> {
+    pub fn collect(
+        &self,
+        client_id: &str,
+        filter: &str,
+        qos: u8,
+        count: usize,
+        secs: u32,
+    ) -> Vec<String> {
         let out = client_cmd("mosquitto_sub", self.port)
-            .args(["-c", "-i", client_id, "-t", filter, "-q", &qos.to_string(), "-v"])
+            .args([
+                "-c",
+                "-i",
+                client_id,
+                "-t",
+                filter,
+                "-q",
+                &qos.to_string(),
+                "-v",
+            ])
             .args(["-C", &count.to_string(), "-W", &secs.to_string()])
             .output()
             .expect("run mosquitto_sub");
