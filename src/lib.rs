@@ -13,5 +13,8 @@ pub mod config;
 pub mod link;
 pub mod pipe;
 pub mod protocol;
+pub mod run;
 pub mod shutdown;
 pub mod topic;
+
+pub use run::{RunError, RunHandle, RunReport, run};

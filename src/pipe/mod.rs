@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -102,6 +102,9 @@ pub struct Pipes {
     intake: CancellationToken,
     abort: CancellationToken,
     tasks: TaskTracker,
+    /// Number of sources whose subscriptions were acknowledged, and how many there are.
+    subscribed: watch::Receiver<usize>,
+    sources: usize,
 }
 
 /// Starts dispatchers and workers for `specs` over `brokers`.
@@ -133,15 +136,18 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
     for s in specs {
         per_source.entry(s.source).or_default().push(s);
     }
+    let sources = per_source.len();
+    let (subscribed_tx, subscribed) = watch::channel(0usize);
+    let subscribed_tx = Arc::new(subscribed_tx);
     for (ix, broker) in brokers.into_iter().enumerate() {
         let Some(pipes) = per_source.remove(&ix) else {
             // Not a source: nothing is subscribed, so nothing is delivered;
             // keep the receiver alive so the link owner never sees it closed.
             let mut deliveries = broker.deliveries;
-            let abort = abort.clone();
+            let intake = intake.clone();
             tasks.spawn(async move {
                 tokio::select! {
-                    () = abort.cancelled() => {}
+                    () = intake.cancelled() => {}
                     _ = async { while deliveries.recv().await.is_some() {} } => {}
                 }
             });
@@ -200,7 +206,8 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
             broker.name.clone(),
             broker.link.clone(),
             filters,
-            abort.clone(),
+            intake.clone(),
+            subscribed_tx.clone(),
         ));
         let dispatcher = Dispatcher {
             source: ix,
@@ -227,6 +234,8 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
         intake,
         abort,
         tasks,
+        subscribed,
+        sources,
     })
 }
 
@@ -237,15 +246,17 @@ async fn subscribe(
     name: String,
     link: Link,
     filters: Vec<(String, QoS)>,
-    abort: CancellationToken,
+    intake: CancellationToken,
+    subscribed: Arc<watch::Sender<usize>>,
 ) {
     let asked = filters.clone();
     let result = tokio::select! {
         r = link.subscribe(filters) => r,
-        () = abort.cancelled() => return,
+        () = intake.cancelled() => return,
     };
     match result {
         Ok(granted) => {
+            subscribed.send_modify(|n| *n += 1);
             for ((filter, _), g) in asked.iter().zip(granted.iter()) {
                 match g {
                     Some(q) => {
@@ -278,6 +289,16 @@ impl Pipes {
     /// The links, indexed like the broker list given to [`start`].
     pub fn links(&self) -> &[Link] {
         &self.links
+    }
+
+    /// Resolves once every source broker acknowledged its subscriptions
+    /// (SUBACK; a refused filter is logged, not waited for).
+    pub fn subscribed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.subscribed.clone();
+        let sources = self.sources;
+        async move {
+            let _ = rx.wait_for(|n| *n >= sources).await;
+        }
     }
 
     /// Graceful stop: stop taking messages, let queued and in-flight ones
