@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod link;
 pub mod protocol;
 pub mod topic;
