@@ -211,17 +211,12 @@ impl Raw {
                 .collect(),
         };
         self.send(Packet::Subscribe(s)).await;
-        loop {
-            match self.next().await {
-                Packet::SubAck(a) => {
-                    assert_eq!(a.pkid, pkid);
-                    return a.return_codes;
-                }
-                Packet::Publish(p) if p.retain => {
-                    panic!("retained message before SUBACK: {p:?}")
-                }
-                other => panic!("expected SUBACK, got {other:?}"),
+        match self.next().await {
+            Packet::SubAck(a) => {
+                assert_eq!(a.pkid, pkid);
+                a.return_codes
             }
+            other => panic!("expected SUBACK first, got {other:?}"),
         }
     }
 
