@@ -20,8 +20,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::{self, Broker, BrokerOptions};
 use crate::client::{self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
-use crate::config::plan::{BrokerKind, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme};
+use crate::config::plan::{
+    BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
+};
 use crate::link::Link;
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
@@ -38,8 +41,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A built-in broker could not start (listener bind, TLS, password or ACL file).
-    #[error("built-in brokers are not wired yet: {0}")]
-    Broker(String),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
     /// The pipes could not be wired (a bug: the plan is checked).
     #[error(transparent)]
     Pipe(#[from] PipeError),
@@ -118,8 +121,8 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     let index = |name: &str| names.iter().position(|n| n == name);
 
     let mut broker_links = Vec::new();
-    let builtins: Vec<()> = Vec::new();
-    let builtin_addrs = BTreeMap::new();
+    let mut builtins = Vec::new();
+    let mut builtin_addrs = BTreeMap::new();
     let mut statuses = Vec::new();
     let mut windows = Vec::new();
     for (name, bp) in &plan.brokers {
@@ -137,9 +140,30 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     deliveries,
                 });
             }
-            BrokerKind::BuiltIn(_) => {
-                links_token.cancel();
-                return Err(RunError::Broker(name.clone()));
+            BrokerKind::BuiltIn(b) => {
+                let started =
+                    match Broker::start(broker_options(name, b), links_token.clone()).await {
+                        Ok(broker) => broker,
+                        Err(err) => {
+                            // Undo what already started before reporting.
+                            links_token.cancel();
+                            for b in &builtins {
+                                Broker::closed(b).await;
+                            }
+                            tracker.close();
+                            tracker.wait().await;
+                            return Err(err.into());
+                        }
+                    };
+                let (link, deliveries) = started.link(&format!("mqbridge-bridge-{name}"), false);
+                builtin_addrs.insert(name.clone(), started.local_addrs());
+                windows.push(BUILTIN_PIPE_INFLIGHT);
+                builtins.push(started);
+                broker_links.push(BrokerLink {
+                    name: name.clone(),
+                    link,
+                    deliveries,
+                });
             }
         }
     }
@@ -222,7 +246,7 @@ async fn stop(
     links: Vec<Link>,
     links_token: CancellationToken,
     tracker: TaskTracker,
-    builtins: Vec<()>,
+    builtins: Vec<Broker>,
 ) -> RunReport {
     shutdown.cancelled().await;
     tracing::info!(timeout = ?deadline, "shutting down: draining pipes");
@@ -251,7 +275,9 @@ async fn stop(
     }
     links_token.cancel();
     tracker.wait().await;
-    drop(builtins);
+    for b in &builtins {
+        b.closed().await;
+    }
     tracing::info!("bridge stopped");
     RunReport { busy_pipes }
 }
@@ -305,4 +331,37 @@ fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
         o.birth = Some(status_message(&s.topic, &s.online));
     }
     o
+}
+
+/// Maps a built-in broker's plan onto the broker's options.
+fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
+    BrokerOptions {
+        name: name.to_string(),
+        listeners: b
+            .listeners
+            .iter()
+            .map(|l| broker::ListenerOptions {
+                addr: l.addr,
+                tls: l.tls.as_ref().map(|t| broker::ServerTls {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    client_ca_file: t.client_ca_file.clone(),
+                    require_client_cert: t.require_client_cert,
+                    cert_cn_as_username: t.cert_cn_as_username,
+                }),
+            })
+            .collect(),
+        allow_anonymous: b.allow_anonymous,
+        password_file: b.password_file.clone(),
+        acl_file: b.acl_file.clone(),
+        limits: broker::Limits {
+            max_connections: b.limits.max_connections,
+            max_packet_size: b.limits.max_packet_size,
+            max_inflight: b.limits.max_inflight,
+            max_queued_messages: b.limits.max_queued_messages,
+            overflow: broker::OverflowPolicy::DropOldest,
+            connect_timeout: b.limits.connect_timeout,
+        },
+        sys_interval: None,
+    }
 }
