@@ -30,16 +30,32 @@ async fn builtin_to_mosquitto_and_mosquitto_to_builtin() {
     let mut on_m = Sub::start(m.port, &unique("m-sub"), &format!("{p}/cloud/#"), 1, false).await;
     publish(edge_port, &format!("{p}/up/dev1/temp"), "21", 1, false).await;
     let got = on_m.next().await.expect("crossed up");
-    assert_eq!((got.topic, got.payload, got.qos), (format!("{p}/cloud/dev1/temp"), "21".into(), 1));
+    assert_eq!(
+        (got.topic, got.payload, got.qos),
+        (format!("{p}/cloud/dev1/temp"), "21".into(), 1)
+    );
 
     // Down: published on Mosquitto, received by a client of the built-in broker.
-    let mut on_edge = Sub::start(edge_port, &unique("e-sub"), &format!("{p}/down/#"), 2, false).await;
+    let mut on_edge = Sub::start(
+        edge_port,
+        &unique("e-sub"),
+        &format!("{p}/down/#"),
+        2,
+        false,
+    )
+    .await;
     publish(m.port, &format!("{p}/down/cmd"), "reset", 2, false).await;
     let got = on_edge.next().await.expect("crossed down");
-    assert_eq!((got.topic, got.payload, got.qos), (format!("{p}/down/cmd"), "reset".into(), 2));
+    assert_eq!(
+        (got.topic, got.payload, got.qos),
+        (format!("{p}/down/cmd"), "reset".into(), 2)
+    );
 
     assert_eq!(run.pipe_stats("up").expect("up").snapshot().forwarded, 1);
-    assert_eq!(run.pipe_stats("down").expect("down").snapshot().forwarded, 1);
+    assert_eq!(
+        run.pipe_stats("down").expect("down").snapshot().forwarded,
+        1
+    );
     token.cancel();
     let report = timeout(WAIT, run.finished()).await.expect("stopped");
     assert!(report.busy_pipes.is_empty());

@@ -26,9 +26,18 @@ fn config_error_prints_every_error_and_opens_no_connection() {
         .output()
         .expect("run mqbridge");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "exit status must be non-zero: {stderr}");
-    assert!(stderr.contains("nowhere"), "names the unknown broker: {stderr}");
-    assert!(stderr.contains("bad/#/filter"), "names the bad filter too: {stderr}");
+    assert!(
+        !out.status.success(),
+        "exit status must be non-zero: {stderr}"
+    );
+    assert!(
+        stderr.contains("nowhere"),
+        "names the unknown broker: {stderr}"
+    );
+    assert!(
+        stderr.contains("bad/#/filter"),
+        "names the bad filter too: {stderr}"
+    );
     match listener.accept() {
         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
         Ok((_, peer)) => panic!("mqbridge connected ({peer}) despite the config error"),
