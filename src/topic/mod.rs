@@ -6,6 +6,9 @@ mod filter;
 mod remap;
 mod trie;
 
+#[cfg(test)]
+mod proptests;
+
 pub use filter::{
     Captures, MAX_TOPIC_LEN, TopicError, captures, matches, validate_filter, validate_topic_name,
 };
