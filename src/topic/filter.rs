@@ -22,23 +22,23 @@ const MAX_LEVEL_TEXT: usize = 40;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopicError {
     /// Zero-length topic name or filter.
-    #[error("must not be empty")]
+    #[error("empty (a topic name or filter needs at least one character)")]
     Empty,
     /// Longer than [`MAX_TOPIC_LEN`] bytes.
-    #[error("is {len} bytes long; the maximum is 65535 bytes")]
+    #[error("{len} bytes long; the maximum is 65535 bytes")]
     TooLong {
         /// Actual length in bytes.
         len: usize,
     },
     /// Contains U+0000.
-    #[error("contains a NUL character (U+0000) in level {level}")]
+    #[error("NUL character (U+0000) in level {level}")]
     Nul {
         /// Level holding the NUL.
         level: usize,
     },
     /// A topic name (not a filter) contains `+` or `#`.
     #[error(
-        "contains the wildcard '{wildcard}' in level {level} ({text:?}); topic names cannot contain wildcards"
+        "wildcard '{wildcard}' in level {level} ({text:?}); topic names cannot contain wildcards"
     )]
     WildcardInTopicName {
         /// Level holding the wildcard.
@@ -49,7 +49,7 @@ pub enum TopicError {
         text: String,
     },
     /// `#` is a whole level but more levels follow it.
-    #[error("'#' must be the last level, but level {level} is '#' and is followed by more levels")]
+    #[error("'#' in level {level} is followed by more levels; '#' must be the last level")]
     HashNotLast {
         /// Level holding the `#`.
         level: usize,

@@ -25,7 +25,7 @@ use super::filter::{TopicError, captures, matches, validate_filter, validate_top
 #[derive(Debug, Clone, Error)]
 pub enum RemapError {
     /// A template rule's filter is not a valid topic filter.
-    #[error("template filter {filter:?} is invalid: it {source}")]
+    #[error("template filter {filter:?} is invalid: {source}")]
     InvalidFilter {
         /// The filter text.
         filter: String,
@@ -85,7 +85,7 @@ fn produced(topic: &str, reason: &TopicError) -> String {
     match reason {
         TopicError::Empty => "an empty topic".to_owned(),
         TopicError::TooLong { len } => format!("a topic of {len} bytes; the maximum is 65535"),
-        _ => format!("the invalid topic {:?}: it {reason}", shorten(topic)),
+        _ => format!("the invalid topic {:?}: {reason}", shorten(topic)),
     }
 }
 
@@ -172,9 +172,9 @@ fn parse_template(template: &str) -> Result<Vec<Piece<'_>>, String> {
 /// Reason a literal part of a template or replacement can never be in a topic.
 fn literal_problem(lit: &str) -> Option<&'static str> {
     if lit.contains('+') || lit.contains('#') {
-        Some("its literal text contains a wildcard ('+' or '#'), which a topic name cannot hold")
+        Some("its literal text has a wildcard ('+' or '#'), which a topic name cannot hold")
     } else if lit.contains('\0') {
-        Some("its literal text contains a NUL character")
+        Some("its literal text has a NUL character")
     } else {
         None
     }
@@ -660,6 +660,45 @@ mod tests {
         assert!(re.applies_to("a/x") && !re.applies_to("xa/x"));
         let p = RemapRule::prefix(Some("a/"), None);
         assert!(p.applies_to("a/x") && !p.applies_to("b/a/x"));
+    }
+
+    #[test]
+    fn error_messages_read_well() {
+        let msg = |r: Result<RemapRule, RemapError>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(RemapRule::template("a/#/b", "x")),
+            "template filter \"a/#/b\" is invalid: '#' in level 2 is followed by more levels; \
+             '#' must be the last level"
+        );
+        assert_eq!(
+            msg(RemapRule::template("site/+/#", "cloud/{2}")),
+            "template \"cloud/{2}\" is invalid: it uses {2} but filter \"site/+/#\" has only 1 '+' wildcard(s)"
+        );
+        assert_eq!(
+            msg(RemapRule::template("a/+", "b/{x}")),
+            "template \"b/{x}\" is invalid: unknown placeholder {x}; use {1}, {2}, … for '+' and {#} for '#'"
+        );
+        assert_eq!(
+            msg(RemapRule::regex("a/(.*)", "b/$2")),
+            "replacement \"b/$2\" is invalid: it refers to group \"2\", which the regex does not have \
+             (write ${1}x rather than $1x)"
+        );
+        let e = Remap::new(vec![RemapRule::prefix(None, Some("a/+/"))])
+            .apply("x")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 0 (prefix) produced the invalid topic \"a/+/x\": wildcard '+' in level 2 (\"+\"); \
+             topic names cannot contain wildcards"
+        );
+        let big = "x".repeat(65_535);
+        let e = Remap::new(vec![RemapRule::prefix(None, Some("a/"))])
+            .apply(&big)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 0 (prefix) produced a topic of 65537 bytes; the maximum is 65535"
+        );
     }
 
     #[test]
