@@ -25,7 +25,7 @@ use super::filter::{TopicError, captures, matches, validate_filter, validate_top
 #[derive(Debug, Clone, Error)]
 pub enum RemapError {
     /// A template rule's filter is not a valid topic filter.
-    #[error("template filter {filter:?} is invalid: {source}")]
+    #[error("template filter {filter:?} {source}")]
     InvalidFilter {
         /// The filter text.
         filter: String,
@@ -85,7 +85,7 @@ fn produced(topic: &str, reason: &TopicError) -> String {
     match reason {
         TopicError::Empty => "an empty topic".to_owned(),
         TopicError::TooLong { len } => format!("a topic of {len} bytes; the maximum is 65535"),
-        _ => format!("the invalid topic {:?}: {reason}", shorten(topic)),
+        _ => format!("the invalid topic {:?}, which {reason}", shorten(topic)),
     }
 }
 
@@ -667,7 +667,7 @@ mod tests {
         let msg = |r: Result<RemapRule, RemapError>| r.unwrap_err().to_string();
         assert_eq!(
             msg(RemapRule::template("a/#/b", "x")),
-            "template filter \"a/#/b\" is invalid: '#' in level 2 is followed by more levels; \
+            "template filter \"a/#/b\" has '#' in level 2 followed by more levels; \
              '#' must be the last level"
         );
         assert_eq!(
@@ -688,8 +688,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "rule 0 (prefix) produced the invalid topic \"a/+/x\": wildcard '+' in level 2 (\"+\"); \
-             topic names cannot contain wildcards"
+            "rule 0 (prefix) produced the invalid topic \"a/+/x\", which contains the wildcard '+' \
+             in level 2 (\"+\"); topic names cannot contain wildcards"
         );
         let big = "x".repeat(65_535);
         let e = Remap::new(vec![RemapRule::prefix(None, Some("a/"))])
