@@ -233,7 +233,7 @@ impl<'t> Captures<'t> {
     }
 }
 
-/// Like [`matches`], but returns what each wildcard matched.
+/// Like [`matches()`], but returns what each wildcard matched.
 ///
 /// `captures("site/+/sensor/#", "site/7/sensor/a/b")` gives `{1} = "7"` and
 /// `{#} = "a/b"`; `captures("a/#", "a")` gives `{#} = ""` with
