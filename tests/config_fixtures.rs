@@ -45,7 +45,7 @@ fn invalid_fixtures_fail_with_their_expected_errors() {
     let mut failures = Vec::new();
     for path in &files {
         let got = match load(path) {
-            Ok(_) => format!("(no error: the config was accepted)"),
+            Ok(_) => "(no error: the config was accepted)".to_string(),
             Err(e) => format!("{e}\n"),
         };
         let err_path = path.with_extension("err");

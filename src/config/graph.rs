@@ -488,3 +488,66 @@ mod tests {
         assert_eq!(template_pattern("cloud/{1}/data/{#}"), "cloud/+/data/#");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::topic::{matches, validate_filter};
+    use proptest::prelude::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("$SYS".to_string()),
+            Just(String::new()),
+            Just("+".to_string()),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (prop::collection::vec(level(), 1..4), any::<bool>()).prop_map(|(mut l, hash)| {
+            if hash {
+                l.push("#".into());
+            }
+            l.join("/")
+        })
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("$SYS".to_string()),
+                Just(String::new()),
+                Just("x".to_string())
+            ],
+            1..5,
+        )
+        .prop_map(|l| l.join("/"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// `meet(a, b)` matches exactly the topics both `a` and `b` match.
+        #[test]
+        fn meet_is_the_intersection(a in filter(), b in filter(), t in topic()) {
+            prop_assume!(validate_filter(&a).is_ok() && validate_filter(&b).is_ok());
+            let both = matches(&a, &t) && matches(&b, &t);
+            let m = meet(&a, &b);
+            prop_assert_eq!(both, m.as_deref().is_some_and(|m| matches(m, &t)), "a={} b={} t={} m={:?}", a, b, t, m);
+        }
+
+        /// Every witness of a filter is a valid topic the filter matches.
+        #[test]
+        fn witnesses_match_their_filter(f in filter()) {
+            prop_assume!(validate_filter(&f).is_ok());
+            for w in witnesses(&f) {
+                prop_assert!(validate_topic_name(&w).is_ok());
+                prop_assert!(matches(&f, &w), "{} does not match {}", f, w);
+            }
+        }
+    }
+}
