@@ -75,7 +75,7 @@ fn validate_reports_every_error_with_location_and_exit_1() {
     assert_eq!(
         stderr,
         "bad.yaml:6:9: pipe \"up\": unknown broker \"clod\" (known: edge)\n\
-         bad.yaml:7:14: pipe \"up\": topics: invalid filter `a/#/b`: it '#' must be the last level, but level 2 is '#' and is followed by more levels\n\
+         bad.yaml:7:14: pipe \"up\": topics: invalid filter `a/#/b`: it has '#' in level 2 followed by more levels; '#' must be the last level\n\
          2 errors in bad.yaml\n"
     );
 }

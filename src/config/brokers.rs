@@ -403,7 +403,7 @@ fn compile_status(
                 ctx.err(
                     &t.referenced,
                     scope,
-                    format!("status.topic: `{v}` is not a valid topic name: {e}"),
+                    format!("status.topic: `{v}` is not a valid topic name: it {e}"),
                 );
             }
             v

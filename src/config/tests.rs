@@ -252,7 +252,7 @@ fn every_error_is_gathered() {
         "t.yaml:6:15: broker \"cloud\": inflight: 0 is out of range (allowed 1..=65535)",
         "t.yaml:7:16: broker \"cloud\": reconnect: min (2m) is larger than max (1m)",
         "t.yaml:9:13: pipe \"p\": unknown broker \"clod\" (did you mean \"cloud\"?)",
-        "t.yaml:9:39: pipe \"p\": topics: invalid filter `a/#/b`: it '#' must be the last level, but level 2 is '#' and is followed by more levels",
+        "t.yaml:9:39: pipe \"p\": topics: invalid filter `a/#/b`: it has '#' in level 2 followed by more levels; '#' must be the last level",
         "t.yaml:9:63: pipe \"p\": queue.size: must be at least 1",
     ];
     assert_eq!(e, expected);
