@@ -6,6 +6,10 @@ use std::fmt::Write as _;
 use super::plan::{PipePlan, Plan};
 use crate::topic::matches;
 
+/// Longest path followed (a config with a longer chain of brokers is cut off
+/// and marked truncated rather than recursing without bound).
+pub const MAX_HOPS: usize = 64;
+
 /// What one pipe does with a message at its source broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -127,7 +131,7 @@ fn walk(
         truncated: false,
         steps: Vec::new(),
     };
-    if *budget == 0 {
+    if *budget == 0 || path.len() >= MAX_HOPS {
         arrival.truncated = true;
         return arrival;
     }
