@@ -505,6 +505,20 @@ fn compile_builtin(ctx: &mut Ctx, key: &Text, scope: &Scope, raw: &RawBroker) ->
         raw.password_file.is_none(),
     );
     let acl_file = ctx.file(&raw.acl_file, scope, "acl_file");
+    let cert_login = listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.cert_cn_as_username));
+    if !allow_anonymous
+        && raw.password_file.is_none()
+        && !cert_login
+        && let Some(t) = &raw.allow_anonymous
+    {
+        ctx.warn(
+            &t.referenced,
+            scope,
+            "allow_anonymous: false with no `password_file` and no `cert_cn_as_username` listener: only mqbridge's own pipes can use this broker",
+        );
+    }
 
     let l = raw.limits.as_ref().map(|s| &s.value);
     let limits = LimitsPlan {

@@ -276,3 +276,42 @@ fn pipe_plan_equality_compares_remaps() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn builtin_without_any_login_warns() {
+    let w = warnings(
+        "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0'], allow_anonymous: false}\n",
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with("t.yaml:2:73: broker \"edge\": allow_anonymous: false"),
+        "{}",
+        w[0]
+    );
+}
+
+#[test]
+fn hostname_is_safe_for_ids_and_topics() {
+    let h = local_hostname();
+    assert!(!h.is_empty());
+    assert!(
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+        "{h}"
+    );
+}
+
+#[test]
+fn tls_listener_and_remote_tls_files_are_checked() {
+    let e = errors(
+        "brokers:\n  edge:\n    type: builtin\n    listen:\n      - url: tls://127.0.0.1:0\n        cert_file: missing.pem\n        key_file: missing.key\n        cert_cn_as_username: true\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "t.yaml:6:20: broker \"edge\": listen.cert_file: cannot read `missing.pem`: No such file or directory (os error 2)",
+            "t.yaml:7:19: broker \"edge\": listen.key_file: cannot read `missing.key`: No such file or directory (os error 2)",
+            "t.yaml:8:30: broker \"edge\": listen.cert_cn_as_username: needs `require_client_cert: true`",
+        ]
+    );
+}
