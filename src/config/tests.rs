@@ -315,3 +315,18 @@ fn tls_listener_and_remote_tls_files_are_checked() {
         ]
     );
 }
+
+#[test]
+fn regex_remaps_that_map_back_are_a_loop() {
+    let e = loops(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['dev/+/#'], remap: [{regex: 'dev/([^/]+)/(.*)', replace: 'devices/$1/$2'}]}\n  down: {from: cloud, to: edge, topics: ['devices/#'], remap: [{regex: 'devices/([^/]+)/(.*)', replace: 'dev/$1/$2'}]}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains(
+            "cloud: devices/x/x → (pipe down) edge: dev/x/x → (pipe up) cloud: devices/x/x"
+        ),
+        "{}",
+        e[0]
+    );
+}
