@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 
 use serde_saphyr::Location;
 
-use super::brokers::{addrs_collide, compile_broker};
+use super::brokers::compile_broker;
 use super::ctx::{Ctx, LoadOptions};
 use super::error::{ConfigErrors, Diagnostic, Scope, Warning};
 use super::graph;
 use super::pipes::compile_pipe;
 use super::plan::{BrokerKind, BrokerPlan, MetricsPlan, Plan, WatchdogPlan};
 use super::raw::{RawConfig, defaults};
+use super::urls::addrs_collide;
 
 /// Parses and compiles `text` (named `file` in messages).
 pub(crate) fn compile_str(
