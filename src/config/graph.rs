@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::plan::{PipePlan, Plan};
-use super::route::{Arrival, Decision, decide, trace};
+use super::route::{Arrival, Decision, Router, decide};
 use crate::topic::{RemapRule, validate_topic_name};
 
 /// Sample text for a `+` level or a level under `#`.
@@ -257,6 +257,7 @@ fn filter_witnesses(filter: &str, pool: &[String]) -> Vec<String> {
 /// Runs the loop, self-loop and duplicate analysis over the whole plan.
 pub fn analyze(plan: &Plan) -> Analysis {
     let pool = pattern_pool(plan);
+    let router = Router::new(plan);
     let mut analysis = Analysis::default();
     let mut budget = WORK_BUDGET;
     let mut loop_keys: HashSet<BTreeSet<String>> = HashSet::new();
@@ -290,7 +291,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
         for (filter, _) in &pipe.filters {
             for w in filter_witnesses(filter, &pool) {
                 if pipe.loop_check {
-                    let root = trace(plan, &pipe.from, &w, &checked, &mut budget);
+                    let root = router.trace(&pipe.from, &w, &checked, &mut budget);
                     let mut path = Vec::new();
                     find_cycles(&root, &mut path, &mut |path, a| {
                         report_cycle(
@@ -303,7 +304,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
                         )
                     });
                 }
-                let root = trace(plan, &pipe.from, &w, &all, &mut budget);
+                let root = router.trace(&pipe.from, &w, &all, &mut budget);
                 find_duplicates(&root, &mut dup_keys, &mut analysis);
             }
         }
