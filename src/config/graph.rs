@@ -6,7 +6,7 @@
 //! levels — plus witnesses where the filter meets every other filter,
 //! exclusion and remap pattern in the config (so that overlapping wildcards
 //! and `$`-topics meet on a real topic). Each witness is then followed hop by
-//! hop with [`route::trace`], the same routing `mqbridge route` shows. A path
+//! hop with [`super::route::trace`], the same routing `mqbridge route` shows. A path
 //! that comes back to a broker it already passed, with a topic some pipe would
 //! forward again, is a loop; one that comes back and stops is an echo (a
 //! warning). Two paths landing on the same broker and topic are a duplicate.
