@@ -21,9 +21,14 @@
 //! length prefix silently), packets over the peer's maximum, packet id 0,
 //! invalid PUBLISH topics, empty SUBSCRIBE/UNSUBSCRIBE, a CONNECT that is not
 //! level 4, a password without a user name. A failed encode leaves the buffer
-//! as it was.
+//! as it was. Works around rumqttc writing CONNECT flags at an absolute
+//! buffer index (corrupt output when the buffer is not empty).
 
 mod checks;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::{self, v4::Packet, v4::Publish};
@@ -172,6 +177,10 @@ impl From<mqttbytes::Error> for CodecError {
 /// anything is buffered. On `Ok(Some)` and on a content error the frame is
 /// consumed; after any error the connection must be closed.
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, CodecError> {
+    // Type and flags are known from the first byte: fail before waiting for more.
+    if let Some(&byte1) = buf.first() {
+        checks::check_flags(byte1)?;
+    }
     let Some(header) = checks::peek_fixed_header(buf)? else {
         return Ok(None);
     };
@@ -182,7 +191,6 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
             max: max_packet_size,
         });
     }
-    checks::check_flags(header.byte1)?;
     if buf.len() < frame_len {
         buf.reserve(frame_len - buf.len());
         return Ok(None);
@@ -219,7 +227,17 @@ pub fn encode(
         });
     }
     let start = buf.len();
-    if let Err(e) = packet.write(buf, usize::MAX) {
+    let written = if matches!(packet, Packet::Connect(_)) {
+        // rumqttc's `Connect::write` patches its flags byte at an absolute
+        // index, corrupting the output unless the buffer starts empty.
+        let mut scratch = BytesMut::with_capacity(size);
+        packet
+            .write(&mut scratch, usize::MAX)
+            .map(|_| buf.extend_from_slice(&scratch))
+    } else {
+        packet.write(buf, usize::MAX).map(drop)
+    };
+    if let Err(e) = written {
         buf.truncate(start);
         return Err(e.into());
     }

@@ -119,3 +119,161 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         self.io
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rumqttc::mqttbytes::QoS as WQ;
+    use rumqttc::mqttbytes::v4::{PubAck, Publish};
+    use tokio::io::{AsyncWriteExt, duplex};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn publish(n: usize) -> Packet {
+        let mut p = Publish::new("t/x", WQ::AtLeastOnce, vec![7u8; n]);
+        p.pkid = 1;
+        Packet::Publish(p)
+    }
+
+    fn bytes_of(p: &Packet) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec::encode(p, &mut b, usize::MAX).unwrap();
+        b
+    }
+
+    #[tokio::test]
+    async fn reads_packets_through_an_eight_byte_pipe() {
+        let (mut raw, io) = duplex(8);
+        let mut framed = Framed::new(io, 1 << 20, 1 << 20);
+        let packets = vec![
+            publish(1000),
+            Packet::PingReq,
+            Packet::PubAck(PubAck::new(9)),
+        ];
+        let mut wire = BytesMut::new();
+        for p in &packets {
+            wire.extend_from_slice(&bytes_of(p));
+        }
+        let writer = tokio::spawn(async move {
+            raw.write_all(&wire).await.unwrap();
+            raw // keep the stream open until read
+        });
+        for want in &packets {
+            let got = timeout(T, framed.read_packet()).await.unwrap().unwrap();
+            assert_eq!(&got, want);
+        }
+        let raw = writer.await.unwrap();
+        drop(raw);
+        let end = timeout(T, framed.read_packet()).await.unwrap();
+        assert!(matches!(end, Err(CodecError::Closed)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn two_framed_ends_exchange_packets() {
+        let (a, b) = duplex(8);
+        let mut a = Framed::new(a, 1 << 20, 1 << 20);
+        let mut b = Framed::new(b, 1 << 20, 1 << 20);
+        let p = publish(300);
+        let sent = p.clone();
+        let writer = tokio::spawn(async move {
+            a.queue(&sent).unwrap();
+            a.queue(&Packet::PingResp).unwrap();
+            assert!(a.pending_write() > 300);
+            a.flush().await.unwrap();
+            assert_eq!(a.pending_write(), 0);
+            a.write_packet(&Packet::Disconnect).await.unwrap();
+            a
+        });
+        assert_eq!(timeout(T, b.read_packet()).await.unwrap().unwrap(), p);
+        assert_eq!(
+            timeout(T, b.read_packet()).await.unwrap().unwrap(),
+            Packet::PingResp
+        );
+        assert_eq!(
+            timeout(T, b.read_packet()).await.unwrap().unwrap(),
+            Packet::Disconnect
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn eof_mid_packet_is_reported() {
+        let (mut raw, io) = duplex(8);
+        let mut framed = Framed::new(io, 1 << 20, 1 << 20);
+        let wire = bytes_of(&publish(20));
+        let writer = tokio::spawn(async move {
+            raw.write_all(&wire[..10]).await.unwrap();
+            // dropping `raw` closes the stream mid-packet
+        });
+        let got = timeout(T, framed.read_packet()).await.unwrap();
+        assert!(
+            matches!(got, Err(CodecError::ClosedMidPacket { buffered: 10 })),
+            "{got:?}"
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn read_packet_is_cancel_safe() {
+        let (mut raw, io) = duplex(8);
+        let mut framed = Framed::new(io, 1 << 20, 1 << 20);
+        let wire = bytes_of(&publish(50));
+        let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            raw.write_all(&wire[..30]).await.unwrap();
+            wait.await.unwrap();
+            raw.write_all(&wire[30..]).await.unwrap();
+            raw
+        });
+        // The read is cancelled (timeout) while part of a packet is buffered...
+        let first = timeout(Duration::from_millis(100), framed.read_packet()).await;
+        assert!(first.is_err(), "must still be waiting for the rest");
+        // ...and the next call completes it without losing those bytes.
+        go_on.send(()).unwrap();
+        let got = timeout(T, framed.read_packet()).await.unwrap().unwrap();
+        assert_eq!(got, publish(50));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_input_fail_the_read() {
+        let (mut raw, io) = duplex(64);
+        let mut framed = Framed::new(io, 100, 100);
+        raw.write_all(&[0x30, 0xff, 0xff, 0xff, 0x7f])
+            .await
+            .unwrap();
+        let got = timeout(T, framed.read_packet()).await.unwrap();
+        assert!(
+            matches!(got, Err(CodecError::PacketTooLarge { .. })),
+            "{got:?}"
+        );
+
+        let (mut raw, io) = duplex(64);
+        let mut framed = Framed::new(io, 100, 100);
+        raw.write_all(&[0x62, 0x02, 0, 1, 0xff, 0xff])
+            .await
+            .unwrap(); // PUBREL, then junk
+        assert!(timeout(T, framed.read_packet()).await.unwrap().is_ok());
+        let got = timeout(T, framed.read_packet()).await.unwrap();
+        assert!(
+            matches!(got, Err(CodecError::InvalidPacketType(15))),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_refuses_oversize_and_queues_nothing() {
+        let (_raw, io) = duplex(8);
+        let mut framed = Framed::new(io, 100, 100);
+        let got = framed.queue(&publish(200));
+        assert!(matches!(got, Err(CodecError::OutgoingTooLarge { .. })));
+        assert_eq!(framed.pending_write(), 0);
+        framed.set_max_outgoing(1000);
+        framed.queue(&publish(200)).unwrap();
+        assert!(framed.pending_write() > 200);
+    }
+}

@@ -7,6 +7,10 @@
 mod incoming;
 mod outgoing;
 mod packet_id;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use incoming::{Incoming, IncomingAction};
 pub use outgoing::{Full, Outgoing};
