@@ -26,6 +26,8 @@
 
 mod checks;
 #[cfg(test)]
+mod encode_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -168,11 +170,15 @@ impl From<mqttbytes::Error> for CodecError {
     }
 }
 
+/// Most [`decode`] reserves at once for an incomplete frame; the rest grows
+/// as bytes actually arrive.
+const MAX_RESERVE: usize = 64 * 1024;
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// `Ok(None)` means "need more bytes": `buf` is left untouched, except that
-/// capacity for the rest of the announced frame is reserved (bounded by
-/// `max_packet_size`, the largest *total* packet size we accept). A packet
+/// up to 64 KiB of capacity towards the announced frame is reserved.
+/// `max_packet_size` is the largest *total* packet size we accept; a packet
 /// announcing more than that fails from its fixed header alone, before
 /// anything is buffered. On `Ok(Some)` and on a content error the frame is
 /// consumed; after any error the connection must be closed.
@@ -192,7 +198,9 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
         });
     }
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        // Reserve towards the frame, but never more than a chunk at a time:
+        // a header alone must not make us allocate a large maximum.
+        buf.reserve((frame_len - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     let mut frame = buf.split_to(frame_len);
