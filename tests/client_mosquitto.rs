@@ -804,3 +804,90 @@ async fn read_some(s: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
     let mut buf = [0u8; 1024];
     s.read(&mut buf).await
 }
+
+/// `insecure: true` connects without any CA (and only warns).
+#[tokio::test]
+async fn insecure_tls_skips_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = certs::generate(dir.path(), "insecure");
+    let m = Mosquitto::start_with(&pki.mosquitto_conf(false));
+    let mut opts = options("insecure", vec![Endpoint::tls("127.0.0.1", m.port)]);
+    opts.tls.insecure = true;
+    let c = Client::spawn(opts);
+    c.state("connected", |s| matches!(s, LinkState::Connected { .. }))
+        .await;
+    c.stop().await;
+}
+
+/// Birth on every connect (retained `online`), will on an ungraceful loss
+/// (retained `offline`), and no will after a graceful shutdown.
+#[tokio::test]
+async fn birth_and_will_status_messages() {
+    let m = Mosquitto::start();
+    let status = format!("{}/status", unique("status"));
+    let mut opts = options("status", vec![tcp(m.port)]);
+    opts.birth = Some(Message::new(
+        status.clone(),
+        "online",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts.will = Some(Message::new(
+        status.clone(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+
+    // Run the client on its own runtime, then drop that runtime: the socket
+    // closes without DISCONNECT, as if the process died.
+    let port = m.port;
+    let o = opts.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let c = Client::spawn(o);
+            c.connected_to(port).await;
+            // Keep the link alive (dropping it would shut down gracefully);
+            // the runtime drop below kills the task mid-connection.
+            std::mem::forget(c);
+        });
+        drop(rt);
+    })
+    .join()
+    .expect("client thread");
+    let retained = |m: &Mosquitto| {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &m.port.to_string(),
+                "-t",
+                &status,
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(retained(&m), "offline", "will after an ungraceful loss");
+
+    // Reconnect: the birth replaces it; a graceful stop leaves it.
+    let c = Client::spawn(opts);
+    c.connected_to(m.port).await;
+    let t0 = tokio::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < WAIT {
+        last = retained(&m);
+        if last == "online" {
+            break;
+        }
+    }
+    assert_eq!(last, "online", "birth after connect");
+    c.stop().await;
+    assert_eq!(retained(&m), "online", "no will after DISCONNECT");
+}
