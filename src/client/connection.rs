@@ -106,9 +106,14 @@ impl Conn {
 
     /// When the next keepalive action is due: a PINGREQ after `interval` of
     /// silence in either direction, death after 1.5 × interval without input.
-    fn next_keepalive(&self) -> Option<Instant> {
+    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
+    /// the broker keeps us; silence from it then proves nothing.
+    fn next_keepalive(&self, paused: bool) -> Option<Instant> {
         if !self.keepalive.is_enabled() {
             return None;
+        }
+        if paused {
+            return Some(self.last_sent + self.keepalive.interval);
         }
         let dead = self.last_received + self.keepalive.dead_after();
         if self.ping_outstanding {
@@ -159,9 +164,9 @@ impl Task {
             return End::Lost(e);
         }
 
-        // A delivery the bounded channel had no room for; while it waits,
-        // we stop reading the socket (backpressure to the broker).
-        let mut pending: Option<Delivery> = None;
+        // `self.pending_delivery`: a delivery the bounded channel had no room
+        // for (kept across reconnects); while it waits, we stop reading the
+        // socket (backpressure to the broker).
         let mut probe: Option<Probe> = None;
         // Local handles, so the futures below borrow them and not `self`.
         let deliveries = self.deliveries.clone();
@@ -171,7 +176,8 @@ impl Task {
                 (None, Some(at)) => Some(Instant::from_std(at)),
                 _ => None,
             };
-            let wake = match (conn.next_keepalive(), probe_at) {
+            let paused = self.pending_delivery.is_some();
+            let wake = match (conn.next_keepalive(paused), probe_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -182,15 +188,17 @@ impl Task {
                 // sleep is rebuilt each turn; the probe future is kept in
                 // `probe` and polled by reference.
                 _ = shutdown.cancelled() => Some(End::Shutdown),
-                r = conn.framed.read_packet(), if pending.is_none() => match r {
+                r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();
-                        self.on_packet(packet, &mut conn, &mut pending)
+                        self.on_packet(packet, &mut conn)
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
                 },
-                permit = deliveries.reserve(), if pending.is_some() => {
-                    match (permit, pending.take()) {
+                permit = deliveries.reserve(), if paused => {
+                    // Reading resumes: silence while paused was ours, not the broker's.
+                    conn.last_received = Instant::now();
+                    match (permit, self.pending_delivery.take()) {
                         (Ok(permit), Some(d)) => permit.send(d),
                         // The receiver is gone: nobody will handle it; ack so
                         // the session does not wedge.
@@ -213,7 +221,7 @@ impl Task {
                     None => Some(End::Shutdown),
                 },
                 _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    self.on_timer(&mut conn, &mut probe)
+                    self.on_timer(&mut conn, &mut probe, paused)
                 }
                 ok = probe_done(&mut probe) => {
                     probe = None;
@@ -234,12 +242,7 @@ impl Task {
         }
     }
 
-    fn on_packet(
-        &mut self,
-        packet: Packet,
-        conn: &mut Conn,
-        pending: &mut Option<Delivery>,
-    ) -> Option<End> {
+    fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
         match packet {
             Packet::Publish(publish) => match self.incoming.on_publish(publish, now_std()) {
                 IncomingAction::Deliver { message, token } => {
@@ -247,7 +250,9 @@ impl Task {
                         .map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
                     match self.deliveries.try_send(Delivery { message, ack }) {
                         Ok(()) => {}
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => *pending = Some(d),
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => {
+                            self.pending_delivery = Some(d)
+                        }
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => d.ack.ack(),
                     }
                 }
@@ -307,9 +312,18 @@ impl Task {
         None
     }
 
-    fn on_timer(&mut self, conn: &mut Conn, probe: &mut Option<Probe>) -> Option<End> {
+    fn on_timer(
+        &mut self,
+        conn: &mut Conn,
+        probe: &mut Option<Probe>,
+        paused: bool,
+    ) -> Option<End> {
         let now = Instant::now();
-        if conn.keepalive.is_enabled() {
+        if paused && conn.keepalive.is_enabled() {
+            if now >= conn.last_sent + conn.keepalive.interval {
+                conn.queue(&Packet::PingReq);
+            }
+        } else if conn.keepalive.is_enabled() {
             if now >= conn.last_received + conn.keepalive.dead_after() {
                 return Some(End::Lost(ClientError::KeepaliveTimeout {
                     endpoint: conn.endpoint.url(),

@@ -70,6 +70,8 @@ pub(crate) struct Task {
     /// QoS 0 publishes accepted while disconnected (bounded by the window).
     pub(crate) qos0_backlog: VecDeque<(Message, Done)>,
     pub(crate) incoming: Incoming,
+    /// An incoming message the delivery channel had no room for yet.
+    pub(crate) pending_delivery: Option<Delivery>,
     pub(crate) subs: Subs,
     pub(crate) failover: Failover,
     dialer: Option<Dialer>,
@@ -100,6 +102,7 @@ impl Task {
             state,
             qos0_backlog: VecDeque::new(),
             incoming: Incoming::new(),
+            pending_delivery: None,
             subs: Subs::default(),
             failover,
             dialer: None,
