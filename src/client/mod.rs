@@ -155,7 +155,7 @@ pub fn spawn(
         .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting {
         endpoint: first,
-        attempt: 0,
+        attempt: 1,
     });
     let link = Link::new(opts.name.clone(), req_tx, state_rx);
     let span = tracing::info_span!("client", broker = %opts.name);

@@ -211,3 +211,65 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(opts: &TlsOptions) -> String {
+        match client_config(opts) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_errors_are_clear() {
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        assert!(err(&missing).contains("/nonexistent/ca.pem"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let no_pem = TlsOptions {
+            ca_file: Some(junk.clone()),
+            ..TlsOptions::default()
+        };
+        assert!(
+            err(&no_pem).contains("no PEM certificate"),
+            "{}",
+            err(&no_pem)
+        );
+
+        let half = TlsOptions {
+            insecure: true,
+            cert_file: Some(junk),
+            ..TlsOptions::default()
+        };
+        assert!(err(&half).contains("together"));
+    }
+
+    #[test]
+    fn insecure_config_with_alpn_builds() {
+        let opts = TlsOptions {
+            insecure: true,
+            alpn: vec!["x-amzn-mqtt-ca".into()],
+            ..TlsOptions::default()
+        };
+        let config = client_config(&opts).expect("config");
+        assert_eq!(config.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+    }
+
+    #[test]
+    fn plain_endpoints_need_no_tls_config() {
+        let bad = TlsOptions {
+            ca_file: Some("/nonexistent".into()),
+            ..TlsOptions::default()
+        };
+        assert!(Dialer::new(&[Endpoint::tcp("h", 1)], &bad).is_ok());
+        assert!(Dialer::new(&[Endpoint::tls("h", 1)], &bad).is_err());
+    }
+}
