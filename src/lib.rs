@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod client;
 pub mod link;
 pub mod protocol;
+pub mod topic;
