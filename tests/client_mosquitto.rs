@@ -213,6 +213,9 @@ async fn persistent_session_resumes_and_receives_queued_messages() {
         .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
         .await
         .expect("subscribe");
+    // Graceful shutdown through the link: DISCONNECT, then Closed.
+    c.link.shutdown().await;
+    c.state("closed", |s| *s == LinkState::Closed).await;
     c.stop().await;
 
     // While we are away, the broker queues for our session.
