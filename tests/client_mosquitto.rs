@@ -930,3 +930,77 @@ async fn slow_consumer_backpressure_keeps_the_link_up() {
     }
     c.stop().await;
 }
+
+/// A burst of QoS 2 publishes: Mosquitto silently discards QoS 2 PUBLISHes
+/// beyond its `max_inflight_messages` (20), so the client keeps QoS 2 flows
+/// within `inflight_qos2` and nothing is lost.
+#[tokio::test]
+async fn qos2_burst_stays_within_the_broker_quota() {
+    const N: usize = 300;
+    let m = Mosquitto::start();
+    let topic = unique("qos2burst");
+    let mut sub = Client::spawn(options("q2sub", vec![tcp(m.port)]));
+    sub.connected_to(m.port).await;
+    sub.link
+        .subscribe(vec![(topic.clone(), QoS::ExactlyOnce)])
+        .await
+        .expect("subscribe");
+    let mut opts = options("q2pub", vec![tcp(m.port)]);
+    opts.inflight = 100;
+    let publ = Client::spawn(opts);
+    publ.connected_to(m.port).await;
+    let link = publ.link.clone();
+    let t = topic.clone();
+    let producer = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let m = Message::new(t.clone(), format!("{i}"), QoS::ExactlyOnce, false);
+            acks.push(link.publish(m).await.expect("publish"));
+        }
+        for a in acks {
+            a.wait().await.expect("acked");
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N {
+        let d = sub.recv().await;
+        seen.insert(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack.ack();
+    }
+    timeout(WAIT, producer)
+        .await
+        .expect("producer")
+        .expect("task");
+    sub.stop().await;
+    publ.stop().await;
+}
+
+/// Dropping every `Link` finishes the publishes in flight, then closes.
+#[tokio::test]
+async fn dropping_the_link_finishes_inflight_publishes_then_closes() {
+    let m = Mosquitto::start();
+    let topic = unique("droplink");
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (link, _rx) = client::spawn(
+        options("droplink", vec![tcp(m.port)]),
+        shutdown.clone(),
+        &tracker,
+    );
+    let state = link.state();
+    let mut acks = Vec::new();
+    for i in 0..50 {
+        let msg = Message::new(topic.clone(), format!("{i}"), QoS::AtLeastOnce, false);
+        acks.push(link.publish(msg).await.expect("publish"));
+    }
+    drop(link);
+    for a in acks {
+        timeout(WAIT, a.wait())
+            .await
+            .expect("ack in time")
+            .expect("acked, not failed");
+    }
+    tracker.close();
+    timeout(WAIT, tracker.wait()).await.expect("task ends");
+    assert_eq!(*state.borrow(), LinkState::Closed);
+}

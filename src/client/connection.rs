@@ -172,6 +172,10 @@ impl Task {
         let deliveries = self.deliveries.clone();
         let shutdown = self.shutdown.clone();
         loop {
+            if self.requests_closed && self.is_idle() {
+                conn.disconnect().await;
+                return End::Shutdown;
+            }
             let probe_at = match (&probe, self.failover.probe_due()) {
                 (None, Some(at)) => Some(Instant::from_std(at)),
                 _ => None,
@@ -215,10 +219,13 @@ impl Task {
                 }
                 // Guard: no new publishes while the inflight window is full;
                 // requests then wait in the bounded channel (backpressure).
-                req = self.requests.recv(), if self.outgoing.has_room() => match req {
+                req = self.requests.recv(), if self.can_take() => match req {
                     Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
-                    // Every `Link` was dropped: nobody can use us any more.
-                    None => Some(End::Shutdown),
+                    // Every `Link` was dropped: finish what is in flight, then close.
+                    None => {
+                        self.requests_closed = true;
+                        None
+                    }
                 },
                 _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                     self.on_timer(&mut conn, &mut probe, paused)
@@ -263,7 +270,7 @@ impl Task {
                 }
             },
             Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
-                Ok(done) => done.complete(Ok(())),
+                Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
                     warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
@@ -275,7 +282,7 @@ impl Task {
                 }
             },
             Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
-                Ok(done) => done.complete(Ok(())),
+                Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
                     warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }

@@ -133,10 +133,12 @@ pub enum ClientEvent {
 /// Starts the connection task of one remote broker on `tracker` and returns
 /// the [`Link`] pipes use plus the stream of incoming messages.
 ///
-/// The task runs until `shutdown` is cancelled, [`Link::shutdown`] is called,
-/// or every clone of the `Link` is dropped; it then sends DISCONNECT (no
-/// will), fails whatever is still pending with `LinkError::Closed` and sets
-/// the state to `Closed`. Wait for it with `tracker.close(); tracker.wait()`.
+/// The task runs until `shutdown` is cancelled or [`Link::shutdown`] is
+/// called; it then sends DISCONNECT (no will), fails whatever is still
+/// pending with `LinkError::Closed` and sets the state to `Closed`. When every
+/// clone of the `Link` is dropped, it first finishes the publishes in flight
+/// (reconnecting if it must), then closes the same way. Wait for it with
+/// `tracker.close(); tracker.wait()`.
 ///
 /// Must be called inside a tokio runtime. Configuration problems that only
 /// show when dialing (unreadable TLS files, ...) are reported as

@@ -149,6 +149,10 @@ pub struct ClientOptions {
     pub max_packet_size: usize,
     /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
     pub inflight: usize,
+    /// Maximum unacknowledged outgoing QoS 2 publishes (within `inflight`).
+    /// Mosquitto silently discards QoS 2 PUBLISHes from a 3.1.1 client beyond
+    /// its `max_inflight_messages` (default 20), so keep this at or below it.
+    pub inflight_qos2: usize,
     /// Capacity of the bounded request channel behind the [`crate::link::Link`].
     pub request_capacity: usize,
     /// Capacity of the bounded delivery channel (incoming messages).
@@ -186,6 +190,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             inflight: 100,
+            inflight_qos2: 20,
             request_capacity: 256,
             delivery_capacity: 256,
             will: None,
@@ -220,6 +225,7 @@ impl fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_packet_size", &self.max_packet_size)
             .field("inflight", &self.inflight)
+            .field("inflight_qos2", &self.inflight_qos2)
             .field("request_capacity", &self.request_capacity)
             .field("delivery_capacity", &self.delivery_capacity)
             .field("will", &self.will.as_ref().map(|m| &m.topic))
