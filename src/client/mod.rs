@@ -116,7 +116,7 @@ pub enum ClientEvent {
         /// Endpoint to dial next.
         to: String,
     },
-    /// A probe of the primary succeeded (`good` consecutive so far) or failed (`good == 0`).
+    /// A probe of the primary (TCP + TLS handshake) finished.
     Probe {
         /// The primary's URL.
         endpoint: String,
