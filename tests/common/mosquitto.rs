@@ -159,10 +159,15 @@ impl Mosquitto {
     /// Stops the broker gracefully (SIGTERM, so persistence is saved) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
+            let sent = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                sent,
+                "cannot send SIGTERM to mosquitto: is `kill` (procps) installed?"
+            );
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
