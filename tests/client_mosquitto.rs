@@ -1004,3 +1004,78 @@ async fn dropping_the_link_finishes_inflight_publishes_then_closes() {
     timeout(WAIT, tracker.wait()).await.expect("task ends");
     assert_eq!(*state.borrow(), LinkState::Closed);
 }
+
+/// Incoming acks go out in arrival order even when the application acks out
+/// of order; a repeated QoS 2 PUBLISH (DUP) is delivered only once.
+#[tokio::test]
+async fn incoming_acks_in_arrival_order_and_qos2_dedup() {
+    let (wire_tx, mut wire) = mpsc::unbounded_channel::<Vec<u8>>();
+    let server = FakeServer::start(move |mut s| {
+        let wire_tx = wire_tx.clone();
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            // QoS 1 PUBLISH ids 1, 2, 3 on topic "t", payload "x".
+            for id in 1..=3u8 {
+                let _ = s
+                    .write_all(&[0x32, 0x06, 0x00, 0x01, b't', 0x00, id, b'x'])
+                    .await;
+            }
+            // QoS 2 PUBLISH id 9, then the same again with DUP.
+            let _ = s
+                .write_all(&[0x34, 0x06, 0x00, 0x01, b't', 0x00, 9, b'y'])
+                .await;
+            let _ = s
+                .write_all(&[0x3c, 0x06, 0x00, 0x01, b't', 0x00, 9, b'y'])
+                .await;
+            let mut buf = [0u8; 256];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = wire_tx.send(buf[..n].to_vec());
+            }
+        }
+    })
+    .await;
+    let mut c = Client::spawn(options("inorder", vec![tcp(server.port)]));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(c.recv().await);
+    }
+    let payloads: Vec<_> = got.iter().map(|d| d.message.payload.to_vec()).collect();
+    assert_eq!(
+        payloads,
+        vec![b"x".to_vec(), b"x".to_vec(), b"x".to_vec(), b"y".to_vec()]
+    );
+    // Ack the last three first: nothing may go out before the first is acked.
+    let first = got.remove(0);
+    for d in got.drain(..).rev() {
+        d.ack.ack();
+    }
+    assert!(
+        timeout(Duration::from_millis(200), wire.recv())
+            .await
+            .is_err(),
+        "an ack overtook the unacked first message"
+    );
+    first.ack.ack();
+    let mut bytes = Vec::new();
+    // PUBACK 1, 2, 3 then PUBREC 9 (4 bytes each).
+    while bytes.len() < 16 {
+        let chunk = timeout(WAIT, wire.recv())
+            .await
+            .expect("acks")
+            .expect("open");
+        bytes.extend(chunk);
+    }
+    assert_eq!(
+        bytes,
+        vec![
+            0x40, 0x02, 0x00, 1, 0x40, 0x02, 0x00, 2, 0x40, 0x02, 0x00, 3, 0x50, 0x02, 0x00, 9
+        ]
+    );
+    // The DUP copy of the QoS 2 message was not delivered again.
+    assert!(c.rx.try_recv().is_err());
+    c.stop().await;
+}
