@@ -304,6 +304,22 @@ async fn wrong_ca_is_refused_with_a_clear_error() {
     let server_pki = certs::generate(dir.path(), "server");
     let other_pki = certs::generate(dir.path(), "other");
     let m = Mosquitto::start_with(&server_pki.mosquitto_conf(false));
+    // The endpoint check (no MQTT) tells the same story up front.
+    let ep = Endpoint::tls("127.0.0.1", m.port);
+    let good = mqbridge::client::TlsOptions {
+        ca_file: Some(server_pki.ca.clone()),
+        ..Default::default()
+    };
+    client::check_endpoint(&ep, &good, WAIT)
+        .await
+        .expect("right CA passes");
+    let mut bad = good.clone();
+    bad.ca_file = Some(other_pki.ca.clone());
+    let e = client::check_endpoint(&ep, &bad, WAIT)
+        .await
+        .expect_err("wrong CA fails");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
     let mut opts = options("wrongca", vec![Endpoint::tls("127.0.0.1", m.port)]);
     opts.tls.ca_file = Some(other_pki.ca.clone());
     let c = Client::spawn(opts);

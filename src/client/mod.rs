@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::link::{Delivery, Link, LinkState};
 
 pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that
 /// concerns one endpoint names it.

@@ -162,6 +162,25 @@ impl Dialer {
     }
 }
 
+/// Checks that `ep` is reachable: TCP connect and, for a TLS endpoint, a full
+/// TLS handshake with `tls`, within `limit`. No MQTT is spoken (this is the
+/// failback probe, also usable by `mqbridge validate --check-endpoints`).
+pub async fn check_endpoint(
+    ep: &Endpoint,
+    tls: &TlsOptions,
+    limit: std::time::Duration,
+) -> Result<(), ClientError> {
+    let dialer = Dialer::new(std::slice::from_ref(ep), tls)?;
+    match tokio::time::timeout(limit, dialer.dial(ep)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::Timeout {
+            endpoint: ep.url(),
+            stage: "connecting (TCP/TLS)",
+        }),
+    }
+}
+
 /// A verifier that accepts any server certificate (`insecure: true`). Signatures
 /// are still checked so the handshake itself is sound.
 #[derive(Debug)]
