@@ -239,6 +239,13 @@ impl Task {
                 None => {}
                 Some(End::Lost(e)) => return End::Lost(e),
                 Some(end) => {
+                    // Acks the pipes sent just before: let them out first, so
+                    // the broker does not redeliver what was handled.
+                    while let Ok(token) = self.acks_rx.try_recv() {
+                        for p in self.incoming.ack(token) {
+                            conn.queue(&p);
+                        }
+                    }
                     conn.disconnect().await;
                     return end;
                 }
