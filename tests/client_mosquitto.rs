@@ -1095,3 +1095,53 @@ async fn incoming_acks_in_arrival_order_and_qos2_dedup() {
     assert!(c.rx.try_recv().is_err());
     c.stop().await;
 }
+
+/// A broker that accepts CONNECT and drops the link at once: the delay keeps
+/// growing (no tight loop); once a link stayed up for `stable_after`, the
+/// next delay is back at `min`.
+#[tokio::test]
+async fn backoff_resets_only_after_a_stable_link() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let server = FakeServer::start(move |mut s| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.send(tokio::time::Instant::now());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            if n == 3 {
+                // The fourth link stays up past `stable_after`.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            // Dropping the socket closes the link.
+        }
+    })
+    .await;
+    let mut opts = options("stable", vec![tcp(server.port)]);
+    opts.backoff.min = Duration::from_millis(100);
+    opts.backoff.max = Duration::from_secs(2);
+    opts.backoff.jitter = false;
+    opts.backoff.stable_after = Duration::from_millis(400);
+    let c = Client::spawn(opts);
+    let mut t = Vec::new();
+    for _ in 0..6 {
+        t.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("attempt")
+                .expect("chan"),
+        );
+    }
+    let gap = |i: usize| t[i + 1] - t[i];
+    let ms = Duration::from_millis;
+    // Flapping links: at least 100, 200, 400 ms apart (growing, never tight).
+    assert!(gap(0) >= ms(100), "{:?}", gap(0));
+    assert!(gap(1) >= ms(200), "{:?}", gap(1));
+    assert!(gap(2) >= ms(400), "{:?}", gap(2));
+    // The 4th link was up 600 ms ≥ stable_after: the delay after it is back
+    // at 100 ms (600 + 100), then grows again (200 ms). Without the reset
+    // these would be ≥ 1.4 s and ≥ 1.6 s; the upper bounds leave room for load.
+    assert!(gap(3) >= ms(700) && gap(3) < ms(1300), "{:?}", gap(3));
+    assert!(gap(4) >= ms(200) && gap(4) < ms(1000), "{:?}", gap(4));
+    c.stop().await;
+}
