@@ -145,7 +145,10 @@ pub struct ClientOptions {
     pub failback: FailbackOptions,
     /// Time allowed for TCP connect + TLS handshake + CONNACK.
     pub connect_timeout: Duration,
-    /// Largest packet we send or accept, in bytes.
+    /// Largest packet we send or accept, in bytes. Larger publishes are
+    /// refused to the caller; a larger incoming packet closes the connection
+    /// (and the broker would redeliver it), so keep this at least as large as
+    /// the broker's own limit.
     pub max_packet_size: usize,
     /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
     pub inflight: usize,
