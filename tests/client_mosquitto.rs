@@ -1145,3 +1145,32 @@ async fn backoff_resets_only_after_a_stable_link() {
     assert!(gap(4) >= ms(200) && gap(4) < ms(1000), "{:?}", gap(4));
     c.stop().await;
 }
+
+/// UNSUBSCRIBE stops delivery, and the filter is not restored later.
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let m = Mosquitto::start();
+    let p = unique("unsub");
+    let (a, b) = (format!("{p}/a"), format!("{p}/b"));
+    let mut c = Client::spawn(options("unsub", vec![tcp(m.port)]));
+    c.connected_to(m.port).await;
+    c.link
+        .subscribe(vec![(a.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe a");
+    c.link
+        .unsubscribe(vec![a.clone()])
+        .await
+        .expect("unsubscribe");
+    c.link
+        .subscribe(vec![(b.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe b");
+    // Published in this order: if `a` were still subscribed it would come first.
+    m.publish(&a, "on-a", 1, &[]);
+    m.publish(&b, "on-b", 1, &[]);
+    let d = c.recv().await;
+    assert_eq!(d.message.topic, b);
+    d.ack.ack();
+    c.stop().await;
+}
