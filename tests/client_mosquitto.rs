@@ -1174,3 +1174,49 @@ async fn unsubscribe_stops_delivery() {
     d.ack.ack();
     c.stop().await;
 }
+
+/// Credentials in CONNECT: accepted with the right password, refused (and
+/// retried with backoff) with a wrong one, the reason naming the endpoint.
+#[tokio::test]
+async fn credentials_accepted_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("passwd");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["bridge", "s3cret"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e} (install mosquitto)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let m = Mosquitto::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        pw.display()
+    ));
+    let mut opts = options("creds", vec![tcp(m.port)]);
+    opts.username = Some("bridge".into());
+    opts.password = Some("s3cret".into());
+    let c = Client::spawn(opts.clone());
+    c.connected_to(m.port).await;
+    c.stop().await;
+
+    opts.password = Some("wrong".into());
+    let c = Client::spawn(opts);
+    let s = c
+        .state("refused", |s| matches!(s, LinkState::Disconnected { .. }))
+        .await;
+    let LinkState::Disconnected { reason } = s else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("connection refused by broker")
+            && reason.contains(&format!("mqtt://127.0.0.1:{}", m.port)),
+        "{reason}"
+    );
+    c.stop().await;
+}
