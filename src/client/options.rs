@@ -160,7 +160,9 @@ pub struct ClientOptions {
     pub request_capacity: usize,
     /// Capacity of the bounded delivery channel (incoming messages).
     pub delivery_capacity: usize,
-    /// Last will, set in every CONNECT (e.g. retained `offline` status).
+    /// Last will, set in every CONNECT (e.g. retained `offline` status). On a
+    /// graceful close (shutdown, failback) the client publishes it itself
+    /// (at QoS 0) just before DISCONNECT, since the broker then drops the will.
     pub will: Option<Message>,
     /// Published after every successful connect, as given (set `retain: true`
     /// for a status topic such as `online`).
