@@ -13,6 +13,7 @@ use common::mosquitto::Mosquitto;
 use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
 use mqbridge::link::{Delivery, Link, LinkState};
 use mqbridge::protocol::{Message, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -212,6 +213,9 @@ async fn persistent_session_resumes_and_receives_queued_messages() {
         .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
         .await
         .expect("subscribe");
+    // Graceful shutdown through the link: DISCONNECT, then Closed.
+    c.link.shutdown().await;
+    c.state("closed", |s| *s == LinkState::Closed).await;
     c.stop().await;
 
     // While we are away, the broker queues for our session.
@@ -300,6 +304,22 @@ async fn wrong_ca_is_refused_with_a_clear_error() {
     let server_pki = certs::generate(dir.path(), "server");
     let other_pki = certs::generate(dir.path(), "other");
     let m = Mosquitto::start_with(&server_pki.mosquitto_conf(false));
+    // The endpoint check (no MQTT) tells the same story up front.
+    let ep = Endpoint::tls("127.0.0.1", m.port);
+    let good = mqbridge::client::TlsOptions {
+        ca_file: Some(server_pki.ca.clone()),
+        ..Default::default()
+    };
+    client::check_endpoint(&ep, &good, WAIT)
+        .await
+        .expect("right CA passes");
+    let mut bad = good.clone();
+    bad.ca_file = Some(other_pki.ca.clone());
+    let e = client::check_endpoint(&ep, &bad, WAIT)
+        .await
+        .expect_err("wrong CA fails");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+
     let mut opts = options("wrongca", vec![Endpoint::tls("127.0.0.1", m.port)]);
     opts.tls.ca_file = Some(other_pki.ca.clone());
     let c = Client::spawn(opts);
@@ -419,4 +439,787 @@ async fn broker_restart_mid_stream_loses_no_acked_message() {
     );
     sub.stop().await;
     publ.stop().await;
+}
+
+/// Two brokers as two endpoints: kill the first → traffic moves to the
+/// second; bring the first back → failback only after the probes pass.
+#[tokio::test]
+async fn failover_to_secondary_and_failback_after_probes() {
+    let mut a = Mosquitto::start();
+    let b = Mosquitto::start();
+    let topic = unique("failover");
+    let mut c = Client::spawn(options("failover", vec![tcp(a.port), tcp(b.port)]));
+    c.connected_to(a.port).await;
+    c.link
+        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe");
+
+    a.kill();
+    let e = c
+        .event("failover", |e| matches!(e, ClientEvent::Failover { .. }))
+        .await;
+    assert_eq!(
+        e,
+        ClientEvent::Failover {
+            from: format!("mqtt://127.0.0.1:{}", a.port),
+            to: format!("mqtt://127.0.0.1:{}", b.port),
+        }
+    );
+    assert!(!c.connected_to(b.port).await);
+    // The subscription was restored on B and traffic flows there.
+    c.publish(&topic, "on-b", QoS::AtLeastOnce).await;
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"on-b");
+    d.ack.ack();
+
+    // While A is down, probes fail and we stay on B.
+    let e = c
+        .event("failed probe", |e| matches!(e, ClientEvent::Probe { .. }))
+        .await;
+    assert!(matches!(e, ClientEvent::Probe { ok: false, .. }), "{e:?}");
+
+    a.start_again();
+    let mut good = 0;
+    loop {
+        match c
+            .event("probe or failback", |e| {
+                matches!(e, ClientEvent::Probe { .. } | ClientEvent::Failback { .. })
+            })
+            .await
+        {
+            ClientEvent::Probe { ok: true, .. } => good += 1,
+            ClientEvent::Probe { ok: false, .. } => good = 0,
+            ClientEvent::Failback { to } => {
+                assert_eq!(to, format!("mqtt://127.0.0.1:{}", a.port));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(good >= 3, "failback after {good} good probes, 3 required");
+    c.connected_to(a.port).await;
+    // Subscription restored on A too.
+    a.publish(&topic, "back-on-a", 1, &[]);
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"back-on-a");
+    d.ack.ack();
+    c.stop().await;
+}
+
+/// Unacknowledged publishes carry over a failover and are resent on the
+/// next endpoint.
+#[tokio::test]
+async fn unacked_publishes_carry_over_to_the_next_endpoint() {
+    // A fake "primary" that accepts CONNECT and never acknowledges PUBLISH.
+    let primary = FakeServer::start(|mut s| async move {
+        let _ = read_some(&mut s).await; // CONNECT
+        let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await; // CONNACK accepted
+        // Swallow everything, ack nothing, close after the first PUBLISH.
+        let _ = read_some(&mut s).await;
+    })
+    .await;
+    let b = Mosquitto::start();
+    let topic = unique("carry");
+    let cli = unique("carry-cli");
+    b.prepare_subscriber(&cli, &topic, 1);
+    let mut opts = options("carry", vec![tcp(primary.port), tcp(b.port)]);
+    opts.failback.enabled = false;
+    let c = Client::spawn(opts);
+    c.connected_to(primary.port).await;
+    let ack = c
+        .link
+        .publish(Message::new(
+            topic.clone(),
+            "carried",
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    // The primary drops us without a PUBACK; the message is resent on B.
+    c.connected_to(b.port).await;
+    timeout(WAIT, ack.wait())
+        .await
+        .expect("ack after failover")
+        .expect("publish ok");
+    assert_eq!(
+        b.collect(&cli, &topic, 1, 1, 5),
+        vec![format!("{topic} carried")]
+    );
+    c.stop().await;
+}
+
+/// A server that accepts TCP and never answers CONNECT: the connect timeout
+/// fires, attempts are spaced by the backoff, nothing hangs.
+#[tokio::test]
+async fn silent_server_times_out_with_backoff() {
+    let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acc = accepts.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        if let Ok(mut v) = acc.lock() {
+            v.push(tokio::time::Instant::now());
+        }
+        let _ = tx.send(());
+        async move {
+            // Read and ignore; never answer.
+            let mut buf = [0u8; 256];
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
+    let mut opts = options("silent", vec![tcp(server.port)]);
+    opts.connect_timeout = Duration::from_millis(300);
+    opts.backoff.min = Duration::from_millis(200);
+    opts.backoff.max = Duration::from_millis(400);
+    opts.backoff.jitter = false;
+    let c = Client::spawn(opts);
+    let state = c
+        .state("disconnected", |s| {
+            matches!(s, LinkState::Disconnected { .. })
+        })
+        .await;
+    let LinkState::Disconnected { reason } = state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("timed out waiting for CONNACK")
+            && reason.contains(&format!("mqtt://127.0.0.1:{}", server.port)),
+        "{reason}"
+    );
+    for _ in 0..3 {
+        timeout(WAIT, rx.recv()).await.expect("another attempt");
+    }
+    let times = accepts.lock().map(|v| v.clone()).unwrap_or_default();
+    for w in times.windows(2) {
+        let gap = w[1] - w[0];
+        // connect timeout (300 ms) + backoff (≥ 200 ms): never a tight loop.
+        assert!(gap >= Duration::from_millis(450), "attempts {gap:?} apart");
+    }
+    c.stop().await;
+}
+
+/// A broker that accepts TCP and refuses CONNECT: backoff between attempts.
+#[tokio::test]
+async fn refused_connect_backs_off() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let _ = tx.send(tokio::time::Instant::now());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x05]).await; // not authorized
+            let _ = read_some(&mut s).await;
+        }
+    })
+    .await;
+    let mut opts = options("refused", vec![tcp(server.port)]);
+    opts.backoff.min = Duration::from_millis(100);
+    opts.backoff.max = Duration::from_millis(800);
+    opts.backoff.jitter = false;
+    let c = Client::spawn(opts);
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        times.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("attempt")
+                .expect("chan"),
+        );
+    }
+    let gaps: Vec<_> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 100, 200, 400 ms: growing, never tight.
+    assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
+    let state = c.link.state().borrow().clone();
+    if let LinkState::Disconnected { reason } = state {
+        assert!(reason.contains("not authorized"), "{reason}");
+    }
+    c.stop().await;
+}
+
+/// Malformed bytes from the broker side: the connection is dropped and
+/// re-established, the error names the endpoint.
+#[tokio::test]
+async fn malformed_bytes_drop_the_connection_and_reconnect() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let _ = tx.send(());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            // Packet type 0 is reserved: garbage.
+            let _ = s.write_all(&[0x00, 0x03, 0xde, 0xad, 0xbe]).await;
+            let _ = read_some(&mut s).await;
+        }
+    })
+    .await;
+    let mut c = Client::spawn(options("malformed", vec![tcp(server.port)]));
+    let e = c
+        .event("disconnect", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    let ClientEvent::Disconnected { endpoint, reason } = e else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, format!("mqtt://127.0.0.1:{}", server.port));
+    assert!(
+        reason.contains(&endpoint) && reason.contains("protocol error"),
+        "{reason}"
+    );
+    // Re-established: a second (and third) connection arrives.
+    for _ in 0..3 {
+        timeout(WAIT, rx.recv()).await.expect("reconnect");
+    }
+    c.event("connected again", |e| {
+        matches!(e, ClientEvent::Connected { .. })
+    })
+    .await;
+    c.stop().await;
+}
+
+/// A half-open link (CONNACK, then silence: no PINGRESP) is noticed within
+/// 1.5 × keepalive.
+#[tokio::test]
+async fn half_open_link_detected_by_keepalive() {
+    let server = FakeServer::start(|mut s| async move {
+        let _ = read_some(&mut s).await;
+        let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+        // Swallow PINGREQs, never answer.
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let mut opts = options("halfopen", vec![tcp(server.port)]);
+    opts.keepalive = Duration::from_secs(1);
+    let mut c = Client::spawn(opts);
+    c.event("connected", |e| matches!(e, ClientEvent::Connected { .. }))
+        .await;
+    let up = tokio::time::Instant::now();
+    let e = c
+        .event("keepalive timeout", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    let took = up.elapsed();
+    let ClientEvent::Disconnected { reason, .. } = e else {
+        unreachable!()
+    };
+    assert!(reason.contains("keepalive timeout"), "{reason}");
+    assert!(
+        took >= Duration::from_millis(1400) && took <= Duration::from_millis(2200),
+        "noticed after {took:?}, expected 1.5 s"
+    );
+    c.stop().await;
+}
+
+/// With the inflight window full (a broker that never acks), further
+/// publishes wait in the bounded request queue: backpressure, not memory.
+#[tokio::test]
+async fn full_inflight_window_applies_backpressure() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            let mut buf = vec![0u8; 4096];
+            let mut total = 0;
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                // Count PUBLISH QoS 1 packets (first byte 0x32); small ones fit one read each.
+                total += buf[..n].iter().filter(|b| **b == 0x32).count();
+                let _ = tx.send(total);
+            }
+        }
+    })
+    .await;
+    let mut opts = options("window", vec![tcp(server.port)]);
+    opts.inflight = 2;
+    opts.request_capacity = 1;
+    let c = Client::spawn(opts);
+    c.connected_to(server.port).await;
+    let mut acks = Vec::new();
+    for p in ["a", "b", "c"] {
+        let msg = Message::new("w/t", p, QoS::AtLeastOnce, false);
+        acks.push(c.link.publish(msg).await.expect("queued"));
+    }
+    // Two PUBLISHes reach the wire; the third waits in the request queue,
+    // and the queue (capacity 1) is full, so a fourth publish blocks.
+    let mut seen = 0;
+    while seen < 2 {
+        seen = timeout(WAIT, rx.recv())
+            .await
+            .expect("publish")
+            .expect("chan");
+    }
+    let fourth = c
+        .link
+        .publish(Message::new("w/t", "d", QoS::AtLeastOnce, false));
+    assert!(
+        timeout(Duration::from_millis(300), fourth).await.is_err(),
+        "the fourth publish must wait"
+    );
+    while let Ok(total) = rx.try_recv() {
+        seen = total;
+    }
+    assert_eq!(seen, 2, "only the inflight window reaches the wire");
+    c.stop().await;
+    for a in acks {
+        assert!(a.wait().await.is_err(), "unacked publishes fail on close");
+    }
+}
+
+/// A tiny TCP server for fault tests: runs `handler` for every connection.
+struct FakeServer {
+    port: u16,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl FakeServer {
+    async fn start<F, Fut>(handler: F) -> FakeServer
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => {
+                            let conn = handler(s);
+                            let token = token.clone();
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = token.cancelled() => {}
+                                    _ = conn => {}
+                                }
+                            });
+                        }
+                        Err(_) => break,
+                    },
+                }
+            }
+        });
+        FakeServer {
+            port,
+            _stop: stop.drop_guard(),
+        }
+    }
+}
+
+/// Reads whatever arrives next (at least one byte, or EOF).
+async fn read_some(s: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
+    let mut buf = [0u8; 1024];
+    s.read(&mut buf).await
+}
+
+/// `insecure: true` connects without any CA (and only warns).
+#[tokio::test]
+async fn insecure_tls_skips_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = certs::generate(dir.path(), "insecure");
+    let m = Mosquitto::start_with(&pki.mosquitto_conf(false));
+    let mut opts = options("insecure", vec![Endpoint::tls("127.0.0.1", m.port)]);
+    opts.tls.insecure = true;
+    let c = Client::spawn(opts);
+    c.state("connected", |s| matches!(s, LinkState::Connected { .. }))
+        .await;
+    c.stop().await;
+}
+
+/// Birth on every connect (retained `online`), will on an ungraceful loss
+/// (retained `offline`), and `offline` published by the client itself on a
+/// graceful shutdown.
+#[tokio::test]
+async fn birth_and_will_status_messages() {
+    let m = Mosquitto::start();
+    let status = format!("{}/status", unique("status"));
+    let mut opts = options("status", vec![tcp(m.port)]);
+    opts.birth = Some(Message::new(
+        status.clone(),
+        "online",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts.will = Some(Message::new(
+        status.clone(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+
+    // Run the client on its own runtime, then drop that runtime: the socket
+    // closes without DISCONNECT, as if the process died.
+    let port = m.port;
+    let o = opts.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let c = Client::spawn(o);
+            c.connected_to(port).await;
+            // Keep the link alive (dropping it would shut down gracefully);
+            // the runtime drop below kills the task mid-connection.
+            std::mem::forget(c);
+        });
+        drop(rt);
+    })
+    .join()
+    .expect("client thread");
+    let retained = |m: &Mosquitto| {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &m.port.to_string(),
+                "-t",
+                &status,
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(retained(&m), "offline", "will after an ungraceful loss");
+
+    // Reconnect: the birth replaces it; a graceful stop leaves it.
+    let c = Client::spawn(opts);
+    c.connected_to(m.port).await;
+    let t0 = tokio::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < WAIT {
+        last = retained(&m);
+        if last == "online" {
+            break;
+        }
+    }
+    assert_eq!(last, "online", "birth after connect");
+    // A graceful close sends DISCONNECT (the broker drops the will) but
+    // publishes the `offline` status itself first.
+    c.stop().await;
+    assert_eq!(retained(&m), "offline", "offline after a graceful close");
+}
+
+/// A slow consumer: the delivery channel is full, so the client stops
+/// reading the socket; it keeps pinging so neither side drops the link, and
+/// nothing is lost when the consumer catches up.
+#[tokio::test]
+async fn slow_consumer_backpressure_keeps_the_link_up() {
+    let m = Mosquitto::start();
+    let topic = unique("slow");
+    let mut opts = options("slow", vec![tcp(m.port)]);
+    opts.keepalive = Duration::from_secs(1);
+    opts.delivery_capacity = 1;
+    let mut c = Client::spawn(opts);
+    c.connected_to(m.port).await;
+    c.link
+        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe");
+    for i in 0..5 {
+        m.publish(&topic, &format!("{i}"), 1, &[]);
+    }
+    // The consumer is busy for longer than 1.5 × keepalive (the scenario,
+    // not a synchronisation).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for i in 0..5 {
+        let d = c.recv().await;
+        assert_eq!(d.message.payload, format!("{i}").into_bytes());
+        d.ack.ack();
+    }
+    while let Ok(e) = c.events.try_recv() {
+        assert!(
+            !matches!(e, ClientEvent::Disconnected { .. }),
+            "link dropped while paused: {e:?}"
+        );
+    }
+    c.stop().await;
+}
+
+/// A burst of QoS 2 publishes: Mosquitto silently discards QoS 2 PUBLISHes
+/// beyond its `max_inflight_messages` (20), so the client keeps QoS 2 flows
+/// within `inflight_qos2` and nothing is lost.
+#[tokio::test]
+async fn qos2_burst_stays_within_the_broker_quota() {
+    const N: usize = 300;
+    let m = Mosquitto::start();
+    let topic = unique("qos2burst");
+    let mut sub = Client::spawn(options("q2sub", vec![tcp(m.port)]));
+    sub.connected_to(m.port).await;
+    sub.link
+        .subscribe(vec![(topic.clone(), QoS::ExactlyOnce)])
+        .await
+        .expect("subscribe");
+    let mut opts = options("q2pub", vec![tcp(m.port)]);
+    opts.inflight = 100;
+    let publ = Client::spawn(opts);
+    publ.connected_to(m.port).await;
+    let link = publ.link.clone();
+    let t = topic.clone();
+    let producer = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let m = Message::new(t.clone(), format!("{i}"), QoS::ExactlyOnce, false);
+            acks.push(link.publish(m).await.expect("publish"));
+        }
+        for a in acks {
+            a.wait().await.expect("acked");
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N {
+        let d = sub.recv().await;
+        seen.insert(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack.ack();
+    }
+    timeout(WAIT, producer)
+        .await
+        .expect("producer")
+        .expect("task");
+    sub.stop().await;
+    publ.stop().await;
+}
+
+/// Dropping every `Link` finishes the publishes in flight, then closes.
+#[tokio::test]
+async fn dropping_the_link_finishes_inflight_publishes_then_closes() {
+    let m = Mosquitto::start();
+    let topic = unique("droplink");
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (link, _rx) = client::spawn(
+        options("droplink", vec![tcp(m.port)]),
+        shutdown.clone(),
+        &tracker,
+    );
+    let state = link.state();
+    let mut acks = Vec::new();
+    for i in 0..50 {
+        let msg = Message::new(topic.clone(), format!("{i}"), QoS::AtLeastOnce, false);
+        acks.push(link.publish(msg).await.expect("publish"));
+    }
+    drop(link);
+    for a in acks {
+        timeout(WAIT, a.wait())
+            .await
+            .expect("ack in time")
+            .expect("acked, not failed");
+    }
+    tracker.close();
+    timeout(WAIT, tracker.wait()).await.expect("task ends");
+    assert_eq!(*state.borrow(), LinkState::Closed);
+}
+
+/// Incoming acks go out in arrival order even when the application acks out
+/// of order; a repeated QoS 2 PUBLISH (DUP) is delivered only once.
+#[tokio::test]
+async fn incoming_acks_in_arrival_order_and_qos2_dedup() {
+    let (wire_tx, mut wire) = mpsc::unbounded_channel::<Vec<u8>>();
+    let server = FakeServer::start(move |mut s| {
+        let wire_tx = wire_tx.clone();
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            // QoS 1 PUBLISH ids 1, 2, 3 on topic "t", payload "x".
+            for id in 1..=3u8 {
+                let _ = s
+                    .write_all(&[0x32, 0x06, 0x00, 0x01, b't', 0x00, id, b'x'])
+                    .await;
+            }
+            // QoS 2 PUBLISH id 9, then the same again with DUP.
+            let _ = s
+                .write_all(&[0x34, 0x06, 0x00, 0x01, b't', 0x00, 9, b'y'])
+                .await;
+            let _ = s
+                .write_all(&[0x3c, 0x06, 0x00, 0x01, b't', 0x00, 9, b'y'])
+                .await;
+            let mut buf = [0u8; 256];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let _ = wire_tx.send(buf[..n].to_vec());
+            }
+        }
+    })
+    .await;
+    let mut c = Client::spawn(options("inorder", vec![tcp(server.port)]));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(c.recv().await);
+    }
+    let payloads: Vec<_> = got.iter().map(|d| d.message.payload.to_vec()).collect();
+    assert_eq!(
+        payloads,
+        vec![b"x".to_vec(), b"x".to_vec(), b"x".to_vec(), b"y".to_vec()]
+    );
+    // Ack the last three first: nothing may go out before the first is acked.
+    let first = got.remove(0);
+    for d in got.drain(..).rev() {
+        d.ack.ack();
+    }
+    assert!(
+        timeout(Duration::from_millis(200), wire.recv())
+            .await
+            .is_err(),
+        "an ack overtook the unacked first message"
+    );
+    first.ack.ack();
+    let mut bytes = Vec::new();
+    // PUBACK 1, 2, 3 then PUBREC 9 (4 bytes each).
+    while bytes.len() < 16 {
+        let chunk = timeout(WAIT, wire.recv())
+            .await
+            .expect("acks")
+            .expect("open");
+        bytes.extend(chunk);
+    }
+    assert_eq!(
+        bytes,
+        vec![
+            0x40, 0x02, 0x00, 1, 0x40, 0x02, 0x00, 2, 0x40, 0x02, 0x00, 3, 0x50, 0x02, 0x00, 9
+        ]
+    );
+    // The DUP copy of the QoS 2 message was not delivered again.
+    assert!(c.rx.try_recv().is_err());
+    c.stop().await;
+}
+
+/// A broker that accepts CONNECT and drops the link at once: the delay keeps
+/// growing (no tight loop); once a link stayed up for `stable_after`, the
+/// next delay is back at `min`.
+#[tokio::test]
+async fn backoff_resets_only_after_a_stable_link() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let server = FakeServer::start(move |mut s| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.send(tokio::time::Instant::now());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            if n == 3 {
+                // The fourth link stays up past `stable_after`.
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            // Dropping the socket closes the link.
+        }
+    })
+    .await;
+    let mut opts = options("stable", vec![tcp(server.port)]);
+    opts.backoff.min = Duration::from_millis(100);
+    opts.backoff.max = Duration::from_secs(2);
+    opts.backoff.jitter = false;
+    opts.backoff.stable_after = Duration::from_millis(400);
+    let c = Client::spawn(opts);
+    let mut t = Vec::new();
+    for _ in 0..6 {
+        t.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("attempt")
+                .expect("chan"),
+        );
+    }
+    let gap = |i: usize| t[i + 1] - t[i];
+    let ms = Duration::from_millis;
+    // Flapping links: at least 100, 200, 400 ms apart (growing, never tight).
+    assert!(gap(0) >= ms(100), "{:?}", gap(0));
+    assert!(gap(1) >= ms(200), "{:?}", gap(1));
+    assert!(gap(2) >= ms(400), "{:?}", gap(2));
+    // The 4th link was up 600 ms ≥ stable_after: the delay after it is back
+    // at 100 ms (600 + 100), then grows again (200 ms). Without the reset
+    // these would be ≥ 1.4 s and ≥ 1.6 s; the upper bounds leave room for load.
+    assert!(gap(3) >= ms(700) && gap(3) < ms(1300), "{:?}", gap(3));
+    assert!(gap(4) >= ms(200) && gap(4) < ms(1000), "{:?}", gap(4));
+    c.stop().await;
+}
+
+/// UNSUBSCRIBE stops delivery, and the filter is not restored later.
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let m = Mosquitto::start();
+    let p = unique("unsub");
+    let (a, b) = (format!("{p}/a"), format!("{p}/b"));
+    let mut c = Client::spawn(options("unsub", vec![tcp(m.port)]));
+    c.connected_to(m.port).await;
+    c.link
+        .subscribe(vec![(a.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe a");
+    c.link
+        .unsubscribe(vec![a.clone()])
+        .await
+        .expect("unsubscribe");
+    c.link
+        .subscribe(vec![(b.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe b");
+    // Published in this order: if `a` were still subscribed it would come first.
+    m.publish(&a, "on-a", 1, &[]);
+    m.publish(&b, "on-b", 1, &[]);
+    let d = c.recv().await;
+    assert_eq!(d.message.topic, b);
+    d.ack.ack();
+    c.stop().await;
+}
+
+/// Credentials in CONNECT: accepted with the right password, refused (and
+/// retried with backoff) with a wrong one, the reason naming the endpoint.
+#[tokio::test]
+async fn credentials_accepted_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("passwd");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["bridge", "s3cret"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e} (install mosquitto)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let m = Mosquitto::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        pw.display()
+    ));
+    let mut opts = options("creds", vec![tcp(m.port)]);
+    opts.username = Some("bridge".into());
+    opts.password = Some("s3cret".into());
+    let c = Client::spawn(opts.clone());
+    c.connected_to(m.port).await;
+    c.stop().await;
+
+    opts.password = Some("wrong".into());
+    let c = Client::spawn(opts);
+    let s = c
+        .state("refused", |s| matches!(s, LinkState::Disconnected { .. }))
+        .await;
+    let LinkState::Disconnected { reason } = s else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("connection refused by broker")
+            && reason.contains(&format!("mqtt://127.0.0.1:{}", m.port)),
+        "{reason}"
+    );
+    c.stop().await;
 }

@@ -91,8 +91,8 @@ pub struct BackoffOptions {
 impl Default for BackoffOptions {
     fn default() -> Self {
         BackoffOptions {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
             jitter: true,
             stable_after: Duration::from_secs(30),
         }
@@ -114,14 +114,14 @@ impl Default for FailbackOptions {
     fn default() -> Self {
         FailbackOptions {
             enabled: true,
-            probe_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(30),
             probes_required: 3,
         }
     }
 }
 
-/// Everything one remote broker connection needs.
-#[derive(Debug, Clone)]
+/// Everything one remote broker connection needs. `Debug` redacts the password.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Broker name (config map key); the `broker` field of every log line.
     pub name: String,
@@ -145,24 +145,37 @@ pub struct ClientOptions {
     pub failback: FailbackOptions,
     /// Time allowed for TCP connect + TLS handshake + CONNACK.
     pub connect_timeout: Duration,
-    /// Largest packet we send or accept, in bytes.
+    /// Largest packet we send or accept, in bytes. Larger publishes are
+    /// refused to the caller; a larger incoming packet closes the connection
+    /// (and the broker would redeliver it), so keep this at least as large as
+    /// the broker's own limit.
     pub max_packet_size: usize,
     /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
     pub inflight: usize,
+    /// Maximum unacknowledged outgoing QoS 2 publishes (within `inflight`).
+    /// Mosquitto silently discards QoS 2 PUBLISHes from a 3.1.1 client beyond
+    /// its `max_inflight_messages` (default 20), so keep this at or below it.
+    pub inflight_qos2: usize,
     /// Capacity of the bounded request channel behind the [`crate::link::Link`].
     pub request_capacity: usize,
     /// Capacity of the bounded delivery channel (incoming messages).
     pub delivery_capacity: usize,
-    /// Last will, set in every CONNECT (e.g. retained `offline` status).
+    /// Last will, set in every CONNECT (e.g. retained `offline` status). On a
+    /// graceful close (shutdown, failback) the client publishes it itself
+    /// (at QoS 0) just before DISCONNECT, since the broker then drops the will.
     pub will: Option<Message>,
-    /// Published after every successful connect (e.g. retained `online` status).
+    /// Published after every successful connect, as given (set `retain: true`
+    /// for a status topic such as `online`).
     pub birth: Option<Message>,
     /// Where to send lifecycle events (metrics, tests); `None` = nowhere.
     pub events: Option<broadcast::Sender<ClientEvent>>,
 }
 
 impl ClientOptions {
-    /// Options with the defaults for everything but the name, endpoints and client id.
+    /// Options with the defaults for everything but the name, endpoints and
+    /// client id (the same defaults as `bridges.yaml`: keepalive 60 s,
+    /// persistent session, reconnect 1 s..60 s with jitter, stable after 30 s,
+    /// failback probes every 30 s ×3, connect timeout 10 s, inflight 100).
     pub fn new(
         name: impl Into<String>,
         endpoints: Vec<Endpoint>,
@@ -174,7 +187,7 @@ impl ClientOptions {
             client_id: client_id.into(),
             username: None,
             password: None,
-            keepalive: Duration::from_secs(30),
+            keepalive: Duration::from_secs(60),
             clean_session: false,
             tls: TlsOptions::default(),
             backoff: BackoffOptions::default(),
@@ -182,6 +195,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             inflight: 100,
+            inflight_qos2: 20,
             request_capacity: 256,
             delivery_capacity: 256,
             will: None,
@@ -197,5 +211,53 @@ impl ClientOptions {
             .map(Endpoint::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("name", &self.name)
+            .field("endpoints", &self.display_url())
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keepalive", &self.keepalive)
+            .field("clean_session", &self.clean_session)
+            .field("tls", &self.tls)
+            .field("backoff", &self.backoff)
+            .field("failback", &self.failback)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("inflight", &self.inflight)
+            .field("inflight_qos2", &self.inflight_qos2)
+            .field("request_capacity", &self.request_capacity)
+            .field("delivery_capacity", &self.delivery_capacity)
+            .field("will", &self.will.as_ref().map(|m| &m.topic))
+            .field("birth", &self.birth.as_ref().map(|m| &m.topic))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_and_redacted_debug() {
+        assert_eq!(Endpoint::tcp("h", 1883).url(), "mqtt://h:1883");
+        assert_eq!(Endpoint::tls("::1", 8883).url(), "mqtts://[::1]:8883");
+        let mut o = ClientOptions::new(
+            "b",
+            vec![Endpoint::tcp("a", 1), Endpoint::tls("c", 2)],
+            "id",
+        );
+        assert_eq!(o.display_url(), "mqtt://a:1,mqtts://c:2");
+        o.password = Some("hunter2".into());
+        let dbg = format!("{o:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
     }
 }
