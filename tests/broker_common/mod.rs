@@ -3,6 +3,8 @@
 //! clients (a missing binary fails the test with a clear message).
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
