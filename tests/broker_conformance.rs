@@ -748,3 +748,28 @@ async fn hostile_input_closes_only_that_connection() {
     let s = b.broker.stats();
     assert!(s.refused_protocol >= total - 1, "{s:?}");
 }
+
+/// A subscriber that never reads: QoS 0 beyond `max_queued_messages`
+/// unwritten packets is dropped and counted; the publisher is unaffected.
+#[tokio::test]
+async fn non_reading_qos0_subscriber_is_bounded() {
+    let b = TestBroker::start_with(|o| o.limits.max_queued_messages = 50).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within(socket.connect(b.addr)).await.unwrap();
+    let mut stuck = Raw::from_stream(stream);
+    stuck.send_connect("nr-stuck", true, None, None, 0).await;
+    assert!(matches!(stuck.next().await, Packet::ConnAck(_)));
+    stuck.subscribe(&[("nr/#", QoS::AtMostOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "nr-pub", true).await;
+    let payload = "x".repeat(10_000);
+    for _ in 0..3000 {
+        publ.publish("nr/t", &payload, QoS::AtMostOnce, false, 0)
+            .await;
+    }
+    publ.ping().await;
+    let s = b.broker.stats();
+    assert!(s.dropped_queue_full > 0, "{s:?}");
+    assert_eq!(s.msgs_in, 3000);
+    drop(stuck);
+}

@@ -115,6 +115,13 @@ impl Raw {
         }
     }
 
+    pub fn from_stream(s: TcpStream) -> Raw {
+        Raw {
+            framed: Framed::new(s, MQTT_MAX_PACKET_SIZE, MQTT_MAX_PACKET_SIZE),
+            next_pkid: 1,
+        }
+    }
+
     pub async fn connect_full(
         addr: SocketAddr,
         id: &str,
