@@ -448,7 +448,7 @@ impl Reader<'_> {
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
-    let mut batch = Vec::with_capacity(16);
+    let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;
     while !close {

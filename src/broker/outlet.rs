@@ -14,8 +14,9 @@ use crate::protocol::v4::Packet;
 /// What the router sends to a connection.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// A packet to write.
-    Packet(Packet),
+    /// A packet to write (boxed: channel blocks and batches hold many slots,
+    /// and 10,000 idle connections must stay small).
+    Packet(Box<Packet>),
     /// Write what is queued, then close (takeover, broker shutdown).
     Close,
 }
@@ -57,7 +58,7 @@ impl Outlet {
     /// Hands `packet` to the connection; false if it is gone.
     pub fn send(&self, packet: Packet) -> bool {
         self.pending.fetch_add(1, Relaxed);
-        if self.tx.send(Out::Packet(packet)).is_err() {
+        if self.tx.send(Out::Packet(Box::new(packet))).is_err() {
             self.pending.fetch_sub(1, Relaxed);
             return false;
         }

@@ -196,7 +196,9 @@ mod tests {
                 break;
             }
             for o in buf.drain(..) {
-                if let Out::Packet(Packet::Publish(p)) = o {
+                if let Out::Packet(b) = o
+                    && let Packet::Publish(p) = *b
+                {
                     out.push(String::from_utf8_lossy(&p.payload).into_owned());
                 }
             }
