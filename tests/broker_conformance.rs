@@ -773,3 +773,57 @@ async fn non_reading_qos0_subscriber_is_bounded() {
     assert_eq!(s.msgs_in, 3000);
     drop(stuck);
 }
+
+/// Persistent session with the Mosquitto CLI: `mosquitto_sub -c` leaves,
+/// QoS 1 messages published meanwhile are delivered when it comes back.
+#[tokio::test]
+async fn mosquitto_cli_persistent_session_gets_queued_messages() {
+    let b = TestBroker::start().await;
+    let args = ["-c", "-i", "cs-sub", "-q", "1", "-t", "cs/t", "-v"];
+    let mut first = MosqSub::spawn(b.addr, &args, 1);
+    first.wait_subscribed(&b, 1).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m0", "-q", "1"]).await;
+    assert_eq!(first.lines().await, vec!["cs/t m0".to_string()]);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m1", "-q", "1"]).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m2", "-q", "2"]).await;
+    assert_eq!(b.broker.stats().queued, 2);
+    let mut again = MosqSub::spawn(b.addr, &args, 2);
+    assert_eq!(
+        again.lines().await,
+        vec!["cs/t m1".to_string(), "cs/t m2".to_string()]
+    );
+}
+
+/// A `mosquitto_sub` killed with SIGKILL: its will is published; a takeover
+/// of a connected client publishes the old connection's will too.
+#[tokio::test]
+async fn will_of_killed_mosquitto_client_and_of_taken_over_connection() {
+    let b = TestBroker::start().await;
+    let mut watcher = Raw::connect(b.addr, "wk-watch", true).await;
+    watcher.subscribe(&[("wk/#", QoS::AtMostOnce)]).await;
+    let mut victim = MosqSub::spawn(
+        b.addr,
+        &[
+            "-t",
+            "wk/none",
+            "-i",
+            "wk-cli",
+            "--will-topic",
+            "wk/cli",
+            "--will-payload",
+            "gone",
+        ],
+        1,
+    );
+    victim.wait_subscribed(&b, 2).await;
+    victim.kill().await;
+    let p = watcher.next_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wk/cli", &b"gone"[..]));
+
+    let will = Some(("wk/takeover".to_string(), "old".to_string()));
+    let mut old = Raw::connect_with(b.addr, "wk-dev", true, None, will, 0).await;
+    let _new = Raw::connect(b.addr, "wk-dev", true).await;
+    old.expect_closed().await;
+    assert_eq!(watcher.next_publish().await.topic, "wk/takeover");
+}

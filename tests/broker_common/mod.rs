@@ -436,6 +436,11 @@ impl MosqSub {
         out
     }
 
+    /// Kills the process (SIGKILL: no DISCONNECT is sent).
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill mosquitto_sub");
+    }
+
     /// Waits for exit and returns (success, stderr).
     pub async fn status(&mut self) -> (bool, String) {
         let status = within(self.child.wait()).await.expect("wait");
