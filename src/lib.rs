@@ -10,7 +10,6 @@
 
 pub mod broker;
 pub mod client;
-
 pub mod config;
 pub mod link;
 pub mod pipe;
