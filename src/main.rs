@@ -189,13 +189,13 @@ fn run(path: &std::path::Path, worker_threads: usize) -> ExitCode {
 
 async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
     use anyhow::Context;
-    let token = tokio_util::sync::CancellationToken::new();
-    let handle = mqbridge::run(plan, token.clone())
+    let shutdown = mqbridge::shutdown::Shutdown::new();
+    let handle = mqbridge::run(plan, shutdown.token().clone())
         .await
         .context("starting the bridge")?;
     mqbridge::shutdown::signal().await;
     tracing::info!("signal received, shutting down");
-    token.cancel();
+    shutdown.trigger();
     // A second signal while draining stops at once (unacked messages are redelivered).
     tokio::select! {
         report = handle.finished() => {
