@@ -189,11 +189,13 @@ fn run(path: &std::path::Path, worker_threads: usize) -> ExitCode {
 
 async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Handlers first: a signal during start-up must still drain, not kill.
+    let mut signals = mqbridge::shutdown::Signals::new();
     let shutdown = mqbridge::shutdown::Shutdown::new();
     let handle = mqbridge::run(plan, shutdown.token().clone())
         .await
         .context("starting the bridge")?;
-    mqbridge::shutdown::signal().await;
+    signals.recv().await;
     tracing::info!("signal received, shutting down");
     shutdown.trigger();
     // A second signal while draining stops at once (unacked messages are redelivered).
@@ -203,7 +205,7 @@ async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
                 tracing::warn!(pipes = ?report.busy_pipes, "stopped with pipes still busy");
             }
         }
-        () = mqbridge::shutdown::signal() => {
+        () = signals.recv() => {
             tracing::warn!("second signal: exiting without waiting for the drain");
         }
     }
