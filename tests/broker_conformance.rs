@@ -827,3 +827,48 @@ async fn will_of_killed_mosquitto_client_and_of_taken_over_connection() {
     old.expect_closed().await;
     assert_eq!(watcher.next_publish().await.topic, "wk/takeover");
 }
+
+/// A QoS 2 flow interrupted after PUBREC is completed with a resent PUBREL
+/// when the persistent session resumes.
+#[tokio::test]
+async fn qos2_pubrel_resent_on_resume() {
+    let b = TestBroker::start().await;
+    let mut sub = Raw::connect(b.addr, "pr-sub", false).await;
+    sub.subscribe(&[("pr/t", QoS::ExactlyOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "pr-pub", true).await;
+    publ.publish("pr/t", "x", QoS::ExactlyOnce, false, 1).await;
+    publ.next().await;
+    let p = sub.next_publish().await;
+    sub.send(Packet::PubRec(PubRec::new(p.pkid))).await;
+    assert_eq!(sub.next().await, Packet::PubRel(PubRel::new(p.pkid)));
+    drop(sub);
+    wait_until(|| b.broker.stats().clients_connected == 1).await;
+    let (mut sub, present) = Raw::connect_present(b.addr, "pr-sub", false).await;
+    assert!(present);
+    assert_eq!(sub.next().await, Packet::PubRel(PubRel::new(p.pkid)));
+    sub.send(Packet::PubComp(PubComp::new(p.pkid))).await;
+    sub.ping().await;
+}
+
+/// Order per topic survives the inflight window and the session queue.
+#[tokio::test]
+async fn order_per_topic_through_window_and_queue() {
+    let b = TestBroker::start_with(|o| o.limits.max_inflight = 3).await;
+    let mut sub = Raw::connect(b.addr, "or-sub", true).await;
+    sub.subscribe(&[("or/t", QoS::AtLeastOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "or-pub", true).await;
+    let n = 300u16;
+    for i in 1..=n {
+        publ.publish("or/t", &i.to_string(), QoS::AtLeastOnce, false, i)
+            .await;
+    }
+    for i in 1..=n {
+        assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(i)));
+    }
+    for i in 1..=n {
+        let p = sub.next_publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes());
+        sub.puback(p.pkid).await;
+    }
+    sub.ping().await;
+}
