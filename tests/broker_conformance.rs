@@ -872,3 +872,20 @@ async fn order_per_topic_through_window_and_queue() {
     }
     sub.ping().await;
 }
+
+/// Cancelling the token stops listeners, connections, links and the router.
+#[tokio::test]
+async fn shutdown_stops_every_task() {
+    let b = TestBroker::start().await;
+    let mut c = Raw::connect(b.addr, "sd-1", false).await;
+    let (link, _rx) = b.broker.link("sd-link", false);
+    let mut state = link.state();
+    within(state.wait_for(|s| matches!(s, mqbridge::link::LinkState::Connected { .. })))
+        .await
+        .unwrap();
+    b.token.cancel();
+    within(b.broker.closed()).await;
+    c.expect_closed().await;
+    assert_eq!(*link.state().borrow(), mqbridge::link::LinkState::Closed);
+    assert!(tokio::net::TcpStream::connect(b.addr).await.is_err());
+}
