@@ -403,7 +403,7 @@ async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
     let acl = dir.path().join("acl");
     std::fs::write(
         &acl,
-        "topic read acl/public/#\nuser alice\ntopic readwrite acl/alice/#\npattern write acl/dev/%c/#\n",
+        "topic read acl/public/#\nuser alice\ntopic readwrite acl/alice/#\ntopic read acl/shared/#\ntopic deny acl/shared/secret\nuser bob\ntopic write acl/shared/#\npattern write acl/dev/%c/#\n",
     )
     .unwrap();
     let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
@@ -441,6 +441,17 @@ async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
     assert_eq!(&alice.next_publish().await.payload[..], b"mine");
     alice.ping().await;
     assert_eq!(b.broker.stats().dropped_acl, 2);
+    // Read is checked per delivery: a deny narrower than the subscription holds.
+    alice.subscribe(&[("acl/shared/#", QoS::AtMostOnce)]).await;
+    let mut bob = Raw::connect_with(b.addr, "acl-bob", true, Some(("bob", "x")), None, 0).await;
+    bob.publish("acl/shared/secret", "hidden", QoS::AtLeastOnce, false, 1)
+        .await;
+    bob.publish("acl/shared/open", "seen", QoS::AtLeastOnce, false, 2)
+        .await;
+    bob.next().await;
+    bob.next().await;
+    assert_eq!(alice.next_publish().await.topic, "acl/shared/open");
+    alice.ping().await;
     // mosquitto_sub (debug output) sees SUBACK 0x80 for the denied filter.
     let out = within(
         tokio::process::Command::new(require_bin("mosquitto_sub"))

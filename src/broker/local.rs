@@ -12,6 +12,7 @@ use tracing::debug;
 use super::connection::next_conn_id;
 use super::outlet::{Out, outlet};
 use super::router::{Ack, Event, Reply, RouterHandle};
+use super::session::Origin;
 use crate::link::{AckHandle, AckToken, Delivery, Link, LinkError, LinkRequest, LinkState};
 use crate::protocol::v4::Packet;
 use crate::protocol::{QoS, message_from_publish};
@@ -71,7 +72,7 @@ impl LocalLink {
             client_id: self.client_id.clone(),
             clean,
             outlet: out,
-            send_connack: false,
+            origin: Origin::Local,
             reply,
         };
         if !self.router.send(connect).await {

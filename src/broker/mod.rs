@@ -248,6 +248,7 @@ impl Broker {
         let router = router::spawn(
             &tracker,
             name.clone(),
+            security.clone(),
             limits.clone(),
             counters.clone(),
             opts.sys_interval,
