@@ -900,3 +900,37 @@ async fn shutdown_stops_every_task() {
     assert_eq!(*link.state().borrow(), mqbridge::link::LinkState::Closed);
     assert!(tokio::net::TcpStream::connect(b.addr).await.is_err());
 }
+
+/// A second link with the same client id takes the session over, even while
+/// the first link's pipe is not taking deliveries.
+#[tokio::test]
+async fn local_link_takeover_while_pipe_is_stalled() {
+    use mqbridge::link::LinkState;
+    let b = TestBroker::start().await;
+    let (old, _old_rx) = b.broker.link("lt-pipe", false);
+    within(old.subscribe(vec![("lt/#".into(), QoS::AtMostOnce)]))
+        .await
+        .unwrap();
+    let mut publ = Raw::connect(b.addr, "lt-pub", true).await;
+    for _ in 0..200 {
+        publ.publish("lt/t", "x", QoS::AtMostOnce, false, 0).await;
+    }
+    publ.ping().await;
+    let (new, _new_rx) = b.broker.link("lt-pipe", false);
+    let mut st = new.state();
+    let s = within(st.wait_for(|s| matches!(s, LinkState::Connected { .. })))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s,
+        LinkState::Connected {
+            endpoint: "local".into(),
+            session_present: true
+        }
+    );
+    let mut st = old.state();
+    within(st.wait_for(|s| *s == LinkState::Closed))
+        .await
+        .unwrap();
+}

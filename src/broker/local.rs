@@ -91,9 +91,11 @@ impl LocalLink {
         let mut batch = Vec::new();
         let graceful = loop {
             tokio::select! {
-                // Take more from the router only once the previous batch is handed on.
-                n = out_rx.recv_many(&mut batch, 64), if ready.is_empty() => {
-                    if n == 0 {
+                // Always drain the outlet (its size is bounded by the router's
+                // window and QoS 0 budget), so a takeover's Close is seen even
+                // while the pipe is not taking deliveries.
+                n = out_rx.recv_many(&mut batch, 64) => {
+                    if n == 0 || batch.iter().any(|o| matches!(o, Out::Close)) {
                         break false;
                     }
                     ready.extend(batch.drain(..));
