@@ -340,6 +340,9 @@ impl Router {
             if let Some(old) = self.sessions.get_mut(&sid) {
                 if let Some(att) = old.conn.take() {
                     info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
+                    // Network: at once, not after queued packets (the old client may
+                    // not be reading). Local link: it sees the Close.
+                    att.outlet.abort();
                     att.outlet.close();
                     self.by_conn.remove(&att.id);
                     self.counters.clients_connected.fetch_sub(1, Relaxed);
