@@ -20,6 +20,9 @@ use super::loopguard::{BrokerIx, BrokerSet, LoopGuard};
 use super::rules::PipeRules;
 use super::stats::{DropReason, PipeStats};
 
+/// Deliveries taken per wake-up beyond the first.
+const BATCH: usize = 64;
+
 /// The dispatcher's view of one pipe.
 pub(crate) struct Route {
     pub name: String,
@@ -76,7 +79,20 @@ impl Dispatcher {
                 // to the source, whose broker then holds the backlog).
                 d = self.deliveries.recv(), if !stopping && handoff.len() < self.max_pending => {
                     match d {
-                        Some(d) => self.dispatch(d, &mut handoff, &mut matched),
+                        Some(d) => {
+                            self.dispatch(d, &mut handoff, &mut matched);
+                            // Take what else is ready in one go (bounded, so
+                            // completions are not starved).
+                            for _ in 0..BATCH {
+                                if handoff.len() >= self.max_pending {
+                                    break;
+                                }
+                                match self.deliveries.try_recv() {
+                                    Ok(d) => self.dispatch(d, &mut handoff, &mut matched),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
                         None => {
                             tracing::info!(broker = %self.source_name, "source link closed");
                             stopping = true;
