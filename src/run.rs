@@ -262,8 +262,10 @@ async fn stop(
     }
     // Each remote link publishes its retained `offline` status, then sends
     // DISCONNECT (so the broker drops the will).
+    // Bounded: a link whose request queue is full (destination down) may
+    // not take the request; cancelling `links_token` below stops it anyway.
     for link in &links {
-        link.shutdown().await;
+        let _ = tokio::time::timeout(LINK_CLOSE_TIMEOUT, link.shutdown()).await;
     }
     tracker.close();
     if tokio::time::timeout(LINK_CLOSE_TIMEOUT, tracker.wait())
