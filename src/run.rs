@@ -264,9 +264,11 @@ async fn stop(
     // DISCONNECT (so the broker drops the will).
     // Bounded: a link whose request queue is full (destination down) may
     // not take the request; cancelling `links_token` below stops it anyway.
-    for link in &links {
-        let _ = tokio::time::timeout(LINK_CLOSE_TIMEOUT, link.shutdown()).await;
-    }
+    let _ = tokio::time::timeout(
+        LINK_CLOSE_TIMEOUT,
+        futures_util::future::join_all(links.iter().map(Link::shutdown)),
+    )
+    .await;
     tracker.close();
     if tokio::time::timeout(LINK_CLOSE_TIMEOUT, tracker.wait())
         .await

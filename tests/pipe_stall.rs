@@ -92,3 +92,71 @@ async fn dead_destination_stalls_siblings_on_a_shared_source_only() {
         "split over two source sessions, the healthy pipe is not stalled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_with_a_dead_destination_and_full_queues() {
+    let a = Mosquitto::start_with("max_queued_messages 0\n");
+    let mut b = Mosquitto::start();
+    let p = unique("full");
+    let mut yaml = format!(
+        "shutdown_timeout: 1s\nbrokers:\n{}{}pipes:\n",
+        remote("a", a.port, &format!("{p}-a")),
+        remote("b", b.port, &format!("{p}-b")),
+    );
+    for i in 0..5 {
+        yaml.push_str(&format!(
+            "  p{i}:\n    from: a\n    to: b\n    topics: [{p}/{i}/#]\n    qos: {{ force: 1 }}\n"
+        ));
+    }
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let mut b_state = run.link("b").expect("b").state();
+    tokio::task::block_in_place(|| b.kill());
+    timeout(
+        WAIT,
+        b_state.wait_for(|s| !matches!(s, LinkState::Connected { .. })),
+    )
+    .await
+    .expect("B seen down")
+    .expect("watch");
+    // QoS 0 at the source (not held back by the source window), forced to
+    // QoS 1: every pipe fills its window of publishes towards the dead B.
+    let mut msgs = Vec::new();
+    for i in 0..5 {
+        msgs.extend(seq_msgs(&format!("{p}/{i}/m"), 0..300));
+    }
+    publish_many(a.port, &msgs, 0, false).await;
+    let all: Vec<_> = (0..5)
+        .map(|i| run.pipe_stats(&format!("p{i}")).expect("pipe"))
+        .collect();
+    timeout(WAIT, async {
+        while all
+            .iter()
+            .any(|s| s.received.load(std::sync::atomic::Ordering::Relaxed) < 300)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every message reached its pipe");
+    let held: u64 = all
+        .iter()
+        .map(|s| s.snapshot().inflight + s.snapshot().queue_depth)
+        .sum();
+    assert!(
+        held > 356,
+        "more is held than the link's window and request queue take: {held}"
+    );
+    token.cancel();
+    let report = timeout(WAIT, run.finished())
+        .await
+        .expect("shutdown finishes despite full queues towards a dead broker");
+    assert_eq!(
+        report.busy_pipes.len(),
+        5,
+        "every pipe was still busy: {report:?}"
+    );
+}
