@@ -61,7 +61,8 @@ pub struct RunHandle {
     stats: Vec<(String, Arc<PipeStats>)>,
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
     links: BTreeMap<String, Link>,
-    subscribed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// `None` once resolved (a finished future must not be polled again).
+    subscribed: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     done: JoinHandle<RunReport>,
 }
 
@@ -101,7 +102,10 @@ impl RunHandle {
     /// Resolves once every source broker acknowledged the bridge's
     /// subscriptions: from then on, what is published there is forwarded.
     pub async fn ready(&mut self) {
-        (&mut self.subscribed).await;
+        if let Some(f) = self.subscribed.as_mut() {
+            f.await;
+            self.subscribed = None;
+        }
     }
 
     /// Waits until the bridge has shut down (after the token given to [`run`]
@@ -224,7 +228,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         "bridge running"
     );
     let stats = pipes.stats().to_vec();
-    let subscribed = Box::pin(pipes.subscribed());
+    let subscribed = Some(Box::pin(pipes.subscribed()) as _);
     let done = tokio::spawn(stop(
         pipes,
         shutdown,

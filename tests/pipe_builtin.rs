@@ -24,6 +24,9 @@ async fn builtin_to_mosquitto_and_mosquitto_to_builtin() {
         .await
         .expect("run");
     timeout(WAIT, run.ready()).await.expect("subscribed");
+    timeout(WAIT, run.ready())
+        .await
+        .expect("ready again is immediate");
     let edge_port = run.builtin_addrs("edge").expect("edge addrs")[0].port();
 
     // Up: a device publishes QoS 1 to the built-in broker; a Mosquitto subscriber gets it remapped.
