@@ -16,7 +16,9 @@ pub use codec::{
 pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
 pub use message::{Message, MessageProperties, QoS};
-pub use session::{Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation};
+pub use session::{
+    AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
+};
 
 /// rumqttc's wire QoS (used inside `v4` packets); converts from/to [`QoS`].
 pub use rumqttc::mqttbytes::QoS as WireQoS;

@@ -152,7 +152,36 @@ fn check_connect_header(body: &[u8]) -> Result<(), CodecError> {
             "password without user name",
         ));
     }
-    Ok(())
+    check_connect_length(r.get(1..).unwrap_or_default(), flags)
+}
+
+/// Walks the rest of a CONNECT (keepalive, client id, will, user name,
+/// password) and refuses bytes after the last field, which rumqttc ignores.
+/// A structure that ends early is left for rumqttc to report.
+fn check_connect_length(mut r: &[u8], flags: u8) -> Result<(), CodecError> {
+    if take_u16(&mut r).is_none() {
+        return Ok(());
+    }
+    let fields = 1
+        + 2 * usize::from(flags & 0x04 != 0)
+        + usize::from(flags & 0x80 != 0)
+        + usize::from(flags & 0x40 != 0);
+    for _ in 0..fields {
+        let Some(len) = take_u16(&mut r) else {
+            return Ok(());
+        };
+        if take(&mut r, usize::from(len)).is_none() {
+            return Ok(());
+        }
+    }
+    if r.is_empty() {
+        Ok(())
+    } else {
+        Err(CodecError::InvalidRemainingLength {
+            packet: "CONNECT",
+            len: r.len(),
+        })
+    }
 }
 
 /// Reserved bits of each requested-QoS byte (rumqttc masks them away).

@@ -375,3 +375,23 @@ fn a_large_allowed_frame_is_not_preallocated() {
     assert!(buf.capacity() <= 128 * 1024, "reserved {}", buf.capacity());
     assert_eq!(buf.len(), 5);
 }
+
+#[test]
+fn connect_with_trailing_bytes_is_refused() {
+    let mut payload = s(b"cid");
+    payload.extend(s(b"user"));
+    let ok = connect_frame(b"MQTT", 4, 0b1000_0010, &payload);
+    assert!(dec(&ok).unwrap().is_some());
+    payload.push(0);
+    let trailing = dec(&connect_frame(b"MQTT", 4, 0b1000_0010, &payload));
+    assert!(
+        matches!(
+            trailing,
+            Err(CodecError::InvalidRemainingLength {
+                packet: "CONNECT",
+                len: 1
+            })
+        ),
+        "{trailing:?}"
+    );
+}

@@ -203,3 +203,30 @@ async fn split_keeps_buffered_bytes() {
         .unwrap();
     assert_eq!(back, [0xe0, 0]);
 }
+
+#[tokio::test]
+async fn a_packet_of_exactly_the_maximum_passes_one_byte_more_fails() {
+    let big = publish(1 << 20);
+    let size = big.size();
+    for (max, ok) in [(size, true), (size - 1, false)] {
+        let (mut raw, io) = duplex(64 * 1024);
+        let mut framed = Framed::new(io, max, usize::MAX);
+        let wire = bytes_of(&big);
+        let writer = tokio::spawn(async move {
+            // The writer may stop early when the reader gives up.
+            let _ = raw.write_all(&wire).await;
+            raw
+        });
+        let got = timeout(T, framed.read_packet()).await.unwrap();
+        if ok {
+            assert_eq!(got.unwrap(), big);
+        } else {
+            assert!(
+                matches!(got, Err(CodecError::PacketTooLarge { .. })),
+                "{got:?}"
+            );
+        }
+        drop(framed);
+        drop(writer.await.unwrap());
+    }
+}

@@ -98,4 +98,30 @@ mod tests {
         assert_eq!(ids.allocate(), None);
         assert!(!ids.release(0));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a set model, from any starting point (so wrap-around is
+        /// covered): an allocated id is never one in use, and never 0.
+        #[test]
+        fn never_hands_out_an_id_in_use(
+            start in any::<u16>(),
+            ops in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>()), 1..300),
+        ) {
+            let mut ids = PacketIds { last: start, ..PacketIds::new() };
+            let mut model: Vec<u16> = Vec::new();
+            for (alloc, pick) in ops {
+                if alloc || model.is_empty() {
+                    let id = ids.allocate().expect("never full here");
+                    prop_assert!(id != 0 && !model.contains(&id), "id {} reused", id);
+                    model.push(id);
+                } else {
+                    let id = model.swap_remove(pick.index(model.len()));
+                    prop_assert!(ids.release(id));
+                }
+                prop_assert_eq!(ids.len(), model.len());
+            }
+        }
+    }
 }

@@ -22,6 +22,7 @@ enum OutOp {
     Resume(bool),
     Reserve,
     Release(prop::sample::Index),
+    Drain,
 }
 
 fn out_op() -> impl Strategy<Value = OutOp> {
@@ -34,6 +35,7 @@ fn out_op() -> impl Strategy<Value = OutOp> {
         1 => any::<bool>().prop_map(OutOp::Resume),
         1 => Just(OutOp::Reserve),
         1 => any::<prop::sample::Index>().prop_map(OutOp::Release),
+        1 => Just(OutOp::Drain),
     ]
 }
 
@@ -147,6 +149,11 @@ proptest! {
                             flow.2 = false;
                         }
                     }
+                }
+                OutOp::Drain => {
+                    let drained: Vec<(bool, u64)> = out.drain().into_iter().map(|(m, t)| (m.dup, t)).collect();
+                    let want: Vec<(bool, u64)> = model.drain(..).map(|f| (false, f.3)).collect();
+                    prop_assert_eq!(drained, want, "drain returns every token in publish order");
                 }
                 OutOp::Reserve => {
                     if let Some(id) = out.reserve_id() {
