@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod config;
 pub mod link;
 pub mod protocol;
 pub mod topic;
