@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod link;
 pub mod protocol;
 pub mod topic;

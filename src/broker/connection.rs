@@ -16,9 +16,9 @@ use tracing::{debug, info, warn};
 
 use super::acl::Op;
 use super::listener::Context;
-use super::outlet::{Out, Outlet, OutletRx, outlet};
+use super::outlet::{Out, OutletRx, outlet};
 use super::router::{Ack, Event, Reply};
-use super::session::ConnId;
+use super::session::{ConnId, Origin};
 use super::stats::{DropReason, RefuseReason};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode};
@@ -90,7 +90,7 @@ where
     };
     let conn = next_conn_id();
     let (out, out_rx) = outlet();
-    let stop = CancellationToken::new();
+    let stop = out_rx.stop_token();
     ctx.tracker.spawn(write_loop(wr, out_rx, stop.clone()));
     let (reply, session_present) = oneshot::channel();
     ctx.router
@@ -98,8 +98,10 @@ where
             conn,
             client_id: client.client_id.clone(),
             clean: client.clean,
-            outlet: out.clone(),
-            send_connack: true,
+            outlet: out,
+            origin: Origin::Network {
+                username: client.username.clone(),
+            },
             reply,
         })
         .await;
@@ -114,7 +116,6 @@ where
         peer,
         conn,
         client,
-        out,
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
     stop.cancel();
@@ -193,7 +194,19 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         (true, Some(cn), _) => (Some(cn), ConnectReturnCode::Success),
         (_, _, Some(login)) => {
             let ok = match &sec.passwords {
-                Some(p) => p.verify(&login.username, login.password.as_bytes()),
+                // PBKDF2 is deliberately slow: keep it off the async workers.
+                Some(_) => {
+                    let sec = sec.clone();
+                    let user = login.username.clone();
+                    let password = login.password;
+                    tokio::task::spawn_blocking(move || {
+                        sec.passwords
+                            .as_ref()
+                            .is_some_and(|p| p.verify(&user, password.as_bytes()))
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
                 None => sec.allow_anonymous,
             };
             let code = match (ok, sec.passwords.is_some()) {
@@ -289,7 +302,6 @@ struct Reader<'a> {
     peer: SocketAddr,
     conn: ConnId,
     client: Client,
-    out: Outlet,
 }
 
 impl Reader<'_> {
@@ -427,10 +439,7 @@ impl Reader<'_> {
                 })
                 .await
             }
-            Packet::PingReq => {
-                self.out.send(Packet::PingResp);
-                None
-            }
+            Packet::PingReq => self.send(Event::Ping { conn }).await,
             Packet::Disconnect => Some(End::Graceful),
             Packet::Connect(_) => Some(self.violation("second CONNECT".into())),
             other => {
@@ -453,7 +462,7 @@ impl Reader<'_> {
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
-    let mut batch = Vec::with_capacity(16);
+    let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;
     while !close {

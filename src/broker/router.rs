@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::Limits;
+use super::acl::Op;
 use super::outlet::Outlet;
 use super::retained::Retained;
-use super::session::{Attached, ConnId, Session};
+use super::session::{Attached, ConnId, Origin, Session};
 use super::stats::Counters;
 use super::sys;
+use super::{Limits, Security};
 use crate::link::LinkError;
 use crate::protocol::v4::{
     ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
@@ -29,6 +30,9 @@ use crate::topic::FilterTrie;
 /// Capacity of the router's inbox: publishers wait (backpressure) when the
 /// router is this far behind.
 const INBOX: usize = 4096;
+/// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
+/// leave unread before its connection is aborted.
+const HARD_CAP_SLACK: usize = 1024;
 /// Events handled per wake-up.
 const BATCH: usize = 256;
 
@@ -59,8 +63,8 @@ pub(crate) enum Event {
         clean: bool,
         /// The connection's outlet.
         outlet: Outlet,
-        /// Send the CONNACK on the outlet (network) or not (local link).
-        send_connack: bool,
+        /// Network client (CONNACK sent, ACL applies) or local link.
+        origin: Origin,
         /// Receives `session_present`.
         reply: oneshot::Sender<bool>,
     },
@@ -118,6 +122,12 @@ pub(crate) enum Event {
         /// Where the UNSUBACK goes.
         reply: Reply<()>,
     },
+    /// PINGREQ: answered by the router, so a PINGRESP also tells the client
+    /// that everything it sent before has been routed.
+    Ping {
+        /// Connection.
+        conn: ConnId,
+    },
     /// The connection ended; `will` is published (it was checked against the ACL).
     Disconnected {
         /// Connection.
@@ -144,6 +154,7 @@ impl RouterHandle {
 pub(crate) fn spawn(
     tracker: &TaskTracker,
     name: String,
+    security: Arc<Security>,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sys_interval: Option<Duration>,
@@ -152,7 +163,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(INBOX);
     let router = Router {
         name,
-        limits,
+        security,
         counters,
         sessions: HashMap::new(),
         by_client: HashMap::new(),
@@ -162,13 +173,37 @@ pub(crate) fn spawn(
         next_session: 0,
         scratch: Vec::new(),
         started: Instant::now(),
+        hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
+        limits,
     };
     tracker.spawn(router.run(rx, sys_interval, shutdown));
     RouterHandle { tx }
 }
 
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether `session` may receive a message on `topic`: the ACL's read
+/// check per delivery (as Mosquitto does), so a `deny` narrower than the
+/// subscription filter still holds. Local links are trusted.
+fn may_read(security: &Security, session: &Session, topic: &str) -> bool {
+    match (&security.acl, &session.origin) {
+        (Some(acl), Origin::Network { username }) => {
+            acl.check(username.as_deref(), &session.client_id, Op::Read, topic)
+        }
+        _ => true,
+    }
+}
+
 struct Router {
     name: String,
+    security: Arc<Security>,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sessions: HashMap<SessionId, Session>,
@@ -181,6 +216,8 @@ struct Router {
     /// Reused buffer of matching subscriptions.
     scratch: Vec<(SessionId, QoS)>,
     started: Instant,
+    /// Unwritten packets after which a connection is aborted (see `Session::send_control`).
+    hard_cap: usize,
 }
 
 impl Router {
@@ -209,9 +246,8 @@ impl Router {
                         self.handle(event);
                     }
                 }
-                _ = async { match sys_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                    self.publish_sys();
-                }
+                // Never fires when `$SYS` is off.
+                _ = tick(sys_tick.as_mut()) => self.publish_sys(),
             }
         }
         for s in self.sessions.values() {
@@ -236,9 +272,9 @@ impl Router {
                 client_id,
                 clean,
                 outlet,
-                send_connack,
+                origin,
                 reply,
-            } => self.connect(conn, client_id, clean, outlet, send_connack, reply),
+            } => self.connect(conn, client_id, clean, outlet, origin, reply),
             Event::Publish {
                 conn,
                 publish,
@@ -258,9 +294,10 @@ impl Router {
             }
             Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
             Event::PubRel { conn, pkid } => {
+                let cap = self.hard_cap;
                 if let Some(s) = self.session_of(conn) {
                     let packet = s.incoming.on_pubrel(pkid);
-                    s.send_control(packet);
+                    s.send_control(packet, cap);
                 }
             }
             Event::Subscribe {
@@ -274,6 +311,12 @@ impl Router {
                 reply,
             } => self.unsubscribe(conn, filters, reply),
             Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::Ping { conn } => {
+                let cap = self.hard_cap;
+                if let Some(s) = self.session_of(conn) {
+                    s.send_control(Packet::PingResp, cap);
+                }
+            }
         }
     }
 
@@ -288,7 +331,7 @@ impl Router {
         client_id: String,
         clean: bool,
         outlet: Outlet,
-        send_connack: bool,
+        origin: Origin,
         reply: oneshot::Sender<bool>,
     ) {
         let mut session_present = false;
@@ -297,6 +340,9 @@ impl Router {
             if let Some(old) = self.sessions.get_mut(&sid) {
                 if let Some(att) = old.conn.take() {
                     info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
+                    // Network: at once, not after queued packets (the old client may
+                    // not be reading). Local link: it sees the Close.
+                    att.outlet.abort();
                     att.outlet.close();
                     self.by_conn.remove(&att.id);
                     self.counters.clients_connected.fetch_sub(1, Relaxed);
@@ -324,12 +370,13 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if send_connack {
+        if matches!(origin, Origin::Network { .. }) {
             outlet.send(Packet::ConnAck(ConnAck::new(
                 ConnectReturnCode::Success,
                 session_present,
             )));
         }
+        session.origin = origin;
         session.incoming.reset_connection();
         session.attach(
             Attached { id: conn, outlet },
@@ -377,6 +424,7 @@ impl Router {
     }
 
     fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
+        let cap = self.hard_cap;
         let Some(session) = self.session_of(conn) else {
             return;
         };
@@ -384,7 +432,7 @@ impl Router {
             IncomingAction::Deliver { message, token } => {
                 if let Some(token) = token {
                     for packet in session.incoming.ack(token) {
-                        session.send_control(packet);
+                        session.send_control(packet, cap);
                     }
                 }
                 if route {
@@ -393,7 +441,7 @@ impl Router {
             }
             IncomingAction::Duplicate { resend } => {
                 if let Some(packet) = resend {
-                    session.send_control(packet);
+                    session.send_control(packet, cap);
                 }
             }
         }
@@ -402,6 +450,7 @@ impl Router {
     fn ack(&mut self, conn: ConnId, kind: Ack, pkid: u16) {
         let name = self.name.clone();
         let counters = self.counters.clone();
+        let hard_cap = self.hard_cap;
         let Some(session) = self.session_of(conn) else {
             return;
         };
@@ -411,7 +460,7 @@ impl Router {
             Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
         };
         match result {
-            Ok(Some(pubrel)) => session.send_control(pubrel),
+            Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
             Ok(None) => session.pump(&counters),
             Err(violation) => {
                 warn!(broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
@@ -456,7 +505,7 @@ impl Router {
                         None => SubscribeReasonCode::Failure,
                     })
                     .collect();
-                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)));
+                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)), self.hard_cap);
             }
             Reply::Local(done) => {
                 let _ = done.send(Ok(granted));
@@ -465,6 +514,9 @@ impl Router {
         // Retained messages after the SUBACK, retain=1, QoS min(stored, granted).
         for (filter, qos) in accepted {
             for m in self.retained.matching(&filter) {
+                if !may_read(&self.security, session, &m.topic) {
+                    continue;
+                }
                 let mut m = m.clone();
                 m.qos = m.qos.min(qos);
                 session.deliver(m, &self.limits, &self.counters);
@@ -489,7 +541,9 @@ impl Router {
             }
         }
         match reply {
-            Reply::Packet(pkid) => session.send_control(Packet::UnsubAck(UnsubAck::new(pkid))),
+            Reply::Packet(pkid) => {
+                session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)
+            }
             Reply::Local(done) => {
                 let _ = done.send(Ok(()));
             }
@@ -523,6 +577,9 @@ impl Router {
         }
         for &(sid, granted) in &scratch {
             if let Some(session) = self.sessions.get_mut(&sid) {
+                if !may_read(&self.security, session, &message.topic) {
+                    continue;
+                }
                 let mut m = message.clone();
                 m.qos = m.qos.min(granted);
                 m.retain = false;

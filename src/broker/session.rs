@@ -6,6 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
+use tracing::warn;
+
 use super::outlet::Outlet;
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
@@ -22,6 +24,18 @@ pub(crate) struct Attached {
     pub id: ConnId,
     /// Where packets for the client go.
     pub outlet: Outlet,
+}
+
+/// Who is attached to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// An in-process link (trusted: no ACL, no CONNACK).
+    Local,
+    /// A network client with its username (ACL subject).
+    Network {
+        /// Username from CONNECT or the certificate CN.
+        username: Option<String>,
+    },
 }
 
 /// One session.
@@ -41,6 +55,8 @@ pub(crate) struct Session {
     pub queue: VecDeque<Message>,
     /// The live connection, if any.
     pub conn: Option<Attached>,
+    /// Who connected last (read ACL subject).
+    pub origin: Origin,
 }
 
 impl Session {
@@ -54,6 +70,7 @@ impl Session {
             incoming: Incoming::new(),
             queue: VecDeque::new(),
             conn: None,
+            origin: Origin::Local,
         }
     }
 
@@ -69,9 +86,16 @@ impl Session {
         }
     }
 
-    /// Sends a control packet (CONNACK, SUBACK, acks) if connected.
-    pub fn send_control(&self, packet: Packet) {
+    /// Sends a control packet (SUBACK, acks) if connected. A client that
+    /// keeps publishing but never reads would pile up acks: past `hard_cap`
+    /// unwritten packets its connection is aborted.
+    pub fn send_control(&self, packet: Packet, hard_cap: usize) {
         if let Some(conn) = &self.conn {
+            if conn.outlet.pending() >= hard_cap {
+                warn!(client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
+                conn.outlet.abort();
+                return;
+            }
             conn.outlet.send(packet);
         }
     }
@@ -187,7 +211,9 @@ mod tests {
                 break;
             }
             for o in buf.drain(..) {
-                if let Out::Packet(Packet::Publish(p)) = o {
+                if let Out::Packet(b) = o
+                    && let Packet::Publish(p) = *b
+                {
                     out.push(String::from_utf8_lossy(&p.payload).into_owned());
                 }
             }
