@@ -1223,3 +1223,64 @@ async fn credentials_accepted_and_refused() {
     );
     c.stop().await;
 }
+
+/// On the wire: an unacknowledged PUBLISH is resent with DUP=1 when the
+/// broker resumed our session, and re-published as new (DUP=0) when it did
+/// not; the caller's ack resolves only on the final PUBACK.
+#[tokio::test]
+async fn resend_sets_dup_only_on_a_resumed_session() {
+    let (tx, mut first_bytes) = mpsc::unbounded_channel::<(usize, u8)>();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let server = FakeServer::start(move |mut s| {
+        let n = conns.fetch_add(1, Ordering::SeqCst);
+        let tx = tx.clone();
+        async move {
+            let _ = read_some(&mut s).await; // CONNECT
+            // Connection 0: fresh session; 1: session resumed; 2: session lost.
+            let sp = u8::from(n == 1);
+            let _ = s.write_all(&[0x20, 0x02, sp, 0x00]).await;
+            let mut buf = [0u8; 256];
+            let Ok(k) = s.read(&mut buf).await else {
+                return;
+            };
+            if k == 0 {
+                return;
+            }
+            let _ = tx.send((n, buf[0]));
+            if n == 2 {
+                // Ack it this time: PUBACK for its packet id
+                // (bytes: 0x32 len 0x00 0x01 'd' id_hi id_lo 'x').
+                let (hi, lo) = (buf[5], buf[6]);
+                let _ = s.write_all(&[0x40, 0x02, hi, lo]).await;
+                let _ = read_some(&mut s).await;
+            }
+            // Connections 0 and 1 drop without a PUBACK.
+        }
+    })
+    .await;
+    let mut opts = options("dup", vec![tcp(server.port)]);
+    opts.clean_session = false;
+    let c = Client::spawn(opts);
+    c.connected_to(server.port).await;
+    let ack = c
+        .link
+        .publish(Message::new("d", "x", QoS::AtLeastOnce, false))
+        .await
+        .expect("publish");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            timeout(WAIT, first_bytes.recv())
+                .await
+                .expect("publish")
+                .expect("chan"),
+        );
+    }
+    // QoS 1 PUBLISH is 0x32; with DUP 0x3a.
+    assert_eq!(seen, vec![(0, 0x32), (1, 0x3a), (2, 0x32)]);
+    timeout(WAIT, ack.wait())
+        .await
+        .expect("acked in time")
+        .expect("acked");
+    c.stop().await;
+}

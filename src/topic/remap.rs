@@ -428,12 +428,12 @@ fn render_template(template: &str, caps: &super::Captures<'_>) -> Result<String,
 impl fmt::Display for RemapRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RemapRule::Prefix { strip, add } => write!(
-                f,
-                "prefix strip {:?} add {:?}",
-                strip.as_deref().unwrap_or(""),
-                add.as_deref().unwrap_or("")
-            ),
+            RemapRule::Prefix { strip, add } => match (strip, add) {
+                (Some(s), Some(a)) => write!(f, "prefix strip {s:?} add {a:?}"),
+                (Some(s), None) => write!(f, "prefix strip {s:?}"),
+                (None, Some(a)) => write!(f, "prefix add {a:?}"),
+                (None, None) => write!(f, "prefix (no change)"),
+            },
             RemapRule::Template { filter, template } => {
                 write!(f, "template {filter} -> {template}")
             }
