@@ -9,4 +9,5 @@
 #![warn(missing_docs)]
 
 pub mod link;
+pub mod metrics;
 pub mod protocol;

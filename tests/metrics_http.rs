@@ -1,0 +1,339 @@
+//! The observability HTTP endpoint, end to end over TCP: metrics recorded
+//! through the typed handles appear in `/metrics`, `/readyz` follows the
+//! status board, and the server stops on its shutdown future.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqbridge::metrics::health::{BrokerKind, PipeProgress, Watchdog};
+use mqbridge::metrics::status::StatusBoard;
+use mqbridge::metrics::watch::{WatchedPipe, check_pipes};
+use mqbridge::metrics::{
+    BuiltinBrokerMetrics, BuiltinSample, DisconnectReason, DropReason, PipeMetrics, RefuseReason,
+    RemoteBrokerMetrics, builder, describe_all, server,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+
+/// Minimal HTTP/1.1 GET: returns (status code, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = timeout(STEP, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    timeout(STEP, s.read_to_end(&mut buf))
+        .await
+        .expect("read timed out")
+        .expect("read");
+    let text = String::from_utf8(buf).expect("utf8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
+}
+
+/// The value of the sample line starting with `series ` (exact series text).
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(state: server::ServerState) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        timeout(STEP, self.task)
+            .await
+            .expect("server did not stop")
+            .expect("join")
+            .expect("serve");
+    }
+}
+
+#[tokio::test]
+async fn metrics_endpoint_renders_typed_handles() {
+    // A private recorder, so tests in this binary do not share state.
+    let recorder = builder().expect("builder").build_recorder();
+    let handle = recorder.handle();
+    let (pipe, remote, local) = metrics::with_local_recorder(&recorder, || {
+        describe_all();
+        (
+            PipeMetrics::new("edge_to_cloud"),
+            RemoteBrokerMetrics::new(
+                "cloud",
+                &[
+                    "mqtt://a:1883".to_string(),
+                    "mqtt://u:secret@b:1883".to_string(),
+                ],
+            ),
+            BuiltinBrokerMetrics::new("edge"),
+        )
+    });
+
+    for _ in 0..3 {
+        pipe.received();
+    }
+    pipe.forwarded(100, Duration::from_micros(50));
+    pipe.forwarded(200, Duration::from_millis(3));
+    pipe.dropped(DropReason::Oversize);
+    pipe.set_inflight(1);
+    pipe.set_queue_depth(4);
+    remote.attempt("mqtt://a:1883");
+    remote.connected("mqtt://a:1883");
+    remote.disconnected(DisconnectReason::Io);
+    remote.attempt("mqtt://u:secret@b:1883");
+    remote.connected("mqtt://u:secret@b:1883");
+    remote.failover();
+    remote.message_out(10);
+    local.observe(&BuiltinSample {
+        clients_connected: 2,
+        messages_in: 9,
+        ..BuiltinSample::default()
+    });
+    local.refused(RefuseReason::Auth);
+
+    let board = Arc::new(StatusBoard::new());
+    let srv = start(server::ServerState {
+        prometheus: handle,
+        board,
+    })
+    .await;
+    let (code, body) = get(srv.addr, "/metrics").await;
+    assert_eq!(code, 200);
+
+    let p = r#"{pipe="edge_to_cloud"}"#;
+    for (series, want) in [
+        (format!("mqbridge_pipe_messages_received_total{p}"), 3.0),
+        (format!("mqbridge_pipe_messages_forwarded_total{p}"), 2.0),
+        (format!("mqbridge_pipe_bytes_forwarded_total{p}"), 300.0),
+        (format!("mqbridge_pipe_inflight_messages{p}"), 1.0),
+        (format!("mqbridge_pipe_queue_depth_messages{p}"), 4.0),
+        (
+            r#"mqbridge_pipe_messages_dropped_total{pipe="edge_to_cloud",reason="oversize"}"#
+                .into(),
+            1.0,
+        ),
+        // Every reason exists from the start, at zero.
+        (
+            r#"mqbridge_pipe_messages_dropped_total{pipe="edge_to_cloud",reason="queue_full"}"#
+                .into(),
+            0.0,
+        ),
+        // Histogram: 50 µs falls in the first bucket, 3 ms in le=0.005.
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="edge_to_cloud",le="0.0001"}"#
+                .into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="edge_to_cloud",le="0.0025"}"#
+                .into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="edge_to_cloud",le="0.005"}"#
+                .into(),
+            2.0,
+        ),
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="edge_to_cloud",le="10"}"#.into(),
+            2.0,
+        ),
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="edge_to_cloud",le="+Inf"}"#
+                .into(),
+            2.0,
+        ),
+        (
+            format!("mqbridge_pipe_forward_latency_seconds_count{p}"),
+            2.0,
+        ),
+        (r#"mqbridge_remote_connected{broker="cloud"}"#.into(), 1.0),
+        (
+            r#"mqbridge_remote_endpoint_active{broker="cloud",endpoint="mqtt://a:1883"}"#.into(),
+            0.0,
+        ),
+        (
+            r#"mqbridge_remote_endpoint_active{broker="cloud",endpoint="mqtt://b:1883"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://a:1883"}"#
+                .into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_disconnects_total{broker="cloud",reason="io"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_failovers_total{broker="cloud"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_messages_out_total{broker="cloud"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_bytes_out_total{broker="cloud"}"#.into(),
+            10.0,
+        ),
+        (
+            r#"mqbridge_broker_clients_connected{broker="edge"}"#.into(),
+            2.0,
+        ),
+        (
+            r#"mqbridge_broker_messages_in_total{broker="edge"}"#.into(),
+            9.0,
+        ),
+        (
+            r#"mqbridge_broker_connections_refused_total{broker="edge",reason="auth"}"#.into(),
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&body, &series), Some(want), "{series} in:\n{body}");
+    }
+    assert!(
+        body.contains("# TYPE mqbridge_pipe_forward_latency_seconds histogram"),
+        "latency must be a real histogram:\n{body}"
+    );
+    assert!(!body.contains("secret"), "credentials leaked into a label");
+    assert!(body.contains(r#"mqbridge_build_info{version=""#));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_follows_brokers_and_stalls() {
+    let recorder = builder().expect("builder").build_recorder();
+    let handle = recorder.handle();
+    let pipe = metrics::with_local_recorder(&recorder, || PipeMetrics::new("wedged"));
+
+    let board = Arc::new(StatusBoard::new());
+    board.add_broker("cloud", BrokerKind::Remote, true);
+    board.add_broker("aux", BrokerKind::Remote, false);
+    board.add_broker("edge", BrokerKind::Builtin, true);
+    let srv = start(server::ServerState {
+        prometheus: handle.clone(),
+        board: board.clone(),
+    })
+    .await;
+
+    let (code, body) = get(srv.addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("broker cloud is not connected"), "{body}");
+    let (code, body) = get(srv.addr, "/healthz").await;
+    assert_eq!(code, 200, "/healthz is about the process, not readiness");
+    assert!(body.contains(r#""status":"alive""#), "{body}");
+
+    board.set_connected("cloud", true, Some("mqtt://a:1883".into()));
+    let (code, body) = get(srv.addr, "/readyz").await;
+    assert_eq!(
+        code, 200,
+        "optional broker aux being down must not matter: {body}"
+    );
+    assert!(body.contains(r#""endpoint":"mqtt://a:1883""#), "{body}");
+
+    // A pipe with pending work and no forward: stalled after stall_after.
+    let stall_after = Duration::from_secs(30);
+    let mut wd = Watchdog::new(stall_after);
+    let progress = Arc::new(std::sync::Mutex::new(PipeProgress {
+        forwarded: 0,
+        pending: 3,
+    }));
+    let probe = {
+        let progress = progress.clone();
+        Arc::new(move || *progress.lock().expect("lock"))
+    };
+    let pipes = vec![WatchedPipe {
+        name: "wedged".into(),
+        destination: "cloud".into(),
+        metrics: pipe,
+        probe,
+    }];
+    let mut known = Default::default();
+    let t0 = Instant::now();
+    assert!(check_pipes(&mut wd, &pipes, &mut known, &board, t0).is_empty());
+    let actions = check_pipes(&mut wd, &pipes, &mut known, &board, t0 + stall_after);
+    assert_eq!(
+        actions.len(),
+        1,
+        "the stall asks for a destination reconnect"
+    );
+
+    let (code, body) = get(srv.addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pipe wedged is stalled"), "{body}");
+    let (_, metrics) = get(srv.addr, "/metrics").await;
+    assert_eq!(
+        value(&metrics, r#"mqbridge_pipe_stalls_total{pipe="wedged"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&metrics, r#"mqbridge_pipe_stalled{pipe="wedged"}"#),
+        Some(1.0)
+    );
+
+    // Forwards resume: ready again; the stall stays counted once.
+    *progress.lock().expect("lock") = PipeProgress {
+        forwarded: 3,
+        pending: 0,
+    };
+    check_pipes(&mut wd, &pipes, &mut known, &board, t0 + stall_after * 2);
+    let (code, body) = get(srv.addr, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""state":"idle""#), "{body}");
+    let (_, metrics) = get(srv.addr, "/metrics").await;
+    assert_eq!(
+        value(&metrics, r#"mqbridge_pipe_stalls_total{pipe="wedged"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&metrics, r#"mqbridge_pipe_stalled{pipe="wedged"}"#),
+        Some(0.0)
+    );
+
+    // A pipe removed by a reload disappears from /readyz.
+    check_pipes(&mut wd, &[], &mut known, &board, t0 + stall_after * 3);
+    let (_, body) = get(srv.addr, "/readyz").await;
+    assert!(!body.contains("wedged"), "{body}");
+
+    let (code, _) = get(srv.addr, "/nope").await;
+    assert_eq!(code, 404);
+    srv.stop().await;
+}
