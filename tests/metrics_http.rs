@@ -132,6 +132,7 @@ async fn metrics_endpoint_renders_typed_handles() {
     let srv = start(server::ServerState {
         prometheus: handle,
         board,
+        collect: None,
     })
     .await;
     let (code, body) = get(srv.addr, "/metrics").await;
@@ -251,6 +252,7 @@ async fn readyz_follows_brokers_and_stalls() {
     let srv = start(server::ServerState {
         prometheus: handle.clone(),
         board: board.clone(),
+        collect: None,
     })
     .await;
 
@@ -335,5 +337,83 @@ async fn readyz_follows_brokers_and_stalls() {
 
     let (code, _) = get(srv.addr, "/nope").await;
     assert_eq!(code, 404);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
+    use mqbridge::metrics::PipeSample;
+    use mqbridge::metrics::pipe::LatencySample;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let recorder = builder().expect("builder").build_recorder();
+    let handle = recorder.handle();
+    let pipe = metrics::with_local_recorder(&recorder, || PipeMetrics::new("sampled"));
+    // Stand-in for a pipe's own atomics.
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let collect = {
+        let forwarded = forwarded.clone();
+        let pipe = pipe.clone();
+        server::Collector(Arc::new(move || {
+            let n = forwarded.load(Ordering::Relaxed);
+            pipe.observe(&PipeSample {
+                received: n + 1,
+                forwarded: n,
+                bytes_forwarded: n * 10,
+                ..PipeSample::default()
+            });
+            let mut buckets = vec![0; 17];
+            buckets[3] = n; // n observations of ~0.7 ms
+            pipe.observe_latency(&LatencySample {
+                buckets,
+                sum: Duration::from_micros(700 * n),
+            });
+        }))
+    };
+    let srv = start(server::ServerState {
+        prometheus: handle,
+        board: Arc::new(StatusBoard::new()),
+        collect: Some(collect),
+    })
+    .await;
+    for n in [5u64, 12] {
+        forwarded.store(n, Ordering::Relaxed);
+        let (_, body) = get(srv.addr, "/metrics").await;
+        let p = r#"{pipe="sampled"}"#;
+        assert_eq!(
+            value(&body, &format!("mqbridge_pipe_messages_forwarded_total{p}")),
+            Some(n as f64),
+            "{body}"
+        );
+        // Scraping twice never double counts: histogram totals follow the source.
+        assert_eq!(
+            value(
+                &body,
+                &format!("mqbridge_pipe_forward_latency_seconds_count{p}")
+            ),
+            Some(n as f64),
+            "{body}"
+        );
+        assert_eq!(
+            value(
+                &body,
+                r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="sampled",le="0.0005"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &body,
+                r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="sampled",le="0.001"}"#
+            ),
+            Some(n as f64)
+        );
+        let sum = value(
+            &body,
+            &format!("mqbridge_pipe_forward_latency_seconds_sum{p}"),
+        )
+        .expect("sum");
+        assert!((sum - 0.0007 * n as f64).abs() < 1e-6, "sum {sum}");
+    }
     srv.stop().await;
 }

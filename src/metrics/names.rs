@@ -49,6 +49,8 @@ pub const REMOTE_ENDPOINT_ACTIVE: &str = "mqbridge_remote_endpoint_active";
 pub const REMOTE_CONNECTION_ATTEMPTS: &str = "mqbridge_remote_connection_attempts_total";
 /// Counter `{broker, reason}`: connections lost, by [`DisconnectReason`](super::DisconnectReason).
 pub const REMOTE_DISCONNECTS: &str = "mqbridge_remote_disconnects_total";
+/// Counter `{broker, reason}`: connection attempts that failed before CONNACK, by reason.
+pub const REMOTE_CONNECT_FAILURES: &str = "mqbridge_remote_connect_failures_total";
 /// Counter `{broker}`: switches away from the endpoint that was last in use.
 pub const REMOTE_FAILOVERS: &str = "mqbridge_remote_failovers_total";
 /// Counter `{broker}`: switches back to the primary (first) endpoint.

@@ -1,5 +1,6 @@
 //! Cached metric handles of one pipe.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -25,6 +26,67 @@ pub struct PipeSample {
     pub queue_depth: u64,
 }
 
+/// A cumulative latency histogram kept elsewhere (e.g. the pipe's own
+/// atomics) with the bucket bounds of [`LATENCY_BUCKETS_SECONDS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySample {
+    /// Non-cumulative count per bucket of [`LATENCY_BUCKETS_SECONDS`], then `+Inf`.
+    pub buckets: Vec<u64>,
+    /// Sum of all observations.
+    pub sum: Duration,
+}
+
+/// Turns per-bucket count deltas and their total (seconds) into
+/// `(value, count)` observations that land in exactly those buckets and add
+/// up to `sum` (as far as the bucket ranges allow). Pure.
+///
+/// Each bucket gets one representative value inside its range `(lo, hi]`,
+/// all at the same relative position, chosen so the total matches; excess
+/// beyond the last finite bound goes to the `+Inf` bucket.
+pub fn synthesize(deltas: &[u64], sum: f64) -> Vec<(f64, u64)> {
+    let n = LATENCY_BUCKETS_SECONDS.len();
+    let range = |i: usize| {
+        let lo = if i == 0 {
+            0.0
+        } else {
+            LATENCY_BUCKETS_SECONDS.get(i - 1).copied().unwrap_or(0.0)
+        };
+        (lo, LATENCY_BUCKETS_SECONDS.get(i).copied())
+    };
+    let mut floor = 0.0;
+    let mut capacity = 0.0;
+    for (i, &d) in deltas.iter().enumerate().take(n + 1) {
+        let (lo, hi) = range(i);
+        floor += d as f64 * lo;
+        if let Some(hi) = hi {
+            capacity += d as f64 * (hi - lo);
+        }
+    }
+    let excess = (sum - floor).max(0.0);
+    let fill = if capacity > 0.0 {
+        (excess / capacity).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let overflow = (excess - fill * capacity).max(0.0);
+    let mut out = Vec::new();
+    for (i, &d) in deltas.iter().enumerate().take(n + 1) {
+        if d == 0 {
+            continue;
+        }
+        let (lo, hi) = range(i);
+        let v = match hi {
+            Some(hi) => {
+                let width = hi - lo;
+                (lo + fill * width).clamp(lo + width * 1e-6, hi)
+            }
+            None => lo + (overflow / d as f64).max(lo * 1e-6),
+        };
+        out.push((v, d));
+    }
+    out
+}
+
 /// Metric handles of one pipe, created once (label lookup happens here, not
 /// per message). Cheap to clone; all clones update the same series.
 #[derive(Debug, Clone)]
@@ -38,6 +100,9 @@ pub struct PipeMetrics {
     latency: Histogram,
     stalls: Counter,
     stalled: Gauge,
+    /// Last latency totals seen by [`PipeMetrics::observe_latency`]. A std
+    /// Mutex: short section, no `.await`, only the sampler takes it.
+    last_latency: Arc<Mutex<LatencySample>>,
 }
 
 impl PipeMetrics {
@@ -57,6 +122,7 @@ impl PipeMetrics {
             latency: histogram!(PIPE_FORWARD_LATENCY_SECONDS, LABEL_PIPE => p.clone()),
             stalls: counter!(PIPE_STALLS, LABEL_PIPE => p.clone()),
             stalled: gauge!(PIPE_STALLED, LABEL_PIPE => p),
+            last_latency: Arc::default(),
         }
     }
 
@@ -118,6 +184,28 @@ impl PipeMetrics {
         self.set_queue_depth(s.queue_depth);
     }
 
+    /// Copies a cumulative latency histogram kept elsewhere: the growth since
+    /// the previous call is recorded, bucket for bucket, with the exact count
+    /// and (within the bucket ranges) the exact sum. See [`synthesize`].
+    pub fn observe_latency(&self, total: &LatencySample) {
+        let mut last = self
+            .last_latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let deltas: Vec<u64> = total
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v.saturating_sub(last.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        let sum = total.sum.saturating_sub(last.sum).as_secs_f64();
+        for (value, count) in synthesize(&deltas, sum) {
+            self.latency
+                .record_many(value, usize::try_from(count).unwrap_or(usize::MAX));
+        }
+        *last = total.clone();
+    }
+
     /// A stall episode started (counted once per episode).
     pub fn stall_started(&self) {
         self.stalls.increment(1);
@@ -127,5 +215,51 @@ impl PipeMetrics {
     /// The stall episode ended.
     pub fn stall_ended(&self) {
         self.stalled.set(0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket_of(v: f64) -> usize {
+        LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len())
+    }
+
+    fn check(deltas: &[u64], sum: f64) -> f64 {
+        let obs = synthesize(deltas, sum);
+        let mut got = vec![0u64; deltas.len()];
+        let mut total = 0.0;
+        for (v, c) in obs {
+            got[bucket_of(v)] += c;
+            total += v * c as f64;
+        }
+        assert_eq!(got, deltas, "every observation lands in its bucket");
+        total
+    }
+
+    #[test]
+    fn synthesized_observations_keep_buckets_and_sum() {
+        let n = LATENCY_BUCKETS_SECONDS.len() + 1;
+        let mut d = vec![0u64; n];
+        // 10 × ~0.7 ms (bucket le=0.001) and 2 × ~3 ms (le=0.005).
+        d[3] = 10;
+        d[5] = 2;
+        let sum = 10.0 * 0.0007 + 2.0 * 0.003;
+        let total = check(&d, sum);
+        assert!((total - sum).abs() < 1e-9, "{total} vs {sum}");
+        // Overflow beyond 10 s goes to +Inf with the excess.
+        let mut d = vec![0u64; n];
+        d[n - 1] = 2;
+        let total = check(&d, 50.0);
+        assert!((total - 50.0).abs() < 1e-9, "{total}");
+        // Inconsistent input (sum below the floor) still lands in the right buckets.
+        let mut d = vec![0u64; n];
+        d[10] = 3;
+        check(&d, 0.0);
+        assert!(synthesize(&vec![0; n], 0.0).is_empty());
     }
 }

@@ -36,6 +36,7 @@ pub struct RemoteBrokerMetrics {
     connected: Gauge,
     endpoints: Vec<EndpointHandles>,
     disconnects: [Counter; DisconnectReason::ALL.len()],
+    connect_failures: [Counter; DisconnectReason::ALL.len()],
     failovers: Counter,
     failbacks: Counter,
     inflight: Gauge,
@@ -72,6 +73,9 @@ impl RemoteBrokerMetrics {
             endpoints,
             disconnects: DisconnectReason::ALL.map(|r| {
                 counter!(REMOTE_DISCONNECTS, LABEL_BROKER => b.clone(), LABEL_REASON => r.as_label())
+            }),
+            connect_failures: DisconnectReason::ALL.map(|r| {
+                counter!(REMOTE_CONNECT_FAILURES, LABEL_BROKER => b.clone(), LABEL_REASON => r.as_label())
             }),
             failovers: counter!(REMOTE_FAILOVERS, LABEL_BROKER => b.clone()),
             failbacks: counter!(REMOTE_FAILBACKS, LABEL_BROKER => b.clone()),
@@ -135,6 +139,17 @@ impl RemoteBrokerMetrics {
             .iter()
             .position(|r| *r == reason)
             .and_then(|i| self.disconnects.get(i))
+        {
+            c.increment(1);
+        }
+    }
+
+    /// A connection attempt failed before CONNACK.
+    pub fn connect_failed(&self, reason: DisconnectReason) {
+        if let Some(c) = DisconnectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.connect_failures.get(i))
         {
             c.increment(1);
         }

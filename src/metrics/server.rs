@@ -19,6 +19,17 @@ use super::status::StatusBoard;
 /// How often the exporter's upkeep (histogram draining) runs.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A hook run before each `/metrics` render, e.g. to copy the pipes' and
+/// brokers' own atomic counters into the recorder (`observe(sample)`).
+#[derive(Clone)]
+pub struct Collector(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ServerState {
@@ -26,6 +37,8 @@ pub struct ServerState {
     pub prometheus: PrometheusHandle,
     /// Broker and pipe health.
     pub board: Arc<StatusBoard>,
+    /// Run before rendering `/metrics`; `None` when everything is recorded live.
+    pub collect: Option<Collector>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +92,9 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    if let Some(Collector(collect)) = &s.collect {
+        collect();
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -35,6 +35,8 @@ pub enum LinkEvent {
     },
     /// An established connection was lost.
     Disconnected(DisconnectReason),
+    /// An attempt failed before the connection was established.
+    ConnectFailed(DisconnectReason),
 }
 
 /// Maps a free-text disconnect reason onto the fixed label enum (the text
@@ -105,16 +107,21 @@ impl LinkTracker {
                 out.push(LinkEvent::Connected(endpoint.clone()));
                 out
             }
-            LinkState::Disconnected { reason } => self.lost(classify_disconnect(reason)),
-            LinkState::Closed => self.lost(DisconnectReason::Requested),
-        }
-    }
-
-    fn lost(&mut self, reason: DisconnectReason) -> Vec<LinkEvent> {
-        if std::mem::replace(&mut self.connected, false) {
-            vec![LinkEvent::Disconnected(reason)]
-        } else {
-            Vec::new()
+            LinkState::Disconnected { reason } => {
+                let reason = classify_disconnect(reason);
+                if std::mem::replace(&mut self.connected, false) {
+                    vec![LinkEvent::Disconnected(reason)]
+                } else {
+                    vec![LinkEvent::ConnectFailed(reason)]
+                }
+            }
+            LinkState::Closed => {
+                if std::mem::replace(&mut self.connected, false) {
+                    vec![LinkEvent::Disconnected(DisconnectReason::Requested)]
+                } else {
+                    Vec::new()
+                }
+            }
         }
     }
 }
@@ -153,6 +160,7 @@ pub async fn watch_link(
                     metrics.disconnected(reason);
                     board.set_connected(&broker, false, None);
                 }
+                LinkEvent::ConnectFailed(reason) => metrics.connect_failed(reason),
             }
         }
         if current == LinkState::Closed {
@@ -300,7 +308,7 @@ mod tests {
             t.on_state(&LinkState::Disconnected {
                 reason: "connection refused".into()
             }),
-            vec![]
+            vec![LinkEvent::ConnectFailed(DisconnectReason::Refused)]
         );
         assert_eq!(
             t.on_state(&connected("b")),
