@@ -34,6 +34,8 @@ pub use pipe::{PipeMetrics, PipeSample};
 pub use reasons::{DisconnectReason, DropReason, RefuseReason};
 pub use remote::{RemoteBrokerMetrics, RemoteSample};
 
+use std::sync::OnceLock;
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -45,6 +47,9 @@ pub enum MetricsError {
     /// The exporter rejected its configuration or a recorder is already installed.
     #[error("metrics recorder: {0}")]
     Build(#[from] BuildError),
+    /// A different global metrics recorder is already installed.
+    #[error("another metrics recorder is already installed")]
+    OtherRecorder,
 }
 
 /// The exporter configuration: the forward-latency histogram gets real
@@ -56,11 +61,24 @@ pub fn builder() -> Result<PrometheusBuilder, MetricsError> {
     )?)
 }
 
-/// Installs the global recorder (once per process), registers the metric
-/// descriptions and build info, and returns the handle that renders
-/// `/metrics`. The caller runs [`server::serve`], which also does upkeep.
+static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder, registers the metric descriptions and build
+/// info, and returns the handle that renders `/metrics`. Idempotent: later
+/// calls (e.g. several runs in one test process) return the same handle.
+/// The caller runs [`server::serve`], which also does upkeep.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
-    let handle = builder()?.install_recorder()?;
+    if let Some(h) = INSTALLED.get() {
+        return Ok(h.clone());
+    }
+    let recorder = builder()?.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        // Someone else installed a recorder first (or we raced another
+        // caller of `install`, which then set INSTALLED).
+        return INSTALLED.get().cloned().ok_or(MetricsError::OtherRecorder);
+    }
+    let handle = INSTALLED.get_or_init(|| handle).clone();
     describe_all();
     Ok(handle)
 }
