@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod link;
 pub mod metrics;
 pub mod protocol;
+pub mod topic;

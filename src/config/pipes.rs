@@ -1,0 +1,400 @@
+//! Compiling `pipes:` entries into plans.
+
+use super::ctx::Ctx;
+use super::error::Scope;
+use super::graph::witnesses;
+use super::plan::{DropPolicy, PipePlan, QosRule, QueuePlan, RateLimitPlan, RetainRule};
+use super::raw::{OrMap, RawPipe, RawRemapRule, Text, defaults};
+use crate::protocol::QoS;
+use crate::topic::{Remap, RemapRule, validate_filter};
+
+/// Compiles one pipe. `None` when anything in it is wrong (errors recorded).
+/// `brokers` are all declared broker names (valid or not).
+pub(crate) fn compile_pipe(
+    ctx: &mut Ctx,
+    key: &Text,
+    scope: &Scope,
+    raw: &RawPipe,
+    brokers: &[String],
+) -> Option<PipePlan> {
+    let errors_before = ctx.errors.len();
+    let from = broker_ref(ctx, key, scope, &raw.from, "from", brokers);
+    let to = broker_ref(ctx, key, scope, &raw.to, "to", brokers);
+
+    let mut filters: Vec<(String, QoS)> = Vec::new();
+    match &raw.topics {
+        None => ctx.err(
+            &key.referenced,
+            scope,
+            "missing `topics:` (a list of filters such as `- sensors/#`)",
+        ),
+        Some(list) if list.value.is_empty() => {
+            ctx.err(&list.referenced, scope, "topics: the list is empty")
+        }
+        Some(list) => {
+            for item in &list.value {
+                let (text, qos) = match &item.value {
+                    OrMap::Short(s) => (
+                        Some(Text {
+                            value: s.clone(),
+                            referenced: item.referenced,
+                            defined: item.defined,
+                        }),
+                        None,
+                    ),
+                    OrMap::Full(t) => (t.filter.clone(), t.qos.clone()),
+                };
+                let Some(text) = text else {
+                    ctx.err(&item.referenced, scope, "topics: an entry needs `filter:`");
+                    continue;
+                };
+                let q = qos_value(ctx, &qos, scope, "topics.qos", QoS::ExactlyOnce);
+                if let Some(f) = filter(ctx, &text, scope, "topics") {
+                    if filters.iter().any(|(g, _)| *g == f) {
+                        ctx.warn(
+                            &text.referenced,
+                            scope,
+                            format!("topics: `{f}` is listed twice"),
+                        );
+                    } else {
+                        filters.push((f, q));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut exclude = Vec::new();
+    for t in raw.exclude.iter().flatten() {
+        if let Some(f) = filter(ctx, t, scope, "exclude") {
+            exclude.push(f);
+        }
+    }
+
+    let mut rules = Vec::new();
+    let mut rule_locs = Vec::new();
+    for r in raw.remap.iter().flatten() {
+        if let Some(rule) = remap_rule(ctx, scope, &r.value, &r.referenced) {
+            rules.push(rule);
+            rule_locs.push(r.referenced);
+        }
+    }
+    let remap = Remap::new(rules);
+    // A remap must not turn any topic the pipe takes into an invalid one:
+    // try a witness of every filter shape (including `#` matching zero levels).
+    for (f, _) in &filters {
+        for w in witnesses(f) {
+            if exclude.iter().any(|e| crate::topic::matches(e, &w)) {
+                continue;
+            }
+            if let Err(e) = remap.apply(&w) {
+                let loc = remap
+                    .rule_for(&w)
+                    .and_then(|i| rule_locs.get(i))
+                    .copied()
+                    .unwrap_or(key.referenced);
+                ctx.err(
+                    &loc,
+                    scope,
+                    format!("remap: topic `{w}` (matched by `{f}`) cannot be remapped: {e}"),
+                );
+                break;
+            }
+        }
+    }
+
+    let qos = match &raw.qos {
+        None => QosRule::Max(QoS::ExactlyOnce),
+        Some(q) => match (&q.value.max, &q.value.force) {
+            (Some(m), None) => QosRule::Max(qos_value(
+                ctx,
+                &Some(m.clone()),
+                scope,
+                "qos.max",
+                QoS::ExactlyOnce,
+            )),
+            (None, Some(f)) => QosRule::Force(qos_value(
+                ctx,
+                &Some(f.clone()),
+                scope,
+                "qos.force",
+                QoS::ExactlyOnce,
+            )),
+            (Some(_), Some(f)) => {
+                ctx.err(
+                    &f.referenced,
+                    scope,
+                    "qos: set either `max` or `force`, not both",
+                );
+                QosRule::Max(QoS::ExactlyOnce)
+            }
+            (None, None) => {
+                ctx.err(
+                    &q.referenced,
+                    scope,
+                    "qos: needs `max: N` (cap) or `force: N` (always N)",
+                );
+                QosRule::Max(QoS::ExactlyOnce)
+            }
+        },
+    };
+
+    let retain = match &raw.retain {
+        None => RetainRule::Keep,
+        Some(t) => match ctx.text(t, scope, "retain").as_deref() {
+            Some("keep") | None => RetainRule::Keep,
+            Some("clear") => RetainRule::Clear,
+            Some(other) => {
+                ctx.err(
+                    &t.referenced,
+                    scope,
+                    format!("retain: expected `keep` or `clear`, got `{other}`"),
+                );
+                RetainRule::Keep
+            }
+        },
+    };
+
+    let max_payload = raw.max_payload.as_ref().map(|t| {
+        let n = ctx.size(
+            &Some(t.clone()),
+            scope,
+            "max_payload",
+            defaults::max_packet_size(),
+        );
+        if n == 0 || n > defaults::max_packet_size() {
+            ctx.err(
+                &t.referenced,
+                scope,
+                "max_payload: must be between 1 byte and 268435455 bytes",
+            );
+        }
+        usize::try_from(n).unwrap_or(usize::MAX)
+    });
+
+    let rate_limit = raw.rate_limit.as_ref().and_then(|r| {
+        let Some(ps) = &r.value.per_second else {
+            ctx.err(&r.referenced, scope, "rate_limit: needs `per_second: N`");
+            return None;
+        };
+        let per_second = ctx.int(
+            &Some(ps.clone()),
+            scope,
+            "rate_limit.per_second",
+            1,
+            1,
+            u32::MAX.into(),
+        ) as u32;
+        let burst = ctx.int(
+            &r.value.burst,
+            scope,
+            "rate_limit.burst",
+            per_second.into(),
+            1,
+            u32::MAX.into(),
+        ) as u32;
+        Some(RateLimitPlan { per_second, burst })
+    });
+
+    let q = raw.queue.as_ref().map(|q| &q.value);
+    let size_text = q.and_then(|q| q.size.clone());
+    let size = ctx.int(
+        &size_text,
+        scope,
+        "queue.size",
+        defaults::queue_size() as u64,
+        0,
+        100_000_000,
+    ) as usize;
+    if size == 0
+        && let Some(t) = &size_text
+    {
+        ctx.err(&t.referenced, scope, "queue.size: must be at least 1");
+    }
+    let when_full = match q.and_then(|q| q.when_full.as_ref()) {
+        None => DropPolicy::DropOldest,
+        Some(t) => {
+            match ctx.text(t, scope, "queue.when_full").as_deref() {
+                Some("drop_oldest") | None => DropPolicy::DropOldest,
+                Some("drop_newest") => DropPolicy::DropNewest,
+                Some(other) => {
+                    ctx.err(&t.referenced, scope, format!("queue.when_full: expected `drop_oldest` or `drop_newest`, got `{other}`"));
+                    DropPolicy::DropOldest
+                }
+            }
+        }
+    };
+    let loop_check = ctx.boolean(&raw.loop_check, scope, "loop_check", true);
+
+    if ctx.errors.len() != errors_before {
+        return None;
+    }
+    Some(PipePlan {
+        name: key.value.clone(),
+        from: from?,
+        to: to?,
+        filters,
+        exclude,
+        remap,
+        qos,
+        retain,
+        max_payload,
+        rate_limit,
+        queue: QueuePlan { size, when_full },
+        loop_check,
+    })
+}
+
+fn broker_ref(
+    ctx: &mut Ctx,
+    key: &Text,
+    scope: &Scope,
+    t: &Option<Text>,
+    field: &str,
+    brokers: &[String],
+) -> Option<String> {
+    let Some(t) = t else {
+        ctx.err(
+            &key.referenced,
+            scope,
+            format!("missing `{field}:` (a broker name)"),
+        );
+        return None;
+    };
+    let name = ctx.text(t, scope, field)?;
+    if brokers.contains(&name) {
+        return Some(name);
+    }
+    let hint = brokers
+        .iter()
+        .filter(|b| edit_distance(b, &name) <= 2)
+        .min_by_key(|b| edit_distance(b, &name))
+        .map(|b| format!(" (did you mean \"{b}\"?)"))
+        .unwrap_or_else(|| {
+            if brokers.is_empty() {
+                String::new()
+            } else {
+                format!(" (known: {})", brokers.join(", "))
+            }
+        });
+    ctx.err(
+        &t.referenced,
+        scope,
+        format!("unknown broker \"{name}\"{hint}"),
+    );
+    None
+}
+
+fn filter(ctx: &mut Ctx, t: &Text, scope: &Scope, field: &str) -> Option<String> {
+    let f = ctx.text(t, scope, field)?;
+    match validate_filter(&f) {
+        Ok(()) => Some(f),
+        Err(e) => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                format!("{field}: invalid filter `{f}`: it {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn qos_value(ctx: &mut Ctx, t: &Option<Text>, scope: &Scope, field: &str, default: QoS) -> QoS {
+    let n = ctx.int(t, scope, field, default.as_u8().into(), 0, 2);
+    QoS::from_u8(n as u8).unwrap_or(default)
+}
+
+fn remap_rule(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    r: &RawRemapRule,
+    loc: &serde_saphyr::Location,
+) -> Option<RemapRule> {
+    let prefix = r.strip_prefix.is_some() || r.add_prefix.is_some();
+    let template = r.from.is_some() || r.to.is_some();
+    let regex = r.regex.is_some() || r.replace.is_some();
+    match (prefix, template, regex) {
+        (true, false, false) => {
+            let strip = ctx.opt_text(&r.strip_prefix, scope, "remap.strip_prefix");
+            let add = ctx.opt_text(&r.add_prefix, scope, "remap.add_prefix");
+            if let (Some(a), Some(t)) = (&add, &r.add_prefix)
+                && (a.contains(['+', '#', '\0']))
+            {
+                ctx.err(
+                    &t.referenced,
+                    scope,
+                    format!("remap.add_prefix: `{a}` must not contain `+`, `#` or NUL"),
+                );
+                return None;
+            }
+            Some(RemapRule::prefix(
+                strip.as_deref().filter(|s| !s.is_empty()),
+                add.as_deref().filter(|s| !s.is_empty()),
+            ))
+        }
+        (false, true, false) => {
+            let (Some(f), Some(t)) = (&r.from, &r.to) else {
+                ctx.err(
+                    loc,
+                    scope,
+                    "remap: a template rule needs both `from:` (a filter) and `to:` (a template)",
+                );
+                return None;
+            };
+            let filter = ctx.text(f, scope, "remap.from")?;
+            let template = ctx.text(t, scope, "remap.to")?;
+            match RemapRule::template(&filter, &template) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    ctx.err(&t.referenced, scope, format!("remap: {e}"));
+                    None
+                }
+            }
+        }
+        (false, false, true) => {
+            let (Some(p), Some(rep)) = (&r.regex, &r.replace) else {
+                ctx.err(
+                    loc,
+                    scope,
+                    "remap: a regex rule needs both `regex:` and `replace:`",
+                );
+                return None;
+            };
+            let pattern = ctx.text(p, scope, "remap.regex")?;
+            let replace = ctx.text(rep, scope, "remap.replace")?;
+            match RemapRule::regex(&pattern, &replace) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    ctx.err(&p.referenced, scope, format!("remap: {e}"));
+                    None
+                }
+            }
+        }
+        (false, false, false) => {
+            ctx.err(loc, scope, "remap: empty rule; use `strip_prefix`/`add_prefix`, `from`/`to`, or `regex`/`replace`");
+            None
+        }
+        _ => {
+            ctx.err(loc, scope, "remap: one rule mixes kinds; use exactly one of `strip_prefix`/`add_prefix`, `from`/`to`, `regex`/`replace` per rule");
+            None
+        }
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
+            let del = prev.get(j + 1).copied().unwrap_or(0) + 1;
+            let ins = cur.get(j).copied().unwrap_or(0) + 1;
+            cur.push(sub.min(del).min(ins));
+        }
+        prev = cur;
+    }
+    prev.last().copied().unwrap_or(0)
+}
