@@ -1,0 +1,360 @@
+//! The serve loop of one established connection: reads packets, takes link
+//! requests (while the inflight window has room), turns application acks into
+//! PUBACK/PUBREC in arrival order, pings when idle, detects a dead link, and
+//! probes the primary while on a secondary endpoint.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rumqttc::mqttbytes::v4::Packet;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use super::failover::ProbeVerdict;
+use super::task::{Done, End, Task, codec_error, packet_name};
+use super::transport::BoxStream;
+use super::{ClientError, ClientEvent, Endpoint};
+use crate::link::{AckHandle, Delivery};
+use crate::protocol::{Framed, IncomingAction, Keepalive};
+
+/// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed to send DISCONNECT on a graceful close.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// "Now" for the pure state machines, on tokio's clock (so paused-time tests
+/// drive them too).
+pub(crate) fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// One live connection: the framed stream plus keepalive bookkeeping.
+pub(crate) struct Conn {
+    framed: Framed<BoxStream>,
+    endpoint: Endpoint,
+    /// QoS 0 completions, resolved once their PUBLISH is flushed.
+    pub(crate) written: Vec<Done>,
+    keepalive: Keepalive,
+    last_sent: Instant,
+    last_received: Instant,
+    ping_outstanding: bool,
+}
+
+impl Conn {
+    fn new(framed: Framed<BoxStream>, endpoint: Endpoint, keepalive: Duration) -> Self {
+        let now = Instant::now();
+        Conn {
+            framed,
+            endpoint,
+            written: Vec::new(),
+            keepalive: Keepalive::new(keepalive),
+            last_sent: now,
+            last_received: now,
+            ping_outstanding: false,
+        }
+    }
+
+    /// Queues a packet for the next flush. An encoding error concerns only
+    /// that packet (checked before it got here), so it is logged, not fatal.
+    pub(crate) fn queue(&mut self, packet: &Packet) {
+        if let Err(e) = self.framed.queue(packet) {
+            warn!(endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        if self.keepalive.is_enabled() {
+            self.keepalive.dead_after()
+        } else {
+            WRITE_TIMEOUT
+        }
+    }
+
+    /// Writes out what is queued (bounded in time: a peer that stops reading
+    /// is a dead link too) and completes the flushed QoS 0 publishes.
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.framed.pending_write() > 0 {
+            timeout(self.write_timeout(), self.framed.flush())
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    endpoint: self.endpoint.url(),
+                    stage: "writing to the broker",
+                })?
+                .map_err(|e| codec_error(&self.endpoint, e))?;
+            self.last_sent = Instant::now();
+        }
+        for done in self.written.drain(..) {
+            done.complete(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// DISCONNECT (so the broker drops our will), then close the stream.
+    async fn disconnect(&mut self) {
+        self.queue(&Packet::Disconnect);
+        let _ = timeout(DISCONNECT_TIMEOUT, async {
+            let _ = self.framed.flush().await;
+            let _ = self.framed.get_mut().shutdown().await;
+        })
+        .await;
+        for done in self.written.drain(..) {
+            done.complete(Ok(()));
+        }
+    }
+
+    /// When the next keepalive action is due: a PINGREQ after `interval` of
+    /// silence in either direction, death after 1.5 × interval without input.
+    fn next_keepalive(&self) -> Option<Instant> {
+        if !self.keepalive.is_enabled() {
+            return None;
+        }
+        let dead = self.last_received + self.keepalive.dead_after();
+        if self.ping_outstanding {
+            return Some(dead);
+        }
+        let ping = self.last_sent.min(self.last_received) + self.keepalive.interval;
+        Some(ping.min(dead))
+    }
+}
+
+type Probe = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Awaits the probe if one runs; pending forever otherwise.
+async fn probe_done(probe: &mut Option<Probe>) -> bool {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Task {
+    /// Serves one established connection until it ends.
+    pub(crate) async fn serve(
+        &mut self,
+        framed: Framed<BoxStream>,
+        ep: &Endpoint,
+        session_present: bool,
+    ) -> End {
+        let mut conn = Conn::new(framed, ep.clone(), self.opts.keepalive);
+        if !session_present {
+            self.incoming.clear_session();
+        }
+        // Resend (DUP) or re-publish what is unacknowledged, in order, then
+        // what queued up while we were away, then subscriptions, then birth.
+        for p in self.outgoing.resume(session_present) {
+            conn.queue(&p);
+        }
+        while let Some((message, done)) = self.qos0_backlog.pop_front() {
+            self.publish(message, done, Some(&mut conn));
+        }
+        for p in self.subs.connected(session_present, &mut self.outgoing) {
+            conn.queue(&p);
+        }
+        if let Some(birth) = self.opts.birth.clone() {
+            self.publish(birth, Done::Internal, Some(&mut conn));
+        }
+        if let Err(e) = conn.flush().await {
+            return End::Lost(e);
+        }
+
+        // A delivery the bounded channel had no room for; while it waits,
+        // we stop reading the socket (backpressure to the broker).
+        let mut pending: Option<Delivery> = None;
+        let mut probe: Option<Probe> = None;
+        // Local handles, so the futures below borrow them and not `self`.
+        let deliveries = self.deliveries.clone();
+        let shutdown = self.shutdown.clone();
+        loop {
+            let probe_at = match (&probe, self.failover.probe_due()) {
+                (None, Some(at)) => Some(Instant::from_std(at)),
+                _ => None,
+            };
+            let wake = match (conn.next_keepalive(), probe_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let step: Option<End> = tokio::select! {
+                // Cancel safety of each branch: `cancelled` and `mpsc::recv`
+                // are cancel safe; `read_packet` keeps partial input in its
+                // own buffer; `reserve` loses only its queue position; the
+                // sleep is rebuilt each turn; the probe future is kept in
+                // `probe` and polled by reference.
+                _ = shutdown.cancelled() => Some(End::Shutdown),
+                r = conn.framed.read_packet(), if pending.is_none() => match r {
+                    Ok(packet) => {
+                        conn.last_received = Instant::now();
+                        self.on_packet(packet, &mut conn, &mut pending)
+                    }
+                    Err(e) => Some(End::Lost(codec_error(ep, e))),
+                },
+                permit = deliveries.reserve(), if pending.is_some() => {
+                    match (permit, pending.take()) {
+                        (Ok(permit), Some(d)) => permit.send(d),
+                        // The receiver is gone: nobody will handle it; ack so
+                        // the session does not wedge.
+                        (Err(_), Some(d)) => d.ack.ack(),
+                        (_, None) => {}
+                    }
+                    None
+                }
+                Some(token) = self.acks_rx.recv() => {
+                    for p in self.incoming.ack(token) {
+                        conn.queue(&p);
+                    }
+                    None
+                }
+                // Guard: no new publishes while the inflight window is full;
+                // requests then wait in the bounded channel (backpressure).
+                req = self.requests.recv(), if self.outgoing.has_room() => match req {
+                    Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
+                    // Every `Link` was dropped: nobody can use us any more.
+                    None => Some(End::Shutdown),
+                },
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.on_timer(&mut conn, &mut probe)
+                }
+                ok = probe_done(&mut probe) => {
+                    probe = None;
+                    self.on_probe(ok)
+                }
+            };
+            match step {
+                None => {}
+                Some(End::Lost(e)) => return End::Lost(e),
+                Some(end) => {
+                    conn.disconnect().await;
+                    return end;
+                }
+            }
+            if let Err(e) = conn.flush().await {
+                return End::Lost(e);
+            }
+        }
+    }
+
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        conn: &mut Conn,
+        pending: &mut Option<Delivery>,
+    ) -> Option<End> {
+        match packet {
+            Packet::Publish(publish) => match self.incoming.on_publish(publish, now_std()) {
+                IncomingAction::Deliver { message, token } => {
+                    let ack = token
+                        .map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
+                    match self.deliveries.try_send(Delivery { message, ack }) {
+                        Ok(()) => {}
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => *pending = Some(d),
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => d.ack.ack(),
+                    }
+                }
+                IncomingAction::Duplicate { resend } => {
+                    if let Some(p) = resend {
+                        conn.queue(&p);
+                    }
+                }
+            },
+            Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
+                Ok(done) => done.complete(Ok(())),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
+            },
+            Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
+                Ok(rel) => conn.queue(&rel),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
+            },
+            Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
+                Ok(done) => done.complete(Ok(())),
+                Err(v) => {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                }
+            },
+            Packet::PubRel(rel) => {
+                let comp = self.incoming.on_pubrel(rel.pkid);
+                conn.queue(&comp);
+            }
+            Packet::SubAck(ack) => {
+                let pkid = ack.pkid;
+                if !self.subs.on_suback(ack, &mut self.outgoing) {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, pkid, "SUBACK for unknown packet id ignored");
+                }
+                for p in self.subs.take_packets(&mut self.outgoing) {
+                    conn.queue(&p);
+                }
+            }
+            Packet::UnsubAck(ack) => {
+                if !self.subs.on_unsuback(ack.pkid, &mut self.outgoing) {
+                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, pkid = ack.pkid, "UNSUBACK for unknown packet id ignored");
+                }
+                for p in self.subs.take_packets(&mut self.outgoing) {
+                    conn.queue(&p);
+                }
+            }
+            Packet::PingResp => conn.ping_outstanding = false,
+            other => {
+                return Some(End::Lost(ClientError::Protocol {
+                    endpoint: conn.endpoint.url(),
+                    reason: format!("unexpected {} from broker", packet_name(&other)),
+                }));
+            }
+        }
+        None
+    }
+
+    fn on_timer(&mut self, conn: &mut Conn, probe: &mut Option<Probe>) -> Option<End> {
+        let now = Instant::now();
+        if conn.keepalive.is_enabled() {
+            if now >= conn.last_received + conn.keepalive.dead_after() {
+                return Some(End::Lost(ClientError::KeepaliveTimeout {
+                    endpoint: conn.endpoint.url(),
+                }));
+            }
+            let ping_at = conn.last_sent.min(conn.last_received) + conn.keepalive.interval;
+            if !conn.ping_outstanding && now >= ping_at {
+                conn.queue(&Packet::PingReq);
+                conn.ping_outstanding = true;
+            }
+        }
+        if probe.is_none()
+            && let Some(due) = self.failover.probe_due()
+            && now >= Instant::from_std(due)
+            && let (Some(dialer), Some(primary)) =
+                (self.dialer(), self.opts.endpoints.first().cloned())
+        {
+            let limit = self.opts.connect_timeout;
+            debug!(broker = %self.opts.name, endpoint = %primary, "probing primary");
+            *probe = Some(Box::pin(async move {
+                // TCP + TLS handshake only: a CONNECT with our client id
+                // would take our session away from the secondary.
+                matches!(timeout(limit, dialer.dial(&primary)).await, Ok(Ok(_)))
+            }));
+        }
+        None
+    }
+
+    fn on_probe(&mut self, ok: bool) -> Option<End> {
+        let primary = self
+            .opts
+            .endpoints
+            .first()
+            .map(|e| e.url())
+            .unwrap_or_default();
+        self.emit(ClientEvent::Probe {
+            endpoint: primary.clone(),
+            ok,
+        });
+        match self.failover.probe_result(now_std(), ok) {
+            ProbeVerdict::FailBack => Some(End::FailBack),
+            ProbeVerdict::Stay { good } => {
+                info!(broker = %self.opts.name, endpoint = %primary, ok, good, "probe of primary");
+                None
+            }
+        }
+    }
+}

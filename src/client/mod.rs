@@ -1,0 +1,165 @@
+//! The client core: one task per remote broker that dials its endpoints
+//! (TCP/TLS), speaks MQTT 3.1.1 through the shared protocol state machines,
+//! reconnects with backoff, fails over and fails back, and serves a [`Link`].
+//!
+//! Entry point: [`spawn`]. Pure parts: [`backoff`] and [`failover`].
+//!
+//! [`Link`]: crate::link::Link
+
+pub mod backoff;
+mod connection;
+pub mod failover;
+pub mod options;
+mod subs;
+mod task;
+pub mod transport;
+
+use std::io;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::link::{Delivery, Link, LinkState};
+
+pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+
+/// Why connecting to, or talking with, an endpoint failed. Every variant that
+/// concerns one endpoint names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS settings cannot be turned into a rustls configuration.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    /// TCP connect or socket IO failed.
+    #[error("{endpoint}: {source}")]
+    Io {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The IO error.
+        source: io::Error,
+    },
+    /// The TLS handshake failed (e.g. unknown CA, name mismatch).
+    #[error("{endpoint}: TLS handshake failed: {source}")]
+    Tls {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The handshake error from rustls.
+        source: io::Error,
+    },
+    /// A step did not finish in time.
+    #[error("{endpoint}: timed out {stage}")]
+    Timeout {
+        /// Endpoint URL.
+        endpoint: String,
+        /// What was being waited for, e.g. "waiting for CONNACK".
+        stage: &'static str,
+    },
+    /// The broker refused the CONNECT.
+    #[error("{endpoint}: connection refused by broker: {reason}")]
+    Refused {
+        /// Endpoint URL.
+        endpoint: String,
+        /// CONNACK return code, described.
+        reason: String,
+    },
+    /// The broker sent something that is not valid MQTT, or broke the protocol.
+    #[error("{endpoint}: protocol error: {reason}")]
+    Protocol {
+        /// Endpoint URL.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The broker closed the connection.
+    #[error("{endpoint}: connection closed by broker")]
+    Closed {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+    /// No PINGRESP (or any packet) within 1.5 × keepalive: a half-open link.
+    #[error("{endpoint}: keepalive timeout, no answer from broker")]
+    KeepaliveTimeout {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+}
+
+/// A lifecycle event of one broker connection, for metrics and tests.
+/// Sent on [`ClientOptions::events`] when set (a full or absent receiver never blocks the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Dialing `endpoint` (TCP, TLS, CONNECT).
+    ConnectAttempt {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+    /// CONNACK accepted on `endpoint`.
+    Connected {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Whether the broker resumed our session.
+        session_present: bool,
+    },
+    /// A connect attempt failed or an established link was lost.
+    Disconnected {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Human reason (not a metric label).
+        reason: String,
+    },
+    /// Moving to another endpoint after a failure.
+    Failover {
+        /// Endpoint that failed.
+        from: String,
+        /// Endpoint to dial next.
+        to: String,
+    },
+    /// A probe of the primary succeeded (`good` consecutive so far) or failed (`good == 0`).
+    Probe {
+        /// The primary's URL.
+        endpoint: String,
+        /// Whether the probe succeeded.
+        ok: bool,
+    },
+    /// Enough good probes: leaving the secondary for the primary.
+    Failback {
+        /// The primary's URL.
+        to: String,
+    },
+}
+
+/// Starts the connection task of one remote broker on `tracker` and returns
+/// the [`Link`] pipes use plus the stream of incoming messages.
+///
+/// The task runs until `shutdown` is cancelled, [`Link::shutdown`] is called,
+/// or every clone of the `Link` is dropped; it then sends DISCONNECT (no
+/// will), fails whatever is still pending with `LinkError::Closed` and sets
+/// the state to `Closed`. Wait for it with `tracker.close(); tracker.wait()`.
+///
+/// Must be called inside a tokio runtime. Configuration problems that only
+/// show when dialing (unreadable TLS files, ...) are reported as
+/// `Disconnected { reason }` and retried with backoff.
+pub fn spawn(
+    opts: ClientOptions,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> (Link, mpsc::Receiver<Delivery>) {
+    let (req_tx, req_rx) = mpsc::channel(opts.request_capacity.max(1));
+    let (del_tx, del_rx) = mpsc::channel(opts.delivery_capacity.max(1));
+    let first = opts
+        .endpoints
+        .first()
+        .map(Endpoint::url)
+        .unwrap_or_default();
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting {
+        endpoint: first,
+        attempt: 0,
+    });
+    let link = Link::new(opts.name.clone(), req_tx, state_rx);
+    let span = tracing::info_span!("client", broker = %opts.name);
+    let task = task::Task::new(opts, shutdown, req_rx, del_tx, state_tx);
+    tracker.spawn(task.run().instrument(span));
+    (link, del_rx)
+}

@@ -1,0 +1,201 @@
+//! Plain option structs for one remote broker connection. The pipe helper maps
+//! the config `Plan` onto these; nothing here reads files or spawns tasks.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::ClientEvent;
+use crate::protocol::Message;
+
+/// One network endpoint of a remote broker, in priority order within
+/// [`ClientOptions::endpoints`] (index 0 is the primary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address (also the default TLS server name).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether to wrap the TCP stream in TLS.
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// A plain TCP endpoint.
+    pub fn tcp(host: impl Into<String>, port: u16) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: false,
+        }
+    }
+
+    /// A TLS endpoint.
+    pub fn tls(host: impl Into<String>, port: u16) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: true,
+        }
+    }
+
+    /// Display URL, e.g. `mqtts://broker.example:8883`; used in logs and states.
+    pub fn url(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// TLS settings shared by every TLS endpoint of a broker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificate(s) to trust; `None` = the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Server name for SNI and certificate verification; `None` = the endpoint host.
+    pub server_name: Option<String>,
+    /// ALPN protocols, e.g. `x-amzn-mqtt-ca` for AWS IoT on port 443.
+    pub alpn: Vec<String>,
+    /// Skip server certificate verification (logged as a warning at start).
+    pub insecure: bool,
+}
+
+/// Reconnect backoff settings (see [`crate::client::backoff`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffOptions {
+    /// First delay.
+    pub min: Duration,
+    /// Upper bound of any delay, jitter included.
+    pub max: Duration,
+    /// Add random jitter (up to the current delay, then clamped to `max`).
+    pub jitter: bool,
+    /// A link that stayed up this long resets the schedule to `min`.
+    pub stable_after: Duration,
+}
+
+impl Default for BackoffOptions {
+    fn default() -> Self {
+        BackoffOptions {
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            jitter: true,
+            stable_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Failback settings: returning to the primary endpoint once it is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailbackOptions {
+    /// Probe the primary while on a secondary endpoint and switch back.
+    pub enabled: bool,
+    /// Time between two probes of the primary.
+    pub probe_interval: Duration,
+    /// Consecutive good probes needed before switching back (hysteresis).
+    pub probes_required: u32,
+}
+
+impl Default for FailbackOptions {
+    fn default() -> Self {
+        FailbackOptions {
+            enabled: true,
+            probe_interval: Duration::from_secs(10),
+            probes_required: 3,
+        }
+    }
+}
+
+/// Everything one remote broker connection needs.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker name (config map key); the `broker` field of every log line.
+    pub name: String,
+    /// Endpoints in priority order; index 0 is the primary. Must not be empty.
+    pub endpoints: Vec<Endpoint>,
+    /// MQTT client id used on every endpoint.
+    pub client_id: String,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// Optional password (sent only with a user name, as MQTT 3.1.1 requires).
+    pub password: Option<String>,
+    /// Keepalive sent in CONNECT; `Duration::ZERO` disables PINGREQ.
+    pub keepalive: Duration,
+    /// Clean session flag in CONNECT.
+    pub clean_session: bool,
+    /// TLS settings for endpoints with `tls: true`.
+    pub tls: TlsOptions,
+    /// Reconnect backoff.
+    pub backoff: BackoffOptions,
+    /// Failback to the primary endpoint.
+    pub failback: FailbackOptions,
+    /// Time allowed for TCP connect + TLS handshake + CONNACK.
+    pub connect_timeout: Duration,
+    /// Largest packet we send or accept, in bytes.
+    pub max_packet_size: usize,
+    /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
+    pub inflight: usize,
+    /// Capacity of the bounded request channel behind the [`crate::link::Link`].
+    pub request_capacity: usize,
+    /// Capacity of the bounded delivery channel (incoming messages).
+    pub delivery_capacity: usize,
+    /// Last will, set in every CONNECT (e.g. retained `offline` status).
+    pub will: Option<Message>,
+    /// Published after every successful connect (e.g. retained `online` status).
+    pub birth: Option<Message>,
+    /// Where to send lifecycle events (metrics, tests); `None` = nowhere.
+    pub events: Option<broadcast::Sender<ClientEvent>>,
+}
+
+impl ClientOptions {
+    /// Options with the defaults for everything but the name, endpoints and client id.
+    pub fn new(
+        name: impl Into<String>,
+        endpoints: Vec<Endpoint>,
+        client_id: impl Into<String>,
+    ) -> Self {
+        ClientOptions {
+            name: name.into(),
+            endpoints,
+            client_id: client_id.into(),
+            username: None,
+            password: None,
+            keepalive: Duration::from_secs(30),
+            clean_session: false,
+            tls: TlsOptions::default(),
+            backoff: BackoffOptions::default(),
+            failback: FailbackOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            inflight: 100,
+            request_capacity: 256,
+            delivery_capacity: 256,
+            will: None,
+            birth: None,
+            events: None,
+        }
+    }
+
+    /// Display URL of all endpoints, comma separated (for logs).
+    pub fn display_url(&self) -> String {
+        self.endpoints
+            .iter()
+            .map(Endpoint::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

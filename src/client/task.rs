@@ -1,0 +1,489 @@
+//! The connection task of one remote broker: dial → CONNECT → serve the link
+//! until the connection ends → backoff / failover / failback → again, until
+//! shutdown. Protocol state (outgoing and incoming QoS flows, subscriptions)
+//! lives here across connections; the per-connection loop is in
+//! [`super::connection`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use super::connection::{Conn, now_std};
+use super::failover::Failover;
+use super::subs::{SubOp, Subs};
+use super::transport::{BoxStream, Dialer};
+use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
+use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
+use crate::protocol::{
+    Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, topic_name_is_valid,
+};
+
+/// Completion of an outgoing publish: the caller's oneshot, or nothing for
+/// our own messages (birth).
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A pipe waits for this.
+    Caller(oneshot::Sender<Result<(), LinkError>>),
+    /// Internal publish (birth message); nobody waits.
+    Internal,
+}
+
+impl Done {
+    pub(crate) fn complete(self, result: Result<(), LinkError>) {
+        if let Done::Caller(tx) = self {
+            // The caller may have stopped waiting; that is fine.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
+const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
+
+/// Why the serve loop of one connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Shutdown requested (cancel, `Shutdown`, or every `Link` dropped).
+    Shutdown,
+    /// The connection failed or was lost.
+    Lost(ClientError),
+    /// Enough good probes of the primary: leave this secondary.
+    FailBack,
+}
+
+/// Everything one broker connection keeps across reconnects.
+pub(crate) struct Task {
+    pub(crate) opts: ClientOptions,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) requests: mpsc::Receiver<LinkRequest>,
+    pub(crate) deliveries: mpsc::Sender<Delivery>,
+    pub(crate) acks_tx: mpsc::UnboundedSender<AckToken>,
+    pub(crate) acks_rx: mpsc::UnboundedReceiver<AckToken>,
+    pub(crate) state: watch::Sender<LinkState>,
+    pub(crate) outgoing: Outgoing<Done>,
+    /// QoS 0 publishes accepted while disconnected (bounded by the window).
+    pub(crate) qos0_backlog: VecDeque<(Message, Done)>,
+    pub(crate) incoming: Incoming,
+    pub(crate) subs: Subs,
+    pub(crate) failover: Failover,
+    dialer: Option<Dialer>,
+}
+
+impl Task {
+    pub(crate) fn new(
+        opts: ClientOptions,
+        shutdown: CancellationToken,
+        requests: mpsc::Receiver<LinkRequest>,
+        deliveries: mpsc::Sender<Delivery>,
+        state: watch::Sender<LinkState>,
+    ) -> Self {
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let failover = Failover::new(
+            opts.endpoints.len(),
+            Backoff::new(&opts.backoff),
+            opts.failback.clone(),
+        );
+        Task {
+            outgoing: Outgoing::new(opts.inflight.max(1)),
+            opts,
+            shutdown,
+            requests,
+            deliveries,
+            acks_tx,
+            acks_rx,
+            state,
+            qos0_backlog: VecDeque::new(),
+            incoming: Incoming::new(),
+            subs: Subs::default(),
+            failover,
+            dialer: None,
+        }
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        if let Some(tx) = &self.opts.events {
+            // No receiver is fine: events are for whoever listens.
+            let _ = tx.send(event);
+        }
+    }
+
+    /// The dialer, once built (by the first connect attempt).
+    pub(crate) fn dialer(&self) -> Option<Dialer> {
+        self.dialer.clone()
+    }
+
+    fn endpoint(&self, index: usize) -> Option<Endpoint> {
+        self.opts.endpoints.get(index).cloned()
+    }
+
+    /// The task body: runs until shutdown, then fails what is left.
+    pub(crate) async fn run(mut self) {
+        let broker = self.opts.name.clone();
+        if self.opts.endpoints.is_empty() {
+            warn!(broker = %broker, "no endpoints configured; link closed");
+            self.close();
+            return;
+        }
+        if self.opts.tls.insecure && self.opts.endpoints.iter().any(|e| e.tls) {
+            warn!(broker = %broker, "TLS certificate verification is DISABLED (insecure: true)");
+        }
+        let mut delay = Duration::ZERO;
+        let mut attempt: u32 = 0;
+        loop {
+            if !delay.is_zero() && !self.wait_offline(delay).await {
+                break;
+            }
+            let index = self.failover.current();
+            let Some(ep) = self.endpoint(index) else {
+                break;
+            };
+            let url = ep.url();
+            attempt = attempt.saturating_add(1);
+            info!(broker = %broker, endpoint = %url, attempt, "connecting");
+            self.state.send_replace(LinkState::Connecting {
+                endpoint: url.clone(),
+                attempt,
+            });
+            self.emit(ClientEvent::ConnectAttempt {
+                endpoint: url.clone(),
+            });
+            // Cancel safety: dropping `connect` drops a half-open socket; no
+            // session state is touched before it returns.
+            let shutdown = self.shutdown.clone();
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.connect(&ep) => r,
+            };
+            let end = match connected {
+                Ok((framed, session_present)) => {
+                    attempt = 0;
+                    self.failover.connected(now_std());
+                    info!(broker = %broker, endpoint = %url, session_present, "connected");
+                    self.state.send_replace(LinkState::Connected {
+                        endpoint: url.clone(),
+                        session_present,
+                    });
+                    self.emit(ClientEvent::Connected {
+                        endpoint: url.clone(),
+                        session_present,
+                    });
+                    let end = self.serve(framed, &ep, session_present).await;
+                    self.incoming.reset_connection();
+                    self.subs.disconnected(&mut self.outgoing);
+                    end
+                }
+                Err(e) => End::Lost(e),
+            };
+            match end {
+                End::Shutdown => break,
+                End::Lost(err) => {
+                    let reason = err.to_string();
+                    warn!(broker = %broker, endpoint = %url, error = %reason, "disconnected");
+                    self.state.send_replace(LinkState::Disconnected {
+                        reason: reason.clone(),
+                    });
+                    self.emit(ClientEvent::Disconnected {
+                        endpoint: url.clone(),
+                        reason,
+                    });
+                    let retry = self.failover.failed(now_std());
+                    delay = retry.delay;
+                    if retry.is_failover()
+                        && let Some(to) = self.endpoint(retry.endpoint)
+                    {
+                        let to = to.url();
+                        info!(broker = %broker, endpoint = %url, to = %to, delay_ms = delay.as_millis() as u64, "failing over");
+                        self.emit(ClientEvent::Failover {
+                            from: url.clone(),
+                            to,
+                        });
+                    } else {
+                        info!(broker = %broker, endpoint = %url, delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
+                    }
+                }
+                End::FailBack => {
+                    let to = self.endpoint(0).map(|e| e.url()).unwrap_or_default();
+                    info!(broker = %broker, endpoint = %url, to = %to, "failing back to primary");
+                    self.state.send_replace(LinkState::Disconnected {
+                        reason: format!("failing back to {to}"),
+                    });
+                    self.emit(ClientEvent::Failback { to });
+                    self.failover.fail_back(now_std());
+                    delay = Duration::ZERO;
+                }
+            }
+        }
+        info!(broker = %broker, "link closed");
+        self.close();
+    }
+
+    /// Waits out a backoff delay while still taking requests (publishes are
+    /// kept for the next connection). False when shutdown was requested.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let sleep = sleep(delay);
+        tokio::pin!(sleep);
+        let shutdown = self.shutdown.clone();
+        loop {
+            let room = self.outgoing.has_room() && self.qos0_backlog.len() < self.outgoing.window();
+            tokio::select! {
+                // Cancel safety: every branch is cancel safe (`cancelled`,
+                // `Sleep` polled by reference, `recv` on mpsc).
+                _ = shutdown.cancelled() => return false,
+                _ = &mut sleep => return true,
+                req = self.requests.recv(), if room => match req {
+                    Some(req) => {
+                        if !self.take_request(req, None) {
+                            return false;
+                        }
+                    }
+                    None => return false,
+                },
+                // Tokens of a previous connection: `Incoming` ignores them.
+                Some(token) = self.acks_rx.recv() => {
+                    let _ = self.incoming.ack(token);
+                }
+            }
+        }
+    }
+
+    /// Dials, sends CONNECT, waits for CONNACK, all within the connect timeout.
+    async fn connect(&mut self, ep: &Endpoint) -> Result<(Framed<BoxStream>, bool), ClientError> {
+        let dialer = match &self.dialer {
+            Some(d) => d.clone(),
+            None => {
+                let d = Dialer::new(&self.opts.endpoints, &self.opts.tls)?;
+                self.dialer = Some(d.clone());
+                d
+            }
+        };
+        let deadline = Instant::now() + self.opts.connect_timeout;
+        let timeout = |stage| ClientError::Timeout {
+            endpoint: ep.url(),
+            stage,
+        };
+        let stream = timeout_at(deadline, dialer.dial(ep))
+            .await
+            .map_err(|_| timeout("connecting (TCP/TLS)"))??;
+        let max = self.opts.max_packet_size;
+        let mut framed = Framed::new(stream, max, max);
+        let protocol = |e: crate::protocol::CodecError| codec_error(ep, e);
+        timeout_at(deadline, framed.write_packet(&self.connect_packet()))
+            .await
+            .map_err(|_| timeout("sending CONNECT"))?
+            .map_err(protocol)?;
+        let packet = timeout_at(deadline, framed.read_packet())
+            .await
+            .map_err(|_| timeout("waiting for CONNACK"))?
+            .map_err(protocol)?;
+        match packet {
+            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
+                Ok((framed, ack.session_present))
+            }
+            Packet::ConnAck(ack) => Err(ClientError::Refused {
+                endpoint: ep.url(),
+                reason: connack_reason(ack.code).into(),
+            }),
+            other => Err(ClientError::Protocol {
+                endpoint: ep.url(),
+                reason: format!("expected CONNACK, got {}", packet_name(&other)),
+            }),
+        }
+    }
+
+    fn connect_packet(&self) -> Packet {
+        let o = &self.opts;
+        let secs = o.keepalive.as_secs() + u64::from(o.keepalive.subsec_nanos() > 0);
+        let mut connect = rumqttc::mqttbytes::v4::Connect::new(o.client_id.clone());
+        connect.keep_alive = u16::try_from(secs).unwrap_or(u16::MAX);
+        connect.clean_session = o.clean_session;
+        connect.last_will = o.will.as_ref().map(|w| LastWill {
+            topic: w.topic.clone(),
+            message: w.payload.clone(),
+            qos: w.qos.into(),
+            retain: w.retain,
+        });
+        connect.login = o.username.as_ref().map(|u| Login {
+            username: u.clone(),
+            password: o.password.clone().unwrap_or_default(),
+        });
+        Packet::Connect(connect)
+    }
+
+    /// Handles one request. `conn` is the live connection, if any (packets
+    /// are queued there; the serve loop flushes). Returns false on `Shutdown`.
+    pub(crate) fn take_request(&mut self, req: LinkRequest, conn: Option<&mut Conn>) -> bool {
+        match req {
+            LinkRequest::Publish { message, done } => {
+                if let Err(e) = self.check_publish(&message) {
+                    let _ = done.send(Err(e));
+                    return true;
+                }
+                let done = Done::Caller(done);
+                match conn {
+                    Some(conn) => self.publish(message, done, Some(conn)),
+                    None if message.qos == QoS::AtMostOnce => {
+                        self.qos0_backlog.push_back((message, done));
+                    }
+                    // Kept in `Outgoing`; `resume` sends it on the next connection.
+                    None => self.publish(message, done, None),
+                }
+            }
+            LinkRequest::Subscribe { filters, done } => {
+                if let Some((f, _)) = filters.iter().find(|(f, _)| !filter_is_valid(f)) {
+                    let _ = done.send(Err(LinkError::Rejected(format!("invalid filter {f:?}"))));
+                } else if filters.is_empty() {
+                    let _ = done.send(Ok(Vec::new()));
+                } else {
+                    self.subs.push(SubOp::Subscribe {
+                        filters,
+                        done: Some(done),
+                    });
+                    if let Some(conn) = conn {
+                        for p in self.subs.take_packets(&mut self.outgoing) {
+                            conn.queue(&p);
+                        }
+                    }
+                }
+            }
+            LinkRequest::Unsubscribe { filters, done } => {
+                if filters.is_empty() {
+                    let _ = done.send(Ok(()));
+                } else {
+                    self.subs.push(SubOp::Unsubscribe { filters, done });
+                    if let Some(conn) = conn {
+                        for p in self.subs.take_packets(&mut self.outgoing) {
+                            conn.queue(&p);
+                        }
+                    }
+                }
+            }
+            LinkRequest::Shutdown => return false,
+        }
+        true
+    }
+
+    /// Rejects what can never be sent: an invalid topic, or a packet over the
+    /// maximum size (it would otherwise be retried forever).
+    fn check_publish(&self, m: &Message) -> Result<(), LinkError> {
+        if !topic_name_is_valid(&m.topic) {
+            return Err(LinkError::Rejected(format!(
+                "invalid topic name {:?}",
+                m.topic
+            )));
+        }
+        let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len();
+        if size > self.opts.max_packet_size {
+            return Err(LinkError::Rejected(format!(
+                "PUBLISH of {size} bytes exceeds max_packet_size {}",
+                self.opts.max_packet_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts a publish; with a connection the PUBLISH is queued on it, without
+    /// one a QoS 1/2 flow waits in `Outgoing` for `resume`.
+    pub(crate) fn publish(&mut self, message: Message, done: Done, conn: Option<&mut Conn>) {
+        match self.outgoing.publish(message, done) {
+            Ok((packet, qos0_done)) => {
+                if let Some(conn) = conn {
+                    conn.queue(&packet);
+                    if let Some(done) = qos0_done {
+                        conn.written.push(done);
+                    }
+                } else if let Some(done) = qos0_done {
+                    // Only reached for QoS 0 without a connection (not routed
+                    // here by `take_request`): nothing was sent.
+                    done.complete(Err(LinkError::Closed));
+                }
+            }
+            Err(full) => {
+                // The `select!` guard keeps this from happening for callers;
+                // an internal publish (birth) may hit it.
+                warn!(broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
+                full.token
+                    .complete(Err(LinkError::Rejected("inflight window full".into())));
+            }
+        }
+    }
+
+    /// Fails everything still pending and marks the link closed.
+    fn close(&mut self) {
+        self.requests.close();
+        while let Ok(req) = self.requests.try_recv() {
+            match req {
+                LinkRequest::Publish { done, .. } => {
+                    let _ = done.send(Err(LinkError::Closed));
+                }
+                LinkRequest::Subscribe { done, .. } => {
+                    let _ = done.send(Err(LinkError::Closed));
+                }
+                LinkRequest::Unsubscribe { done, .. } => {
+                    let _ = done.send(Err(LinkError::Closed));
+                }
+                LinkRequest::Shutdown => {}
+            }
+        }
+        for (_, done) in self.outgoing.drain() {
+            done.complete(Err(LinkError::Closed));
+        }
+        for (_, done) in self.qos0_backlog.drain(..) {
+            done.complete(Err(LinkError::Closed));
+        }
+        self.subs.close();
+        self.state.send_replace(LinkState::Closed);
+    }
+}
+
+/// Maps a codec error on `ep` to a client error naming the endpoint.
+pub(crate) fn codec_error(ep: &Endpoint, e: crate::protocol::CodecError) -> ClientError {
+    use crate::protocol::CodecError;
+    match e {
+        CodecError::Closed => ClientError::Closed { endpoint: ep.url() },
+        CodecError::Io(source) => ClientError::Io {
+            endpoint: ep.url(),
+            source,
+        },
+        other => ClientError::Protocol {
+            endpoint: ep.url(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn connack_reason(code: ConnectReturnCode) -> &'static str {
+    match code {
+        ConnectReturnCode::Success => "accepted",
+        ConnectReturnCode::RefusedProtocolVersion => "unacceptable protocol version (0x01)",
+        ConnectReturnCode::BadClientId => "identifier rejected (0x02)",
+        ConnectReturnCode::ServiceUnavailable => "server unavailable (0x03)",
+        ConnectReturnCode::BadUserNamePassword => "bad user name or password (0x04)",
+        ConnectReturnCode::NotAuthorized => "not authorized (0x05)",
+    }
+}
+
+/// Packet type name for messages.
+pub(crate) fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}

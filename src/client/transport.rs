@@ -1,0 +1,213 @@
+//! Dialing an endpoint: TCP, optionally wrapped in TLS (rustls with ring via
+//! tokio-rustls). Also the failback probe (TCP + TLS handshake, no MQTT).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{
+    self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use super::ClientError;
+use super::options::{Endpoint, TlsOptions};
+
+/// A connected byte stream (plain TCP or TLS).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+/// A boxed connected stream.
+pub type BoxStream = Box<dyn AsyncStream>;
+
+/// Builds the rustls client configuration from [`TlsOptions`]: the CA file or
+/// the system roots, an optional client certificate and key, ALPN, and no
+/// verification at all when `insecure` is set.
+pub fn client_config(opts: &TlsOptions) -> Result<ClientConfig, ClientError> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::TlsConfig(e.to_string()))?;
+    let builder = if opts.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        builder.with_root_certificates(root_store(opts.ca_file.as_deref())?)
+    };
+    let mut config = match (&opts.cert_file, &opts.key_file) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| ClientError::TlsConfig(format!("client certificate/key: {e}")))?,
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(ClientError::TlsConfig(
+                "cert_file and key_file must be given together".into(),
+            ));
+        }
+    };
+    config.alpn_protocols = opts.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, ClientError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = read_certs(path)?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ClientError::TlsConfig(format!(
+                    "{}: no usable CA certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(ClientError::TlsConfig(format!(
+                    "no system root certificates found ({} errors); set ca_file",
+                    native.errors.len()
+                )));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ClientError> {
+    fs::read(path).map_err(|e| ClientError::TlsConfig(format!("{}: {e}", path.display())))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let pem = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::TlsConfig(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::TlsConfig(format!(
+            "{}: no PEM certificate found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
+    let pem = read_file(path)?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| ClientError::TlsConfig(format!("{}: private key: {e}", path.display())))
+}
+
+/// Dials endpoints of one broker; holds the TLS connector built once.
+#[derive(Clone)]
+pub struct Dialer {
+    tls: Option<TlsConnector>,
+    server_name: Option<String>,
+}
+
+impl Dialer {
+    /// A dialer for `opts`; builds the TLS config only if an endpoint uses TLS.
+    pub fn new(endpoints: &[Endpoint], opts: &TlsOptions) -> Result<Self, ClientError> {
+        let tls = if endpoints.iter().any(|e| e.tls) {
+            Some(TlsConnector::from(Arc::new(client_config(opts)?)))
+        } else {
+            None
+        };
+        Ok(Dialer {
+            tls,
+            server_name: opts.server_name.clone(),
+        })
+    }
+
+    /// TCP connect and, for a TLS endpoint, the TLS handshake.
+    /// The caller bounds the time (connect timeout).
+    pub async fn dial(&self, ep: &Endpoint) -> Result<BoxStream, ClientError> {
+        let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
+            .await
+            .map_err(|e| ClientError::Io {
+                endpoint: ep.url(),
+                source: e,
+            })?;
+        // MQTT packets are small and latency matters more than batching.
+        let _ = tcp.set_nodelay(true);
+        if !ep.tls {
+            return Ok(Box::new(tcp));
+        }
+        let connector = self.tls.as_ref().ok_or_else(|| {
+            ClientError::TlsConfig(format!("{}: TLS endpoint without TLS config", ep.url()))
+        })?;
+        let name = self.server_name.as_deref().unwrap_or(&ep.host);
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|e| {
+            ClientError::TlsConfig(format!("invalid TLS server name {name:?}: {e}"))
+        })?;
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| ClientError::Tls {
+                endpoint: ep.url(),
+                source: e,
+            })?;
+        Ok(Box::new(tls))
+    }
+}
+
+/// A verifier that accepts any server certificate (`insecure: true`). Signatures
+/// are still checked so the handshake itself is sound.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

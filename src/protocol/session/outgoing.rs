@@ -1,0 +1,250 @@
+//! QoS 1/2 flows of the messages WE send: PUBLISH → PUBACK, and
+//! PUBLISH → PUBREC → PUBREL → PUBCOMP; resend on reconnect.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
+
+use super::packet_id::PacketIds;
+use super::{AckKind, ProtocolViolation};
+use crate::protocol::codec::{message_from_publish, publish_from_message};
+use crate::protocol::message::{Message, QoS};
+
+/// The inflight window is full (or, with a window of 65,535, no packet id is
+/// free). Gives the message and token back so nothing is lost.
+pub struct Full<T> {
+    /// The message that was not published.
+    pub message: Message,
+    /// The caller's token, untouched.
+    pub token: T,
+}
+
+impl<T> fmt::Debug for Full<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Full")
+            .field("topic", &self.message.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an outgoing QoS 1/2 flow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH sent (or to be sent); waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    AwaitComp,
+}
+
+#[derive(Debug)]
+struct Flow<T> {
+    publish: Publish,
+    stage: Stage,
+    token: T,
+}
+
+/// Outgoing QoS 1/2 state of one session. `T` is the caller's opaque token
+/// (a oneshot sender, a local message id...), handed back when the flow
+/// completes. Flows are kept in publish order (by sequence number), which is
+/// the order [`Outgoing::resume`] resends them in.
+///
+/// Packet ids: PUBLISH, SUBSCRIBE and UNSUBSCRIBE share one id space per
+/// direction; a client takes the SUBSCRIBE/UNSUBSCRIBE ids from
+/// [`Outgoing::reserve_id`] so they never collide with a PUBLISH in flight.
+#[derive(Debug)]
+pub struct Outgoing<T> {
+    window: usize,
+    ids: PacketIds,
+    reserved: HashSet<u16>,
+    flows: BTreeMap<u64, Flow<T>>,
+    by_pkid: HashMap<u16, u64>,
+    next_seq: u64,
+}
+
+impl<T> Outgoing<T> {
+    /// Empty state with at most `window` QoS 1/2 messages in flight
+    /// (clamped to 1..=65,535).
+    pub fn new(window: usize) -> Self {
+        Outgoing {
+            window: window.clamp(1, usize::from(u16::MAX)),
+            ids: PacketIds::new(),
+            reserved: HashSet::new(),
+            flows: BTreeMap::new(),
+            by_pkid: HashMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// The inflight window.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Whether a QoS 1/2 publish would be accepted now (use as a `select!` guard).
+    pub fn has_room(&self) -> bool {
+        self.flows.len() < self.window && self.ids.len() < usize::from(u16::MAX)
+    }
+
+    /// QoS 1/2 messages in flight (for metrics).
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Starts publishing `message` and returns the PUBLISH to send.
+    ///
+    /// QoS 0 keeps no state and ignores the window: the token comes straight
+    /// back as `Some(token)` (complete it once the packet is written). QoS 1/2
+    /// get a fresh packet id and return `None`; the token comes back from
+    /// [`Outgoing::on_puback`] or [`Outgoing::on_pubcomp`]. If the packet
+    /// cannot be sent now (disconnected), just keep it: [`Outgoing::resume`]
+    /// sends it on the next connection (possibly with DUP set, which is
+    /// harmless).
+    pub fn publish(&mut self, message: Message, token: T) -> Result<(Packet, Option<T>), Full<T>> {
+        if message.qos == QoS::AtMostOnce {
+            let publish = publish_from_message(&message, 0, false);
+            return Ok((Packet::Publish(publish), Some(token)));
+        }
+        if !self.has_room() {
+            return Err(Full { message, token });
+        }
+        let Some(pkid) = self.ids.allocate() else {
+            return Err(Full { message, token });
+        };
+        let publish = publish_from_message(&message, pkid, false);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_pkid.insert(pkid, seq);
+        self.flows.insert(
+            seq,
+            Flow {
+                publish: publish.clone(),
+                stage: Stage::AwaitAck,
+                token,
+            },
+        );
+        Ok((Packet::Publish(publish), None))
+    }
+
+    fn flow_mut(
+        &mut self,
+        kind: AckKind,
+        pkid: u16,
+    ) -> Result<(u64, &mut Flow<T>), ProtocolViolation> {
+        let unknown = ProtocolViolation::UnknownPacketId { kind, pkid };
+        let seq = *self.by_pkid.get(&pkid).ok_or(unknown)?;
+        let flow = self.flows.get_mut(&seq).ok_or(unknown)?;
+        Ok((seq, flow))
+    }
+
+    fn finish(&mut self, seq: u64, pkid: u16) -> Option<T> {
+        self.by_pkid.remove(&pkid);
+        self.ids.release(pkid);
+        self.flows.remove(&seq).map(|f| f.token)
+    }
+
+    /// PUBACK received: completes a QoS 1 flow and returns its token.
+    /// Unknown ids and QoS 2 ids are violations to log and ignore.
+    pub fn on_puback(&mut self, pkid: u16) -> Result<T, ProtocolViolation> {
+        let kind = AckKind::PubAck;
+        let (seq, flow) = self.flow_mut(kind, pkid)?;
+        if flow.publish.qos != rumqttc::mqttbytes::QoS::AtLeastOnce {
+            return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
+        }
+        self.finish(seq, pkid)
+            .ok_or(ProtocolViolation::UnknownPacketId { kind, pkid })
+    }
+
+    /// PUBREC received: moves a QoS 2 flow to "released" and returns the
+    /// PUBREL to send (again, for a repeated PUBREC).
+    pub fn on_pubrec(&mut self, pkid: u16) -> Result<Packet, ProtocolViolation> {
+        let kind = AckKind::PubRec;
+        let (_, flow) = self.flow_mut(kind, pkid)?;
+        if flow.publish.qos != rumqttc::mqttbytes::QoS::ExactlyOnce {
+            return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
+        }
+        flow.stage = Stage::AwaitComp;
+        Ok(Packet::PubRel(PubRel::new(pkid)))
+    }
+
+    /// PUBCOMP received: completes a released QoS 2 flow and returns its token.
+    /// A PUBCOMP before PUBREC is a violation and changes nothing.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> Result<T, ProtocolViolation> {
+        let kind = AckKind::PubComp;
+        let (seq, flow) = self.flow_mut(kind, pkid)?;
+        if flow.stage != Stage::AwaitComp {
+            return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
+        }
+        self.finish(seq, pkid)
+            .ok_or(ProtocolViolation::UnknownPacketId { kind, pkid })
+    }
+
+    /// Packets to send after (re)connecting, in original publish order.
+    ///
+    /// `session_present = true` (the peer kept our session): unacknowledged
+    /// PUBLISH again with DUP=1 and the same packet id; PUBREL for flows past
+    /// PUBREC (MQTT-4.4.0-1).
+    ///
+    /// `session_present = false` (the peer lost it): every unacknowledged
+    /// message is published again as new (DUP=0), nothing dropped. That
+    /// includes QoS 2 flows already past PUBREC: the old receiver may have
+    /// delivered them already, so across a lost session QoS 2 degrades to
+    /// at-least-once (a duplicate is possible, a loss is not).
+    pub fn resume(&mut self, session_present: bool) -> Vec<Packet> {
+        self.flows
+            .values_mut()
+            .map(|flow| {
+                if session_present {
+                    match flow.stage {
+                        Stage::AwaitAck => {
+                            flow.publish.dup = true;
+                            Packet::Publish(flow.publish.clone())
+                        }
+                        Stage::AwaitComp => Packet::PubRel(PubRel::new(flow.publish.pkid)),
+                    }
+                } else {
+                    flow.stage = Stage::AwaitAck;
+                    flow.publish.dup = false;
+                    Packet::Publish(flow.publish.clone())
+                }
+            })
+            .collect()
+    }
+
+    /// Removes every flow (e.g. the link is closing for good) and returns
+    /// the messages with their tokens, in publish order, so the caller can
+    /// fail or re-queue them. Reserved ids stay reserved.
+    pub fn drain(&mut self) -> Vec<(Message, T)> {
+        let flows = std::mem::take(&mut self.flows);
+        for pkid in self.by_pkid.drain().map(|(pkid, _)| pkid) {
+            self.ids.release(pkid);
+        }
+        flows
+            .into_values()
+            .map(|f| {
+                let mut message = message_from_publish(f.publish);
+                message.dup = false;
+                (message, f.token)
+            })
+            .collect()
+    }
+
+    /// A packet id for a SUBSCRIBE/UNSUBSCRIBE, never one in flight;
+    /// `None` when all ids are in use. Give it back with [`Outgoing::release_id`].
+    pub fn reserve_id(&mut self) -> Option<u16> {
+        let id = self.ids.allocate()?;
+        self.reserved.insert(id);
+        Some(id)
+    }
+
+    /// Releases an id from [`Outgoing::reserve_id`] (on SUBACK/UNSUBACK);
+    /// false (and nothing freed) for any other id.
+    pub fn release_id(&mut self, id: u16) -> bool {
+        self.reserved.remove(&id) && self.ids.release(id)
+    }
+}

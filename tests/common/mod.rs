@@ -1,0 +1,5 @@
+//! Shared integration-test helpers.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod mosquitto;

@@ -1,0 +1,267 @@
+//! Test harness: a real Mosquitto started on a free port with a generated
+//! config, killed on drop, restartable on the same port. Also helpers for the
+//! `mosquitto_pub` / `mosquitto_sub` command-line clients.
+//!
+//! A missing binary fails the test with a clear message; it never skips.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the broker binary.
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// How long a started broker may take to accept TCP.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running Mosquitto process; killed when dropped.
+pub struct Mosquitto {
+    /// The TCP port of its listener on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    child: Option<Child>,
+    kill_on_drop: bool,
+}
+
+impl Mosquitto {
+    /// Starts a broker with anonymous access and no persistence.
+    pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts a broker with persistence on (in its temp dir).
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_with("persistence true\npersistence_location {dir}/\nautosave_interval 1\n")
+    }
+
+    /// Starts a broker; `extra_conf` is appended after the listener line (so
+    /// listener options like `certfile` apply to it). `{dir}` in it is replaced
+    /// by the broker's temp dir.
+    pub fn start_with(extra_conf: &str) -> Mosquitto {
+        Self::start_on(free_port(), extra_conf)
+    }
+
+    /// Starts a broker on a given port (e.g. to take over a port another test
+    /// piece expects).
+    pub fn start_on(port: u16, extra_conf: &str) -> Mosquitto {
+        assert!(
+            Path::new(MOSQUITTO).exists(),
+            "mosquitto binary not found at {MOSQUITTO}: install the `mosquitto` package \
+             (apt-get install mosquitto mosquitto-clients); these tests need a real broker"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, mosquitto drops to the `mosquitto` user: it must
+        // still be able to write its persistence file here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        let extra = extra_conf.replace("{dir}", &dir.path().display().to_string());
+        let text = format!(
+            "per_listener_settings false\nallow_anonymous true\nlog_dest stderr\nlog_type error\n\
+             log_type warning\nlistener {port} 127.0.0.1\n{extra}\n"
+        );
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            conf,
+            child: None,
+            kill_on_drop: true,
+        };
+        m.spawn();
+        m
+    }
+
+    /// The broker's temp dir (config, persistence, certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Whether the broker should be killed on drop (default true).
+    pub fn kill_on_drop(&mut self, yes: bool) {
+        self.kill_on_drop = yes;
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {MOSQUITTO}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls TCP connect until the listener accepts (no sleep-guessing).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!(
+                    "mosquitto exited at start ({status}) on port {}: {err}",
+                    self.port
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not accept TCP on port {} within {READY_TIMEOUT:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM, so persistence is saved) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same config.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts the broker again after [`Mosquitto::kill`]/[`Mosquitto::stop`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "broker still running");
+        self.spawn();
+    }
+
+    /// Runs `mosquitto_pub` against this broker with extra args; panics on failure.
+    pub fn publish(&self, topic: &str, payload: &str, qos: u8, extra: &[&str]) {
+        let out = client_cmd("mosquitto_pub", self.port)
+            .args(["-t", topic, "-m", payload, "-q", &qos.to_string()])
+            .args(extra)
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            stderr(&out)
+        );
+    }
+
+    /// Creates a persistent session for `client_id` subscribed to `filter`
+    /// (`mosquitto_sub -c -E`), so later messages are queued for it.
+    pub fn prepare_subscriber(&self, client_id: &str, filter: &str, qos: u8) {
+        let out = client_cmd("mosquitto_sub", self.port)
+            .args([
+                "-c",
+                "-i",
+                client_id,
+                "-t",
+                filter,
+                "-q",
+                &qos.to_string(),
+                "-E",
+            ])
+            .output()
+            .expect("run mosquitto_sub");
+        assert!(
+            out.status.success(),
+            "mosquitto_sub -E failed: {}",
+            stderr(&out)
+        );
+    }
+
+    /// Collects `count` messages for the persistent session `client_id`
+    /// (`mosquitto_sub -c -C count -W secs -v`); returns "topic payload" lines.
+    pub fn collect(
+        &self,
+        client_id: &str,
+        filter: &str,
+        qos: u8,
+        count: usize,
+        secs: u32,
+    ) -> Vec<String> {
+        let out = client_cmd("mosquitto_sub", self.port)
+            .args([
+                "-c",
+                "-i",
+                client_id,
+                "-t",
+                filter,
+                "-q",
+                &qos.to_string(),
+                "-v",
+            ])
+            .args(["-C", &count.to_string(), "-W", &secs.to_string()])
+            .output()
+            .expect("run mosquitto_sub");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            self.kill();
+        }
+    }
+}
+
+fn client_cmd(bin: &str, port: u16) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null());
+    c
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
