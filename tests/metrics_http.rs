@@ -417,3 +417,92 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
     }
     srv.stop().await;
 }
+
+#[test]
+fn client_events_drive_remote_metrics_and_readiness() {
+    use mqbridge::client::ClientEvent;
+    use mqbridge::metrics::watch::ClientEventSink;
+
+    let recorder = builder().expect("builder").build_recorder();
+    let handle = recorder.handle();
+    let (a, b) = ("mqtt://a.tls.example:1883", "mqtt://b:1883");
+    let remote = metrics::with_local_recorder(&recorder, || {
+        RemoteBrokerMetrics::new("cloud", &[a.to_string(), b.to_string()])
+    });
+    let board = Arc::new(StatusBoard::new());
+    board.add_broker("cloud", BrokerKind::Remote, true);
+    let mut sink = ClientEventSink::new(remote, board.clone());
+
+    let attempt = |ep: &str| ClientEvent::ConnectAttempt {
+        endpoint: ep.into(),
+    };
+    let connected = |ep: &str| ClientEvent::Connected {
+        endpoint: ep.into(),
+        session_present: false,
+    };
+    for ev in [
+        attempt(a),
+        // A failed attempt: the host name mentions "tls", the reason is IO.
+        ClientEvent::Disconnected {
+            endpoint: a.into(),
+            reason: format!("{a}: connection closed by broker"),
+        },
+        attempt(a),
+        connected(a),
+    ] {
+        sink.apply(&ev);
+    }
+    assert!(board.readiness().ready);
+    for ev in [
+        ClientEvent::Disconnected {
+            endpoint: a.into(),
+            reason: format!("{a}: keepalive timeout, no answer from broker"),
+        },
+        ClientEvent::Failover {
+            from: a.into(),
+            to: b.into(),
+        },
+        attempt(b),
+    ] {
+        sink.apply(&ev);
+    }
+    assert!(!board.readiness().ready, "required broker down");
+    sink.apply(&connected(b));
+    sink.apply(&ClientEvent::Failback { to: a.into() });
+    assert!(board.readiness().ready);
+
+    let body = handle.render();
+    for (series, want) in [
+        (
+            r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://a.tls.example:1883"}"#,
+            2.0,
+        ),
+        (
+            r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://b:1883"}"#,
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_connect_failures_total{broker="cloud",reason="io"}"#,
+            1.0,
+        ),
+        (
+            r#"mqbridge_remote_connect_failures_total{broker="cloud",reason="tls"}"#,
+            0.0,
+        ),
+        (
+            r#"mqbridge_remote_disconnects_total{broker="cloud",reason="keepalive_timeout"}"#,
+            1.0,
+        ),
+        (r#"mqbridge_remote_failovers_total{broker="cloud"}"#, 1.0),
+        (r#"mqbridge_remote_failbacks_total{broker="cloud"}"#, 1.0),
+        (r#"mqbridge_remote_connected{broker="cloud"}"#, 1.0),
+        (
+            r#"mqbridge_remote_endpoint_active{broker="cloud",endpoint="mqtt://b:1883"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&body, series), Some(want), "{series} in:\n{body}");
+    }
+    sink.closed();
+    assert!(!board.readiness().ready);
+}

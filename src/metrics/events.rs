@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use super::names::{RELOAD_FAILURES, RELOADS};
 use super::pipe::PipeMetrics;
-use super::remote::RemoteBrokerMetrics;
 
 /// A pipe entered a stall (logged once per episode, counted).
 #[derive(Debug)]
@@ -52,32 +51,6 @@ impl PipeRecovered<'_> {
     pub fn emit(self, m: &PipeMetrics) {
         info!(pipe = %self.pipe, stalled_secs = self.stalled_for.as_secs(), "pipe recovered from stall");
         m.stall_ended();
-    }
-}
-
-/// A remote broker link moved from one endpoint to another.
-#[derive(Debug)]
-pub struct EndpointSwitched<'a> {
-    /// Broker name.
-    pub broker: &'a str,
-    /// Endpoint used before.
-    pub from: &'a str,
-    /// Endpoint used now.
-    pub to: &'a str,
-    /// True when `to` is the primary endpoint (a failback), else a failover.
-    pub failback: bool,
-}
-
-impl EndpointSwitched<'_> {
-    /// Logs at info and counts a failover or failback.
-    pub fn emit(self, m: &RemoteBrokerMetrics) {
-        if self.failback {
-            info!(broker = %self.broker, from = %self.from, endpoint = %self.to, "failback to primary endpoint");
-            m.failback();
-        } else {
-            info!(broker = %self.broker, from = %self.from, endpoint = %self.to, "failover to another endpoint");
-            m.failover();
-        }
     }
 }
 

@@ -1,43 +1,21 @@
-//! Small runtime glue: turns link state changes and pipe progress into
+//! Small runtime glue: turns client connection events and pipe progress into
 //! metrics, log events and status-board updates.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::events::{EndpointSwitched, PipeRecovered, PipeStalled};
+use super::events::{PipeRecovered, PipeStalled};
 use super::health::{Action, PipeProgress, Transition, Watchdog};
 use super::pipe::PipeMetrics;
 use super::reasons::DisconnectReason;
-use super::remote::RemoteBrokerMetrics;
+use super::remote::{RemoteBrokerMetrics, endpoint_label};
 use super::status::StatusBoard;
-use crate::link::LinkState;
-
-/// What a link state change means for metrics (see [`LinkTracker`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// A connection attempt to this endpoint started.
-    Attempt(String),
-    /// Connected to this endpoint.
-    Connected(String),
-    /// Connected to a different endpoint than last time.
-    Switched {
-        /// The endpoint in use before.
-        from: String,
-        /// The endpoint in use now.
-        to: String,
-        /// `to` is the primary endpoint.
-        failback: bool,
-    },
-    /// An established connection was lost.
-    Disconnected(DisconnectReason),
-    /// An attempt failed before the connection was established.
-    ConnectFailed(DisconnectReason),
-}
+use crate::client::ClientEvent;
 
 /// Maps a free-text disconnect reason onto the fixed label enum (the text
 /// itself is only logged, never a label).
@@ -70,111 +48,90 @@ pub fn classify_disconnect(reason: &str) -> DisconnectReason {
     }
 }
 
-/// Derives attempts, failovers, failbacks and disconnects from the sequence
-/// of [`LinkState`]s of one link. Pure.
-#[derive(Debug, Clone)]
-pub struct LinkTracker {
-    primary: Option<String>,
-    last_endpoint: Option<String>,
+/// Connection bookkeeping of one remote broker, fed with the client's
+/// [`ClientEvent`]s (the client logs them itself; this only counts them and
+/// updates the status board).
+#[derive(Debug)]
+pub struct ClientEventSink {
+    metrics: RemoteBrokerMetrics,
+    board: Arc<StatusBoard>,
     connected: bool,
 }
 
-impl LinkTracker {
-    /// A tracker for a link whose first configured endpoint is `primary`.
-    pub fn new(primary: Option<String>) -> Self {
-        LinkTracker {
-            primary,
-            last_endpoint: None,
+impl ClientEventSink {
+    /// A sink for the broker the `metrics` belong to.
+    pub fn new(metrics: RemoteBrokerMetrics, board: Arc<StatusBoard>) -> Self {
+        ClientEventSink {
+            metrics,
+            board,
             connected: false,
         }
     }
 
-    /// Feeds the next state; returns what happened.
-    pub fn on_state(&mut self, state: &LinkState) -> Vec<LinkEvent> {
-        match state {
-            LinkState::Connecting { endpoint, .. } => vec![LinkEvent::Attempt(endpoint.clone())],
-            LinkState::Connected { endpoint, .. } => {
-                let mut out = Vec::new();
-                if let Some(prev) = self.last_endpoint.as_ref().filter(|p| *p != endpoint) {
-                    out.push(LinkEvent::Switched {
-                        from: prev.clone(),
-                        to: endpoint.clone(),
-                        failback: self.primary.as_deref() == Some(endpoint.as_str()),
-                    });
-                }
-                self.last_endpoint = Some(endpoint.clone());
+    /// Applies one event.
+    pub fn apply(&mut self, event: &ClientEvent) {
+        let broker = self.metrics.broker().to_owned();
+        match event {
+            ClientEvent::ConnectAttempt { endpoint } => self.metrics.attempt(endpoint),
+            ClientEvent::Connected { endpoint, .. } => {
                 self.connected = true;
-                out.push(LinkEvent::Connected(endpoint.clone()));
-                out
+                self.metrics.connected(endpoint);
+                self.board
+                    .set_connected(&broker, true, Some(endpoint_label(endpoint)));
             }
-            LinkState::Disconnected { reason } => {
-                let reason = classify_disconnect(reason);
+            ClientEvent::Disconnected { endpoint, reason } => {
+                // The client formats reasons as "<endpoint>: <what>"; only
+                // the "what" is classified, so a host name cannot sway it.
+                let what = reason
+                    .strip_prefix(endpoint.as_str())
+                    .map_or(reason.as_str(), |r| r.trim_start_matches(':'));
+                let reason = classify_disconnect(what);
                 if std::mem::replace(&mut self.connected, false) {
-                    vec![LinkEvent::Disconnected(reason)]
+                    self.metrics.disconnected(reason);
+                    self.board.set_connected(&broker, false, None);
                 } else {
-                    vec![LinkEvent::ConnectFailed(reason)]
+                    self.metrics.connect_failed(reason);
                 }
             }
-            LinkState::Closed => {
-                if std::mem::replace(&mut self.connected, false) {
-                    vec![LinkEvent::Disconnected(DisconnectReason::Requested)]
-                } else {
-                    Vec::new()
-                }
-            }
+            ClientEvent::Failover { .. } => self.metrics.failover(),
+            ClientEvent::Failback { .. } => self.metrics.failback(),
+            ClientEvent::Probe { .. } => {}
         }
+    }
+
+    /// Marks the broker disconnected (the link closed).
+    pub fn closed(&mut self) {
+        if std::mem::replace(&mut self.connected, false) {
+            self.metrics.disconnected(DisconnectReason::Requested);
+        }
+        self.board.set_connected(self.metrics.broker(), false, None);
     }
 }
 
-/// Follows one remote link's state until it closes (or `shutdown`),
-/// updating its metrics and the status board.
-///
-/// A watch channel keeps only the latest state, so a burst of quick
-/// transitions may be seen as fewer attempts; connected/endpoint are exact.
-pub async fn watch_link(
-    mut state: watch::Receiver<LinkState>,
-    metrics: RemoteBrokerMetrics,
-    primary: Option<String>,
-    board: Arc<StatusBoard>,
+/// Applies a client's events until its sender is gone or `shutdown`.
+/// A lagging receiver skips what it missed (counts may then be low; the
+/// connected state is corrected by the next Connected/Disconnected).
+pub async fn watch_client(
+    mut events: broadcast::Receiver<ClientEvent>,
+    mut sink: ClientEventSink,
     shutdown: CancellationToken,
 ) {
-    let mut tracker = LinkTracker::new(primary);
-    let broker = metrics.broker().to_owned();
     loop {
-        let current = state.borrow_and_update().clone();
-        for ev in tracker.on_state(&current) {
-            match ev {
-                LinkEvent::Attempt(ep) => metrics.attempt(&ep),
-                LinkEvent::Connected(ep) => {
-                    metrics.connected(&ep);
-                    board.set_connected(&broker, true, Some(ep));
-                }
-                LinkEvent::Switched { from, to, failback } => EndpointSwitched {
-                    broker: &broker,
-                    from: &from,
-                    to: &to,
-                    failback,
-                }
-                .emit(&metrics),
-                LinkEvent::Disconnected(reason) => {
-                    metrics.disconnected(reason);
-                    board.set_connected(&broker, false, None);
-                }
-                LinkEvent::ConnectFailed(reason) => metrics.connect_failed(reason),
-            }
-        }
-        if current == LinkState::Closed {
-            break;
-        }
-        // Cancel safety: `changed` only marks the value seen; nothing is lost
-        // if the shutdown branch wins.
-        tokio::select! {
-            changed = state.changed() => if changed.is_err() { break },
+        // Cancel safety: `recv` on a broadcast receiver loses nothing when
+        // the shutdown branch wins.
+        let event = tokio::select! {
+            e = events.recv() => e,
             () = shutdown.cancelled() => break,
+        };
+        match event {
+            Ok(e) => sink.apply(&e),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(broker = %sink.metrics.broker(), missed = n, "client events lagged")
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-    board.set_connected(&broker, false, None);
-    debug!(broker = %broker, "link watcher ended");
+    sink.closed();
 }
 
 /// One pipe as the watchdog sees it.
@@ -275,68 +232,6 @@ pub async fn run_watchdog(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn connected(ep: &str) -> LinkState {
-        LinkState::Connected {
-            endpoint: ep.into(),
-            session_present: false,
-        }
-    }
-
-    #[test]
-    fn tracker_counts_failover_and_failback() {
-        let mut t = LinkTracker::new(Some("a".into()));
-        assert_eq!(
-            t.on_state(&LinkState::Connecting {
-                endpoint: "a".into(),
-                attempt: 1
-            }),
-            vec![LinkEvent::Attempt("a".into())]
-        );
-        assert_eq!(
-            t.on_state(&connected("a")),
-            vec![LinkEvent::Connected("a".into())]
-        );
-        assert_eq!(
-            t.on_state(&LinkState::Disconnected {
-                reason: "connection reset by peer".into()
-            }),
-            vec![LinkEvent::Disconnected(DisconnectReason::Io)]
-        );
-        // A failed attempt while down is not another disconnect.
-        assert_eq!(
-            t.on_state(&LinkState::Disconnected {
-                reason: "connection refused".into()
-            }),
-            vec![LinkEvent::ConnectFailed(DisconnectReason::Refused)]
-        );
-        assert_eq!(
-            t.on_state(&connected("b")),
-            vec![
-                LinkEvent::Switched {
-                    from: "a".into(),
-                    to: "b".into(),
-                    failback: false
-                },
-                LinkEvent::Connected("b".into())
-            ]
-        );
-        t.on_state(&LinkState::Disconnected {
-            reason: "failback to primary requested".into(),
-        });
-        assert_eq!(
-            t.on_state(&connected("a"))[0],
-            LinkEvent::Switched {
-                from: "b".into(),
-                to: "a".into(),
-                failback: true
-            }
-        );
-        assert_eq!(
-            t.on_state(&LinkState::Closed),
-            vec![LinkEvent::Disconnected(DisconnectReason::Requested)]
-        );
-    }
 
     #[test]
     fn disconnect_reasons_map_to_fixed_labels() {
