@@ -166,6 +166,7 @@ impl Task {
         // Local handles, so the futures below borrow them and not `self`.
         let deliveries = self.deliveries.clone();
         let shutdown = self.shutdown.clone();
+        let reconnect = self.opts.reconnect.clone();
         loop {
             let probe_at = match (&probe, self.failover.probe_due()) {
                 (None, Some(at)) => Some(Instant::from_std(at)),
@@ -182,6 +183,14 @@ impl Task {
                 // sleep is rebuilt each turn; the probe future is kept in
                 // `probe` and polled by reference.
                 _ = shutdown.cancelled() => Some(End::Shutdown),
+                // `notified` is cancel safe (a missed notification is only
+                // a missed reconnect; the watchdog asks again).
+                () = async {
+                    match &reconnect {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(End::Lost(ClientError::ReconnectRequested { endpoint: ep.url() })),
                 r = conn.framed.read_packet(), if pending.is_none() => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();

@@ -78,6 +78,12 @@ pub enum ClientError {
         /// Endpoint URL.
         endpoint: String,
     },
+    /// The connection was dropped on request (the stall watchdog's reconnect).
+    #[error("{endpoint}: reconnect requested")]
+    ReconnectRequested {
+        /// Endpoint URL.
+        endpoint: String,
+    },
     /// No PINGRESP (or any packet) within 1.5 × keepalive: a half-open link.
     #[error("{endpoint}: keepalive timeout, no answer from broker")]
     KeepaliveTimeout {

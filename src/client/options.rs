@@ -3,9 +3,10 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use super::ClientEvent;
 use crate::protocol::Message;
@@ -159,6 +160,11 @@ pub struct ClientOptions {
     pub birth: Option<Message>,
     /// Where to send lifecycle events (metrics, tests); `None` = nowhere.
     pub events: Option<broadcast::Sender<ClientEvent>>,
+    /// Out-of-band "drop this connection and reconnect" trigger (the stall
+    /// watchdog's hook; `notify_waiters` affects only a live connection).
+    /// Separate from the request channel, which is not read while the
+    /// inflight window is full — exactly when a reconnect is needed.
+    pub reconnect: Option<Arc<Notify>>,
 }
 
 impl ClientOptions {
@@ -187,6 +193,7 @@ impl ClientOptions {
             will: None,
             birth: None,
             events: None,
+            reconnect: None,
         }
     }
 

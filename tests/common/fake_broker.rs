@@ -33,7 +33,9 @@ impl Drop for FakeBroker {
 impl FakeBroker {
     /// Starts on a free port; the first `wedged` connections never ack.
     pub async fn start(wedged: usize) -> FakeBroker {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake broker");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake broker");
         let port = listener.local_addr().expect("addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
         let publishes = Arc::new(AtomicUsize::new(0));
