@@ -1,1 +1,141 @@
-fn main() {}
+//! The `mqbridge` command line: parses arguments, sets up logging, and calls
+//! into the library. No MQTT or config logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqbridge::config;
+
+/// MQTT-to-MQTT bridge and gateway.
+#[derive(Debug, Parser)]
+#[command(name = "mqbridge", version, about)]
+struct Cli {
+    /// Log level or filter (e.g. `info`, `mqbridge=debug`); `RUST_LOG` also works.
+    #[arg(
+        long,
+        global = true,
+        env = "MQBRIDGE_LOG_LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "MQBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The config file argument shared by every subcommand.
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Path to the bridges file.
+    #[arg(long, short, env = "MQBRIDGE_CONFIG", default_value = "bridges.yaml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the config file: print a short plan and warnings, or every error (exit 1).
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show hop by hop where a message published on BROKER with TOPIC goes, and where it stops.
+    Route {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The broker the message is published on.
+        #[arg(long, env = "MQBRIDGE_ROUTE_FROM")]
+        from: String,
+        /// The topic name (no wildcards).
+        topic: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Validate { config } => validate(&config.config),
+        Command::Route {
+            config,
+            from,
+            topic,
+        } => route(&config.config, &from, &topic),
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Loads the config, printing every error to stderr on failure.
+fn load(path: &std::path::Path) -> Option<(config::Plan, Vec<config::Warning>)> {
+    match config::load(path) {
+        Ok(v) => Some(v),
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.errors.len();
+            eprintln!(
+                "{n} error{} in {}",
+                if n == 1 { "" } else { "s" },
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn print_warnings(warnings: &[config::Warning]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    let Some((plan, warnings)) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    print!("{}", config::summary::describe(&plan));
+    print_warnings(&warnings);
+    println!("{}: ok", path.display());
+    ExitCode::SUCCESS
+}
+
+fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
+    let Some((plan, warnings)) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    print_warnings(&warnings);
+    if !plan.brokers.contains_key(from) {
+        let known: Vec<&str> = plan.brokers.keys().map(String::as_str).collect();
+        eprintln!("unknown broker \"{from}\" (known: {})", known.join(", "));
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = mqbridge::topic::validate_topic_name(topic) {
+        eprintln!("`{topic}` is not a valid topic name: it {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut budget = 10_000;
+    let trace = config::route::trace(&plan, from, topic, &|_| true, &mut budget);
+    print!("{}", config::route::format_trace(&trace));
+    ExitCode::SUCCESS
+}

@@ -52,6 +52,17 @@ impl<'a> Ctx<'a> {
     }
 
     fn diag(&self, loc: &Location, scope: &Scope, message: String) -> Diagnostic {
+        // Keep one diagnostic on one line (the regex crate's errors draw a caret diagram).
+        let message = if message.contains('\n') {
+            let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or_default().to_string();
+            match lines.last() {
+                Some(last) => format!("{first} {last}"),
+                None => first,
+            }
+        } else {
+            message
+        };
         Diagnostic {
             file: self.file.clone(),
             line: loc.line(),

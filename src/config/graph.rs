@@ -23,6 +23,8 @@ const SAMPLE: &str = "x";
 const MAX_WITNESSES: usize = 256;
 /// Upper bound on arrivals visited by the whole analysis.
 const WORK_BUDGET: usize = 200_000;
+/// Upper bound on the pattern pool.
+const MAX_POOL: usize = 2_000;
 
 /// One finding, attached to a pipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,27 +133,88 @@ fn pattern_pool(plan: &Plan) -> Vec<String> {
             }
         }
     }
-    let base = pool.clone();
-    for p in plan.pipes.values() {
-        for r in &p.remap.rules {
-            if let RemapRule::Prefix { strip, add } = r {
-                let strip = strip.as_deref().unwrap_or("");
+    // Two rounds of "what would a pipe have to take to produce this?", so that
+    // witnesses reach loops that only open up for some topics, over two remaps.
+    for _ in 0..2 {
+        let base = pool.clone();
+        for p in plan.pipes.values() {
+            for r in &p.remap.rules {
                 for g in &base {
-                    let add = add.as_deref().unwrap_or("");
-                    if let Some(rest) = g.strip_prefix(add)
-                        && !add.is_empty()
-                    {
-                        pool.push(format!("{strip}{rest}"));
-                    } else if g.starts_with('+') || g.starts_with('#') {
-                        pool.push(format!("{strip}{g}"));
+                    if pool.len() >= MAX_POOL {
+                        break;
+                    }
+                    if let Some(pre) = preimage(r, g) {
+                        pool.push(pre);
                     }
                 }
             }
         }
+        let mut seen = HashSet::new();
+        pool.retain(|p| crate::topic::validate_filter(p).is_ok() && seen.insert(p.clone()));
     }
     let mut seen = HashSet::new();
     pool.retain(|p| crate::topic::validate_filter(p).is_ok() && seen.insert(p.clone()));
     pool
+}
+
+/// A filter for (some of) the topics that `rule` rewrites into topics matching `g`.
+fn preimage(rule: &RemapRule, g: &str) -> Option<String> {
+    match rule {
+        RemapRule::Prefix { strip, add } => {
+            let strip = strip.as_deref().unwrap_or("");
+            let add = add.as_deref().unwrap_or("");
+            match g.strip_prefix(add) {
+                Some(rest) if !add.is_empty() => Some(format!("{strip}{rest}")),
+                _ if g.starts_with('+') || g.starts_with('#') => Some(format!("{strip}{g}")),
+                _ => None,
+            }
+        }
+        RemapRule::Template { filter, template } => {
+            let m = meet(&template_pattern(template), g)?;
+            let t_levels: Vec<&str> = template.split('/').collect();
+            let m_levels: Vec<&str> = m.split('/').collect();
+            let mut plus: Vec<Option<String>> = Vec::new();
+            let mut hash: Option<String> = None;
+            for (i, t) in t_levels.iter().enumerate() {
+                if *t == "{#}" {
+                    hash = Some(m_levels.get(i..).unwrap_or(&[]).join("/"));
+                } else if let Some(n) = t
+                    .strip_prefix('{')
+                    .and_then(|x| x.strip_suffix('}'))
+                    .and_then(|x| x.parse::<usize>().ok())
+                {
+                    if plus.len() < n {
+                        plus.resize(n, None);
+                    }
+                    if let (Some(slot), Some(v)) =
+                        (plus.get_mut(n.wrapping_sub(1)), m_levels.get(i))
+                    {
+                        *slot = Some((*v).to_string());
+                    }
+                }
+            }
+            let mut k = 0;
+            let out: Vec<String> = filter
+                .split('/')
+                .map(|l| match l {
+                    "+" => {
+                        k += 1;
+                        plus.get(k - 1)
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_else(|| "+".into())
+                    }
+                    "#" => hash
+                        .clone()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| "#".into()),
+                    other => other.to_string(),
+                })
+                .collect();
+            Some(out.join("/"))
+        }
+        RemapRule::Regex { .. } => None,
+    }
 }
 
 /// `cloud/{1}/data/{#}` → `cloud/+/data/#` (levels that are exactly a placeholder).
@@ -203,23 +266,29 @@ pub fn analyze(plan: &Plan) -> Analysis {
     let checked = |p: &PipePlan| p.loop_check;
     let all = |_: &PipePlan| true;
 
+    // Self-loops first, so that the loop pass does not report them again.
+    for pipe in plan.pipes.values().filter(|p| p.from == p.to) {
+        'filters: for (filter, _) in &pipe.filters {
+            for w in filter_witnesses(filter, &pool) {
+                if let Decision::Forwarded { topic, .. } = decide(pipe, &w)
+                    && matches!(decide(pipe, &topic), Decision::Forwarded { .. })
+                {
+                    self_loop_done.insert(pipe.name.clone());
+                    analysis.self_loops.push(Finding {
+                        pipe: pipe.name.clone(),
+                        message: format!(
+                            "forwards into its own source broker \"{}\" and takes its own output again: {w} → {topic}",
+                            pipe.from
+                        ),
+                    });
+                    break 'filters;
+                }
+            }
+        }
+    }
     for pipe in plan.pipes.values() {
         for (filter, _) in &pipe.filters {
             for w in filter_witnesses(filter, &pool) {
-                if pipe.from == pipe.to && !self_loop_done.contains(&pipe.name) {
-                    if let Decision::Forwarded { topic, .. } = decide(pipe, &w)
-                        && matches!(decide(pipe, &topic), Decision::Forwarded { .. })
-                    {
-                        self_loop_done.insert(pipe.name.clone());
-                        analysis.self_loops.push(Finding {
-                            pipe: pipe.name.clone(),
-                            message: format!(
-                                "forwards into its own source broker \"{}\" and takes its own output again: {w} → {topic}",
-                                pipe.from
-                            ),
-                        });
-                    }
-                }
                 if pipe.loop_check {
                     let root = trace(plan, &pipe.from, &w, &checked, &mut budget);
                     let mut path = Vec::new();
@@ -284,7 +353,12 @@ fn report_cycle(
         return;
     };
     let cycle = path.get(start..).unwrap_or(&[]);
-    let pipes: BTreeSet<String> = cycle.iter().filter_map(|(_, _, p)| p.clone()).collect();
+    // The first hop's pipe brought the message *to* the cycle; it is not part of it.
+    let pipes: BTreeSet<String> = cycle
+        .iter()
+        .skip(1)
+        .filter_map(|(_, _, p)| p.clone())
+        .collect();
     if pipes.len() == 1 && pipes.iter().all(|p| self_loops.contains(p)) {
         return;
     }
@@ -307,8 +381,10 @@ fn report_cycle(
         .filter(|s| matches!(s.decision, Decision::Forwarded { .. }))
         .map(|s| s.pipe.as_str())
         .collect();
+    // A pipe from a broker to itself republishes there by design: not an echo.
+    let republish = cycle.len() == 2;
     if again.is_empty() {
-        if echo_keys.insert(pipes) {
+        if !republish && echo_keys.insert(pipes) {
             analysis.warnings.push(Finding {
                 pipe: first_pipe,
                 message: format!(

@@ -89,3 +89,6 @@ pub fn local_hostname() -> String {
         clean
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! Compile and graph tests on whole configs (fixtures under `tests/config/`
+//! cover one error each; these cover the analysis and combinations).
+
+use super::*;
+
+const HEAD: &str = "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n  cloud: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n  third: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n";
+
+fn vars(name: &str) -> Option<String> {
+    match name {
+        "CLOUD_HOST" => Some("cloud.example.com".into()),
+        "SECRET" => Some("s3cret".into()),
+        _ => None,
+    }
+}
+
+fn load(yaml: &str) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
+    let opts = LoadOptions {
+        vars: &vars,
+        hostname: "testhost".into(),
+    };
+    load_str_with(yaml, "t.yaml", &opts)
+}
+
+fn pipes(body: &str) -> String {
+    format!("{HEAD}{body}")
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match load(yaml) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.errors.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn warnings(yaml: &str) -> Vec<String> {
+    match load(yaml) {
+        Ok((_, w)) => w.iter().map(|d| d.to_string()).collect(),
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn loops(yaml: &str) -> Vec<String> {
+    errors(yaml)
+        .into_iter()
+        .filter(|e| e.contains("loop: ") || e.contains("own output"))
+        .collect()
+}
+
+#[test]
+fn hash_both_ways_is_one_loop_with_a_path() {
+    let e = loops(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['#']}\n  down: {from: cloud, to: edge, topics: ['#']}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "t.yaml:7:3: pipe \"down\": loop: cloud: x → (pipe down) edge: x → (pipe up) cloud: x"
+        ),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn remaps_that_map_back_are_a_loop() {
+    let e = loops(&pipes(
+        "  up: {from: edge, to: cloud, topics: [a/#], remap: [{strip_prefix: a/, add_prefix: b/}]}\n  down: {from: cloud, to: edge, topics: [b/#], remap: [{strip_prefix: b/, add_prefix: a/}]}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("cloud: b/x → (pipe down) edge: a/x → (pipe up) cloud: b/x"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn prefixes_both_ways_without_a_loop_are_valid() {
+    let w = warnings(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['sensors/#'], remap: [{add_prefix: edge/}]}\n  down: {from: cloud, to: edge, topics: ['cmd/edge/#'], remap: [{strip_prefix: cmd/edge/, add_prefix: cmd/}]}\n",
+    ));
+    assert!(w.is_empty(), "{w:#?}");
+}
+
+#[test]
+fn dollar_topics_do_not_meet_leading_wildcards() {
+    // `#` never matches `$SYS/...`, so `$SYS` going up does not come back.
+    let ok = pipes(
+        "  up: {from: edge, to: cloud, topics: ['$SYS/#']}\n  down: {from: cloud, to: edge, topics: ['#', '+/x']}\n",
+    );
+    assert!(loops(&ok).is_empty(), "{:#?}", loops(&ok));
+    let bad = pipes(
+        "  up: {from: edge, to: cloud, topics: ['$SYS/#']}\n  down: {from: cloud, to: edge, topics: ['$SYS/+/x']}\n",
+    );
+    let e = loops(&bad);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("$SYS/x/x"), "{}", e[0]);
+}
+
+#[test]
+fn overlapping_wildcards_meet() {
+    // Neither `+/b/#` nor `a/+/c` alone says `a/b/c`, but both match it.
+    let e = loops(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['+/b/#']}\n  down: {from: cloud, to: edge, topics: ['a/+/c']}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("a/b/c"), "{}", e[0]);
+}
+
+#[test]
+fn remap_that_loops_only_for_some_topics() {
+    // Only `b/special/...` comes back down, as `a/...`, which goes up again.
+    let cfg = pipes(
+        "  up: {from: edge, to: cloud, topics: [a/#], remap: [{from: a/#, to: 'b/{#}'}]}\n  down: {from: cloud, to: edge, topics: ['c/#', 'b/special/#'], remap: [{from: b/special/#, to: 'a/{#}'}]}\n",
+    );
+    let e = loops(&cfg);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    // The example is concrete: a `special` topic crosses both pipes and is taken again.
+    assert!(
+        e[0].contains("(pipe up) cloud: b/special") && e[0].contains("(pipe down) edge: a"),
+        "{}",
+        e[0]
+    );
+    // Excluding the returning topics on the way up breaks the loop.
+    let fixed = cfg.replace("topics: [a/#]", "topics: [a/#], exclude: [a/special/#]");
+    assert!(loops(&fixed).is_empty(), "{:#?}", loops(&fixed));
+}
+
+#[test]
+fn three_hop_loop() {
+    let e = loops(&pipes(
+        "  ab: {from: edge, to: cloud, topics: ['t/#']}\n  bc: {from: cloud, to: third, topics: ['t/#']}\n  ca: {from: third, to: edge, topics: ['t/+/x']}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("(pipe ab) cloud: t/x/x → (pipe bc) third: t/x/x → (pipe ca) edge: t/x/x"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn loop_check_false_opts_out() {
+    let w = warnings(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['#'], loop_check: false}\n  down: {from: cloud, to: edge, topics: ['#']}\n",
+    ));
+    assert!(w.iter().all(|w| !w.contains("loop")), "{w:#?}");
+}
+
+#[test]
+fn echo_is_a_warning_not_an_error() {
+    let w = warnings(&pipes(
+        "  up: {from: edge, to: cloud, topics: [a/#]}\n  down: {from: cloud, to: edge, topics: [a/#], remap: [{from: a/#, to: 'back/{#}'}]}\n",
+    ));
+    assert!(
+        w.iter()
+            .any(|w| w.contains("echo: ") && w.contains("(pipe down) edge: back")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn duplicate_delivery_is_a_warning_with_an_example() {
+    let w = warnings(&pipes(
+        "  all: {from: edge, to: cloud, topics: ['#']}\n  some: {from: edge, to: cloud, topics: ['a/+']}\n",
+    ));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("duplicate: a message published on edge: a/x reaches cloud: a/x twice, via pipe all and via pipe some"), "{}", w[0]);
+    // Different destination topics are not duplicates.
+    let w = warnings(&pipes(
+        "  all: {from: edge, to: cloud, topics: ['#']}\n  some: {from: edge, to: cloud, topics: ['a/+'], remap: [{add_prefix: copy/}]}\n",
+    ));
+    assert!(w.is_empty(), "{w:#?}");
+}
+
+#[test]
+fn duplicate_over_two_paths() {
+    let w = warnings(&pipes(
+        "  direct: {from: edge, to: cloud, topics: ['a/#']}\n  hop1: {from: edge, to: third, topics: ['a/#']}\n  hop2: {from: third, to: cloud, topics: ['a/#']}\n",
+    ));
+    assert!(
+        w.iter()
+            .any(|w| w.contains("via pipe direct and via pipe hop2")),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn same_broker_pipe_that_takes_its_own_output() {
+    let e = loops(&pipes("  self: {from: edge, to: edge, topics: ['a/#']}\n"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("takes its own output again: a → a"),
+        "{}",
+        e[0]
+    );
+    // Republishing under another, non-overlapping prefix on the same broker is fine.
+    let w = warnings(&pipes(
+        "  self: {from: edge, to: edge, topics: ['a/#'], remap: [{from: a/#, to: 'b/{#}'}]}\n",
+    ));
+    assert!(w.is_empty(), "{w:#?}");
+}
+
+#[test]
+fn remote_defaults_are_resolved() {
+    let (plan, w) = load(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['mqtts://${CLOUD_HOST}', 'mqtt://backup:1884']\n    username: u\n    password: ${SECRET}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(w.is_empty());
+    let Some(BrokerKind::Remote(r)) = plan.brokers.get("cloud").map(|b| &b.kind) else {
+        panic!("not remote");
+    };
+    assert_eq!(r.endpoints[0].host, "cloud.example.com");
+    assert_eq!(r.endpoints[0].port, 8883);
+    assert_eq!(r.client_id, "mqbridge-t-testhost");
+    assert_eq!(r.password.as_deref(), Some("s3cret"));
+    assert_eq!(r.keepalive, std::time::Duration::from_secs(60));
+    assert!(!r.clean_session);
+    assert_eq!(
+        r.tls,
+        Some(TlsPlan {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            alpn: vec![],
+            insecure: false
+        })
+    );
+    assert_eq!(r.reconnect.max, std::time::Duration::from_secs(60));
+    assert_eq!(r.failback.probes_required, 3);
+    assert_eq!(r.max_packet_size, 268_435_455);
+    assert_eq!(r.inflight, 100);
+    assert_eq!(
+        r.status.as_ref().map(|s| s.topic.as_str()),
+        Some("mqbridge/mqbridge-t-testhost/status")
+    );
+    assert!(r.required);
+    assert_eq!(plan.metrics.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(plan.shutdown_timeout, std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn every_error_is_gathered() {
+    let e = errors(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['ws://x:80']\n    keepalive: 19h\n    inflight: 0\n    reconnect: {min: 2m, max: 1m}\npipes:\n  p: {from: clod, to: cloud, topics: ['a/#/b'], queue: {size: 0}}\n",
+    );
+    let expected = [
+        "t.yaml:4:17: broker \"cloud\": endpoints: `ws://` endpoints are not supported yet (use mqtt:// or mqtts://)",
+        "t.yaml:5:16: broker \"cloud\": keepalive: at most 18h12m15s (65,535 s, the MQTT maximum); 0 disables it",
+        "t.yaml:6:15: broker \"cloud\": inflight: 0 is out of range (allowed 1..=65535)",
+        "t.yaml:7:16: broker \"cloud\": reconnect: min (2m) is larger than max (1m)",
+        "t.yaml:9:13: pipe \"p\": unknown broker \"clod\" (did you mean \"cloud\"?)",
+        "t.yaml:9:39: pipe \"p\": topics: invalid filter `a/#/b`: it '#' must be the last level, but level 2 is '#' and is followed by more levels",
+        "t.yaml:9:63: pipe \"p\": queue.size: must be at least 1",
+    ];
+    assert_eq!(e, expected);
+}
+
+#[test]
+fn pipe_plan_equality_compares_remaps() {
+    let a = load(&pipes(
+        "  p: {from: edge, to: cloud, topics: [a/#], remap: [{regex: 'a/(.*)', replace: 'b/$1'}]}\n",
+    ));
+    let b = load(&pipes(
+        "  p: {from: edge, to: cloud, topics: [a/#], remap: [{regex: 'a/(.*)', replace: 'b/$1'}]}\n",
+    ));
+    let c = load(&pipes(
+        "  p: {from: edge, to: cloud, topics: [a/#], remap: [{regex: 'a/(.*)', replace: 'c/$1'}]}\n",
+    ));
+    let plan = |r: Result<(Plan, Vec<Warning>), ConfigErrors>| {
+        r.map(|(p, _)| p).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (a, b, c) = (plan(a), plan(b), plan(c));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
