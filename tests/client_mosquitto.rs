@@ -13,6 +13,7 @@ use common::mosquitto::Mosquitto;
 use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
 use mqbridge::link::{Delivery, Link, LinkState};
 use mqbridge::protocol::{Message, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -419,4 +420,474 @@ async fn broker_restart_mid_stream_loses_no_acked_message() {
     );
     sub.stop().await;
     publ.stop().await;
+}
+
+/// Two brokers as two endpoints: kill the first → traffic moves to the
+/// second; bring the first back → failback only after the probes pass.
+#[tokio::test]
+async fn failover_to_secondary_and_failback_after_probes() {
+    let mut a = Mosquitto::start();
+    let b = Mosquitto::start();
+    let topic = unique("failover");
+    let mut c = Client::spawn(options("failover", vec![tcp(a.port), tcp(b.port)]));
+    c.connected_to(a.port).await;
+    c.link
+        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe");
+
+    a.kill();
+    let e = c
+        .event("failover", |e| matches!(e, ClientEvent::Failover { .. }))
+        .await;
+    assert_eq!(
+        e,
+        ClientEvent::Failover {
+            from: format!("mqtt://127.0.0.1:{}", a.port),
+            to: format!("mqtt://127.0.0.1:{}", b.port),
+        }
+    );
+    assert!(!c.connected_to(b.port).await);
+    // The subscription was restored on B and traffic flows there.
+    c.publish(&topic, "on-b", QoS::AtLeastOnce).await;
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"on-b");
+    d.ack.ack();
+
+    // While A is down, probes fail and we stay on B.
+    let e = c
+        .event("failed probe", |e| matches!(e, ClientEvent::Probe { .. }))
+        .await;
+    assert!(matches!(e, ClientEvent::Probe { ok: false, .. }), "{e:?}");
+
+    a.start_again();
+    let mut good = 0;
+    loop {
+        match c
+            .event("probe or failback", |e| {
+                matches!(e, ClientEvent::Probe { .. } | ClientEvent::Failback { .. })
+            })
+            .await
+        {
+            ClientEvent::Probe { ok: true, .. } => good += 1,
+            ClientEvent::Probe { ok: false, .. } => good = 0,
+            ClientEvent::Failback { to } => {
+                assert_eq!(to, format!("mqtt://127.0.0.1:{}", a.port));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(good >= 3, "failback after {good} good probes, 3 required");
+    c.connected_to(a.port).await;
+    // Subscription restored on A too.
+    a.publish(&topic, "back-on-a", 1, &[]);
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"back-on-a");
+    d.ack.ack();
+    c.stop().await;
+}
+
+/// Unacknowledged publishes carry over a failover and are resent on the
+/// next endpoint.
+#[tokio::test]
+async fn unacked_publishes_carry_over_to_the_next_endpoint() {
+    // A fake "primary" that accepts CONNECT and never acknowledges PUBLISH.
+    let primary = FakeServer::start(|mut s| async move {
+        let _ = read_some(&mut s).await; // CONNECT
+        let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await; // CONNACK accepted
+        // Swallow everything, ack nothing, close after the first PUBLISH.
+        let _ = read_some(&mut s).await;
+    })
+    .await;
+    let b = Mosquitto::start();
+    let topic = unique("carry");
+    let cli = unique("carry-cli");
+    b.prepare_subscriber(&cli, &topic, 1);
+    let mut opts = options("carry", vec![tcp(primary.port), tcp(b.port)]);
+    opts.failback.enabled = false;
+    let c = Client::spawn(opts);
+    c.connected_to(primary.port).await;
+    let ack = c
+        .link
+        .publish(Message::new(
+            topic.clone(),
+            "carried",
+            QoS::AtLeastOnce,
+            false,
+        ))
+        .await
+        .expect("publish");
+    // The primary drops us without a PUBACK; the message is resent on B.
+    c.connected_to(b.port).await;
+    timeout(WAIT, ack.wait())
+        .await
+        .expect("ack after failover")
+        .expect("publish ok");
+    assert_eq!(
+        b.collect(&cli, &topic, 1, 1, 5),
+        vec![format!("{topic} carried")]
+    );
+    c.stop().await;
+}
+
+/// A server that accepts TCP and never answers CONNECT: the connect timeout
+/// fires, attempts are spaced by the backoff, nothing hangs.
+#[tokio::test]
+async fn silent_server_times_out_with_backoff() {
+    let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acc = accepts.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        if let Ok(mut v) = acc.lock() {
+            v.push(tokio::time::Instant::now());
+        }
+        let _ = tx.send(());
+        async move {
+            // Read and ignore; never answer.
+            let mut buf = [0u8; 256];
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
+    let mut opts = options("silent", vec![tcp(server.port)]);
+    opts.connect_timeout = Duration::from_millis(300);
+    opts.backoff.min = Duration::from_millis(200);
+    opts.backoff.max = Duration::from_millis(400);
+    opts.backoff.jitter = false;
+    let c = Client::spawn(opts);
+    let state = c
+        .state("disconnected", |s| {
+            matches!(s, LinkState::Disconnected { .. })
+        })
+        .await;
+    let LinkState::Disconnected { reason } = state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("timed out waiting for CONNACK")
+            && reason.contains(&format!("mqtt://127.0.0.1:{}", server.port)),
+        "{reason}"
+    );
+    for _ in 0..3 {
+        timeout(WAIT, rx.recv()).await.expect("another attempt");
+    }
+    let times = accepts.lock().map(|v| v.clone()).unwrap_or_default();
+    for w in times.windows(2) {
+        let gap = w[1] - w[0];
+        // connect timeout (300 ms) + backoff (≥ 200 ms): never a tight loop.
+        assert!(gap >= Duration::from_millis(450), "attempts {gap:?} apart");
+    }
+    c.stop().await;
+}
+
+/// A broker that accepts TCP and refuses CONNECT: backoff between attempts.
+#[tokio::test]
+async fn refused_connect_backs_off() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let _ = tx.send(tokio::time::Instant::now());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x05]).await; // not authorized
+            let _ = read_some(&mut s).await;
+        }
+    })
+    .await;
+    let mut opts = options("refused", vec![tcp(server.port)]);
+    opts.backoff.min = Duration::from_millis(100);
+    opts.backoff.max = Duration::from_millis(800);
+    opts.backoff.jitter = false;
+    let c = Client::spawn(opts);
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        times.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("attempt")
+                .expect("chan"),
+        );
+    }
+    let gaps: Vec<_> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // 100, 200, 400 ms: growing, never tight.
+    assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
+    let state = c.link.state().borrow().clone();
+    if let LinkState::Disconnected { reason } = state {
+        assert!(reason.contains("not authorized"), "{reason}");
+    }
+    c.stop().await;
+}
+
+/// Malformed bytes from the broker side: the connection is dropped and
+/// re-established, the error names the endpoint.
+#[tokio::test]
+async fn malformed_bytes_drop_the_connection_and_reconnect() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let _ = tx.send(());
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            // Packet type 0 is reserved: garbage.
+            let _ = s.write_all(&[0x00, 0x03, 0xde, 0xad, 0xbe]).await;
+            let _ = read_some(&mut s).await;
+        }
+    })
+    .await;
+    let mut c = Client::spawn(options("malformed", vec![tcp(server.port)]));
+    let e = c
+        .event("disconnect", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    let ClientEvent::Disconnected { endpoint, reason } = e else {
+        unreachable!()
+    };
+    assert_eq!(endpoint, format!("mqtt://127.0.0.1:{}", server.port));
+    assert!(
+        reason.contains(&endpoint) && reason.contains("protocol error"),
+        "{reason}"
+    );
+    // Re-established: a second (and third) connection arrives.
+    for _ in 0..3 {
+        timeout(WAIT, rx.recv()).await.expect("reconnect");
+    }
+    c.event("connected again", |e| {
+        matches!(e, ClientEvent::Connected { .. })
+    })
+    .await;
+    c.stop().await;
+}
+
+/// A half-open link (CONNACK, then silence: no PINGRESP) is noticed within
+/// 1.5 × keepalive.
+#[tokio::test]
+async fn half_open_link_detected_by_keepalive() {
+    let server = FakeServer::start(|mut s| async move {
+        let _ = read_some(&mut s).await;
+        let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+        // Swallow PINGREQs, never answer.
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let mut opts = options("halfopen", vec![tcp(server.port)]);
+    opts.keepalive = Duration::from_secs(1);
+    let mut c = Client::spawn(opts);
+    c.event("connected", |e| matches!(e, ClientEvent::Connected { .. }))
+        .await;
+    let up = tokio::time::Instant::now();
+    let e = c
+        .event("keepalive timeout", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    let took = up.elapsed();
+    let ClientEvent::Disconnected { reason, .. } = e else {
+        unreachable!()
+    };
+    assert!(reason.contains("keepalive timeout"), "{reason}");
+    assert!(
+        took >= Duration::from_millis(1400) && took <= Duration::from_millis(1700),
+        "noticed after {took:?}, expected 1.5 s"
+    );
+    c.stop().await;
+}
+
+/// With the inflight window full (a broker that never acks), further
+/// publishes wait in the bounded request queue: backpressure, not memory.
+#[tokio::test]
+async fn full_inflight_window_applies_backpressure() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let server = FakeServer::start(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let _ = read_some(&mut s).await;
+            let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+            let mut buf = vec![0u8; 4096];
+            let mut total = 0;
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                // Count PUBLISH QoS 1 packets (first byte 0x32); small ones fit one read each.
+                total += buf[..n].iter().filter(|b| **b == 0x32).count();
+                let _ = tx.send(total);
+            }
+        }
+    })
+    .await;
+    let mut opts = options("window", vec![tcp(server.port)]);
+    opts.inflight = 2;
+    opts.request_capacity = 1;
+    let c = Client::spawn(opts);
+    c.connected_to(server.port).await;
+    let mut acks = Vec::new();
+    for p in ["a", "b", "c"] {
+        let msg = Message::new("w/t", p, QoS::AtLeastOnce, false);
+        acks.push(c.link.publish(msg).await.expect("queued"));
+    }
+    // Two PUBLISHes reach the wire; the third waits in the request queue,
+    // and the queue (capacity 1) is full, so a fourth publish blocks.
+    let mut seen = 0;
+    while seen < 2 {
+        seen = timeout(WAIT, rx.recv())
+            .await
+            .expect("publish")
+            .expect("chan");
+    }
+    let fourth = c
+        .link
+        .publish(Message::new("w/t", "d", QoS::AtLeastOnce, false));
+    assert!(
+        timeout(Duration::from_millis(300), fourth).await.is_err(),
+        "the fourth publish must wait"
+    );
+    while let Ok(total) = rx.try_recv() {
+        seen = total;
+    }
+    assert_eq!(seen, 2, "only the inflight window reaches the wire");
+    c.stop().await;
+    for a in acks {
+        assert!(a.wait().await.is_err(), "unacked publishes fail on close");
+    }
+}
+
+/// A tiny TCP server for fault tests: runs `handler` for every connection.
+struct FakeServer {
+    port: u16,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl FakeServer {
+    async fn start<F, Fut>(handler: F) -> FakeServer
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => {
+                            let conn = handler(s);
+                            let token = token.clone();
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = token.cancelled() => {}
+                                    _ = conn => {}
+                                }
+                            });
+                        }
+                        Err(_) => break,
+                    },
+                }
+            }
+        });
+        FakeServer {
+            port,
+            _stop: stop.drop_guard(),
+        }
+    }
+}
+
+/// Reads whatever arrives next (at least one byte, or EOF).
+async fn read_some(s: &mut tokio::net::TcpStream) -> std::io::Result<usize> {
+    let mut buf = [0u8; 1024];
+    s.read(&mut buf).await
+}
+
+/// `insecure: true` connects without any CA (and only warns).
+#[tokio::test]
+async fn insecure_tls_skips_verification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = certs::generate(dir.path(), "insecure");
+    let m = Mosquitto::start_with(&pki.mosquitto_conf(false));
+    let mut opts = options("insecure", vec![Endpoint::tls("127.0.0.1", m.port)]);
+    opts.tls.insecure = true;
+    let c = Client::spawn(opts);
+    c.state("connected", |s| matches!(s, LinkState::Connected { .. }))
+        .await;
+    c.stop().await;
+}
+
+/// Birth on every connect (retained `online`), will on an ungraceful loss
+/// (retained `offline`), and no will after a graceful shutdown.
+#[tokio::test]
+async fn birth_and_will_status_messages() {
+    let m = Mosquitto::start();
+    let status = format!("{}/status", unique("status"));
+    let mut opts = options("status", vec![tcp(m.port)]);
+    opts.birth = Some(Message::new(
+        status.clone(),
+        "online",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts.will = Some(Message::new(
+        status.clone(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+
+    // Run the client on its own runtime, then drop that runtime: the socket
+    // closes without DISCONNECT, as if the process died.
+    let port = m.port;
+    let o = opts.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let c = Client::spawn(o);
+            c.connected_to(port).await;
+            // Keep the link alive (dropping it would shut down gracefully);
+            // the runtime drop below kills the task mid-connection.
+            std::mem::forget(c);
+        });
+        drop(rt);
+    })
+    .join()
+    .expect("client thread");
+    let retained = |m: &Mosquitto| {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &m.port.to_string(),
+                "-t",
+                &status,
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(retained(&m), "offline", "will after an ungraceful loss");
+
+    // Reconnect: the birth replaces it; a graceful stop leaves it.
+    let c = Client::spawn(opts);
+    c.connected_to(m.port).await;
+    let t0 = tokio::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < WAIT {
+        last = retained(&m);
+        if last == "online" {
+            break;
+        }
+    }
+    assert_eq!(last, "online", "birth after connect");
+    c.stop().await;
+    assert_eq!(retained(&m), "online", "no will after DISCONNECT");
 }

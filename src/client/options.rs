@@ -92,8 +92,8 @@ pub struct BackoffOptions {
 impl Default for BackoffOptions {
     fn default() -> Self {
         BackoffOptions {
-            min: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
             jitter: true,
             stable_after: Duration::from_secs(30),
         }
@@ -115,7 +115,7 @@ impl Default for FailbackOptions {
     fn default() -> Self {
         FailbackOptions {
             enabled: true,
-            probe_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(30),
             probes_required: 3,
         }
     }
@@ -156,7 +156,8 @@ pub struct ClientOptions {
     pub delivery_capacity: usize,
     /// Last will, set in every CONNECT (e.g. retained `offline` status).
     pub will: Option<Message>,
-    /// Published after every successful connect (e.g. retained `online` status).
+    /// Published after every successful connect, as given (set `retain: true`
+    /// for a status topic such as `online`).
     pub birth: Option<Message>,
     /// Where to send lifecycle events (metrics, tests); `None` = nowhere.
     pub events: Option<broadcast::Sender<ClientEvent>>,
@@ -168,7 +169,10 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// Options with the defaults for everything but the name, endpoints and client id.
+    /// Options with the defaults for everything but the name, endpoints and
+    /// client id (the same defaults as `bridges.yaml`: keepalive 60 s,
+    /// persistent session, reconnect 1 s..60 s with jitter, stable after 30 s,
+    /// failback probes every 30 s ×3, connect timeout 10 s, inflight 100).
     pub fn new(
         name: impl Into<String>,
         endpoints: Vec<Endpoint>,
@@ -180,7 +184,7 @@ impl ClientOptions {
             client_id: client_id.into(),
             username: None,
             password: None,
-            keepalive: Duration::from_secs(30),
+            keepalive: Duration::from_secs(60),
             clean_session: false,
             tls: TlsOptions::default(),
             backoff: BackoffOptions::default(),
