@@ -1,0 +1,497 @@
+//! One network connection: a reader (this task: CONNECT, authentication,
+//! keepalive at 1.5 × the client's value, ACL checks, packets to the router)
+//! and a writer task (drains the connection's outlet). Protocol state lives
+//! in the router's session; a bad packet closes only this connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::acl::Op;
+use super::listener::Context;
+use super::outlet::{Out, Outlet, OutletRx, outlet};
+use super::router::{Ack, Event, Reply};
+use super::session::ConnId;
+use super::stats::{DropReason, RefuseReason};
+use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use crate::protocol::{CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode};
+use crate::topic;
+
+/// Read buffer bounds: idle connections keep a small buffer (10,000 idle
+/// clients must stay cheap), busy ones grow it for batching.
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
+/// Packets the writer takes per wake-up (one `write` for all of them).
+const WRITE_BATCH: usize = 256;
+/// Time allowed for a TLS close_notify / FIN at the end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id (network connections and local links).
+pub(crate) fn next_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, Relaxed)
+}
+
+/// Why the reader stopped.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT received: no will.
+    Graceful,
+    /// Broker shutdown: no will (the broker is going away, not the client).
+    Shutdown,
+    /// Socket closed, IO error, keepalive timeout, takeover, protocol violation: will.
+    Abrupt(String),
+}
+
+/// Serves one accepted (and, for TLS, handshaken) connection.
+pub(crate) async fn run<S>(stream: S, peer: SocketAddr, cert_cn: Option<String>, ctx: Context)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(READ_MIN);
+    let max = ctx.limits.max_packet_size;
+    let first = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        r = tokio::time::timeout(ctx.limits.connect_timeout, read_one(&mut rd, &mut buf, max)) => r,
+    };
+    let connect = match first {
+        Err(_) => {
+            ctx.counters.refused(RefuseReason::Timeout);
+            debug!(broker = %ctx.broker, %peer, "no CONNECT in time, closed");
+            return;
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(other))) => {
+            ctx.counters.refused(RefuseReason::Protocol);
+            warn!(broker = %ctx.broker, %peer, packet = ?packet_name(&other), "first packet is not CONNECT, closed");
+            return;
+        }
+        Ok(Err(e)) => {
+            ctx.counters.refused(RefuseReason::Protocol);
+            if e.is_unsupported_protocol_version() {
+                refuse(&mut wr, ConnectReturnCode::RefusedProtocolVersion).await;
+            }
+            warn!(broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
+            return;
+        }
+    };
+    let Some(client) = accept_connect(&mut wr, connect, cert_cn, peer, &ctx).await else {
+        return;
+    };
+    let conn = next_conn_id();
+    let (out, out_rx) = outlet();
+    let stop = CancellationToken::new();
+    ctx.tracker.spawn(write_loop(wr, out_rx, stop.clone()));
+    let (reply, session_present) = oneshot::channel();
+    ctx.router
+        .send(Event::Connect {
+            conn,
+            client_id: client.client_id.clone(),
+            clean: client.clean,
+            outlet: out.clone(),
+            send_connack: true,
+            reply,
+        })
+        .await;
+    // Dropped unanswered when the router is gone (shutdown).
+    let Ok(session_present) = session_present.await else {
+        stop.cancel();
+        return;
+    };
+    info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, "client connected");
+    let mut reader = Reader {
+        ctx: &ctx,
+        peer,
+        conn,
+        client,
+        out,
+    };
+    let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
+    stop.cancel();
+    let Reader { mut client, .. } = reader;
+    let will = match &end {
+        End::Abrupt(_) => client
+            .will
+            .take()
+            .filter(|w| will_allowed(&ctx, &client, w)),
+        End::Graceful | End::Shutdown => None,
+    };
+    match &end {
+        End::Abrupt(reason) => {
+            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, reason = %reason, will = will.is_some(), "client disconnected")
+        }
+        _ => {
+            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, "client disconnected")
+        }
+    }
+    ctx.router.send(Event::Disconnected { conn, will }).await;
+}
+
+/// The accepted client.
+struct Client {
+    client_id: String,
+    clean: bool,
+    username: Option<String>,
+    keep_alive: u16,
+    will: Option<Message>,
+}
+
+fn will_allowed(ctx: &Context, client: &Client, will: &Message) -> bool {
+    if is_sys(&will.topic) {
+        ctx.counters.dropped(DropReason::SysTopic, 1);
+        return false;
+    }
+    let allowed = ctx.security.acl.as_ref().is_none_or(|acl| {
+        acl.check(
+            client.username.as_deref(),
+            &client.client_id,
+            Op::Write,
+            &will.topic,
+        )
+    });
+    if !allowed {
+        ctx.counters.dropped(DropReason::Acl, 1);
+    }
+    allowed
+}
+
+fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+/// Checks client id and credentials; answers refusals itself.
+async fn accept_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    connect: Connect,
+    cert_cn: Option<String>,
+    peer: SocketAddr,
+    ctx: &Context,
+) -> Option<Client> {
+    let client_id = if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            ctx.counters.refused(RefuseReason::Protocol);
+            refuse(wr, ConnectReturnCode::BadClientId).await;
+            warn!(broker = %ctx.broker, %peer, "empty client id without clean session refused (0x02)");
+            return None;
+        }
+        format!("mqb-{:016x}", rand::random::<u64>())
+    } else {
+        connect.client_id
+    };
+    let sec = &ctx.security;
+    let (username, code) = match (ctx.cert_cn_as_username, cert_cn, connect.login) {
+        (true, Some(cn), _) => (Some(cn), ConnectReturnCode::Success),
+        (_, _, Some(login)) => {
+            let ok = match &sec.passwords {
+                Some(p) => p.verify(&login.username, login.password.as_bytes()),
+                None => sec.allow_anonymous,
+            };
+            let code = match (ok, sec.passwords.is_some()) {
+                (true, _) => ConnectReturnCode::Success,
+                (false, true) => ConnectReturnCode::BadUserNamePassword,
+                (false, false) => ConnectReturnCode::NotAuthorized,
+            };
+            (Some(login.username), code)
+        }
+        (_, _, None) if sec.allow_anonymous => (None, ConnectReturnCode::Success),
+        (_, _, None) => (None, ConnectReturnCode::NotAuthorized),
+    };
+    if code != ConnectReturnCode::Success {
+        ctx.counters.refused(RefuseReason::Auth);
+        refuse(wr, code).await;
+        warn!(broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, "CONNECT refused");
+        return None;
+    }
+    let will = connect
+        .last_will
+        .map(|w| Message::new(w.topic, w.message, QoS::from(w.qos), w.retain));
+    Some(Client {
+        client_id,
+        clean: connect.clean_session,
+        username,
+        keep_alive: connect.keep_alive,
+        will,
+    })
+}
+
+/// Writes a refusing CONNACK, best effort.
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
+    let mut out = BytesMut::new();
+    if encode(
+        &Packet::ConnAck(ConnAck::new(code, false)),
+        &mut out,
+        MQTT_MAX_PACKET_SIZE,
+    )
+    .is_ok()
+    {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Reads until one packet is decoded; `None` on a clean EOF before any byte.
+async fn read_one<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Packet>, CodecError> {
+    loop {
+        if let Some(p) = decode(buf, max)? {
+            return Ok(Some(p));
+        }
+        buf.reserve(READ_MIN);
+        if rd.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(CodecError::ClosedMidPacket {
+                    buffered: buf.len(),
+                })
+            };
+        }
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+struct Reader<'a> {
+    ctx: &'a Context,
+    peer: SocketAddr,
+    conn: ConnId,
+    client: Client,
+    out: Outlet,
+}
+
+impl Reader<'_> {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        stop: &CancellationToken,
+    ) -> End {
+        let max = self.ctx.limits.max_packet_size;
+        // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
+        let keepalive = (self.client.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + keepalive.unwrap_or(far);
+        let mut chunk = READ_MIN;
+        loop {
+            loop {
+                match decode(buf, max) {
+                    Ok(Some(packet)) => {
+                        if let Some(end) = self.handle(packet).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.violation(e.to_string()),
+                }
+            }
+            if buf.is_empty() && buf.capacity() > 2 * chunk.max(READ_MIN) {
+                *buf = BytesMut::with_capacity(chunk);
+            }
+            buf.reserve(chunk);
+            let read = tokio::select! {
+                // Broker shutdown: close without will.
+                _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
+                // The writer stopped (takeover, write error): close with will.
+                _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into()),
+                _ = tokio::time::sleep_until(deadline) => return End::Abrupt("keepalive timeout".into()),
+                // Cancel safe: if another branch wins, no bytes were read.
+                r = rd.read_buf(buf) => r,
+            };
+            match read {
+                Ok(0) => return End::Abrupt("connection closed by peer".into()),
+                Ok(n) => {
+                    if n >= chunk {
+                        chunk = (chunk * 2).min(READ_MAX);
+                    } else if n < chunk / 4 {
+                        chunk = (chunk / 2).max(READ_MIN);
+                    }
+                    if let Some(k) = keepalive {
+                        deadline = Instant::now() + k;
+                    }
+                }
+                Err(e) => return End::Abrupt(format!("read error: {e}")),
+            }
+        }
+    }
+
+    fn violation(&self, reason: String) -> End {
+        self.ctx.counters.refused(RefuseReason::Protocol);
+        warn!(broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, error = %reason, "protocol violation, connection closed");
+        End::Abrupt(format!("protocol violation: {reason}"))
+    }
+
+    async fn send(&self, event: Event) -> Option<End> {
+        if self.ctx.router.send(event).await {
+            None
+        } else {
+            Some(End::Shutdown)
+        }
+    }
+
+    /// Handles one packet; `Some` ends the connection.
+    async fn handle(&mut self, packet: Packet) -> Option<End> {
+        let conn = self.conn;
+        match packet {
+            Packet::Publish(publish) => {
+                let mut route = true;
+                if is_sys(&publish.topic) {
+                    self.ctx.counters.dropped(DropReason::SysTopic, 1);
+                    route = false;
+                } else if self.ctx.security.acl.as_ref().is_some_and(|acl| {
+                    !acl.check(
+                        self.client.username.as_deref(),
+                        &self.client.client_id,
+                        Op::Write,
+                        &publish.topic,
+                    )
+                }) {
+                    self.ctx.counters.dropped(DropReason::Acl, 1);
+                    debug!(broker = %self.ctx.broker, client_id = %self.client.client_id, "publish denied by ACL");
+                    route = false;
+                }
+                self.send(Event::Publish {
+                    conn,
+                    publish,
+                    route,
+                })
+                .await
+            }
+            Packet::PubAck(a) => self.ack(Ack::PubAck, a.pkid).await,
+            Packet::PubRec(a) => self.ack(Ack::PubRec, a.pkid).await,
+            Packet::PubComp(a) => self.ack(Ack::PubComp, a.pkid).await,
+            Packet::PubRel(r) => self.send(Event::PubRel { conn, pkid: r.pkid }).await,
+            Packet::Subscribe(s) => {
+                let filters = s
+                    .filters
+                    .into_iter()
+                    .map(|f| {
+                        let ok = topic::validate_filter(&f.path).is_ok()
+                            && self.ctx.security.acl.as_ref().is_none_or(|acl| {
+                                acl.check(
+                                    self.client.username.as_deref(),
+                                    &self.client.client_id,
+                                    Op::Read,
+                                    &f.path,
+                                )
+                            });
+                        let qos = ok.then(|| QoS::from(f.qos));
+                        (f.path, qos)
+                    })
+                    .collect();
+                self.send(Event::Subscribe {
+                    conn,
+                    filters,
+                    reply: Reply::Packet(s.pkid),
+                })
+                .await
+            }
+            Packet::Unsubscribe(u) => {
+                self.send(Event::Unsubscribe {
+                    conn,
+                    filters: u.topics,
+                    reply: Reply::Packet(u.pkid),
+                })
+                .await
+            }
+            Packet::PingReq => {
+                self.out.send(Packet::PingResp);
+                None
+            }
+            Packet::Disconnect => Some(End::Graceful),
+            Packet::Connect(_) => Some(self.violation("second CONNECT".into())),
+            other => {
+                Some(self.violation(format!("{} is not sent by clients", packet_name(&other))))
+            }
+        }
+    }
+
+    async fn ack(&self, kind: Ack, pkid: u16) -> Option<End> {
+        self.send(Event::Ack {
+            conn: self.conn,
+            kind,
+            pkid,
+        })
+        .await
+    }
+}
+
+/// Drains the outlet into the socket, many packets per write. Stops on
+/// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
+/// reader ends too.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(16);
+    let mut out = BytesMut::new();
+    let mut close = false;
+    while !close {
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut written = 0;
+        for item in batch.drain(..) {
+            match item {
+                Out::Packet(p) => {
+                    written += 1;
+                    if let Err(e) = encode(&p, &mut out, MQTT_MAX_PACKET_SIZE) {
+                        debug!(error = %e, "outgoing packet dropped");
+                    }
+                }
+                Out::Close => close = true,
+            }
+        }
+        let result = tokio::select! {
+            // Not cancel safe, and need not be: a cancelled write ends the connection.
+            r = wr.write_all(&out) => r,
+            _ = stop.cancelled() => break,
+        };
+        rx.written(written);
+        if result.is_err() {
+            break;
+        }
+        if out.capacity() > READ_MAX {
+            out = BytesMut::new();
+        } else {
+            out.clear();
+        }
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, wr.shutdown()).await;
+    stop.cancel();
+}

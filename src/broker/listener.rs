@@ -1,0 +1,99 @@
+//! Accept loops: one per listener, bounded by a connection semaphore whose
+//! owned permit moves into the connection task (as mini-redis does).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::connection;
+use super::router::RouterHandle;
+use super::stats::{Counters, RefuseReason};
+use super::{Limits, Security};
+
+/// Pause after an accept error (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What every connection of a broker shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub broker: String,
+    pub router: RouterHandle,
+    pub security: Arc<Security>,
+    pub limits: Arc<Limits>,
+    pub counters: Arc<Counters>,
+    pub semaphore: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// TLS listener: the client certificate CN is the username.
+    pub cert_cn_as_username: bool,
+}
+
+/// Accepts until shutdown.
+pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Context) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(broker = %ctx.broker, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
+            ctx.counters.refused(RefuseReason::Limit);
+            warn!(broker = %ctx.broker, %peer, "max_connections reached, connection closed");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let ctx2 = ctx.clone();
+        let tls = tls.clone();
+        ctx.tracker.spawn(
+            async move {
+                serve(socket, peer, tls, ctx2).await;
+                drop(permit);
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+}
+
+async fn serve(socket: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: Context) {
+    match tls {
+        None => connection::run(socket, peer, None, ctx).await,
+        Some(acceptor) => {
+            let limit = ctx.limits.connect_timeout;
+            let handshake = tokio::time::timeout(limit, acceptor.accept(socket)).await;
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(broker = %ctx.broker, %peer, error = %e, "TLS handshake failed");
+                    ctx.counters.refused(RefuseReason::Protocol);
+                    return;
+                }
+                Err(_) => {
+                    ctx.counters.refused(RefuseReason::Timeout);
+                    return;
+                }
+            };
+            let cn = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| super::tls::subject_cn(c));
+            connection::run(stream, peer, cn, ctx).await;
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The router: ONE task owns every session, the subscription trie and the
+//! retained store, fed by a channel of [`Event`]s (no locks, as rumqttd's
+//! router). It drives the shared protocol state machines and writes to each
+//! client through its [`Outlet`]; it never awaits a client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Limits;
+use super::outlet::Outlet;
+use super::retained::Retained;
+use super::session::{Attached, ConnId, Session};
+use super::stats::Counters;
+use super::sys;
+use crate::link::LinkError;
+use crate::protocol::v4::{
+    ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use crate::protocol::{IncomingAction, Message, QoS, WireQoS};
+use crate::topic::FilterTrie;
+
+/// Capacity of the router's inbox: publishers wait (backpressure) when the
+/// router is this far behind.
+const INBOX: usize = 4096;
+/// Events handled per wake-up.
+const BATCH: usize = 256;
+
+type SessionId = u64;
+
+pub(crate) use crate::protocol::session::AckKind as Ack;
+
+/// Where a SUBACK/UNSUBACK goes.
+#[derive(Debug)]
+pub(crate) enum Reply<T> {
+    /// Network client: the packet id to answer with.
+    Packet(u16),
+    /// Local link: the waiting caller.
+    Local(oneshot::Sender<Result<T, LinkError>>),
+}
+
+/// Everything the router is told.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A client passed CONNECT checks; the router answers CONNACK on `outlet`
+    /// and `reply` gets `session_present`.
+    Connect {
+        /// New connection id.
+        conn: ConnId,
+        /// Client id (assigned already if the client sent none).
+        client_id: String,
+        /// Clean session flag.
+        clean: bool,
+        /// The connection's outlet.
+        outlet: Outlet,
+        /// Send the CONNACK on the outlet (network) or not (local link).
+        send_connack: bool,
+        /// Receives `session_present`.
+        reply: oneshot::Sender<bool>,
+    },
+    /// A PUBLISH from a network client; `route` is false for a publish the
+    /// ACL denied or to `$SYS` (acknowledged, not routed).
+    Publish {
+        /// Connection.
+        conn: ConnId,
+        /// The packet.
+        publish: Publish,
+        /// Route it (false: only acknowledge).
+        route: bool,
+    },
+    /// A publish from a local link; `done` once routed.
+    LocalPublish {
+        /// Link connection.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+        /// Completion.
+        done: oneshot::Sender<Result<(), LinkError>>,
+    },
+    /// PUBACK/PUBREC/PUBCOMP from a subscriber.
+    Ack {
+        /// Connection.
+        conn: ConnId,
+        /// Which.
+        kind: Ack,
+        /// Packet id.
+        pkid: u16,
+    },
+    /// PUBREL from a publisher.
+    PubRel {
+        /// Connection.
+        conn: ConnId,
+        /// Packet id.
+        pkid: u16,
+    },
+    /// SUBSCRIBE: filters with the QoS to grant (`None`: refuse with 0x80,
+    /// already decided for invalid filters and ACL denials).
+    Subscribe {
+        /// Connection.
+        conn: ConnId,
+        /// (filter, granted).
+        filters: Vec<(String, Option<QoS>)>,
+        /// Where the SUBACK goes.
+        reply: Reply<Vec<Option<QoS>>>,
+    },
+    /// UNSUBSCRIBE.
+    Unsubscribe {
+        /// Connection.
+        conn: ConnId,
+        /// Filters.
+        filters: Vec<String>,
+        /// Where the UNSUBACK goes.
+        reply: Reply<()>,
+    },
+    /// The connection ended; `will` is published (it was checked against the ACL).
+    Disconnected {
+        /// Connection.
+        conn: ConnId,
+        /// The will to publish, if the end was not graceful.
+        will: Option<Message>,
+    },
+}
+
+/// Sender side of the router's inbox.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterHandle {
+    tx: mpsc::Sender<Event>,
+}
+
+impl RouterHandle {
+    /// Sends an event, waiting while the inbox is full; false when the router is gone.
+    pub async fn send(&self, event: Event) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+}
+
+/// Starts the router task.
+pub(crate) fn spawn(
+    tracker: &TaskTracker,
+    name: String,
+    limits: Arc<Limits>,
+    counters: Arc<Counters>,
+    sys_interval: Option<Duration>,
+    shutdown: CancellationToken,
+) -> RouterHandle {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let router = Router {
+        name,
+        limits,
+        counters,
+        sessions: HashMap::new(),
+        by_client: HashMap::new(),
+        by_conn: HashMap::new(),
+        subs: FilterTrie::new(),
+        retained: Retained::default(),
+        next_session: 0,
+        scratch: Vec::new(),
+        started: Instant::now(),
+    };
+    tracker.spawn(router.run(rx, sys_interval, shutdown));
+    RouterHandle { tx }
+}
+
+struct Router {
+    name: String,
+    limits: Arc<Limits>,
+    counters: Arc<Counters>,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<String, SessionId>,
+    by_conn: HashMap<ConnId, SessionId>,
+    /// Every subscription: filter → (session, granted QoS).
+    subs: FilterTrie<(SessionId, QoS)>,
+    retained: Retained,
+    next_session: SessionId,
+    /// Reused buffer of matching subscriptions.
+    scratch: Vec<(SessionId, QoS)>,
+    started: Instant,
+}
+
+impl Router {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        sys_interval: Option<Duration>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sys_tick = sys_interval.map(|d| {
+            let mut i = tokio::time::interval(d.max(Duration::from_millis(10)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                // Shutdown wins: connections are cancelled by the same token.
+                biased;
+                _ = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        self.handle(event);
+                    }
+                }
+                _ = async { match sys_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                    self.publish_sys();
+                }
+            }
+        }
+        for s in self.sessions.values() {
+            if let Some(c) = &s.conn {
+                c.outlet.close();
+            }
+        }
+        info!(broker = %self.name, "router stopped");
+    }
+
+    fn publish_sys(&mut self) {
+        let stats = self.counters.snapshot();
+        for msg in sys::messages(&stats, self.started.elapsed()) {
+            self.route(msg, false);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                conn,
+                client_id,
+                clean,
+                outlet,
+                send_connack,
+                reply,
+            } => self.connect(conn, client_id, clean, outlet, send_connack, reply),
+            Event::Publish {
+                conn,
+                publish,
+                route,
+            } => self.publish(conn, publish, route),
+            Event::LocalPublish {
+                conn,
+                message,
+                done,
+            } => {
+                if self.by_conn.contains_key(&conn) {
+                    self.route(message, true);
+                    let _ = done.send(Ok(()));
+                } else {
+                    let _ = done.send(Err(LinkError::Closed));
+                }
+            }
+            Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
+            Event::PubRel { conn, pkid } => {
+                if let Some(s) = self.session_of(conn) {
+                    let packet = s.incoming.on_pubrel(pkid);
+                    s.send_control(packet);
+                }
+            }
+            Event::Subscribe {
+                conn,
+                filters,
+                reply,
+            } => self.subscribe(conn, filters, reply),
+            Event::Unsubscribe {
+                conn,
+                filters,
+                reply,
+            } => self.unsubscribe(conn, filters, reply),
+            Event::Disconnected { conn, will } => self.disconnected(conn, will),
+        }
+    }
+
+    fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {
+        let sid = self.by_conn.get(&conn)?;
+        self.sessions.get_mut(sid)
+    }
+
+    fn connect(
+        &mut self,
+        conn: ConnId,
+        client_id: String,
+        clean: bool,
+        outlet: Outlet,
+        send_connack: bool,
+        reply: oneshot::Sender<bool>,
+    ) {
+        let mut session_present = false;
+        if let Some(&sid) = self.by_client.get(&client_id) {
+            let mut keep = false;
+            if let Some(old) = self.sessions.get_mut(&sid) {
+                if let Some(att) = old.conn.take() {
+                    info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
+                    att.outlet.close();
+                    self.by_conn.remove(&att.id);
+                    self.counters.clients_connected.fetch_sub(1, Relaxed);
+                }
+                keep = !clean && !old.clean;
+            }
+            if keep {
+                session_present = true;
+            } else {
+                self.remove_session(sid);
+            }
+        }
+        let sid = match self.by_client.get(&client_id) {
+            Some(&sid) => sid,
+            None => {
+                let sid = self.next_session;
+                self.next_session += 1;
+                self.sessions
+                    .insert(sid, Session::new(client_id.clone(), clean, &self.limits));
+                self.by_client.insert(client_id, sid);
+                self.counters.sessions.fetch_add(1, Relaxed);
+                sid
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if send_connack {
+            outlet.send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                session_present,
+            )));
+        }
+        session.incoming.reset_connection();
+        session.attach(
+            Attached { id: conn, outlet },
+            session_present,
+            &self.counters,
+        );
+        self.by_conn.insert(conn, sid);
+        self.counters.clients_connected.fetch_add(1, Relaxed);
+        let _ = reply.send(session_present);
+    }
+
+    fn remove_session(&mut self, sid: SessionId) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.by_client.remove(&s.client_id);
+        for filter in s.subscriptions.keys() {
+            self.subs.remove(filter, |v| v.0 == sid);
+        }
+        self.counters
+            .subscriptions
+            .fetch_sub(s.subscriptions.len() as u64, Relaxed);
+        s.discard(&self.counters);
+        self.counters.sessions.fetch_sub(1, Relaxed);
+    }
+
+    fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
+        if let Some(sid) = self.by_conn.remove(&conn) {
+            self.counters.clients_connected.fetch_sub(1, Relaxed);
+            let clean = match self.sessions.get_mut(&sid) {
+                Some(s) => {
+                    s.conn = None;
+                    s.clean
+                }
+                None => false,
+            };
+            if clean {
+                self.remove_session(sid);
+            }
+        }
+        if let Some(will) = will {
+            debug!(broker = %self.name, topic = %will.topic, "publishing will");
+            self.route(will, true);
+        }
+    }
+
+    fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        match session.incoming.on_publish(publish, Instant::now()) {
+            IncomingAction::Deliver { message, token } => {
+                if let Some(token) = token {
+                    for packet in session.incoming.ack(token) {
+                        session.send_control(packet);
+                    }
+                }
+                if route {
+                    self.route(message, true);
+                }
+            }
+            IncomingAction::Duplicate { resend } => {
+                if let Some(packet) = resend {
+                    session.send_control(packet);
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, conn: ConnId, kind: Ack, pkid: u16) {
+        let name = self.name.clone();
+        let counters = self.counters.clone();
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        let result = match kind {
+            Ack::PubAck => session.outgoing.on_puback(pkid).map(|_| None),
+            Ack::PubRec => session.outgoing.on_pubrec(pkid).map(Some),
+            Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
+        };
+        match result {
+            Ok(Some(pubrel)) => session.send_control(pubrel),
+            Ok(None) => session.pump(&counters),
+            Err(violation) => {
+                warn!(broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        filters: Vec<(String, Option<QoS>)>,
+        reply: Reply<Vec<Option<QoS>>>,
+    ) {
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            if let Reply::Local(done) = reply {
+                let _ = done.send(Err(LinkError::Closed));
+            }
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut accepted = Vec::new();
+        for (filter, qos) in filters {
+            granted.push(qos);
+            let Some(qos) = qos else { continue };
+            if session.subscriptions.insert(filter.clone(), qos).is_some() {
+                self.subs.remove(&filter, |v| v.0 == sid);
+            } else {
+                self.counters.subscriptions.fetch_add(1, Relaxed);
+            }
+            self.subs.insert(&filter, (sid, qos));
+            accepted.push((filter, qos));
+        }
+        match reply {
+            Reply::Packet(pkid) => {
+                let codes = granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(q) => SubscribeReasonCode::Success(WireQoS::from(*q)),
+                        None => SubscribeReasonCode::Failure,
+                    })
+                    .collect();
+                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)));
+            }
+            Reply::Local(done) => {
+                let _ = done.send(Ok(granted));
+            }
+        }
+        // Retained messages after the SUBACK, retain=1, QoS min(stored, granted).
+        for (filter, qos) in accepted {
+            for m in self.retained.matching(&filter) {
+                let mut m = m.clone();
+                m.qos = m.qos.min(qos);
+                session.deliver(m, &self.limits, &self.counters);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, filters: Vec<String>, reply: Reply<()>) {
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            if let Reply::Local(done) = reply {
+                let _ = done.send(Err(LinkError::Closed));
+            }
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        for filter in &filters {
+            if session.subscriptions.remove(filter).is_some() {
+                self.subs.remove(filter, |v| v.0 == sid);
+                self.counters.subscriptions.fetch_sub(1, Relaxed);
+            }
+        }
+        match reply {
+            Reply::Packet(pkid) => session.send_control(Packet::UnsubAck(UnsubAck::new(pkid))),
+            Reply::Local(done) => {
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    /// Routes one message: retained store first, then one copy per matching
+    /// session at the highest granted QoS (MQTT-3.3.5-1), QoS min(published,
+    /// granted), retain=0 for these established subscriptions.
+    fn route(&mut self, message: Message, count: bool) {
+        if count {
+            self.counters.msgs_in.fetch_add(1, Relaxed);
+            self.counters
+                .bytes_in
+                .fetch_add(message.payload.len() as u64, Relaxed);
+        }
+        if message.retain {
+            self.retained.store(&message);
+            self.counters
+                .retained
+                .store(self.retained.len() as u64, Relaxed);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.subs
+            .for_each_match(&message.topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+        if scratch.len() > 1 {
+            // Highest QoS first within a session, then keep the first of each.
+            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            scratch.dedup_by_key(|e| e.0);
+        }
+        for &(sid, granted) in &scratch {
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                let mut m = message.clone();
+                m.qos = m.qos.min(granted);
+                m.retain = false;
+                m.dup = false;
+                session.deliver(m, &self.limits, &self.counters);
+            }
+        }
+        self.scratch = scratch;
+    }
+}

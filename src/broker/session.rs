@@ -1,0 +1,233 @@
+//! One client's session as the router keeps it: subscriptions, the shared
+//! protocol state machines (`Outgoing` towards the client, `Incoming` from
+//! it), and a bounded queue of QoS 1/2 messages waiting for an inflight slot
+//! or for the client to come back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::outlet::Outlet;
+use super::stats::{Counters, DropReason};
+use super::{Limits, OverflowPolicy};
+use crate::protocol::v4::Packet;
+use crate::protocol::{Incoming, Message, Outgoing, QoS};
+
+/// Id of one network connection or local link (its "generation").
+pub(crate) type ConnId = u64;
+
+/// The connection a session is attached to.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    /// Connection id.
+    pub id: ConnId,
+    /// Where packets for the client go.
+    pub outlet: Outlet,
+}
+
+/// One session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The client id.
+    pub client_id: String,
+    /// Clean session: discarded when the connection ends.
+    pub clean: bool,
+    /// Filter → granted QoS (mirrors the router's trie).
+    pub subscriptions: HashMap<String, QoS>,
+    /// QoS 1/2 flows towards the client.
+    pub outgoing: Outgoing<()>,
+    /// QoS 1/2 flows from the client (QoS 2 duplicate suppression).
+    pub incoming: Incoming,
+    /// Messages waiting for an inflight slot or for the client.
+    pub queue: VecDeque<Message>,
+    /// The live connection, if any.
+    pub conn: Option<Attached>,
+}
+
+impl Session {
+    /// A fresh session.
+    pub fn new(client_id: String, clean: bool, limits: &Limits) -> Self {
+        Session {
+            client_id,
+            clean,
+            subscriptions: HashMap::new(),
+            outgoing: Outgoing::new(usize::from(limits.max_inflight)),
+            incoming: Incoming::new(),
+            queue: VecDeque::new(),
+            conn: None,
+        }
+    }
+
+    fn send(&self, packet: Packet, counters: &Counters) {
+        if let Some(conn) = &self.conn {
+            if let Packet::Publish(p) = &packet {
+                counters.msgs_out.fetch_add(1, Relaxed);
+                counters
+                    .bytes_out
+                    .fetch_add(p.payload.len() as u64, Relaxed);
+            }
+            conn.outlet.send(packet);
+        }
+    }
+
+    /// Sends a control packet (CONNACK, SUBACK, acks) if connected.
+    pub fn send_control(&self, packet: Packet) {
+        if let Some(conn) = &self.conn {
+            conn.outlet.send(packet);
+        }
+    }
+
+    /// Delivers `msg` (QoS already min(published, granted)): sent at once when
+    /// the window allows, queued (bounded) otherwise. QoS 0 is never queued:
+    /// it is dropped when the client is away (as Mosquitto does by default)
+    /// or when its connection already has `max_queued_messages` unwritten.
+    pub fn deliver(&mut self, msg: Message, limits: &Limits, counters: &Counters) {
+        if msg.qos == QoS::AtMostOnce {
+            let Some(conn) = &self.conn else { return };
+            if conn.outlet.pending() >= limits.max_queued_messages {
+                counters.dropped(DropReason::QueueFull, 1);
+                return;
+            }
+            if let Ok((packet, _)) = self.outgoing.publish(msg, ()) {
+                self.send(packet, counters);
+            }
+            return;
+        }
+        if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
+            match self.outgoing.publish(msg, ()) {
+                Ok((packet, _)) => self.send(packet, counters),
+                Err(full) => self.enqueue(full.message, limits, counters),
+            }
+        } else {
+            self.enqueue(msg, limits, counters);
+        }
+    }
+
+    fn enqueue(&mut self, msg: Message, limits: &Limits, counters: &Counters) {
+        if self.queue.len() >= limits.max_queued_messages {
+            counters.dropped(DropReason::QueueFull, 1);
+            match limits.overflow {
+                OverflowPolicy::DropNewest => return,
+                OverflowPolicy::DropOldest => {
+                    if self.queue.pop_front().is_some() {
+                        counters.queued.fetch_sub(1, Relaxed);
+                    }
+                }
+            }
+            if limits.max_queued_messages == 0 {
+                return;
+            }
+        }
+        self.queue.push_back(msg);
+        counters.queued.fetch_add(1, Relaxed);
+    }
+
+    /// Moves queued messages into the inflight window while there is room.
+    pub fn pump(&mut self, counters: &Counters) {
+        if self.conn.is_none() {
+            return;
+        }
+        while self.outgoing.has_room() {
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
+            counters.queued.fetch_sub(1, Relaxed);
+            match self.outgoing.publish(msg, ()) {
+                Ok((packet, _)) => self.send(packet, counters),
+                Err(full) => {
+                    self.queue.push_front(full.message);
+                    counters.queued.fetch_add(1, Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Attaches a new connection and sends what a resumed session owes the
+    /// client: unacknowledged PUBLISH with DUP, PUBREL, then queued messages.
+    pub fn attach(&mut self, conn: Attached, session_present: bool, counters: &Counters) {
+        self.conn = Some(conn);
+        for packet in self.outgoing.resume(session_present) {
+            self.send(packet, counters);
+        }
+        self.pump(counters);
+    }
+
+    /// Drops everything the session holds (gauges follow).
+    pub fn discard(&mut self, counters: &Counters) {
+        counters.queued.fetch_sub(self.queue.len() as u64, Relaxed);
+        self.queue.clear();
+        let _ = self.outgoing.drain();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::outlet::{Out, outlet};
+
+    fn limits(queue: usize, overflow: OverflowPolicy) -> Limits {
+        Limits {
+            max_inflight: 2,
+            max_queued_messages: queue,
+            overflow,
+            ..Limits::default()
+        }
+    }
+
+    fn msg(n: u32, qos: QoS) -> Message {
+        Message::new("t", n.to_string(), qos, false)
+    }
+
+    fn drain_payloads(rx: &mut crate::broker::outlet::OutletRx) -> Vec<String> {
+        use futures_util::FutureExt;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(n) = rx.recv_many(&mut buf, 100).now_or_never() {
+            if n == 0 {
+                break;
+            }
+            for o in buf.drain(..) {
+                if let Out::Packet(Packet::Publish(p)) = o {
+                    out.push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn window_then_bounded_queue_drop_oldest() {
+        let counters = Counters::default();
+        let l = limits(2, OverflowPolicy::DropOldest);
+        let mut s = Session::new("c".into(), false, &l);
+        let (tx, mut rx) = outlet();
+        s.attach(Attached { id: 1, outlet: tx }, false, &counters);
+        for n in 0..6 {
+            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters);
+        }
+        assert_eq!(drain_payloads(&mut rx), ["0", "1"]);
+        assert_eq!(s.queue.len(), 2);
+        assert_eq!(counters.snapshot().dropped_queue_full, 2);
+        assert_eq!(counters.snapshot().queued, 2);
+        // PUBACK frees a slot: the oldest surviving queued message goes out.
+        s.outgoing.on_puback(1).unwrap();
+        s.pump(&counters);
+        assert_eq!(drain_payloads(&mut rx), ["4"]);
+    }
+
+    #[test]
+    fn drop_newest_and_offline_qos0() {
+        let counters = Counters::default();
+        let l = limits(1, OverflowPolicy::DropNewest);
+        let mut s = Session::new("c".into(), false, &l);
+        s.deliver(msg(0, QoS::AtMostOnce), &l, &counters);
+        s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters);
+        s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters);
+        assert_eq!(s.queue.len(), 1);
+        assert_eq!(counters.snapshot().dropped_queue_full, 1);
+        let (tx, mut rx) = outlet();
+        s.attach(Attached { id: 1, outlet: tx }, true, &counters);
+        assert_eq!(drain_payloads(&mut rx), ["1"]);
+        assert_eq!(counters.snapshot().queued, 0);
+    }
+}

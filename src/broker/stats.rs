@@ -1,0 +1,129 @@
+//! Counters and gauges of the built-in broker, kept in atomics so any task can
+//! bump them without locks; [`Broker::stats`](super::Broker::stats) takes a
+//! snapshot for metrics (issue 6) and `$SYS`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection was refused or closed by the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// Bad username/password, anonymous not allowed, or missing client certificate CN.
+    Auth,
+    /// `max_connections` reached.
+    Limit,
+    /// Malformed input or a protocol violation.
+    Protocol,
+    /// No CONNECT within `connect_timeout`.
+    Timeout,
+}
+
+/// Why a message was dropped instead of delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A publish the ACL denies (QoS 1/2 still acknowledged).
+    Acl,
+    /// A client publish to `$SYS/...`.
+    SysTopic,
+    /// A session queue was full (`max_queued_messages`).
+    QueueFull,
+}
+
+/// Live counters (monotonic) and gauges (up/down).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub clients_connected: AtomicU64,
+    pub sessions: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained: AtomicU64,
+    pub queued: AtomicU64,
+    pub msgs_in: AtomicU64,
+    pub msgs_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub refused_auth: AtomicU64,
+    pub refused_limit: AtomicU64,
+    pub refused_protocol: AtomicU64,
+    pub refused_timeout: AtomicU64,
+    pub dropped_acl: AtomicU64,
+    pub dropped_sys: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+}
+
+impl Counters {
+    pub fn refused(&self, reason: RefuseReason) {
+        let c = match reason {
+            RefuseReason::Auth => &self.refused_auth,
+            RefuseReason::Limit => &self.refused_limit,
+            RefuseReason::Protocol => &self.refused_protocol,
+            RefuseReason::Timeout => &self.refused_timeout,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        let c = match reason {
+            DropReason::Acl => &self.dropped_acl,
+            DropReason::SysTopic => &self.dropped_sys,
+            DropReason::QueueFull => &self.dropped_queue_full,
+        };
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> BrokerStats {
+        BrokerStats {
+            clients_connected: self.clients_connected.load(Relaxed),
+            sessions: self.sessions.load(Relaxed),
+            subscriptions: self.subscriptions.load(Relaxed),
+            retained: self.retained.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            msgs_in: self.msgs_in.load(Relaxed),
+            msgs_out: self.msgs_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            refused_auth: self.refused_auth.load(Relaxed),
+            refused_limit: self.refused_limit.load(Relaxed),
+            refused_protocol: self.refused_protocol.load(Relaxed),
+            refused_timeout: self.refused_timeout.load(Relaxed),
+            dropped_acl: self.dropped_acl.load(Relaxed),
+            dropped_sys: self.dropped_sys.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+        }
+    }
+}
+
+/// A snapshot of the broker's counters and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Gauge: network clients and local links currently connected.
+    pub clients_connected: u64,
+    /// Gauge: sessions held (connected or persistent and away).
+    pub sessions: u64,
+    /// Gauge: subscriptions over all sessions.
+    pub subscriptions: u64,
+    /// Gauge: retained messages stored.
+    pub retained: u64,
+    /// Gauge: messages queued in sessions (waiting for an inflight slot or an absent client).
+    pub queued: u64,
+    /// Counter: PUBLISH messages received from clients and links.
+    pub msgs_in: u64,
+    /// Counter: PUBLISH messages sent to clients and links.
+    pub msgs_out: u64,
+    /// Counter: payload bytes received.
+    pub bytes_in: u64,
+    /// Counter: payload bytes sent.
+    pub bytes_out: u64,
+    /// Counter: connections refused for credentials.
+    pub refused_auth: u64,
+    /// Counter: connections refused at `max_connections`.
+    pub refused_limit: u64,
+    /// Counter: connections closed for malformed input or protocol violations.
+    pub refused_protocol: u64,
+    /// Counter: connections closed for sending no CONNECT in time.
+    pub refused_timeout: u64,
+    /// Counter: publishes dropped by the ACL.
+    pub dropped_acl: u64,
+    /// Counter: client publishes to `$SYS/...` dropped.
+    pub dropped_sys: u64,
+    /// Counter: messages dropped at a full session queue.
+    pub dropped_queue_full: u64,
+}

@@ -1,0 +1,439 @@
+//! Helpers for the broker tests: an in-process broker on port 0, a raw
+//! packet client over our codec, a `rumqttc` client, and the Mosquitto CLI
+//! clients (a missing binary fails the test with a clear message).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mqbridge::broker::{Broker, BrokerOptions, ListenerOptions};
+use mqbridge::protocol::v4::{
+    Connect, ConnectReturnCode, LastWill, Login, Packet, PubAck, Publish, Subscribe,
+    SubscribeFilter, SubscribeReasonCode, Unsubscribe,
+};
+use mqbridge::protocol::{Framed, MQTT_MAX_PACKET_SIZE, QoS, WireQoS};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single awaited event may take before the test fails.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `f` or fails the test after [`STEP`].
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(STEP, f)
+        .await
+        .expect("timed out waiting for an event")
+}
+
+/// Waits until `cond` holds (state with no event of its own, e.g. a gauge),
+/// checking every few milliseconds, failing after [`STEP`].
+pub async fn wait_until(mut cond: impl FnMut() -> bool) {
+    within(async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// A broker on 127.0.0.1:0, cancelled on drop.
+pub struct TestBroker {
+    pub broker: Broker,
+    pub addr: SocketAddr,
+    pub token: CancellationToken,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut BrokerOptions)) -> TestBroker {
+        let mut opts = BrokerOptions {
+            name: "test".into(),
+            listeners: vec![ListenerOptions {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                tls: None,
+            }],
+            ..BrokerOptions::default()
+        };
+        f(&mut opts);
+        let token = CancellationToken::new();
+        let broker = Broker::start(opts, token.clone())
+            .await
+            .expect("broker starts");
+        let addr = broker.local_addrs()[0];
+        TestBroker {
+            broker,
+            addr,
+            token,
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A client speaking raw packets through our codec.
+pub struct Raw {
+    pub framed: Framed<TcpStream>,
+    next_pkid: u16,
+}
+
+pub fn connect_packet(
+    id: &str,
+    clean: bool,
+    login: Option<(&str, &str)>,
+    will: Option<(String, String)>,
+    keep_alive: u16,
+) -> Packet {
+    let mut c = Connect::new(id);
+    c.clean_session = clean;
+    c.keep_alive = keep_alive;
+    c.login = login.map(|(u, p)| Login {
+        username: u.into(),
+        password: p.into(),
+    });
+    c.last_will = will.map(|(t, m)| LastWill::new(t, m, WireQoS::AtMostOnce, false));
+    Packet::Connect(c)
+}
+
+impl Raw {
+    pub async fn open(addr: SocketAddr) -> Raw {
+        let s = within(TcpStream::connect(addr)).await.expect("tcp connect");
+        Raw {
+            framed: Framed::new(s, MQTT_MAX_PACKET_SIZE, MQTT_MAX_PACKET_SIZE),
+            next_pkid: 1,
+        }
+    }
+
+    pub async fn connect_full(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        login: Option<(&str, &str)>,
+        will: Option<(String, String)>,
+        keep_alive: u16,
+    ) -> (Raw, ConnectReturnCode, bool) {
+        let mut r = Raw::open(addr).await;
+        r.send(connect_packet(id, clean, login, will, keep_alive))
+            .await;
+        match r.next().await {
+            Packet::ConnAck(a) => (r, a.code, a.session_present),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr, id: &str, clean: bool) -> Raw {
+        Self::connect_with(addr, id, clean, None, None, 0).await
+    }
+
+    pub async fn connect_with(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        login: Option<(&str, &str)>,
+        will: Option<(String, String)>,
+        keep_alive: u16,
+    ) -> Raw {
+        let (r, code, _) = Self::connect_full(addr, id, clean, login, will, keep_alive).await;
+        assert_eq!(code, ConnectReturnCode::Success, "CONNECT of {id} refused");
+        r
+    }
+
+    pub async fn connect_present(addr: SocketAddr, id: &str, clean: bool) -> (Raw, bool) {
+        let (r, code, present) = Self::connect_full(addr, id, clean, None, None, 0).await;
+        assert_eq!(code, ConnectReturnCode::Success);
+        (r, present)
+    }
+
+    pub async fn connect_code(
+        addr: SocketAddr,
+        id: &str,
+        clean: bool,
+        login: Option<(&str, &str)>,
+    ) -> ConnectReturnCode {
+        Self::connect_full(addr, id, clean, login, None, 0).await.1
+    }
+
+    pub async fn send_connect(
+        &mut self,
+        id: &str,
+        clean: bool,
+        login: Option<(&str, &str)>,
+        will: Option<(String, String)>,
+        keep_alive: u16,
+    ) {
+        self.send(connect_packet(id, clean, login, will, keep_alive))
+            .await;
+    }
+
+    pub async fn send(&mut self, p: Packet) {
+        within(self.framed.write_packet(&p))
+            .await
+            .expect("write packet");
+    }
+
+    pub async fn next(&mut self) -> Packet {
+        within(self.framed.read_packet())
+            .await
+            .expect("read packet")
+    }
+
+    pub async fn next_publish(&mut self) -> Publish {
+        match self.next().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Publishes and, for QoS 1 received by the caller, leaves the ack to it.
+    pub async fn publish(&mut self, topic: &str, payload: &str, qos: QoS, dup: bool, pkid: u16) {
+        let mut p = Publish::new(topic, WireQoS::from(qos), payload.as_bytes().to_vec());
+        p.pkid = pkid;
+        p.dup = dup;
+        self.send(Packet::Publish(p)).await;
+    }
+
+    pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Vec<SubscribeReasonCode> {
+        let pkid = self.pkid();
+        let s = Subscribe {
+            pkid,
+            filters: filters
+                .iter()
+                .map(|(f, q)| SubscribeFilter::new(f.to_string(), WireQoS::from(*q)))
+                .collect(),
+        };
+        self.send(Packet::Subscribe(s)).await;
+        match self.next().await {
+            Packet::SubAck(a) => {
+                assert_eq!(a.pkid, pkid);
+                a.return_codes
+            }
+            other => panic!("expected SUBACK first, got {other:?}"),
+        }
+    }
+
+    pub async fn unsubscribe(&mut self, filters: &[&str]) {
+        let pkid = self.pkid();
+        let u = Unsubscribe {
+            pkid,
+            topics: filters.iter().map(|f| f.to_string()).collect(),
+        };
+        self.send(Packet::Unsubscribe(u)).await;
+        match self.next().await {
+            Packet::UnsubAck(a) => assert_eq!(a.pkid, pkid),
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+    }
+
+    /// PINGREQ → PINGRESP, asserting nothing else arrived in between (so
+    /// everything the broker had to send before is known to be absent).
+    pub async fn ping(&mut self) {
+        self.send(Packet::PingReq).await;
+        match self.next().await {
+            Packet::PingResp => {}
+            other => panic!("expected PINGRESP (nothing else pending), got {other:?}"),
+        }
+    }
+
+    pub async fn puback(&mut self, pkid: u16) {
+        self.send(Packet::PubAck(PubAck::new(pkid))).await;
+    }
+
+    /// Asserts the broker closes the connection.
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match within(self.framed.read_packet()).await {
+                Err(_) => return,
+                Ok(Packet::PingResp) => {}
+                Ok(other) => panic!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+
+    fn pkid(&mut self) -> u16 {
+        let p = self.next_pkid;
+        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+        p
+    }
+}
+
+/// Sends an MQTT 3.1 CONNECT (`MQIsdp`, level 3); returns the CONNACK code.
+pub async fn raw_mqisdp_connack(addr: SocketAddr) -> Option<u8> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let mut body = vec![0, 6];
+    body.extend_from_slice(b"MQIsdp");
+    body.extend_from_slice(&[3, 0x02, 0, 60, 0, 1, b'a']);
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend_from_slice(&body);
+    s.write_all(&pkt).await.ok()?;
+    let mut buf = [0u8; 4];
+    within(s.read_exact(&mut buf)).await.ok()?;
+    assert_eq!(&buf[..2], &[0x20, 0x02]);
+    Some(buf[3])
+}
+
+/// A `rumqttc` client with its event loop driven in a task; incoming packets
+/// are forwarded. Returns after the CONNACK.
+pub async fn rumqttc_client(
+    addr: SocketAddr,
+    id: &str,
+    clean: bool,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+) {
+    let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_clean_session(clean);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 100);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(p)) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    loop {
+        match within(rx.recv()).await.expect("rumqttc connects") {
+            rumqttc::Packet::ConnAck(_) => break,
+            _ => continue,
+        }
+    }
+    (client, rx)
+}
+
+pub async fn wait_suback(rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>) {
+    loop {
+        if let rumqttc::Packet::SubAck(_) = within(rx.recv()).await.expect("event loop alive") {
+            return;
+        }
+    }
+}
+
+pub async fn wait_publish(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::Packet>,
+) -> rumqttc::Publish {
+    loop {
+        if let rumqttc::Packet::Publish(p) = within(rx.recv()).await.expect("event loop alive") {
+            return p;
+        }
+    }
+}
+
+/// Full path of a required binary; panics with a clear message if missing.
+pub fn require_bin(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` not found: install the mosquitto and mosquitto-clients packages (see .ci/run)"
+    );
+}
+
+fn host_port(addr: SocketAddr) -> Vec<String> {
+    vec![
+        "-h".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+    ]
+}
+
+/// Runs `mosquitto_pub` to completion and asserts it succeeded.
+pub async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) {
+    let out = mosquitto_pub_output(addr, args).await;
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `mosquitto_pub` and returns its output (for expected failures).
+pub async fn mosquitto_pub_output(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    within(
+        tokio::process::Command::new(require_bin("mosquitto_pub"))
+            .args(host_port(addr))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mosquitto_pub runs")
+}
+
+/// A running `mosquitto_sub` that exits after `count` messages (`-C`).
+pub struct MosqSub {
+    child: tokio::process::Child,
+}
+
+impl MosqSub {
+    pub fn spawn(addr: SocketAddr, args: &[&str], count: usize) -> MosqSub {
+        Self::spawn_raw(host_port(addr), args, count)
+    }
+
+    pub fn spawn_raw(conn_args: Vec<String>, args: &[&str], count: usize) -> MosqSub {
+        let child = tokio::process::Command::new(require_bin("mosquitto_sub"))
+            .args(conn_args)
+            .args(args)
+            .args(["-C", &count.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        MosqSub { child }
+    }
+
+    /// Waits until the broker holds at least `n` subscriptions.
+    pub async fn wait_subscribed(&mut self, b: &TestBroker, n: u64) {
+        wait_until(|| b.broker.stats().subscriptions >= n).await;
+    }
+
+    /// Collects stdout lines until the process exits; asserts success.
+    pub async fn lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let stdout = self.child.stdout.take().expect("stdout piped");
+        let mut reader = BufReader::new(stdout).lines();
+        while let Some(line) = within(reader.next_line()).await.expect("read stdout") {
+            out.push(line);
+        }
+        let status = within(self.child.wait()).await.expect("wait");
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            panic!("mosquitto_sub failed ({status}): {err}");
+        }
+        out
+    }
+
+    /// Waits for exit and returns (success, stderr).
+    pub async fn status(&mut self) -> (bool, String) {
+        let status = within(self.child.wait()).await.expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err).await;
+        }
+        (status.success(), err)
+    }
+}
