@@ -9,8 +9,8 @@ use mqbridge::metrics::health::{BrokerKind, PipeProgress, Watchdog};
 use mqbridge::metrics::status::StatusBoard;
 use mqbridge::metrics::watch::{WatchedPipe, check_pipes};
 use mqbridge::metrics::{
-    BuiltinBrokerMetrics, BuiltinSample, DisconnectReason, DropReason, PipeMetrics, RefuseReason,
-    RemoteBrokerMetrics, builder, describe_all, server,
+    BuiltinBrokerMetrics, DisconnectReason, DropReason, PipeMetrics, RemoteBrokerMetrics, builder,
+    describe_all, server,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -121,12 +121,13 @@ async fn metrics_endpoint_renders_typed_handles() {
     remote.connected("mqtt://u:secret@b:1883");
     remote.failover();
     remote.message_out(10);
-    local.observe(&BuiltinSample {
+    local.observe(&mqbridge::broker::BrokerStats {
         clients_connected: 2,
-        messages_in: 9,
-        ..BuiltinSample::default()
+        msgs_in: 9,
+        refused_auth: 1,
+        dropped_acl: 4,
+        ..Default::default()
     });
-    local.refused(RefuseReason::Auth);
 
     let board = Arc::new(StatusBoard::new());
     let srv = start(server::ServerState {
@@ -226,6 +227,10 @@ async fn metrics_endpoint_renders_typed_handles() {
         (
             r#"mqbridge_broker_connections_refused_total{broker="edge",reason="auth"}"#.into(),
             1.0,
+        ),
+        (
+            r#"mqbridge_broker_messages_dropped_total{broker="edge",reason="acl"}"#.into(),
+            4.0,
         ),
     ] {
         assert_eq!(value(&body, &series), Some(want), "{series} in:\n{body}");

@@ -1,35 +1,14 @@
-//! Cached metric handles of one built-in broker.
+//! Cached metric handles of one built-in broker, fed from its stats snapshot.
 
 use metrics::{Counter, Gauge, counter, gauge};
 
 use super::names::*;
-use super::reasons::RefuseReason;
+use crate::broker::BrokerStats;
 
-/// A snapshot of a built-in broker's counters and levels (mapped from the
-/// broker's own stats snapshot); see [`BuiltinBrokerMetrics::observe`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BuiltinSample {
-    /// Network clients connected now.
-    pub clients_connected: u64,
-    /// Sessions held now.
-    pub sessions: u64,
-    /// Subscriptions now.
-    pub subscriptions: u64,
-    /// Retained messages now.
-    pub retained: u64,
-    /// Queued messages now.
-    pub queued: u64,
-    /// PUBLISH messages received so far.
-    pub messages_in: u64,
-    /// PUBLISH messages delivered so far.
-    pub messages_out: u64,
-    /// Payload bytes received so far.
-    pub bytes_in: u64,
-    /// Payload bytes delivered so far.
-    pub bytes_out: u64,
-    /// Connections refused so far, indexed like [`RefuseReason::ALL`].
-    pub refused: [u64; RefuseReason::ALL.len()],
-}
+/// `reason` labels of refused connections, in [`BuiltinBrokerMetrics`] order.
+pub const REFUSE_REASONS: [&str; 4] = ["auth", "limit", "protocol", "timeout"];
+/// `reason` labels of dropped messages, in [`BuiltinBrokerMetrics`] order.
+pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
 
 /// Metric handles of one built-in broker, created once.
 #[derive(Debug, Clone)]
@@ -43,7 +22,8 @@ pub struct BuiltinBrokerMetrics {
     messages_out: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-    refused: [Counter; RefuseReason::ALL.len()],
+    refused: [Counter; REFUSE_REASONS.len()],
+    dropped: [Counter; BROKER_DROP_REASONS.len()],
 }
 
 impl BuiltinBrokerMetrics {
@@ -60,36 +40,39 @@ impl BuiltinBrokerMetrics {
             messages_out: counter!(BROKER_MESSAGES_OUT, LABEL_BROKER => b.clone()),
             bytes_in: counter!(BROKER_BYTES_IN, LABEL_BROKER => b.clone()),
             bytes_out: counter!(BROKER_BYTES_OUT, LABEL_BROKER => b.clone()),
-            refused: RefuseReason::ALL.map(|r| {
-                counter!(BROKER_CONNECTIONS_REFUSED, LABEL_BROKER => b.clone(), LABEL_REASON => r.as_label())
+            refused: REFUSE_REASONS.map(|r| {
+                counter!(BROKER_CONNECTIONS_REFUSED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
+            }),
+            dropped: BROKER_DROP_REASONS.map(|r| {
+                counter!(BROKER_MESSAGES_DROPPED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
             }),
         }
     }
 
-    /// One connection refused (event style, when the broker reports refusals one by one).
-    pub fn refused(&self, reason: RefuseReason) {
-        if let Some(c) = RefuseReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.refused.get(i))
-        {
-            c.increment(1);
-        }
-    }
-
-    /// Copies a snapshot: gauges set, counters set to their absolute totals.
-    pub fn observe(&self, s: &BuiltinSample) {
+    /// Copies a snapshot: gauges set, counters set to their absolute totals
+    /// (so sampling twice counts nothing twice).
+    pub fn observe(&self, s: &BrokerStats) {
         self.clients_connected.set(s.clients_connected as f64);
         self.sessions.set(s.sessions as f64);
         self.subscriptions.set(s.subscriptions as f64);
         self.retained.set(s.retained as f64);
         self.queued.set(s.queued as f64);
-        self.messages_in.absolute(s.messages_in);
-        self.messages_out.absolute(s.messages_out);
+        self.messages_in.absolute(s.msgs_in);
+        self.messages_out.absolute(s.msgs_out);
         self.bytes_in.absolute(s.bytes_in);
         self.bytes_out.absolute(s.bytes_out);
-        for (c, v) in self.refused.iter().zip(s.refused.iter()) {
-            c.absolute(*v);
+        let refused = [
+            s.refused_auth,
+            s.refused_limit,
+            s.refused_protocol,
+            s.refused_timeout,
+        ];
+        for (c, v) in self.refused.iter().zip(refused) {
+            c.absolute(v);
+        }
+        let dropped = [s.dropped_acl, s.dropped_sys, s.dropped_queue_full];
+        for (c, v) in self.dropped.iter().zip(dropped) {
+            c.absolute(v);
         }
     }
 }

@@ -29,9 +29,9 @@ pub mod server;
 pub mod status;
 pub mod watch;
 
-pub use builtin::{BuiltinBrokerMetrics, BuiltinSample};
+pub use builtin::BuiltinBrokerMetrics;
 pub use pipe::{PipeMetrics, PipeSample};
-pub use reasons::{DisconnectReason, DropReason, RefuseReason};
+pub use reasons::{DisconnectReason, DropReason};
 pub use remote::{RemoteBrokerMetrics, RemoteSample};
 
 use std::sync::OnceLock;

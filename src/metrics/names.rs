@@ -86,8 +86,12 @@ pub const BROKER_MESSAGES_OUT: &str = "mqbridge_broker_messages_out_total";
 pub const BROKER_BYTES_IN: &str = "mqbridge_broker_bytes_in_total";
 /// Counter `{broker}`: payload bytes delivered.
 pub const BROKER_BYTES_OUT: &str = "mqbridge_broker_bytes_out_total";
-/// Counter `{broker, reason}`: connections refused, by [`RefuseReason`](super::RefuseReason).
+/// Counter `{broker, reason}`: connections refused or closed by the broker,
+/// `reason` in [`REFUSE_REASONS`](super::builtin::REFUSE_REASONS).
 pub const BROKER_CONNECTIONS_REFUSED: &str = "mqbridge_broker_connections_refused_total";
+/// Counter `{broker, reason}`: messages the broker dropped instead of delivering,
+/// `reason` in [`BROKER_DROP_REASONS`](super::builtin::BROKER_DROP_REASONS).
+pub const BROKER_MESSAGES_DROPPED: &str = "mqbridge_broker_messages_dropped_total";
 
 // --- process -----------------------------------------------------------------
 

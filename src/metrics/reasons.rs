@@ -89,36 +89,3 @@ impl DisconnectReason {
         }
     }
 }
-
-/// Why the built-in broker refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RefuseReason {
-    /// Bad username/password, or anonymous access off.
-    Auth,
-    /// The ACL denied the client.
-    Acl,
-    /// Connection limit reached.
-    Limit,
-    /// Malformed CONNECT or unsupported protocol level.
-    Protocol,
-}
-
-impl RefuseReason {
-    /// Every variant, in label order.
-    pub const ALL: [RefuseReason; 4] = [
-        RefuseReason::Auth,
-        RefuseReason::Acl,
-        RefuseReason::Limit,
-        RefuseReason::Protocol,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_label(self) -> &'static str {
-        match self {
-            RefuseReason::Auth => "auth",
-            RefuseReason::Acl => "acl",
-            RefuseReason::Limit => "limit",
-            RefuseReason::Protocol => "protocol",
-        }
-    }
-}
