@@ -13,5 +13,10 @@ pub mod client;
 pub mod config;
 pub mod link;
 pub mod metrics;
+pub mod pipe;
 pub mod protocol;
+pub mod run;
+pub mod shutdown;
 pub mod topic;
+
+pub use run::{RunError, RunHandle, RunReport, run};

@@ -44,6 +44,12 @@ struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the bridge: start the built-in brokers, connect the remote ones, forward through the pipes.
+    /// A config error prints every error and exits 1 without opening any connection.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Check the config file: print a short plan and warnings, or every error (exit 1).
     Validate {
         #[command(flatten)]
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     match cli.command {
+        Command::Run { config } => run(&config.config),
         Command::Validate { config } => validate(&config.config),
         Command::Route {
             config,
@@ -138,4 +145,53 @@ fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
     let trace = config::route::trace(&plan, from, topic, &|_| true, &mut budget);
     print!("{}", config::route::format_trace(&trace));
     ExitCode::SUCCESS
+}
+
+/// `mqbridge run`: load, start, wait for SIGINT/SIGTERM, drain, exit 0.
+fn run(path: &std::path::Path) -> ExitCode {
+    // The config is checked completely before any socket is opened.
+    let Some((plan, warnings)) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    print_warnings(&warnings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = mqbridge::run(plan, token.clone())
+        .await
+        .context("starting the bridge")?;
+    mqbridge::shutdown::signal().await;
+    tracing::info!("signal received, shutting down");
+    token.cancel();
+    // A second signal while draining stops at once (unacked messages are redelivered).
+    tokio::select! {
+        report = handle.finished() => {
+            if !report.busy_pipes.is_empty() {
+                tracing::warn!(pipes = ?report.busy_pipes, "stopped with pipes still busy");
+            }
+        }
+        () = mqbridge::shutdown::signal() => {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+        }
+    }
+    Ok(())
 }

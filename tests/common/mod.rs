@@ -1,5 +1,6 @@
 //! Shared integration-test helpers.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod certs;
 pub mod mosquitto;

@@ -1,0 +1,171 @@
+//! One task per source broker: takes each incoming [`Delivery`], finds the
+//! pipes whose filters match (through a [`FilterTrie`]), applies each pipe's
+//! rules, queues the copies, and acknowledges the source through the
+//! [`HandOff`] join once every pipe is done with the message.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{AckHandle, Delivery};
+use crate::protocol::QoS;
+use crate::topic::FilterTrie;
+
+use super::handoff::{HandOff, Seq};
+use super::inbox::{Inbox, Item};
+use super::loopguard::{BrokerIx, BrokerSet, LoopGuard};
+use super::rules::PipeRules;
+use super::stats::{DropReason, PipeStats};
+
+/// The dispatcher's view of one pipe.
+pub(crate) struct Route {
+    pub name: String,
+    pub dest: BrokerIx,
+    pub rules: PipeRules,
+    pub inbox: Arc<Inbox>,
+    pub stats: Arc<PipeStats>,
+}
+
+/// The dispatcher of one source.
+pub(crate) struct Dispatcher {
+    pub source: BrokerIx,
+    pub source_name: String,
+    pub deliveries: mpsc::Receiver<Delivery>,
+    /// filter → (index into `routes`, the filter's QoS).
+    pub trie: FilterTrie<(usize, QoS)>,
+    pub routes: Vec<Route>,
+    pub done: mpsc::UnboundedReceiver<Seq>,
+    /// Set when some pipe publishes into this source broker (only then can
+    /// our own copies come back from it).
+    pub guard: Option<Arc<Mutex<LoopGuard>>>,
+    /// Messages admitted and not yet acknowledged upstream, at most; beyond
+    /// it the dispatcher stops taking deliveries (bounded memory).
+    pub max_pending: usize,
+    /// Cancelled to stop taking new messages (start of shutdown).
+    pub intake: CancellationToken,
+    /// Cancelled when the shutdown deadline passed.
+    pub abort: CancellationToken,
+}
+
+impl Dispatcher {
+    pub(crate) async fn run(mut self) {
+        let mut handoff: HandOff<AckHandle> = HandOff::new();
+        let mut stopping = false;
+        let mut matched: Vec<(usize, QoS)> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                // Shutdown deadline: whatever is not acked is redelivered later.
+                () = self.abort.cancelled() => break,
+                // A pipe finished its part of a message.
+                Some(seq) = self.done.recv() => {
+                    if let Err(err) = handoff.complete(seq) {
+                        tracing::error!(broker = %self.source_name, error = %err, "hand-off bookkeeping error");
+                    }
+                    release(&mut handoff);
+                }
+                // Shutdown begins: stop taking, keep acking what completes.
+                () = self.intake.cancelled(), if !stopping => {
+                    stopping = true;
+                    self.close_inboxes();
+                }
+                // Guarded: only while the pending window has room (backpressure
+                // to the source, whose broker then holds the backlog).
+                d = self.deliveries.recv(), if !stopping && handoff.len() < self.max_pending => {
+                    match d {
+                        Some(d) => self.dispatch(d, &mut handoff, &mut matched),
+                        None => {
+                            tracing::info!(broker = %self.source_name, "source link closed");
+                            stopping = true;
+                            self.close_inboxes();
+                        }
+                    }
+                }
+            }
+            if stopping && handoff.is_empty() {
+                break;
+            }
+        }
+        self.close_inboxes();
+    }
+
+    fn close_inboxes(&self) {
+        for r in &self.routes {
+            r.inbox.close();
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        delivery: Delivery,
+        handoff: &mut HandOff<AckHandle>,
+        matched: &mut Vec<(usize, QoS)>,
+    ) {
+        let Delivery { message, ack } = delivery;
+        let now = Instant::now();
+        matched.clear();
+        self.trie.for_each_match(&message.topic, |_, &(ix, qos)| {
+            match matched.iter_mut().find(|(i, _)| *i == ix) {
+                Some((_, q)) => *q = (*q).max(qos),
+                None => matched.push((ix, qos)),
+            }
+        });
+        let visited_in = match (&self.guard, matched.is_empty()) {
+            (Some(guard), false) => guard.lock().unwrap_or_else(|e| e.into_inner()).take(
+                self.source,
+                &message.topic,
+                &message.payload,
+                now,
+            ),
+            _ => None,
+        };
+        let mut copies = Vec::with_capacity(matched.len());
+        for &(ix, filter_qos) in matched.iter() {
+            let Some(route) = self.routes.get(ix) else {
+                continue;
+            };
+            route.stats.received.fetch_add(1, Ordering::Relaxed);
+            if visited_in.is_some_and(|v| v.contains(route.dest)) {
+                route.stats.drop_one(DropReason::Loop);
+                tracing::debug!(pipe = %route.name, "dropped our own copy coming back (loop)");
+                continue;
+            }
+            match route.rules.apply(&message, filter_qos) {
+                Ok(copy) => copies.push((ix, copy)),
+                Err(dropped) => {
+                    route.stats.drop_one(dropped.reason);
+                    match dropped.error {
+                        Some(err) => {
+                            tracing::warn!(pipe = %route.name, error = %err, "remap failed; message dropped")
+                        }
+                        None => {
+                            tracing::debug!(pipe = %route.name, reason = dropped.reason.as_str(), "message dropped")
+                        }
+                    }
+                }
+            }
+        }
+        let seq = ack
+            .is_required()
+            .then(|| handoff.admit(ack, u32::try_from(copies.len()).unwrap_or(u32::MAX)));
+        let visited = visited_in.unwrap_or(BrokerSet::EMPTY).with(self.source);
+        for (ix, copy) in copies {
+            if let Some(route) = self.routes.get(ix) {
+                route.inbox.push(Item::new(copy, seq, visited, now));
+            }
+        }
+        if seq.is_some() {
+            release(handoff);
+        }
+    }
+}
+
+/// Acknowledges upstream, in arrival order, every message all pipes are done with.
+fn release(handoff: &mut HandOff<AckHandle>) {
+    for ack in handoff.drain_ready() {
+        ack.ack();
+    }
+}

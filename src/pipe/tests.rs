@@ -1,0 +1,395 @@
+//! Runtime tests of dispatchers and workers against fake link owners: small
+//! in-test stand-ins that hand out deliveries with ack handles and let the
+//! test decide when a destination acknowledges a publish.
+//!
+//! Time is paused: a `timeout` that elapses means every task went idle
+//! without the awaited event, a deterministic "nothing happens" check.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::timeout;
+
+use super::*;
+use crate::link::{AckHandle, AckToken, LinkError, LinkRequest, LinkState};
+use crate::protocol::Message;
+use crate::topic::{Remap, RemapRule};
+use rules::QosPolicy;
+use stats::DropReason;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Fake {
+    req: mpsc::Receiver<LinkRequest>,
+    del: mpsc::Sender<Delivery>,
+    acks: mpsc::UnboundedReceiver<AckToken>,
+    ack_tx: mpsc::UnboundedSender<AckToken>,
+    next_id: u64,
+    _state: watch::Sender<LinkState>,
+}
+
+fn fake(name: &str) -> (BrokerLink, Fake) {
+    let (req_tx, req) = mpsc::channel(16);
+    let (del, deliveries) = mpsc::channel(16);
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(LinkState::Connected {
+        endpoint: "fake".into(),
+        session_present: false,
+    });
+    (
+        BrokerLink {
+            name: name.into(),
+            link: Link::new(name, req_tx, state_rx),
+            deliveries,
+        },
+        Fake {
+            req,
+            del,
+            acks,
+            ack_tx,
+            next_id: 0,
+            _state: state_tx,
+        },
+    )
+}
+
+type Done = oneshot::Sender<Result<(), LinkError>>;
+
+impl Fake {
+    async fn deliver(&mut self, topic: &str, payload: &str, qos: QoS) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let ack = if qos == QoS::AtMostOnce {
+            AckHandle::none()
+        } else {
+            AckHandle::new(AckToken { generation: 1, id }, self.ack_tx.clone())
+        };
+        let message = Message::new(topic, payload.as_bytes().to_vec(), qos, false);
+        self.del
+            .send(Delivery { message, ack })
+            .await
+            .expect("dispatcher alive");
+        id
+    }
+
+    /// The next publish request (subscribe requests are granted on the way).
+    async fn next_publish(&mut self) -> Option<(Message, Done)> {
+        loop {
+            match timeout(WAIT, self.req.recv()).await.ok()?? {
+                LinkRequest::Publish { message, done } => return Some((message, done)),
+                LinkRequest::Subscribe { filters, done } => {
+                    let _ = done.send(Ok(filters.iter().map(|(_, q)| Some(*q)).collect()));
+                }
+                LinkRequest::Unsubscribe { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                LinkRequest::Shutdown => return None,
+            }
+        }
+    }
+
+    async fn next_ack(&mut self) -> Option<u64> {
+        timeout(WAIT, self.acks.recv()).await.ok()?.map(|t| t.id)
+    }
+}
+
+fn spec(name: &str, source: usize, dest: usize, filter: &str) -> PipeSpec {
+    PipeSpec {
+        name: name.into(),
+        source,
+        dest,
+        filters: vec![(filter.into(), QoS::ExactlyOnce)],
+        rules: PipeRules::pass_through(),
+        queue_size: 100,
+        when_full: WhenFull::DropOldest,
+        rate_limit: None,
+        inflight: 10,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn qos1_is_acked_only_after_the_destination_acked() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let pipes = start(vec![a, b], vec![spec("ab", 0, 1, "t/#")]).unwrap();
+    let id = fa.deliver("t/1", "x", QoS::AtLeastOnce).await;
+    let (msg, done) = fb.next_publish().await.expect("forwarded");
+    assert_eq!((msg.topic.as_str(), msg.qos), ("t/1", QoS::AtLeastOnce));
+    assert_eq!(
+        fa.next_ack().await,
+        None,
+        "not acked before the destination acked"
+    );
+    done.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(id));
+    let s = pipes.pipe_stats("ab").unwrap().snapshot();
+    assert_eq!((s.received, s.forwarded, s.inflight), (1, 1, 0));
+    assert_eq!(s.latency_count, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_pipes_join_and_acks_keep_arrival_order() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, mut fc) = fake("c");
+    let _pipes = start(
+        vec![a, b, c],
+        vec![spec("ab", 0, 1, "t/#"), spec("ac", 0, 2, "t/1")],
+    )
+    .unwrap();
+    let m1 = fa.deliver("t/1", "one", QoS::AtLeastOnce).await;
+    let m2 = fa.deliver("t/2", "two", QoS::AtLeastOnce).await;
+    let (p1b, d1b) = fb.next_publish().await.unwrap();
+    let (p2b, d2b) = fb.next_publish().await.unwrap();
+    let (p1c, d1c) = fc.next_publish().await.unwrap();
+    assert_eq!(
+        (p1b.topic.as_str(), p2b.topic.as_str(), p1c.topic.as_str()),
+        ("t/1", "t/2", "t/1")
+    );
+    // m2 done everywhere, m1 done on b only: nothing may be acked yet.
+    d2b.send(Ok(())).unwrap();
+    d1b.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, None);
+    d1c.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(m1));
+    assert_eq!(fa.next_ack().await, Some(m2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliberate_drops_are_acked_and_counted() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut s = spec("ab", 0, 1, "#");
+    s.rules = PipeRules::new(
+        &["secret/#".into()],
+        Remap::default(),
+        QosPolicy::Max(QoS::ExactlyOnce),
+        false,
+        Some(4),
+    );
+    let pipes = start(vec![a, b], vec![s]).unwrap();
+    let excluded = fa.deliver("secret/x", "x", QoS::AtLeastOnce).await;
+    assert_eq!(fa.next_ack().await, Some(excluded));
+    let oversize = fa.deliver("big", "12345", QoS::ExactlyOnce).await;
+    assert_eq!(fa.next_ack().await, Some(oversize));
+    fa.deliver("ok", "1234", QoS::AtLeastOnce).await;
+    let (m, _done) = fb.next_publish().await.unwrap();
+    assert_eq!(
+        m.topic, "ok",
+        "only the allowed message reaches the destination"
+    );
+    let st = pipes.pipe_stats("ab").unwrap().snapshot();
+    assert_eq!(st.dropped(DropReason::Excluded), 1);
+    assert_eq!(st.dropped(DropReason::Oversize), 1);
+    assert_eq!(st.received, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn remap_qos_cap_and_retain_clear_shape_the_copy() {
+    let (a, fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut s = spec("ab", 0, 1, "site/+/sensor/#");
+    s.rules = PipeRules::new(
+        &[],
+        Remap::new(vec![
+            RemapRule::template("site/+/sensor/#", "cloud/{1}/{#}").unwrap(),
+        ]),
+        QosPolicy::Max(QoS::AtLeastOnce),
+        true,
+        None,
+    );
+    let _pipes = start(vec![a, b], vec![s]).unwrap();
+    fa.del
+        .send(Delivery {
+            message: Message::new("site/9/sensor/temp", b"21".to_vec(), QoS::ExactlyOnce, true),
+            ack: AckHandle::none(),
+        })
+        .await
+        .unwrap();
+    let (m, _) = fb.next_publish().await.unwrap();
+    assert_eq!(m.topic, "cloud/9/temp");
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    assert!(!m.retain);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_qos1_waits_for_the_destination_but_acks_nothing_upstream() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut s = spec("ab", 0, 1, "#");
+    s.rules = PipeRules::new(
+        &[],
+        Remap::default(),
+        QosPolicy::Force(QoS::AtLeastOnce),
+        false,
+        None,
+    );
+    s.inflight = 1;
+    let pipes = start(vec![a, b], vec![s]).unwrap();
+    fa.deliver("t", "0", QoS::AtMostOnce).await;
+    fa.deliver("t", "1", QoS::AtMostOnce).await;
+    let (m, done) = fb.next_publish().await.unwrap();
+    assert_eq!(m.qos, QoS::AtLeastOnce);
+    // Window of 1: the second waits for the first's ack.
+    assert!(fb.next_publish().await.is_none());
+    done.send(Ok(())).unwrap();
+    let (m2, _) = fb.next_publish().await.unwrap();
+    assert_eq!(&m2.payload[..], b"1");
+    assert_eq!(fa.next_ack().await, None, "QoS 0 has nothing to ack");
+    assert_eq!(pipes.pipe_stats("ab").unwrap().snapshot().forwarded, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn qos0_flood_into_a_stuck_destination_stays_bounded_and_counts_drops() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut s = spec("ab", 0, 1, "#");
+    s.queue_size = 10;
+    s.inflight = 2;
+    s.rules = PipeRules::new(
+        &[],
+        Remap::default(),
+        QosPolicy::Force(QoS::AtLeastOnce),
+        false,
+        None,
+    );
+    let pipes = start(vec![a, b], vec![s]).unwrap();
+    for i in 0..500 {
+        fa.deliver("t", &i.to_string(), QoS::AtMostOnce).await;
+    }
+    // Two in flight (never acked), ten queued, the rest dropped (oldest first).
+    let (_m1, _d1) = fb.next_publish().await.unwrap();
+    let (_m2, _d2) = fb.next_publish().await.unwrap();
+    assert!(fb.next_publish().await.is_none());
+    let st = pipes.pipe_stats("ab").unwrap().snapshot();
+    assert_eq!(st.inflight, 2);
+    assert_eq!(st.queue_depth, 10);
+    assert_eq!(st.dropped(DropReason::QueueFull), 488);
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_copy_coming_back_is_dropped_as_a_loop() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let pipes = start(
+        vec![a, b],
+        vec![spec("ab", 0, 1, "#"), spec("ba", 1, 0, "#")],
+    )
+    .unwrap();
+    let id = fa.deliver("t/x", "hello", QoS::AtLeastOnce).await;
+    let (m, done) = fb.next_publish().await.unwrap();
+    done.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(id));
+    // b delivers our own copy back to the bridge: dropped, acked, not forwarded.
+    let back = fb.deliver(&m.topic, "hello", QoS::AtLeastOnce).await;
+    assert_eq!(fb.next_ack().await, Some(back));
+    // A genuine message from b still crosses to a (and is the first publish on a).
+    fb.deliver("t/x", "from-b", QoS::AtMostOnce).await;
+    let (m2, _) = fa.next_publish().await.unwrap();
+    assert_eq!(&m2.payload[..], b"from-b");
+    assert_eq!(
+        pipes
+            .pipe_stats("ba")
+            .unwrap()
+            .snapshot()
+            .dropped(DropReason::Loop),
+        1
+    );
+    // The same content arriving again from b is not ours any more: it crosses.
+    fb.deliver("t/x", "hello", QoS::AtMostOnce).await;
+    let (m3, _) = fa.next_publish().await.unwrap();
+    assert_eq!(&m3.payload[..], b"hello");
+}
+
+#[tokio::test(start_paused = true)]
+async fn chains_through_a_third_broker_are_not_loops() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, mut fc) = fake("c");
+    let _pipes = start(
+        vec![a, b, c],
+        vec![
+            spec("ab", 0, 1, "#"),
+            spec("bc", 1, 2, "#"),
+            spec("ba", 1, 0, "#"),
+        ],
+    )
+    .unwrap();
+    fa.deliver("t", "m", QoS::AtMostOnce).await;
+    let (m, _) = fb.next_publish().await.unwrap();
+    fb.deliver(&m.topic, "m", QoS::AtMostOnce).await;
+    let (m2, _) = fc.next_publish().await.unwrap();
+    assert_eq!(&m2.payload[..], b"m", "b → c forwards a's message");
+    // And b → a did not: the next publish on a is a fresh one.
+    fb.deliver("fresh", "f", QoS::AtMostOnce).await;
+    let (m3, _) = fa.next_publish().await.unwrap();
+    assert_eq!(m3.topic, "fresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejected_by_destination_is_a_counted_drop_and_acked() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let pipes = start(vec![a, b], vec![spec("ab", 0, 1, "#")]).unwrap();
+    let id = fa.deliver("t", "x", QoS::AtLeastOnce).await;
+    let (_, done) = fb.next_publish().await.unwrap();
+    done.send(Err(LinkError::Rejected("too large".into())))
+        .unwrap();
+    assert_eq!(fa.next_ack().await, Some(id));
+    assert_eq!(
+        pipes
+            .pipe_stats("ab")
+            .unwrap()
+            .snapshot()
+            .dropped(DropReason::Rejected),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_finishes_inflight_then_reports_stuck_pipes() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, mut fc) = fake("c");
+    let pipes = start(
+        vec![a, b, c],
+        vec![spec("ab", 0, 1, "b/#"), spec("ac", 0, 2, "c/#")],
+    )
+    .unwrap();
+    let mb = fa.deliver("b/1", "x", QoS::AtLeastOnce).await;
+    fa.deliver("c/1", "y", QoS::AtLeastOnce).await;
+    let (_, db) = fb.next_publish().await.unwrap();
+    let (_, _dc) = fc.next_publish().await.unwrap();
+    let drain = tokio::spawn(pipes.drain(Duration::from_secs(3)));
+    // b acks during the drain: its message is acked upstream; c never does.
+    db.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(mb));
+    let busy = timeout(WAIT, drain).await.unwrap().unwrap();
+    assert_eq!(busy, vec!["ac".to_string()]);
+    assert_eq!(
+        fa.next_ack().await,
+        None,
+        "the stuck message was never acked"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_spaces_publishes() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut s = spec("ab", 0, 1, "#");
+    s.rate_limit = Some((10, 1));
+    let _pipes = start(vec![a, b], vec![s]).unwrap();
+    for i in 0..3 {
+        fa.deliver("t", &i.to_string(), QoS::AtMostOnce).await;
+    }
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..3 {
+        fb.next_publish().await.unwrap();
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(190),
+        "3 messages at 10/s with burst 1 took {took:?}"
+    );
+}

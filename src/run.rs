@@ -1,0 +1,367 @@
+//! `lib::run`: turns a checked [`Plan`] into running brokers, links and pipes,
+//! and shuts them down gracefully.
+//!
+//! One connection per broker, shared by every pipe that uses it: a remote
+//! broker gets one client task ([`client::spawn`]), a built-in broker is
+//! started ([`Broker::start`]) and the bridge opens one persistent in-process
+//! session on it ([`Broker::link`]).
+//!
+//! Shutdown order (when the token given to [`run`] is cancelled): stop taking
+//! messages, drain queued and in-flight ones until `shutdown_timeout`, log the
+//! pipes still busy, publish the retained `offline` status, DISCONNECT every
+//! remote link (so no will), then stop the built-in brokers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{self, Broker, BrokerOptions};
+use crate::client::{self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+use crate::config::plan::{
+    BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
+};
+use crate::link::Link;
+use crate::pipe::queue::WhenFull;
+use crate::pipe::rules::{PipeRules, QosPolicy};
+use crate::pipe::stats::PipeStats;
+use crate::pipe::{self, BrokerLink, PipeError, PipeSpec, Pipes};
+use crate::protocol::{Message, QoS};
+
+/// Publishes in flight from one pipe into a built-in broker, at most.
+const BUILTIN_PIPE_INFLIGHT: usize = 100;
+/// How long the `offline` status publish may take at shutdown.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A built-in broker could not start (listener bind, TLS, password or ACL file).
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The pipes could not be wired (a bug: the plan is checked).
+    #[error(transparent)]
+    Pipe(#[from] PipeError),
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Pipes that still had messages queued or in flight at the shutdown deadline.
+    pub busy_pipes: Vec<String>,
+}
+
+/// A running bridge.
+pub struct RunHandle {
+    stats: Vec<(String, Arc<PipeStats>)>,
+    builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
+    links: BTreeMap<String, Link>,
+    subscribed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: JoinHandle<RunReport>,
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("pipes", &self.stats.len())
+            .field("builtin_addrs", &self.builtin_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunHandle {
+    /// Every pipe's counters, by pipe name.
+    pub fn stats(&self) -> &[(String, Arc<PipeStats>)] {
+        &self.stats
+    }
+
+    /// One pipe's counters.
+    pub fn pipe_stats(&self, pipe: &str) -> Option<Arc<PipeStats>> {
+        self.stats
+            .iter()
+            .find(|(n, _)| n == pipe)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The addresses a built-in broker's listeners bound (real ports for port 0).
+    pub fn builtin_addrs(&self, broker: &str) -> Option<&[SocketAddr]> {
+        self.builtin_addrs.get(broker).map(Vec::as_slice)
+    }
+
+    /// The bridge's link to a broker (e.g. to watch its state).
+    pub fn link(&self, broker: &str) -> Option<&Link> {
+        self.links.get(broker)
+    }
+
+    /// Resolves once every source broker acknowledged the bridge's
+    /// subscriptions: from then on, what is published there is forwarded.
+    pub async fn ready(&mut self) {
+        (&mut self.subscribed).await;
+    }
+
+    /// Waits until the bridge has shut down (after the token given to [`run`]
+    /// was cancelled).
+    pub async fn finished(self) -> RunReport {
+        self.done.await.unwrap_or_default()
+    }
+}
+
+/// Starts everything in `plan`; cancel `shutdown` to stop gracefully, then
+/// await [`RunHandle::finished`]. Built-in listeners may use port 0.
+pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
+    // The links and brokers stop on this token, cancelled only at the end of
+    // the graceful sequence (after the drain), not on the caller's token.
+    let links_token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let names: Vec<String> = plan.brokers.keys().cloned().collect();
+    let index = |name: &str| names.iter().position(|n| n == name);
+
+    let mut broker_links = Vec::new();
+    let mut builtins = Vec::new();
+    let mut builtin_addrs = BTreeMap::new();
+    let mut statuses = Vec::new();
+    let mut windows = Vec::new();
+    for (name, bp) in &plan.brokers {
+        match &bp.kind {
+            BrokerKind::Remote(r) => {
+                let opts = client_options(name, r);
+                let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
+                if let Some(s) = &r.status {
+                    statuses.push((link.clone(), status_message(&s.topic, &s.offline)));
+                }
+                windows.push(usize::from(r.inflight).max(1));
+                broker_links.push(BrokerLink {
+                    name: name.clone(),
+                    link,
+                    deliveries,
+                });
+            }
+            BrokerKind::BuiltIn(b) => {
+                let started =
+                    match Broker::start(broker_options(name, b), links_token.clone()).await {
+                        Ok(broker) => broker,
+                        Err(err) => {
+                            // Undo what already started before reporting.
+                            links_token.cancel();
+                            for b in &builtins {
+                                Broker::closed(b).await;
+                            }
+                            tracker.close();
+                            tracker.wait().await;
+                            return Err(err.into());
+                        }
+                    };
+                let (link, deliveries) = started.link(&format!("mqbridge-bridge-{name}"), false);
+                builtin_addrs.insert(name.clone(), started.local_addrs());
+                windows.push(BUILTIN_PIPE_INFLIGHT);
+                builtins.push(started);
+                broker_links.push(BrokerLink {
+                    name: name.clone(),
+                    link,
+                    deliveries,
+                });
+            }
+        }
+    }
+    let links: BTreeMap<String, Link> = broker_links
+        .iter()
+        .map(|b| (b.name.clone(), b.link.clone()))
+        .collect();
+
+    let mut specs = Vec::new();
+    for p in plan.pipes.values() {
+        let (Some(source), Some(dest)) = (index(&p.from), index(&p.to)) else {
+            continue; // unreachable for a checked plan
+        };
+        specs.push(PipeSpec {
+            name: p.name.clone(),
+            source,
+            dest,
+            filters: p.filters.clone(),
+            rules: PipeRules::new(
+                &p.exclude,
+                p.remap.clone(),
+                match p.qos {
+                    QosRule::Max(q) => QosPolicy::Max(q),
+                    QosRule::Force(q) => QosPolicy::Force(q),
+                },
+                p.retain == RetainRule::Clear,
+                p.max_payload,
+            ),
+            queue_size: p.queue.size,
+            when_full: match p.queue.when_full {
+                DropPolicy::DropOldest => WhenFull::DropOldest,
+                DropPolicy::DropNewest => WhenFull::DropNewest,
+            },
+            rate_limit: p.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
+            inflight: windows.get(dest).copied().unwrap_or(BUILTIN_PIPE_INFLIGHT),
+        });
+    }
+    let pipes = match pipe::start(broker_links, specs) {
+        Ok(p) => p,
+        Err(err) => {
+            links_token.cancel();
+            tracker.close();
+            tracker.wait().await;
+            return Err(err.into());
+        }
+    };
+    tracing::info!(
+        brokers = plan.brokers.len(),
+        pipes = plan.pipes.len(),
+        "bridge running"
+    );
+    let stats = pipes.stats().to_vec();
+    let subscribed = Box::pin(pipes.subscribed());
+    let done = tokio::spawn(stop(
+        pipes,
+        shutdown,
+        plan.shutdown_timeout,
+        statuses,
+        links.values().cloned().collect(),
+        links_token,
+        tracker,
+        builtins,
+    ));
+    Ok(RunHandle {
+        stats,
+        builtin_addrs,
+        links,
+        subscribed,
+        done,
+    })
+}
+
+/// Waits for the shutdown signal, then runs the graceful stop sequence.
+#[allow(clippy::too_many_arguments)]
+async fn stop(
+    pipes: Pipes,
+    shutdown: CancellationToken,
+    deadline: Duration,
+    statuses: Vec<(Link, Message)>,
+    links: Vec<Link>,
+    links_token: CancellationToken,
+    tracker: TaskTracker,
+    builtins: Vec<Broker>,
+) -> RunReport {
+    shutdown.cancelled().await;
+    tracing::info!(timeout = ?deadline, "shutting down: draining pipes");
+    let busy_pipes = pipes.drain(deadline).await;
+    if !busy_pipes.is_empty() {
+        tracing::warn!(pipes = ?busy_pipes, "pipes still busy at the deadline; their unacknowledged messages will be redelivered by the sources");
+    }
+    // DISCONNECT suppresses the will, so say `offline` ourselves first.
+    for (link, msg) in statuses {
+        let sent = async {
+            if let Ok(ack) = link.publish(msg).await {
+                let _ = ack.wait().await;
+            }
+        };
+        let _ = tokio::time::timeout(STATUS_TIMEOUT, sent).await;
+    }
+    for link in &links {
+        link.shutdown().await;
+    }
+    tracker.close();
+    if tokio::time::timeout(STATUS_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("links did not close in time; cancelling");
+    }
+    links_token.cancel();
+    tracker.wait().await;
+    for b in &builtins {
+        b.closed().await;
+    }
+    tracing::info!("bridge stopped");
+    RunReport { busy_pipes }
+}
+
+fn status_message(topic: &str, payload: &str) -> Message {
+    Message::new(topic, payload.as_bytes().to_vec(), QoS::AtLeastOnce, true)
+}
+
+/// Maps a remote broker's plan onto the client's options.
+fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
+    let endpoints = r
+        .endpoints
+        .iter()
+        .map(|e| Endpoint {
+            host: e.host.clone(),
+            port: e.port,
+            tls: e.scheme == Scheme::Tls,
+        })
+        .collect();
+    let mut o = ClientOptions::new(name, endpoints, r.client_id.clone());
+    o.username = r.username.clone();
+    o.password = r.password.clone();
+    o.keepalive = r.keepalive;
+    o.clean_session = r.clean_session;
+    if let Some(t) = &r.tls {
+        o.tls = TlsOptions {
+            ca_file: t.ca_file.clone(),
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            server_name: t.server_name.clone(),
+            alpn: t.alpn.clone(),
+            insecure: t.insecure,
+        };
+    }
+    o.backoff = BackoffOptions {
+        min: r.reconnect.min,
+        max: r.reconnect.max,
+        jitter: r.reconnect.jitter,
+        stable_after: r.reconnect.stable_after,
+    };
+    o.failback = FailbackOptions {
+        enabled: r.failback.enabled,
+        probe_interval: r.failback.probe_interval,
+        probes_required: r.failback.probes_required,
+    };
+    o.connect_timeout = r.connect_timeout;
+    o.max_packet_size = r.max_packet_size;
+    o.inflight = usize::from(r.inflight).max(1);
+    if let Some(s) = &r.status {
+        o.will = Some(status_message(&s.topic, &s.offline));
+        o.birth = Some(status_message(&s.topic, &s.online));
+    }
+    o
+}
+
+/// Maps a built-in broker's plan onto the broker's options.
+fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
+    BrokerOptions {
+        name: name.to_string(),
+        listeners: b
+            .listeners
+            .iter()
+            .map(|l| broker::ListenerOptions {
+                addr: l.addr,
+                tls: l.tls.as_ref().map(|t| broker::ServerTls {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    client_ca_file: t.client_ca_file.clone(),
+                    require_client_cert: t.require_client_cert,
+                    cert_cn_as_username: t.cert_cn_as_username,
+                }),
+            })
+            .collect(),
+        allow_anonymous: b.allow_anonymous,
+        password_file: b.password_file.clone(),
+        acl_file: b.acl_file.clone(),
+        limits: broker::Limits {
+            max_connections: b.limits.max_connections,
+            max_packet_size: b.limits.max_packet_size,
+            max_inflight: b.limits.max_inflight,
+            max_queued_messages: b.limits.max_queued_messages,
+            overflow: broker::OverflowPolicy::DropOldest,
+            connect_timeout: b.limits.connect_timeout,
+        },
+        sys_interval: None,
+    }
+}
