@@ -153,7 +153,7 @@ async fn metrics_endpoint_renders_typed_handles() {
         ),
         // Every reason exists from the start, at zero.
         (
-            r#"mqbridge_pipe_messages_dropped_total{pipe="edge_to_cloud",reason="queue_full"}"#
+            r#"mqbridge_pipe_messages_dropped_total{pipe="edge_to_cloud",reason="rejected"}"#
                 .into(),
             0.0,
         ),

@@ -29,9 +29,10 @@ pub mod server;
 pub mod status;
 pub mod watch;
 
+pub use crate::pipe::stats::DropReason;
 pub use builtin::BuiltinBrokerMetrics;
 pub use pipe::{PipeMetrics, PipeSample};
-pub use reasons::{DisconnectReason, DropReason};
+pub use reasons::DisconnectReason;
 pub use remote::{RemoteBrokerMetrics, RemoteSample};
 
 use std::sync::OnceLock;

@@ -1,49 +1,5 @@
-//! The fixed label values of every `reason` label.
-
-/// Why a pipe dropped a message on purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DropReason {
-    /// Matched an exclusion filter.
-    Excluded,
-    /// Payload larger than the pipe's (or destination's) maximum.
-    Oversize,
-    /// The bounded QoS 0 queue was full (drop-oldest or drop-newest policy).
-    QueueFull,
-    /// Recognised as our own message coming back (runtime loop protection).
-    Loop,
-    /// Over the pipe's rate limit.
-    RateLimited,
-    /// Refused by the destination's ACL.
-    Acl,
-    /// Remapping produced no valid destination topic.
-    NoRoute,
-}
-
-impl DropReason {
-    /// Every variant, in label order.
-    pub const ALL: [DropReason; 7] = [
-        DropReason::Excluded,
-        DropReason::Oversize,
-        DropReason::QueueFull,
-        DropReason::Loop,
-        DropReason::RateLimited,
-        DropReason::Acl,
-        DropReason::NoRoute,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_label(self) -> &'static str {
-        match self {
-            DropReason::Excluded => "excluded",
-            DropReason::Oversize => "oversize",
-            DropReason::QueueFull => "queue_full",
-            DropReason::Loop => "loop",
-            DropReason::RateLimited => "rate_limited",
-            DropReason::Acl => "acl",
-            DropReason::NoRoute => "no_route",
-        }
-    }
-}
+//! The fixed label values of the remote `reason` labels (pipe drop reasons
+//! are [`crate::pipe::stats::DropReason`]).
 
 /// Why a remote connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
