@@ -26,6 +26,7 @@ use crate::config::plan::{
     BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
 };
 use crate::link::Link;
+use crate::metrics::runtime::{Observability, ObservabilityError, ObservabilityHandle};
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
 use crate::pipe::stats::PipeStats;
@@ -46,6 +47,9 @@ pub enum RunError {
     /// The pipes could not be wired (a bug: the plan is checked).
     #[error(transparent)]
     Pipe(#[from] PipeError),
+    /// The metrics endpoint could not start (listener bind, recorder).
+    #[error(transparent)]
+    Observability(#[from] ObservabilityError),
 }
 
 /// What a finished run reports.
@@ -60,6 +64,7 @@ pub struct RunHandle {
     stats: Vec<(String, Arc<PipeStats>)>,
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
     links: BTreeMap<String, Link>,
+    metrics_addr: Option<SocketAddr>,
     subscribed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     done: JoinHandle<RunReport>,
 }
@@ -92,6 +97,12 @@ impl RunHandle {
         self.builtin_addrs.get(broker).map(Vec::as_slice)
     }
 
+    /// The bound address of `/metrics`, `/healthz`, `/readyz` (`None` when
+    /// `metrics.enabled` is false; the real port when configured with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The bridge's link to a broker (e.g. to watch its state).
     pub fn link(&self, broker: &str) -> Option<&Link> {
         self.links.get(broker)
@@ -115,6 +126,8 @@ impl RunHandle {
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
     // The links and brokers stop on this token, cancelled only at the end of
     // the graceful sequence (after the drain), not on the caller's token.
+    // First, so a metrics bind error leaves nothing running.
+    let mut obs = Observability::new(&plan).await?;
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let names: Vec<String> = plan.brokers.keys().cloned().collect();
@@ -128,7 +141,8 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     for (name, bp) in &plan.brokers {
         match &bp.kind {
             BrokerKind::Remote(r) => {
-                let opts = client_options(name, r);
+                let mut opts = client_options(name, r);
+                obs.remote(name, r, &mut opts);
                 let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
                 if let Some(s) = &r.status {
                     statuses.push((link.clone(), status_message(&s.topic, &s.offline)));
@@ -157,6 +171,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     };
                 let (link, deliveries) = started.link(&format!("mqbridge-bridge-{name}"), false);
                 builtin_addrs.insert(name.clone(), started.local_addrs());
+                obs.builtin(&started);
                 windows.push(BUILTIN_PIPE_INFLIGHT);
                 builtins.push(started);
                 broker_links.push(BrokerLink {
@@ -216,6 +231,9 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         "bridge running"
     );
     let stats = pipes.stats().to_vec();
+    obs.pipes(&plan, &stats);
+    let obs = obs.start();
+    let metrics_addr = obs.addr();
     let subscribed = Box::pin(pipes.subscribed());
     let done = tokio::spawn(stop(
         pipes,
@@ -226,11 +244,13 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         links_token,
         tracker,
         builtins,
+        obs,
     ));
     Ok(RunHandle {
         stats,
         builtin_addrs,
         links,
+        metrics_addr,
         subscribed,
         done,
     })
@@ -247,6 +267,7 @@ async fn stop(
     links_token: CancellationToken,
     tracker: TaskTracker,
     builtins: Vec<Broker>,
+    obs: ObservabilityHandle,
 ) -> RunReport {
     shutdown.cancelled().await;
     tracing::info!(timeout = ?deadline, "shutting down: draining pipes");
@@ -278,6 +299,8 @@ async fn stop(
     for b in &builtins {
         b.closed().await;
     }
+    // Last: health and metrics stay visible during the drain.
+    obs.stop().await;
     tracing::info!("bridge stopped");
     RunReport { busy_pipes }
 }

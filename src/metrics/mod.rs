@@ -25,6 +25,7 @@ pub mod ratelimit;
 mod reasons;
 pub mod reload;
 pub mod remote;
+pub mod runtime;
 pub mod server;
 pub mod status;
 pub mod watch;

@@ -33,7 +33,12 @@ impl Drop for FakeBroker {
 impl FakeBroker {
     /// Starts on a free port; the first `wedged` connections never ack.
     pub async fn start(wedged: usize) -> FakeBroker {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0, wedged).await
+    }
+
+    /// Starts on `port` (0 = free port), e.g. to come back where a stopped one was.
+    pub async fn start_on(port: u16, wedged: usize) -> FakeBroker {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind fake broker");
         let port = listener.local_addr().expect("addr").port();
@@ -42,13 +47,14 @@ impl FakeBroker {
         let acked = Arc::new(AtomicUsize::new(0));
         let (c, p, a) = (connections.clone(), publishes.clone(), acked.clone());
         let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
+            // Dropping the set (when this task is aborted) closes every connection.
+            let mut conns = tokio::task::JoinSet::new();
             while let Ok((sock, _)) = listener.accept().await {
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
                 let (p, a) = (p.clone(), a.clone());
-                conns.push(tokio::spawn(async move {
+                conns.spawn(async move {
                     let _ = serve(sock, n > wedged, p, a).await;
-                }));
+                });
             }
         });
         FakeBroker {

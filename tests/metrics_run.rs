@@ -1,0 +1,279 @@
+//! Observability of a real in-process bridge (`mqbridge::run`): metrics move
+//! with traffic and drops, `/readyz` follows a destination going away and
+//! coming back, and a wedged destination triggers the stall watchdog, which
+//! reconnects it until the pipe recovers.
+
+mod common;
+#[path = "common/fake_broker.rs"]
+mod fake_broker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::bridge::{Sub, WAIT, plan, publish, unique};
+use fake_broker::FakeBroker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8(buf).expect("utf8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (code, body.to_owned())
+}
+
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Scrapes until `series` has `want` (a condition wait, bounded by WAIT).
+async fn metric_becomes(addr: SocketAddr, series: &str, want: f64) -> String {
+    let mut last = String::new();
+    let ok = timeout(WAIT, async {
+        loop {
+            let (_, body) = get(addr, "/metrics").await;
+            if value(&body, series) == Some(want) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    ok.unwrap_or_else(|_| panic!("{series} never became {want}; last scrape:\n{last}"))
+}
+
+/// Polls `/readyz` until it answers `code`.
+async fn readyz_becomes(addr: SocketAddr, code: u16) -> String {
+    timeout(WAIT, async {
+        loop {
+            let (c, body) = get(addr, "/readyz").await;
+            if c == code {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz never answered {code}"))
+}
+
+const BUILTINS: &str = "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  cloud:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_histogram_move_with_real_traffic() {
+    let p = unique("mt");
+    let yaml = format!(
+        "{BUILTINS}pipes:\n  traffic_up:\n    from: edge\n    to: cloud\n    topics: [{p}/#]\n    exclude: [{p}/secret/#]\n    max_payload: 16\n"
+    );
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics enabled by default");
+    let edge = run.builtin_addrs("edge").expect("edge")[0].port();
+    let cloud = run.builtin_addrs("cloud").expect("cloud")[0].port();
+    let mut sub = Sub::start(cloud, &unique("sub"), &format!("{p}/#"), 1, false).await;
+
+    for i in 0..5 {
+        publish(edge, &format!("{p}/t/{i}"), "hello", 1, false).await;
+    }
+    publish(edge, &format!("{p}/secret/x"), "hidden", 1, false).await;
+    publish(edge, &format!("{p}/t/big"), &"x".repeat(64), 1, false).await;
+    for _ in 0..5 {
+        sub.next().await.expect("forwarded message");
+    }
+
+    let pipe = r#"{pipe="traffic_up"}"#;
+    let body = metric_becomes(
+        addr,
+        &format!("mqbridge_pipe_messages_forwarded_total{pipe}"),
+        5.0,
+    )
+    .await;
+    for (series, want) in [
+        (format!("mqbridge_pipe_bytes_forwarded_total{pipe}"), 25.0),
+        (
+            r#"mqbridge_pipe_messages_dropped_total{pipe="traffic_up",reason="excluded"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_pipe_messages_dropped_total{pipe="traffic_up",reason="oversize"}"#.into(),
+            1.0,
+        ),
+        (
+            r#"mqbridge_pipe_messages_dropped_total{pipe="traffic_up",reason="loop"}"#.into(),
+            0.0,
+        ),
+        (
+            format!("mqbridge_pipe_forward_latency_seconds_count{pipe}"),
+            5.0,
+        ),
+        (
+            r#"mqbridge_pipe_forward_latency_seconds_bucket{pipe="traffic_up",le="+Inf"}"#.into(),
+            5.0,
+        ),
+        (format!("mqbridge_pipe_inflight_messages{pipe}"), 0.0),
+    ] {
+        assert_eq!(value(&body, &series), Some(want), "{series} in:\n{body}");
+    }
+    let received = value(
+        &body,
+        &format!("mqbridge_pipe_messages_received_total{pipe}"),
+    )
+    .expect("received");
+    assert!(received >= 5.0, "received {received}");
+    let edge_in = value(&body, r#"mqbridge_broker_messages_in_total{broker="edge"}"#)
+        .expect("edge messages in");
+    assert!(edge_in >= 7.0, "edge received every publish: {edge_in}");
+    let clients = value(
+        &body,
+        r#"mqbridge_broker_clients_connected{broker="cloud"}"#,
+    )
+    .expect("cloud clients");
+    assert!(
+        clients >= 1.0,
+        "the subscriber (and the bridge link) are counted"
+    );
+
+    let (code, ready) = get(addr, "/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains(r#""name":"traffic_up""#), "{ready}");
+    let (code, health) = get(addr, "/healthz").await;
+    assert_eq!(code, 200);
+    assert!(health.contains(r#""status":"alive""#), "{health}");
+
+    sub.stop().await;
+    token.cancel();
+    let report = timeout(WAIT, run.finished()).await.expect("stops");
+    assert!(report.busy_pipes.is_empty());
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the metrics endpoint stops with the bridge"
+    );
+}
+
+fn remote_yaml(name: &str, port: u16, id: &str) -> String {
+    format!(
+        "  {name}:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{port}]\n    client_id: {id}\n    reconnect: {{ min: 50ms, max: 200ms, jitter: false }}\n    keepalive: 5s\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedged_remote_destination_stalls_then_recovers() {
+    let p = unique("st");
+    let fake = FakeBroker::start(1).await; // first connection never acks
+    let yaml = format!(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n{}pipes:\n  stall_up:\n    from: edge\n    to: wedge\n    topics: [{p}/#]\nwatchdog:\n  stall_after: 500ms\n",
+        remote_yaml("wedge", fake.port, &p)
+    );
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics");
+    let edge = run.builtin_addrs("edge").expect("edge")[0].port();
+    readyz_becomes(addr, 200).await;
+
+    for i in 0..3 {
+        publish(edge, &format!("{p}/m/{i}"), "payload", 1, false).await;
+    }
+    let body = readyz_becomes(addr, 503).await;
+    assert!(body.contains("pipe stall_up is stalled"), "{body}");
+    let body = readyz_becomes(addr, 200).await;
+    assert!(!body.contains("stalled"), "{body}");
+
+    let m = metric_becomes(
+        addr,
+        r#"mqbridge_pipe_messages_forwarded_total{pipe="stall_up"}"#,
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        value(&m, r#"mqbridge_pipe_stalls_total{pipe="stall_up"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, r#"mqbridge_pipe_stalled{pipe="stall_up"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"mqbridge_remote_disconnects_total{broker="wedge",reason="requested"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(fake.connections.load(Ordering::SeqCst) >= 2);
+    assert!(fake.acked.load(Ordering::SeqCst) >= 3);
+
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_a_required_destination_going_away_and_back() {
+    let p = unique("rd");
+    let fake = FakeBroker::start(0).await;
+    let port = fake.port;
+    let yaml = format!(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n{}pipes:\n  ready_up:\n    from: edge\n    to: dest\n    topics: [{p}/#]\n",
+        remote_yaml("dest", port, &p)
+    );
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics");
+    readyz_becomes(addr, 200).await;
+
+    drop(fake);
+    let body = readyz_becomes(addr, 503).await;
+    assert!(body.contains("broker dest is not connected"), "{body}");
+    let m = metric_becomes(addr, r#"mqbridge_remote_connected{broker="dest"}"#, 0.0).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"mqbridge_remote_disconnects_total{broker="dest",reason="io"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+
+    let back = FakeBroker::start_on(port, 0).await;
+    readyz_becomes(addr, 200).await;
+    let m = metric_becomes(addr, r#"mqbridge_remote_connected{broker="dest"}"#, 1.0).await;
+    let attempts = value(
+        &m,
+        &format!(r#"mqbridge_remote_connection_attempts_total{{broker="dest",endpoint="mqtt://127.0.0.1:{port}"}}"#),
+    )
+    .expect("attempts");
+    assert!(attempts >= 2.0, "{m}");
+    assert!(back.connections.load(Ordering::SeqCst) >= 1);
+
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stops");
+}
