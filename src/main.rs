@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use mqbridge::config;
+use mqbridge::metrics::logging::{self, LogFormat};
 
 /// MQTT-to-MQTT bridge and gateway.
 #[derive(Debug, Parser)]
 #[command(name = "mqbridge", version, about)]
 struct Cli {
-    /// Log level or filter (e.g. `info`, `mqbridge=debug`); `RUST_LOG` also works.
+    /// Log level or filter (e.g. `info`, `mqbridge=debug,info`); `RUST_LOG`, when set, takes precedence.
     #[arg(
         long,
         global = true,
@@ -24,14 +25,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The config file argument shared by every subcommand.
@@ -69,7 +62,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Run { config } => run(&config.config),
         Command::Validate { config } => validate(&config.config),
@@ -78,19 +74,6 @@ fn main() -> ExitCode {
             from,
             topic,
         } => route(&config.config, &from, &topic),
-    }
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
