@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use metrics::counter;
@@ -135,6 +135,21 @@ impl RateLimitedWarn {
             }
         }
     }
+}
+
+static GLOBAL: LazyLock<RateLimitedWarn> = LazyLock::new(RateLimitedWarn::default);
+
+/// The process-wide limiter ([`WARN_WINDOW`]): `Some(suppressed)` when a
+/// warning with `key` (e.g. `"remap-failed:<pipe>"`) may be logged now.
+///
+/// ```
+/// # let pipe = "up";
+/// if let Some(suppressed) = mqbridge::metrics::ratelimit::allow(&format!("remap-failed:{pipe}")) {
+///     tracing::warn!(pipe, suppressed, "remap failed; message dropped");
+/// }
+/// ```
+pub fn allow(key: &str) -> Option<u64> {
+    GLOBAL.allow(key)
 }
 
 #[cfg(test)]
