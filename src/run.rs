@@ -152,6 +152,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     name: name.clone(),
                     link,
                     deliveries,
+                    max_pending: usize::from(r.inflight).max(1),
                 });
             }
             BrokerKind::BuiltIn(b) => {
@@ -178,6 +179,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     name: name.clone(),
                     link,
                     deliveries,
+                    max_pending: pipe::DEFAULT_MAX_PENDING,
                 });
             }
         }

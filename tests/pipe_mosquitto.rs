@@ -83,7 +83,7 @@ async fn retained_messages_keep_or_clear_their_flag() {
     let _run = mqbridge::run(plan(&yaml), token.clone())
         .await
         .expect("run");
-    let mut crossed = vec![
+    let mut crossed = [
         live.next().await.expect("first"),
         live.next().await.expect("second"),
     ];

@@ -42,10 +42,8 @@ use rules::PipeRules;
 use stats::PipeStats;
 use worker::Worker;
 
-/// Messages admitted per source and not yet acknowledged upstream, at most.
-/// Beyond it the dispatcher stops taking deliveries and the source broker
-/// keeps the backlog.
-pub const MAX_PENDING_PER_SOURCE: usize = 1000;
+/// Default for [`BrokerLink::max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 100;
 
 /// One broker's link and its incoming deliveries.
 #[derive(Debug)]
@@ -56,6 +54,11 @@ pub struct BrokerLink {
     pub link: Link,
     /// Messages the broker delivers to the bridge's session.
     pub deliveries: mpsc::Receiver<Delivery>,
+    /// QoS 1/2 messages taken from this source and not yet acknowledged to
+    /// it, at most. Beyond it the dispatcher stops taking deliveries and the
+    /// source broker keeps the backlog. It bounds the bridge's memory and
+    /// the duplicates a crash can cause (the source redelivers these).
+    pub max_pending: usize,
 }
 
 /// A pipe compiled for the runtime.
@@ -217,7 +220,7 @@ pub fn start(brokers: Vec<BrokerLink>, specs: Vec<PipeSpec>) -> Result<Pipes, Pi
             routes,
             done: done_rx,
             guard: is_dest[ix].then(|| guard.clone()),
-            max_pending: MAX_PENDING_PER_SOURCE,
+            max_pending: broker.max_pending.max(1),
             intake: intake.clone(),
             abort: abort.clone(),
         };

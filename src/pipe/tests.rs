@@ -41,6 +41,7 @@ fn fake(name: &str) -> (BrokerLink, Fake) {
             name: name.into(),
             link: Link::new(name, req_tx, state_rx),
             deliveries,
+            max_pending: DEFAULT_MAX_PENDING,
         },
         Fake {
             req,

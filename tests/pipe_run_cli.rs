@@ -1,0 +1,46 @@
+//! `mqbridge run` as a user runs it: a bad config prints every error and
+//! exits non-zero without opening any connection.
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+use std::process::Command;
+
+#[test]
+fn config_error_prints_every_error_and_opens_no_connection() {
+    // A "broker" the test owns: if `run` dialed it, accept() would see it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "brokers:\n  a:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{port}]\n    client_id: cli-test\n  b:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  p1:\n    from: a\n    to: nowhere\n    topics: [x/#]\n  p2:\n    from: a\n    to: b\n    topics: [\"bad/#/filter\"]\n"
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run mqbridge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "exit status must be non-zero: {stderr}"
+    );
+    assert!(
+        stderr.contains("nowhere"),
+        "names the unknown broker: {stderr}"
+    );
+    assert!(
+        stderr.contains("bad/#/filter"),
+        "names the bad filter too: {stderr}"
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("mqbridge connected ({peer}) despite the config error"),
+        Err(e) => panic!("accept: {e}"),
+    }
+}
