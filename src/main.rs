@@ -147,7 +147,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_async(plan)) {
+    match runtime.block_on(run_async(plan, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -156,13 +156,13 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
+async fn run_async(plan: config::Plan, path: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     let token = tokio_util::sync::CancellationToken::new();
-    let handle = mqbridge::run(plan, token.clone())
+    let mut handle = mqbridge::run(plan, token.clone())
         .await
         .context("starting the bridge")?;
-    mqbridge::shutdown::signal().await;
+    wait_for_shutdown(path, &mut handle).await;
     tracing::info!("signal received, shutting down");
     token.cancel();
     // A second signal while draining stops at once (unacked messages are redelivered).
@@ -177,4 +177,33 @@ async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for SIGINT/SIGTERM; each SIGHUP meanwhile re-reads the config file
+/// (an invalid one is logged and ignored).
+async fn wait_for_shutdown(path: &std::path::Path, handle: &mut mqbridge::RunHandle) {
+    // Created once, so a stop signal during a reload is not missed.
+    let stop = mqbridge::shutdown::signal();
+    tokio::pin!(stop);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    _ = hup.recv() => {
+                        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                        let _ = handle.reload_file(path);
+                    }
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload disabled")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, &handle);
+    stop.await;
 }

@@ -22,11 +22,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker, BrokerOptions};
 use crate::client::{self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+use crate::config::ConfigErrors;
 use crate::config::plan::{
     BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
 };
 use crate::link::Link;
-use crate::metrics::runtime::{Observability, ObservabilityError, ObservabilityHandle};
+use crate::metrics::events::ReloadFailed;
+use crate::metrics::reload::ReloadPlan;
+use crate::metrics::runtime::{
+    Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle,
+};
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
 use crate::pipe::stats::PipeStats;
@@ -65,6 +70,9 @@ pub struct RunHandle {
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
     links: BTreeMap<String, Link>,
     metrics_addr: Option<SocketAddr>,
+    /// The configuration in effect (reloads update the parts they apply).
+    plan: Plan,
+    control: ObservabilityControl,
     subscribed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     done: JoinHandle<RunReport>,
 }
@@ -103,6 +111,32 @@ impl RunHandle {
         self.metrics_addr
     }
 
+    /// Reloads to a valid plan: readiness requirements (`required`) and the
+    /// watchdog threshold change at once; other changes (pipes, brokers,
+    /// metrics listener) are logged as pending until a restart — the running
+    /// pipes and links are never touched by a reload. Logs and counts it.
+    pub fn reload(&mut self, new: &Plan) -> ReloadPlan {
+        self.control.reload(&mut self.plan, new)
+    }
+
+    /// Re-reads `path` (SIGHUP): an invalid file is rejected with every
+    /// error logged and counted, and the running configuration stays.
+    pub fn reload_file(&mut self, path: &std::path::Path) -> Result<ReloadPlan, ConfigErrors> {
+        match crate::config::load(path) {
+            Ok((plan, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(warning = %w, "config warning");
+                }
+                Ok(self.reload(&plan))
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+                ReloadFailed { errors: &lines }.emit();
+                Err(errors)
+            }
+        }
+    }
+
     /// The bridge's link to a broker (e.g. to watch its state).
     pub fn link(&self, broker: &str) -> Option<&Link> {
         self.links.get(broker)
@@ -128,6 +162,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     // the graceful sequence (after the drain), not on the caller's token.
     // First, so a metrics bind error leaves nothing running.
     let mut obs = Observability::new(&plan).await?;
+    let effective = plan.clone();
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let names: Vec<String> = plan.brokers.keys().cloned().collect();
@@ -236,6 +271,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     obs.pipes(&plan, &stats);
     let obs = obs.start();
     let metrics_addr = obs.addr();
+    let control = obs.control();
     let subscribed = Box::pin(pipes.subscribed());
     let done = tokio::spawn(stop(
         pipes,
@@ -253,6 +289,8 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         builtin_addrs,
         links,
         metrics_addr,
+        plan: effective,
+        control,
         subscribed,
         done,
     })

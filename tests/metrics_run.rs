@@ -277,3 +277,117 @@ async fn readyz_follows_a_required_destination_going_away_and_back() {
     token.cancel();
     timeout(WAIT, run.finished()).await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
+    let p = unique("rl");
+    // A port with nothing listening: the remote broker stays down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let yaml = |required: bool, extra_pipe: bool| {
+        let mut y = format!(
+            "{BUILTINS}{}    required: {required}\npipes:\n  reload_up:\n    from: edge\n    to: cloud\n    topics: [{p}/#]\n",
+            remote_yaml("down", dead, &p)
+        );
+        if extra_pipe {
+            y.push_str(&format!(
+                "  reload_new:\n    from: edge\n    to: down\n    topics: [{p}/new/#]\n"
+            ));
+        }
+        y.push_str("metrics:\n  listen: 127.0.0.1:0\n");
+        y
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bridges.yaml");
+    std::fs::write(&file, yaml(true, false)).expect("write");
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml(true, false)), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics");
+    let edge = run.builtin_addrs("edge").expect("edge")[0].port();
+    let cloud = run.builtin_addrs("cloud").expect("cloud")[0].port();
+    let mut sub = Sub::start(cloud, &unique("sub"), &format!("{p}/#"), 1, false).await;
+    let body = readyz_becomes(addr, 503).await;
+    assert!(body.contains("broker down is not connected"), "{body}");
+    let (_, m) = get(addr, "/metrics").await;
+    let reloads = value(&m, "mqbridge_reloads_total").unwrap_or(0.0);
+    let failures = value(&m, "mqbridge_reload_failures_total").unwrap_or(0.0);
+
+    let mut sent = 0;
+    let mut send = async |n: usize| {
+        for _ in 0..n {
+            publish(
+                edge,
+                &format!("{p}/seq/{sent}"),
+                &sent.to_string(),
+                1,
+                false,
+            )
+            .await;
+            sent += 1;
+        }
+    };
+    send(5).await;
+
+    // Valid: `required: false` is applied at once.
+    std::fs::write(&file, yaml(false, false)).expect("write");
+    let d = run.reload_file(&file).expect("valid config");
+    assert_eq!(d.readiness_changed, vec!["down"]);
+    readyz_becomes(addr, 200).await;
+    send(5).await;
+
+    // Invalid: rejected, counted, nothing changes.
+    std::fs::write(&file, "brokers:\n  edge: {type: nonsense}\n").expect("write");
+    assert!(run.reload_file(&file).is_err());
+    let (code, _) = get(addr, "/readyz").await;
+    assert_eq!(code, 200, "the running configuration stays");
+    send(5).await;
+
+    // A new pipe is reported as pending; the running pipe is untouched.
+    std::fs::write(&file, yaml(false, true)).expect("write");
+    let d = run.reload_file(&file).expect("valid config");
+    assert_eq!(d.pipes.added, vec!["reload_new"]);
+    assert_eq!(d.pipes.unchanged, vec!["reload_up"]);
+    send(5).await;
+
+    // Every message on the unaffected pipe arrives exactly once.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let got = sub.next().await.expect("message");
+        assert!(
+            seen.insert(got.payload.clone()),
+            "duplicate {}",
+            got.payload
+        );
+    }
+    assert!(
+        sub.next_within(Duration::from_millis(200)).await.is_none(),
+        "no extra copies"
+    );
+    let (_, m) = get(addr, "/metrics").await;
+    assert_eq!(
+        value(&m, "mqbridge_reloads_total"),
+        Some(reloads + 2.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "mqbridge_reload_failures_total"),
+        Some(failures + 1.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"mqbridge_pipe_messages_forwarded_total{pipe="reload_up"}"#
+        ),
+        Some(20.0)
+    );
+
+    sub.stop().await;
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stops");
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fake_broker::FakeBroker;
 use mqbridge::client::{self, ClientOptions, Endpoint};
-use mqbridge::metrics::health::{Action, BrokerKind, PipeProgress, Watchdog};
+use mqbridge::metrics::health::{Action, BrokerKind, PipeProgress};
 use mqbridge::metrics::status::StatusBoard;
 use mqbridge::metrics::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
 use mqbridge::metrics::{PipeMetrics, RemoteBrokerMetrics, builder, server};
@@ -164,9 +164,9 @@ async fn wedged_destination_stalls_reconnects_and_recovers() {
             reconnect.notify_waiters();
         }
     };
+    let (_stall_tx, stall_rx) = tokio::sync::watch::channel(STALL_AFTER);
     tracker.spawn(run_watchdog(
-        Watchdog::new(STALL_AFTER),
-        Duration::from_millis(50),
+        stall_rx,
         move || vec![watched.clone()],
         board.clone(),
         on_action,

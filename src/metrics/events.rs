@@ -56,27 +56,23 @@ impl PipeRecovered<'_> {
 
 /// A configuration reload was applied.
 #[derive(Debug)]
-pub struct ReloadApplied {
-    /// Pipes/brokers started.
-    pub added: usize,
-    /// Pipes/brokers restarted.
-    pub changed: usize,
-    /// Pipes/brokers stopped.
-    pub removed: usize,
-    /// Pipes/brokers left untouched.
-    pub unchanged: usize,
+pub struct ReloadApplied<'a> {
+    /// What was applied live, one item per change (e.g. `watchdog.stall_after`).
+    pub applied: &'a [String],
+    /// Valid changes that only take effect after a restart (e.g. `pipe up changed`).
+    pub pending: &'a [String],
 }
 
-impl ReloadApplied {
-    /// Logs at info and counts `mqbridge_reloads_total`.
+impl ReloadApplied<'_> {
+    /// Logs at info (and the pending changes at warn) and counts `mqbridge_reloads_total`.
     pub fn emit(self) {
-        info!(
-            added = self.added,
-            changed = self.changed,
-            removed = self.removed,
-            unchanged = self.unchanged,
-            "configuration reloaded"
-        );
+        info!(applied = ?self.applied, "configuration reloaded");
+        if !self.pending.is_empty() {
+            warn!(
+                pending = ?self.pending,
+                "configuration changes not applied while running; restart mqbridge to apply them"
+            );
+        }
         counter!(RELOADS).increment(1);
     }
 }

@@ -171,6 +171,11 @@ impl Watchdog {
         }
     }
 
+    /// Changes the stall threshold (a reload); running stall episodes keep going.
+    pub fn set_stall_after(&mut self, stall_after: Duration) {
+        self.stall_after = stall_after;
+    }
+
     /// The configured stall threshold.
     pub fn stall_after(&self) -> Duration {
         self.stall_after

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::health::{Action, BrokerKind, PipeProgress, Watchdog};
+use super::events::ReloadApplied;
+use super::health::{Action, BrokerKind, PipeProgress};
+use super::reload::{ReloadPlan, diff};
 use super::server::{self, Collector, ServerState};
 use super::status::StatusBoard;
 use super::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
@@ -30,9 +32,6 @@ use crate::pipe::stats::PipeStats;
 /// Capacity of each client's event channel (events are rare; a lagging
 /// watcher only loses counts, never blocks the client).
 const EVENT_CAPACITY: usize = 64;
-/// Watchdog ticks at a quarter of `stall_after`, within these bounds.
-const MIN_TICK: Duration = Duration::from_millis(10);
-const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// Why observability could not start.
 #[derive(Debug, thiserror::Error)]
@@ -181,10 +180,13 @@ impl Observability {
                 }
             }
         };
-        let tick = (self.stall_after / 4).clamp(MIN_TICK, MAX_TICK);
+        let (stall_tx, stall_rx) = watch::channel(self.stall_after);
+        let control = ObservabilityControl {
+            board: self.board.clone(),
+            stall_after: Arc::new(stall_tx),
+        };
         tracker.spawn(run_watchdog(
-            Watchdog::new(self.stall_after),
-            tick,
+            stall_rx,
             move || watched.clone(),
             self.board.clone(),
             on_action,
@@ -227,10 +229,78 @@ impl Observability {
         tracker.close();
         ObservabilityHandle {
             addr,
-            board: self.board,
+            control,
             token,
             tracker,
         }
+    }
+}
+
+/// What a reload can change while everything keeps running: the readiness
+/// requirements and the watchdog threshold. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ObservabilityControl {
+    board: Arc<StatusBoard>,
+    stall_after: Arc<watch::Sender<Duration>>,
+}
+
+impl ObservabilityControl {
+    /// The status board (readiness as `/readyz` reports it).
+    pub fn board(&self) -> &Arc<StatusBoard> {
+        &self.board
+    }
+
+    /// Marks whether readiness requires broker `name`.
+    pub fn set_required(&self, name: &str, required: bool) {
+        self.board.set_required(name, required);
+    }
+
+    /// Changes the watchdog's stall threshold.
+    pub fn set_stall_after(&self, stall_after: Duration) {
+        self.stall_after.send_replace(stall_after);
+    }
+
+    /// Reloads to the valid plan `new`: applies what can change while
+    /// running (readiness requirements, watchdog threshold) and updates
+    /// `current` accordingly; every other change is reported as pending
+    /// (logged; it takes effect at the next restart). Logs and counts the reload.
+    pub fn reload(&self, current: &mut Plan, new: &Plan) -> ReloadPlan {
+        let d = diff(current, new);
+        let mut applied = Vec::new();
+        for name in &d.readiness_changed {
+            if let (Some(crate::config::BrokerKind::Remote(nr)), Some(cur)) = (
+                new.brokers.get(name).map(|b| &b.kind),
+                current.brokers.get_mut(name),
+            ) && let crate::config::BrokerKind::Remote(cr) = &mut cur.kind
+            {
+                cr.required = nr.required;
+                self.set_required(name, nr.required);
+                applied.push(format!("broker {name} required={}", nr.required));
+            }
+        }
+        if d.watchdog_changed {
+            current.watchdog = new.watchdog.clone();
+            self.set_stall_after(new.watchdog.stall_after);
+            applied.push(format!(
+                "watchdog.stall_after={:?}",
+                new.watchdog.stall_after
+            ));
+        }
+        let mut pending = Vec::new();
+        for (what, c) in [("broker", &d.brokers), ("pipe", &d.pipes)] {
+            pending.extend(c.added.iter().map(|n| format!("{what} {n} added")));
+            pending.extend(c.changed.iter().map(|n| format!("{what} {n} changed")));
+            pending.extend(c.removed.iter().map(|n| format!("{what} {n} removed")));
+        }
+        if d.metrics_changed {
+            pending.push("metrics settings changed".to_owned());
+        }
+        ReloadApplied {
+            applied: &applied,
+            pending: &pending,
+        }
+        .emit();
+        d
     }
 }
 
@@ -238,7 +308,7 @@ impl Observability {
 #[derive(Debug)]
 pub struct ObservabilityHandle {
     addr: Option<SocketAddr>,
-    board: Arc<StatusBoard>,
+    control: ObservabilityControl,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -249,9 +319,9 @@ impl ObservabilityHandle {
         self.addr
     }
 
-    /// The status board (readiness as `/readyz` reports it).
-    pub fn board(&self) -> &Arc<StatusBoard> {
-        &self.board
+    /// The live-reconfiguration handle.
+    pub fn control(&self) -> ObservabilityControl {
+        self.control.clone()
     }
 
     /// Stops the endpoint, the watchdog and the watchers, and waits for them.

@@ -68,6 +68,13 @@ impl StatusBoard {
         self.lock().brokers.remove(name);
     }
 
+    /// Changes whether readiness requires a broker (a reload).
+    pub fn set_required(&self, name: &str, required: bool) {
+        if let Some(b) = self.lock().brokers.get_mut(name) {
+            b.required = required;
+        }
+    }
+
     /// Records the connection state of a broker (`endpoint` when connected).
     pub fn set_connected(&self, name: &str, connected: bool, endpoint: Option<String>) {
         if let Some(b) = self.lock().brokers.get_mut(name) {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -203,23 +203,48 @@ pub fn check_pipes(
     actions
 }
 
-/// Runs the watchdog every `tick` until `shutdown`. `pipes` returns the
-/// current pipe set (it may change with reloads); `on_action` carries out
-/// each [`Action`] (e.g. asks the destination link to reconnect).
+/// The watchdog checks pipes at a quarter of `stall_after`, within these bounds.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
+/// See [`MIN_TICK`].
+pub const MAX_TICK: Duration = Duration::from_secs(1);
+
+fn tick_for(stall_after: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval((stall_after / 4).clamp(MIN_TICK, MAX_TICK));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// Runs the watchdog until `shutdown`, with the threshold from `stall_after`
+/// (a reload may change it). `pipes` returns the current pipe set;
+/// `on_action` carries out each [`Action`] (e.g. asks the destination link
+/// to reconnect).
 pub async fn run_watchdog(
-    mut watchdog: Watchdog,
-    tick: Duration,
+    mut stall_after: watch::Receiver<Duration>,
     pipes: impl Fn() -> Vec<WatchedPipe>,
     board: Arc<StatusBoard>,
     mut on_action: impl FnMut(Action),
     shutdown: CancellationToken,
 ) {
+    let mut watchdog = Watchdog::new(*stall_after.borrow_and_update());
     let mut known = BTreeSet::new();
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval = tick_for(watchdog.stall_after());
+    // Guard: once the sender is gone, `changed` would be ready forever.
+    let mut reconfigurable = true;
     loop {
+        // Cancel safety: `tick`, `changed` and `cancelled` lose nothing.
         tokio::select! {
             _ = interval.tick() => {}
+            changed = stall_after.changed(), if reconfigurable => {
+                match changed {
+                    Ok(()) => {
+                        let d = *stall_after.borrow_and_update();
+                        watchdog.set_stall_after(d);
+                        interval = tick_for(d);
+                    }
+                    Err(_) => reconfigurable = false,
+                }
+                continue;
+            }
             () = shutdown.cancelled() => break,
         }
         let current = pipes();
