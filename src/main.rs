@@ -185,19 +185,29 @@ async fn wait_for_shutdown(path: &std::path::Path, handle: &mut mqbridge::RunHan
     // Created once, so a stop signal during a reload is not missed.
     let stop = mqbridge::shutdown::signal();
     tokio::pin!(stop);
+    // Poll once so the stop handlers are installed before we say so.
+    tokio::select! {
+        biased;
+        () = &mut stop => return,
+        () = std::future::ready(()) => {}
+    }
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::hangup()) {
-            Ok(mut hup) => loop {
-                tokio::select! {
-                    () = &mut stop => return,
-                    _ = hup.recv() => {
-                        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-                        let _ = handle.reload_file(path);
+            Ok(mut hup) => {
+                // The SIGHUP stream buffers a signal that arrives mid-reload.
+                tracing::info!("waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads");
+                loop {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        _ = hup.recv() => {
+                            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                            let _ = handle.reload_file(path);
+                        }
                     }
                 }
-            },
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGHUP; reload disabled")
             }

@@ -89,6 +89,10 @@ fn json_logs_carry_fields_and_metrics_answer() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"alive""#), "{resp}");
 
+    wait_message(
+        &rx,
+        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
+    );
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -108,4 +112,77 @@ fn json_logs_carry_fields_and_metrics_answer() {
             .any(|l| l.contains(r#""message":"bridge stopped""#)),
         "{rest:?}"
     );
+}
+
+/// Waits for a JSON log line whose `message` is `msg`; returns it.
+fn wait_message(rx: &mpsc::Receiver<String>, msg: &str) -> serde_json::Value {
+    let mut seen = Vec::new();
+    loop {
+        let Ok(line) = rx.recv_timeout(WAIT) else {
+            panic!("no log line {msg:?}; got:\n{}", seen.join("\n"));
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v.get("message").and_then(|m| m.as_str()) == Some(msg) {
+            return v;
+        }
+        seen.push(line);
+    }
+}
+
+#[test]
+fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
+    let cfg = config_file(CONFIG);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mqbridge");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_message(
+        &rx,
+        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
+    );
+    let pid = child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+
+    std::fs::write(cfg.path(), "brokers:\n  edge: {type: nonsense}\n").expect("write");
+    signal("-HUP");
+    let err = wait_message(&rx, "reload rejected: configuration error");
+    assert!(err.get("error").is_some(), "{err}");
+    wait_message(&rx, "reload rejected; keeping the running configuration");
+
+    std::fs::write(
+        cfg.path(),
+        format!("{CONFIG}watchdog:\n  stall_after: 5s\n"),
+    )
+    .expect("write");
+    signal("-HUP");
+    let ok = wait_message(&rx, "configuration reloaded");
+    let applied = ok
+        .get("applied")
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(applied.contains("watchdog.stall_after"), "{ok}");
+
+    signal("-TERM");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
 }
