@@ -228,6 +228,17 @@ async fn wedged_remote_destination_stalls_then_recovers() {
     );
     assert!(fake.connections.load(Ordering::SeqCst) >= 2);
     assert!(fake.acked.load(Ordering::SeqCst) >= 3);
+    // Sent once on the wedged connection and again after the reconnect.
+    let out = value(&m, r#"mqbridge_remote_messages_out_total{broker="wedge"}"#).expect("out");
+    assert!(out >= 6.0, "{m}");
+    let bytes = value(&m, r#"mqbridge_remote_bytes_out_total{broker="wedge"}"#).expect("bytes");
+    assert!(bytes >= 6.0 * 7.0, "{m}");
+    metric_becomes(
+        addr,
+        r#"mqbridge_remote_inflight_messages{broker="wedge"}"#,
+        0.0,
+    )
+    .await;
 
     token.cancel();
     timeout(WAIT, run.finished()).await.expect("stops");

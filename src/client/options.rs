@@ -166,6 +166,8 @@ pub struct ClientOptions {
     /// Separate from the request channel, which is not read while the
     /// inflight window is full — exactly when a reconnect is needed.
     pub reconnect: Option<Arc<Notify>>,
+    /// Metric handles for messages/bytes in and out and the inflight gauge.
+    pub metrics: Option<crate::metrics::RemoteBrokerMetrics>,
 }
 
 impl ClientOptions {
@@ -198,6 +200,7 @@ impl ClientOptions {
             birth: None,
             events: None,
             reconnect: None,
+            metrics: None,
         }
     }
 

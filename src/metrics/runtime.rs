@@ -121,6 +121,7 @@ impl Observability {
         let metrics = RemoteBrokerMetrics::new(name, &endpoints);
         let (tx, rx) = broadcast::channel(EVENT_CAPACITY);
         opts.events = Some(tx);
+        opts.metrics = Some(metrics.clone());
         let notify = Arc::new(Notify::new());
         opts.reconnect = Some(notify.clone());
         self.reconnect.insert(name.to_owned(), notify);
