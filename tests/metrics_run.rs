@@ -402,3 +402,63 @@ async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
     token.cancel();
     timeout(WAIT, run.finished()).await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_source_counts_messages_in_and_connection_state() {
+    let p = unique("in");
+    let mosq = common::mosquitto::Mosquitto::start();
+    let yaml = format!(
+        "brokers:\n{}  sink:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  in_down:\n    from: src\n    to: sink\n    topics: [{p}/#]\n",
+        remote_yaml("src", mosq.port, &p)
+    );
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics");
+    let sink = run.builtin_addrs("sink").expect("sink")[0].port();
+    let mut sub = Sub::start(sink, &unique("sub"), &format!("{p}/#"), 1, false).await;
+    for i in 0..4 {
+        publish(mosq.port, &format!("{p}/x/{i}"), "abcd", 1, false).await;
+    }
+    for _ in 0..4 {
+        sub.next().await.expect("message");
+    }
+    let m = metric_becomes(
+        addr,
+        r#"mqbridge_remote_messages_in_total{broker="src"}"#,
+        4.0,
+    )
+    .await;
+    assert_eq!(
+        value(&m, r#"mqbridge_remote_bytes_in_total{broker="src"}"#),
+        Some(16.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, r#"mqbridge_remote_connected{broker="src"}"#),
+        Some(1.0)
+    );
+    let ep = format!("mqtt://127.0.0.1:{}", mosq.port);
+    assert_eq!(
+        value(
+            &m,
+            &format!(r#"mqbridge_remote_endpoint_active{{broker="src",endpoint="{ep}"}}"#)
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            &format!(
+                r#"mqbridge_remote_connection_attempts_total{{broker="src",endpoint="{ep}"}}"#
+            )
+        ),
+        Some(1.0)
+    );
+    sub.stop().await;
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stops");
+}
