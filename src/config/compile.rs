@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 
 use serde_saphyr::Location;
 
-use super::brokers::{addrs_collide, compile_broker};
+use super::brokers::compile_broker;
 use super::ctx::{Ctx, LoadOptions};
 use super::error::{ConfigErrors, Diagnostic, Scope, Warning};
 use super::graph;
 use super::pipes::compile_pipe;
 use super::plan::{BrokerKind, BrokerPlan, MetricsPlan, Plan, WatchdogPlan};
 use super::raw::{RawConfig, defaults};
+use super::urls::addrs_collide;
 
 /// Parses and compiles `text` (named `file` in messages).
 pub(crate) fn compile_str(
@@ -41,7 +42,7 @@ pub(crate) fn compile_str(
                     file: file.to_string(),
                     line,
                     column,
-                    scope: Scope::Top,
+                    scope: scope_at(text, line),
                     message: parse_message(&e),
                 }],
             });
@@ -63,7 +64,49 @@ fn parse_message(e: &serde_saphyr::Error) -> String {
         Some(i) if msg[i..].contains(", column ") => msg[..i].to_string(),
         _ => msg,
     };
-    msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+    let msg = msg.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    match msg.strip_prefix("duplicate mapping key: ") {
+        Some(key) => format!("`{key}` is defined twice (keys and names must be unique)"),
+        None => msg,
+    }
+}
+
+/// The broker or pipe whose block holds `line`, judged from indentation (the
+/// parser stops at its first error, before any structure is known). Block
+/// style only; flow-style maps give [`Scope::Top`].
+fn scope_at(text: &str, line: u64) -> Scope {
+    let mut section = "";
+    let mut child_indent: Option<usize> = None;
+    let mut scope = Scope::Top;
+    for l in text
+        .lines()
+        .take(usize::try_from(line).unwrap_or(usize::MAX))
+    {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = l.len() - trimmed.len();
+        let key = trimmed.split(':').next().unwrap_or("").trim();
+        if indent == 0 {
+            section = if key == "brokers" || key == "pipes" {
+                key
+            } else {
+                ""
+            };
+            child_indent = None;
+            scope = Scope::Top;
+        } else if !section.is_empty() && child_indent.is_none_or(|c| c == indent) {
+            child_indent = Some(indent);
+            let name = key.trim_matches(|c| c == '"' || c == '\'');
+            scope = if section == "brokers" {
+                Scope::Broker(name.to_string())
+            } else {
+                Scope::Pipe(name.to_string())
+            };
+        }
+    }
+    scope
 }
 
 /// Whether `name` can be a metric label value and an id: `^[a-zA-Z][a-zA-Z0-9_-]{0,63}$`.

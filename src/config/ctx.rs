@@ -56,7 +56,7 @@ impl<'a> Ctx<'a> {
         let message = if message.contains('\n') {
             let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
             let first = lines.next().unwrap_or_default().to_string();
-            match lines.last() {
+            match lines.next_back() {
                 Some(last) => format!("{first} {last}"),
                 None => first,
             }

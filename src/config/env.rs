@@ -105,4 +105,16 @@ mod tests {
             Err(EnvError::BadName("A B".into()))
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1000, ..Default::default() })]
+
+        /// Never panics; text with every `$` doubled comes back unchanged.
+        #[test]
+        fn escaped_text_round_trips(s in "[a-z${}:\\-/#+]{0,24}") {
+            let _ = substitute(&s, &vars);
+            let escaped = s.replace('$', "$$");
+            proptest::prop_assert_eq!(substitute(&escaped, &vars), Ok(s));
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! levels — plus witnesses where the filter meets every other filter,
 //! exclusion and remap pattern in the config (so that overlapping wildcards
 //! and `$`-topics meet on a real topic). Each witness is then followed hop by
-//! hop with [`route::trace`], the same routing `mqbridge route` shows. A path
+//! hop with [`super::route::trace`], the same routing `mqbridge route` shows. A path
 //! that comes back to a broker it already passed, with a topic some pipe would
 //! forward again, is a loop; one that comes back and stops is an echo (a
 //! warning). Two paths landing on the same broker and topic are a duplicate.
@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::plan::{PipePlan, Plan};
-use super::route::{Arrival, Decision, decide, trace};
+use super::route::{Arrival, Decision, Router, decide};
 use crate::topic::{RemapRule, validate_topic_name};
 
 /// Sample text for a `+` level or a level under `#`.
@@ -257,6 +257,7 @@ fn filter_witnesses(filter: &str, pool: &[String]) -> Vec<String> {
 /// Runs the loop, self-loop and duplicate analysis over the whole plan.
 pub fn analyze(plan: &Plan) -> Analysis {
     let pool = pattern_pool(plan);
+    let router = Router::new(plan);
     let mut analysis = Analysis::default();
     let mut budget = WORK_BUDGET;
     let mut loop_keys: HashSet<BTreeSet<String>> = HashSet::new();
@@ -290,7 +291,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
         for (filter, _) in &pipe.filters {
             for w in filter_witnesses(filter, &pool) {
                 if pipe.loop_check {
-                    let root = trace(plan, &pipe.from, &w, &checked, &mut budget);
+                    let root = router.trace(&pipe.from, &w, &checked, &mut budget);
                     let mut path = Vec::new();
                     find_cycles(&root, &mut path, &mut |path, a| {
                         report_cycle(
@@ -303,7 +304,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
                         )
                     });
                 }
-                let root = trace(plan, &pipe.from, &w, &all, &mut budget);
+                let root = router.trace(&pipe.from, &w, &all, &mut budget);
                 find_duplicates(&root, &mut dup_keys, &mut analysis);
             }
         }
@@ -486,5 +487,68 @@ mod tests {
     #[test]
     fn template_patterns() {
         assert_eq!(template_pattern("cloud/{1}/data/{#}"), "cloud/+/data/#");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::topic::{matches, validate_filter};
+    use proptest::prelude::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("$SYS".to_string()),
+            Just(String::new()),
+            Just("+".to_string()),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (prop::collection::vec(level(), 1..4), any::<bool>()).prop_map(|(mut l, hash)| {
+            if hash {
+                l.push("#".into());
+            }
+            l.join("/")
+        })
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("$SYS".to_string()),
+                Just(String::new()),
+                Just("x".to_string())
+            ],
+            1..5,
+        )
+        .prop_map(|l| l.join("/"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// `meet(a, b)` matches exactly the topics both `a` and `b` match.
+        #[test]
+        fn meet_is_the_intersection(a in filter(), b in filter(), t in topic()) {
+            prop_assume!(validate_filter(&a).is_ok() && validate_filter(&b).is_ok());
+            let both = matches(&a, &t) && matches(&b, &t);
+            let m = meet(&a, &b);
+            prop_assert_eq!(both, m.as_deref().is_some_and(|m| matches(m, &t)), "a={} b={} t={} m={:?}", a, b, t, m);
+        }
+
+        /// Every witness of a filter is a valid topic the filter matches.
+        #[test]
+        fn witnesses_match_their_filter(f in filter()) {
+            prop_assume!(validate_filter(&f).is_ok());
+            for w in witnesses(&f) {
+                prop_assert!(validate_topic_name(&w).is_ok());
+                prop_assert!(matches(&f, &w), "{} does not match {}", f, w);
+            }
+        }
     }
 }

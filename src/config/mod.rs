@@ -9,6 +9,7 @@
 //! it names; no tasks.
 
 mod brokers;
+mod builtin;
 mod compile;
 mod ctx;
 pub mod env;
@@ -17,16 +18,18 @@ pub mod graph;
 mod pipes;
 pub mod plan;
 pub mod raw;
+mod remote;
 pub mod route;
 pub mod summary;
 pub mod units;
+mod urls;
 
 use std::path::Path;
 
-pub use brokers::{parse_endpoint, parse_listen_url};
 pub use ctx::LoadOptions;
 pub use error::{ConfigError, ConfigErrors, Diagnostic, Scope, Warning};
 pub use plan::*;
+pub use urls::{addrs_collide, parse_endpoint, parse_listen_url};
 
 /// Loads and compiles a config file, reading `${VAR}` from the process
 /// environment. Returns the plan and its warnings, or every error.

@@ -40,6 +40,9 @@ pub struct BrokerPlan {
 }
 
 /// The two kinds of broker.
+// A handful of these exist per process, built once at load: boxing the larger
+// variant would only make every consumer's match noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum BrokerKind {
     /// A broker we connect to as a client (`type: remote`).

@@ -1,10 +1,15 @@
 //! Following a topic through the pipe graph, hop by hop. One routing function
 //! serves both `mqbridge route` and the static loop/duplication analysis.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::plan::{PipePlan, Plan};
 use crate::topic::matches;
+
+/// Longest path followed (a config with a longer chain of brokers is cut off
+/// and marked truncated rather than recursing without bound).
+pub const MAX_HOPS: usize = 64;
 
 /// What one pipe does with a message at its source broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,49 +112,77 @@ pub fn trace(
     include: &dyn Fn(&PipePlan) -> bool,
     budget: &mut usize,
 ) -> Arrival {
-    let mut path = Vec::new();
-    walk(plan, broker, topic, include, budget, &mut path)
+    Router::new(plan).trace(broker, topic, include, budget)
 }
 
-fn walk(
-    plan: &Plan,
-    broker: &str,
-    topic: &str,
-    include: &dyn Fn(&PipePlan) -> bool,
-    budget: &mut usize,
-    path: &mut Vec<String>,
-) -> Arrival {
-    let revisit = path.iter().any(|b| b == broker);
-    let mut arrival = Arrival {
-        broker: broker.to_string(),
-        topic: topic.to_string(),
-        revisit,
-        truncated: false,
-        steps: Vec::new(),
-    };
-    if *budget == 0 {
-        arrival.truncated = true;
-        return arrival;
+/// The pipes of a plan indexed by source broker, for repeated traces.
+pub struct Router<'p> {
+    by_source: HashMap<&'p str, Vec<&'p PipePlan>>,
+}
+
+impl<'p> Router<'p> {
+    /// Indexes `plan`'s pipes by source broker (each list in pipe-name order).
+    pub fn new(plan: &'p Plan) -> Self {
+        let mut by_source: HashMap<&str, Vec<&PipePlan>> = HashMap::new();
+        for p in plan.pipes.values() {
+            by_source.entry(p.from.as_str()).or_default().push(p);
+        }
+        Router { by_source }
     }
-    *budget -= 1;
-    path.push(broker.to_string());
-    for pipe in plan.pipes_from(broker).filter(|p| include(p)) {
-        let decision = decide(pipe, topic);
-        let next = match (&decision, revisit) {
-            (Decision::Forwarded { topic, .. }, false) => {
-                Some(Box::new(walk(plan, &pipe.to, topic, include, budget, path)))
-            }
-            _ => None,
+
+    /// See [`trace`].
+    pub fn trace(
+        &self,
+        broker: &str,
+        topic: &str,
+        include: &dyn Fn(&PipePlan) -> bool,
+        budget: &mut usize,
+    ) -> Arrival {
+        let mut path = Vec::new();
+        self.walk(broker, topic, include, budget, &mut path)
+    }
+
+    fn walk(
+        &self,
+        broker: &str,
+        topic: &str,
+        include: &dyn Fn(&PipePlan) -> bool,
+        budget: &mut usize,
+        path: &mut Vec<String>,
+    ) -> Arrival {
+        let revisit = path.iter().any(|b| b == broker);
+        let mut arrival = Arrival {
+            broker: broker.to_string(),
+            topic: topic.to_string(),
+            revisit,
+            truncated: false,
+            steps: Vec::new(),
         };
-        arrival.steps.push(Step {
-            pipe: pipe.name.clone(),
-            to: pipe.to.clone(),
-            decision,
-            next,
-        });
+        if *budget == 0 || path.len() >= MAX_HOPS {
+            arrival.truncated = true;
+            return arrival;
+        }
+        *budget -= 1;
+        path.push(broker.to_string());
+        let pipes = self.by_source.get(broker).map(Vec::as_slice).unwrap_or(&[]);
+        for pipe in pipes.iter().filter(|p| include(p)) {
+            let decision = decide(pipe, topic);
+            let next = match (&decision, revisit) {
+                (Decision::Forwarded { topic, .. }, false) => {
+                    Some(Box::new(self.walk(&pipe.to, topic, include, budget, path)))
+                }
+                _ => None,
+            };
+            arrival.steps.push(Step {
+                pipe: pipe.name.clone(),
+                to: pipe.to.clone(),
+                decision,
+                next,
+            });
+        }
+        path.pop();
+        arrival
     }
-    path.pop();
-    arrival
 }
 
 /// Renders a trace for `mqbridge route`, one line per hop, indented by depth.

@@ -252,7 +252,7 @@ fn every_error_is_gathered() {
         "t.yaml:6:15: broker \"cloud\": inflight: 0 is out of range (allowed 1..=65535)",
         "t.yaml:7:16: broker \"cloud\": reconnect: min (2m) is larger than max (1m)",
         "t.yaml:9:13: pipe \"p\": unknown broker \"clod\" (did you mean \"cloud\"?)",
-        "t.yaml:9:39: pipe \"p\": topics: invalid filter `a/#/b`: it '#' must be the last level, but level 2 is '#' and is followed by more levels",
+        "t.yaml:9:39: pipe \"p\": topics: invalid filter `a/#/b`: it has '#' in level 2 followed by more levels; '#' must be the last level",
         "t.yaml:9:63: pipe \"p\": queue.size: must be at least 1",
     ];
     assert_eq!(e, expected);
@@ -275,4 +275,58 @@ fn pipe_plan_equality_compares_remaps() {
     let (a, b, c) = (plan(a), plan(b), plan(c));
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+#[test]
+fn builtin_without_any_login_warns() {
+    let w = warnings(
+        "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0'], allow_anonymous: false}\n",
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with("t.yaml:2:73: broker \"edge\": allow_anonymous: false"),
+        "{}",
+        w[0]
+    );
+}
+
+#[test]
+fn hostname_is_safe_for_ids_and_topics() {
+    let h = local_hostname();
+    assert!(!h.is_empty());
+    assert!(
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+        "{h}"
+    );
+}
+
+#[test]
+fn tls_listener_and_remote_tls_files_are_checked() {
+    let e = errors(
+        "brokers:\n  edge:\n    type: builtin\n    listen:\n      - url: tls://127.0.0.1:0\n        cert_file: missing.pem\n        key_file: missing.key\n        cert_cn_as_username: true\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "t.yaml:6:20: broker \"edge\": listen.cert_file: cannot read `missing.pem`: No such file or directory (os error 2)",
+            "t.yaml:7:19: broker \"edge\": listen.key_file: cannot read `missing.key`: No such file or directory (os error 2)",
+            "t.yaml:8:30: broker \"edge\": listen.cert_cn_as_username: needs `require_client_cert: true`",
+        ]
+    );
+}
+
+#[test]
+fn regex_remaps_that_map_back_are_a_loop() {
+    let e = loops(&pipes(
+        "  up: {from: edge, to: cloud, topics: ['dev/+/#'], remap: [{regex: 'dev/([^/]+)/(.*)', replace: 'devices/$1/$2'}]}\n  down: {from: cloud, to: edge, topics: ['devices/#'], remap: [{regex: 'devices/([^/]+)/(.*)', replace: 'dev/$1/$2'}]}\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains(
+            "cloud: devices/x/x → (pipe down) edge: dev/x/x → (pipe up) cloud: devices/x/x"
+        ),
+        "{}",
+        e[0]
+    );
 }

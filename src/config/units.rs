@@ -150,7 +150,7 @@ pub fn format_duration(d: Duration) -> String {
 /// Formats a byte size compactly (`256KiB`, `1MiB`, `1000B`).
 pub fn format_size(bytes: u64) -> String {
     for (unit, per) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= per && bytes % per == 0 {
+        if bytes >= per && bytes.is_multiple_of(per) {
             return format!("{}{unit}", bytes / per);
         }
     }

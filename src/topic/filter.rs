@@ -19,10 +19,14 @@ pub const MAX_TOPIC_LEN: usize = 65_535;
 const MAX_LEVEL_TEXT: usize = 40;
 
 /// Why a topic name or topic filter is invalid. Level numbers are 1-based.
+///
+/// Messages are verb phrases whose subject is the topic or filter, so they
+/// read well after it: ``format!("filter `{f}` {e}")`` gives
+/// "filter `a/#/b` has '#' in level 2 followed by more levels; …".
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopicError {
     /// Zero-length topic name or filter.
-    #[error("must not be empty")]
+    #[error("is empty")]
     Empty,
     /// Longer than [`MAX_TOPIC_LEN`] bytes.
     #[error("is {len} bytes long; the maximum is 65535 bytes")]
@@ -49,14 +53,14 @@ pub enum TopicError {
         text: String,
     },
     /// `#` is a whole level but more levels follow it.
-    #[error("'#' must be the last level, but level {level} is '#' and is followed by more levels")]
+    #[error("has '#' in level {level} followed by more levels; '#' must be the last level")]
     HashNotLast {
         /// Level holding the `#`.
         level: usize,
     },
     /// A wildcard shares its level with other characters (`a#`, `+b`).
     #[error(
-        "level {level} ({text:?}) mixes '{wildcard}' with other characters; a wildcard must be a whole level"
+        "mixes '{wildcard}' with other characters in level {level} ({text:?}); a wildcard must be a whole level"
     )]
     WildcardNotWholeLevel {
         /// Level holding the wildcard.
@@ -229,7 +233,7 @@ impl<'t> Captures<'t> {
     }
 }
 
-/// Like [`matches`], but returns what each wildcard matched.
+/// Like [`matches()`], but returns what each wildcard matched.
 ///
 /// `captures("site/+/sensor/#", "site/7/sensor/a/b")` gives `{1} = "7"` and
 /// `{#} = "a/b"`; `captures("a/#", "a")` gives `{#} = ""` with
@@ -369,7 +373,7 @@ mod tests {
         let e = validate_filter("x/sen+sor").unwrap_err().to_string();
         assert!(e.contains("level 2") && e.contains("\"sen+sor\""), "{e}");
         let e = validate_topic_name("a/#").unwrap_err().to_string();
-        assert!(e.contains("wildcard '#'") && e.contains("level 2"), "{e}");
+        assert!(e.starts_with("contains the wildcard '#' in level 2"), "{e}");
         let long = format!("{}+", "x".repeat(500));
         let e = validate_filter(&long).unwrap_err().to_string();
         assert!(e.len() < 200, "level text is shortened: {e}");

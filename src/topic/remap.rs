@@ -25,7 +25,7 @@ use super::filter::{TopicError, captures, matches, validate_filter, validate_top
 #[derive(Debug, Clone, Error)]
 pub enum RemapError {
     /// A template rule's filter is not a valid topic filter.
-    #[error("template filter {filter:?} is invalid: it {source}")]
+    #[error("template filter {filter:?} {source}")]
     InvalidFilter {
         /// The filter text.
         filter: String,
@@ -85,7 +85,7 @@ fn produced(topic: &str, reason: &TopicError) -> String {
     match reason {
         TopicError::Empty => "an empty topic".to_owned(),
         TopicError::TooLong { len } => format!("a topic of {len} bytes; the maximum is 65535"),
-        _ => format!("the invalid topic {:?}: it {reason}", shorten(topic)),
+        _ => format!("the invalid topic {:?}, which {reason}", shorten(topic)),
     }
 }
 
@@ -172,9 +172,9 @@ fn parse_template(template: &str) -> Result<Vec<Piece<'_>>, String> {
 /// Reason a literal part of a template or replacement can never be in a topic.
 fn literal_problem(lit: &str) -> Option<&'static str> {
     if lit.contains('+') || lit.contains('#') {
-        Some("its literal text contains a wildcard ('+' or '#'), which a topic name cannot hold")
+        Some("its literal text has a wildcard ('+' or '#'), which a topic name cannot hold")
     } else if lit.contains('\0') {
-        Some("its literal text contains a NUL character")
+        Some("its literal text has a NUL character")
     } else {
         None
     }
@@ -494,5 +494,229 @@ impl Remap {
     /// Index of the rule that would rewrite `topic`, if any.
     pub fn rule_for(&self, topic: &str) -> Option<usize> {
         self.rules.iter().position(|r| r.applies_to(topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(rule: RemapRule) -> Remap {
+        Remap::new(vec![rule])
+    }
+
+    #[test]
+    fn prefix_strip_and_add() {
+        let r = one(RemapRule::prefix(Some("local/"), Some("remote/")));
+        assert_eq!(r.apply("local/a/b").unwrap(), "remote/a/b");
+        assert_eq!(r.apply("other/a").unwrap(), "other/a");
+        assert_eq!(r.apply("local").unwrap(), "local", "plain string prefix");
+
+        let add_only = one(RemapRule::prefix(None, Some("edge/")));
+        assert_eq!(add_only.apply("a").unwrap(), "edge/a");
+        assert!(RemapRule::prefix(None, Some("x")).applies_to("anything"));
+
+        let strip_only = one(RemapRule::prefix(Some("edge/"), None));
+        assert_eq!(strip_only.apply("edge/a").unwrap(), "a");
+        let e = strip_only.apply("edge/").unwrap_err();
+        assert_eq!(e.to_string(), "rule 0 (prefix) produced an empty topic");
+    }
+
+    #[test]
+    fn prefix_producing_wildcard_is_an_error() {
+        let r = one(RemapRule::prefix(None, Some("a/#/")));
+        let e = r.apply("x").unwrap_err();
+        assert!(matches!(
+            e,
+            RemapError::InvalidOutput {
+                index: 0,
+                kind: "prefix",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("\"a/#/x\""), "{e}");
+    }
+
+    #[test]
+    fn template_captures() {
+        let r = one(RemapRule::template("site/+/sensor/#", "cloud/{1}/data/{#}").unwrap());
+        assert_eq!(r.apply("site/7/sensor/t/1").unwrap(), "cloud/7/data/t/1");
+        assert_eq!(r.apply("site/7/sensor").unwrap(), "cloud/7/data");
+        assert_eq!(r.apply("site/7/sensor/").unwrap(), "cloud/7/data/");
+        assert_eq!(r.apply("site/7/other").unwrap(), "site/7/other");
+
+        let r = one(RemapRule::template("+/+/x", "{2}-{1}/y").unwrap());
+        assert_eq!(r.apply("a/b/x").unwrap(), "b-a/y");
+        assert_eq!(r.apply("/b/x").unwrap(), "b-/y", "empty + capture");
+    }
+
+    #[test]
+    fn template_hash_slash_rule() {
+        let r = one(RemapRule::template("a/#", "cloud/{#}/end").unwrap());
+        assert_eq!(r.apply("a").unwrap(), "cloud/end");
+        assert_eq!(r.apply("a/b/c").unwrap(), "cloud/b/c/end");
+        let r = one(RemapRule::template("a/#", "x{#}").unwrap());
+        assert_eq!(r.apply("a").unwrap(), "x", "no slash to drop");
+        let r = one(RemapRule::template("#", "up/{#}").unwrap());
+        assert_eq!(r.apply("/a").unwrap(), "up//a", "empty first level kept");
+    }
+
+    #[test]
+    fn template_can_produce_empty_topic() {
+        let r = Remap::new(vec![
+            RemapRule::prefix(Some("zzz"), None),
+            RemapRule::template("a/#", "{#}").unwrap(),
+        ]);
+        assert_eq!(r.apply("a/b").unwrap(), "b");
+        let e = r.apply("a").unwrap_err();
+        assert_eq!(e.to_string(), "rule 1 (template) produced an empty topic");
+        let r = one(RemapRule::template("+/x", "{1}").unwrap());
+        assert!(r.apply("/x").is_err());
+    }
+
+    #[test]
+    fn template_build_errors() {
+        let e = RemapRule::template("a/+", "b/{2}").unwrap_err().to_string();
+        assert!(e.contains("{2}") && e.contains("only 1 '+'"), "{e}");
+        let e = RemapRule::template("a/+", "b/{#}").unwrap_err().to_string();
+        assert!(e.contains("does not end with '#'"), "{e}");
+        let e = RemapRule::template("a/#/b", "x").unwrap_err().to_string();
+        assert!(e.contains("last level"), "{e}");
+        for bad in ["b/{0}", "b/{x}", "b/{1", "b/+", "b/#", "", "b/{}", "b/{+1}"] {
+            assert!(
+                matches!(
+                    RemapRule::template("a/+/#", bad),
+                    Err(RemapError::InvalidTemplate { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_built_broken_template_is_an_error_not_a_panic() {
+        let r = one(RemapRule::Template {
+            filter: "a/+".into(),
+            template: "{3}/{#}".into(),
+        });
+        let e = r.apply("a/b").unwrap_err();
+        assert!(matches!(
+            e,
+            RemapError::BrokenRule {
+                index: 0,
+                kind: "template",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn regex_rules() {
+        let r = one(RemapRule::regex(r"site/(\w+)/(?<rest>.*)", "cloud/$1/${rest}").unwrap());
+        assert_eq!(r.apply("site/abc/t/1").unwrap(), "cloud/abc/t/1");
+        assert_eq!(r.apply("x/site/abc/t").unwrap(), "x/site/abc/t", "anchored");
+        let r = one(RemapRule::regex("a|b", "c").unwrap());
+        assert_eq!(r.apply("b").unwrap(), "c");
+        assert_eq!(r.apply("ab").unwrap(), "ab", "anchoring wraps alternations");
+        let r = one(RemapRule::regex("a/(.*)", "$$/${1}x").unwrap());
+        assert_eq!(r.apply("a/q").unwrap(), "$/qx");
+        let r = one(RemapRule::regex("a/(.*)", "$1").unwrap());
+        let e = r.apply("a/").unwrap_err();
+        assert_eq!(e.to_string(), "rule 0 (regex) produced an empty topic");
+    }
+
+    #[test]
+    fn regex_build_errors() {
+        assert!(matches!(
+            RemapRule::regex("a(", "x"),
+            Err(RemapError::InvalidRegex { .. })
+        ));
+        let e = RemapRule::regex("a/(.*)", "b/$2").unwrap_err().to_string();
+        assert!(e.contains("\"2\""), "{e}");
+        let e = RemapRule::regex("a/(.*)", "b/$1x").unwrap_err().to_string();
+        assert!(e.contains("\"1x\""), "{e}");
+        assert!(RemapRule::regex("a/(?<n>.*)", "b/$n").is_ok());
+        assert!(RemapRule::regex("a/(?<n>.*)", "b/$m").is_err());
+        assert!(RemapRule::regex("a/(.*)", "b/#").is_err());
+    }
+
+    #[test]
+    fn first_applying_rule_wins() {
+        let r = Remap::new(vec![
+            RemapRule::prefix(Some("a/"), Some("first/")),
+            RemapRule::template("a/+", "second/{1}").unwrap(),
+        ]);
+        assert_eq!(r.apply("a/b").unwrap(), "first/b");
+        assert_eq!(r.rule_for("a/b"), Some(0));
+        assert_eq!(r.rule_for("b"), None);
+        assert_eq!(Remap::default().apply("x/y").unwrap(), "x/y");
+    }
+
+    #[test]
+    fn applies_to_matches_rewrite() {
+        let t = RemapRule::template("a/+", "b/{1}").unwrap();
+        assert!(t.applies_to("a/x") && !t.applies_to("a/x/y"));
+        let re = RemapRule::regex("a/.*", "b").unwrap();
+        assert!(re.applies_to("a/x") && !re.applies_to("xa/x"));
+        let p = RemapRule::prefix(Some("a/"), None);
+        assert!(p.applies_to("a/x") && !p.applies_to("b/a/x"));
+    }
+
+    #[test]
+    fn error_messages_read_well() {
+        let msg = |r: Result<RemapRule, RemapError>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(RemapRule::template("a/#/b", "x")),
+            "template filter \"a/#/b\" has '#' in level 2 followed by more levels; \
+             '#' must be the last level"
+        );
+        assert_eq!(
+            msg(RemapRule::template("site/+/#", "cloud/{2}")),
+            "template \"cloud/{2}\" is invalid: it uses {2} but filter \"site/+/#\" has only 1 '+' wildcard(s)"
+        );
+        assert_eq!(
+            msg(RemapRule::template("a/+", "b/{x}")),
+            "template \"b/{x}\" is invalid: unknown placeholder {x}; use {1}, {2}, … for '+' and {#} for '#'"
+        );
+        assert_eq!(
+            msg(RemapRule::regex("a/(.*)", "b/$2")),
+            "replacement \"b/$2\" is invalid: it refers to group \"2\", which the regex does not have \
+             (write ${1}x rather than $1x)"
+        );
+        let e = Remap::new(vec![RemapRule::prefix(None, Some("a/+/"))])
+            .apply("x")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 0 (prefix) produced the invalid topic \"a/+/x\", which contains the wildcard '+' \
+             in level 2 (\"+\"); topic names cannot contain wildcards"
+        );
+        let big = "x".repeat(65_535);
+        let e = Remap::new(vec![RemapRule::prefix(None, Some("a/"))])
+            .apply(&big)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "rule 0 (prefix) produced a topic of 65537 bytes; the maximum is 65535"
+        );
+    }
+
+    #[test]
+    fn describe_is_short_and_readable() {
+        assert_eq!(
+            RemapRule::prefix(Some("l/"), Some("r/")).describe(),
+            "prefix strip \"l/\" add \"r/\""
+        );
+        assert_eq!(
+            RemapRule::template("site/+/#", "cloud/{1}/{#}")
+                .unwrap()
+                .describe(),
+            "template site/+/# -> cloud/{1}/{#}"
+        );
+        assert_eq!(
+            RemapRule::regex("a/(.*)", "b/$1").unwrap().describe(),
+            "regex a/(.*) -> b/$1"
+        );
+        assert_eq!(RemapRule::prefix(None, None).kind(), "prefix");
     }
 }

@@ -1,0 +1,241 @@
+//! Compiling a `type: builtin` broker and its listeners.
+
+use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::ctx::Ctx;
+use super::error::Scope;
+use super::plan::{BuiltInPlan, LimitsPlan, ListenerPlan, ListenerTlsPlan, Scheme};
+use super::raw::{OrMap, RawBroker, RawListener, Text, defaults};
+use super::urls::parse_listen_url;
+
+pub(crate) fn compile_builtin(
+    ctx: &mut Ctx,
+    key: &Text,
+    scope: &Scope,
+    raw: &RawBroker,
+) -> BuiltInPlan {
+    let loc = |t: &Option<Text>| t.as_ref().map(|t| t.referenced);
+    let remote_only = [
+        ("endpoints", raw.endpoints.as_ref().map(|s| s.referenced)),
+        ("protocol", loc(&raw.protocol)),
+        ("client_id", loc(&raw.client_id)),
+        ("username", loc(&raw.username)),
+        ("password", loc(&raw.password)),
+        ("keepalive", loc(&raw.keepalive)),
+        ("clean_session", loc(&raw.clean_session)),
+        ("tls", raw.tls.as_ref().map(|s| s.referenced)),
+        ("reconnect", raw.reconnect.as_ref().map(|s| s.referenced)),
+        ("failback", raw.failback.as_ref().map(|s| s.referenced)),
+        ("connect_timeout", loc(&raw.connect_timeout)),
+        ("max_packet_size", loc(&raw.max_packet_size)),
+        ("inflight", loc(&raw.inflight)),
+        ("status", raw.status.as_ref().map(|s| s.referenced)),
+        ("required", loc(&raw.required)),
+    ];
+    let refs: Vec<(&str, Option<&serde_saphyr::Location>)> =
+        remote_only.iter().map(|(n, l)| (*n, l.as_ref())).collect();
+    reject_fields(ctx, scope, &refs, "remote");
+
+    let mut listeners = Vec::new();
+    match &raw.listen {
+        None => ctx.err(
+            &key.referenced,
+            scope,
+            "a built-in broker needs `listen:` (a list like `- tcp://127.0.0.1:1883`)",
+        ),
+        Some(l) if l.value.is_empty() => ctx.err(&l.referenced, scope, "listen: the list is empty"),
+        Some(l) => {
+            for item in &l.value {
+                if let Some(p) = compile_listener(ctx, scope, item) {
+                    listeners.push(p);
+                }
+            }
+        }
+    }
+
+    let password_file = ctx.file(&raw.password_file, scope, "password_file");
+    let allow_anonymous = ctx.boolean(
+        &raw.allow_anonymous,
+        scope,
+        "allow_anonymous",
+        raw.password_file.is_none(),
+    );
+    let acl_file = ctx.file(&raw.acl_file, scope, "acl_file");
+    let cert_login = listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.cert_cn_as_username));
+    if !allow_anonymous
+        && raw.password_file.is_none()
+        && !cert_login
+        && let Some(t) = &raw.allow_anonymous
+    {
+        ctx.warn(
+            &t.referenced,
+            scope,
+            "allow_anonymous: false with no `password_file` and no `cert_cn_as_username` listener: only mqbridge's own pipes can use this broker",
+        );
+    }
+
+    let l = raw.limits.as_ref().map(|s| &s.value);
+    let limits = LimitsPlan {
+        max_connections: ctx.int(
+            &l.and_then(|l| l.max_connections.clone()),
+            scope,
+            "limits.max_connections",
+            defaults::max_connections() as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        max_packet_size: packet_size(
+            ctx,
+            &l.and_then(|l| l.max_packet_size.clone()),
+            scope,
+            "limits.max_packet_size",
+            defaults::builtin_max_packet_size(),
+        ),
+        max_queued_messages: ctx.int(
+            &l.and_then(|l| l.max_queued_messages.clone()),
+            scope,
+            "limits.max_queued_messages",
+            defaults::max_queued_messages() as u64,
+            1,
+            100_000_000,
+        ) as usize,
+        max_inflight: ctx.int(
+            &l.and_then(|l| l.max_inflight.clone()),
+            scope,
+            "limits.max_inflight",
+            defaults::max_inflight().into(),
+            1,
+            u16::MAX.into(),
+        ) as u16,
+        connect_timeout: positive_duration(
+            ctx,
+            &l.and_then(|l| l.connect_timeout.clone()),
+            scope,
+            "limits.connect_timeout",
+            defaults::connect_timeout(),
+        ),
+    };
+
+    BuiltInPlan {
+        listeners,
+        allow_anonymous,
+        password_file,
+        acl_file,
+        limits,
+    }
+}
+
+fn compile_listener(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    item: &serde_saphyr::Spanned<OrMap<RawListener>>,
+) -> Option<ListenerPlan> {
+    let empty = RawListener {
+        url: None,
+        cert_file: None,
+        key_file: None,
+        client_ca_file: None,
+        require_client_cert: None,
+        cert_cn_as_username: None,
+    };
+    let (url, raw) = match &item.value {
+        OrMap::Short(s) => {
+            let t = Text {
+                value: s.clone(),
+                referenced: item.referenced,
+                defined: item.defined,
+            };
+            (ctx.text(&t, scope, "listen")?, &empty)
+        }
+        OrMap::Full(r) => match &r.url {
+            Some(u) => (ctx.text(u, scope, "listen.url")?, r),
+            None => {
+                ctx.err(
+                    &item.referenced,
+                    scope,
+                    "listen: a listener map needs `url:` (e.g. `tls://0.0.0.0:8883`)",
+                );
+                return None;
+            }
+        },
+    };
+    let (scheme, addr) = match parse_listen_url(&url) {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.err(&item.referenced, scope, format!("listen: {e}"));
+            return None;
+        }
+    };
+    let tls = match scheme {
+        Scheme::Tcp => {
+            for (name, t) in [
+                ("cert_file", &raw.cert_file),
+                ("key_file", &raw.key_file),
+                ("client_ca_file", &raw.client_ca_file),
+                ("require_client_cert", &raw.require_client_cert),
+                ("cert_cn_as_username", &raw.cert_cn_as_username),
+            ] {
+                if let Some(t) = t {
+                    ctx.err(
+                        &t.referenced,
+                        scope,
+                        format!("listen.{name}: only for `tls://` listeners"),
+                    );
+                }
+            }
+            None
+        }
+        Scheme::Tls => {
+            if raw.cert_file.is_none() || raw.key_file.is_none() {
+                ctx.err(
+                    &item.referenced,
+                    scope,
+                    format!("listen: `{url}` needs `cert_file` and `key_file`"),
+                );
+            }
+            let cert_file = ctx.file(&raw.cert_file, scope, "listen.cert_file");
+            let key_file = ctx.file(&raw.key_file, scope, "listen.key_file");
+            let client_ca_file = ctx.file(&raw.client_ca_file, scope, "listen.client_ca_file");
+            let require_client_cert = ctx.boolean(
+                &raw.require_client_cert,
+                scope,
+                "listen.require_client_cert",
+                false,
+            );
+            let cert_cn_as_username = ctx.boolean(
+                &raw.cert_cn_as_username,
+                scope,
+                "listen.cert_cn_as_username",
+                false,
+            );
+            if require_client_cert
+                && raw.client_ca_file.is_none()
+                && let Some(t) = &raw.require_client_cert
+            {
+                ctx.err(&t.referenced, scope, "listen.require_client_cert: needs `client_ca_file` to verify client certificates");
+            }
+            if cert_cn_as_username
+                && !require_client_cert
+                && let Some(t) = &raw.cert_cn_as_username
+            {
+                ctx.err(
+                    &t.referenced,
+                    scope,
+                    "listen.cert_cn_as_username: needs `require_client_cert: true`",
+                );
+            }
+            match (cert_file, key_file) {
+                (Some(cert_file), Some(key_file)) => Some(ListenerTlsPlan {
+                    cert_file,
+                    key_file,
+                    client_ca_file,
+                    require_client_cert,
+                    cert_cn_as_username,
+                }),
+                _ => return None,
+            }
+        }
+    };
+    Some(ListenerPlan { url, addr, tls })
+}
