@@ -115,9 +115,14 @@ impl Conn {
 
     /// When the next keepalive action is due: a PINGREQ after `interval` of
     /// silence in either direction, death after 1.5 × interval without input.
-    fn next_keepalive(&self) -> Option<Instant> {
+    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
+    /// the broker keeps us; silence from it then proves nothing.
+    fn next_keepalive(&self, paused: bool) -> Option<Instant> {
         if !self.keepalive.is_enabled() {
             return None;
+        }
+        if paused {
+            return Some(self.last_sent + self.keepalive.interval);
         }
         let dead = self.last_received + self.keepalive.dead_after();
         if self.ping_outstanding {
@@ -173,20 +178,25 @@ impl Task {
             return End::Lost(e);
         }
 
-        // A delivery the bounded channel had no room for; while it waits,
-        // we stop reading the socket (backpressure to the broker).
-        let mut pending: Option<Delivery> = None;
+        // `self.pending_delivery`: a delivery the bounded channel had no room
+        // for (kept across reconnects); while it waits, we stop reading the
+        // socket (backpressure to the broker).
         let mut probe: Option<Probe> = None;
         // Local handles, so the futures below borrow them and not `self`.
         let deliveries = self.deliveries.clone();
         let shutdown = self.shutdown.clone();
         let reconnect = self.opts.reconnect.clone();
         loop {
+            if self.requests_closed && self.is_idle() {
+                conn.disconnect().await;
+                return End::Shutdown;
+            }
             let probe_at = match (&probe, self.failover.probe_due()) {
                 (None, Some(at)) => Some(Instant::from_std(at)),
                 _ => None,
             };
-            let wake = match (conn.next_keepalive(), probe_at) {
+            let paused = self.pending_delivery.is_some();
+            let wake = match (conn.next_keepalive(paused), probe_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -205,15 +215,17 @@ impl Task {
                         None => std::future::pending().await,
                     }
                 } => Some(End::Lost(ClientError::ReconnectRequested { endpoint: ep.url() })),
-                r = conn.framed.read_packet(), if pending.is_none() => match r {
+                r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();
-                        self.on_packet(packet, &mut conn, &mut pending)
+                        self.on_packet(packet, &mut conn)
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
                 },
-                permit = deliveries.reserve(), if pending.is_some() => {
-                    match (permit, pending.take()) {
+                permit = deliveries.reserve(), if paused => {
+                    // Reading resumes: silence while paused was ours, not the broker's.
+                    conn.last_received = Instant::now();
+                    match (permit, self.pending_delivery.take()) {
                         (Ok(permit), Some(d)) => permit.send(d),
                         // The receiver is gone: nobody will handle it; ack so
                         // the session does not wedge.
@@ -230,13 +242,16 @@ impl Task {
                 }
                 // Guard: no new publishes while the inflight window is full;
                 // requests then wait in the bounded channel (backpressure).
-                req = self.requests.recv(), if self.outgoing.has_room() => match req {
+                req = self.requests.recv(), if self.can_take() => match req {
                     Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
-                    // Every `Link` was dropped: nobody can use us any more.
-                    None => Some(End::Shutdown),
+                    // Every `Link` was dropped: finish what is in flight, then close.
+                    None => {
+                        self.requests_closed = true;
+                        None
+                    }
                 },
                 _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                    self.on_timer(&mut conn, &mut probe)
+                    self.on_timer(&mut conn, &mut probe, paused)
                 }
                 ok = probe_done(&mut probe) => {
                     probe = None;
@@ -247,6 +262,13 @@ impl Task {
                 None => {}
                 Some(End::Lost(e)) => return End::Lost(e),
                 Some(end) => {
+                    // Acks the pipes sent just before: let them out first, so
+                    // the broker does not redeliver what was handled.
+                    while let Ok(token) = self.acks_rx.try_recv() {
+                        for p in self.incoming.ack(token) {
+                            conn.queue(&p);
+                        }
+                    }
                     conn.disconnect().await;
                     return end;
                 }
@@ -260,12 +282,7 @@ impl Task {
         }
     }
 
-    fn on_packet(
-        &mut self,
-        packet: Packet,
-        conn: &mut Conn,
-        pending: &mut Option<Delivery>,
-    ) -> Option<End> {
+    fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
         if let (Packet::Publish(p), Some(m)) = (&packet, &self.opts.metrics) {
             m.message_in(p.payload.len());
         }
@@ -276,7 +293,9 @@ impl Task {
                         .map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
                     match self.deliveries.try_send(Delivery { message, ack }) {
                         Ok(()) => {}
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => *pending = Some(d),
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => {
+                            self.pending_delivery = Some(d)
+                        }
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => d.ack.ack(),
                     }
                 }
@@ -287,7 +306,7 @@ impl Task {
                 }
             },
             Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
-                Ok(done) => done.complete(Ok(())),
+                Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
                     warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
@@ -299,7 +318,7 @@ impl Task {
                 }
             },
             Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
-                Ok(done) => done.complete(Ok(())),
+                Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
                     warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
@@ -336,9 +355,18 @@ impl Task {
         None
     }
 
-    fn on_timer(&mut self, conn: &mut Conn, probe: &mut Option<Probe>) -> Option<End> {
+    fn on_timer(
+        &mut self,
+        conn: &mut Conn,
+        probe: &mut Option<Probe>,
+        paused: bool,
+    ) -> Option<End> {
         let now = Instant::now();
-        if conn.keepalive.is_enabled() {
+        if paused && conn.keepalive.is_enabled() {
+            if now >= conn.last_sent + conn.keepalive.interval {
+                conn.queue(&Packet::PingReq);
+            }
+        } else if conn.keepalive.is_enabled() {
             if now >= conn.last_received + conn.keepalive.dead_after() {
                 return Some(End::Lost(ClientError::KeepaliveTimeout {
                     endpoint: conn.endpoint.url(),

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::link::{Delivery, Link, LinkState};
 
 pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that
 /// concerns one endpoint names it.
@@ -122,7 +123,7 @@ pub enum ClientEvent {
         /// Endpoint to dial next.
         to: String,
     },
-    /// A probe of the primary succeeded (`good` consecutive so far) or failed (`good == 0`).
+    /// A probe of the primary (TCP + TLS handshake) finished.
     Probe {
         /// The primary's URL.
         endpoint: String,
@@ -139,10 +140,12 @@ pub enum ClientEvent {
 /// Starts the connection task of one remote broker on `tracker` and returns
 /// the [`Link`] pipes use plus the stream of incoming messages.
 ///
-/// The task runs until `shutdown` is cancelled, [`Link::shutdown`] is called,
-/// or every clone of the `Link` is dropped; it then sends DISCONNECT (no
-/// will), fails whatever is still pending with `LinkError::Closed` and sets
-/// the state to `Closed`. Wait for it with `tracker.close(); tracker.wait()`.
+/// The task runs until `shutdown` is cancelled or [`Link::shutdown`] is
+/// called; it then sends DISCONNECT (no will), fails whatever is still
+/// pending with `LinkError::Closed` and sets the state to `Closed`. When every
+/// clone of the `Link` is dropped, it first finishes the publishes in flight
+/// (reconnecting if it must), then closes the same way. Wait for it with
+/// `tracker.close(); tracker.wait()`.
 ///
 /// Must be called inside a tokio runtime. Configuration problems that only
 /// show when dialing (unreadable TLS files, ...) are reported as
@@ -161,7 +164,7 @@ pub fn spawn(
         .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(LinkState::Connecting {
         endpoint: first,
-        attempt: 0,
+        attempt: 1,
     });
     let link = Link::new(opts.name.clone(), req_tx, state_rx);
     let span = tracing::info_span!("client", broker = %opts.name);

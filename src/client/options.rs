@@ -121,8 +121,8 @@ impl Default for FailbackOptions {
     }
 }
 
-/// Everything one remote broker connection needs.
-#[derive(Debug, Clone)]
+/// Everything one remote broker connection needs. `Debug` redacts the password.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Broker name (config map key); the `broker` field of every log line.
     pub name: String,
@@ -150,6 +150,10 @@ pub struct ClientOptions {
     pub max_packet_size: usize,
     /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
     pub inflight: usize,
+    /// Maximum unacknowledged outgoing QoS 2 publishes (within `inflight`).
+    /// Mosquitto silently discards QoS 2 PUBLISHes from a 3.1.1 client beyond
+    /// its `max_inflight_messages` (default 20), so keep this at or below it.
+    pub inflight_qos2: usize,
     /// Capacity of the bounded request channel behind the [`crate::link::Link`].
     pub request_capacity: usize,
     /// Capacity of the bounded delivery channel (incoming messages).
@@ -194,6 +198,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 1024 * 1024,
             inflight: 100,
+            inflight_qos2: 20,
             request_capacity: 256,
             delivery_capacity: 256,
             will: None,
@@ -211,5 +216,53 @@ impl ClientOptions {
             .map(Endpoint::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("name", &self.name)
+            .field("endpoints", &self.display_url())
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keepalive", &self.keepalive)
+            .field("clean_session", &self.clean_session)
+            .field("tls", &self.tls)
+            .field("backoff", &self.backoff)
+            .field("failback", &self.failback)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("inflight", &self.inflight)
+            .field("inflight_qos2", &self.inflight_qos2)
+            .field("request_capacity", &self.request_capacity)
+            .field("delivery_capacity", &self.delivery_capacity)
+            .field("will", &self.will.as_ref().map(|m| &m.topic))
+            .field("birth", &self.birth.as_ref().map(|m| &m.topic))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_and_redacted_debug() {
+        assert_eq!(Endpoint::tcp("h", 1883).url(), "mqtt://h:1883");
+        assert_eq!(Endpoint::tls("::1", 8883).url(), "mqtts://[::1]:8883");
+        let mut o = ClientOptions::new(
+            "b",
+            vec![Endpoint::tcp("a", 1), Endpoint::tls("c", 2)],
+            "id",
+        );
+        assert_eq!(o.display_url(), "mqtt://a:1,mqtts://c:2");
+        o.password = Some("hunter2".into());
+        let dbg = format!("{o:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("<redacted>"),
+            "{dbg}"
+        );
     }
 }

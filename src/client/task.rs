@@ -43,6 +43,14 @@ impl Done {
     }
 }
 
+/// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
+/// flow counts against the QoS 2 limit.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) done: Done,
+    pub(crate) exactly_once: bool,
+}
+
 /// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
 const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
 
@@ -66,10 +74,19 @@ pub(crate) struct Task {
     pub(crate) acks_tx: mpsc::UnboundedSender<AckToken>,
     pub(crate) acks_rx: mpsc::UnboundedReceiver<AckToken>,
     pub(crate) state: watch::Sender<LinkState>,
-    pub(crate) outgoing: Outgoing<Done>,
+    pub(crate) outgoing: Outgoing<Flow>,
+    /// QoS 2 flows in `outgoing` (limited by `ClientOptions::inflight_qos2`).
+    pub(crate) qos2_inflight: usize,
+    /// A QoS 2 publish waiting for the QoS 2 limit; while it waits no other
+    /// request is taken (order is kept).
+    pub(crate) stashed: Option<(Message, Done)>,
+    /// Every `Link` was dropped: finish what is in flight, then close.
+    pub(crate) requests_closed: bool,
     /// QoS 0 publishes accepted while disconnected (bounded by the window).
     pub(crate) qos0_backlog: VecDeque<(Message, Done)>,
     pub(crate) incoming: Incoming,
+    /// An incoming message the delivery channel had no room for yet.
+    pub(crate) pending_delivery: Option<Delivery>,
     pub(crate) subs: Subs,
     pub(crate) failover: Failover,
     dialer: Option<Dialer>,
@@ -99,7 +116,11 @@ impl Task {
             acks_rx,
             state,
             qos0_backlog: VecDeque::new(),
+            qos2_inflight: 0,
+            stashed: None,
+            requests_closed: false,
             incoming: Incoming::new(),
+            pending_delivery: None,
             subs: Subs::default(),
             failover,
             dialer: None,
@@ -230,7 +251,10 @@ impl Task {
         tokio::pin!(sleep);
         let shutdown = self.shutdown.clone();
         loop {
-            let room = self.outgoing.has_room() && self.qos0_backlog.len() < self.outgoing.window();
+            if self.requests_closed && self.is_idle() {
+                return false;
+            }
+            let room = self.can_take() && self.qos0_backlog.len() < self.outgoing.window();
             tokio::select! {
                 // Cancel safety: every branch is cancel safe (`cancelled`,
                 // `Sleep` polled by reference, `recv` on mpsc).
@@ -242,7 +266,7 @@ impl Task {
                             return false;
                         }
                     }
-                    None => return false,
+                    None => self.requests_closed = true,
                 },
                 // Tokens of a previous connection: `Incoming` ignores them.
                 Some(token) = self.acks_rx.recv() => {
@@ -387,20 +411,40 @@ impl Task {
         Ok(())
     }
 
+    /// Whether a new request may be taken: room in the inflight window, no
+    /// QoS 2 publish waiting for its limit, and somebody left to send one.
+    pub(crate) fn can_take(&self) -> bool {
+        self.outgoing.has_room() && self.stashed.is_none() && !self.requests_closed
+    }
+
+    /// Nothing left to deliver to the broker.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outgoing.is_empty() && self.stashed.is_none() && self.qos0_backlog.is_empty()
+    }
+
     /// Starts a publish; with a connection the PUBLISH is queued on it, without
-    /// one a QoS 1/2 flow waits in `Outgoing` for `resume`.
+    /// one a QoS 1/2 flow waits in `Outgoing` for `resume`. A QoS 2 publish
+    /// over the QoS 2 limit is stashed until a QoS 2 flow completes.
     pub(crate) fn publish(&mut self, message: Message, done: Done, conn: Option<&mut Conn>) {
-        match self.outgoing.publish(message, done) {
-            Ok((packet, qos0_done)) => {
+        let exactly_once = message.qos == QoS::ExactlyOnce;
+        if exactly_once && self.qos2_inflight >= self.opts.inflight_qos2.max(1) {
+            self.stashed = Some((message, done));
+            return;
+        }
+        match self.outgoing.publish(message, Flow { done, exactly_once }) {
+            Ok((packet, qos0)) => {
+                if exactly_once {
+                    self.qos2_inflight += 1;
+                }
                 if let Some(conn) = conn {
                     conn.queue(&packet);
-                    if let Some(done) = qos0_done {
-                        conn.written.push(done);
+                    if let Some(flow) = qos0 {
+                        conn.written.push(flow.done);
                     }
-                } else if let Some(done) = qos0_done {
+                } else if let Some(flow) = qos0 {
                     // Only reached for QoS 0 without a connection (not routed
                     // here by `take_request`): nothing was sent.
-                    done.complete(Err(LinkError::Closed));
+                    flow.done.complete(Err(LinkError::Closed));
                 }
             }
             Err(full) => {
@@ -408,8 +452,23 @@ impl Task {
                 // an internal publish (birth) may hit it.
                 warn!(broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
                 full.token
+                    .done
                     .complete(Err(LinkError::Rejected("inflight window full".into())));
             }
+        }
+    }
+
+    /// A QoS 1/2 flow completed (PUBACK/PUBCOMP): resolve it, and release a
+    /// stashed QoS 2 publish if the limit allows now.
+    pub(crate) fn flow_done(&mut self, flow: Flow, conn: &mut Conn) {
+        if flow.exactly_once {
+            self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
+        }
+        flow.done.complete(Ok(()));
+        if self.qos2_inflight < self.opts.inflight_qos2.max(1)
+            && let Some((message, done)) = self.stashed.take()
+        {
+            self.publish(message, done, Some(conn));
         }
     }
 
@@ -430,7 +489,11 @@ impl Task {
                 LinkRequest::Shutdown => {}
             }
         }
-        for (_, done) in self.outgoing.drain() {
+        for (_, flow) in self.outgoing.drain() {
+            flow.done.complete(Err(LinkError::Closed));
+        }
+        self.qos2_inflight = 0;
+        if let Some((_, done)) = self.stashed.take() {
             done.complete(Err(LinkError::Closed));
         }
         for (_, done) in self.qos0_backlog.drain(..) {

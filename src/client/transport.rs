@@ -162,6 +162,25 @@ impl Dialer {
     }
 }
 
+/// Checks that `ep` is reachable: TCP connect and, for a TLS endpoint, a full
+/// TLS handshake with `tls`, within `limit`. No MQTT is spoken (this is the
+/// failback probe, also usable by `mqbridge validate --check-endpoints`).
+pub async fn check_endpoint(
+    ep: &Endpoint,
+    tls: &TlsOptions,
+    limit: std::time::Duration,
+) -> Result<(), ClientError> {
+    let dialer = Dialer::new(std::slice::from_ref(ep), tls)?;
+    match tokio::time::timeout(limit, dialer.dial(ep)).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::Timeout {
+            endpoint: ep.url(),
+            stage: "connecting (TCP/TLS)",
+        }),
+    }
+}
+
 /// A verifier that accepts any server certificate (`insecure: true`). Signatures
 /// are still checked so the handshake itself is sound.
 #[derive(Debug)]
@@ -209,5 +228,67 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(opts: &TlsOptions) -> String {
+        match client_config(opts) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_errors_are_clear() {
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        assert!(err(&missing).contains("/nonexistent/ca.pem"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let no_pem = TlsOptions {
+            ca_file: Some(junk.clone()),
+            ..TlsOptions::default()
+        };
+        assert!(
+            err(&no_pem).contains("no PEM certificate"),
+            "{}",
+            err(&no_pem)
+        );
+
+        let half = TlsOptions {
+            insecure: true,
+            cert_file: Some(junk),
+            ..TlsOptions::default()
+        };
+        assert!(err(&half).contains("together"));
+    }
+
+    #[test]
+    fn insecure_config_with_alpn_builds() {
+        let opts = TlsOptions {
+            insecure: true,
+            alpn: vec!["x-amzn-mqtt-ca".into()],
+            ..TlsOptions::default()
+        };
+        let config = client_config(&opts).expect("config");
+        assert_eq!(config.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+    }
+
+    #[test]
+    fn plain_endpoints_need_no_tls_config() {
+        let bad = TlsOptions {
+            ca_file: Some("/nonexistent".into()),
+            ..TlsOptions::default()
+        };
+        assert!(Dialer::new(&[Endpoint::tcp("h", 1)], &bad).is_ok());
+        assert!(Dialer::new(&[Endpoint::tls("h", 1)], &bad).is_err());
     }
 }

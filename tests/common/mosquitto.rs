@@ -5,7 +5,6 @@
 //! A missing binary fails the test with a clear message; it never skips.
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -89,6 +88,11 @@ impl Mosquitto {
         self.dir.path()
     }
 
+    /// The broker's log file (stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
@@ -100,12 +104,19 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) {
+        // Logs go to a file: a pipe nobody reads would fill up and block the
+        // broker once it logs enough (e.g. "outgoing messages are being dropped").
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open mosquitto log");
         let child = Command::new(MOSQUITTO)
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {MOSQUITTO}: {e}"));
         self.child = Some(child);
@@ -122,10 +133,7 @@ impl Mosquitto {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = std::fs::read_to_string(self.log_path()).unwrap_or_default();
                 panic!(
                     "mosquitto exited at start ({status}) on port {}: {err}",
                     self.port
@@ -151,10 +159,15 @@ impl Mosquitto {
     /// Stops the broker gracefully (SIGTERM, so persistence is saved) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
+            let sent = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                sent,
+                "cannot send SIGTERM to mosquitto: is `kill` (procps) installed?"
+            );
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -1,0 +1,233 @@
+//! The client core against our own built-in broker, in process on port 0:
+//! QoS flows both ways (TCP client ↔ in-process link), persistent sessions,
+//! and failover/failback between two brokers by cancelling the first.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mqbridge::broker::{Broker, BrokerOptions, ListenerOptions};
+use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
+use mqbridge::link::{Delivery, Link, LinkState};
+use mqbridge::protocol::{Message, QoS};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start_broker(name: &str, addr: SocketAddr) -> (Broker, CancellationToken) {
+    let token = CancellationToken::new();
+    let opts = BrokerOptions {
+        name: name.into(),
+        listeners: vec![ListenerOptions { addr, tls: None }],
+        ..BrokerOptions::default()
+    };
+    let broker = Broker::start(opts, token.clone())
+        .await
+        .expect("broker starts");
+    (broker, token)
+}
+
+fn port(b: &Broker) -> u16 {
+    b.local_addrs().first().map(|a| a.port()).expect("listener")
+}
+
+struct Client {
+    link: Link,
+    rx: mpsc::Receiver<Delivery>,
+    events: broadcast::Receiver<ClientEvent>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn spawn(ports: &[u16], id: &str, clean: bool) -> Client {
+    let eps = ports
+        .iter()
+        .map(|p| Endpoint::tcp("127.0.0.1", *p))
+        .collect();
+    let mut o = ClientOptions::new(id, eps, id);
+    o.clean_session = clean;
+    o.backoff.min = Duration::from_millis(50);
+    o.backoff.max = Duration::from_millis(300);
+    o.connect_timeout = Duration::from_secs(2);
+    o.failback.probe_interval = Duration::from_millis(100);
+    o.failback.probes_required = 2;
+    let (tx, events) = broadcast::channel(256);
+    o.events = Some(tx);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (link, rx) = client::spawn(o, shutdown.clone(), &tracker);
+    Client {
+        link,
+        rx,
+        events,
+        shutdown,
+        tracker,
+    }
+}
+
+impl Client {
+    async fn connected_to(&self, port: u16) -> bool {
+        let want = format!("mqtt://127.0.0.1:{port}");
+        let mut w = self.link.state();
+        let s = timeout(WAIT, async {
+            w.wait_for(|s| matches!(s, LinkState::Connected { endpoint, .. } if *endpoint == want))
+                .await
+                .map(|s| s.clone())
+        })
+        .await;
+        match s {
+            Ok(Ok(LinkState::Connected {
+                session_present, ..
+            })) => session_present,
+            _ => panic!("not connected to {port}: {:?}", *self.link.state().borrow()),
+        }
+    }
+
+    async fn recv(&mut self) -> Delivery {
+        timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("deliveries closed")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        timeout(WAIT, self.tracker.wait())
+            .await
+            .expect("client stops");
+    }
+}
+
+async fn publish(link: &Link, topic: &str, payload: &str, qos: QoS) {
+    let ack = link
+        .publish(Message::new(topic, payload.to_owned(), qos, false))
+        .await
+        .expect("publish");
+    timeout(WAIT, ack.wait())
+        .await
+        .expect("ack in time")
+        .expect("acked");
+}
+
+#[tokio::test]
+async fn qos_flows_between_client_and_builtin_broker() {
+    let (broker, token) = start_broker("edge", "127.0.0.1:0".parse().expect("addr")).await;
+    let mut c = spawn(&[port(&broker)], "builtin-qos", true);
+    c.connected_to(port(&broker)).await;
+    let granted = c
+        .link
+        .subscribe(vec![("in/#".into(), QoS::ExactlyOnce)])
+        .await
+        .expect("subscribe");
+    assert_eq!(granted, vec![Some(QoS::ExactlyOnce)]);
+
+    // In-process link → broker → our TCP client.
+    let (local, mut local_rx) = broker.link("local-pipe", true);
+    local
+        .subscribe(vec![("out/#".into(), QoS::ExactlyOnce)])
+        .await
+        .expect("local subscribe");
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let t = format!("in/{}", qos.as_u8());
+        publish(&local, &t, "to-client", qos).await;
+        let d = c.recv().await;
+        assert_eq!((d.message.topic.as_str(), d.message.qos), (t.as_str(), qos));
+        d.ack.ack();
+
+        // Our TCP client → broker → in-process link.
+        let t = format!("out/{}", qos.as_u8());
+        publish(&c.link, &t, "from-client", qos).await;
+        let d = timeout(WAIT, local_rx.recv())
+            .await
+            .expect("local delivery")
+            .expect("open");
+        assert_eq!((d.message.topic.as_str(), d.message.qos), (t.as_str(), qos));
+        d.ack.ack();
+    }
+    c.stop().await;
+    token.cancel();
+    broker.closed().await;
+}
+
+#[tokio::test]
+async fn persistent_session_on_builtin_broker() {
+    let (broker, token) = start_broker("edge", "127.0.0.1:0".parse().expect("addr")).await;
+    let p = port(&broker);
+    let c = spawn(&[p], "builtin-persist", false);
+    assert!(!c.connected_to(p).await);
+    c.link
+        .subscribe(vec![("q/#".into(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe");
+    c.stop().await;
+
+    let (local, _rx) = broker.link("publisher", true);
+    for i in 0..3 {
+        publish(&local, "q/x", &format!("{i}"), QoS::AtLeastOnce).await;
+    }
+    let mut c = spawn(&[p], "builtin-persist", false);
+    assert!(c.connected_to(p).await, "session resumed");
+    for i in 0..3 {
+        let d = c.recv().await;
+        assert_eq!(d.message.payload, format!("{i}").into_bytes());
+        d.ack.ack();
+    }
+    c.stop().await;
+    token.cancel();
+    broker.closed().await;
+}
+
+/// Two in-process brokers; cancel the first → the client moves to the second
+/// and messages flow there; start the first again on its port → failback
+/// after the probes pass.
+#[tokio::test]
+async fn failover_and_failback_between_builtin_brokers() {
+    let (a, a_token) = start_broker("a", "127.0.0.1:0".parse().expect("addr")).await;
+    let (b, b_token) = start_broker("b", "127.0.0.1:0".parse().expect("addr")).await;
+    let (pa, pb) = (port(&a), port(&b));
+    let mut c = spawn(&[pa, pb], "builtin-failover", true);
+    c.connected_to(pa).await;
+    c.link
+        .subscribe(vec![("f/#".into(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe");
+
+    a_token.cancel();
+    a.closed().await;
+    c.connected_to(pb).await;
+    let (local_b, _rx) = b.link("pub-b", true);
+    publish(&local_b, "f/1", "via-b", QoS::AtLeastOnce).await;
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"via-b");
+    d.ack.ack();
+
+    let (a2, a2_token) = start_broker("a", SocketAddr::from(([127, 0, 0, 1], pa))).await;
+    let ev = timeout(WAIT, async {
+        loop {
+            match c.events.recv().await {
+                Ok(ClientEvent::Failback { to }) => return to,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("failback");
+    assert_eq!(ev, format!("mqtt://127.0.0.1:{pa}"));
+    c.connected_to(pa).await;
+    let (local_a, _rx) = a2.link("pub-a", true);
+    publish(&local_a, "f/2", "back-on-a", QoS::AtLeastOnce).await;
+    let d = c.recv().await;
+    assert_eq!(&d.message.payload[..], b"back-on-a");
+    d.ack.ack();
+
+    c.stop().await;
+    for t in [a2_token, b_token] {
+        t.cancel();
+    }
+    a2.closed().await;
+    b.closed().await;
+}
