@@ -347,3 +347,483 @@ async fn stats_count_clients_and_messages() {
         (1, 1, 3, 3)
     );
 }
+
+#[tokio::test]
+async fn local_link_unacked_message_redelivered_on_relink() {
+    let b = TestBroker::start().await;
+    let (link, mut rx) = b.broker.link("lr-pipe", false);
+    within(link.subscribe(vec![("lr/#".into(), QoS::ExactlyOnce)]))
+        .await
+        .unwrap();
+    let mut publ = Raw::connect(b.addr, "lr-pub", true).await;
+    publ.publish("lr/a", "m1", QoS::ExactlyOnce, false, 1).await;
+    publ.next().await;
+    let d = within(rx.recv()).await.unwrap();
+    assert_eq!(d.message.qos, QoS::ExactlyOnce);
+    drop(d); // not acked
+    within(link.shutdown()).await;
+    drop((link, rx));
+    wait_until(|| b.broker.stats().clients_connected == 1).await;
+    let (link, mut rx) = b.broker.link("lr-pipe", false);
+    let d = within(rx.recv()).await.unwrap();
+    assert_eq!(&d.message.payload[..], b"m1");
+    assert!(d.message.dup);
+    d.ack.ack();
+    // After the ack the session holds nothing: a new message comes next.
+    publ.publish("lr/a", "m2", QoS::AtLeastOnce, false, 2).await;
+    publ.next().await;
+    let d = within(rx.recv()).await.unwrap();
+    assert_eq!(&d.message.payload[..], b"m2");
+    assert!(!d.message.dup);
+    drop(link);
+}
+
+#[tokio::test]
+async fn max_inflight_window_holds_messages_until_acked() {
+    let b = TestBroker::start_with(|o| o.limits.max_inflight = 2).await;
+    let mut sub = Raw::connect(b.addr, "mi-sub", true).await;
+    sub.subscribe(&[("mi/t", QoS::AtLeastOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "mi-pub", true).await;
+    for i in 1..=4u16 {
+        publ.publish("mi/t", &i.to_string(), QoS::AtLeastOnce, false, i)
+            .await;
+        publ.next().await;
+    }
+    let a = sub.next_publish().await;
+    let b2 = sub.next_publish().await;
+    assert_eq!((&a.payload[..], &b2.payload[..]), (&b"1"[..], &b"2"[..]));
+    sub.ping().await; // window full: nothing more
+    sub.puback(a.pkid).await;
+    assert_eq!(&sub.next_publish().await.payload[..], b"3");
+}
+
+#[tokio::test]
+async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic read acl/public/#\nuser alice\ntopic readwrite acl/alice/#\npattern write acl/dev/%c/#\n",
+    )
+    .unwrap();
+    let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
+    let mut anon = Raw::connect(b.addr, "acl-anon", true).await;
+    let codes = anon
+        .subscribe(&[
+            ("acl/public/#", QoS::AtLeastOnce),
+            ("acl/alice/#", QoS::AtLeastOnce),
+        ])
+        .await;
+    assert_eq!(
+        codes,
+        vec![
+            SubscribeReasonCode::Success(WireQoS::AtLeastOnce),
+            SubscribeReasonCode::Failure
+        ]
+    );
+    let mut alice = Raw::connect_with(b.addr, "acl-al", true, Some(("alice", "x")), None, 0).await;
+    alice.subscribe(&[("acl/alice/#", QoS::AtLeastOnce)]).await;
+    // Denied publish: acked, dropped, counted.
+    anon.publish("acl/alice/x", "nope", QoS::AtLeastOnce, false, 9)
+        .await;
+    assert_eq!(anon.next().await, Packet::PubAck(PubAck::new(9)));
+    // Pattern with %c grants this client id only.
+    let mut dev = Raw::connect(b.addr, "d1", true).await;
+    dev.publish("acl/dev/d1/x", "ok", QoS::AtLeastOnce, false, 1)
+        .await;
+    dev.publish("acl/dev/d2/x", "no", QoS::AtLeastOnce, false, 2)
+        .await;
+    assert_eq!(dev.next().await, Packet::PubAck(PubAck::new(1)));
+    assert_eq!(dev.next().await, Packet::PubAck(PubAck::new(2)));
+    alice
+        .publish("acl/alice/y", "mine", QoS::AtMostOnce, false, 0)
+        .await;
+    assert_eq!(&alice.next_publish().await.payload[..], b"mine");
+    alice.ping().await;
+    assert_eq!(b.broker.stats().dropped_acl, 2);
+    // mosquitto_sub (debug output) sees SUBACK 0x80 for the denied filter.
+    let out = within(
+        tokio::process::Command::new(require_bin("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &b.addr.port().to_string()])
+            .args(["-t", "acl/alice/#", "-i", "acl-cli", "-d", "-W", "1"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Subscribed (mid: 1): 128"), "{stdout}");
+}
+
+#[tokio::test]
+async fn password_file_written_by_mosquitto_passwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    let status = std::process::Command::new(require_bin("mosquitto_passwd"))
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["carol", "s3cret"])
+        .status()
+        .expect("run mosquitto_passwd");
+    assert!(status.success());
+    let b = TestBroker::start_with(|o| {
+        o.password_file = Some(pw.clone());
+        o.allow_anonymous = false;
+    })
+    .await;
+    assert_eq!(
+        Raw::connect_code(b.addr, "pw-1", true, Some(("carol", "s3cret"))).await,
+        ConnectReturnCode::Success
+    );
+    assert_eq!(
+        Raw::connect_code(b.addr, "pw-2", true, Some(("carol", "wrong"))).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    assert_eq!(
+        Raw::connect_code(b.addr, "pw-3", true, Some(("nobody", "s3cret"))).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    assert_eq!(
+        Raw::connect_code(b.addr, "pw-4", true, None).await,
+        ConnectReturnCode::NotAuthorized
+    );
+    // The Mosquitto CLI with the same credentials.
+    let mut sub = MosqSub::spawn(
+        b.addr,
+        &["-t", "pw/t", "-u", "carol", "-P", "s3cret", "-i", "pw-cli"],
+        1,
+    );
+    sub.wait_subscribed(&b, 1).await;
+    mosquitto_pub(
+        b.addr,
+        &["-t", "pw/t", "-m", "auth-ok", "-u", "carol", "-P", "s3cret"],
+    )
+    .await;
+    assert_eq!(sub.lines().await, vec!["auth-ok".to_string()]);
+    let out = mosquitto_pub_output(
+        b.addr,
+        &["-t", "pw/t", "-m", "x", "-u", "carol", "-P", "bad"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(b.broker.stats().refused_auth >= 4);
+}
+
+#[tokio::test]
+async fn tls_listener_client_cert_cn_as_username() {
+    use mqbridge::broker::{ListenerOptions, ServerTls};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = broker_common::certs::generate(dir.path(), "sensor-7");
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "user sensor-7\ntopic readwrite tls/#\n").unwrap();
+    let tls = ServerTls {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        client_ca_file: Some(pki.ca.clone()),
+        require_client_cert: true,
+        cert_cn_as_username: true,
+    };
+    let b = TestBroker::start_with(|o| {
+        o.listeners = vec![ListenerOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(tls),
+        }];
+        o.allow_anonymous = false;
+        o.acl_file = Some(acl);
+    })
+    .await;
+    let tls_args = |with_cert: bool| {
+        let mut v = vec![
+            "-h".to_string(),
+            "localhost".into(),
+            "-p".into(),
+            b.addr.port().to_string(),
+            "--cafile".into(),
+            pki.ca.display().to_string(),
+        ];
+        if with_cert {
+            v.extend([
+                "--cert".into(),
+                pki.client_cert.display().to_string(),
+                "--key".into(),
+                pki.client_key.display().to_string(),
+            ]);
+        }
+        v
+    };
+    let mut sub = MosqSub::spawn_raw(tls_args(true), &["-t", "tls/#", "-v", "-i", "tls-sub"], 1);
+    sub.wait_subscribed(&b, 1).await;
+    let out = within(
+        tokio::process::Command::new(require_bin("mosquitto_pub"))
+            .args(tls_args(true))
+            .args(["-t", "tls/x", "-m", "secure", "-q", "1"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sub.lines().await, vec!["tls/x secure".to_string()]);
+    // Without a client certificate the handshake is refused.
+    let out = within(
+        tokio::process::Command::new(require_bin("mosquitto_pub"))
+            .args(tls_args(false))
+            .args(["-t", "tls/x", "-m", "x"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn bind_failure_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let opts = mqbridge::broker::BrokerOptions {
+        name: "bf".into(),
+        listeners: vec![mqbridge::broker::ListenerOptions { addr, tls: None }],
+        ..Default::default()
+    };
+    let err = mqbridge::broker::Broker::start(opts, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn limits_close_only_the_offending_connection() {
+    let b = TestBroker::start_with(|o| {
+        o.limits.max_connections = 3;
+        o.limits.max_packet_size = 1024;
+        o.limits.connect_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut normal = Raw::connect(b.addr, "lm-normal", true).await;
+    normal.subscribe(&[("lm/#", QoS::AtMostOnce)]).await;
+    // Oversized packet: that connection is closed.
+    let mut big = Raw::connect(b.addr, "lm-big", true).await;
+    big.publish("lm/big", &"x".repeat(2000), QoS::AtMostOnce, false, 0)
+        .await;
+    big.expect_closed().await;
+    // Silent socket: closed after connect_timeout.
+    let mut silent = Raw::open(b.addr).await;
+    silent.expect_closed().await;
+    assert_eq!(b.broker.stats().refused_timeout, 1);
+    // Connection limit: the fourth socket is closed at once.
+    wait_until(|| b.broker.stats().clients_connected == 1).await;
+    let _c2 = Raw::connect(b.addr, "lm-2", true).await;
+    let _c3 = Raw::connect(b.addr, "lm-3", true).await;
+    let mut fourth = Raw::open(b.addr).await;
+    fourth.send_connect("lm-4", true, None, None, 0).await;
+    fourth.expect_closed().await;
+    assert_eq!(b.broker.stats().refused_limit, 1);
+    // The normal client never noticed.
+    normal
+        .publish("lm/ok", "fine", QoS::AtMostOnce, false, 0)
+        .await;
+    assert_eq!(&normal.next_publish().await.payload[..], b"fine");
+}
+
+#[tokio::test]
+async fn sys_tree_is_published() {
+    let b = TestBroker::start_with(|o| o.sys_interval = Some(std::time::Duration::from_millis(50)))
+        .await;
+    let mut c = Raw::connect(b.addr, "sys-1", true).await;
+    c.subscribe(&[("$SYS/broker/clients/connected", QoS::AtMostOnce)])
+        .await;
+    let p = c.next_publish().await;
+    assert_eq!(p.topic, "$SYS/broker/clients/connected");
+    assert_eq!(&p.payload[..], b"1");
+}
+
+/// Broken packets, each on its own connection, thrown at a running broker
+/// while a normal client keeps publishing and receiving.
+#[tokio::test]
+async fn hostile_input_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::start().await;
+    let mut normal = Raw::connect(b.addr, "hi-normal", true).await;
+    normal.subscribe(&[("hi/#", QoS::AtLeastOnce)]).await;
+
+    // A valid CONNECT to prefix cases that need a session first.
+    let connect: &[u8] = &[
+        0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 1, b'h',
+    ];
+    let corpus: Vec<(&str, bool, Vec<u8>)> = vec![
+        (
+            "garbage",
+            false,
+            b"\xde\xad\xbe\xef garbage \xff\xff".to_vec(),
+        ),
+        ("packet type 0", false, vec![0x00, 0x00]),
+        ("packet type 15", true, vec![0xf0, 0x00]),
+        ("first packet not CONNECT", false, vec![0xc0, 0x00]),
+        ("truncated CONNECT", false, connect[..7].to_vec()),
+        ("bad protocol name", false, {
+            let mut v = connect.to_vec();
+            v[4..8].copy_from_slice(b"MQTX");
+            v
+        }),
+        ("CONNECT reserved flag", false, {
+            let mut v = connect.to_vec();
+            v[9] = 0x03;
+            v
+        }),
+        (
+            "huge remaining length",
+            true,
+            vec![0x30, 0xff, 0xff, 0xff, 0x7f],
+        ),
+        (
+            "5-byte remaining length",
+            true,
+            vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+        (
+            "wildcard PUBLISH topic",
+            true,
+            vec![0x30, 0x05, 0, 3, b'a', b'/', b'+'],
+        ),
+        ("PUBLISH QoS 3", true, vec![0x36, 0x05, 0, 1, b'a', 0, 1]),
+        ("DUP on QoS 0", true, vec![0x38, 0x04, 0, 1, b'a', b'x']),
+        (
+            "invalid UTF-8 topic",
+            true,
+            vec![0x30, 0x04, 0, 2, 0xc3, 0x28],
+        ),
+        (
+            "SUBSCRIBE bad reserved flags",
+            true,
+            vec![0x80, 0x06, 0, 1, 0, 1, b'a', 0],
+        ),
+        (
+            "SUBSCRIBE options reserved bits",
+            true,
+            vec![0x82, 0x06, 0, 1, 0, 1, b'a', 0x04],
+        ),
+        ("PUBREL bad flags", true, vec![0x60, 0x02, 0, 1]),
+        (
+            "PUBLISH length past end",
+            true,
+            vec![0x30, 0x03, 0, 9, b'a'],
+        ),
+        ("second CONNECT", true, connect.to_vec()),
+        ("CONNACK from client", true, vec![0x20, 0x02, 0, 0]),
+    ];
+    let total = corpus.len() as u64;
+    for (i, (name, after_connect, bytes)) in corpus.into_iter().enumerate() {
+        let mut s = within(tokio::net::TcpStream::connect(b.addr))
+            .await
+            .unwrap();
+        if after_connect {
+            s.write_all(connect).await.unwrap();
+            let mut connack = [0u8; 4];
+            within(s.read_exact(&mut connack)).await.unwrap();
+            assert_eq!(connack, [0x20, 0x02, 0, 0], "{name}");
+        }
+        s.write_all(&bytes).await.unwrap();
+        if name == "truncated CONNECT" {
+            s.shutdown().await.unwrap();
+        }
+        // The broker closes the connection (EOF or reset), whatever it sends first.
+        let mut sink = Vec::new();
+        let _ = within(s.read_to_end(&mut sink)).await;
+        // The normal client is unaffected.
+        let payload = format!("still-{i}");
+        normal
+            .publish("hi/t", &payload, QoS::AtLeastOnce, false, i as u16 + 1)
+            .await;
+        assert_eq!(
+            normal.next().await,
+            Packet::PubAck(PubAck::new(i as u16 + 1)),
+            "{name}"
+        );
+        let p = normal.next_publish().await;
+        assert_eq!(p.payload, payload.as_bytes(), "after {name}");
+        normal.puback(p.pkid).await;
+    }
+    let s = b.broker.stats();
+    assert!(s.refused_protocol >= total - 1, "{s:?}");
+}
+
+/// A subscriber that never reads: QoS 0 beyond `max_queued_messages`
+/// unwritten packets is dropped and counted; the publisher is unaffected.
+#[tokio::test]
+async fn non_reading_qos0_subscriber_is_bounded() {
+    let b = TestBroker::start_with(|o| o.limits.max_queued_messages = 50).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = within(socket.connect(b.addr)).await.unwrap();
+    let mut stuck = Raw::from_stream(stream);
+    stuck.send_connect("nr-stuck", true, None, None, 0).await;
+    assert!(matches!(stuck.next().await, Packet::ConnAck(_)));
+    stuck.subscribe(&[("nr/#", QoS::AtMostOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "nr-pub", true).await;
+    let payload = "x".repeat(10_000);
+    for _ in 0..3000 {
+        publ.publish("nr/t", &payload, QoS::AtMostOnce, false, 0)
+            .await;
+    }
+    publ.ping().await;
+    let s = b.broker.stats();
+    assert!(s.dropped_queue_full > 0, "{s:?}");
+    assert_eq!(s.msgs_in, 3000);
+    drop(stuck);
+}
+
+/// Persistent session with the Mosquitto CLI: `mosquitto_sub -c` leaves,
+/// QoS 1 messages published meanwhile are delivered when it comes back.
+#[tokio::test]
+async fn mosquitto_cli_persistent_session_gets_queued_messages() {
+    let b = TestBroker::start().await;
+    let args = ["-c", "-i", "cs-sub", "-q", "1", "-t", "cs/t", "-v"];
+    let mut first = MosqSub::spawn(b.addr, &args, 1);
+    first.wait_subscribed(&b, 1).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m0", "-q", "1"]).await;
+    assert_eq!(first.lines().await, vec!["cs/t m0".to_string()]);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m1", "-q", "1"]).await;
+    mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m2", "-q", "2"]).await;
+    assert_eq!(b.broker.stats().queued, 2);
+    let mut again = MosqSub::spawn(b.addr, &args, 2);
+    assert_eq!(
+        again.lines().await,
+        vec!["cs/t m1".to_string(), "cs/t m2".to_string()]
+    );
+}
+
+/// A `mosquitto_sub` killed with SIGKILL: its will is published; a takeover
+/// of a connected client publishes the old connection's will too.
+#[tokio::test]
+async fn will_of_killed_mosquitto_client_and_of_taken_over_connection() {
+    let b = TestBroker::start().await;
+    let mut watcher = Raw::connect(b.addr, "wk-watch", true).await;
+    watcher.subscribe(&[("wk/#", QoS::AtMostOnce)]).await;
+    let mut victim = MosqSub::spawn(
+        b.addr,
+        &[
+            "-t",
+            "wk/none",
+            "-i",
+            "wk-cli",
+            "--will-topic",
+            "wk/cli",
+            "--will-payload",
+            "gone",
+        ],
+        1,
+    );
+    victim.wait_subscribed(&b, 2).await;
+    victim.kill().await;
+    let p = watcher.next_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wk/cli", &b"gone"[..]));
+
+    let will = Some(("wk/takeover".to_string(), "old".to_string()));
+    let mut old = Raw::connect_with(b.addr, "wk-dev", true, None, will, 0).await;
+    let _new = Raw::connect(b.addr, "wk-dev", true).await;
+    old.expect_closed().await;
+    assert_eq!(watcher.next_publish().await.topic, "wk/takeover");
+}

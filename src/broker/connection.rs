@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::acl::Op;
 use super::listener::Context;
-use super::outlet::{Out, Outlet, OutletRx, outlet};
+use super::outlet::{Out, OutletRx, outlet};
 use super::router::{Ack, Event, Reply};
 use super::session::ConnId;
 use super::stats::{DropReason, RefuseReason};
@@ -90,7 +90,7 @@ where
     };
     let conn = next_conn_id();
     let (out, out_rx) = outlet();
-    let stop = CancellationToken::new();
+    let stop = out_rx.stop_token();
     ctx.tracker.spawn(write_loop(wr, out_rx, stop.clone()));
     let (reply, session_present) = oneshot::channel();
     ctx.router
@@ -98,7 +98,7 @@ where
             conn,
             client_id: client.client_id.clone(),
             clean: client.clean,
-            outlet: out.clone(),
+            outlet: out,
             send_connack: true,
             reply,
         })
@@ -114,7 +114,6 @@ where
         peer,
         conn,
         client,
-        out,
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
     stop.cancel();
@@ -294,7 +293,6 @@ struct Reader<'a> {
     peer: SocketAddr,
     conn: ConnId,
     client: Client,
-    out: Outlet,
 }
 
 impl Reader<'_> {
@@ -432,10 +430,7 @@ impl Reader<'_> {
                 })
                 .await
             }
-            Packet::PingReq => {
-                self.out.send(Packet::PingResp);
-                None
-            }
+            Packet::PingReq => self.send(Event::Ping { conn }).await,
             Packet::Disconnect => Some(End::Graceful),
             Packet::Connect(_) => Some(self.violation("second CONNECT".into())),
             other => {
@@ -458,7 +453,7 @@ impl Reader<'_> {
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
 async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
-    let mut batch = Vec::with_capacity(16);
+    let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;
     while !close {

@@ -74,10 +74,18 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
     }
 }
 
+/// The task's future is as large as its largest state, so each branch is
+/// boxed: a plain TCP connection must not pay for a TLS session's size.
 async fn serve(socket: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: Context) {
     match tls {
-        None => connection::run(socket, peer, None, ctx).await,
-        Some(acceptor) => {
+        None => Box::pin(connection::run(socket, peer, None, ctx)).await,
+        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, ctx)).await,
+    }
+}
+
+async fn serve_tls(socket: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Context) {
+    {
+        {
             let limit = ctx.limits.connect_timeout;
             let handshake = tokio::time::timeout(limit, acceptor.accept(socket)).await;
             let stream = match handshake {

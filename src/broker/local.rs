@@ -105,20 +105,21 @@ impl LocalLink {
                     while let Some(item) = ready.pop_front() {
                         match item {
                             Out::Close => { closed = true; break; }
-                            Out::Packet(Packet::Publish(p)) => {
+                            Out::Packet(packet) => {
                                 out_rx.written(1);
-                                let message = message_from_publish(p.clone());
+                                // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
+                                let Packet::Publish(p) = *packet else { continue };
+                                let pkid = p.pkid;
+                                let message = message_from_publish(p);
                                 let ack = if message.qos == QoS::AtMostOnce {
                                     AckHandle::none()
                                 } else {
-                                    let id = token_id(message.qos, p.pkid);
+                                    let id = token_id(message.qos, pkid);
                                     AckHandle::new(AckToken { generation: conn, id }, ack_tx.clone())
                                 };
                                 permit.send(Delivery { message, ack });
                                 break;
                             }
-                            // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
-                            Out::Packet(_) => out_rx.written(1),
                         }
                     }
                     if closed {

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::v4::Packet;
 
 /// What the router sends to a connection.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// A packet to write.
-    Packet(Packet),
+    /// A packet to write (boxed: channel blocks and batches hold many slots,
+    /// and 10,000 idle connections must stay small).
+    Packet(Box<Packet>),
     /// Write what is queued, then close (takeover, broker shutdown).
     Close,
 }
@@ -25,6 +27,8 @@ pub(crate) enum Out {
 pub(crate) struct Outlet {
     tx: mpsc::UnboundedSender<Out>,
     pending: Arc<AtomicUsize>,
+    /// Stops the connection at once (reader and writer), queued data or not.
+    stop: CancellationToken,
 }
 
 /// Receiving side, held by the connection's writer (or the local link task).
@@ -32,18 +36,21 @@ pub(crate) struct Outlet {
 pub(crate) struct OutletRx {
     rx: mpsc::UnboundedReceiver<Out>,
     pending: Arc<AtomicUsize>,
+    stop: CancellationToken,
 }
 
 /// A new outlet pair.
 pub(crate) fn outlet() -> (Outlet, OutletRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
     (
         Outlet {
             tx,
             pending: pending.clone(),
+            stop: stop.clone(),
         },
-        OutletRx { rx, pending },
+        OutletRx { rx, pending, stop },
     )
 }
 
@@ -51,7 +58,7 @@ impl Outlet {
     /// Hands `packet` to the connection; false if it is gone.
     pub fn send(&self, packet: Packet) -> bool {
         self.pending.fetch_add(1, Relaxed);
-        if self.tx.send(Out::Packet(packet)).is_err() {
+        if self.tx.send(Out::Packet(Box::new(packet))).is_err() {
             self.pending.fetch_sub(1, Relaxed);
             return false;
         }
@@ -61,6 +68,12 @@ impl Outlet {
     /// Asks the connection to flush and close.
     pub fn close(&self) {
         let _ = self.tx.send(Out::Close);
+    }
+
+    /// Stops the connection now: a client that does not read its socket
+    /// must not make the broker buffer without bound.
+    pub fn abort(&self) {
+        self.stop.cancel();
     }
 
     /// Packets handed over and not yet written.
@@ -73,6 +86,11 @@ impl OutletRx {
     /// Receives up to `limit` items; 0 when every sender is gone.
     pub async fn recv_many(&mut self, buf: &mut Vec<Out>, limit: usize) -> usize {
         self.rx.recv_many(buf, limit).await
+    }
+
+    /// The connection's stop token (cancelled by [`Outlet::abort`]).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Marks `n` packets as written.

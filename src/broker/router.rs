@@ -29,6 +29,9 @@ use crate::topic::FilterTrie;
 /// Capacity of the router's inbox: publishers wait (backpressure) when the
 /// router is this far behind.
 const INBOX: usize = 4096;
+/// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
+/// leave unread before its connection is aborted.
+const HARD_CAP_SLACK: usize = 1024;
 /// Events handled per wake-up.
 const BATCH: usize = 256;
 
@@ -118,6 +121,12 @@ pub(crate) enum Event {
         /// Where the UNSUBACK goes.
         reply: Reply<()>,
     },
+    /// PINGREQ: answered by the router, so a PINGRESP also tells the client
+    /// that everything it sent before has been routed.
+    Ping {
+        /// Connection.
+        conn: ConnId,
+    },
     /// The connection ended; `will` is published (it was checked against the ACL).
     Disconnected {
         /// Connection.
@@ -152,7 +161,6 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(INBOX);
     let router = Router {
         name,
-        limits,
         counters,
         sessions: HashMap::new(),
         by_client: HashMap::new(),
@@ -162,6 +170,8 @@ pub(crate) fn spawn(
         next_session: 0,
         scratch: Vec::new(),
         started: Instant::now(),
+        hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
+        limits,
     };
     tracker.spawn(router.run(rx, sys_interval, shutdown));
     RouterHandle { tx }
@@ -181,6 +191,8 @@ struct Router {
     /// Reused buffer of matching subscriptions.
     scratch: Vec<(SessionId, QoS)>,
     started: Instant,
+    /// Unwritten packets after which a connection is aborted (see `Session::send_control`).
+    hard_cap: usize,
 }
 
 impl Router {
@@ -258,9 +270,10 @@ impl Router {
             }
             Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
             Event::PubRel { conn, pkid } => {
+                let cap = self.hard_cap;
                 if let Some(s) = self.session_of(conn) {
                     let packet = s.incoming.on_pubrel(pkid);
-                    s.send_control(packet);
+                    s.send_control(packet, cap);
                 }
             }
             Event::Subscribe {
@@ -274,6 +287,12 @@ impl Router {
                 reply,
             } => self.unsubscribe(conn, filters, reply),
             Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::Ping { conn } => {
+                let cap = self.hard_cap;
+                if let Some(s) = self.session_of(conn) {
+                    s.send_control(Packet::PingResp, cap);
+                }
+            }
         }
     }
 
@@ -377,6 +396,7 @@ impl Router {
     }
 
     fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
+        let cap = self.hard_cap;
         let Some(session) = self.session_of(conn) else {
             return;
         };
@@ -384,7 +404,7 @@ impl Router {
             IncomingAction::Deliver { message, token } => {
                 if let Some(token) = token {
                     for packet in session.incoming.ack(token) {
-                        session.send_control(packet);
+                        session.send_control(packet, cap);
                     }
                 }
                 if route {
@@ -393,7 +413,7 @@ impl Router {
             }
             IncomingAction::Duplicate { resend } => {
                 if let Some(packet) = resend {
-                    session.send_control(packet);
+                    session.send_control(packet, cap);
                 }
             }
         }
@@ -402,6 +422,7 @@ impl Router {
     fn ack(&mut self, conn: ConnId, kind: Ack, pkid: u16) {
         let name = self.name.clone();
         let counters = self.counters.clone();
+        let hard_cap = self.hard_cap;
         let Some(session) = self.session_of(conn) else {
             return;
         };
@@ -411,7 +432,7 @@ impl Router {
             Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
         };
         match result {
-            Ok(Some(pubrel)) => session.send_control(pubrel),
+            Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
             Ok(None) => session.pump(&counters),
             Err(violation) => {
                 warn!(broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
@@ -456,7 +477,7 @@ impl Router {
                         None => SubscribeReasonCode::Failure,
                     })
                     .collect();
-                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)));
+                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)), self.hard_cap);
             }
             Reply::Local(done) => {
                 let _ = done.send(Ok(granted));
@@ -489,7 +510,9 @@ impl Router {
             }
         }
         match reply {
-            Reply::Packet(pkid) => session.send_control(Packet::UnsubAck(UnsubAck::new(pkid))),
+            Reply::Packet(pkid) => {
+                session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)
+            }
             Reply::Local(done) => {
                 let _ = done.send(Ok(()));
             }

@@ -6,6 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
+use tracing::warn;
+
 use super::outlet::Outlet;
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
@@ -69,9 +71,16 @@ impl Session {
         }
     }
 
-    /// Sends a control packet (CONNACK, SUBACK, acks) if connected.
-    pub fn send_control(&self, packet: Packet) {
+    /// Sends a control packet (SUBACK, acks) if connected. A client that
+    /// keeps publishing but never reads would pile up acks: past `hard_cap`
+    /// unwritten packets its connection is aborted.
+    pub fn send_control(&self, packet: Packet, hard_cap: usize) {
         if let Some(conn) = &self.conn {
+            if conn.outlet.pending() >= hard_cap {
+                warn!(client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
+                conn.outlet.abort();
+                return;
+            }
             conn.outlet.send(packet);
         }
     }
@@ -187,7 +196,9 @@ mod tests {
                 break;
             }
             for o in buf.drain(..) {
-                if let Out::Packet(Packet::Publish(p)) = o {
+                if let Out::Packet(b) = o
+                    && let Packet::Publish(p) = *b
+                {
                     out.push(String::from_utf8_lossy(&p.payload).into_owned());
                 }
             }

@@ -3,6 +3,8 @@
 //! clients (a missing binary fails the test with a clear message).
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -107,6 +109,13 @@ pub fn connect_packet(
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
         let s = within(TcpStream::connect(addr)).await.expect("tcp connect");
+        Raw {
+            framed: Framed::new(s, MQTT_MAX_PACKET_SIZE, MQTT_MAX_PACKET_SIZE),
+            next_pkid: 1,
+        }
+    }
+
+    pub fn from_stream(s: TcpStream) -> Raw {
         Raw {
             framed: Framed::new(s, MQTT_MAX_PACKET_SIZE, MQTT_MAX_PACKET_SIZE),
             next_pkid: 1,
@@ -425,6 +434,11 @@ impl MosqSub {
             panic!("mosquitto_sub failed ({status}): {err}");
         }
         out
+    }
+
+    /// Kills the process (SIGKILL: no DISCONNECT is sent).
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill mosquitto_sub");
     }
 
     /// Waits for exit and returns (success, stderr).
