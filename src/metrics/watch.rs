@@ -94,7 +94,14 @@ impl ClientEventSink {
                 }
             }
             ClientEvent::Failover { .. } => self.metrics.failover(),
-            ClientEvent::Failback { .. } => self.metrics.failback(),
+            ClientEvent::Failback { .. } => {
+                // The client leaves the secondary on purpose to reconnect to the primary.
+                self.metrics.failback();
+                if std::mem::replace(&mut self.connected, false) {
+                    self.metrics.disconnected(DisconnectReason::Requested);
+                    self.board.set_connected(&broker, false, None);
+                }
+            }
             ClientEvent::Probe { .. } => {}
         }
     }
