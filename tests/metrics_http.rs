@@ -473,14 +473,23 @@ fn client_events_drive_remote_metrics_and_readiness() {
     }
     assert!(!board.readiness().ready, "required broker down");
     sink.apply(&connected(b));
+    assert!(board.readiness().ready);
+    // Failback: the secondary is left on purpose, then the primary connects.
     sink.apply(&ClientEvent::Failback { to: a.into() });
+    assert!(!board.readiness().ready);
+    sink.apply(&attempt(a));
+    sink.apply(&connected(a));
     assert!(board.readiness().ready);
 
     let body = handle.render();
     for (series, want) in [
         (
             r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://a.tls.example:1883"}"#,
-            2.0,
+            3.0,
+        ),
+        (
+            r#"mqbridge_remote_disconnects_total{broker="cloud",reason="requested"}"#,
+            1.0,
         ),
         (
             r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://b:1883"}"#,
@@ -503,6 +512,10 @@ fn client_events_drive_remote_metrics_and_readiness() {
         (r#"mqbridge_remote_connected{broker="cloud"}"#, 1.0),
         (
             r#"mqbridge_remote_endpoint_active{broker="cloud",endpoint="mqtt://b:1883"}"#,
+            0.0,
+        ),
+        (
+            r#"mqbridge_remote_endpoint_active{broker="cloud",endpoint="mqtt://a.tls.example:1883"}"#,
             1.0,
         ),
     ] {
