@@ -10,7 +10,8 @@
 //! - [`events`]: lifecycle events that log and count.
 //! - [`health`]: pure readiness model and stall [`Watchdog`](health::Watchdog).
 //! - [`status`]: the shared board read by `/readyz`.
-//! - [`watch`]: glue tasks (link watcher, watchdog loop).
+//! - [`watch`]: glue tasks (client event watcher, watchdog loop).
+//! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` over axum.
 //! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
 //! - [`reload`]: what a config reload must start, stop or restart.
@@ -34,7 +35,7 @@ pub use crate::pipe::stats::DropReason;
 pub use builtin::BuiltinBrokerMetrics;
 pub use pipe::{PipeMetrics, PipeSample};
 pub use reasons::DisconnectReason;
-pub use remote::{RemoteBrokerMetrics, RemoteSample};
+pub use remote::RemoteBrokerMetrics;
 
 use std::sync::OnceLock;
 

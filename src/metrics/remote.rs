@@ -5,22 +5,6 @@ use metrics::{Counter, Gauge, counter, gauge};
 use super::names::*;
 use super::reasons::DisconnectReason;
 
-/// Cumulative totals and levels of a remote connection, e.g. from the
-/// client's own atomics; see [`RemoteBrokerMetrics::observe`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RemoteSample {
-    /// Outgoing QoS 1/2 publishes awaiting acknowledgement.
-    pub inflight: u64,
-    /// PUBLISH packets received so far.
-    pub messages_in: u64,
-    /// PUBLISH packets sent so far.
-    pub messages_out: u64,
-    /// Payload bytes received so far.
-    pub bytes_in: u64,
-    /// Payload bytes sent so far.
-    pub bytes_out: u64,
-}
-
 #[derive(Debug, Clone)]
 struct EndpointHandles {
     label: String,
@@ -180,15 +164,6 @@ impl RemoteBrokerMetrics {
     pub fn message_out(&self, bytes: usize) {
         self.messages_out.increment(1);
         self.bytes_out.increment(bytes as u64);
-    }
-
-    /// Copies cumulative totals and levels from a sample.
-    pub fn observe(&self, s: &RemoteSample) {
-        self.set_inflight(s.inflight);
-        self.messages_in.absolute(s.messages_in);
-        self.messages_out.absolute(s.messages_out);
-        self.bytes_in.absolute(s.bytes_in);
-        self.bytes_out.absolute(s.bytes_out);
     }
 }
 
