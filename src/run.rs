@@ -16,12 +16,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker, BrokerOptions};
-use crate::client::{self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+use crate::client::{
+    self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
+};
 use crate::config::ConfigErrors;
 use crate::config::plan::{
     BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
@@ -73,6 +76,9 @@ pub struct RunHandle {
     /// The configuration in effect (reloads update the parts they apply).
     plan: Plan,
     control: ObservabilityControl,
+    /// Per remote broker: where a reload puts new connection settings, and
+    /// the trigger that makes the running connection pick them up.
+    remotes: BTreeMap<String, (SettingsSlot, Arc<Notify>)>,
     subscribed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     done: JoinHandle<RunReport>,
 }
@@ -111,12 +117,36 @@ impl RunHandle {
         self.metrics_addr
     }
 
-    /// Reloads to a valid plan: readiness requirements (`required`) and the
-    /// watchdog threshold change at once; other changes (pipes, brokers,
-    /// metrics listener) are logged as pending until a restart — the running
-    /// pipes and links are never touched by a reload. Logs and counts it.
+    /// Reloads to a valid plan. Applied at once: readiness requirements
+    /// (`required`), the watchdog threshold, and new connection settings of
+    /// a remote broker (credentials, endpoints, TLS, keepalive…: its link
+    /// reconnects underneath its pipes, which keep running). Logged as
+    /// pending until a restart: added, removed or changed pipes, added or
+    /// removed brokers, built-in broker settings, a remote broker's
+    /// `inflight`, and metrics settings. Logs and counts the reload.
     pub fn reload(&mut self, new: &Plan) -> ReloadPlan {
-        self.control.reload(&mut self.plan, new)
+        let remotes = &self.remotes;
+        self.control.reload(&mut self.plan, new, |name, old, new| {
+            match (&old.kind, &new.kind) {
+                (BrokerKind::Remote(o), BrokerKind::Remote(n)) => {
+                    if o.inflight != n.inflight {
+                        return Err("`inflight` needs a restart".into());
+                    }
+                    let Some((slot, trigger)) = remotes.get(name) else {
+                        return Err("not running".into());
+                    };
+                    *slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(client_options(name, n));
+                    // A stored permit: a live connection drops at once; an
+                    // offline client takes the settings before its next dial.
+                    trigger.notify_one();
+                    Ok(())
+                }
+                _ => Err("built-in broker settings need a restart".into()),
+            }
+        })
     }
 
     /// Re-reads `path` (SIGHUP): an invalid file is rejected with every
@@ -163,6 +193,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     // First, so a metrics bind error leaves nothing running.
     let mut obs = Observability::new(&plan).await?;
     let effective = plan.clone();
+    let mut remotes = BTreeMap::new();
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let names: Vec<String> = plan.brokers.keys().cloned().collect();
@@ -178,6 +209,11 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
             BrokerKind::Remote(r) => {
                 let mut opts = client_options(name, r);
                 obs.remote(name, r, &mut opts);
+                let slot = SettingsSlot::default();
+                opts.settings = Some(slot.clone());
+                if let Some(trigger) = &opts.reconnect {
+                    remotes.insert(name.clone(), (slot, trigger.clone()));
+                }
                 let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
                 if let Some(s) = &r.status {
                     statuses.push((link.clone(), status_message(&s.topic, &s.offline)));
@@ -291,6 +327,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         metrics_addr,
         plan: effective,
         control,
+        remotes,
         subscribed,
         done,
     })

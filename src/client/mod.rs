@@ -23,7 +23,9 @@ use tracing::Instrument;
 
 use crate::link::{Delivery, Link, LinkState};
 
-pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+pub use options::{
+    BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
+};
 pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
@@ -172,7 +172,17 @@ pub struct ClientOptions {
     pub reconnect: Option<Arc<Notify>>,
     /// Metric handles for messages/bytes in and out and the inflight gauge.
     pub metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+    /// Replacement connection settings from a config reload (credential
+    /// rotation, new endpoints, TLS files…), taken before the next dial;
+    /// trigger it with [`ClientOptions::reconnect`]'s `notify_one`.
+    pub settings: Option<SettingsSlot>,
 }
+
+/// Where a reload puts new [`ClientOptions`] for a running client. Only the
+/// connection settings are taken from it (endpoints, client id, credentials,
+/// keepalive, clean session, TLS, backoff, failback, connect timeout, packet
+/// size, will and birth); the session (inflight window, subscriptions) stays.
+pub type SettingsSlot = Arc<Mutex<Option<ClientOptions>>>;
 
 impl ClientOptions {
     /// Options with the defaults for everything but the name, endpoints and
@@ -206,6 +216,7 @@ impl ClientOptions {
             events: None,
             reconnect: None,
             metrics: None,
+            settings: None,
         }
     }
 

@@ -26,7 +26,7 @@ use super::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
 use super::{BuiltinBrokerMetrics, MetricsError, PipeMetrics, RemoteBrokerMetrics};
 use crate::broker::Broker;
 use crate::client::ClientOptions;
-use crate::config::{Plan, RemotePlan};
+use crate::config::{BrokerPlan, Plan, RemotePlan};
 use crate::pipe::stats::PipeStats;
 
 /// Capacity of each client's event channel (events are rare; a lagging
@@ -262,12 +262,35 @@ impl ObservabilityControl {
     }
 
     /// Reloads to the valid plan `new`: applies what can change while
-    /// running (readiness requirements, watchdog threshold) and updates
-    /// `current` accordingly; every other change is reported as pending
-    /// (logged; it takes effect at the next restart). Logs and counts the reload.
-    pub fn reload(&self, current: &mut Plan, new: &Plan) -> ReloadPlan {
+    /// running — readiness requirements, the watchdog threshold, and each
+    /// changed broker that `apply_broker(name, old, new)` manages to hand to
+    /// its running connection — and updates `current` accordingly; every
+    /// other change is reported as pending (logged; it takes effect at the
+    /// next restart). Logs and counts the reload.
+    pub fn reload(
+        &self,
+        current: &mut Plan,
+        new: &Plan,
+        mut apply_broker: impl FnMut(&str, &BrokerPlan, &BrokerPlan) -> Result<(), String>,
+    ) -> ReloadPlan {
         let d = diff(current, new);
         let mut applied = Vec::new();
+        let mut pending = Vec::new();
+        for name in &d.brokers.changed {
+            let (Some(old), Some(nb)) = (current.brokers.get(name), new.brokers.get(name)) else {
+                continue;
+            };
+            match apply_broker(name, old, nb) {
+                Ok(()) => {
+                    if let crate::config::BrokerKind::Remote(r) = &nb.kind {
+                        self.set_required(name, r.required);
+                    }
+                    current.brokers.insert(name.clone(), nb.clone());
+                    applied.push(format!("broker {name} reconnects with new settings"));
+                }
+                Err(why) => pending.push(format!("broker {name} changed ({why})")),
+            }
+        }
         for name in &d.readiness_changed {
             if let (Some(crate::config::BrokerKind::Remote(nr)), Some(cur)) = (
                 new.brokers.get(name).map(|b| &b.kind),
@@ -287,10 +310,11 @@ impl ObservabilityControl {
                 new.watchdog.stall_after
             ));
         }
-        let mut pending = Vec::new();
         for (what, c) in [("broker", &d.brokers), ("pipe", &d.pipes)] {
             pending.extend(c.added.iter().map(|n| format!("{what} {n} added")));
-            pending.extend(c.changed.iter().map(|n| format!("{what} {n} changed")));
+            if what == "pipe" {
+                pending.extend(c.changed.iter().map(|n| format!("pipe {n} changed")));
+            }
             pending.extend(c.removed.iter().map(|n| format!("{what} {n} removed")));
         }
         if d.metrics_changed {
