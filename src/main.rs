@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use mqbridge::config;
 use mqbridge::metrics::logging::{self, LogFormat};
+use mqbridge::metrics::reload::{self, FileWatch};
 
 /// MQTT-to-MQTT bridge and gateway.
 #[derive(Debug, Parser)]
@@ -42,6 +43,9 @@ enum Command {
     Run {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also reload when the config file changes (polled every second), as on SIGHUP.
+        #[arg(long, env = "MQBRIDGE_WATCH")]
+        watch: bool,
     },
     /// Check the config file: print a short plan and warnings, or every error (exit 1).
     Validate {
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match cli.command {
-        Command::Run { config } => run(&config.config),
+        Command::Run { config, watch } => run(&config.config, watch),
         Command::Validate { config } => validate(&config.config),
         Command::Route {
             config,
@@ -131,7 +135,7 @@ fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
 }
 
 /// `mqbridge run`: load, start, wait for SIGINT/SIGTERM, drain, exit 0.
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, watch: bool) -> ExitCode {
     // The config is checked completely before any socket is opened.
     let Some((plan, warnings)) = load(path) else {
         return ExitCode::FAILURE;
@@ -147,7 +151,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_async(plan, path)) {
+    match runtime.block_on(run_async(plan, path, watch)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -156,13 +160,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run_async(plan: config::Plan, path: &std::path::Path) -> anyhow::Result<()> {
+async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let token = tokio_util::sync::CancellationToken::new();
+    let watch = watch.then(|| FileWatch::new(reload::file_stamp(path)));
     let mut handle = mqbridge::run(plan, token.clone())
         .await
         .context("starting the bridge")?;
-    wait_for_shutdown(path, &mut handle).await;
+    wait_for_shutdown(path, &mut handle, watch).await;
     tracing::info!("signal received, shutting down");
     token.cancel();
     // A second signal while draining stops at once (unacked messages are redelivered).
@@ -179,9 +184,14 @@ async fn run_async(plan: config::Plan, path: &std::path::Path) -> anyhow::Result
     Ok(())
 }
 
-/// Waits for SIGINT/SIGTERM; each SIGHUP meanwhile re-reads the config file
-/// (an invalid one is logged and ignored).
-async fn wait_for_shutdown(path: &std::path::Path, handle: &mut mqbridge::RunHandle) {
+/// Waits for SIGINT/SIGTERM; each SIGHUP meanwhile (and, with `--watch`,
+/// each settled change of the file) re-reads the config file (an invalid one
+/// is logged and ignored).
+async fn wait_for_shutdown(
+    path: &std::path::Path,
+    handle: &mut mqbridge::RunHandle,
+    mut watch: Option<FileWatch>,
+) {
     // Created once, so a stop signal during a reload is not missed.
     let stop = mqbridge::shutdown::signal();
     tokio::pin!(stop);
@@ -192,28 +202,52 @@ async fn wait_for_shutdown(path: &std::path::Path, handle: &mut mqbridge::RunHan
         () = std::future::ready(()) => {}
     }
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                // The SIGHUP stream buffers a signal that arrives mid-reload.
-                tracing::info!("waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads");
-                loop {
-                    tokio::select! {
-                        () = &mut stop => return,
-                        _ = hup.recv() => {
-                            tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-                            let _ = handle.reload_file(path);
-                        }
-                    }
-                }
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by signal disabled");
+            None
+        }
+    };
+    #[cfg(not(unix))]
+    let mut hup: Option<()> = None;
+    let mut tick = tokio::time::interval(reload::WATCH_INTERVAL);
+    tracing::info!(
+        watch = watch.is_some(),
+        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads"
+    );
+    loop {
+        // Cancel safety: the pinned stop future, `Signal::recv` and
+        // `Interval::tick` lose nothing when another branch wins.
+        tokio::select! {
+            () = &mut stop => return,
+            Some(()) = recv_hup(&mut hup) => {
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                let _ = handle.reload_file(path);
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload disabled")
+            _ = tick.tick(), if watch.is_some() => {
+                if let Some(w) = watch.as_mut()
+                    && w.poll(reload::file_stamp(path))
+                {
+                    tracing::info!(config = %path.display(), "config file changed: reloading");
+                    let _ = handle.reload_file(path);
+                }
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = (path, &handle);
-    stop.await;
+}
+
+/// The next SIGHUP; never resolves without a SIGHUP stream.
+#[cfg(unix)]
+async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+async fn recv_hup(_: &mut Option<()>) -> Option<()> {
+    std::future::pending().await
 }

@@ -186,3 +186,48 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn watch_reloads_when_the_file_changes() {
+    let cfg = config_file(CONFIG);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+        .args(["--log-format", "json", "run", "--watch", "--config"])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mqbridge");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = wait_message(
+        &rx,
+        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
+    );
+    assert_eq!(
+        ready.get("watch"),
+        Some(&serde_json::Value::Bool(true)),
+        "{ready}"
+    );
+    std::fs::write(
+        cfg.path(),
+        format!("{CONFIG}watchdog:\n  stall_after: 9s\n"),
+    )
+    .expect("write");
+    wait_message(&rx, "config file changed: reloading");
+    let ok = wait_message(&rx, "configuration reloaded");
+    assert!(ok.to_string().contains("watchdog.stall_after"), "{ok}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(child.wait().expect("wait").success());
+}
