@@ -196,12 +196,30 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     let mut remotes = BTreeMap::new();
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let names: Vec<String> = plan.brokers.keys().cloned().collect();
-    let index = |name: &str| names.iter().position(|n| n == name);
 
-    let mut broker_links = Vec::new();
-    let mut builtins = Vec::new();
+    // Built-in brokers first: binding a listener is what can fail, and then
+    // no remote connection has been opened yet.
+    let mut builtins: Vec<Broker> = Vec::new();
     let mut builtin_addrs = BTreeMap::new();
+    for (name, bp) in &plan.brokers {
+        let BrokerKind::BuiltIn(b) = &bp.kind else {
+            continue;
+        };
+        match Broker::start(broker_options(name, b), links_token.clone()).await {
+            Ok(broker) => {
+                builtin_addrs.insert(name.clone(), broker.local_addrs());
+                builtins.push(broker);
+            }
+            Err(err) => {
+                links_token.cancel();
+                for b in &builtins {
+                    b.closed().await;
+                }
+                return Err(err.into());
+            }
+        }
+    }
+    let mut broker_links = Vec::new();
     let mut statuses = Vec::new();
     let mut windows = Vec::new();
     for (name, bp) in &plan.brokers {
@@ -226,26 +244,14 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     max_pending: usize::from(r.inflight).max(1),
                 });
             }
-            BrokerKind::BuiltIn(b) => {
-                let started =
-                    match Broker::start(broker_options(name, b), links_token.clone()).await {
-                        Ok(broker) => broker,
-                        Err(err) => {
-                            // Undo what already started before reporting.
-                            links_token.cancel();
-                            for b in &builtins {
-                                Broker::closed(b).await;
-                            }
-                            tracker.close();
-                            tracker.wait().await;
-                            return Err(err.into());
-                        }
-                    };
-                let (link, deliveries) = started.link(&format!("mqbridge-bridge-{name}"), false);
-                builtin_addrs.insert(name.clone(), started.local_addrs());
-                obs.builtin(&started);
+            BrokerKind::BuiltIn(_) => {
+                let Some(broker) = builtins.iter().find(|b| b.name() == name) else {
+                    continue; // started above
+                };
+                // The bridge's own persistent session on its built-in broker.
+                let (link, deliveries) = broker.link(&format!("mqbridge-bridge-{name}"), false);
+                obs.builtin(broker);
                 windows.push(BUILTIN_PIPE_INFLIGHT);
-                builtins.push(started);
                 broker_links.push(BrokerLink {
                     name: name.clone(),
                     link,
@@ -255,6 +261,9 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
             }
         }
     }
+    // Pipe endpoints are indices into `broker_links`.
+    let names: Vec<String> = broker_links.iter().map(|b| b.name.clone()).collect();
+    let index = |name: &str| names.iter().position(|n| n == name);
     let links: BTreeMap<String, Link> = broker_links
         .iter()
         .map(|b| (b.name.clone(), b.link.clone()))
