@@ -839,7 +839,8 @@ async fn insecure_tls_skips_verification() {
 }
 
 /// Birth on every connect (retained `online`), will on an ungraceful loss
-/// (retained `offline`), and no will after a graceful shutdown.
+/// (retained `offline`), and `offline` published by the client itself on a
+/// graceful shutdown.
 #[tokio::test]
 async fn birth_and_will_status_messages() {
     let m = Mosquitto::start();
@@ -907,8 +908,10 @@ async fn birth_and_will_status_messages() {
         }
     }
     assert_eq!(last, "online", "birth after connect");
+    // A graceful close sends DISCONNECT (the broker drops the will) but
+    // publishes the `offline` status itself first.
     c.stop().await;
-    assert_eq!(retained(&m), "online", "no will after DISCONNECT");
+    assert_eq!(retained(&m), "offline", "offline after a graceful close");
 }
 
 /// A slow consumer: the delivery channel is full, so the client stops
@@ -1143,5 +1146,80 @@ async fn backoff_resets_only_after_a_stable_link() {
     // these would be ≥ 1.4 s and ≥ 1.6 s; the upper bounds leave room for load.
     assert!(gap(3) >= ms(700) && gap(3) < ms(1300), "{:?}", gap(3));
     assert!(gap(4) >= ms(200) && gap(4) < ms(1000), "{:?}", gap(4));
+    c.stop().await;
+}
+
+/// UNSUBSCRIBE stops delivery, and the filter is not restored later.
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let m = Mosquitto::start();
+    let p = unique("unsub");
+    let (a, b) = (format!("{p}/a"), format!("{p}/b"));
+    let mut c = Client::spawn(options("unsub", vec![tcp(m.port)]));
+    c.connected_to(m.port).await;
+    c.link
+        .subscribe(vec![(a.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe a");
+    c.link
+        .unsubscribe(vec![a.clone()])
+        .await
+        .expect("unsubscribe");
+    c.link
+        .subscribe(vec![(b.clone(), QoS::AtLeastOnce)])
+        .await
+        .expect("subscribe b");
+    // Published in this order: if `a` were still subscribed it would come first.
+    m.publish(&a, "on-a", 1, &[]);
+    m.publish(&b, "on-b", 1, &[]);
+    let d = c.recv().await;
+    assert_eq!(d.message.topic, b);
+    d.ack.ack();
+    c.stop().await;
+}
+
+/// Credentials in CONNECT: accepted with the right password, refused (and
+/// retried with backoff) with a wrong one, the reason naming the endpoint.
+#[tokio::test]
+async fn credentials_accepted_and_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("passwd");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pw)
+        .args(["bridge", "s3cret"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e} (install mosquitto)"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let m = Mosquitto::start_with(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        pw.display()
+    ));
+    let mut opts = options("creds", vec![tcp(m.port)]);
+    opts.username = Some("bridge".into());
+    opts.password = Some("s3cret".into());
+    let c = Client::spawn(opts.clone());
+    c.connected_to(m.port).await;
+    c.stop().await;
+
+    opts.password = Some("wrong".into());
+    let c = Client::spawn(opts);
+    let s = c
+        .state("refused", |s| matches!(s, LinkState::Disconnected { .. }))
+        .await;
+    let LinkState::Disconnected { reason } = s else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("connection refused by broker")
+            && reason.contains(&format!("mqtt://127.0.0.1:{}", m.port)),
+        "{reason}"
+    );
     c.stop().await;
 }

@@ -17,7 +17,7 @@ use super::task::{Done, End, Task, codec_error, packet_name};
 use super::transport::BoxStream;
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, Delivery};
-use crate::protocol::{Framed, IncomingAction, Keepalive};
+use crate::protocol::{Framed, IncomingAction, Keepalive, Message, QoS, publish_from_message};
 
 /// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,7 +101,15 @@ impl Conn {
     }
 
     /// DISCONNECT (so the broker drops our will), then close the stream.
-    async fn disconnect(&mut self) {
+    /// The will itself (the `offline` status) is published first, at QoS 0
+    /// and outside the session state: the broker handles it before the
+    /// DISCONNECT, and it is never resent on a later connection.
+    async fn disconnect(&mut self, will: Option<&Message>) {
+        if let Some(will) = will {
+            let mut m = will.clone();
+            m.qos = QoS::AtMostOnce;
+            self.queue(&Packet::Publish(publish_from_message(&m, 0, false)));
+        }
         self.queue(&Packet::Disconnect);
         let _ = timeout(DISCONNECT_TIMEOUT, async {
             let _ = self.framed.flush().await;
@@ -188,7 +196,7 @@ impl Task {
         let reconnect = self.opts.reconnect.clone();
         loop {
             if self.requests_closed && self.is_idle() {
-                conn.disconnect().await;
+                conn.disconnect(self.opts.will.as_ref()).await;
                 return End::Shutdown;
             }
             let probe_at = match (&probe, self.failover.probe_due()) {
@@ -269,7 +277,7 @@ impl Task {
                             conn.queue(&p);
                         }
                     }
-                    conn.disconnect().await;
+                    conn.disconnect(self.opts.will.as_ref()).await;
                     return end;
                 }
             }

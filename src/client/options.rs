@@ -146,7 +146,10 @@ pub struct ClientOptions {
     pub failback: FailbackOptions,
     /// Time allowed for TCP connect + TLS handshake + CONNACK.
     pub connect_timeout: Duration,
-    /// Largest packet we send or accept, in bytes.
+    /// Largest packet we send or accept, in bytes. Larger publishes are
+    /// refused to the caller; a larger incoming packet closes the connection
+    /// (and the broker would redeliver it), so keep this at least as large as
+    /// the broker's own limit.
     pub max_packet_size: usize,
     /// Maximum unacknowledged outgoing QoS 1/2 publishes; more requests wait.
     pub inflight: usize,
@@ -158,7 +161,9 @@ pub struct ClientOptions {
     pub request_capacity: usize,
     /// Capacity of the bounded delivery channel (incoming messages).
     pub delivery_capacity: usize,
-    /// Last will, set in every CONNECT (e.g. retained `offline` status).
+    /// Last will, set in every CONNECT (e.g. retained `offline` status). On a
+    /// graceful close (shutdown, failback) the client publishes it itself
+    /// (at QoS 0) just before DISCONNECT, since the broker then drops the will.
     pub will: Option<Message>,
     /// Published after every successful connect, as given (set `retain: true`
     /// for a status topic such as `online`).

@@ -198,7 +198,7 @@ impl Mosquitto {
             .args(["-t", topic, "-m", payload, "-q", &qos.to_string()])
             .args(extra)
             .output()
-            .expect("run mosquitto_pub");
+            .unwrap_or_else(|e| missing("mosquitto_pub", &e));
         assert!(
             out.status.success(),
             "mosquitto_pub failed: {}",
@@ -221,7 +221,7 @@ impl Mosquitto {
                 "-E",
             ])
             .output()
-            .expect("run mosquitto_sub");
+            .unwrap_or_else(|e| missing("mosquitto_sub", &e));
         assert!(
             out.status.success(),
             "mosquitto_sub -E failed: {}",
@@ -252,7 +252,7 @@ impl Mosquitto {
             ])
             .args(["-C", &count.to_string(), "-W", &secs.to_string()])
             .output()
-            .expect("run mosquitto_sub");
+            .unwrap_or_else(|e| missing("mosquitto_sub", &e));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
@@ -277,4 +277,8 @@ fn client_cmd(bin: &str, port: u16) -> Command {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn missing(bin: &str, e: &std::io::Error) -> Output {
+    panic!("cannot run {bin}: {e}; install the `mosquitto-clients` package (these tests need it)")
 }
