@@ -192,7 +192,19 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         (true, Some(cn), _) => (Some(cn), ConnectReturnCode::Success),
         (_, _, Some(login)) => {
             let ok = match &sec.passwords {
-                Some(p) => p.verify(&login.username, login.password.as_bytes()),
+                // PBKDF2 is deliberately slow: keep it off the async workers.
+                Some(_) => {
+                    let sec = sec.clone();
+                    let user = login.username.clone();
+                    let password = login.password;
+                    tokio::task::spawn_blocking(move || {
+                        sec.passwords
+                            .as_ref()
+                            .is_some_and(|p| p.verify(&user, password.as_bytes()))
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
                 None => sec.allow_anonymous,
             };
             let code = match (ok, sec.passwords.is_some()) {

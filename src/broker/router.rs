@@ -177,6 +177,15 @@ pub(crate) fn spawn(
     RouterHandle { tx }
 }
 
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 struct Router {
     name: String,
     limits: Arc<Limits>,
@@ -221,9 +230,8 @@ impl Router {
                         self.handle(event);
                     }
                 }
-                _ = async { match sys_tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                    self.publish_sys();
-                }
+                // Never fires when `$SYS` is off.
+                _ = tick(sys_tick.as_mut()) => self.publish_sys(),
             }
         }
         for s in self.sessions.values() {
