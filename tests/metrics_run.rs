@@ -550,3 +550,53 @@ async fn reload_rotates_credentials_without_touching_pipes() {
     token.cancel();
     timeout(WAIT, run.finished()).await.expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_is_counted_and_shown() {
+    let p = unique("fo");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let fake = FakeBroker::start(0).await;
+    let yaml = format!(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  multi:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{dead}, mqtt://127.0.0.1:{}]\n    client_id: {p}\n    reconnect: {{ min: 20ms, max: 100ms, jitter: false }}\n    failback: {{ enabled: false }}\npipes:\n  fo_up:\n    from: edge\n    to: multi\n    topics: [{p}/#]\n",
+        fake.port
+    );
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
+        .await
+        .expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let addr = run.metrics_addr().expect("metrics");
+    let body = readyz_becomes(addr, 200).await;
+    let second = format!("mqtt://127.0.0.1:{}", fake.port);
+    assert!(body.contains(&second), "{body}");
+    let m = metric_becomes(
+        addr,
+        &format!(r#"mqbridge_remote_endpoint_active{{broker="multi",endpoint="{second}"}}"#),
+        1.0,
+    )
+    .await;
+    let failovers =
+        value(&m, r#"mqbridge_remote_failovers_total{broker="multi"}"#).expect("failovers");
+    assert!(failovers >= 1.0, "{m}");
+    let failed = value(
+        &m,
+        r#"mqbridge_remote_connect_failures_total{broker="multi",reason="io"}"#,
+    )
+    .expect("connect failures");
+    assert!(failed >= 1.0, "the dead primary was tried: {m}");
+    assert_eq!(
+        value(
+            &m,
+            &format!(
+                r#"mqbridge_remote_endpoint_active{{broker="multi",endpoint="mqtt://127.0.0.1:{dead}"}}"#
+            )
+        ),
+        Some(0.0)
+    );
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stops");
+}

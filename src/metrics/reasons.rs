@@ -4,11 +4,11 @@
 /// Why a remote connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DisconnectReason {
-    /// Socket error or the peer closed the connection.
+    /// Socket error, TCP connect refused, or the peer closed the connection.
     Io,
     /// No traffic within the keepalive allowance (PINGRESP missing).
     KeepaliveTimeout,
-    /// CONNACK refused or the handshake timed out.
+    /// The broker refused the CONNECT (CONNACK return code ≠ 0).
     Refused,
     /// The peer sent something that violates the protocol.
     Protocol,

@@ -26,7 +26,7 @@ pub fn classify_disconnect(reason: &str) -> DisconnectReason {
         DisconnectReason::KeepaliveTimeout
     } else if has(&["tls", "certificate", "handshake"]) {
         DisconnectReason::Tls
-    } else if has(&["refused", "connack", "not authorized", "bad user"]) {
+    } else if has(&["refused by broker", "connack", "not authorized", "bad user"]) {
         DisconnectReason::Refused
     } else if has(&["protocol", "malformed", "packet"]) {
         DisconnectReason::Protocol
@@ -35,6 +35,8 @@ pub fn classify_disconnect(reason: &str) -> DisconnectReason {
     } else if has(&[
         "i/o",
         "io error",
+        "os error",
+        "connection refused",
         "reset",
         "closed",
         "eof",
@@ -284,6 +286,15 @@ mod tests {
             DisconnectReason::Protocol
         );
         assert_eq!(classify_disconnect("eof"), DisconnectReason::Io);
+        // A TCP-level refusal is IO; a CONNACK refusal is `refused`.
+        assert_eq!(
+            classify_disconnect("Connection refused (os error 111)"),
+            DisconnectReason::Io
+        );
+        assert_eq!(
+            classify_disconnect("connection refused by broker: bad user name or password"),
+            DisconnectReason::Refused
+        );
         assert_eq!(classify_disconnect("???"), DisconnectReason::Other);
     }
 }
