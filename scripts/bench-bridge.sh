@@ -16,6 +16,9 @@ COUNT=${COUNT:-100000}
 RATE_COUNT=${RATE_COUNT:-20000}
 RATE=${RATE:-5000}
 SIZE=${SIZE:-100}
+# mqbridge's per-pipe QoS 0 queue (the config default is 1000; Mosquitto's
+# bridge here queues without bound, `max_queued_messages 0`).
+QUEUE_SIZE=${QUEUE_SIZE:-1000}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 command -v mosquitto_pub >/dev/null || { echo "mosquitto-clients missing" >&2; exit 1; }
 [ -x "$MOSQUITTO" ] || { echo "mosquitto missing at $MOSQUITTO" >&2; exit 1; }
@@ -101,6 +104,7 @@ pipes:
     topics:
       - filter: bench/#
         qos: $qos
+    queue: { size: $QUEUE_SIZE }
 YAML
     "$MQB" run --log-level warn --config "$WORK/bridges.yaml" & PIDS+=($!)
   fi

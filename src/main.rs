@@ -177,14 +177,18 @@ fn run(path: &std::path::Path, worker_threads: usize, watch: bool) -> ExitCode {
 
 async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     use anyhow::Context;
-    let token = tokio_util::sync::CancellationToken::new();
+    // Handlers first: a signal during start-up must still drain (or, for
+    // SIGHUP, reload), not kill.
+    let mut signals = mqbridge::shutdown::Signals::new();
+    let mut hup = hangup();
+    let shutdown = mqbridge::shutdown::Shutdown::new();
     let watch = watch.then(|| FileWatch::new(reload::file_stamp(path)));
-    let mut handle = mqbridge::run(plan, token.clone())
+    let mut handle = mqbridge::run(plan, shutdown.token().clone())
         .await
         .context("starting the bridge")?;
-    wait_for_shutdown(path, &mut handle, watch).await;
+    wait_for_shutdown(path, &mut handle, &mut signals, &mut hup, watch).await;
     tracing::info!("signal received, shutting down");
-    token.cancel();
+    shutdown.trigger();
     // A second signal while draining stops at once (unacked messages are redelivered).
     tokio::select! {
         report = handle.finished() => {
@@ -192,7 +196,7 @@ async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> a
                 tracing::warn!(pipes = ?report.busy_pipes, "stopped with pipes still busy");
             }
         }
-        () = mqbridge::shutdown::signal() => {
+        () = signals.recv() => {
             tracing::warn!("second signal: exiting without waiting for the drain");
         }
     }
@@ -205,38 +209,21 @@ async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> a
 async fn wait_for_shutdown(
     path: &std::path::Path,
     handle: &mut mqbridge::RunHandle,
+    signals: &mut mqbridge::shutdown::Signals,
+    hup: &mut Hangup,
     mut watch: Option<FileWatch>,
 ) {
-    // Created once, so a stop signal during a reload is not missed.
-    let stop = mqbridge::shutdown::signal();
-    tokio::pin!(stop);
-    // Poll once so the stop handlers are installed before we say so.
-    tokio::select! {
-        biased;
-        () = &mut stop => return,
-        () = std::future::ready(()) => {}
-    }
-    #[cfg(unix)]
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by signal disabled");
-            None
-        }
-    };
-    #[cfg(not(unix))]
-    let mut hup: Option<()> = None;
     let mut tick = tokio::time::interval(reload::WATCH_INTERVAL);
     tracing::info!(
         watch = watch.is_some(),
         "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads"
     );
     loop {
-        // Cancel safety: the pinned stop future, `Signal::recv` and
+        // Cancel safety: `Signals::recv`, `Signal::recv` and
         // `Interval::tick` lose nothing when another branch wins.
         tokio::select! {
-            () = &mut stop => return,
-            Some(()) = recv_hup(&mut hup) => {
+            () = signals.recv() => return,
+            Some(()) = recv_hup(hup) => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
                 let _ = handle.reload_file(path);
             }
@@ -250,6 +237,31 @@ async fn wait_for_shutdown(
             }
         }
     }
+}
+
+/// The SIGHUP stream (`None` when it cannot be set up, or off Unix).
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+/// Registers the SIGHUP handler (inside the runtime).
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by signal disabled");
+            None
+        }
+    }
+}
+
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+fn hangup() -> Hangup {
+    None
 }
 
 /// The next SIGHUP; never resolves without a SIGHUP stream.

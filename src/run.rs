@@ -8,8 +8,9 @@
 //!
 //! Shutdown order (when the token given to [`run`] is cancelled): stop taking
 //! messages, drain queued and in-flight ones until `shutdown_timeout`, log the
-//! pipes still busy, publish the retained `offline` status, DISCONNECT every
-//! remote link (so no will), then stop the built-in brokers.
+//! pipes still busy, close every remote link (it publishes the retained
+//! `offline` status, then DISCONNECTs, so no will), then stop the built-in
+//! brokers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,8 +44,8 @@ use crate::protocol::{Message, QoS};
 
 /// Publishes in flight from one pipe into a built-in broker, at most.
 const BUILTIN_PIPE_INFLIGHT: usize = 100;
-/// How long the `offline` status publish may take at shutdown.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the links may take to publish `offline` and DISCONNECT at shutdown.
+const LINK_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +221,6 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         }
     }
     let mut broker_links = Vec::new();
-    let mut statuses = Vec::new();
     let mut windows = Vec::new();
     for (name, bp) in &plan.brokers {
         match &bp.kind {
@@ -233,9 +233,6 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                     remotes.insert(name.clone(), (slot, trigger.clone()));
                 }
                 let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
-                if let Some(s) = &r.status {
-                    statuses.push((link.clone(), status_message(&s.topic, &s.offline)));
-                }
                 windows.push(usize::from(r.inflight).max(1));
                 broker_links.push(BrokerLink {
                     name: name.clone(),
@@ -322,7 +319,6 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         pipes,
         shutdown,
         plan.shutdown_timeout,
-        statuses,
         links.values().cloned().collect(),
         links_token,
         tracker,
@@ -348,7 +344,6 @@ async fn stop(
     pipes: Pipes,
     shutdown: CancellationToken,
     deadline: Duration,
-    statuses: Vec<(Link, Message)>,
     links: Vec<Link>,
     links_token: CancellationToken,
     tracker: TaskTracker,
@@ -361,20 +356,13 @@ async fn stop(
     if !busy_pipes.is_empty() {
         tracing::warn!(pipes = ?busy_pipes, "pipes still busy at the deadline; their unacknowledged messages will be redelivered by the sources");
     }
-    // DISCONNECT suppresses the will, so say `offline` ourselves first.
-    for (link, msg) in statuses {
-        let sent = async {
-            if let Ok(ack) = link.publish(msg).await {
-                let _ = ack.wait().await;
-            }
-        };
-        let _ = tokio::time::timeout(STATUS_TIMEOUT, sent).await;
-    }
+    // Each remote link publishes its retained `offline` status, then sends
+    // DISCONNECT (so the broker drops the will).
     for link in &links {
         link.shutdown().await;
     }
     tracker.close();
-    if tokio::time::timeout(STATUS_TIMEOUT, tracker.wait())
+    if tokio::time::timeout(LINK_CLOSE_TIMEOUT, tracker.wait())
         .await
         .is_err()
     {

@@ -1,5 +1,8 @@
 //! `mqbridge run` as a user runs it: a bad config prints every error and
-//! exits non-zero without opening any connection.
+//! exits non-zero without opening any connection; SIGTERM drains, publishes
+//! the `offline` status and exits 0.
+
+mod common;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
@@ -43,4 +46,55 @@ fn config_error_prints_every_error_and_opens_no_connection() {
         Ok((_, peer)) => panic!("mqbridge connected ({peer}) despite the config error"),
         Err(e) => panic!("accept: {e}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_with_offline_status() {
+    use common::bridge::{Sub, WAIT, remote, unique};
+    use common::mosquitto::Mosquitto;
+    use std::time::{Duration, Instant};
+
+    let m = Mosquitto::start();
+    let p = unique("term");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bridges.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "brokers:\n{}  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  down:\n    from: m\n    to: edge\n    topics: [{p}/#]\n",
+            remote("m", m.port, &format!("{p}-m"))
+        ),
+    )
+    .expect("write config");
+    let status = format!("mqbridge/{p}-m/status");
+    let mut watch = Sub::start(m.port, &unique("w"), &status, 1, false).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+        .args(["run", "--log-level", "warn", "--config"])
+        .arg(&cfg)
+        .spawn()
+        .expect("spawn mqbridge");
+    let got = watch.next().await.expect("online status");
+    assert_eq!(got.payload, "online");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mqbridge did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+    let got = watch.next().await.expect("offline status");
+    assert_eq!(got.payload, "offline");
 }

@@ -21,9 +21,16 @@
 //! length prefix silently), packets over the peer's maximum, packet id 0,
 //! invalid PUBLISH topics, empty SUBSCRIBE/UNSUBSCRIBE, a CONNECT that is not
 //! level 4, a password without a user name. A failed encode leaves the buffer
-//! as it was.
+//! as it was. Works around rumqttc writing CONNECT flags at an absolute
+//! buffer index (corrupt output when the buffer is not empty).
 
 mod checks;
+#[cfg(test)]
+mod encode_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::{self, v4::Packet, v4::Publish};
@@ -163,15 +170,23 @@ impl From<mqttbytes::Error> for CodecError {
     }
 }
 
+/// Most [`decode`] reserves at once for an incomplete frame; the rest grows
+/// as bytes actually arrive.
+const MAX_RESERVE: usize = 64 * 1024;
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// `Ok(None)` means "need more bytes": `buf` is left untouched, except that
-/// capacity for the rest of the announced frame is reserved (bounded by
-/// `max_packet_size`, the largest *total* packet size we accept). A packet
+/// up to 64 KiB of capacity towards the announced frame is reserved.
+/// `max_packet_size` is the largest *total* packet size we accept; a packet
 /// announcing more than that fails from its fixed header alone, before
 /// anything is buffered. On `Ok(Some)` and on a content error the frame is
 /// consumed; after any error the connection must be closed.
 pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, CodecError> {
+    // Type and flags are known from the first byte: fail before waiting for more.
+    if let Some(&byte1) = buf.first() {
+        checks::check_flags(byte1)?;
+    }
     let Some(header) = checks::peek_fixed_header(buf)? else {
         return Ok(None);
     };
@@ -182,9 +197,10 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
             max: max_packet_size,
         });
     }
-    checks::check_flags(header.byte1)?;
     if buf.len() < frame_len {
-        buf.reserve(frame_len - buf.len());
+        // Reserve towards the frame, but never more than a chunk at a time:
+        // a header alone must not make us allocate a large maximum.
+        buf.reserve((frame_len - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     let mut frame = buf.split_to(frame_len);
@@ -219,7 +235,17 @@ pub fn encode(
         });
     }
     let start = buf.len();
-    if let Err(e) = packet.write(buf, usize::MAX) {
+    let written = if matches!(packet, Packet::Connect(_)) {
+        // rumqttc's `Connect::write` patches its flags byte at an absolute
+        // index, corrupting the output unless the buffer starts empty.
+        let mut scratch = BytesMut::with_capacity(size);
+        packet
+            .write(&mut scratch, usize::MAX)
+            .map(|_| buf.extend_from_slice(&scratch))
+    } else {
+        packet.write(buf, usize::MAX).map(drop)
+    };
+    if let Err(e) = written {
         buf.truncate(start);
         return Err(e.into());
     }

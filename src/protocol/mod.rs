@@ -10,10 +10,10 @@ pub mod message;
 pub mod session;
 
 pub use codec::{
-    CodecError, decode, encode, filter_is_valid, message_from_publish, publish_from_message,
-    topic_name_is_valid,
+    CodecError, MAX_STRING_LEN, decode, encode, filter_is_valid, message_from_publish,
+    publish_from_message, topic_name_is_valid,
 };
-pub use framed::{Framed, MQTT_MAX_PACKET_SIZE};
+pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
 pub use message::{Message, MessageProperties, QoS};
 pub use session::{Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation};

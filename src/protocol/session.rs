@@ -3,10 +3,45 @@
 //! synchronous; methods take a packet and return the packets to send, the
 //! caller does the IO. One implementation serves both the client core and
 //! the built-in broker (the flows are symmetric in MQTT 3.1.1).
+//!
+//! A QoS 2 message from a sender's [`Outgoing`] to a receiver's [`Incoming`]
+//! (the connection task moves the packets over the wire):
+//!
+//! ```
+//! use std::time::Instant;
+//! use mqbridge::protocol::{Incoming, IncomingAction, Message, Outgoing, QoS, v4::Packet};
+//!
+//! let mut sender: Outgoing<&str> = Outgoing::new(16);
+//! let mut receiver = Incoming::new();
+//!
+//! let message = Message::new("a/b", "hi", QoS::ExactlyOnce, false);
+//! let (Packet::Publish(publish), None) = sender.publish(message, "caller token").unwrap() else {
+//!     unreachable!()
+//! };
+//! let pkid = publish.pkid;
+//! let IncomingAction::Deliver { message, token: Some(token) } =
+//!     receiver.on_publish(publish, Instant::now())
+//! else {
+//!     unreachable!()
+//! };
+//! assert_eq!(message.topic, "a/b");
+//! // The application (a pipe) acks; PUBREC goes out in arrival order.
+//! let acks = receiver.ack(token);
+//! assert!(matches!(acks.as_slice(), [Packet::PubRec(r)] if r.pkid == pkid));
+//! let pubrel = sender.on_pubrec(pkid).unwrap();
+//! assert!(matches!(pubrel, Packet::PubRel(_)));
+//! let pubcomp = receiver.on_pubrel(pkid);
+//! assert!(matches!(pubcomp, Packet::PubComp(_)));
+//! assert_eq!(sender.on_pubcomp(pkid), Ok("caller token"));
+//! ```
 
 mod incoming;
 mod outgoing;
 mod packet_id;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 pub use incoming::{Incoming, IncomingAction};
 pub use outgoing::{Full, Outgoing};
