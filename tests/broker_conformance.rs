@@ -403,7 +403,7 @@ async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
     let acl = dir.path().join("acl");
     std::fs::write(
         &acl,
-        "topic read acl/public/#\nuser alice\ntopic readwrite acl/alice/#\npattern write acl/dev/%c/#\n",
+        "topic read acl/public/#\nuser alice\ntopic readwrite acl/alice/#\ntopic read acl/shared/#\ntopic deny acl/shared/secret\nuser bob\ntopic write acl/shared/#\npattern write acl/dev/%c/#\n",
     )
     .unwrap();
     let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
@@ -441,6 +441,17 @@ async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
     assert_eq!(&alice.next_publish().await.payload[..], b"mine");
     alice.ping().await;
     assert_eq!(b.broker.stats().dropped_acl, 2);
+    // Read is checked per delivery: a deny narrower than the subscription holds.
+    alice.subscribe(&[("acl/shared/#", QoS::AtMostOnce)]).await;
+    let mut bob = Raw::connect_with(b.addr, "acl-bob", true, Some(("bob", "x")), None, 0).await;
+    bob.publish("acl/shared/secret", "hidden", QoS::AtLeastOnce, false, 1)
+        .await;
+    bob.publish("acl/shared/open", "seen", QoS::AtLeastOnce, false, 2)
+        .await;
+    bob.next().await;
+    bob.next().await;
+    assert_eq!(alice.next_publish().await.topic, "acl/shared/open");
+    alice.ping().await;
     // mosquitto_sub (debug output) sees SUBACK 0x80 for the denied filter.
     let out = within(
         tokio::process::Command::new(require_bin("mosquitto_sub"))
@@ -826,4 +837,100 @@ async fn will_of_killed_mosquitto_client_and_of_taken_over_connection() {
     let _new = Raw::connect(b.addr, "wk-dev", true).await;
     old.expect_closed().await;
     assert_eq!(watcher.next_publish().await.topic, "wk/takeover");
+}
+
+/// A QoS 2 flow interrupted after PUBREC is completed with a resent PUBREL
+/// when the persistent session resumes.
+#[tokio::test]
+async fn qos2_pubrel_resent_on_resume() {
+    let b = TestBroker::start().await;
+    let mut sub = Raw::connect(b.addr, "pr-sub", false).await;
+    sub.subscribe(&[("pr/t", QoS::ExactlyOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "pr-pub", true).await;
+    publ.publish("pr/t", "x", QoS::ExactlyOnce, false, 1).await;
+    publ.next().await;
+    let p = sub.next_publish().await;
+    sub.send(Packet::PubRec(PubRec::new(p.pkid))).await;
+    assert_eq!(sub.next().await, Packet::PubRel(PubRel::new(p.pkid)));
+    drop(sub);
+    wait_until(|| b.broker.stats().clients_connected == 1).await;
+    let (mut sub, present) = Raw::connect_present(b.addr, "pr-sub", false).await;
+    assert!(present);
+    assert_eq!(sub.next().await, Packet::PubRel(PubRel::new(p.pkid)));
+    sub.send(Packet::PubComp(PubComp::new(p.pkid))).await;
+    sub.ping().await;
+}
+
+/// Order per topic survives the inflight window and the session queue.
+#[tokio::test]
+async fn order_per_topic_through_window_and_queue() {
+    let b = TestBroker::start_with(|o| o.limits.max_inflight = 3).await;
+    let mut sub = Raw::connect(b.addr, "or-sub", true).await;
+    sub.subscribe(&[("or/t", QoS::AtLeastOnce)]).await;
+    let mut publ = Raw::connect(b.addr, "or-pub", true).await;
+    let n = 300u16;
+    for i in 1..=n {
+        publ.publish("or/t", &i.to_string(), QoS::AtLeastOnce, false, i)
+            .await;
+    }
+    for i in 1..=n {
+        assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(i)));
+    }
+    for i in 1..=n {
+        let p = sub.next_publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes());
+        sub.puback(p.pkid).await;
+    }
+    sub.ping().await;
+}
+
+/// Cancelling the token stops listeners, connections, links and the router.
+#[tokio::test]
+async fn shutdown_stops_every_task() {
+    let b = TestBroker::start().await;
+    let mut c = Raw::connect(b.addr, "sd-1", false).await;
+    let (link, _rx) = b.broker.link("sd-link", false);
+    let mut state = link.state();
+    within(state.wait_for(|s| matches!(s, mqbridge::link::LinkState::Connected { .. })))
+        .await
+        .unwrap();
+    b.token.cancel();
+    within(b.broker.closed()).await;
+    c.expect_closed().await;
+    assert_eq!(*link.state().borrow(), mqbridge::link::LinkState::Closed);
+    assert!(tokio::net::TcpStream::connect(b.addr).await.is_err());
+}
+
+/// A second link with the same client id takes the session over, even while
+/// the first link's pipe is not taking deliveries.
+#[tokio::test]
+async fn local_link_takeover_while_pipe_is_stalled() {
+    use mqbridge::link::LinkState;
+    let b = TestBroker::start().await;
+    let (old, _old_rx) = b.broker.link("lt-pipe", false);
+    within(old.subscribe(vec![("lt/#".into(), QoS::AtMostOnce)]))
+        .await
+        .unwrap();
+    let mut publ = Raw::connect(b.addr, "lt-pub", true).await;
+    for _ in 0..200 {
+        publ.publish("lt/t", "x", QoS::AtMostOnce, false, 0).await;
+    }
+    publ.ping().await;
+    let (new, _new_rx) = b.broker.link("lt-pipe", false);
+    let mut st = new.state();
+    let s = within(st.wait_for(|s| matches!(s, LinkState::Connected { .. })))
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s,
+        LinkState::Connected {
+            endpoint: "local".into(),
+            session_present: true
+        }
+    );
+    let mut st = old.state();
+    within(st.wait_for(|s| *s == LinkState::Closed))
+        .await
+        .unwrap();
 }

@@ -12,8 +12,9 @@
 //! Access is `read`, `write`, `readwrite` (the default when omitted) or `deny`.
 //! With an ACL file loaded, anything not granted is denied; a matching `deny`
 //! wins over grants. A subscription is allowed when a `read` rule's filter
-//! covers the whole subscription filter (as Mosquitto 2.0 checks it); a
-//! publish when a `write` rule's filter matches the topic. Patterns are not
+//! covers the whole subscription filter (as Mosquitto 2.0 checks it), and
+//! the router checks read access again per delivered topic; a publish is
+//! allowed when a `write` rule's filter matches the topic. Patterns are not
 //! applied for a client whose username (`%u`) or client id (`%c`) contains
 //! `+`, `#` or `/`, so nobody can widen a pattern by choosing their id.
 

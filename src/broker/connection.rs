@@ -18,7 +18,7 @@ use super::acl::Op;
 use super::listener::Context;
 use super::outlet::{Out, OutletRx, outlet};
 use super::router::{Ack, Event, Reply};
-use super::session::ConnId;
+use super::session::{ConnId, Origin};
 use super::stats::{DropReason, RefuseReason};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode};
@@ -99,7 +99,9 @@ where
             client_id: client.client_id.clone(),
             clean: client.clean,
             outlet: out,
-            send_connack: true,
+            origin: Origin::Network {
+                username: client.username.clone(),
+            },
             reply,
         })
         .await;

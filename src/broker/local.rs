@@ -12,6 +12,7 @@ use tracing::debug;
 use super::connection::next_conn_id;
 use super::outlet::{Out, outlet};
 use super::router::{Ack, Event, Reply, RouterHandle};
+use super::session::Origin;
 use crate::link::{AckHandle, AckToken, Delivery, Link, LinkError, LinkRequest, LinkState};
 use crate::protocol::v4::Packet;
 use crate::protocol::{QoS, message_from_publish};
@@ -71,7 +72,7 @@ impl LocalLink {
             client_id: self.client_id.clone(),
             clean,
             outlet: out,
-            send_connack: false,
+            origin: Origin::Local,
             reply,
         };
         if !self.router.send(connect).await {
@@ -90,9 +91,11 @@ impl LocalLink {
         let mut batch = Vec::new();
         let graceful = loop {
             tokio::select! {
-                // Take more from the router only once the previous batch is handed on.
-                n = out_rx.recv_many(&mut batch, 64), if ready.is_empty() => {
-                    if n == 0 {
+                // Always drain the outlet (its size is bounded by the router's
+                // window and QoS 0 budget), so a takeover's Close is seen even
+                // while the pipe is not taking deliveries.
+                n = out_rx.recv_many(&mut batch, 64) => {
+                    if n == 0 || batch.iter().any(|o| matches!(o, Out::Close)) {
                         break false;
                     }
                     ready.extend(batch.drain(..));

@@ -240,7 +240,7 @@ impl Broker {
                     addr: l.addr,
                     source,
                 })?;
-            bound.push((listener, acceptor, l.tls.clone()));
+            bound.push((l.addr, listener, acceptor, l.tls.clone()));
         }
         let counters = Arc::new(stats::Counters::default());
         let tracker = TaskTracker::new();
@@ -248,6 +248,7 @@ impl Broker {
         let router = router::spawn(
             &tracker,
             name.clone(),
+            security.clone(),
             limits.clone(),
             counters.clone(),
             opts.sys_interval,
@@ -255,14 +256,10 @@ impl Broker {
         );
         let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
         let mut addrs = Vec::new();
-        for (listener, acceptor, tls) in bound {
+        for (configured, listener, acceptor, tls) in bound {
             let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
                 broker: name.clone(),
-                addr: opts
-                    .listeners
-                    .first()
-                    .map(|l| l.addr)
-                    .unwrap_or(([0, 0, 0, 0], 0).into()),
+                addr: configured,
                 source,
             })?;
             addrs.push(addr);

@@ -13,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::Limits;
+use super::acl::Op;
 use super::outlet::Outlet;
 use super::retained::Retained;
-use super::session::{Attached, ConnId, Session};
+use super::session::{Attached, ConnId, Origin, Session};
 use super::stats::Counters;
 use super::sys;
+use super::{Limits, Security};
 use crate::link::LinkError;
 use crate::protocol::v4::{
     ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
@@ -62,8 +63,8 @@ pub(crate) enum Event {
         clean: bool,
         /// The connection's outlet.
         outlet: Outlet,
-        /// Send the CONNACK on the outlet (network) or not (local link).
-        send_connack: bool,
+        /// Network client (CONNACK sent, ACL applies) or local link.
+        origin: Origin,
         /// Receives `session_present`.
         reply: oneshot::Sender<bool>,
     },
@@ -153,6 +154,7 @@ impl RouterHandle {
 pub(crate) fn spawn(
     tracker: &TaskTracker,
     name: String,
+    security: Arc<Security>,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sys_interval: Option<Duration>,
@@ -161,6 +163,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(INBOX);
     let router = Router {
         name,
+        security,
         counters,
         sessions: HashMap::new(),
         by_client: HashMap::new(),
@@ -186,8 +189,21 @@ async fn tick(interval: Option<&mut tokio::time::Interval>) {
     }
 }
 
+/// Whether `session` may receive a message on `topic`: the ACL's read
+/// check per delivery (as Mosquitto does), so a `deny` narrower than the
+/// subscription filter still holds. Local links are trusted.
+fn may_read(security: &Security, session: &Session, topic: &str) -> bool {
+    match (&security.acl, &session.origin) {
+        (Some(acl), Origin::Network { username }) => {
+            acl.check(username.as_deref(), &session.client_id, Op::Read, topic)
+        }
+        _ => true,
+    }
+}
+
 struct Router {
     name: String,
+    security: Arc<Security>,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sessions: HashMap<SessionId, Session>,
@@ -256,9 +272,9 @@ impl Router {
                 client_id,
                 clean,
                 outlet,
-                send_connack,
+                origin,
                 reply,
-            } => self.connect(conn, client_id, clean, outlet, send_connack, reply),
+            } => self.connect(conn, client_id, clean, outlet, origin, reply),
             Event::Publish {
                 conn,
                 publish,
@@ -315,7 +331,7 @@ impl Router {
         client_id: String,
         clean: bool,
         outlet: Outlet,
-        send_connack: bool,
+        origin: Origin,
         reply: oneshot::Sender<bool>,
     ) {
         let mut session_present = false;
@@ -324,6 +340,9 @@ impl Router {
             if let Some(old) = self.sessions.get_mut(&sid) {
                 if let Some(att) = old.conn.take() {
                     info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
+                    // Network: at once, not after queued packets (the old client may
+                    // not be reading). Local link: it sees the Close.
+                    att.outlet.abort();
                     att.outlet.close();
                     self.by_conn.remove(&att.id);
                     self.counters.clients_connected.fetch_sub(1, Relaxed);
@@ -351,12 +370,13 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if send_connack {
+        if matches!(origin, Origin::Network { .. }) {
             outlet.send(Packet::ConnAck(ConnAck::new(
                 ConnectReturnCode::Success,
                 session_present,
             )));
         }
+        session.origin = origin;
         session.incoming.reset_connection();
         session.attach(
             Attached { id: conn, outlet },
@@ -494,6 +514,9 @@ impl Router {
         // Retained messages after the SUBACK, retain=1, QoS min(stored, granted).
         for (filter, qos) in accepted {
             for m in self.retained.matching(&filter) {
+                if !may_read(&self.security, session, &m.topic) {
+                    continue;
+                }
                 let mut m = m.clone();
                 m.qos = m.qos.min(qos);
                 session.deliver(m, &self.limits, &self.counters);
@@ -554,6 +577,9 @@ impl Router {
         }
         for &(sid, granted) in &scratch {
             if let Some(session) = self.sessions.get_mut(&sid) {
+                if !may_read(&self.security, session, &message.topic) {
+                    continue;
+                }
                 let mut m = message.clone();
                 m.qos = m.qos.min(granted);
                 m.retain = false;

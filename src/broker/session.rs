@@ -26,6 +26,18 @@ pub(crate) struct Attached {
     pub outlet: Outlet,
 }
 
+/// Who is attached to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// An in-process link (trusted: no ACL, no CONNACK).
+    Local,
+    /// A network client with its username (ACL subject).
+    Network {
+        /// Username from CONNECT or the certificate CN.
+        username: Option<String>,
+    },
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -43,6 +55,8 @@ pub(crate) struct Session {
     pub queue: VecDeque<Message>,
     /// The live connection, if any.
     pub conn: Option<Attached>,
+    /// Who connected last (read ACL subject).
+    pub origin: Origin,
 }
 
 impl Session {
@@ -56,6 +70,7 @@ impl Session {
             incoming: Incoming::new(),
             queue: VecDeque::new(),
             conn: None,
+            origin: Origin::Local,
         }
     }
 
