@@ -12,6 +12,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod link;
+pub mod metrics;
 pub mod pipe;
 pub mod protocol;
 pub mod run;

@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use mqbridge::config;
+use mqbridge::metrics::logging::{self, LogFormat};
+use mqbridge::metrics::reload::{self, FileWatch};
 
 /// MQTT-to-MQTT bridge and gateway.
 #[derive(Debug, Parser)]
 #[command(name = "mqbridge", version, about)]
 struct Cli {
-    /// Log level or filter (e.g. `info`, `mqbridge=debug`); `RUST_LOG` also works.
+    /// Log level or filter (e.g. `info`, `mqbridge=debug,info`); `RUST_LOG`, when set, takes precedence.
     #[arg(
         long,
         global = true,
@@ -24,14 +26,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The config file argument shared by every subcommand.
@@ -53,6 +47,9 @@ enum Command {
         /// measured fastest for bridging on small machines; raise it for a busy built-in broker.
         #[arg(long, env = "MQBRIDGE_WORKER_THREADS", default_value_t = 1)]
         worker_threads: usize,
+        /// Also reload when the config file changes (polled every second), as on SIGHUP.
+        #[arg(long, env = "MQBRIDGE_WATCH")]
+        watch: bool,
     },
     /// Check the config file: print a short plan and warnings, or every error (exit 1).
     Validate {
@@ -73,31 +70,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Run {
             config,
             worker_threads,
-        } => run(&config.config, worker_threads),
+            watch,
+        } => run(&config.config, worker_threads, watch),
         Command::Validate { config } => validate(&config.config),
         Command::Route {
             config,
             from,
             topic,
         } => route(&config.config, &from, &topic),
-    }
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -155,7 +143,7 @@ fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
 }
 
 /// `mqbridge run`: load, start, wait for SIGINT/SIGTERM, drain, exit 0.
-fn run(path: &std::path::Path, worker_threads: usize) -> ExitCode {
+fn run(path: &std::path::Path, worker_threads: usize, watch: bool) -> ExitCode {
     // The config is checked completely before any socket is opened.
     let Some((plan, warnings)) = load(path) else {
         return ExitCode::FAILURE;
@@ -178,7 +166,7 @@ fn run(path: &std::path::Path, worker_threads: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_async(plan)) {
+    match runtime.block_on(run_async(plan, path, watch)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -187,15 +175,18 @@ fn run(path: &std::path::Path, worker_threads: usize) -> ExitCode {
     }
 }
 
-async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
+async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     use anyhow::Context;
-    // Handlers first: a signal during start-up must still drain, not kill.
+    // Handlers first: a signal during start-up must still drain (or, for
+    // SIGHUP, reload), not kill.
     let mut signals = mqbridge::shutdown::Signals::new();
+    let mut hup = hangup();
     let shutdown = mqbridge::shutdown::Shutdown::new();
-    let handle = mqbridge::run(plan, shutdown.token().clone())
+    let watch = watch.then(|| FileWatch::new(reload::file_stamp(path)));
+    let mut handle = mqbridge::run(plan, shutdown.token().clone())
         .await
         .context("starting the bridge")?;
-    signals.recv().await;
+    wait_for_shutdown(path, &mut handle, &mut signals, &mut hup, watch).await;
     tracing::info!("signal received, shutting down");
     shutdown.trigger();
     // A second signal while draining stops at once (unacked messages are redelivered).
@@ -210,4 +201,80 @@ async fn run_async(plan: config::Plan) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for SIGINT/SIGTERM; each SIGHUP meanwhile (and, with `--watch`,
+/// each settled change of the file) re-reads the config file (an invalid one
+/// is logged and ignored).
+async fn wait_for_shutdown(
+    path: &std::path::Path,
+    handle: &mut mqbridge::RunHandle,
+    signals: &mut mqbridge::shutdown::Signals,
+    hup: &mut Hangup,
+    mut watch: Option<FileWatch>,
+) {
+    let mut tick = tokio::time::interval(reload::WATCH_INTERVAL);
+    tracing::info!(
+        watch = watch.is_some(),
+        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads"
+    );
+    loop {
+        // Cancel safety: `Signals::recv`, `Signal::recv` and
+        // `Interval::tick` lose nothing when another branch wins.
+        tokio::select! {
+            () = signals.recv() => return,
+            Some(()) = recv_hup(hup) => {
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                let _ = handle.reload_file(path);
+            }
+            _ = tick.tick(), if watch.is_some() => {
+                if let Some(w) = watch.as_mut()
+                    && w.poll(reload::file_stamp(path))
+                {
+                    tracing::info!(config = %path.display(), "config file changed: reloading");
+                    let _ = handle.reload_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// The SIGHUP stream (`None` when it cannot be set up, or off Unix).
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+/// Registers the SIGHUP handler (inside the runtime).
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload by signal disabled");
+            None
+        }
+    }
+}
+
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+fn hangup() -> Hangup {
+    None
+}
+
+/// The next SIGHUP; never resolves without a SIGHUP stream.
+#[cfg(unix)]
+async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// No SIGHUP off Unix.
+#[cfg(not(unix))]
+async fn recv_hup(_: &mut Option<()>) -> Option<()> {
+    std::future::pending().await
 }

@@ -17,16 +17,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, Broker, BrokerOptions};
-use crate::client::{self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+use crate::client::{
+    self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
+};
+use crate::config::ConfigErrors;
 use crate::config::plan::{
     BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
 };
 use crate::link::Link;
+use crate::metrics::events::ReloadFailed;
+use crate::metrics::reload::ReloadPlan;
+use crate::metrics::runtime::{
+    Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle,
+};
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
 use crate::pipe::stats::PipeStats;
@@ -47,6 +56,9 @@ pub enum RunError {
     /// The pipes could not be wired (a bug: the plan is checked).
     #[error(transparent)]
     Pipe(#[from] PipeError),
+    /// The metrics endpoint could not start (listener bind, recorder).
+    #[error(transparent)]
+    Observability(#[from] ObservabilityError),
 }
 
 /// What a finished run reports.
@@ -61,6 +73,13 @@ pub struct RunHandle {
     stats: Vec<(String, Arc<PipeStats>)>,
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
     links: BTreeMap<String, Link>,
+    metrics_addr: Option<SocketAddr>,
+    /// The configuration in effect (reloads update the parts they apply).
+    plan: Plan,
+    control: ObservabilityControl,
+    /// Per remote broker: where a reload puts new connection settings, and
+    /// the trigger that makes the running connection pick them up.
+    remotes: BTreeMap<String, (SettingsSlot, Arc<Notify>)>,
     /// `None` once resolved (a finished future must not be polled again).
     subscribed: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     done: JoinHandle<RunReport>,
@@ -94,6 +113,62 @@ impl RunHandle {
         self.builtin_addrs.get(broker).map(Vec::as_slice)
     }
 
+    /// The bound address of `/metrics`, `/healthz`, `/readyz` (`None` when
+    /// `metrics.enabled` is false; the real port when configured with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Reloads to a valid plan. Applied at once: readiness requirements
+    /// (`required`), the watchdog threshold, and new connection settings of
+    /// a remote broker (credentials, endpoints, TLS, keepalive…: its link
+    /// reconnects underneath its pipes, which keep running). Logged as
+    /// pending until a restart: added, removed or changed pipes, added or
+    /// removed brokers, built-in broker settings, a remote broker's
+    /// `inflight`, and metrics settings. Logs and counts the reload.
+    pub fn reload(&mut self, new: &Plan) -> ReloadPlan {
+        let remotes = &self.remotes;
+        self.control.reload(&mut self.plan, new, |name, old, new| {
+            match (&old.kind, &new.kind) {
+                (BrokerKind::Remote(o), BrokerKind::Remote(n)) => {
+                    if o.inflight != n.inflight {
+                        return Err("`inflight` needs a restart".into());
+                    }
+                    let Some((slot, trigger)) = remotes.get(name) else {
+                        return Err("not running".into());
+                    };
+                    *slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(client_options(name, n));
+                    // A stored permit: a live connection drops at once; an
+                    // offline client takes the settings before its next dial.
+                    trigger.notify_one();
+                    Ok(())
+                }
+                _ => Err("built-in broker settings need a restart".into()),
+            }
+        })
+    }
+
+    /// Re-reads `path` (SIGHUP): an invalid file is rejected with every
+    /// error logged and counted, and the running configuration stays.
+    pub fn reload_file(&mut self, path: &std::path::Path) -> Result<ReloadPlan, ConfigErrors> {
+        match crate::config::load(path) {
+            Ok((plan, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(warning = %w, "config warning");
+                }
+                Ok(self.reload(&plan))
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+                ReloadFailed { errors: &lines }.emit();
+                Err(errors)
+            }
+        }
+    }
+
     /// The bridge's link to a broker (e.g. to watch its state).
     pub fn link(&self, broker: &str) -> Option<&Link> {
         self.links.get(broker)
@@ -120,6 +195,10 @@ impl RunHandle {
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
     // The links and brokers stop on this token, cancelled only at the end of
     // the graceful sequence (after the drain), not on the caller's token.
+    // First, so a metrics bind error leaves nothing running.
+    let mut obs = Observability::new(&plan).await?;
+    let effective = plan.clone();
+    let mut remotes = BTreeMap::new();
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -150,7 +229,13 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     for (name, bp) in &plan.brokers {
         match &bp.kind {
             BrokerKind::Remote(r) => {
-                let opts = client_options(name, r);
+                let mut opts = client_options(name, r);
+                obs.remote(name, r, &mut opts);
+                let slot = SettingsSlot::default();
+                opts.settings = Some(slot.clone());
+                if let Some(trigger) = &opts.reconnect {
+                    remotes.insert(name.clone(), (slot, trigger.clone()));
+                }
                 let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
                 windows.push(usize::from(r.inflight).max(1));
                 broker_links.push(BrokerLink {
@@ -166,6 +251,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                 };
                 // The bridge's own persistent session on its built-in broker.
                 let (link, deliveries) = broker.link(&format!("mqbridge-bridge-{name}"), false);
+                obs.builtin(broker);
                 windows.push(BUILTIN_PIPE_INFLIGHT);
                 broker_links.push(BrokerLink {
                     name: name.clone(),
@@ -228,6 +314,10 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         "bridge running"
     );
     let stats = pipes.stats().to_vec();
+    obs.pipes(&plan, &stats);
+    let obs = obs.start();
+    let metrics_addr = obs.addr();
+    let control = obs.control();
     let subscribed = Some(Box::pin(pipes.subscribed()) as _);
     let done = tokio::spawn(stop(
         pipes,
@@ -237,11 +327,16 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         links_token,
         tracker,
         builtins,
+        obs,
     ));
     Ok(RunHandle {
         stats,
         builtin_addrs,
         links,
+        metrics_addr,
+        plan: effective,
+        control,
+        remotes,
         subscribed,
         done,
     })
@@ -257,6 +352,7 @@ async fn stop(
     links_token: CancellationToken,
     tracker: TaskTracker,
     builtins: Vec<Broker>,
+    obs: ObservabilityHandle,
 ) -> RunReport {
     shutdown.cancelled().await;
     tracing::info!(timeout = ?deadline, "shutting down: draining pipes");
@@ -285,6 +381,8 @@ async fn stop(
     for b in &builtins {
         b.closed().await;
     }
+    // Last: health and metrics stay visible during the drain.
+    obs.stop().await;
     tracing::info!("bridge stopped");
     RunReport { busy_pipes }
 }

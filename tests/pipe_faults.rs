@@ -224,7 +224,12 @@ async fn kill_9_the_bridge_mid_stream_and_restart_loses_nothing() {
     let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bridges.yaml");
-    std::fs::write(&cfg, yaml(&p, a.port, b.port, Some(1000))).expect("write config");
+    // Its own metrics port: the default 127.0.0.1:9464 may be taken.
+    let text = format!(
+        "{}metrics:\n  listen: 127.0.0.1:0\n",
+        yaml(&p, a.port, b.port, Some(1000))
+    );
+    std::fs::write(&cfg, text).expect("write config");
     let mut bridge = BridgeProcess::spawn(&cfg);
     wait_crossing(a.port, &format!("{p}/probe"), &mut sub).await;
     publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;

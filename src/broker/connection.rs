@@ -222,7 +222,12 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
     if code != ConnectReturnCode::Success {
         ctx.counters.refused(RefuseReason::Auth);
         refuse(wr, code).await;
-        warn!(broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, "CONNECT refused");
+        // Per connection attempt: rate-limited (one per broker per 10 s).
+        if let Some(suppressed) =
+            crate::metrics::ratelimit::allow(&format!("connect-refused:{}", ctx.broker))
+        {
+            warn!(broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, suppressed, "CONNECT refused");
+        }
         return None;
     }
     let will = connect

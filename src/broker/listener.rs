@@ -52,7 +52,12 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
         };
         let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
             ctx.counters.refused(RefuseReason::Limit);
-            warn!(broker = %ctx.broker, %peer, "max_connections reached, connection closed");
+            // Per connection attempt: rate-limited (one per broker per 10 s).
+            if let Some(suppressed) =
+                crate::metrics::ratelimit::allow(&format!("max-connections:{}", ctx.broker))
+            {
+                warn!(broker = %ctx.broker, %peer, suppressed, "max_connections reached, connection closed");
+            }
             drop(socket);
             continue;
         };

@@ -40,10 +40,16 @@ pub(crate) struct Conn {
     last_sent: Instant,
     last_received: Instant,
     ping_outstanding: bool,
+    metrics: Option<crate::metrics::RemoteBrokerMetrics>,
 }
 
 impl Conn {
-    fn new(framed: Framed<BoxStream>, endpoint: Endpoint, keepalive: Duration) -> Self {
+    fn new(
+        framed: Framed<BoxStream>,
+        endpoint: Endpoint,
+        keepalive: Duration,
+        metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+    ) -> Self {
         let now = Instant::now();
         Conn {
             framed,
@@ -53,6 +59,7 @@ impl Conn {
             last_sent: now,
             last_received: now,
             ping_outstanding: false,
+            metrics,
         }
     }
 
@@ -61,6 +68,8 @@ impl Conn {
     pub(crate) fn queue(&mut self, packet: &Packet) {
         if let Err(e) = self.framed.queue(packet) {
             warn!(endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
+        } else if let (Packet::Publish(p), Some(m)) = (packet, &self.metrics) {
+            m.message_out(p.payload.len());
         }
     }
 
@@ -150,7 +159,12 @@ impl Task {
         ep: &Endpoint,
         session_present: bool,
     ) -> End {
-        let mut conn = Conn::new(framed, ep.clone(), self.opts.keepalive);
+        let mut conn = Conn::new(
+            framed,
+            ep.clone(),
+            self.opts.keepalive,
+            self.opts.metrics.clone(),
+        );
         if !session_present {
             self.incoming.clear_session();
         }
@@ -179,6 +193,7 @@ impl Task {
         // Local handles, so the futures below borrow them and not `self`.
         let deliveries = self.deliveries.clone();
         let shutdown = self.shutdown.clone();
+        let reconnect = self.opts.reconnect.clone();
         loop {
             if self.requests_closed && self.is_idle() {
                 conn.disconnect(self.opts.will.as_ref()).await;
@@ -200,6 +215,14 @@ impl Task {
                 // sleep is rebuilt each turn; the probe future is kept in
                 // `probe` and polled by reference.
                 _ = shutdown.cancelled() => Some(End::Shutdown),
+                // `notified` is cancel safe (a missed notification is only
+                // a missed reconnect; the watchdog asks again).
+                () = async {
+                    match &reconnect {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => Some(End::Lost(ClientError::ReconnectRequested { endpoint: ep.url() })),
                 r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();
@@ -258,6 +281,9 @@ impl Task {
                     return end;
                 }
             }
+            if let Some(m) = &self.opts.metrics {
+                m.set_inflight(self.outgoing.len() as u64);
+            }
             if let Err(e) = conn.flush().await {
                 return End::Lost(e);
             }
@@ -265,6 +291,9 @@ impl Task {
     }
 
     fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
+        if let (Packet::Publish(p), Some(m)) = (&packet, &self.opts.metrics) {
+            m.message_in(p.payload.len());
+        }
         match packet {
             Packet::Publish(publish) => match self.incoming.on_publish(publish, now_std()) {
                 IncomingAction::Deliver { message, token } => {

@@ -23,7 +23,9 @@ use tracing::Instrument;
 
 use crate::link::{Delivery, Link, LinkState};
 
-pub use options::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
+pub use options::{
+    BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
+};
 pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that
@@ -76,6 +78,12 @@ pub enum ClientError {
     /// The broker closed the connection.
     #[error("{endpoint}: connection closed by broker")]
     Closed {
+        /// Endpoint URL.
+        endpoint: String,
+    },
+    /// The connection was dropped on request (the stall watchdog's reconnect).
+    #[error("{endpoint}: reconnect requested")]
+    ReconnectRequested {
         /// Endpoint URL.
         endpoint: String,
     },

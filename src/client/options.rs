@@ -3,9 +3,10 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use super::ClientEvent;
 use crate::protocol::Message;
@@ -169,7 +170,24 @@ pub struct ClientOptions {
     pub birth: Option<Message>,
     /// Where to send lifecycle events (metrics, tests); `None` = nowhere.
     pub events: Option<broadcast::Sender<ClientEvent>>,
+    /// Out-of-band "drop this connection and reconnect" trigger (the stall
+    /// watchdog's hook; `notify_waiters` affects only a live connection).
+    /// Separate from the request channel, which is not read while the
+    /// inflight window is full — exactly when a reconnect is needed.
+    pub reconnect: Option<Arc<Notify>>,
+    /// Metric handles for messages/bytes in and out and the inflight gauge.
+    pub metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+    /// Replacement connection settings from a config reload (credential
+    /// rotation, new endpoints, TLS files…), taken before the next dial;
+    /// trigger it with [`ClientOptions::reconnect`]'s `notify_one`.
+    pub settings: Option<SettingsSlot>,
 }
+
+/// Where a reload puts new [`ClientOptions`] for a running client. Only the
+/// connection settings are taken from it (endpoints, client id, credentials,
+/// keepalive, clean session, TLS, backoff, failback, connect timeout, packet
+/// size, will and birth); the session (inflight window, subscriptions) stays.
+pub type SettingsSlot = Arc<Mutex<Option<ClientOptions>>>;
 
 impl ClientOptions {
     /// Options with the defaults for everything but the name, endpoints and
@@ -201,6 +219,9 @@ impl ClientOptions {
             will: None,
             birth: None,
             events: None,
+            reconnect: None,
+            metrics: None,
+            settings: None,
         }
     }
 

@@ -160,6 +160,7 @@ impl Task {
             if !delay.is_zero() && !self.wait_offline(delay).await {
                 break;
             }
+            self.take_settings();
             let index = self.failover.current();
             let Some(ep) = self.endpoint(index) else {
                 break;
@@ -242,6 +243,51 @@ impl Task {
         }
         info!(broker = %broker, "link closed");
         self.close();
+    }
+
+    /// Applies replacement connection settings from a reload, if any: they
+    /// hold from this dial on; the session state is kept.
+    fn take_settings(&mut self) {
+        let Some(slot) = &self.opts.settings else {
+            return;
+        };
+        // Short section, no `.await`; a poisoned slot still holds plain data.
+        let Some(new) = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        if new.endpoints.is_empty() {
+            warn!(broker = %self.opts.name, "new connection settings have no endpoint; ignored");
+            return;
+        }
+        let o = &mut self.opts;
+        o.endpoints = new.endpoints;
+        o.client_id = new.client_id;
+        o.username = new.username;
+        o.password = new.password;
+        o.keepalive = new.keepalive;
+        o.clean_session = new.clean_session;
+        o.tls = new.tls;
+        o.backoff = new.backoff;
+        o.failback = new.failback;
+        o.connect_timeout = new.connect_timeout;
+        o.max_packet_size = new.max_packet_size;
+        o.will = new.will;
+        o.birth = new.birth;
+        self.failover = Failover::new(
+            o.endpoints.len(),
+            Backoff::new(&o.backoff),
+            o.failback.clone(),
+        );
+        self.dialer = None;
+        // A reconnect trigger stored for these settings is used up now.
+        if let Some(n) = &o.reconnect {
+            let _ = futures_util::FutureExt::now_or_never(n.notified());
+        }
+        info!(broker = %o.name, endpoints = %o.display_url(), "connection settings replaced");
     }
 
     /// Waits out a backoff delay while still taking requests (publishes are

@@ -155,7 +155,13 @@ impl Dispatcher {
                     route.stats.drop_one(dropped.reason);
                     match dropped.error {
                         Some(err) => {
-                            tracing::warn!(pipe = %route.name, error = %err, "remap failed; message dropped")
+                            // Per message: rate-limited (at most one per pipe per 10 s).
+                            if let Some(suppressed) = crate::metrics::ratelimit::allow(&format!(
+                                "remap-failed:{}",
+                                route.name
+                            )) {
+                                tracing::warn!(pipe = %route.name, error = %err, suppressed, "remap failed; message dropped")
+                            }
                         }
                         None => {
                             tracing::debug!(pipe = %route.name, reason = dropped.reason.as_str(), "message dropped")

@@ -130,7 +130,12 @@ impl Worker {
             }
             Err(err @ (LinkError::Rejected(_) | LinkError::Refused(_))) => {
                 // The destination will never take it: a deliberate, counted drop.
-                tracing::warn!(pipe = %self.name, error = %err, "destination rejected a message; dropped");
+                // Per message: rate-limited (at most one per pipe per 10 s).
+                if let Some(suppressed) =
+                    crate::metrics::ratelimit::allow(&format!("rejected:{}", self.name))
+                {
+                    tracing::warn!(pipe = %self.name, error = %err, suppressed, "destination rejected a message; dropped");
+                }
                 self.stats.drop_one(DropReason::Rejected);
                 self.complete(sent.seq);
             }

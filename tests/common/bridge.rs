@@ -27,6 +27,14 @@ pub fn unique(tag: &str) -> String {
 
 /// Compiles YAML into a plan; panics with every error.
 pub fn plan(yaml: &str) -> Plan {
+    // The metrics endpoint is on by default at 127.0.0.1:9464; parallel
+    // in-process runs need their own port.
+    let yaml = if yaml.contains("\nmetrics:") {
+        yaml.to_owned()
+    } else {
+        format!("{yaml}metrics:\n  listen: 127.0.0.1:0\n")
+    };
+    let yaml = yaml.as_str();
     match config::load_str(yaml, "test.yaml") {
         Ok((plan, _warnings)) => plan,
         Err(e) => panic!("test config invalid:\n{e}\n---\n{yaml}"),

@@ -1,0 +1,78 @@
+//! Cached metric handles of one built-in broker, fed from its stats snapshot.
+
+use metrics::{Counter, Gauge, counter, gauge};
+
+use super::names::*;
+use crate::broker::BrokerStats;
+
+/// `reason` labels of refused connections, in [`BuiltinBrokerMetrics`] order.
+pub const REFUSE_REASONS: [&str; 4] = ["auth", "limit", "protocol", "timeout"];
+/// `reason` labels of dropped messages, in [`BuiltinBrokerMetrics`] order.
+pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
+
+/// Metric handles of one built-in broker, created once.
+#[derive(Debug, Clone)]
+pub struct BuiltinBrokerMetrics {
+    clients_connected: Gauge,
+    sessions: Gauge,
+    subscriptions: Gauge,
+    retained: Gauge,
+    queued: Gauge,
+    messages_in: Counter,
+    messages_out: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    refused: [Counter; REFUSE_REASONS.len()],
+    dropped: [Counter; BROKER_DROP_REASONS.len()],
+}
+
+impl BuiltinBrokerMetrics {
+    /// Registers the series of built-in broker `broker`.
+    pub fn new(broker: &str) -> Self {
+        let b = broker.to_owned();
+        BuiltinBrokerMetrics {
+            clients_connected: gauge!(BROKER_CLIENTS_CONNECTED, LABEL_BROKER => b.clone()),
+            sessions: gauge!(BROKER_SESSIONS, LABEL_BROKER => b.clone()),
+            subscriptions: gauge!(BROKER_SUBSCRIPTIONS, LABEL_BROKER => b.clone()),
+            retained: gauge!(BROKER_RETAINED_MESSAGES, LABEL_BROKER => b.clone()),
+            queued: gauge!(BROKER_QUEUED_MESSAGES, LABEL_BROKER => b.clone()),
+            messages_in: counter!(BROKER_MESSAGES_IN, LABEL_BROKER => b.clone()),
+            messages_out: counter!(BROKER_MESSAGES_OUT, LABEL_BROKER => b.clone()),
+            bytes_in: counter!(BROKER_BYTES_IN, LABEL_BROKER => b.clone()),
+            bytes_out: counter!(BROKER_BYTES_OUT, LABEL_BROKER => b.clone()),
+            refused: REFUSE_REASONS.map(|r| {
+                counter!(BROKER_CONNECTIONS_REFUSED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
+            }),
+            dropped: BROKER_DROP_REASONS.map(|r| {
+                counter!(BROKER_MESSAGES_DROPPED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
+            }),
+        }
+    }
+
+    /// Copies a snapshot: gauges set, counters set to their absolute totals
+    /// (so sampling twice counts nothing twice).
+    pub fn observe(&self, s: &BrokerStats) {
+        self.clients_connected.set(s.clients_connected as f64);
+        self.sessions.set(s.sessions as f64);
+        self.subscriptions.set(s.subscriptions as f64);
+        self.retained.set(s.retained as f64);
+        self.queued.set(s.queued as f64);
+        self.messages_in.absolute(s.msgs_in);
+        self.messages_out.absolute(s.msgs_out);
+        self.bytes_in.absolute(s.bytes_in);
+        self.bytes_out.absolute(s.bytes_out);
+        let refused = [
+            s.refused_auth,
+            s.refused_limit,
+            s.refused_protocol,
+            s.refused_timeout,
+        ];
+        for (c, v) in self.refused.iter().zip(refused) {
+            c.absolute(v);
+        }
+        let dropped = [s.dropped_acl, s.dropped_sys, s.dropped_queue_full];
+        for (c, v) in self.dropped.iter().zip(dropped) {
+            c.absolute(v);
+        }
+    }
+}

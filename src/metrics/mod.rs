@@ -1,0 +1,185 @@
+//! Observability: Prometheus metrics, health/readiness with a stall
+//! watchdog, logging setup, and hot-reload planning.
+//!
+//! Others call into this module; it reaches into nothing but the shared
+//! [`Link`](crate::link) contract.
+//!
+//! - [`names`]: every metric name and label key.
+//! - [`PipeMetrics`], [`RemoteBrokerMetrics`], [`BuiltinBrokerMetrics`]:
+//!   typed handles created once per pipe/broker.
+//! - [`events`]: lifecycle events that log and count.
+//! - [`health`]: pure readiness model and stall [`Watchdog`](health::Watchdog).
+//! - [`status`]: the shared board read by `/readyz`.
+//! - [`watch`]: glue tasks (client event watcher, watchdog loop).
+//! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz` over axum.
+//! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
+//! - [`reload`]: what a config reload must start, stop or restart.
+
+pub mod builtin;
+pub mod events;
+pub mod health;
+pub mod logging;
+pub mod names;
+pub mod pipe;
+pub mod ratelimit;
+mod reasons;
+pub mod reload;
+pub mod remote;
+pub mod runtime;
+pub mod server;
+pub mod status;
+pub mod watch;
+
+pub use crate::pipe::stats::DropReason;
+pub use builtin::BuiltinBrokerMetrics;
+pub use pipe::{PipeMetrics, PipeSample};
+pub use reasons::DisconnectReason;
+pub use remote::RemoteBrokerMetrics;
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use names::*;
+
+/// Why the metrics recorder could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The exporter rejected its configuration or a recorder is already installed.
+    #[error("metrics recorder: {0}")]
+    Build(#[from] BuildError),
+    /// A different global metrics recorder is already installed.
+    #[error("another metrics recorder is already installed")]
+    OtherRecorder,
+}
+
+/// The exporter configuration: the forward-latency histogram gets real
+/// Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
+pub fn builder() -> Result<PrometheusBuilder, MetricsError> {
+    Ok(PrometheusBuilder::new().set_buckets_for_metric(
+        Matcher::Full(PIPE_FORWARD_LATENCY_SECONDS.to_owned()),
+        LATENCY_BUCKETS_SECONDS,
+    )?)
+}
+
+static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder, registers the metric descriptions and build
+/// info, and returns the handle that renders `/metrics`. Idempotent: later
+/// calls (e.g. several runs in one test process) return the same handle.
+/// The caller runs [`server::serve`], which also does upkeep.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    if let Some(h) = INSTALLED.get() {
+        return Ok(h.clone());
+    }
+    let recorder = builder()?.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        // Someone else installed a recorder first (or we raced another
+        // caller of `install`, which then set INSTALLED).
+        return INSTALLED.get().cloned().ok_or(MetricsError::OtherRecorder);
+    }
+    let handle = INSTALLED.get_or_init(|| handle).clone();
+    describe_all();
+    Ok(handle)
+}
+
+/// Registers HELP text and units for every metric, and `mqbridge_build_info`,
+/// in the current recorder.
+pub fn describe_all() {
+    for (name, help) in [
+        (
+            PIPE_MESSAGES_RECEIVED,
+            "Messages taken from the source by the pipe.",
+        ),
+        (
+            PIPE_MESSAGES_FORWARDED,
+            "Messages acknowledged by the destination.",
+        ),
+        (
+            PIPE_MESSAGES_DROPPED,
+            "Messages dropped on purpose, by reason.",
+        ),
+        (PIPE_STALLS, "Stall episodes detected by the watchdog."),
+        (
+            REMOTE_CONNECTION_ATTEMPTS,
+            "Connection attempts per endpoint.",
+        ),
+        (
+            REMOTE_DISCONNECTS,
+            "Established connections lost, by reason.",
+        ),
+        (
+            REMOTE_FAILOVERS,
+            "Switches away from the endpoint last in use.",
+        ),
+        (REMOTE_FAILBACKS, "Switches back to the primary endpoint."),
+        (
+            REMOTE_MESSAGES_IN,
+            "PUBLISH packets received from the broker.",
+        ),
+        (REMOTE_MESSAGES_OUT, "PUBLISH packets sent to the broker."),
+        (
+            BROKER_MESSAGES_IN,
+            "PUBLISH messages received from clients.",
+        ),
+        (
+            BROKER_MESSAGES_OUT,
+            "PUBLISH messages delivered to clients.",
+        ),
+        (
+            BROKER_CONNECTIONS_REFUSED,
+            "Connections refused, by reason.",
+        ),
+        (RELOADS, "Configuration reloads applied."),
+        (RELOAD_FAILURES, "Configuration reloads rejected."),
+        (
+            LOG_WARNINGS_SUPPRESSED,
+            "Warnings swallowed by the log rate limiter.",
+        ),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
+    for (name, help) in [
+        (PIPE_BYTES_FORWARDED, "Payload bytes forwarded."),
+        (REMOTE_BYTES_IN, "Payload bytes received from the broker."),
+        (REMOTE_BYTES_OUT, "Payload bytes sent to the broker."),
+        (BROKER_BYTES_IN, "Payload bytes received from clients."),
+        (BROKER_BYTES_OUT, "Payload bytes delivered to clients."),
+    ] {
+        describe_counter!(name, Unit::Bytes, help);
+    }
+    for (name, help) in [
+        (
+            PIPE_INFLIGHT_MESSAGES,
+            "Messages sent to the destination, not yet acknowledged.",
+        ),
+        (
+            PIPE_QUEUE_DEPTH_MESSAGES,
+            "Messages waiting in the pipe's queue.",
+        ),
+        (PIPE_STALLED, "1 while the pipe is stalled."),
+        (REMOTE_CONNECTED, "1 while connected to the broker."),
+        (REMOTE_ENDPOINT_ACTIVE, "1 for the endpoint in use."),
+        (
+            REMOTE_INFLIGHT_MESSAGES,
+            "Outgoing QoS 1/2 publishes awaiting acknowledgement.",
+        ),
+        (BROKER_CLIENTS_CONNECTED, "Network clients connected."),
+        (BROKER_SESSIONS, "Sessions held."),
+        (BROKER_SUBSCRIPTIONS, "Subscriptions held."),
+        (BROKER_RETAINED_MESSAGES, "Retained messages stored."),
+        (BROKER_QUEUED_MESSAGES, "Messages queued for sessions."),
+        (BUILD_INFO, "Always 1; the version is a label."),
+    ] {
+        describe_gauge!(name, help);
+    }
+    describe_histogram!(
+        PIPE_FORWARD_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Source receive to destination acknowledgement."
+    );
+    gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+}

@@ -1,0 +1,222 @@
+//! The stall path end to end, through the real client: a destination that
+//! accepts PUBLISH and never acknowledges wedges the inflight window; the
+//! watchdog notices, `/readyz` turns 503 naming the pipe, the stall is
+//! counted once, the destination link is forced to reconnect, the messages
+//! are resent and acknowledged on the new connection, and `/readyz` is 200 again.
+
+#[path = "common/fake_broker.rs"]
+mod fake_broker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fake_broker::FakeBroker;
+use mqbridge::client::{self, ClientOptions, Endpoint};
+use mqbridge::metrics::health::{Action, BrokerKind, PipeProgress};
+use mqbridge::metrics::status::StatusBoard;
+use mqbridge::metrics::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
+use mqbridge::metrics::{PipeMetrics, RemoteBrokerMetrics, builder, server};
+use mqbridge::protocol::{Message, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, broadcast};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+const STALL_AFTER: Duration = Duration::from_millis(400);
+const MESSAGES: u64 = 3;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8(buf).expect("utf8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    (code, body.to_owned())
+}
+
+fn value(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls `/readyz` until it answers `code` (a condition wait, bounded by DEADLINE).
+async fn readyz_becomes(addr: std::net::SocketAddr, code: u16) -> String {
+    timeout(DEADLINE, async {
+        loop {
+            let (c, body) = get(addr, "/readyz").await;
+            if c == code {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("/readyz never answered {code}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedged_destination_stalls_reconnects_and_recovers() {
+    let fake = FakeBroker::start(1).await; // the first connection never acks
+    let recorder = builder().expect("builder").build_recorder();
+    let prometheus = recorder.handle();
+    let (pipe_metrics, remote_metrics) = metrics::with_local_recorder(&recorder, || {
+        (
+            PipeMetrics::new("stall_pipe"),
+            RemoteBrokerMetrics::new("wedge", &[format!("mqtt://127.0.0.1:{}", fake.port)]),
+        )
+    });
+    let board = Arc::new(StatusBoard::new());
+    board.add_broker("wedge", BrokerKind::Remote, true);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // The destination link, with the watchdog's reconnect hook.
+    let reconnect = Arc::new(Notify::new());
+    let (events_tx, events_rx) = broadcast::channel(64);
+    let mut opts = ClientOptions::new(
+        "wedge",
+        vec![Endpoint::tcp("127.0.0.1", fake.port)],
+        "mqbridge-stall-test",
+    );
+    opts.events = Some(events_tx);
+    opts.reconnect = Some(reconnect.clone());
+    opts.backoff.min = Duration::from_millis(50);
+    opts.backoff.jitter = false;
+    let (link, _deliveries) = client::spawn(opts, shutdown.clone(), &tracker);
+    tracker.spawn(watch_client(
+        events_rx,
+        ClientEventSink::new(remote_metrics, board.clone()),
+        shutdown.clone(),
+    ));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = shutdown.clone();
+    tracker.spawn(server::serve(
+        listener,
+        server::ServerState {
+            prometheus: prometheus.clone(),
+            board: board.clone(),
+            collect: None,
+        },
+        async move { stop.cancelled().await },
+    ));
+    readyz_becomes(addr, 200).await;
+
+    // A stand-in for the pipe: publish QoS 1, count acks as forwards.
+    let forwarded = Arc::new(AtomicU64::new(0));
+    for i in 0..MESSAGES {
+        let ack = link
+            .publish(Message::new(
+                format!("stall/{i}"),
+                "x",
+                QoS::AtLeastOnce,
+                false,
+            ))
+            .await
+            .expect("publish");
+        let forwarded = forwarded.clone();
+        tracker.spawn(async move {
+            if ack.wait().await.is_ok() {
+                forwarded.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let probe = {
+        let forwarded = forwarded.clone();
+        Arc::new(move || {
+            let f = forwarded.load(Ordering::SeqCst);
+            PipeProgress {
+                forwarded: f,
+                pending: MESSAGES - f,
+            }
+        })
+    };
+    let watched = WatchedPipe {
+        name: "stall_pipe".into(),
+        destination: "wedge".into(),
+        metrics: pipe_metrics,
+        probe,
+    };
+    let actions = Arc::new(AtomicU64::new(0));
+    let on_action = {
+        let actions = actions.clone();
+        move |a: Action| {
+            let Action::ReconnectDestination { destination, .. } = a;
+            assert_eq!(destination, "wedge");
+            actions.fetch_add(1, Ordering::SeqCst);
+            reconnect.notify_waiters();
+        }
+    };
+    let (_stall_tx, stall_rx) = tokio::sync::watch::channel(STALL_AFTER);
+    tracker.spawn(run_watchdog(
+        stall_rx,
+        move || vec![watched.clone()],
+        board.clone(),
+        on_action,
+        shutdown.clone(),
+    ));
+
+    // Stall detected and shown.
+    let body = readyz_becomes(addr, 503).await;
+    assert!(body.contains("pipe stall_pipe is stalled"), "{body}");
+    assert!(body.contains(r#""state":"stalled""#), "{body}");
+    // Reconnect → resend → acked → recovered.
+    let body = readyz_becomes(addr, 200).await;
+    assert!(!body.contains("stalled"), "{body}");
+    assert_eq!(
+        forwarded.load(Ordering::SeqCst),
+        MESSAGES,
+        "all acked after the reconnect"
+    );
+    assert!(actions.load(Ordering::SeqCst) >= 1);
+    assert!(
+        fake.connections.load(Ordering::SeqCst) >= 2,
+        "the link reconnected"
+    );
+
+    let (_, m) = get(addr, "/metrics").await;
+    assert_eq!(
+        value(&m, r#"mqbridge_pipe_stalls_total{pipe="stall_pipe"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, r#"mqbridge_pipe_stalled{pipe="stall_pipe"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"mqbridge_remote_disconnects_total{broker="wedge",reason="requested"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, r#"mqbridge_remote_connected{broker="wedge"}"#),
+        Some(1.0)
+    );
+
+    shutdown.cancel();
+    tracker.close();
+    timeout(DEADLINE, tracker.wait())
+        .await
+        .expect("tasks stop on shutdown");
+}
