@@ -23,6 +23,10 @@ use crate::protocol::{Framed, IncomingAction, Keepalive, Message, QoS, publish_f
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to send DISCONNECT on a graceful close.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most packets, acks and requests handled after one wake-up before the
+/// flush (see [`Task::drain_ready`]); bounds the time between flushes and
+/// between looks at the timers and shutdown.
+const DRAIN_BUDGET: usize = 512;
 
 /// "Now" for the pure state machines, on tokio's clock (so paused-time tests
 /// drive them too).
@@ -266,6 +270,12 @@ impl Task {
                     self.on_probe(ok)
                 }
             };
+            // Take everything else that is ready, so one flush (one system
+            // call) carries the replies to a whole burst.
+            let step = match step {
+                None => self.drain_ready(&mut conn),
+                end => end,
+            };
             match step {
                 None => {}
                 Some(End::Lost(e)) => return End::Lost(e),
@@ -286,6 +296,65 @@ impl Task {
             }
             if let Err(e) = conn.flush().await {
                 return End::Lost(e);
+            }
+        }
+    }
+
+    /// After one `select!` event, handles what is already waiting without
+    /// awaiting: packets complete in the read buffer (not while deliveries
+    /// are paused), application acks, and link requests while the inflight
+    /// window has room — the same handling, guards and order rules as the
+    /// `select!` branches, so no guarantee changes; only the packets they
+    /// queue now share one flush. Bounded by [`DRAIN_BUDGET`].
+    fn drain_ready(&mut self, conn: &mut Conn) -> Option<End> {
+        let mut budget = DRAIN_BUDGET;
+        loop {
+            let before = budget;
+            let mut read_any = false;
+            while budget > 0 && self.pending_delivery.is_none() {
+                match conn.framed.read_buffered() {
+                    Ok(Some(packet)) => {
+                        budget -= 1;
+                        read_any = true;
+                        if let Some(end) = self.on_packet(packet, conn) {
+                            return Some(end);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Some(End::Lost(codec_error(&conn.endpoint, e))),
+                }
+            }
+            if read_any {
+                conn.last_received = Instant::now();
+            }
+            while budget > 0 {
+                let Ok(token) = self.acks_rx.try_recv() else {
+                    break;
+                };
+                budget -= 1;
+                for p in self.incoming.ack(token) {
+                    conn.queue(&p);
+                }
+            }
+            while budget > 0 && self.can_take() {
+                match self.requests.try_recv() {
+                    Ok(req) => {
+                        budget -= 1;
+                        if !self.take_request(req, Some(conn)) {
+                            return Some(End::Shutdown);
+                        }
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        self.requests_closed = true;
+                        break;
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                }
+            }
+            // Handling one kind can make another ready (a PUBACK frees a
+            // window slot for a waiting request): go round while progressing.
+            if budget == 0 || budget == before {
+                return None;
             }
         }
     }

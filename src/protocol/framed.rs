@@ -99,6 +99,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         read_packet_from(&mut self.io, &mut self.read_buf, self.max_incoming).await
     }
 
+    /// Decodes the next packet already in the read buffer without touching
+    /// the stream: `Ok(None)` when no complete packet is buffered. One read
+    /// often brings many packets; a connection task handles them all this
+    /// way and then flushes its replies once. Errors as
+    /// [`Framed::read_packet`].
+    pub fn read_buffered(&mut self) -> Result<Option<Packet>, CodecError> {
+        codec::decode(&mut self.read_buf, self.max_incoming)
+    }
+
     /// Encodes `packet` into the write buffer (nothing is sent until
     /// [`Framed::flush`]). On error nothing is queued and the connection
     /// may continue (the packet, not the stream, was bad).
@@ -183,6 +192,12 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// Reads the next packet; cancel safe, as [`Framed::read_packet`].
     pub async fn read_packet(&mut self) -> Result<Packet, CodecError> {
         read_packet_from(&mut self.io, &mut self.buf, self.max).await
+    }
+
+    /// The next packet already buffered, without reading; as
+    /// [`Framed::read_buffered`].
+    pub fn read_buffered(&mut self) -> Result<Option<Packet>, CodecError> {
+        codec::decode(&mut self.buf, self.max)
     }
 }
 

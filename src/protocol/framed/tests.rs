@@ -230,3 +230,51 @@ async fn a_packet_of_exactly_the_maximum_passes_one_byte_more_fails() {
         drop(writer.await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn read_buffered_yields_the_rest_of_a_burst_without_reading() {
+    let (mut raw, io) = duplex(1 << 16);
+    let mut framed = Framed::new(io, 1 << 20, 1 << 20);
+    let mut wire = BytesMut::new();
+    for id in 1..=5 {
+        wire.extend_from_slice(&bytes_of(&Packet::PubAck(PubAck::new(id))));
+    }
+    // Half of a sixth packet: buffered, not yet complete.
+    let partial = bytes_of(&publish(10));
+    wire.extend_from_slice(&partial[..4]);
+    raw.write_all(&wire).await.unwrap();
+    let first = timeout(T, framed.read_packet()).await.unwrap().unwrap();
+    assert_eq!(first, Packet::PubAck(PubAck::new(1)));
+    for id in 2..=5 {
+        assert_eq!(
+            framed.read_buffered().unwrap(),
+            Some(Packet::PubAck(PubAck::new(id)))
+        );
+    }
+    assert_eq!(framed.read_buffered().unwrap(), None);
+    raw.write_all(&partial[4..]).await.unwrap();
+    // Nothing was read from the stream by `read_buffered`: the rest arrives
+    // through `read_packet`.
+    assert_eq!(framed.read_buffered().unwrap(), None);
+    let last = timeout(T, framed.read_packet()).await.unwrap().unwrap();
+    assert_eq!(last, publish(10));
+
+    // The reader half behaves the same.
+    let (mut raw, io) = duplex(1 << 16);
+    let (mut reader, _writer) = Framed::new(io, 1 << 20, 1 << 20).into_split();
+    let mut wire = BytesMut::new();
+    for id in 1..=3 {
+        wire.extend_from_slice(&bytes_of(&Packet::PubAck(PubAck::new(id))));
+    }
+    raw.write_all(&wire).await.unwrap();
+    timeout(T, reader.read_packet()).await.unwrap().unwrap();
+    assert_eq!(
+        reader.read_buffered().unwrap(),
+        Some(Packet::PubAck(PubAck::new(2)))
+    );
+    assert_eq!(
+        reader.read_buffered().unwrap(),
+        Some(Packet::PubAck(PubAck::new(3)))
+    );
+    assert_eq!(reader.read_buffered().unwrap(), None);
+}
