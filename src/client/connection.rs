@@ -27,6 +27,10 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// flush (see [`Task::drain_ready`]); bounds the time between flushes and
 /// between looks at the timers and shutdown.
 const DRAIN_BUDGET: usize = 512;
+/// Link requests are taken by [`Task::drain_ready`] only while fewer bytes
+/// than this wait to be written, so large payloads are not all copied into
+/// the write buffer at once.
+const DRAIN_MAX_PENDING_BYTES: usize = 256 * 1024;
 
 /// "Now" for the pure state machines, on tokio's clock (so paused-time tests
 /// drive them too).
@@ -305,7 +309,8 @@ impl Task {
     /// are paused), application acks, and link requests while the inflight
     /// window has room — the same handling, guards and order rules as the
     /// `select!` branches, so no guarantee changes; only the packets they
-    /// queue now share one flush. Bounded by [`DRAIN_BUDGET`].
+    /// queue now share one flush. Bounded by [`DRAIN_BUDGET`] (and requests
+    /// by [`DRAIN_MAX_PENDING_BYTES`]).
     fn drain_ready(&mut self, conn: &mut Conn) -> Option<End> {
         let mut budget = DRAIN_BUDGET;
         loop {
@@ -336,7 +341,10 @@ impl Task {
                     conn.queue(&p);
                 }
             }
-            while budget > 0 && self.can_take() {
+            while budget > 0
+                && self.can_take()
+                && conn.framed.pending_write() < DRAIN_MAX_PENDING_BYTES
+            {
                 match self.requests.try_recv() {
                     Ok(req) => {
                         budget -= 1;
