@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::certs;
-use common::mosquitto::Mosquitto;
+use common::mosquitto::{Mosquitto, password_file};
 use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
 use mqbridge::link::{Delivery, Link, LinkState};
 use mqbridge::protocol::{Message, QoS};
@@ -1183,20 +1183,7 @@ async fn unsubscribe_stops_delivery() {
 #[tokio::test]
 async fn credentials_accepted_and_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pw = dir.path().join("passwd");
-    let out = std::process::Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&pw)
-        .args(["bridge", "s3cret"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e} (install mosquitto)"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .expect("chmod");
+    let pw = password_file(dir.path(), &[("bridge", "s3cret")]);
     let m = Mosquitto::start_with(&format!(
         "allow_anonymous false\npassword_file {}\n",
         pw.display()

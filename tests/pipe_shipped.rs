@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::bridge::{Sub, WAIT, publish, unique};
+use common::bridge::{Sub, WAIT, publish, stop_run, unique};
 use mqbridge::config::{self, BrokerKind};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,5 @@ async fn shipped_bridges_yaml_forwards_and_remaps_as_documented() {
         None,
         "debug stream excluded"
     );
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    stop_run(token, run).await;
 }
