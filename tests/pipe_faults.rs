@@ -63,49 +63,44 @@ fn check_within(seen: &SeqCount, what: &str, max_dups: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_b_mid_stream_loses_nothing() {
-    let a = Mosquitto::start_with(BROKER_CONF);
+/// Streams `N` messages A → B (rate limited, so most of it is still A's
+/// backlog for the bridge), restarts A or B gracefully once a third arrived,
+/// and hands what B's persistent subscriber saw to `check`.
+async fn restart_mid_stream(tag: &str, restart_a: bool, check: impl FnOnce(&SeqCount)) {
+    let mut a = Mosquitto::start_with(BROKER_CONF);
     let mut b = Mosquitto::start_with(BROKER_CONF);
-    let p = unique("rb");
+    let p = unique(tag);
     let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
     let (token, run) = start_run(&yaml(&p, a.port, b.port, Some(1000))).await;
+    // Everything is in A (acknowledged by A) before the restart.
     publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
     let mut seen = SeqCount::default();
     sub.collect_seq(&mut seen, (N / 3) as usize, N, COLLECT)
         .await;
+    let restarted = if restart_a { &mut a } else { &mut b };
     tokio::task::block_in_place(|| {
-        b.stop();
-        b.start_again();
+        restarted.stop();
+        restarted.start_again();
     });
     sub.collect_seq(&mut seen, N as usize, N, COLLECT).await;
-    check(&seen, "restart B");
+    check(&seen);
     stop_run(token, run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_b_mid_stream_loses_nothing() {
+    restart_mid_stream("rb", false, |seen| check(seen, "restart B")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_a_mid_stream_loses_nothing() {
-    let mut a = Mosquitto::start_with(BROKER_CONF);
-    let b = Mosquitto::start_with(BROKER_CONF);
-    let p = unique("ra");
-    let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
-    let (token, run) = start_run(&yaml(&p, a.port, b.port, Some(1000))).await;
-    // Everything is in A (acknowledged by A) before A restarts; the bridge
-    // is rate limited, so most of it is still A's backlog for the bridge.
-    publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
-    let mut seen = SeqCount::default();
-    sub.collect_seq(&mut seen, (N / 3) as usize, N, COLLECT)
-        .await;
-    tokio::task::block_in_place(|| {
-        a.stop();
-        a.start_again();
-    });
-    sub.collect_seq(&mut seen, N as usize, N, COLLECT).await;
     // A restarted Mosquitto also redelivers what it had not yet saved as
     // acknowledged: up to `autosave_interval` (1 s) of traffic at the pipe's
     // 1,000 msg/s rate, on top of the bridge's own windows.
-    check_within(&seen, "restart A", MAX_DUPS + 1000);
-    stop_run(token, run).await;
+    restart_mid_stream("ra", true, |seen| {
+        check_within(seen, "restart A", MAX_DUPS + 1000)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
