@@ -359,7 +359,7 @@ async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
     assert_eq!(code, 200, "the running configuration stays");
     send(5).await;
 
-    // A new pipe is reported as pending; the running pipe is untouched.
+    // A new pipe (to a broker that is down) starts; the running pipe is untouched.
     std::fs::write(&file, yaml(false, true)).expect("write");
     let d = run.reload_file(&file).await.expect("valid config");
     assert_eq!(d.pipes.added, vec!["reload_new"]);
