@@ -347,7 +347,14 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         .collect();
     // The routes are in place before any subscription goes out; the
     // subscriptions complete in the background (see `RunHandle::ready`).
-    drop(pipes.update(&[], specs, plan.shutdown_timeout)?);
+    match pipes.update(&[], specs, plan.shutdown_timeout) {
+        Ok(routed) => drop(routed),
+        Err(err) => {
+            discard(brokers.into_iter().collect(), &control).await;
+            links_token.cancel();
+            return Err(err.into());
+        }
+    }
     tracing::info!(
         brokers = plan.brokers.len(),
         pipes = plan.pipes.len(),
