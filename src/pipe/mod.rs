@@ -280,7 +280,14 @@ impl Pipes {
         }
         let mut steps: BTreeMap<BrokerIx, Step> = BTreeMap::new();
         let mut predecessors = BTreeMap::new();
-        for name in remove {
+        // A running pipe added again is a change: never two live instances.
+        let mut remove = remove.to_vec();
+        for s in &add {
+            if self.running.contains_key(&s.name) && !remove.contains(&s.name) {
+                remove.push(s.name.clone());
+            }
+        }
+        for name in &remove {
             let Some(old) = self.running.remove(name) else {
                 continue;
             };
