@@ -262,21 +262,21 @@ async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
 
     // Valid: `required: false` is applied at once.
     std::fs::write(&file, yaml(false, false)).expect("write");
-    let d = run.reload_file(&file).expect("valid config");
+    let d = run.reload_file(&file).await.expect("valid config");
     assert_eq!(d.readiness_changed, vec!["down"]);
     readyz_becomes(addr, 200).await;
     send(5).await;
 
     // Invalid: rejected, counted, nothing changes.
     std::fs::write(&file, "brokers:\n  edge: {type: nonsense}\n").expect("write");
-    assert!(run.reload_file(&file).is_err());
+    assert!(run.reload_file(&file).await.is_err());
     let (code, _) = get(addr, "/readyz").await;
     assert_eq!(code, 200, "the running configuration stays");
     send(5).await;
 
-    // A new pipe is reported as pending; the running pipe is untouched.
+    // A new pipe (to a broker that is down) starts; the running pipe is untouched.
     std::fs::write(&file, yaml(false, true)).expect("write");
-    let d = run.reload_file(&file).expect("valid config");
+    let d = run.reload_file(&file).await.expect("valid config");
     assert_eq!(d.pipes.added, vec!["reload_new"]);
     assert_eq!(d.pipes.unchanged, vec!["reload_up"]);
     send(5).await;
@@ -405,7 +405,7 @@ async fn reload_rotates_credentials_without_touching_pipes() {
     }
 
     std::fs::write(&file, yaml("new-secret")).expect("write");
-    let d = run.reload_file(&file).expect("valid config");
+    let d = run.reload_file(&file).await.expect("valid config");
     assert_eq!(d.brokers.changed, vec!["cloud"]);
     assert!(d.pipes.is_noop(), "{d:?}");
     readyz_becomes(addr, 200).await;
