@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use common::bridge::{Sub, plan, publish, start_run, stop_run, unique};
 use common::fake_broker::FakeBroker;
-use common::http::{get, metric_becomes, readyz_becomes, value};
+use common::http::{counter, get, metric_becomes, readyz_becomes, value};
 use common::mosquitto::{Mosquitto, free_port, password_file};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -241,8 +241,8 @@ async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
     let body = readyz_becomes(addr, 503).await;
     assert!(body.contains("broker down is not connected"), "{body}");
     let (_, m) = get(addr, "/metrics").await;
-    let reloads = value(&m, "mqbridge_reloads_total").unwrap_or(0.0);
-    let failures = value(&m, "mqbridge_reload_failures_total").unwrap_or(0.0);
+    let reloads = counter(&m, "mqbridge_reloads_total");
+    let failures = counter(&m, "mqbridge_reload_failures_total");
 
     let mut sent = 0;
     let mut send = async |n: usize| {
@@ -285,9 +285,9 @@ async fn reload_applies_readiness_rejects_invalid_and_leaves_pipes_alone() {
     sub.exactly_once(20).await;
     // Process-wide counters (other tests in this binary reload too).
     let (_, m) = get(addr, "/metrics").await;
-    let now = value(&m, "mqbridge_reloads_total").unwrap_or(0.0);
+    let now = counter(&m, "mqbridge_reloads_total");
     assert!(now >= reloads + 2.0, "{now} after {reloads}");
-    let now = value(&m, "mqbridge_reload_failures_total").unwrap_or(0.0);
+    let now = counter(&m, "mqbridge_reload_failures_total");
     assert!(now >= failures + 1.0, "{now} after {failures}");
     assert_eq!(
         value(

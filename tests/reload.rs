@@ -6,43 +6,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::bridge::{SeqCount, Sub, WAIT, plan, publish, publish_many, seq_msgs, unique};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::bridge::{
+    SeqCount, Sub, WAIT, publish, publish_many, seq_msgs, start_run, stop_run, unique,
+};
+use common::http::{counter, scrape};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 /// Sequence-numbered messages on the unaffected pipe.
 const STEADY: u64 = 600;
 /// Published in chunks, so reloads happen between and during them.
 const CHUNK: u64 = 50;
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    String::from_utf8(buf).expect("utf8")
-}
-
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
 
 /// Two built-in brokers and the pipes given (YAML lines under `pipes:`).
 fn yaml(extra_brokers: &str, pipes: &str) -> String {
@@ -124,9 +102,7 @@ async fn reload_adds_removes_and_changes_pipes_while_traffic_flows() {
     let v0 = yaml("", &format!("{steady}{gone}{}", remapped("v1")));
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bridges.yaml");
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&v0), token.clone()).await.expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, mut run) = start_run(&v0).await;
     let metrics = run.metrics_addr().expect("metrics");
     let edge = run.builtin_addrs("edge").expect("edge")[0].port();
     let cloud = run.builtin_addrs("cloud").expect("cloud")[0].port();
@@ -225,14 +201,15 @@ async fn reload_adds_removes_and_changes_pipes_while_traffic_flows() {
     let after = scrape(metrics).await;
     // Process-wide counters (other tests in this binary reload too).
     assert!(
-        value(&after, "mqbridge_reloads_total") >= value(&before, "mqbridge_reloads_total") + 3.0
+        counter(&after, "mqbridge_reloads_total")
+            >= counter(&before, "mqbridge_reloads_total") + 3.0
     );
     assert!(
-        value(&after, "mqbridge_reload_failures_total")
-            >= value(&before, "mqbridge_reload_failures_total") + 1.0
+        counter(&after, "mqbridge_reload_failures_total")
+            >= counter(&before, "mqbridge_reload_failures_total") + 1.0
     );
     assert_eq!(
-        value(
+        counter(
             &after,
             r#"mqbridge_pipe_messages_forwarded_total{pipe="steady"}"#
         ),
@@ -240,8 +217,7 @@ async fn reload_adds_removes_and_changes_pipes_while_traffic_flows() {
     );
 
     sub.stop().await;
-    token.cancel();
-    let report = timeout(WAIT, run.finished()).await.expect("stops");
+    let report = stop_run(token, run).await;
     assert!(report.busy_pipes.is_empty(), "{report:?}");
 }
 
@@ -253,11 +229,7 @@ async fn reload_starts_and_stops_a_broker_while_traffic_flows() {
     let to_extra = pipe("to_extra", "extra", &format!("{p}/x/#"), "");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bridges.yaml");
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml("", &steady)), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, mut run) = start_run(&yaml("", &steady)).await;
     let metrics = run.metrics_addr().expect("metrics");
     let edge = run.builtin_addrs("edge").expect("edge")[0].port();
     let cloud = run.builtin_addrs("cloud").expect("cloud")[0].port();
@@ -276,8 +248,8 @@ async fn reload_starts_and_stops_a_broker_while_traffic_flows() {
     assert!(run.pipe_stats("to_extra").is_none());
     let after = scrape(metrics).await;
     assert!(
-        value(&after, "mqbridge_reload_failures_total")
-            >= value(&before, "mqbridge_reload_failures_total") + 1.0
+        counter(&after, "mqbridge_reload_failures_total")
+            >= counter(&before, "mqbridge_reload_failures_total") + 1.0
     );
 
     // A new broker and a pipe to it.
@@ -324,8 +296,7 @@ async fn reload_starts_and_stops_a_broker_while_traffic_flows() {
     assert_eq!(seq.duplicates(), 0, "duplicated on the unaffected pipe");
 
     sub.stop().await;
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stops");
+    stop_run(token, run).await;
 }
 
 /// A remote source (real Mosquitto): adding and removing a pipe on the same
@@ -348,11 +319,7 @@ async fn remote_source_keeps_its_connection_and_subscriptions_across_reloads() {
     let config = |pipes: &str| format!("{brokers}pipes:\n{pipes}metrics:\n  listen: 127.0.0.1:0\n");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bridges.yaml");
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&config(&steady)), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, mut run) = start_run(&config(&steady)).await;
     let metrics = run.metrics_addr().expect("metrics");
     let sink = run.builtin_addrs("sink").expect("sink")[0].port();
     let mut sub = Sub::start(sink, &unique("sub"), &format!("{p}/#"), 1, false).await;
@@ -401,13 +368,13 @@ async fn remote_source_keeps_its_connection_and_subscriptions_across_reloads() {
     // The retained message, the steady sequence and more/1: more/2 never
     // reached the bridge, since the removed pipe's filter was unsubscribed.
     assert_eq!(
-        value(&body, r#"mqbridge_remote_messages_in_total{broker="src"}"#),
+        counter(&body, r#"mqbridge_remote_messages_in_total{broker="src"}"#),
         (STEADY + 2) as f64,
         "{body}"
     );
     let ep = format!("mqtt://127.0.0.1:{}", mosq.port);
     assert_eq!(
-        value(
+        counter(
             &body,
             &format!(
                 r#"mqbridge_remote_connection_attempts_total{{broker="src",endpoint="{ep}"}}"#
@@ -418,6 +385,5 @@ async fn remote_source_keeps_its_connection_and_subscriptions_across_reloads() {
     );
 
     sub.stop().await;
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stops");
+    stop_run(token, run).await;
 }

@@ -48,6 +48,16 @@ pub fn value(body: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The value of a counter in `body`; a series not yet recorded reads as 0.
+pub fn counter(body: &str, series: &str) -> f64 {
+    value(body, series).unwrap_or(0.0)
+}
+
+/// One scrape of `/metrics` (the body).
+pub async fn scrape(addr: SocketAddr) -> String {
+    get(addr, "/metrics").await.1
+}
+
 /// Scrapes `/metrics` until `series` has `want`; returns that scrape.
 pub async fn metric_becomes(addr: SocketAddr, series: &str, want: f64) -> String {
     let mut last = String::new();
