@@ -93,10 +93,7 @@ async fn persistent_session_on_builtin_broker() {
     let p = port(&broker);
     let c = spawn(&[p], "builtin-persist", false);
     assert!(!c.connected_to(p).await);
-    c.link
-        .subscribe(vec![("q/#".into(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe("q/#", QoS::AtLeastOnce).await;
     c.shutdown().await;
 
     let (local, _rx) = broker.link("publisher", true);
@@ -125,10 +122,7 @@ async fn failover_and_failback_between_builtin_brokers() {
     let (pa, pb) = (port(&a), port(&b));
     let mut c = spawn(&[pa, pb], "builtin-failover", true);
     c.connected_to(pa).await;
-    c.link
-        .subscribe(vec![("f/#".into(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe("f/#", QoS::AtLeastOnce).await;
 
     a_token.cancel();
     a.closed().await;

@@ -93,10 +93,7 @@ async fn persistent_session_resumes_and_receives_queued_messages() {
     opts.clean_session = false;
     let c = TestClient::spawn(opts.clone());
     assert!(!c.connected_to(m.port).await, "fresh session expected");
-    c.link
-        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe(&topic, QoS::AtLeastOnce).await;
     // Graceful shutdown through the link: DISCONNECT, then Closed.
     c.link.shutdown().await;
     c.state("closed", |s| *s == LinkState::Closed).await;
@@ -132,10 +129,7 @@ async fn tls_with_generated_ca() {
     )
     .await;
     let topic = unique("tls");
-    c.link
-        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe(&topic, QoS::AtLeastOnce).await;
     c.publish(&topic, "secure", QoS::AtLeastOnce).await;
     assert_eq!(&c.recv().await.message.payload[..], b"secure");
     c.stop().await;
@@ -238,10 +232,7 @@ async fn broker_restart_mid_stream_loses_no_acked_message() {
     sub_opts.clean_session = false;
     let mut sub = TestClient::spawn(sub_opts);
     sub.connected_to(m.port).await;
-    sub.link
-        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
 
     let mut opts = options("restart-pub", vec![tcp(m.port)]);
     opts.clean_session = false;
@@ -334,10 +325,7 @@ async fn failover_to_secondary_and_failback_after_probes() {
     let topic = unique("failover");
     let mut c = TestClient::spawn(options("failover", vec![tcp(a.port), tcp(b.port)]));
     c.connected_to(a.port).await;
-    c.link
-        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe(&topic, QoS::AtLeastOnce).await;
 
     a.kill();
     let e = c
@@ -810,10 +798,7 @@ async fn slow_consumer_backpressure_keeps_the_link_up() {
     opts.delivery_capacity = 1;
     let mut c = TestClient::spawn(opts);
     c.connected_to(m.port).await;
-    c.link
-        .subscribe(vec![(topic.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe(&topic, QoS::AtLeastOnce).await;
     for i in 0..5 {
         m.publish(&topic, &format!("{i}"), 1, &[]);
     }
@@ -844,10 +829,7 @@ async fn qos2_burst_stays_within_the_broker_quota() {
     let topic = unique("qos2burst");
     let mut sub = TestClient::spawn(options("q2sub", vec![tcp(m.port)]));
     sub.connected_to(m.port).await;
-    sub.link
-        .subscribe(vec![(topic.clone(), QoS::ExactlyOnce)])
-        .await
-        .expect("subscribe");
+    sub.subscribe(&topic, QoS::ExactlyOnce).await;
     let mut opts = options("q2pub", vec![tcp(m.port)]);
     opts.inflight = 100;
     let publ = TestClient::spawn(opts);
@@ -1041,18 +1023,12 @@ async fn unsubscribe_stops_delivery() {
     let (a, b) = (format!("{p}/a"), format!("{p}/b"));
     let mut c = TestClient::spawn(options("unsub", vec![tcp(m.port)]));
     c.connected_to(m.port).await;
-    c.link
-        .subscribe(vec![(a.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe a");
+    c.subscribe(&a, QoS::AtLeastOnce).await;
     c.link
         .unsubscribe(vec![a.clone()])
         .await
         .expect("unsubscribe");
-    c.link
-        .subscribe(vec![(b.clone(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe b");
+    c.subscribe(&b, QoS::AtLeastOnce).await;
     // Published in this order: if `a` were still subscribed it would come first.
     m.publish(&a, "on-a", 1, &[]);
     m.publish(&b, "on-b", 1, &[]);

@@ -102,6 +102,17 @@ impl TestClient {
             .expect("delivery channel closed")
     }
 
+    /// Subscribes to one filter (bounded wait); returns the granted QoS.
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Vec<Option<QoS>> {
+        timeout(
+            CLIENT_WAIT,
+            self.link.subscribe(vec![(filter.to_owned(), qos)]),
+        )
+        .await
+        .expect("timed out waiting for the SUBACK")
+        .expect("subscribe")
+    }
+
     /// Publishes through this client's link and waits for the broker's ack.
     pub async fn publish(&self, topic: &str, payload: &str, qos: QoS) {
         publish_acked(&self.link, topic, payload, qos).await;
