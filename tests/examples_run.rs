@@ -6,10 +6,9 @@
 //! password files where it logs in. Each test checks what the example's
 //! comments promise and stops the bridge with SIGTERM (exit 0).
 //!
-//! The shipped `bridges.yaml` has fixed ports (1883/1884), so it runs
-//! in-process with its listeners moved to port 0, as `tests/pipe_shipped.rs`
-//! does; the test here covers what that one does not (QoS cap, payload limit,
-//! no loop in either direction).
+//! The shipped `bridges.yaml` runs the same way (its listeners moved by
+//! `EDGE_LISTEN`/`CLOUD_LISTEN`), checking what `tests/pipe_shipped.rs` does
+//! not: the QoS cap, the payload limit, no loop in either direction.
 
 mod common;
 
@@ -22,14 +21,11 @@ use std::time::Duration;
 use common::bridge::{Got, SeqCount, WAIT, publish_many, seq_msgs, unique};
 use common::certs;
 use common::mosquitto::{Mosquitto, free_port};
-use mqbridge::config::{self, BrokerKind};
-use mqbridge::pipe::stats::DropReason;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(500);
@@ -698,30 +694,27 @@ async fn bidirectional_example_syncs_both_ways_without_a_loop() {
     bridge.stop().await;
 }
 
-/// The shipped `bridges.yaml` (in-process, listeners on port 0): alarms go up
-/// at QoS 1 at most, payloads over 256 KiB stay on edge, and neither
-/// direction echoes back. (Remaps and the debug exclusion: `pipe_shipped.rs`.)
+/// The shipped `bridges.yaml`, with its listeners moved by `EDGE_LISTEN` /
+/// `CLOUD_LISTEN`: alarms go up at QoS 1 at most, payloads over 256 KiB stay
+/// on edge, commands for other edges stay on cloud, and neither direction
+/// echoes back. (The README's remaps and the debug exclusion are checked
+/// in-process by `pipe_shipped.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_bridges_yaml_caps_qos_limits_payloads_and_does_not_loop() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bridges.yaml");
-    let (mut plan, _) = config::load(&path).unwrap_or_else(|e| panic!("bridges.yaml: {e}"));
-    for b in plan.brokers.values_mut() {
-        if let BrokerKind::BuiltIn(builtin) = &mut b.kind {
-            for l in &mut builtin.listeners {
-                l.addr = SocketAddr::from(([127, 0, 0, 1], 0));
-            }
-        }
-    }
-    plan.metrics.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan, token.clone()).await.expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
-    let edge = run.builtin_addrs("edge").expect("edge")[0].port();
-    let cloud = run.builtin_addrs("cloud").expect("cloud")[0].port();
+    let (edge, cloud) = (free_port(), free_port());
+    let mut bridge = BridgeProc::start(
+        "bridges.yaml",
+        &[
+            ("EDGE_LISTEN", format!("127.0.0.1:{edge}")),
+            ("CLOUD_LISTEN", format!("127.0.0.1:{cloud}")),
+        ],
+    );
+    bridge.subscribed("edge", 2).await;
+    bridge.subscribed("cloud", 1).await;
     let mut on_edge = Watch::start(edge, None, "#", 2).await;
     let mut on_cloud = Watch::start(cloud, None, "#", 2).await;
 
-    // Up: QoS 2 alarm forwarded at QoS 1 (`qos: {max: 1}`).
+    // Up: a QoS 2 alarm is forwarded at QoS 1 (`qos: {max: 1}`).
     publish(edge, None, "alarms/line1/overheat", b"95C", 2, false).await;
     assert_eq!(
         tpq(&on_edge.next().await),
@@ -735,7 +728,7 @@ async fn shipped_bridges_yaml_caps_qos_limits_payloads_and_does_not_loop() {
     let frame = vec![b'p'; 300 * 1024];
     publish(edge, None, "sensors/line1/camera", &frame, 1, false).await;
     assert_eq!(on_edge.next().await.topic, "sensors/line1/camera");
-    // Down: a command for this edge, then one the pipe does not take.
+    // Down: a command for this edge, then one for another edge.
     publish(cloud, None, "commands/edge/line2/stop", b"now", 1, false).await;
     publish(cloud, None, "commands/other/line2/stop", b"no", 1, false).await;
     assert_eq!(
@@ -753,11 +746,19 @@ async fn shipped_bridges_yaml_caps_qos_limits_payloads_and_does_not_loop() {
     // Nothing else: no oversize copy, no echo of edge/… or devices/… back.
     assert_eq!(on_cloud.quiet().await, None);
     assert_eq!(on_edge.quiet().await, None);
-    let up = run
-        .pipe_stats("edge-to-cloud")
-        .expect("edge-to-cloud stats");
-    assert_eq!(up.dropped(DropReason::Oversize), 1);
-    assert_eq!(up.dropped(DropReason::Loop), 0);
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    bridge
+        .metric_until(
+            r#"mqbridge_pipe_messages_dropped_total{pipe="edge-to-cloud",reason="oversize"}"#,
+            |v| v == 1.0,
+        )
+        .await;
+    for pipe in ["edge-to-cloud", "cloud-to-edge"] {
+        bridge
+            .metric_until(
+                &format!(r#"mqbridge_pipe_messages_dropped_total{{pipe="{pipe}",reason="loop"}}"#),
+                |v| v == 0.0,
+            )
+            .await;
+    }
+    bridge.stop().await;
 }
