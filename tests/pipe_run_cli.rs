@@ -60,7 +60,7 @@ async fn sigterm_exits_zero_with_offline_status() {
     std::fs::write(
         &cfg,
         format!(
-            "brokers:\n{}  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  down:\n    from: m\n    to: edge\n    topics: [{p}/#]\n",
+            "brokers:\n{}  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  down:\n    from: m\n    to: edge\n    topics: [{p}/#]\nmetrics:\n  listen: 127.0.0.1:0\n",
             remote("m", m.port, &format!("{p}-m"))
         ),
     )

@@ -24,6 +24,8 @@ async fn shipped_bridges_yaml_forwards_and_remaps_as_documented() {
             }
         }
     }
+    // Its own metrics port too: 9464 may be taken (e.g. by a running bridge).
+    plan.metrics.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let token = CancellationToken::new();
     let mut run = mqbridge::run(plan, token.clone()).await.expect("run");
     timeout(WAIT, run.ready()).await.expect("subscribed");
