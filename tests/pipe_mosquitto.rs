@@ -5,6 +5,8 @@ mod common;
 
 use common::bridge::{Sub, plan, publish, remotes_ab, start_run, stop_run, unique};
 use common::mosquitto::Mosquitto;
+use common::wait::WAIT;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -68,9 +70,10 @@ async fn retained_messages_keep_or_clear_their_flag() {
     // A live subscriber on B sees both cross (with retain=0, as live deliveries do).
     let mut live = Sub::start(b.port, &unique("live"), &format!("{p}/#"), 1, false).await;
     let token = CancellationToken::new();
-    let _run = mqbridge::run(plan(&yaml), token.clone())
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
         .await
         .expect("run");
+    timeout(WAIT, run.ready()).await.expect("bridge subscribed");
     let mut crossed = [
         live.next().await.expect("first"),
         live.next().await.expect("second"),
@@ -88,6 +91,5 @@ async fn retained_messages_keep_or_clear_their_flag() {
         None,
         "cleared copy is not retained"
     );
-    token.cancel();
-    _run.finished().await;
+    stop_run(token, run).await;
 }
