@@ -225,14 +225,14 @@ async fn wait_for_shutdown(
             () = signals.recv() => return,
             Some(()) = recv_hup(hup) => {
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-                let _ = handle.reload_file(path);
+                let _ = handle.reload_file(path).await;
             }
             _ = tick.tick(), if watch.is_some() => {
                 if let Some(w) = watch.as_mut()
                     && w.poll(reload::file_stamp(path))
                 {
                     tracing::info!(config = %path.display(), "config file changed: reloading");
-                    let _ = handle.reload_file(path);
+                    let _ = handle.reload_file(path).await;
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! `lib::run`: turns a checked [`Plan`] into running brokers, links and pipes,
-//! and shuts them down gracefully.
+//! reloads it live, and shuts it down gracefully.
 //!
 //! One connection per broker, shared by every pipe that uses it: a remote
 //! broker gets one client task ([`client::spawn`]), a built-in broker is
@@ -12,35 +12,34 @@
 //! `offline` status, then DISCONNECTs, so no will), then stop the built-in
 //! brokers.
 
+mod options;
+mod reload;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{self, Broker, BrokerOptions};
-use crate::client::{
-    self, BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
-};
+use crate::broker::{self, Broker};
+use crate::client::{self, SettingsSlot};
 use crate::config::ConfigErrors;
-use crate::config::plan::{
-    BrokerKind, BuiltInPlan, DropPolicy, Plan, QosRule, RemotePlan, RetainRule, Scheme,
-};
+use crate::config::plan::{BrokerKind, BrokerPlan, Plan};
 use crate::link::Link;
 use crate::metrics::events::ReloadFailed;
 use crate::metrics::reload::ReloadPlan;
 use crate::metrics::runtime::{
     Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle,
 };
-use crate::pipe::queue::WhenFull;
-use crate::pipe::rules::{PipeRules, QosPolicy};
+use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::stats::PipeStats;
-use crate::pipe::{self, BrokerLink, PipeError, PipeSpec, Pipes};
-use crate::protocol::{Message, QoS};
+use crate::pipe::{self, BrokerLink, PipeError, Pipes};
+
+use options::{broker_options, client_options, pipe_spec};
 
 /// Publishes in flight from one pipe into a built-in broker, at most.
 const BUILTIN_PIPE_INFLIGHT: usize = 100;
@@ -61,6 +60,20 @@ pub enum RunError {
     Observability(#[from] ObservabilityError),
 }
 
+/// Why a reload was not applied (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// A new built-in broker could not start (e.g. its port is taken).
+    #[error(transparent)]
+    Start(#[from] RunError),
+    /// The bridge is shutting down.
+    #[error("the bridge is shutting down")]
+    Stopped,
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunReport {
@@ -68,20 +81,43 @@ pub struct RunReport {
     pub busy_pipes: Vec<String>,
 }
 
+/// One running broker.
+struct BrokerRt {
+    ix: BrokerIx,
+    link: Link,
+    /// Publish window of a pipe into this broker.
+    window: usize,
+    /// Stops this broker's client task or built-in broker alone (a child of
+    /// the run's links token).
+    token: CancellationToken,
+    builtin: Option<Broker>,
+    /// Remote: where a reload puts new connection settings, and the trigger
+    /// that makes the running connection pick them up.
+    remote: Option<(SettingsSlot, Arc<Notify>)>,
+}
+
+/// Everything a running bridge owns; reloads and the stop sequence take turns on it.
+struct Bridge {
+    /// The configuration in effect (reloads update the parts they apply).
+    plan: Plan,
+    /// `None` once the stop sequence took it.
+    pipes: Option<Pipes>,
+    brokers: BTreeMap<String, BrokerRt>,
+    obs: ObservabilityControl,
+    links_token: CancellationToken,
+    /// Client tasks and broker removals.
+    tracker: TaskTracker,
+}
+
 /// A running bridge.
 pub struct RunHandle {
+    bridge: Arc<Mutex<Bridge>>,
     stats: Vec<(String, Arc<PipeStats>)>,
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
     links: BTreeMap<String, Link>,
     metrics_addr: Option<SocketAddr>,
-    /// The configuration in effect (reloads update the parts they apply).
-    plan: Plan,
-    control: ObservabilityControl,
-    /// Per remote broker: where a reload puts new connection settings, and
-    /// the trigger that makes the running connection pick them up.
-    remotes: BTreeMap<String, (SettingsSlot, Arc<Notify>)>,
-    /// `None` once resolved (a finished future must not be polled again).
-    subscribed: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Subscription changes not yet acknowledged by the brokers.
+    pending_subscriptions: watch::Receiver<usize>,
     done: JoinHandle<RunReport>,
 }
 
@@ -95,12 +131,12 @@ impl std::fmt::Debug for RunHandle {
 }
 
 impl RunHandle {
-    /// Every pipe's counters, by pipe name.
+    /// Every running pipe's counters, by pipe name.
     pub fn stats(&self) -> &[(String, Arc<PipeStats>)] {
         &self.stats
     }
 
-    /// One pipe's counters.
+    /// One running pipe's counters.
     pub fn pipe_stats(&self, pipe: &str) -> Option<Arc<PipeStats>> {
         self.stats
             .iter()
@@ -119,52 +155,54 @@ impl RunHandle {
         self.metrics_addr
     }
 
-    /// Reloads to a valid plan. Applied at once: readiness requirements
-    /// (`required`), the watchdog threshold, and new connection settings of
-    /// a remote broker (credentials, endpoints, TLS, keepalive…: its link
-    /// reconnects underneath its pipes, which keep running). Logged as
-    /// pending until a restart: added, removed or changed pipes, added or
-    /// removed brokers, built-in broker settings, a remote broker's
-    /// `inflight`, and metrics settings. Logs and counts the reload.
-    pub fn reload(&mut self, new: &Plan) -> ReloadPlan {
-        let remotes = &self.remotes;
-        self.control.reload(&mut self.plan, new, |name, old, new| {
-            match (&old.kind, &new.kind) {
-                (BrokerKind::Remote(o), BrokerKind::Remote(n)) => {
-                    if o.inflight != n.inflight {
-                        return Err("`inflight` needs a restart".into());
-                    }
-                    let Some((slot, trigger)) = remotes.get(name) else {
-                        return Err("not running".into());
-                    };
-                    *slot
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(client_options(name, n));
-                    // A stored permit: a live connection drops at once; an
-                    // offline client takes the settings before its next dial.
-                    trigger.notify_one();
-                    Ok(())
-                }
-                _ => Err("built-in broker settings need a restart".into()),
-            }
-        })
+    /// Reloads to a valid plan, reconciling live (see the README's
+    /// "Reload"): pipes and brokers whose settings did not change keep
+    /// running untouched; removed pipes drain and stop, changed ones drain
+    /// and restart with the new settings, new ones start (with their new
+    /// brokers); a removed broker is closed once its pipes have drained; a
+    /// remote broker's new connection settings make its link reconnect
+    /// underneath its pipes; `required`, the watchdog threshold and
+    /// `shutdown_timeout` apply at once. Logged as pending until a restart:
+    /// built-in broker settings, a remote broker's `inflight`, a broker's
+    /// type, and metrics settings.
+    ///
+    /// Returns once every dispatcher routes by the new table; new
+    /// subscriptions complete in the background (await [`RunHandle::ready`]).
+    /// Logs and counts the reload (a new built-in broker that cannot start
+    /// fails it, and nothing is changed).
+    pub async fn reload(&mut self, new: &Plan) -> Result<ReloadPlan, ReloadError> {
+        let mut bridge = self.bridge.lock().await;
+        let result = bridge.reload(new).await;
+        if let Some(pipes) = &bridge.pipes {
+            self.stats = pipes.stats();
+        }
+        self.links = bridge
+            .brokers
+            .iter()
+            .map(|(n, b)| (n.clone(), b.link.clone()))
+            .collect();
+        self.builtin_addrs = bridge
+            .brokers
+            .iter()
+            .filter_map(|(n, b)| Some((n.clone(), b.builtin.as_ref()?.local_addrs())))
+            .collect();
+        result
     }
 
     /// Re-reads `path` (SIGHUP): an invalid file is rejected with every
     /// error logged and counted, and the running configuration stays.
-    pub fn reload_file(&mut self, path: &std::path::Path) -> Result<ReloadPlan, ConfigErrors> {
+    pub async fn reload_file(&mut self, path: &std::path::Path) -> Result<ReloadPlan, ReloadError> {
         match crate::config::load(path) {
             Ok((plan, warnings)) => {
                 for w in &warnings {
                     tracing::warn!(warning = %w, "config warning");
                 }
-                Ok(self.reload(&plan))
+                self.reload(&plan).await
             }
             Err(errors) => {
                 let lines: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
                 ReloadFailed { errors: &lines }.emit();
-                Err(errors)
+                Err(errors.into())
             }
         }
     }
@@ -174,13 +212,11 @@ impl RunHandle {
         self.links.get(broker)
     }
 
-    /// Resolves once every source broker acknowledged the bridge's
-    /// subscriptions: from then on, what is published there is forwarded.
+    /// Resolves once the source brokers acknowledged every subscription
+    /// change so far (at start, and after each reload): from then on, what
+    /// is published there is forwarded.
     pub async fn ready(&mut self) {
-        if let Some(f) = self.subscribed.as_mut() {
-            f.await;
-            self.subscribed = None;
-        }
+        let _ = self.pending_subscriptions.wait_for(|n| *n == 0).await;
     }
 
     /// Waits until the bridge has shut down (after the token given to [`run`]
@@ -190,173 +226,188 @@ impl RunHandle {
     }
 }
 
+/// Starts one broker: a built-in one binds its listeners (the step that can
+/// fail); a remote one gets its client task. Returns it with the link the
+/// pipe runtime takes (`ix` is set by the caller).
+async fn start_broker(
+    name: &str,
+    bp: &BrokerPlan,
+    obs: &ObservabilityControl,
+    links_token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(BrokerRt, BrokerLink), RunError> {
+    let token = links_token.child_token();
+    match &bp.kind {
+        BrokerKind::Remote(r) => {
+            let mut opts = client_options(name, r);
+            obs.remote(name, r, &mut opts);
+            let slot = SettingsSlot::default();
+            opts.settings = Some(slot.clone());
+            let remote = opts.reconnect.clone().map(|t| (slot, t));
+            let (link, deliveries) = client::spawn(opts, token.clone(), tracker);
+            let window = usize::from(r.inflight).max(1);
+            Ok((
+                BrokerRt {
+                    ix: 0,
+                    link: link.clone(),
+                    window,
+                    token,
+                    builtin: None,
+                    remote,
+                },
+                BrokerLink {
+                    name: name.to_owned(),
+                    link,
+                    deliveries,
+                    max_pending: window,
+                },
+            ))
+        }
+        BrokerKind::BuiltIn(b) => {
+            let broker = Broker::start(broker_options(name, b), token.clone()).await?;
+            // The bridge's own persistent session on its built-in broker.
+            let (link, deliveries) = broker.link(&format!("mqbridge-bridge-{name}"), false);
+            obs.builtin(&broker);
+            Ok((
+                BrokerRt {
+                    ix: 0,
+                    link: link.clone(),
+                    window: BUILTIN_PIPE_INFLIGHT,
+                    token,
+                    builtin: Some(broker),
+                    remote: None,
+                },
+                BrokerLink {
+                    name: name.to_owned(),
+                    link,
+                    deliveries,
+                    max_pending: pipe::DEFAULT_MAX_PENDING,
+                },
+            ))
+        }
+    }
+}
+
+/// Stops brokers started by a start or reload that then failed.
+async fn discard(brokers: Vec<(String, BrokerRt)>, obs: &ObservabilityControl) {
+    for (name, b) in brokers {
+        obs.remove_broker(&name);
+        b.token.cancel();
+        if let Some(broker) = &b.builtin {
+            broker.closed().await;
+        }
+    }
+}
+
 /// Starts everything in `plan`; cancel `shutdown` to stop gracefully, then
 /// await [`RunHandle::finished`]. Built-in listeners may use port 0.
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
-    // The links and brokers stop on this token, cancelled only at the end of
-    // the graceful sequence (after the drain), not on the caller's token.
     // First, so a metrics bind error leaves nothing running.
     let mut obs = Observability::new(&plan).await?;
-    let effective = plan.clone();
-    let mut remotes = BTreeMap::new();
+    let control = obs.control();
+    // The links and brokers stop on this token, cancelled only at the end of
+    // the graceful sequence (after the drain), not on the caller's token.
     let links_token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     // Built-in brokers first: binding a listener is what can fail, and then
     // no remote connection has been opened yet.
-    let mut builtins: Vec<Broker> = Vec::new();
-    let mut builtin_addrs = BTreeMap::new();
-    for (name, bp) in &plan.brokers {
-        let BrokerKind::BuiltIn(b) = &bp.kind else {
-            continue;
-        };
-        match Broker::start(broker_options(name, b), links_token.clone()).await {
-            Ok(broker) => {
-                builtin_addrs.insert(name.clone(), broker.local_addrs());
-                builtins.push(broker);
+    let builtin_first = plan
+        .brokers
+        .iter()
+        .filter(|(_, b)| matches!(b.kind, BrokerKind::BuiltIn(_)))
+        .chain(
+            plan.brokers
+                .iter()
+                .filter(|(_, b)| matches!(b.kind, BrokerKind::Remote(_))),
+        );
+    let mut started: Vec<(String, BrokerRt)> = Vec::new();
+    let mut pipes = Pipes::new();
+    for (name, bp) in builtin_first {
+        match start_broker(name, bp, &control, &links_token, &tracker).await {
+            Ok((mut rt, link)) => {
+                rt.ix = pipes.add_broker(link);
+                started.push((name.clone(), rt));
             }
             Err(err) => {
+                discard(started, &control).await;
                 links_token.cancel();
-                for b in &builtins {
-                    b.closed().await;
-                }
-                return Err(err.into());
+                return Err(err);
             }
         }
     }
-    let mut broker_links = Vec::new();
-    let mut windows = Vec::new();
-    for (name, bp) in &plan.brokers {
-        match &bp.kind {
-            BrokerKind::Remote(r) => {
-                let mut opts = client_options(name, r);
-                obs.remote(name, r, &mut opts);
-                let slot = SettingsSlot::default();
-                opts.settings = Some(slot.clone());
-                if let Some(trigger) = &opts.reconnect {
-                    remotes.insert(name.clone(), (slot, trigger.clone()));
-                }
-                let (link, deliveries) = client::spawn(opts, links_token.clone(), &tracker);
-                windows.push(usize::from(r.inflight).max(1));
-                broker_links.push(BrokerLink {
-                    name: name.clone(),
-                    link,
-                    deliveries,
-                    max_pending: usize::from(r.inflight).max(1),
-                });
-            }
-            BrokerKind::BuiltIn(_) => {
-                let Some(broker) = builtins.iter().find(|b| b.name() == name) else {
-                    continue; // started above
-                };
-                // The bridge's own persistent session on its built-in broker.
-                let (link, deliveries) = broker.link(&format!("mqbridge-bridge-{name}"), false);
-                obs.builtin(broker);
-                windows.push(BUILTIN_PIPE_INFLIGHT);
-                broker_links.push(BrokerLink {
-                    name: name.clone(),
-                    link,
-                    deliveries,
-                    max_pending: pipe::DEFAULT_MAX_PENDING,
-                });
-            }
-        }
-    }
-    // Pipe endpoints are indices into `broker_links`.
-    let names: Vec<String> = broker_links.iter().map(|b| b.name.clone()).collect();
-    let index = |name: &str| names.iter().position(|n| n == name);
-    let links: BTreeMap<String, Link> = broker_links
-        .iter()
-        .map(|b| (b.name.clone(), b.link.clone()))
+    let brokers: BTreeMap<String, BrokerRt> = started.into_iter().collect();
+    let specs = plan
+        .pipes
+        .values()
+        .filter_map(|p| {
+            let (s, d) = (brokers.get(&p.from)?, brokers.get(&p.to)?);
+            Some(pipe_spec(p, s.ix, d.ix, d.window))
+        })
         .collect();
-
-    let mut specs = Vec::new();
-    for p in plan.pipes.values() {
-        let (Some(source), Some(dest)) = (index(&p.from), index(&p.to)) else {
-            continue; // unreachable for a checked plan
-        };
-        specs.push(PipeSpec {
-            name: p.name.clone(),
-            source,
-            dest,
-            filters: p.filters.clone(),
-            rules: PipeRules::new(
-                &p.exclude,
-                p.remap.clone(),
-                match p.qos {
-                    QosRule::Max(q) => QosPolicy::Max(q),
-                    QosRule::Force(q) => QosPolicy::Force(q),
-                },
-                p.retain == RetainRule::Clear,
-                p.max_payload,
-            ),
-            queue_size: p.queue.size,
-            when_full: match p.queue.when_full {
-                DropPolicy::DropOldest => WhenFull::DropOldest,
-                DropPolicy::DropNewest => WhenFull::DropNewest,
-            },
-            rate_limit: p.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
-            inflight: windows.get(dest).copied().unwrap_or(BUILTIN_PIPE_INFLIGHT),
-        });
-    }
-    let pipes = match pipe::start(broker_links, specs) {
-        Ok(p) => p,
+    // The routes are in place before any subscription goes out; the
+    // subscriptions complete in the background (see `RunHandle::ready`).
+    match pipes.update(&[], specs, plan.shutdown_timeout) {
+        Ok(routed) => drop(routed),
         Err(err) => {
+            discard(brokers.into_iter().collect(), &control).await;
             links_token.cancel();
-            tracker.close();
-            tracker.wait().await;
             return Err(err.into());
         }
-    };
+    }
     tracing::info!(
         brokers = plan.brokers.len(),
         pipes = plan.pipes.len(),
         "bridge running"
     );
-    let stats = pipes.stats().to_vec();
+    let stats = pipes.stats();
     obs.pipes(&plan, &stats);
     let obs = obs.start();
     let metrics_addr = obs.addr();
-    let control = obs.control();
-    let subscribed = Some(Box::pin(pipes.subscribed()) as _);
-    let done = tokio::spawn(stop(
-        pipes,
-        shutdown,
-        plan.shutdown_timeout,
-        links.values().cloned().collect(),
+    let pending_subscriptions = pipes.pending_subscriptions();
+    let links = brokers
+        .iter()
+        .map(|(n, b)| (n.clone(), b.link.clone()))
+        .collect();
+    let builtin_addrs = brokers
+        .iter()
+        .filter_map(|(n, b)| Some((n.clone(), b.builtin.as_ref()?.local_addrs())))
+        .collect();
+    let bridge = Arc::new(Mutex::new(Bridge {
+        plan,
+        pipes: Some(pipes),
+        brokers,
+        obs: control,
         links_token,
         tracker,
-        builtins,
-        obs,
-    ));
+    }));
+    let done = tokio::spawn(stop(bridge.clone(), shutdown, obs));
     Ok(RunHandle {
+        bridge,
         stats,
         builtin_addrs,
         links,
         metrics_addr,
-        plan: effective,
-        control,
-        remotes,
-        subscribed,
+        pending_subscriptions,
         done,
     })
 }
 
 /// Waits for the shutdown signal, then runs the graceful stop sequence.
-#[allow(clippy::too_many_arguments)]
 async fn stop(
-    pipes: Pipes,
+    bridge: Arc<Mutex<Bridge>>,
     shutdown: CancellationToken,
-    deadline: Duration,
-    links: Vec<Link>,
-    links_token: CancellationToken,
-    tracker: TaskTracker,
-    builtins: Vec<Broker>,
     obs: ObservabilityHandle,
 ) -> RunReport {
     shutdown.cancelled().await;
+    // A reload in progress finishes first.
+    let mut bridge = bridge.lock().await;
+    let deadline = bridge.plan.shutdown_timeout;
     tracing::info!(timeout = ?deadline, "shutting down: draining pipes");
-    let busy_pipes = pipes.drain(deadline).await;
+    let busy_pipes = match bridge.pipes.take() {
+        Some(pipes) => pipes.drain(deadline).await,
+        None => Vec::new(),
+    };
     if !busy_pipes.is_empty() {
         tracing::warn!(pipes = ?busy_pipes, "pipes still busy at the deadline; their unacknowledged messages will be redelivered by the sources");
     }
@@ -366,107 +417,25 @@ async fn stop(
     // not take the request; cancelling `links_token` below stops it anyway.
     let _ = tokio::time::timeout(
         LINK_CLOSE_TIMEOUT,
-        futures_util::future::join_all(links.iter().map(Link::shutdown)),
+        futures_util::future::join_all(bridge.brokers.values().map(|b| b.link.shutdown())),
     )
     .await;
-    tracker.close();
-    if tokio::time::timeout(LINK_CLOSE_TIMEOUT, tracker.wait())
+    bridge.tracker.close();
+    if tokio::time::timeout(LINK_CLOSE_TIMEOUT, bridge.tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("links did not close in time; cancelling");
     }
-    links_token.cancel();
-    tracker.wait().await;
-    for b in &builtins {
-        b.closed().await;
+    bridge.links_token.cancel();
+    bridge.tracker.wait().await;
+    for b in bridge.brokers.values() {
+        if let Some(broker) = &b.builtin {
+            broker.closed().await;
+        }
     }
     // Last: health and metrics stay visible during the drain.
     obs.stop().await;
     tracing::info!("bridge stopped");
     RunReport { busy_pipes }
-}
-
-fn status_message(topic: &str, payload: &str) -> Message {
-    Message::new(topic, payload.as_bytes().to_vec(), QoS::AtLeastOnce, true)
-}
-
-/// Maps a remote broker's plan onto the client's options.
-fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
-    let endpoints = r
-        .endpoints
-        .iter()
-        .map(|e| Endpoint {
-            host: e.host.clone(),
-            port: e.port,
-            tls: e.scheme == Scheme::Tls,
-        })
-        .collect();
-    let mut o = ClientOptions::new(name, endpoints, r.client_id.clone());
-    o.username = r.username.clone();
-    o.password = r.password.clone();
-    o.keepalive = r.keepalive;
-    o.clean_session = r.clean_session;
-    if let Some(t) = &r.tls {
-        o.tls = TlsOptions {
-            ca_file: t.ca_file.clone(),
-            cert_file: t.cert_file.clone(),
-            key_file: t.key_file.clone(),
-            server_name: t.server_name.clone(),
-            alpn: t.alpn.clone(),
-            insecure: t.insecure,
-        };
-    }
-    o.backoff = BackoffOptions {
-        min: r.reconnect.min,
-        max: r.reconnect.max,
-        jitter: r.reconnect.jitter,
-        stable_after: r.reconnect.stable_after,
-    };
-    o.failback = FailbackOptions {
-        enabled: r.failback.enabled,
-        probe_interval: r.failback.probe_interval,
-        probes_required: r.failback.probes_required,
-    };
-    o.connect_timeout = r.connect_timeout;
-    o.max_packet_size = r.max_packet_size;
-    o.inflight = usize::from(r.inflight).max(1);
-    if let Some(s) = &r.status {
-        o.will = Some(status_message(&s.topic, &s.offline));
-        o.birth = Some(status_message(&s.topic, &s.online));
-    }
-    o
-}
-
-/// Maps a built-in broker's plan onto the broker's options.
-fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
-    BrokerOptions {
-        name: name.to_string(),
-        listeners: b
-            .listeners
-            .iter()
-            .map(|l| broker::ListenerOptions {
-                addr: l.addr,
-                tls: l.tls.as_ref().map(|t| broker::ServerTls {
-                    cert_file: t.cert_file.clone(),
-                    key_file: t.key_file.clone(),
-                    client_ca_file: t.client_ca_file.clone(),
-                    require_client_cert: t.require_client_cert,
-                    cert_cn_as_username: t.cert_cn_as_username,
-                }),
-            })
-            .collect(),
-        allow_anonymous: b.allow_anonymous,
-        password_file: b.password_file.clone(),
-        acl_file: b.acl_file.clone(),
-        limits: broker::Limits {
-            max_connections: b.limits.max_connections,
-            max_packet_size: b.limits.max_packet_size,
-            max_inflight: b.limits.max_inflight,
-            max_queued_messages: b.limits.max_queued_messages,
-            overflow: broker::OverflowPolicy::DropOldest,
-            connect_timeout: b.limits.connect_timeout,
-        },
-        sys_interval: None,
-    }
 }

@@ -3,9 +3,11 @@
 //! the in-process link, and the Mosquitto CLI clients (`mosquitto_pub`,
 //! `mosquitto_sub`, `mosquitto_passwd`; a missing binary fails the test).
 
-mod broker_common;
+mod common;
 
-use broker_common::*;
+use common::broker::*;
+use common::mosquitto::{MosqSub, mosquitto_pub, mosquitto_pub_output, password_file, require_bin};
+use common::wait::{wait_until, within};
 use mqbridge::broker::{Limits, OverflowPolicy};
 use mqbridge::protocol::v4::{
     ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, SubscribeReasonCode,
@@ -93,7 +95,7 @@ async fn rumqttc_client_round_trip() {
 async fn mosquitto_cli_pub_sub_qos2() {
     let b = TestBroker::start().await;
     let mut sub = MosqSub::spawn(b.addr, &["-t", "mc/#", "-q", "2", "-v", "-i", "mc-sub"], 1);
-    sub.wait_subscribed(&b, 1).await;
+    b.wait_subscriptions(1).await;
     mosquitto_pub(b.addr, &["-t", "mc/x", "-m", "via-cli", "-q", "2"]).await;
     assert_eq!(sub.lines().await, vec!["mc/x via-cli".to_string()]);
 }
@@ -468,14 +470,7 @@ async fn acl_file_denies_subscribe_and_drops_publish_with_ack() {
 #[tokio::test]
 async fn password_file_written_by_mosquitto_passwd() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("passwd");
-    let status = std::process::Command::new(require_bin("mosquitto_passwd"))
-        .args(["-c", "-b"])
-        .arg(&pw)
-        .args(["carol", "s3cret"])
-        .status()
-        .expect("run mosquitto_passwd");
-    assert!(status.success());
+    let pw = password_file(dir.path(), &[("carol", "s3cret")]);
     let b = TestBroker::start_with(|o| {
         o.password_file = Some(pw.clone());
         o.allow_anonymous = false;
@@ -503,7 +498,7 @@ async fn password_file_written_by_mosquitto_passwd() {
         &["-t", "pw/t", "-u", "carol", "-P", "s3cret", "-i", "pw-cli"],
         1,
     );
-    sub.wait_subscribed(&b, 1).await;
+    b.wait_subscriptions(1).await;
     mosquitto_pub(
         b.addr,
         &["-t", "pw/t", "-m", "auth-ok", "-u", "carol", "-P", "s3cret"],
@@ -523,7 +518,7 @@ async fn password_file_written_by_mosquitto_passwd() {
 async fn tls_listener_client_cert_cn_as_username() {
     use mqbridge::broker::{ListenerOptions, ServerTls};
     let dir = tempfile::tempdir().unwrap();
-    let pki = broker_common::certs::generate(dir.path(), "sensor-7");
+    let pki = common::certs::generate_for(dir.path(), "sensor-7", "sensor-7");
     let acl = dir.path().join("acl");
     std::fs::write(&acl, "user sensor-7\ntopic readwrite tls/#\n").unwrap();
     let tls = ServerTls {
@@ -562,7 +557,7 @@ async fn tls_listener_client_cert_cn_as_username() {
         v
     };
     let mut sub = MosqSub::spawn_raw(tls_args(true), &["-t", "tls/#", "-v", "-i", "tls-sub"], 1);
-    sub.wait_subscribed(&b, 1).await;
+    b.wait_subscriptions(1).await;
     let out = within(
         tokio::process::Command::new(require_bin("mosquitto_pub"))
             .args(tls_args(true))
@@ -792,7 +787,7 @@ async fn mosquitto_cli_persistent_session_gets_queued_messages() {
     let b = TestBroker::start().await;
     let args = ["-c", "-i", "cs-sub", "-q", "1", "-t", "cs/t", "-v"];
     let mut first = MosqSub::spawn(b.addr, &args, 1);
-    first.wait_subscribed(&b, 1).await;
+    b.wait_subscriptions(1).await;
     mosquitto_pub(b.addr, &["-t", "cs/t", "-m", "m0", "-q", "1"]).await;
     assert_eq!(first.lines().await, vec!["cs/t m0".to_string()]);
     wait_until(|| b.broker.stats().clients_connected == 0).await;
@@ -827,7 +822,7 @@ async fn will_of_killed_mosquitto_client_and_of_taken_over_connection() {
         ],
         1,
     );
-    victim.wait_subscribed(&b, 2).await;
+    b.wait_subscriptions(2).await;
     victim.kill().await;
     let p = watcher.next_publish().await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("wk/cli", &b"gone"[..]));

@@ -15,6 +15,11 @@ fn mqbridge(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run mqbridge: {e}"))
 }
 
+/// `mqbridge route -c <file> --from <from> <topic>` in `dir`.
+fn route(dir: &Path, file: &str, from: &str, topic: &str) -> Output {
+    mqbridge(&["route", "-c", file, "--from", from, topic], dir, &[])
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -139,18 +144,7 @@ fn validate_prints_warnings_and_still_succeeds() {
 #[test]
 fn route_follows_multiple_hops() {
     let dir = config("chain.yaml", CHAIN);
-    let out = mqbridge(
-        &[
-            "route",
-            "-c",
-            "chain.yaml",
-            "--from",
-            "edge",
-            "sensors/pump1/pressure",
-        ],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "chain.yaml", "edge", "sensors/pump1/pressure");
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The rule descriptions come from the topic module; check the hops and topics exactly.
     let stdout = text(&out.stdout);
@@ -182,28 +176,13 @@ fn route_follows_multiple_hops() {
 #[test]
 fn route_shows_exclusions_and_non_matches() {
     let dir = config("chain.yaml", CHAIN);
-    let out = mqbridge(
-        &[
-            "route",
-            "-c",
-            "chain.yaml",
-            "--from",
-            "edge",
-            "sensors/pump1/debug/raw",
-        ],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "chain.yaml", "edge", "sensors/pump1/debug/raw");
     assert!(out.status.success());
     assert_eq!(
         text(&out.stdout),
         "edge: sensors/pump1/debug/raw\n  pipe up → cloud: stops: excluded by `sensors/+/debug/#`\n"
     );
-    let out = mqbridge(
-        &["route", "-c", "chain.yaml", "--from", "edge", "other/topic"],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "chain.yaml", "edge", "other/topic");
     assert_eq!(
         text(&out.stdout),
         "edge: other/topic\n  pipe up → cloud: stops: no filter matches\n"
@@ -216,11 +195,7 @@ fn route_shows_a_loop() {
         "loop.yaml",
         "brokers:\n  a: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n  b: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  ab: {from: a, to: b, topics: ['#'], loop_check: false}\n  ba: {from: b, to: a, topics: ['#'], loop_check: false}\n",
     );
-    let out = mqbridge(
-        &["route", "-c", "loop.yaml", "--from", "a", "t/1"],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "loop.yaml", "a", "t/1");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
@@ -234,18 +209,10 @@ fn route_shows_a_loop() {
 #[test]
 fn route_rejects_unknown_brokers_and_wildcard_topics() {
     let dir = config("chain.yaml", CHAIN);
-    let out = mqbridge(
-        &["route", "-c", "chain.yaml", "--from", "nowhere", "a"],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "chain.yaml", "nowhere", "a");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown broker \"nowhere\" (known: archive, cloud, edge)"));
-    let out = mqbridge(
-        &["route", "-c", "chain.yaml", "--from", "edge", "a/#"],
-        dir.path(),
-        &[],
-    );
+    let out = route(dir.path(), "chain.yaml", "edge", "a/#");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("`a/#` is not a valid topic name"));
 }

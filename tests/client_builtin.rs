@@ -2,19 +2,18 @@
 //! QoS flows both ways (TCP client ↔ in-process link), persistent sessions,
 //! and failover/failback between two brokers by cancelling the first.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::client::{CLIENT_WAIT as WAIT, TestClient, publish_acked};
 use mqbridge::broker::{Broker, BrokerOptions, ListenerOptions};
-use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
-use mqbridge::link::{Delivery, Link, LinkState};
-use mqbridge::protocol::{Message, QoS};
-use tokio::sync::{broadcast, mpsc};
+use mqbridge::client::{ClientEvent, ClientOptions, Endpoint};
+use mqbridge::protocol::QoS;
+use tokio::sync::broadcast;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 async fn start_broker(name: &str, addr: SocketAddr) -> (Broker, CancellationToken) {
     let token = CancellationToken::new();
@@ -33,15 +32,7 @@ fn port(b: &Broker) -> u16 {
     b.local_addrs().first().map(|a| a.port()).expect("listener")
 }
 
-struct Client {
-    link: Link,
-    rx: mpsc::Receiver<Delivery>,
-    events: broadcast::Receiver<ClientEvent>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-}
-
-fn spawn(ports: &[u16], id: &str, clean: bool) -> Client {
+fn spawn(ports: &[u16], id: &str, clean: bool) -> TestClient {
     let eps = ports
         .iter()
         .map(|p| Endpoint::tcp("127.0.0.1", *p))
@@ -53,63 +44,7 @@ fn spawn(ports: &[u16], id: &str, clean: bool) -> Client {
     o.connect_timeout = Duration::from_secs(2);
     o.failback.probe_interval = Duration::from_millis(100);
     o.failback.probes_required = 2;
-    let (tx, events) = broadcast::channel(256);
-    o.events = Some(tx);
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (link, rx) = client::spawn(o, shutdown.clone(), &tracker);
-    Client {
-        link,
-        rx,
-        events,
-        shutdown,
-        tracker,
-    }
-}
-
-impl Client {
-    async fn connected_to(&self, port: u16) -> bool {
-        let want = format!("mqtt://127.0.0.1:{port}");
-        let mut w = self.link.state();
-        let s = timeout(WAIT, async {
-            w.wait_for(|s| matches!(s, LinkState::Connected { endpoint, .. } if *endpoint == want))
-                .await
-                .map(|s| s.clone())
-        })
-        .await;
-        match s {
-            Ok(Ok(LinkState::Connected {
-                session_present, ..
-            })) => session_present,
-            _ => panic!("not connected to {port}: {:?}", *self.link.state().borrow()),
-        }
-    }
-
-    async fn recv(&mut self) -> Delivery {
-        timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for a message")
-            .expect("deliveries closed")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        timeout(WAIT, self.tracker.wait())
-            .await
-            .expect("client stops");
-    }
-}
-
-async fn publish(link: &Link, topic: &str, payload: &str, qos: QoS) {
-    let ack = link
-        .publish(Message::new(topic, payload.to_owned(), qos, false))
-        .await
-        .expect("publish");
-    timeout(WAIT, ack.wait())
-        .await
-        .expect("ack in time")
-        .expect("acked");
+    TestClient::spawn(o)
 }
 
 #[tokio::test]
@@ -132,14 +67,14 @@ async fn qos_flows_between_client_and_builtin_broker() {
         .expect("local subscribe");
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let t = format!("in/{}", qos.as_u8());
-        publish(&local, &t, "to-client", qos).await;
+        publish_acked(&local, &t, "to-client", qos).await;
         let d = c.recv().await;
         assert_eq!((d.message.topic.as_str(), d.message.qos), (t.as_str(), qos));
         d.ack.ack();
 
         // Our TCP client → broker → in-process link.
         let t = format!("out/{}", qos.as_u8());
-        publish(&c.link, &t, "from-client", qos).await;
+        publish_acked(&c.link, &t, "from-client", qos).await;
         let d = timeout(WAIT, local_rx.recv())
             .await
             .expect("local delivery")
@@ -147,7 +82,7 @@ async fn qos_flows_between_client_and_builtin_broker() {
         assert_eq!((d.message.topic.as_str(), d.message.qos), (t.as_str(), qos));
         d.ack.ack();
     }
-    c.stop().await;
+    c.shutdown().await;
     token.cancel();
     broker.closed().await;
 }
@@ -158,15 +93,12 @@ async fn persistent_session_on_builtin_broker() {
     let p = port(&broker);
     let c = spawn(&[p], "builtin-persist", false);
     assert!(!c.connected_to(p).await);
-    c.link
-        .subscribe(vec![("q/#".into(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
-    c.stop().await;
+    c.subscribe("q/#", QoS::AtLeastOnce).await;
+    c.shutdown().await;
 
     let (local, _rx) = broker.link("publisher", true);
     for i in 0..3 {
-        publish(&local, "q/x", &format!("{i}"), QoS::AtLeastOnce).await;
+        publish_acked(&local, "q/x", &format!("{i}"), QoS::AtLeastOnce).await;
     }
     let mut c = spawn(&[p], "builtin-persist", false);
     assert!(c.connected_to(p).await, "session resumed");
@@ -175,7 +107,7 @@ async fn persistent_session_on_builtin_broker() {
         assert_eq!(d.message.payload, format!("{i}").into_bytes());
         d.ack.ack();
     }
-    c.stop().await;
+    c.shutdown().await;
     token.cancel();
     broker.closed().await;
 }
@@ -190,16 +122,13 @@ async fn failover_and_failback_between_builtin_brokers() {
     let (pa, pb) = (port(&a), port(&b));
     let mut c = spawn(&[pa, pb], "builtin-failover", true);
     c.connected_to(pa).await;
-    c.link
-        .subscribe(vec![("f/#".into(), QoS::AtLeastOnce)])
-        .await
-        .expect("subscribe");
+    c.subscribe("f/#", QoS::AtLeastOnce).await;
 
     a_token.cancel();
     a.closed().await;
     c.connected_to(pb).await;
     let (local_b, _rx) = b.link("pub-b", true);
-    publish(&local_b, "f/1", "via-b", QoS::AtLeastOnce).await;
+    publish_acked(&local_b, "f/1", "via-b", QoS::AtLeastOnce).await;
     let d = c.recv().await;
     assert_eq!(&d.message.payload[..], b"via-b");
     d.ack.ack();
@@ -219,12 +148,12 @@ async fn failover_and_failback_between_builtin_brokers() {
     assert_eq!(ev, format!("mqtt://127.0.0.1:{pa}"));
     c.connected_to(pa).await;
     let (local_a, _rx) = a2.link("pub-a", true);
-    publish(&local_a, "f/2", "back-on-a", QoS::AtLeastOnce).await;
+    publish_acked(&local_a, "f/2", "back-on-a", QoS::AtLeastOnce).await;
     let d = c.recv().await;
     assert_eq!(&d.message.payload[..], b"back-on-a");
     d.ack.ack();
 
-    c.stop().await;
+    c.shutdown().await;
     for t in [a2_token, b_token] {
         t.cancel();
     }

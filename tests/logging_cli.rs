@@ -2,13 +2,12 @@
 //! line with key/value fields at the top level, and a bad `--log-level` is
 //! refused with a clear message.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const WAIT: Duration = Duration::from_secs(20);
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::process::{JsonLogRun, LOG_WAIT, mqbridge};
 
 fn config_file(yaml: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()
@@ -24,7 +23,7 @@ const CONFIG: &str = "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://1
 #[test]
 fn bad_log_filter_is_refused() {
     let cfg = config_file(CONFIG);
-    let out = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+    let out = mqbridge()
         .args(["--log-level", "mqbridge=loud", "validate", "--config"])
         .arg(cfg.path())
         .env_remove("RUST_LOG")
@@ -38,33 +37,13 @@ fn bad_log_filter_is_refused() {
 #[test]
 fn json_logs_carry_fields_and_metrics_answer() {
     let cfg = config_file(CONFIG);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(cfg.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mqbridge");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut bridge = JsonLogRun::spawn(&[], cfg.path());
     // Read lines until the metrics endpoint announces its address.
     let mut addr = None;
     let mut seen = Vec::new();
     while addr.is_none() {
-        let line = match rx.recv_timeout(WAIT) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no metrics address logged; got:\n{}", seen.join("\n"));
-            }
+        let Ok(line) = bridge.lines.recv_timeout(LOG_WAIT) else {
+            panic!("no metrics address logged; got:\n{}", seen.join("\n"));
         };
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
@@ -81,7 +60,7 @@ fn json_logs_carry_fields_and_metrics_answer() {
     let addr = addr.expect("addr field");
 
     let mut s = TcpStream::connect(&addr).expect("connect metrics");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.set_read_timeout(Some(LOG_WAIT)).expect("timeout");
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .expect("write");
     let mut resp = String::new();
@@ -89,22 +68,14 @@ fn json_logs_carry_fields_and_metrics_answer() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"alive""#), "{resp}");
 
-    wait_message(
-        &rx,
-        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
-    );
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait");
+    bridge.wait_message("waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads");
+    bridge.signal("-TERM");
+    let status = bridge.child.wait().expect("wait");
     assert!(status.success(), "SIGTERM → graceful exit 0, got {status}");
     // The shutdown is logged as JSON too.
     // The reader thread ends at EOF (the process is gone), closing the channel.
     let mut rest = Vec::new();
-    while let Ok(l) = rx.recv_timeout(WAIT) {
+    while let Ok(l) = bridge.lines.recv_timeout(LOG_WAIT) {
         rest.push(l);
     }
     assert!(
@@ -114,103 +85,41 @@ fn json_logs_carry_fields_and_metrics_answer() {
     );
 }
 
-/// Waits for a JSON log line whose `message` is `msg`; returns it.
-fn wait_message(rx: &mpsc::Receiver<String>, msg: &str) -> serde_json::Value {
-    let mut seen = Vec::new();
-    loop {
-        let Ok(line) = rx.recv_timeout(WAIT) else {
-            panic!("no log line {msg:?}; got:\n{}", seen.join("\n"));
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-        if v.get("message").and_then(|m| m.as_str()) == Some(msg) {
-            return v;
-        }
-        seen.push(line);
-    }
-}
-
 #[test]
 fn sighup_reloads_and_an_invalid_file_keeps_the_running_config() {
     let cfg = config_file(CONFIG);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(cfg.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mqbridge");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    wait_message(
-        &rx,
-        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
-    );
-    let pid = child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    };
+    let mut bridge = JsonLogRun::spawn(&[], cfg.path());
+    bridge.wait_message("waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads");
 
     std::fs::write(cfg.path(), "brokers:\n  edge: {type: nonsense}\n").expect("write");
-    signal("-HUP");
-    let err = wait_message(&rx, "reload rejected: configuration error");
+    bridge.signal("-HUP");
+    let err = bridge.wait_message("reload rejected: configuration error");
     assert!(err.get("error").is_some(), "{err}");
-    wait_message(&rx, "reload rejected; keeping the running configuration");
+    bridge.wait_message("reload rejected; keeping the running configuration");
 
     std::fs::write(
         cfg.path(),
         format!("{CONFIG}watchdog:\n  stall_after: 5s\n"),
     )
     .expect("write");
-    signal("-HUP");
-    let ok = wait_message(&rx, "configuration reloaded");
+    bridge.signal("-HUP");
+    let ok = bridge.wait_message("configuration reloaded");
     let applied = ok
         .get("applied")
         .map(ToString::to_string)
         .unwrap_or_default();
     assert!(applied.contains("watchdog.stall_after"), "{ok}");
 
-    signal("-TERM");
-    let status = child.wait().expect("wait");
+    bridge.signal("-TERM");
+    let status = bridge.child.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
 
 #[test]
 fn watch_reloads_when_the_file_changes() {
     let cfg = config_file(CONFIG);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
-        .args(["--log-format", "json", "run", "--watch", "--config"])
-        .arg(cfg.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mqbridge");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let ready = wait_message(
-        &rx,
-        "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads",
-    );
+    let mut bridge = JsonLogRun::spawn(&["--watch"], cfg.path());
+    let ready = bridge.wait_message("waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads");
     assert_eq!(
         ready.get("watch"),
         Some(&serde_json::Value::Bool(true)),
@@ -221,13 +130,9 @@ fn watch_reloads_when_the_file_changes() {
         format!("{CONFIG}watchdog:\n  stall_after: 9s\n"),
     )
     .expect("write");
-    wait_message(&rx, "config file changed: reloading");
-    let ok = wait_message(&rx, "configuration reloaded");
+    bridge.wait_message("config file changed: reloading");
+    let ok = bridge.wait_message("configuration reloaded");
     assert!(ok.to_string().contains("watchdog.stall_after"), "{ok}");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    assert!(child.wait().expect("wait").success());
+    bridge.signal("-TERM");
+    assert!(bridge.child.wait().expect("wait").success());
 }

@@ -2,9 +2,13 @@
 //! through the typed handles appear in `/metrics`, `/readyz` follows the
 //! status board, and the server stops on its shutdown future.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::http::{get, value};
+use common::wait::STEP;
 use mqbridge::metrics::health::{BrokerKind, PipeProgress, Watchdog};
 use mqbridge::metrics::status::StatusBoard;
 use mqbridge::metrics::watch::{WatchedPipe, check_pipes};
@@ -12,46 +16,9 @@ use mqbridge::metrics::{
     BuiltinBrokerMetrics, DisconnectReason, DropReason, PipeMetrics, RemoteBrokerMetrics, builder,
     describe_all, server,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-
-const STEP: Duration = Duration::from_secs(10);
-
-/// Minimal HTTP/1.1 GET: returns (status code, body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = timeout(STEP, TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    timeout(STEP, s.read_to_end(&mut buf))
-        .await
-        .expect("read timed out")
-        .expect("read");
-    let text = String::from_utf8(buf).expect("utf8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
-}
-
-/// The value of the sample line starting with `series ` (exact series text).
-fn value(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 struct Server {
     addr: std::net::SocketAddr,

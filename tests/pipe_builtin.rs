@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::bridge::{Sub, WAIT, plan, publish, remote, unique};
+use common::bridge::{Sub, WAIT, publish, remote, start_run, stop_run, unique};
 use common::mosquitto::Mosquitto;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 fn yaml(p: &str, m_port: u16) -> String {
     format!(
@@ -19,11 +18,7 @@ fn yaml(p: &str, m_port: u16) -> String {
 async fn builtin_to_mosquitto_and_mosquitto_to_builtin() {
     let m = Mosquitto::start();
     let p = unique("bi");
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml(&p, m.port)), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, mut run) = start_run(&yaml(&p, m.port)).await;
     timeout(WAIT, run.ready())
         .await
         .expect("ready again is immediate");
@@ -59,8 +54,7 @@ async fn builtin_to_mosquitto_and_mosquitto_to_builtin() {
         run.pipe_stats("down").expect("down").snapshot().forwarded,
         1
     );
-    token.cancel();
-    let report = timeout(WAIT, run.finished()).await.expect("stopped");
+    let report = stop_run(token, run).await;
     assert!(report.busy_pipes.is_empty());
 }
 
@@ -68,17 +62,12 @@ async fn builtin_to_mosquitto_and_mosquitto_to_builtin() {
 async fn status_topic_is_online_while_running_and_offline_after_shutdown() {
     let m = Mosquitto::start();
     let p = unique("st");
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml(&p, m.port)), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, run) = start_run(&yaml(&p, m.port)).await;
     let topic = format!("mqbridge/{p}-m/status");
     let mut s = Sub::start(m.port, &unique("st-sub"), &topic, 1, false).await;
     let got = s.next().await.expect("retained status");
     assert_eq!((got.payload.as_str(), got.retain), ("online", true));
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    stop_run(token, run).await;
     let got = s.next().await.expect("offline on shutdown");
     assert_eq!(got.payload, "offline");
     // Retained: a new subscriber sees `offline`.

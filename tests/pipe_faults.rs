@@ -8,15 +8,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::bridge::{SeqCount, Sub, WAIT, plan, publish, publish_many, remote, seq_msgs, unique};
+use common::bridge::{
+    SeqCount, Sub, link_goes_down, publish, publish_many, remote, seq_msgs, start_run, stop_run,
+    unique,
+};
 use common::mosquitto::Mosquitto;
-use mqbridge::link::LinkState;
+use common::process::BridgeProcess;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 /// Messages per test.
 const N: u64 = 3000;
@@ -38,26 +38,6 @@ fn yaml(p: &str, a: u16, b: u16, rate: Option<u32>) -> String {
         remote("a", a, &format!("{p}-bridge-a")),
         remote("b", b, &format!("{p}-bridge-b")),
     )
-}
-
-/// Receives until `want` distinct sequence numbers were seen.
-async fn collect(sub: &mut Sub, seen: &mut SeqCount, want: usize) {
-    timeout(COLLECT, async {
-        while seen.unique() < want {
-            match sub.rx.recv().await {
-                Some(got) => seen.add(&got.payload),
-                None => panic!("subscriber ended"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "only {} of {want} distinct messages arrived; first missing: {:?}",
-            seen.unique(),
-            seen.missing(N).iter().take(10).collect::<Vec<_>>()
-        )
-    });
 }
 
 fn check(seen: &SeqCount, what: &str) {
@@ -83,57 +63,44 @@ fn check_within(seen: &SeqCount, what: &str, max_dups: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_b_mid_stream_loses_nothing() {
-    let a = Mosquitto::start_with(BROKER_CONF);
+/// Streams `N` messages A → B (rate limited, so most of it is still A's
+/// backlog for the bridge), restarts A or B gracefully once a third arrived,
+/// and hands what B's persistent subscriber saw to `check`.
+async fn restart_mid_stream(tag: &str, restart_a: bool, check: impl FnOnce(&SeqCount)) {
+    let mut a = Mosquitto::start_with(BROKER_CONF);
     let mut b = Mosquitto::start_with(BROKER_CONF);
-    let p = unique("rb");
+    let p = unique(tag);
     let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml(&p, a.port, b.port, Some(1000))), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, run) = start_run(&yaml(&p, a.port, b.port, Some(1000))).await;
+    // Everything is in A (acknowledged by A) before the restart.
     publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
     let mut seen = SeqCount::default();
-    collect(&mut sub, &mut seen, (N / 3) as usize).await;
+    sub.collect_seq(&mut seen, (N / 3) as usize, N, COLLECT)
+        .await;
+    let restarted = if restart_a { &mut a } else { &mut b };
     tokio::task::block_in_place(|| {
-        b.stop();
-        b.start_again();
+        restarted.stop();
+        restarted.start_again();
     });
-    collect(&mut sub, &mut seen, N as usize).await;
-    check(&seen, "restart B");
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    sub.collect_seq(&mut seen, N as usize, N, COLLECT).await;
+    check(&seen);
+    stop_run(token, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_b_mid_stream_loses_nothing() {
+    restart_mid_stream("rb", false, |seen| check(seen, "restart B")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_a_mid_stream_loses_nothing() {
-    let mut a = Mosquitto::start_with(BROKER_CONF);
-    let b = Mosquitto::start_with(BROKER_CONF);
-    let p = unique("ra");
-    let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml(&p, a.port, b.port, Some(1000))), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
-    // Everything is in A (acknowledged by A) before A restarts; the bridge
-    // is rate limited, so most of it is still A's backlog for the bridge.
-    publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
-    let mut seen = SeqCount::default();
-    collect(&mut sub, &mut seen, (N / 3) as usize).await;
-    tokio::task::block_in_place(|| {
-        a.stop();
-        a.start_again();
-    });
-    collect(&mut sub, &mut seen, N as usize).await;
     // A restarted Mosquitto also redelivers what it had not yet saved as
     // acknowledged: up to `autosave_interval` (1 s) of traffic at the pipe's
     // 1,000 msg/s rate, on top of the bridge's own windows.
-    check_within(&seen, "restart A", MAX_DUPS + 1000);
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    restart_mid_stream("ra", true, |seen| {
+        check_within(seen, "restart A", MAX_DUPS + 1000)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,20 +109,8 @@ async fn b_unreachable_for_a_while_then_back_loses_nothing() {
     let mut b = Mosquitto::start_with(BROKER_CONF);
     let p = unique("bu");
     let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml(&p, a.port, b.port, None)), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
-    let mut b_state = run.link("b").expect("link b").state();
-    tokio::task::block_in_place(|| b.stop());
-    timeout(
-        WAIT,
-        b_state.wait_for(|s| !matches!(s, LinkState::Connected { .. })),
-    )
-    .await
-    .expect("bridge notices B is gone")
-    .expect("state watch");
+    let (token, run) = start_run(&yaml(&p, a.port, b.port, None)).await;
+    link_goes_down(&run, "b", || b.stop()).await;
     // The whole stream is published while B is down: A holds the backlog.
     publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
     let stats = run.pipe_stats("ab").expect("stats");
@@ -166,38 +121,9 @@ async fn b_unreachable_for_a_while_then_back_loses_nothing() {
     );
     tokio::task::block_in_place(|| b.start_again());
     let mut seen = SeqCount::default();
-    collect(&mut sub, &mut seen, N as usize).await;
+    sub.collect_seq(&mut seen, N as usize, N, COLLECT).await;
     check(&seen, "B unreachable");
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
-}
-
-/// The `mqbridge` binary running a config; SIGKILLed on drop.
-struct BridgeProcess(Child);
-
-impl BridgeProcess {
-    fn spawn(config: &Path) -> BridgeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
-            .args(["run", "--log-level", "warn", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mqbridge");
-        BridgeProcess(child)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for BridgeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    stop_run(token, run).await;
 }
 
 /// Publishes probes on A until one crosses to `sub`: the bridge process is up and subscribed.
@@ -234,9 +160,10 @@ async fn kill_9_the_bridge_mid_stream_and_restart_loses_nothing() {
     wait_crossing(a.port, &format!("{p}/probe"), &mut sub).await;
     publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
     let mut seen = SeqCount::default();
-    collect(&mut sub, &mut seen, (N / 3) as usize).await;
+    sub.collect_seq(&mut seen, (N / 3) as usize, N, COLLECT)
+        .await;
     bridge.kill9();
     let _bridge = BridgeProcess::spawn(&cfg);
-    collect(&mut sub, &mut seen, N as usize).await;
+    sub.collect_seq(&mut seen, N as usize, N, COLLECT).await;
     check(&seen, "kill -9 bridge");
 }

@@ -9,13 +9,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::bridge::{WAIT, plan, remote, unique};
+use common::bridge::{link_goes_down, remotes_ab, start_run, unique};
 use common::mosquitto::Mosquitto;
-use mqbridge::link::LinkState;
 use mqbridge::pipe::stats::DropReason;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 /// Messages in the flood, and their size: 100 MiB in total.
 const FLOOD: usize = 100_000;
@@ -38,24 +36,11 @@ async fn qos0_flood_into_a_dead_destination_stays_bounded() {
     let mut b = Mosquitto::start();
     let p = unique("flood");
     let yaml = format!(
-        "brokers:\n{}{}pipes:\n  ab:\n    from: a\n    to: b\n    topics: [{p}/#]\n    queue: {{ size: 1000, when_full: drop_oldest }}\n",
-        remote("a", a.port, &format!("{p}-a")),
-        remote("b", b.port, &format!("{p}-b")),
+        "{}pipes:\n  ab:\n    from: a\n    to: b\n    topics: [{p}/#]\n    queue: {{ size: 1000, when_full: drop_oldest }}\n",
+        remotes_ab(&p, a.port, b.port)
     );
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
-    let mut b_state = run.link("b").expect("link b").state();
-    tokio::task::block_in_place(|| b.kill());
-    timeout(
-        WAIT,
-        b_state.wait_for(|s| !matches!(s, LinkState::Connected { .. })),
-    )
-    .await
-    .expect("bridge notices B is dead")
-    .expect("state watch");
+    let (token, run) = start_run(&yaml).await;
+    link_goes_down(&run, "b", || b.kill()).await;
 
     let before = rss_kib();
     let mut o = MqttOptions::new(unique("flooder"), "127.0.0.1", a.port);

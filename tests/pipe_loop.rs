@@ -8,11 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::bridge::{Sub, WAIT, plan, publish_many, remote, seq_msgs, unique};
+use common::bridge::{Sub, publish_many, remotes_ab, seq_msgs, start_run, stop_run, unique};
 use common::mosquitto::Mosquitto;
 use mqbridge::pipe::stats::DropReason;
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 const M: u64 = 100;
 
@@ -22,15 +20,10 @@ async fn hash_pipes_both_ways_deliver_once_per_side_and_settle() {
     let b = Mosquitto::start();
     let p = unique("loop");
     let yaml = format!(
-        "brokers:\n{}{}pipes:\n  ab:\n    from: a\n    to: b\n    topics: ['#']\n    loop_check: false\n  ba:\n    from: b\n    to: a\n    topics: ['#']\n    loop_check: false\n",
-        remote("a", a.port, &format!("{p}-a")),
-        remote("b", b.port, &format!("{p}-b")),
+        "{}pipes:\n  ab:\n    from: a\n    to: b\n    topics: ['#']\n    loop_check: false\n  ba:\n    from: b\n    to: a\n    topics: ['#']\n    loop_check: false\n",
+        remotes_ab(&p, a.port, b.port)
     );
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml), token.clone())
-        .await
-        .expect("run");
-    timeout(WAIT, run.ready()).await.expect("subscribed");
+    let (token, run) = start_run(&yaml).await;
     let mut on_a = Sub::start(a.port, &unique("sa"), &format!("{p}/#"), 1, false).await;
     let mut on_b = Sub::start(b.port, &unique("sb"), &format!("{p}/#"), 1, false).await;
 
@@ -76,6 +69,5 @@ async fn hash_pipes_both_ways_deliver_once_per_side_and_settle() {
         ba.dropped(DropReason::Loop) >= M,
         "ba stopped the copies coming back: {ba:?}"
     );
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    stop_run(token, run).await;
 }

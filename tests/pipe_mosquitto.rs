@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::bridge::{Sub, plan, publish, remote, unique};
+use common::bridge::{Sub, plan, publish, remotes_ab, start_run, stop_run, unique};
 use common::mosquitto::Mosquitto;
+use common::wait::WAIT;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -14,17 +15,10 @@ async fn a_to_b_filters_exclusions_remaps_and_qos() {
     let b = Mosquitto::start();
     let p = unique("fx");
     let yaml = format!(
-        "brokers:\n{}{}pipes:\n  ab:\n    from: a\n    to: b\n    topics:\n      - filter: {p}/in/#\n        qos: 2\n    exclude: [{p}/in/secret/#]\n    remap:\n      - from: {p}/in/+/x/#\n        to: {p}/out/{{1}}/{{#}}\n  capped:\n    from: a\n    to: b\n    topics: [{p}/cap/#]\n    qos: {{ max: 0 }}\n  forced:\n    from: a\n    to: b\n    topics: [{p}/force/#]\n    qos: {{ force: 2 }}\n",
-        remote("a", a.port, &format!("{p}-a")),
-        remote("b", b.port, &format!("{p}-b")),
+        "{}pipes:\n  ab:\n    from: a\n    to: b\n    topics:\n      - filter: {p}/in/#\n        qos: 2\n    exclude: [{p}/in/secret/#]\n    remap:\n      - from: {p}/in/+/x/#\n        to: {p}/out/{{1}}/{{#}}\n  capped:\n    from: a\n    to: b\n    topics: [{p}/cap/#]\n    qos: {{ max: 0 }}\n  forced:\n    from: a\n    to: b\n    topics: [{p}/force/#]\n    qos: {{ force: 2 }}\n",
+        remotes_ab(&p, a.port, b.port)
     );
-    let token = CancellationToken::new();
-    let mut run = mqbridge::run(plan(&yaml), token.clone())
-        .await
-        .expect("run");
-    timeout(common::bridge::WAIT, run.ready())
-        .await
-        .expect("subscribed");
+    let (token, run) = start_run(&yaml).await;
     let mut sub = Sub::start(b.port, &unique("sub"), &format!("{p}/#"), 2, false).await;
 
     publish(a.port, &format!("{p}/in/secret/z"), "hidden", 1, false).await;
@@ -56,10 +50,7 @@ async fn a_to_b_filters_exclusions_remaps_and_qos() {
     let ab = run.pipe_stats("ab").expect("stats").snapshot();
     assert_eq!(ab.dropped(mqbridge::pipe::stats::DropReason::Excluded), 1);
     assert_eq!(ab.forwarded, 2);
-    token.cancel();
-    let report = timeout(common::bridge::WAIT, run.finished())
-        .await
-        .expect("stopped");
+    let report = stop_run(token, run).await;
     assert!(report.busy_pipes.is_empty());
 }
 
@@ -73,16 +64,16 @@ async fn retained_messages_keep_or_clear_their_flag() {
     publish(a.port, &format!("{p}/keep/state"), "on", 1, true).await;
     publish(a.port, &format!("{p}/clear/state"), "off", 1, true).await;
     let yaml = format!(
-        "brokers:\n{}{}pipes:\n  keep:\n    from: a\n    to: b\n    topics: [{p}/keep/#]\n  clear:\n    from: a\n    to: b\n    topics: [{p}/clear/#]\n    retain: clear\n",
-        remote("a", a.port, &format!("{p}-a")),
-        remote("b", b.port, &format!("{p}-b")),
+        "{}pipes:\n  keep:\n    from: a\n    to: b\n    topics: [{p}/keep/#]\n  clear:\n    from: a\n    to: b\n    topics: [{p}/clear/#]\n    retain: clear\n",
+        remotes_ab(&p, a.port, b.port)
     );
     // A live subscriber on B sees both cross (with retain=0, as live deliveries do).
     let mut live = Sub::start(b.port, &unique("live"), &format!("{p}/#"), 1, false).await;
     let token = CancellationToken::new();
-    let _run = mqbridge::run(plan(&yaml), token.clone())
+    let mut run = mqbridge::run(plan(&yaml), token.clone())
         .await
         .expect("run");
+    timeout(WAIT, run.ready()).await.expect("bridge subscribed");
     let mut crossed = [
         live.next().await.expect("first"),
         live.next().await.expect("second"),
@@ -100,6 +91,5 @@ async fn retained_messages_keep_or_clear_their_flag() {
         None,
         "cleared copy is not retained"
     );
-    token.cancel();
-    _run.finished().await;
+    stop_run(token, run).await;
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::process::Command;
 
 #[test]
 fn config_error_prints_every_error_and_opens_no_connection() {
@@ -23,7 +22,7 @@ fn config_error_prints_every_error_and_opens_no_connection() {
         ),
     )
     .expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+    let out = common::process::mqbridge()
         .args(["run", "--config"])
         .arg(&cfg)
         .output()
@@ -52,7 +51,7 @@ fn config_error_prints_every_error_and_opens_no_connection() {
 async fn sigterm_exits_zero_with_offline_status() {
     use common::bridge::{Sub, WAIT, remote, unique};
     use common::mosquitto::Mosquitto;
-    use std::time::{Duration, Instant};
+    use common::process::BridgeProcess;
 
     let m = Mosquitto::start();
     let p = unique("term");
@@ -61,39 +60,18 @@ async fn sigterm_exits_zero_with_offline_status() {
     std::fs::write(
         &cfg,
         format!(
-            "brokers:\n{}  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  down:\n    from: m\n    to: edge\n    topics: [{p}/#]\n",
+            "brokers:\n{}  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  down:\n    from: m\n    to: edge\n    topics: [{p}/#]\nmetrics:\n  listen: 127.0.0.1:0\n",
             remote("m", m.port, &format!("{p}-m"))
         ),
     )
     .expect("write config");
     let status = format!("mqbridge/{p}-m/status");
     let mut watch = Sub::start(m.port, &unique("w"), &status, 1, false).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbridge"))
-        .args(["run", "--log-level", "warn", "--config"])
-        .arg(&cfg)
-        .spawn()
-        .expect("spawn mqbridge");
+    let mut bridge = BridgeProcess::spawn(&cfg);
     let got = watch.next().await.expect("online status");
     assert_eq!(got.payload, "online");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mqbridge did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    bridge.signal("-TERM");
+    let exit = bridge.exited_within(WAIT).await;
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
     let got = watch.next().await.expect("offline status");
     assert_eq!(got.payload, "offline");

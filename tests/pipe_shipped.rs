@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::bridge::{Sub, WAIT, publish, unique};
+use common::bridge::{Sub, WAIT, publish, stop_run, unique};
 use mqbridge::config::{self, BrokerKind};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,8 @@ async fn shipped_bridges_yaml_forwards_and_remaps_as_documented() {
             }
         }
     }
+    // Its own metrics port too: 9464 may be taken (e.g. by a running bridge).
+    plan.metrics.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let token = CancellationToken::new();
     let mut run = mqbridge::run(plan, token.clone()).await.expect("run");
     timeout(WAIT, run.ready()).await.expect("subscribed");
@@ -51,6 +53,5 @@ async fn shipped_bridges_yaml_forwards_and_remaps_as_documented() {
         None,
         "debug stream excluded"
     );
-    token.cancel();
-    timeout(WAIT, run.finished()).await.expect("stopped");
+    stop_run(token, run).await;
 }

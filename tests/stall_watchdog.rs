@@ -4,22 +4,21 @@
 //! counted once, the destination link is forced to reconnect, the messages
 //! are resent and acknowledged on the new connection, and `/readyz` is 200 again.
 
-#[path = "common/fake_broker.rs"]
-mod fake_broker;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fake_broker::FakeBroker;
+use common::fake_broker::FakeBroker;
+use common::http::{get, readyz_becomes_within, value};
 use mqbridge::client::{self, ClientOptions, Endpoint};
 use mqbridge::metrics::health::{Action, BrokerKind, PipeProgress};
 use mqbridge::metrics::status::StatusBoard;
 use mqbridge::metrics::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
 use mqbridge::metrics::{PipeMetrics, RemoteBrokerMetrics, builder, server};
 use mqbridge::protocol::{Message, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -28,47 +27,6 @@ use tokio_util::task::TaskTracker;
 const DEADLINE: Duration = Duration::from_secs(15);
 const STALL_AFTER: Duration = Duration::from_millis(400);
 const MESSAGES: u64 = 3;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8(buf).expect("utf8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (code, body.to_owned())
-}
-
-fn value(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Polls `/readyz` until it answers `code` (a condition wait, bounded by DEADLINE).
-async fn readyz_becomes(addr: std::net::SocketAddr, code: u16) -> String {
-    timeout(DEADLINE, async {
-        loop {
-            let (c, body) = get(addr, "/readyz").await;
-            if c == code {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("/readyz never answered {code}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedged_destination_stalls_reconnects_and_recovers() {
@@ -117,7 +75,7 @@ async fn wedged_destination_stalls_reconnects_and_recovers() {
         },
         async move { stop.cancelled().await },
     ));
-    readyz_becomes(addr, 200).await;
+    readyz_becomes_within(addr, 200, DEADLINE).await;
 
     // A stand-in for the pipe: publish QoS 1, count acks as forwards.
     let forwarded = Arc::new(AtomicU64::new(0));
@@ -174,11 +132,11 @@ async fn wedged_destination_stalls_reconnects_and_recovers() {
     ));
 
     // Stall detected and shown.
-    let body = readyz_becomes(addr, 503).await;
+    let body = readyz_becomes_within(addr, 503, DEADLINE).await;
     assert!(body.contains("pipe stall_pipe is stalled"), "{body}");
     assert!(body.contains(r#""state":"stalled""#), "{body}");
     // Reconnect → resend → acked → recovered.
-    let body = readyz_becomes(addr, 200).await;
+    let body = readyz_becomes_within(addr, 200, DEADLINE).await;
     assert!(!body.contains("stalled"), "{body}");
     assert_eq!(
         forwarded.load(Ordering::SeqCst),

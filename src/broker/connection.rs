@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::acl::Op;
 use super::listener::Context;
-use super::outlet::{Out, OutletRx, outlet};
-use super::router::{Ack, Event, Reply};
+use super::outlet::{Gate, Out, OutletRx, outlet};
+use super::router::{Ack, Event, MAX_PARKED, Reply};
 use super::session::{ConnId, Origin};
 use super::stats::{DropReason, RefuseReason};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
@@ -90,6 +90,7 @@ where
     };
     let conn = next_conn_id();
     let (out, out_rx) = outlet();
+    let parked = out.parked().clone();
     let stop = out_rx.stop_token();
     ctx.tracker.spawn(write_loop(wr, out_rx, stop.clone()));
     let (reply, session_present) = oneshot::channel();
@@ -116,6 +117,7 @@ where
         peer,
         conn,
         client,
+        parked,
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
     stop.cancel();
@@ -307,6 +309,8 @@ struct Reader<'a> {
     peer: SocketAddr,
     conn: ConnId,
     client: Client,
+    /// Our publishes the router holds unacknowledged (see [`MAX_PARKED`]).
+    parked: Gate,
 }
 
 impl Reader<'_> {
@@ -339,6 +343,20 @@ impl Reader<'_> {
                 *buf = BytesMut::with_capacity(chunk);
             }
             buf.reserve(chunk);
+            if self.parked.get() >= MAX_PARKED {
+                // The client ignores its inflight window while a link session
+                // pushes back: stop reading it (TCP backpressure) until the
+                // router released some of its publishes.
+                tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
+                    _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into()),
+                    _ = self.parked.below(MAX_PARKED) => {}
+                }
+                // We did not read: the client's silence is ours.
+                if let Some(k) = keepalive {
+                    deadline = Instant::now() + k;
+                }
+            }
             let read = tokio::select! {
                 // Broker shutdown: close without will.
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,

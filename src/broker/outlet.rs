@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::v4::Packet;
@@ -29,6 +29,50 @@ pub(crate) struct Outlet {
     pending: Arc<AtomicUsize>,
     /// Stops the connection at once (reader and writer), queued data or not.
     stop: CancellationToken,
+    /// The client's publishes parked unacknowledged by the router.
+    parked: Gate,
+}
+
+/// Count of a connection's publishes the router holds unacknowledged
+/// (parked behind a full local link session). The connection's reader stops
+/// reading while it is at the bound, so a client that ignores its own
+/// inflight window cannot make the broker buffer without bound.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Gate {
+    count: Arc<AtomicUsize>,
+    changed: Arc<Notify>,
+}
+
+impl Gate {
+    /// Publishes parked now.
+    pub fn get(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    /// One more publish parked.
+    pub fn add(&self) {
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// `n` parked publishes released (or dropped); wakes the reader.
+    pub fn sub(&self, n: usize) {
+        self.count.fetch_sub(n, Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits while `bound` or more publishes are parked.
+    pub async fn below(&self, bound: usize) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a `sub` in between is not missed.
+            changed.as_mut().enable();
+            if self.get() < bound {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// Receiving side, held by the connection's writer (or the local link task).
@@ -49,6 +93,7 @@ pub(crate) fn outlet() -> (Outlet, OutletRx) {
             tx,
             pending: pending.clone(),
             stop: stop.clone(),
+            parked: Gate::default(),
         },
         OutletRx { rx, pending, stop },
     )
@@ -80,6 +125,11 @@ impl Outlet {
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
     }
+
+    /// The count of this connection's parked publishes.
+    pub fn parked(&self) -> &Gate {
+        &self.parked
+    }
 }
 
 impl OutletRx {
@@ -96,5 +146,31 @@ impl OutletRx {
     /// Marks `n` packets as written.
     pub fn written(&self, n: usize) {
         self.pending.fetch_sub(n, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn gate_blocks_at_the_bound_and_opens_on_release() {
+        let gate = Gate::default();
+        gate.add();
+        gate.add();
+        assert!(gate.below(3).now_or_never().is_some());
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.below(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        gate.sub(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("released")
+            .expect("task");
+        assert_eq!(gate.get(), 1);
     }
 }

@@ -3,7 +3,7 @@
 //! router). It drives the shared protocol state machines and writes to each
 //! client through its [`Outlet`]; it never awaits a client.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use super::session::{Attached, ConnId, Origin, Session};
 use super::stats::Counters;
 use super::sys;
 use super::{Limits, Security};
-use crate::link::LinkError;
+use crate::link::{AckToken, LinkError};
 use crate::protocol::v4::{
     ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
@@ -35,8 +35,20 @@ const INBOX: usize = 4096;
 const HARD_CAP_SLACK: usize = 1024;
 /// Events handled per wake-up.
 const BATCH: usize = 256;
+/// Un-acknowledged publishes the router may hold parked for one network
+/// connection; its reader stops reading at this count. A client keeping to
+/// its own inflight window (typically 10–100) never gets near it.
+pub(crate) const MAX_PARKED: usize = 1024;
 
 type SessionId = u64;
+
+/// A QoS 1/2 publish held back because a local link session it goes to is
+/// full: routed, and acknowledged to its publisher, once that session has room.
+#[derive(Debug)]
+struct Parked {
+    message: Message,
+    token: AckToken,
+}
 
 pub(crate) use crate::protocol::session::AckKind as Ack;
 
@@ -172,6 +184,7 @@ pub(crate) fn spawn(
         retained: Retained::default(),
         next_session: 0,
         scratch: Vec::new(),
+        parked: BTreeMap::new(),
         started: Instant::now(),
         hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
         limits,
@@ -215,6 +228,11 @@ struct Router {
     next_session: SessionId,
     /// Reused buffer of matching subscriptions.
     scratch: Vec<(SessionId, QoS)>,
+    /// Per publishing connection, in arrival order: QoS 1/2 publishes waiting
+    /// for room in a full local link session (end-to-end backpressure: not
+    /// acknowledged, so the publisher's own inflight window fills). Bounded
+    /// by [`MAX_PARKED`] per connection.
+    parked: BTreeMap<ConnId, VecDeque<Parked>>,
     started: Instant,
     /// Unwritten packets after which a connection is aborted (see `Session::send_control`).
     hard_cap: usize,
@@ -244,6 +262,10 @@ impl Router {
                     }
                     for event in batch.drain(..) {
                         self.handle(event);
+                    }
+                    // Subscriptions, sessions or links may have changed.
+                    if !self.parked.is_empty() {
+                        self.unpark();
                     }
                 }
                 // Never fires when `$SYS` is off.
@@ -345,6 +367,8 @@ impl Router {
                     att.outlet.abort();
                     att.outlet.close();
                     self.by_conn.remove(&att.id);
+                    // Never acknowledged: the client sends them again.
+                    self.parked.remove(&att.id);
                     self.counters.clients_connected.fetch_sub(1, Relaxed);
                 }
                 keep = !clean && !old.clean;
@@ -404,6 +428,8 @@ impl Router {
     }
 
     fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
+        // Never acknowledged: a persistent client sends them again.
+        self.parked.remove(&conn);
         if let Some(sid) = self.by_conn.remove(&conn) {
             self.counters.clients_connected.fetch_sub(1, Relaxed);
             let clean = match self.sessions.get_mut(&sid) {
@@ -429,12 +455,25 @@ impl Router {
             return;
         };
         match session.incoming.on_publish(publish, Instant::now()) {
-            IncomingAction::Deliver { message, token } => {
-                if let Some(token) = token {
-                    for packet in session.incoming.ack(token) {
-                        session.send_control(packet, cap);
-                    }
+            IncomingAction::Deliver {
+                message,
+                token: Some(token),
+            } => {
+                // Behind an earlier parked publish of the same client (order),
+                // or bound to a full local link session: park, do not ack.
+                if route && (self.parked.contains_key(&conn) || self.link_full(&message.topic)) {
+                    self.park(conn, message, token);
+                    return;
                 }
+                self.ack_publisher(conn, token);
+                if route {
+                    self.route(message, true);
+                }
+            }
+            IncomingAction::Deliver {
+                message,
+                token: None,
+            } => {
                 if route {
                     self.route(message, true);
                 }
@@ -443,6 +482,79 @@ impl Router {
                 if let Some(packet) = resend {
                     session.send_control(packet, cap);
                 }
+            }
+        }
+    }
+
+    /// Releases the PUBACK/PUBREC of `token` (in arrival order).
+    fn ack_publisher(&mut self, conn: ConnId, token: AckToken) {
+        let cap = self.hard_cap;
+        if let Some(session) = self.session_of(conn) {
+            for packet in session.incoming.ack(token) {
+                session.send_control(packet, cap);
+            }
+        }
+    }
+
+    /// Whether a QoS 1/2 message on `topic` would overflow (drop from) a
+    /// local link session's queue. Network sessions keep the Mosquitto-like
+    /// drop at `max_queued_messages`; the bridge's own sessions push back.
+    fn link_full(&mut self, topic: &str) -> bool {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.subs
+            .for_each_match(topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+        let full = scratch.iter().any(|&(sid, granted)| {
+            granted != QoS::AtMostOnce
+                && self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.origin == Origin::Local && s.would_drop(&self.limits))
+        });
+        self.scratch = scratch;
+        full
+    }
+
+    fn park(&mut self, conn: ConnId, message: Message, token: AckToken) {
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        if let Some(att) = &session.conn {
+            att.outlet.parked().add();
+        }
+        let client_id = session.client_id.clone();
+        let queue = self.parked.entry(conn).or_default();
+        queue.push_back(Parked { message, token });
+        if queue.len() == 1 {
+            debug!(broker = %self.name, client_id = %client_id, "local link session full: holding back acknowledgements");
+        }
+    }
+
+    /// Routes and acknowledges parked publishes, oldest first per publisher,
+    /// while the local link sessions they go to have room.
+    fn unpark(&mut self) {
+        let conns: Vec<ConnId> = self.parked.keys().copied().collect();
+        for conn in conns {
+            let mut released = 0;
+            while let Some(next) = self.parked.get_mut(&conn).and_then(VecDeque::pop_front) {
+                if self.link_full(&next.message.topic) {
+                    if let Some(queue) = self.parked.get_mut(&conn) {
+                        queue.push_front(next);
+                    }
+                    break;
+                }
+                released += 1;
+                self.ack_publisher(conn, next.token);
+                self.route(next.message, true);
+            }
+            if self.parked.get(&conn).is_some_and(VecDeque::is_empty) {
+                self.parked.remove(&conn);
+            }
+            if released > 0
+                && let Some(session) = self.session_of(conn)
+                && let Some(att) = &session.conn
+            {
+                att.outlet.parked().sub(released);
             }
         }
     }
@@ -459,9 +571,17 @@ impl Router {
             Ack::PubRec => session.outgoing.on_pubrec(pkid).map(Some),
             Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
         };
+        let local = session.origin == Origin::Local;
         match result {
             Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
-            Ok(None) => session.pump(&counters),
+            Ok(None) => {
+                session.pump(&counters);
+                // Room in a link session: parked publishes first, before
+                // newer ones in this batch take it.
+                if local && !self.parked.is_empty() {
+                    self.unpark();
+                }
+            }
             Err(violation) => {
                 warn!(broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
             }

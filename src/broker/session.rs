@@ -126,6 +126,13 @@ impl Session {
         }
     }
 
+    /// Whether a QoS 1/2 message delivered now would overflow the queue
+    /// (and so drop a message).
+    pub fn would_drop(&self, limits: &Limits) -> bool {
+        let direct = self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room();
+        !direct && self.queue.len() >= limits.max_queued_messages
+    }
+
     fn enqueue(&mut self, msg: Message, limits: &Limits, counters: &Counters) {
         if self.queue.len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
@@ -255,5 +262,32 @@ mod tests {
         s.attach(Attached { id: 1, outlet: tx }, true, &counters);
         assert_eq!(drain_payloads(&mut rx), ["1"]);
         assert_eq!(counters.snapshot().queued, 0);
+    }
+
+    #[test]
+    fn would_drop_only_when_the_queue_is_full() {
+        let counters = Counters::default();
+        let l = limits(2, OverflowPolicy::DropOldest);
+        let mut s = Session::new("c".into(), false, &l);
+        // Away with an empty queue: queued, not dropped.
+        assert!(!s.would_drop(&l));
+        let (tx, _rx) = outlet();
+        s.attach(Attached { id: 1, outlet: tx }, false, &counters);
+        for n in 0..4 {
+            assert!(!s.would_drop(&l), "message {n} fits");
+            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters);
+        }
+        // Window (2) and queue (2) full.
+        assert!(s.would_drop(&l));
+        assert_eq!(counters.snapshot().dropped_queue_full, 0);
+        // max_queued_messages 0: only the window.
+        let l0 = limits(0, OverflowPolicy::DropOldest);
+        let mut z = Session::new("z".into(), false, &l0);
+        let (tx, _rx0) = outlet();
+        z.attach(Attached { id: 2, outlet: tx }, false, &counters);
+        assert!(!z.would_drop(&l0));
+        z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters);
+        z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters);
+        assert!(z.would_drop(&l0));
     }
 }

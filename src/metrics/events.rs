@@ -57,9 +57,9 @@ impl PipeRecovered<'_> {
 /// A configuration reload was applied.
 #[derive(Debug)]
 pub struct ReloadApplied<'a> {
-    /// What was applied live, one item per change (e.g. `watchdog.stall_after`).
+    /// What was applied live, one item per change (e.g. `pipe up restarted`).
     pub applied: &'a [String],
-    /// Valid changes that only take effect after a restart (e.g. `pipe up changed`).
+    /// Valid changes that only take effect after a restart (e.g. `broker edge changed (built-in broker settings need a restart)`).
     pub pending: &'a [String],
 }
 

@@ -55,7 +55,9 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let filter = build_filter(&filter_directive(level, rust_log.as_deref()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: not into files, `docker logs` or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let res = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder

@@ -63,7 +63,7 @@ pub fn diff_maps<K: Ord + Clone, V: PartialEq>(
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReloadPlan {
     /// Brokers by name. `changed`: connection or listener settings differ —
-    /// a remote broker reconnects, a built-in broker restarts its listeners.
+    /// a remote broker reconnects; a built-in broker's change waits for a restart.
     /// A change of `required` alone is not a change (see `readiness_changed`).
     pub brokers: Changes<String>,
     /// Pipes by name, by their own settings only: a pipe on a changed

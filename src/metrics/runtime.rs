@@ -3,11 +3,12 @@
 //! Owns the status board, the metric handles, the client event watchers,
 //! the stall watchdog (whose reconnect hook is each remote client's
 //! [`ClientOptions::reconnect`]) and the HTTP endpoint. `run` stays a list
-//! of small calls; nothing here knows MQTT.
+//! of small calls; nothing here knows MQTT. After start, a reload adds and
+//! removes brokers and pipes through [`ObservabilityControl`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,9 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::events::ReloadApplied;
 use super::health::{Action, BrokerKind, PipeProgress};
-use super::reload::{ReloadPlan, diff};
 use super::server::{self, Collector, ServerState};
 use super::status::StatusBoard;
 use super::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
@@ -54,25 +53,33 @@ struct PipeEntry {
     stats: Arc<PipeStats>,
 }
 
+/// What the watchdog, the scrape collector and the reconnect hook read.
+/// Reloads add and remove entries. A std `Mutex`: short sections, no `.await`.
+#[derive(Default)]
+struct Registry {
+    pipes: BTreeMap<String, PipeEntry>,
+    builtins: BTreeMap<String, (BuiltinBrokerMetrics, Broker)>,
+    reconnect: BTreeMap<String, Arc<Notify>>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(r: &Shared) -> MutexGuard<'_, Registry> {
+    // Single inserts/removes: a poisoned lock still holds consistent maps.
+    r.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Observability being set up; see the module docs.
 pub struct Observability {
-    board: Arc<StatusBoard>,
+    control: ObservabilityControl,
     prometheus: Option<(PrometheusHandle, TcpListener)>,
-    stall_after: Duration,
-    reconnect: BTreeMap<String, Arc<Notify>>,
-    watchers: Vec<(
-        broadcast::Receiver<crate::client::ClientEvent>,
-        ClientEventSink,
-    )>,
-    builtins: Vec<(BuiltinBrokerMetrics, Broker)>,
-    pipes: Vec<PipeEntry>,
+    stall_rx: watch::Receiver<Duration>,
 }
 
 impl std::fmt::Debug for Observability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observability")
-            .field("stall_after", &self.stall_after)
-            .field("pipes", &self.pipes.len())
+            .field("stall_after", &*self.stall_rx.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -94,84 +101,53 @@ impl Observability {
         };
         let board = Arc::new(StatusBoard::new());
         for (name, b) in &plan.brokers {
-            match &b.kind {
-                crate::config::BrokerKind::Remote(r) => {
-                    board.add_broker(name, BrokerKind::Remote, r.required)
-                }
-                crate::config::BrokerKind::BuiltIn(_) => {
-                    board.add_broker(name, BrokerKind::Builtin, true)
-                }
-            }
+            declare(&board, name, b);
         }
+        let (stall_tx, stall_rx) = watch::channel(plan.watchdog.stall_after);
+        let tracker = TaskTracker::new();
+        tracker.close();
         Ok(Observability {
-            board,
+            control: ObservabilityControl {
+                board,
+                stall_after: Arc::new(stall_tx),
+                registry: Shared::default(),
+                token: CancellationToken::new(),
+                tracker,
+            },
             prometheus,
-            stall_after: plan.watchdog.stall_after,
-            reconnect: BTreeMap::new(),
-            watchers: Vec::new(),
-            builtins: Vec::new(),
-            pipes: Vec::new(),
+            stall_rx,
         })
     }
 
-    /// Hooks a remote broker's client: lifecycle events feed its metrics and
-    /// the board, and the watchdog gets its reconnect trigger.
+    /// The live-reconfiguration handle (usable before [`Observability::start`]).
+    pub fn control(&self) -> ObservabilityControl {
+        self.control.clone()
+    }
+
+    /// Hooks a remote broker's client; see [`ObservabilityControl::remote`].
     pub fn remote(&mut self, name: &str, plan: &RemotePlan, opts: &mut ClientOptions) {
-        let endpoints: Vec<String> = plan.endpoints.iter().map(|e| e.url.clone()).collect();
-        let metrics = RemoteBrokerMetrics::new(name, &endpoints);
-        let (tx, rx) = broadcast::channel(EVENT_CAPACITY);
-        opts.events = Some(tx);
-        opts.metrics = Some(metrics.clone());
-        let notify = Arc::new(Notify::new());
-        opts.reconnect = Some(notify.clone());
-        self.reconnect.insert(name.to_owned(), notify);
-        self.watchers
-            .push((rx, ClientEventSink::new(metrics, self.board.clone())));
+        self.control.remote(name, plan, opts);
     }
 
     /// Registers a started built-in broker (sampled on each scrape).
     pub fn builtin(&mut self, broker: &Broker) {
-        self.builtins
-            .push((BuiltinBrokerMetrics::new(broker.name()), broker.clone()));
+        self.control.builtin(broker);
     }
 
     /// Registers the running pipes (`stats` from the pipe runtime).
     pub fn pipes(&mut self, plan: &Plan, stats: &[(String, Arc<PipeStats>)]) {
-        for (name, st) in stats {
-            let Some(p) = plan.pipes.get(name) else {
-                continue;
-            };
-            let probe_stats = st.clone();
-            self.pipes.push(PipeEntry {
-                watched: WatchedPipe {
-                    name: name.clone(),
-                    destination: p.to.clone(),
-                    metrics: PipeMetrics::new(name),
-                    probe: Arc::new(move || {
-                        let s = probe_stats.snapshot();
-                        PipeProgress {
-                            forwarded: s.forwarded,
-                            pending: s.inflight + s.queue_depth,
-                        }
-                    }),
-                },
-                stats: st.clone(),
-            });
-        }
+        self.control.set_pipes(plan, stats);
     }
 
-    /// Spawns the watchers, the watchdog and the HTTP endpoint.
+    /// Spawns the watchdog and the HTTP endpoint.
     pub fn start(self) -> ObservabilityHandle {
-        let token = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        for (rx, sink) in self.watchers {
-            tracker.spawn(watch_client(rx, sink, token.clone()));
-        }
-        let watched: Vec<WatchedPipe> = self.pipes.iter().map(|p| p.watched.clone()).collect();
-        let reconnect = self.reconnect;
+        let control = self.control;
+        let token = control.token.clone();
+        let tracker = control.tracker.clone();
+        let registry = control.registry.clone();
         let on_action = move |action: Action| {
             let Action::ReconnectDestination { pipe, destination } = action;
-            match reconnect.get(&destination) {
+            match lock(&registry).reconnect.get(&destination) {
                 Some(n) => {
                     info!(pipe = %pipe, broker = %destination, "watchdog: reconnecting destination link");
                     n.notify_waiters();
@@ -181,38 +157,36 @@ impl Observability {
                 }
             }
         };
-        let (stall_tx, stall_rx) = watch::channel(self.stall_after);
-        let control = ObservabilityControl {
-            board: self.board.clone(),
-            stall_after: Arc::new(stall_tx),
-        };
+        let registry = control.registry.clone();
         tracker.spawn(run_watchdog(
-            stall_rx,
-            move || watched.clone(),
-            self.board.clone(),
+            self.stall_rx,
+            move || {
+                lock(&registry)
+                    .pipes
+                    .values()
+                    .map(|p| p.watched.clone())
+                    .collect()
+            },
+            control.board.clone(),
             on_action,
             token.clone(),
         ));
         let mut addr = None;
         if let Some((prometheus, listener)) = self.prometheus {
             addr = listener.local_addr().ok();
-            let pipes: Vec<(PipeMetrics, Arc<PipeStats>)> = self
-                .pipes
-                .iter()
-                .map(|p| (p.watched.metrics.clone(), p.stats.clone()))
-                .collect();
-            let builtins = self.builtins;
+            let registry = control.registry.clone();
             let collect = Collector(Arc::new(move || {
-                for (m, s) in &pipes {
-                    m.observe_stats(s);
+                let r = lock(&registry);
+                for p in r.pipes.values() {
+                    p.watched.metrics.observe_stats(&p.stats);
                 }
-                for (m, b) in &builtins {
+                for (m, b) in r.builtins.values() {
                     m.observe(&b.stats());
                 }
             }));
             let state = ServerState {
                 prometheus,
-                board: self.board.clone(),
+                board: control.board.clone(),
                 collect: Some(collect),
             };
             let stop = token.clone();
@@ -227,7 +201,6 @@ impl Observability {
                 info!(addr = %a, "serving /metrics, /healthz, /readyz");
             }
         }
-        tracker.close();
         ObservabilityHandle {
             addr,
             control,
@@ -237,12 +210,35 @@ impl Observability {
     }
 }
 
-/// What a reload can change while everything keeps running: the readiness
-/// requirements and the watchdog threshold. Cheap to clone.
-#[derive(Debug, Clone)]
+/// Declares a broker on the board (a remote one initially disconnected).
+fn declare(board: &StatusBoard, name: &str, b: &BrokerPlan) {
+    match &b.kind {
+        crate::config::BrokerKind::Remote(r) => {
+            board.add_broker(name, BrokerKind::Remote, r.required)
+        }
+        crate::config::BrokerKind::BuiltIn(_) => board.add_broker(name, BrokerKind::Builtin, true),
+    }
+}
+
+/// What a reload can change while everything keeps running: readiness
+/// requirements, the watchdog threshold, and the set of brokers and pipes
+/// that are watched and scraped. Cheap to clone.
+#[derive(Clone)]
 pub struct ObservabilityControl {
     board: Arc<StatusBoard>,
     stall_after: Arc<watch::Sender<Duration>>,
+    registry: Shared,
+    /// Stops the event watchers, the watchdog and the endpoint.
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for ObservabilityControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservabilityControl")
+            .field("pipes", &lock(&self.registry).pipes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObservabilityControl {
@@ -261,71 +257,87 @@ impl ObservabilityControl {
         self.stall_after.send_replace(stall_after);
     }
 
-    /// Reloads to the valid plan `new`: applies what can change while
-    /// running — readiness requirements, the watchdog threshold, and each
-    /// changed broker that `apply_broker(name, old, new)` manages to hand to
-    /// its running connection — and updates `current` accordingly; every
-    /// other change is reported as pending (logged; it takes effect at the
-    /// next restart). Logs and counts the reload.
-    pub fn reload(
-        &self,
-        current: &mut Plan,
-        new: &Plan,
-        mut apply_broker: impl FnMut(&str, &BrokerPlan, &BrokerPlan) -> Result<(), String>,
-    ) -> ReloadPlan {
-        let d = diff(current, new);
-        let mut applied = Vec::new();
-        let mut pending = Vec::new();
-        for name in &d.brokers.changed {
-            let (Some(old), Some(nb)) = (current.brokers.get(name), new.brokers.get(name)) else {
+    /// Hooks a remote broker's client: lifecycle events feed its metrics and
+    /// the board (on which it is declared), and the watchdog gets its
+    /// reconnect trigger (`opts.reconnect`).
+    pub fn remote(&self, name: &str, plan: &RemotePlan, opts: &mut ClientOptions) {
+        self.board
+            .add_broker(name, BrokerKind::Remote, plan.required);
+        let endpoints: Vec<String> = plan.endpoints.iter().map(|e| e.url.clone()).collect();
+        let metrics = RemoteBrokerMetrics::new(name, &endpoints);
+        let (tx, rx) = broadcast::channel(EVENT_CAPACITY);
+        opts.events = Some(tx);
+        opts.metrics = Some(metrics.clone());
+        let notify = Arc::new(Notify::new());
+        opts.reconnect = Some(notify.clone());
+        lock(&self.registry)
+            .reconnect
+            .insert(name.to_owned(), notify);
+        self.tracker.spawn(watch_client(
+            rx,
+            ClientEventSink::new(metrics, self.board.clone()),
+            self.token.clone(),
+        ));
+    }
+
+    /// Registers a started built-in broker (declared on the board, sampled
+    /// on each scrape).
+    pub fn builtin(&self, broker: &Broker) {
+        self.board
+            .add_broker(broker.name(), BrokerKind::Builtin, true);
+        lock(&self.registry).builtins.insert(
+            broker.name().to_owned(),
+            (BuiltinBrokerMetrics::new(broker.name()), broker.clone()),
+        );
+    }
+
+    /// Forgets a broker removed by a reload.
+    pub fn remove_broker(&self, name: &str) {
+        let mut r = lock(&self.registry);
+        r.builtins.remove(name);
+        r.reconnect.remove(name);
+        drop(r);
+        self.board.remove_broker(name);
+    }
+
+    /// Sets the watched and scraped pipes to `stats` (the running pipes). A
+    /// pipe already known keeps its metric handles (its series carry on);
+    /// pipes not in `stats` are no longer watched.
+    pub fn set_pipes(&self, plan: &Plan, stats: &[(String, Arc<PipeStats>)]) {
+        let mut r = lock(&self.registry);
+        let mut old = std::mem::take(&mut r.pipes);
+        for (name, st) in stats {
+            let Some(p) = plan.pipes.get(name) else {
                 continue;
             };
-            match apply_broker(name, old, nb) {
-                Ok(()) => {
-                    if let crate::config::BrokerKind::Remote(r) = &nb.kind {
-                        self.set_required(name, r.required);
-                    }
-                    current.brokers.insert(name.clone(), nb.clone());
-                    applied.push(format!("broker {name} reconnects with new settings"));
-                }
-                Err(why) => pending.push(format!("broker {name} changed ({why})")),
-            }
+            let metrics = match old.remove(name) {
+                Some(e) => e.watched.metrics,
+                None => PipeMetrics::new(name),
+            };
+            let probe_stats = st.clone();
+            r.pipes.insert(
+                name.clone(),
+                PipeEntry {
+                    watched: WatchedPipe {
+                        name: name.clone(),
+                        destination: p.to.clone(),
+                        metrics,
+                        probe: Arc::new(move || {
+                            let s = probe_stats.snapshot();
+                            PipeProgress {
+                                forwarded: s.forwarded,
+                                pending: s.inflight + s.queue_depth,
+                            }
+                        }),
+                    },
+                    stats: st.clone(),
+                },
+            );
         }
-        for name in &d.readiness_changed {
-            if let (Some(crate::config::BrokerKind::Remote(nr)), Some(cur)) = (
-                new.brokers.get(name).map(|b| &b.kind),
-                current.brokers.get_mut(name),
-            ) && let crate::config::BrokerKind::Remote(cr) = &mut cur.kind
-            {
-                cr.required = nr.required;
-                self.set_required(name, nr.required);
-                applied.push(format!("broker {name} required={}", nr.required));
-            }
+        // A removed pipe's series keep their last values; sample them once more.
+        for e in old.values() {
+            e.watched.metrics.observe_stats(&e.stats);
         }
-        if d.watchdog_changed {
-            current.watchdog = new.watchdog.clone();
-            self.set_stall_after(new.watchdog.stall_after);
-            applied.push(format!(
-                "watchdog.stall_after={:?}",
-                new.watchdog.stall_after
-            ));
-        }
-        for (what, c) in [("broker", &d.brokers), ("pipe", &d.pipes)] {
-            pending.extend(c.added.iter().map(|n| format!("{what} {n} added")));
-            if what == "pipe" {
-                pending.extend(c.changed.iter().map(|n| format!("pipe {n} changed")));
-            }
-            pending.extend(c.removed.iter().map(|n| format!("{what} {n} removed")));
-        }
-        if d.metrics_changed {
-            pending.push("metrics settings changed".to_owned());
-        }
-        ReloadApplied {
-            applied: &applied,
-            pending: &pending,
-        }
-        .emit();
-        d
     }
 }
 

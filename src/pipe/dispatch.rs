@@ -2,13 +2,21 @@
 //! pipes whose filters match (through a [`FilterTrie`]), applies each pipe's
 //! rules, queues the copies, and acknowledges the source through the
 //! [`HandOff`] join once every pipe is done with the message.
+//!
+//! The dispatcher lives as long as its source link and owns the link's
+//! delivery receiver (dropping it would lose what the link still holds). A
+//! reload swaps its routes through [`Control::Update`], applied between two
+//! deliveries: each message is routed wholly by the old or wholly by the new
+//! table. A removed route's inbox is closed, and its worker still finishes
+//! (or, at its drain deadline, releases) every part it holds, so the join
+//! acknowledges each message upstream exactly once.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{AckHandle, Delivery};
 use crate::protocol::QoS;
@@ -26,10 +34,30 @@ const BATCH: usize = 64;
 /// The dispatcher's view of one pipe.
 pub(crate) struct Route {
     pub name: String,
+    /// The pipe's subscription filters with their QoS (its trie entries).
+    pub filters: Vec<(String, QoS)>,
     pub dest: BrokerIx,
     pub rules: PipeRules,
     pub inbox: Arc<Inbox>,
     pub stats: Arc<PipeStats>,
+}
+
+/// A change of the dispatcher's routes (a reload).
+pub(crate) enum Control {
+    /// Stop routing to the pipes named in `remove` (their inboxes are
+    /// closed; their workers finish what they hold) and start routing to
+    /// `add`. `applied` is dropped (cancelling its token) once done.
+    Update {
+        /// Pipes to stop routing to.
+        remove: Vec<String>,
+        /// Pipes to start routing to.
+        add: Vec<Route>,
+        /// Dropped when the new table is in effect.
+        applied: DropGuard,
+    },
+    /// Stop taking deliveries (the broker is being removed); end once every
+    /// admitted message is acknowledged.
+    Stop,
 }
 
 /// The dispatcher of one source.
@@ -37,13 +65,18 @@ pub(crate) struct Dispatcher {
     pub source: BrokerIx,
     pub source_name: String,
     pub deliveries: mpsc::Receiver<Delivery>,
-    /// filter → (index into `routes`, the filter's QoS).
+    /// filter → (index into `routes`, the filter's QoS). Rebuilt from
+    /// `routes` on every [`Control::Update`].
     pub trie: FilterTrie<(usize, QoS)>,
     pub routes: Vec<Route>,
     pub done: mpsc::UnboundedReceiver<Seq>,
-    /// Set when some pipe publishes into this source broker (only then can
-    /// our own copies come back from it).
-    pub guard: Option<Arc<Mutex<LoopGuard>>>,
+    /// Route changes.
+    pub control: mpsc::UnboundedReceiver<Control>,
+    /// The loop guard, consulted only while `is_dest` is set: some pipe
+    /// publishes into this source broker, so our own copies can come back.
+    pub guard: Arc<Mutex<LoopGuard>>,
+    /// See `guard`; flipped by reloads.
+    pub is_dest: Arc<AtomicBool>,
     /// Messages admitted and not yet acknowledged upstream, at most; beyond
     /// it the dispatcher stops taking deliveries (bounded memory).
     pub max_pending: usize,
@@ -51,6 +84,8 @@ pub(crate) struct Dispatcher {
     pub intake: CancellationToken,
     /// Cancelled when the shutdown deadline passed.
     pub abort: CancellationToken,
+    /// Cancels its token when the dispatcher ends.
+    pub _finished: DropGuard,
 }
 
 impl Dispatcher {
@@ -70,6 +105,17 @@ impl Dispatcher {
                     }
                     release(&mut handoff);
                 }
+                // A reload: swap routes between two deliveries.
+                Some(control) = self.control.recv() => match control {
+                    Control::Update { remove, add, applied } => {
+                        self.update(&remove, add, stopping);
+                        drop(applied);
+                    }
+                    Control::Stop => {
+                        stopping = true;
+                        self.close_inboxes();
+                    }
+                },
                 // Shutdown begins: stop taking, keep acking what completes.
                 () = self.intake.cancelled(), if !stopping => {
                     stopping = true;
@@ -114,6 +160,32 @@ impl Dispatcher {
         }
     }
 
+    /// Removes the routes named in `remove` (closing their inboxes), adds
+    /// `add`, and rebuilds the trie.
+    fn update(&mut self, remove: &[String], add: Vec<Route>, stopping: bool) {
+        self.routes.retain(|r| {
+            let keep = !remove.contains(&r.name);
+            if !keep {
+                r.inbox.close();
+            }
+            keep
+        });
+        for r in add {
+            if stopping {
+                r.inbox.close();
+            }
+            self.routes.push(r);
+        }
+        let mut trie = FilterTrie::new();
+        for (ix, r) in self.routes.iter().enumerate() {
+            for (filter, qos) in &r.filters {
+                trie.insert(filter, (ix, *qos));
+            }
+        }
+        self.trie = trie;
+        tracing::debug!(broker = %self.source_name, routes = self.routes.len(), "routes updated");
+    }
+
     fn dispatch(
         &mut self,
         delivery: Delivery,
@@ -129,14 +201,15 @@ impl Dispatcher {
                 None => matched.push((ix, qos)),
             }
         });
-        let visited_in = match (&self.guard, matched.is_empty()) {
-            (Some(guard), false) => guard.lock().unwrap_or_else(|e| e.into_inner()).take(
+        let visited_in = if !matched.is_empty() && self.is_dest.load(Ordering::Relaxed) {
+            self.guard.lock().unwrap_or_else(|e| e.into_inner()).take(
                 self.source,
                 &message.topic,
                 &message.payload,
                 now,
-            ),
-            _ => None,
+            )
+        } else {
+            None
         };
         let mut copies = Vec::with_capacity(matched.len());
         for &(ix, filter_qos) in matched.iter() {

@@ -88,24 +88,24 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn depth(st: &State) -> u64 {
-        (st.acked.len() + st.lossy.len()) as u64
-    }
-
     /// Queues an item. Items with a hand-off part are never dropped; others go
     /// through the bounded queue, whose drops are counted as `queue_full`.
+    ///
+    /// The depth gauge is moved by deltas, not set: during a reload the old
+    /// and the new inbox of a changed pipe share the pipe's counters.
     pub(crate) fn push(&self, mut item: Item) {
         let mut st = self.lock();
         item.order = st.next_order;
         st.next_order += 1;
         if item.seq.is_some() {
             st.acked.push_back(item);
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         } else if st.lossy.push(item).is_some() {
+            // One in, one out: the depth is unchanged.
             self.stats.drop_one(DropReason::QueueFull);
+        } else {
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         }
-        self.stats
-            .queue_depth
-            .store(Self::depth(&st), Ordering::Relaxed);
         drop(st);
         self.notify.notify_one();
     }
@@ -123,10 +123,23 @@ impl Inbox {
         } else {
             st.lossy.pop()
         };
+        if item.is_some() {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        item
+    }
+
+    /// Takes every waiting item (a retired pipe releasing what it holds).
+    pub(crate) fn take_all(&self) -> Vec<Item> {
+        let mut st = self.lock();
+        let mut items: Vec<Item> = st.acked.drain(..).collect();
+        while let Some(i) = st.lossy.pop() {
+            items.push(i);
+        }
         self.stats
             .queue_depth
-            .store(Self::depth(&st), Ordering::Relaxed);
-        item
+            .fetch_sub(items.len() as u64, Ordering::Relaxed);
+        items
     }
 
     /// Whether an item is waiting.

@@ -20,17 +20,21 @@ pub enum DropReason {
     Remap,
     /// The destination refused or can never accept the message (ACL, too large).
     Rejected,
+    /// A reload removed or changed the pipe, and it still held the message
+    /// when its drain deadline passed (acknowledged upstream, not forwarded).
+    Reload,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Excluded,
         DropReason::Oversize,
         DropReason::QueueFull,
         DropReason::Loop,
         DropReason::Remap,
         DropReason::Rejected,
+        DropReason::Reload,
     ];
 
     /// The metric label value.
@@ -42,6 +46,7 @@ impl DropReason {
             DropReason::Loop => "loop",
             DropReason::Remap => "remap",
             DropReason::Rejected => "rejected",
+            DropReason::Reload => "reload",
         }
     }
 

@@ -394,3 +394,113 @@ async fn rate_limit_spaces_publishes() {
         "3 messages at 10/s with burst 1 took {took:?}"
     );
 }
+
+/// The routes of source `a` are swapped while a message matched by the old
+/// set is still in flight on the removed pipe: it is acked upstream exactly
+/// once, after the removed pipe finished it, and later messages no longer
+/// reach that pipe.
+#[tokio::test(start_paused = true)]
+async fn a_removed_pipe_drains_and_the_join_acks_each_message_once() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, mut fc) = fake("c");
+    let mut pipes = start(
+        vec![a, b, c],
+        vec![spec("ab", 0, 1, "t/#"), spec("ac", 0, 2, "t/#")],
+    )
+    .unwrap();
+    let m1 = fa.deliver("t/1", "one", QoS::AtLeastOnce).await;
+    let (_, d1b) = fb.next_publish().await.unwrap();
+    let (_, d1c) = fc.next_publish().await.unwrap();
+    let routed = pipes
+        .update(&["ac".into()], vec![], Duration::from_secs(600))
+        .unwrap();
+    timeout(WAIT, routed).await.expect("routes swapped");
+    assert!(pipes.pipe_stats("ac").is_none());
+    let m2 = fa.deliver("t/2", "two", QoS::AtLeastOnce).await;
+    let (p2b, d2b) = fb.next_publish().await.unwrap();
+    assert_eq!(p2b.topic, "t/2");
+    d1b.send(Ok(())).unwrap();
+    d2b.send(Ok(())).unwrap();
+    assert_eq!(
+        fa.next_ack().await,
+        None,
+        "m1 still waits for the removed pipe"
+    );
+    d1c.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(m1));
+    assert_eq!(fa.next_ack().await, Some(m2));
+    assert_eq!(fa.next_ack().await, None, "each message acked once");
+    assert!(
+        fc.next_publish().await.is_none(),
+        "m2 never reached the removed pipe"
+    );
+}
+
+/// A removed pipe whose destination never acks is released at its drain
+/// deadline: the source is acked (the drop is counted), and the other pipe
+/// of the same source keeps flowing.
+#[tokio::test(start_paused = true)]
+async fn a_removed_pipe_that_cannot_drain_is_released_at_its_deadline() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, mut fc) = fake("c");
+    let mut pipes = start(
+        vec![a, b, c],
+        vec![spec("ab", 0, 1, "t/#"), spec("ac", 0, 2, "t/#")],
+    )
+    .unwrap();
+    let ac = pipes.pipe_stats("ac").unwrap();
+    let m1 = fa.deliver("t/1", "one", QoS::AtLeastOnce).await;
+    let (_, d1b) = fb.next_publish().await.unwrap();
+    let (_, _d1c_never) = fc.next_publish().await.unwrap();
+    d1b.send(Ok(())).unwrap();
+    drop(
+        pipes
+            .update(&["ac".into()], vec![], Duration::from_secs(1))
+            .unwrap(),
+    );
+    assert_eq!(fa.next_ack().await, Some(m1), "released at the deadline");
+    assert_eq!(ac.dropped(DropReason::Reload), 1);
+    assert_eq!(ac.snapshot().inflight, 0);
+    let m2 = fa.deliver("t/2", "two", QoS::AtLeastOnce).await;
+    let (_, d2b) = fb.next_publish().await.unwrap();
+    d2b.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(m2));
+}
+
+/// A changed pipe: new messages take the new settings, but only once the
+/// old instance has delivered what it held (order kept, counters carry on).
+#[tokio::test(start_paused = true)]
+async fn a_changed_pipe_restarts_after_the_old_instance_drained() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut pipes = start(vec![a, b], vec![spec("ab", 0, 1, "t/#")]).unwrap();
+    let m1 = fa.deliver("t/1", "one", QoS::AtLeastOnce).await;
+    let (p1, d1) = fb.next_publish().await.unwrap();
+    assert_eq!(p1.topic, "t/1");
+    let mut changed = spec("ab", 0, 1, "t/#");
+    changed.rules = PipeRules::new(
+        &[],
+        Remap::new(vec![RemapRule::prefix(Some("t/"), Some("u/"))]),
+        QosPolicy::Max(QoS::ExactlyOnce),
+        false,
+        None,
+    );
+    let routed = pipes
+        .update(&["ab".into()], vec![changed], Duration::from_secs(600))
+        .unwrap();
+    timeout(WAIT, routed).await.expect("routes swapped");
+    let m2 = fa.deliver("t/2", "two", QoS::AtLeastOnce).await;
+    assert!(
+        fb.next_publish().await.is_none(),
+        "the new instance waits for the old one"
+    );
+    d1.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(m1));
+    let (p2, d2) = fb.next_publish().await.unwrap();
+    assert_eq!(p2.topic, "u/2", "the new remap applies");
+    d2.send(Ok(())).unwrap();
+    assert_eq!(fa.next_ack().await, Some(m2));
+    assert_eq!(pipes.pipe_stats("ab").unwrap().snapshot().forwarded, 2);
+}

@@ -1,15 +1,23 @@
 //! One task per pipe: takes messages from its inbox, publishes them to the
 //! destination link with a bounded number in flight, and reports each
 //! finished hand-off part back to the source's dispatcher.
+//!
+//! A reload that removes or changes the pipe closes its inbox: the worker
+//! delivers what it holds and ends. If its drain deadline passes first,
+//! `retire` is cancelled and it releases every part it still holds (counted
+//! as dropped, reason `reload`), so the source is never wedged by a pipe
+//! that no longer exists. The successor of a changed pipe starts once its
+//! predecessor has ended (`after`), so the pipe's messages stay in order.
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{Link, LinkError};
 
@@ -34,18 +42,37 @@ pub(crate) struct Worker {
     pub stats: Arc<PipeStats>,
     /// Completed hand-off parts, to the source's dispatcher.
     pub done: mpsc::UnboundedSender<Seq>,
-    /// Set when the destination is also a source: record what we publish
-    /// there so our own copy is recognised when it comes back.
-    pub guard: Option<(Arc<Mutex<LoopGuard>>, BrokerIx)>,
+    /// The loop guard and the destination's index: while the destination
+    /// is also a source (`dest_is_source`, flipped by reloads), record what
+    /// we publish there so our own copy is recognised when it comes back.
+    pub guard: (Arc<Mutex<LoopGuard>>, BrokerIx),
+    /// See `guard`.
+    pub dest_is_source: Arc<AtomicBool>,
     /// Publishes handed to the link and not yet acknowledged, at most.
     pub window: usize,
     pub rate: Option<TokenBucket>,
     /// Hard stop (the shutdown deadline passed).
     pub abort: CancellationToken,
+    /// The previous instance of this pipe (changed by a reload); this one
+    /// starts publishing once it has ended.
+    pub after: Option<CancellationToken>,
+    /// Cancelled when a removed or changed pipe's drain deadline passed.
+    pub retire: CancellationToken,
+    /// Cancels its token when the worker ends.
+    pub _finished: DropGuard,
 }
 
 impl Worker {
     pub(crate) async fn run(mut self) {
+        // Parts handed to the link and not yet complete.
+        let mut outstanding: BTreeSet<Seq> = BTreeSet::new();
+        if let Some(previous) = self.after.take() {
+            tokio::select! {
+                () = previous.cancelled() => {}
+                () = self.abort.cancelled() => return,
+                () = self.retire.cancelled() => return self.release(&outstanding),
+            }
+        }
         let window = self.window.max(1);
         let mut inflight = FuturesUnordered::new();
         let mut rate_wait: Option<tokio::time::Instant> = None;
@@ -59,7 +86,8 @@ impl Worker {
                     break;
                 }
                 let Some(item) = self.inbox.pop() else { break };
-                if let Some((guard, dest)) = &self.guard {
+                if self.dest_is_source.load(Ordering::Relaxed) {
+                    let (guard, dest) = &self.guard;
                     let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
                     g.record(
                         *dest,
@@ -76,9 +104,16 @@ impl Worker {
                 };
                 // Cancel safety: if aborted while the link's request queue is
                 // full, the message is simply not sent and not acked upstream.
+                if let Some(seq) = sent.seq {
+                    outstanding.insert(seq);
+                }
                 let publish = tokio::select! {
                     r = self.link.publish(item.msg) => r,
                     () = self.abort.cancelled() => return,
+                    () = self.retire.cancelled() => {
+                        self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
+                        return self.release(&outstanding);
+                    }
                 };
                 match publish {
                     Ok(ack) => {
@@ -98,9 +133,18 @@ impl Worker {
                 biased;
                 // Deadline of a shutdown drain passed: stop; unacked messages are redelivered.
                 () = self.abort.cancelled() => return,
+                // Drain deadline of a removed/changed pipe passed: release
+                // what is left (the publishes stay with the link).
+                () = self.retire.cancelled() => {
+                    self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
+                    return self.release(&outstanding);
+                }
                 // A publish was acknowledged (or failed): frees a window slot.
                 Some((result, sent)) = inflight.next(), if !inflight.is_empty() => {
                     self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(seq) = sent.seq {
+                        outstanding.remove(&seq);
+                    }
                     self.finish(result, sent);
                 }
                 // The rate limit has a token again.
@@ -139,6 +183,24 @@ impl Worker {
                 self.stats.drop_one(DropReason::Rejected);
                 self.complete(sent.seq);
             }
+        }
+    }
+
+    /// Completes every part this retired pipe still holds — in flight
+    /// (`outstanding`) or queued — as dropped (reason `reload`).
+    fn release(&self, outstanding: &BTreeSet<Seq>) {
+        let queued = self.inbox.take_all();
+        let n = outstanding.len() + queued.len();
+        for &seq in outstanding {
+            self.stats.drop_one(DropReason::Reload);
+            self.complete(Some(seq));
+        }
+        for item in queued {
+            self.stats.drop_one(DropReason::Reload);
+            self.complete(item.seq);
+        }
+        if n > 0 {
+            tracing::warn!(pipe = %self.name, messages = n, "pipe removed by a reload did not drain in time; its remaining messages are released to the source unforwarded");
         }
     }
 

@@ -1,18 +1,21 @@
-//! Helpers for pipe tests: load a plan from YAML text, and rumqttc-based
-//! test clients (a subscriber that streams what it receives, a publisher of
-//! sequence-numbered messages that waits for every acknowledgement).
+//! Helpers for pipe tests: load a plan from YAML text, run it in-process,
+//! and rumqttc-based test clients (a subscriber that streams what it
+//! receives, a publisher of sequence-numbered messages that waits for every
+//! acknowledgement).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mqbridge::config::{self, Plan};
+use mqbridge::link::LinkState;
+use mqbridge::{RunHandle, RunReport};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
-/// Upper bound for one awaited event.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub use super::wait::WAIT;
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
@@ -46,6 +49,44 @@ pub fn remote(name: &str, port: u16, client_id: &str) -> String {
     format!(
         "  {name}:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{port}]\n    client_id: {client_id}\n    reconnect: {{ min: 50ms, max: 500ms }}\n    keepalive: 5s\n"
     )
+}
+
+/// `brokers:` with two remote brokers `a` and `b` (client ids `<p>-a`, `<p>-b`).
+pub fn remotes_ab(p: &str, a: u16, b: u16) -> String {
+    format!(
+        "brokers:\n{}{}",
+        remote("a", a, &format!("{p}-a")),
+        remote("b", b, &format!("{p}-b")),
+    )
+}
+
+/// Starts `mqbridge::run` on the plan from `yaml`; returns its shutdown token
+/// and handle once every source is subscribed.
+pub async fn start_run(yaml: &str) -> (CancellationToken, RunHandle) {
+    let token = CancellationToken::new();
+    let mut run = mqbridge::run(plan(yaml), token.clone()).await.expect("run");
+    timeout(WAIT, run.ready()).await.expect("subscribed");
+    (token, run)
+}
+
+/// Cancels a run and waits (bounded by `WAIT`) for its graceful stop.
+pub async fn stop_run(token: CancellationToken, run: RunHandle) -> RunReport {
+    token.cancel();
+    timeout(WAIT, run.finished()).await.expect("stopped")
+}
+
+/// Takes broker `link` of `run` away with `take_down` (a kill or stop) and
+/// waits until the bridge sees it disconnected.
+pub async fn link_goes_down(run: &RunHandle, link: &str, take_down: impl FnOnce()) {
+    let mut state = run.link(link).expect("link").state();
+    tokio::task::block_in_place(take_down);
+    timeout(
+        WAIT,
+        state.wait_for(|s| !matches!(s, LinkState::Connected { .. })),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("bridge notices {link} is down"))
+    .expect("state watch");
 }
 
 /// Maps a QoS number to rumqttc's.
@@ -134,6 +175,45 @@ impl Sub {
     /// The next message within `d`, or `None`.
     pub async fn next_within(&mut self, d: Duration) -> Option<Got> {
         timeout(d, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Receives until `n` distinct payloads arrived, failing on a duplicate,
+    /// then asserts nothing more arrives within 200 ms.
+    pub async fn exactly_once(&mut self, n: usize) {
+        let mut seen = BTreeSet::new();
+        while seen.len() < n {
+            let got = self.next().await.expect("message");
+            assert!(
+                seen.insert(got.payload.clone()),
+                "duplicate {}",
+                got.payload
+            );
+        }
+        assert!(
+            self.next_within(Duration::from_millis(200)).await.is_none(),
+            "no extra copies"
+        );
+    }
+
+    /// Receives until `seen` holds `want` distinct sequence numbers of `0..n`,
+    /// failing after `limit` with the first missing ones.
+    pub async fn collect_seq(&mut self, seen: &mut SeqCount, want: usize, n: u64, limit: Duration) {
+        timeout(limit, async {
+            while seen.unique() < want {
+                match self.rx.recv().await {
+                    Some(got) => seen.add(&got.payload),
+                    None => panic!("subscriber ended"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "only {} of {want} distinct messages arrived; first missing: {:?}",
+                seen.unique(),
+                seen.missing(n).iter().take(10).collect::<Vec<_>>()
+            )
+        });
     }
 
     /// Disconnects.

@@ -1,6 +1,5 @@
 //! Test PKI generated with `rcgen`: a CA, a server certificate for
 //! `localhost`/`127.0.0.1` and a client certificate, written as PEM files.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -17,14 +16,21 @@ pub struct Pki {
     pub server_cert: PathBuf,
     /// Server key.
     pub server_key: PathBuf,
-    /// Client certificate (CN = `client_cn`).
+    /// Client certificate (CN `client_cn` unless chosen by [`generate_for`]).
     pub client_cert: PathBuf,
     /// Client key.
     pub client_key: PathBuf,
 }
 
-/// Generates a fresh PKI into `dir`, file names prefixed with `prefix`.
+/// Generates a fresh PKI into `dir`, file names prefixed with `prefix`; the
+/// client certificate's CN is `client_cn`.
 pub fn generate(dir: &Path, prefix: &str) -> Pki {
+    generate_for(dir, prefix, "client_cn")
+}
+
+/// [`generate`] with a chosen client certificate CN (e.g. a broker that takes
+/// the CN as the username).
+pub fn generate_for(dir: &Path, prefix: &str, client_cn: &str) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params
         .distinguished_name
@@ -46,7 +52,7 @@ pub fn generate(dir: &Path, prefix: &str) -> Pki {
     let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
     client
         .distinguished_name
-        .push(DnType::CommonName, "client_cn");
+        .push(DnType::CommonName, client_cn);
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_key = KeyPair::generate().expect("client key");
     let client_cert = client.signed_by(&client_key, &ca).expect("client cert");

@@ -2,7 +2,6 @@
 //! PUBLISH, answers PINGREQ, and for its first `wedged` connections never
 //! acknowledges a PUBLISH (a wedged inflight window). Later connections ack
 //! normally (PUBACK; PUBREC/PUBCOMP for QoS 2).
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,19 +1,36 @@
 //! Test harness: a real Mosquitto started on a free port with a generated
 //! config, killed on drop, restartable on the same port. Also helpers for the
-//! `mosquitto_pub` / `mosquitto_sub` command-line clients.
+//! `mosquitto_pub` / `mosquitto_sub` / `mosquitto_passwd` command-line
+//! clients, blocking (against a [`Mosquitto`]) and async (against any address,
+//! e.g. our built-in broker).
 //!
 //! A missing binary fails the test with a clear message; it never skips.
+//!
+//! Self-contained (no sibling modules) and with its own `dead_code`
+//! allowance: `benches/client.rs` includes this file alone by `#[path]`.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
 /// Path of the broker binary.
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// How long a started broker may take to accept TCP.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one step of an async CLI client may take.
+const CLI_STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `f` or fails the test after [`CLI_STEP`].
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(CLI_STEP, f)
+        .await
+        .expect("timed out waiting for a mosquitto client")
+}
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
@@ -269,7 +286,7 @@ impl Drop for Mosquitto {
 }
 
 fn client_cmd(bin: &str, port: u16) -> Command {
-    let mut c = Command::new(bin);
+    let mut c = Command::new(require_bin(bin));
     c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null());
     c
@@ -280,5 +297,136 @@ fn stderr(out: &Output) -> String {
 }
 
 fn missing(bin: &str, e: &std::io::Error) -> Output {
-    panic!("cannot run {bin}: {e}; install the `mosquitto-clients` package (these tests need it)")
+    panic!(
+        "cannot run {bin}: {e}; install the `mosquitto` and `mosquitto-clients` packages (these tests need them)"
+    )
+}
+
+/// Writes a Mosquitto password file `passwd` into `dir` with `users` (by
+/// `mosquitto_passwd -b`), readable by a broker that dropped to its own user.
+pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("passwd");
+    for (i, (user, pass)) in users.iter().enumerate() {
+        let mut cmd = Command::new(require_bin("mosquitto_passwd"));
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg("-b")
+            .arg(&path)
+            .args([user, pass])
+            .output()
+            .unwrap_or_else(|e| missing("mosquitto_passwd", &e));
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd failed: {}",
+            stderr(&out)
+        );
+    }
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod passwd");
+    path
+}
+
+/// Full path of a required binary; panics with a clear message if missing.
+pub fn require_bin(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!(
+        "`{name}` not found: install the mosquitto and mosquitto-clients packages (see .ci/run)"
+    );
+}
+
+fn host_port(addr: SocketAddr) -> Vec<String> {
+    vec![
+        "-h".into(),
+        addr.ip().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+    ]
+}
+
+/// Runs `mosquitto_pub` to completion and asserts it succeeded.
+pub async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) {
+    let out = mosquitto_pub_output(addr, args).await;
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `mosquitto_pub` and returns its output (for expected failures).
+pub async fn mosquitto_pub_output(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    within(
+        tokio::process::Command::new(require_bin("mosquitto_pub"))
+            .args(host_port(addr))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mosquitto_pub runs")
+}
+
+/// A running `mosquitto_sub` that exits after `count` messages (`-C`).
+pub struct MosqSub {
+    child: tokio::process::Child,
+}
+
+impl MosqSub {
+    pub fn spawn(addr: SocketAddr, args: &[&str], count: usize) -> MosqSub {
+        Self::spawn_raw(host_port(addr), args, count)
+    }
+
+    pub fn spawn_raw(conn_args: Vec<String>, args: &[&str], count: usize) -> MosqSub {
+        let child = tokio::process::Command::new(require_bin("mosquitto_sub"))
+            .args(conn_args)
+            .args(args)
+            .args(["-C", &count.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        MosqSub { child }
+    }
+
+    /// Collects stdout lines until the process exits; asserts success.
+    pub async fn lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let stdout = self.child.stdout.take().expect("stdout piped");
+        let mut reader = BufReader::new(stdout).lines();
+        while let Some(line) = within(reader.next_line()).await.expect("read stdout") {
+            out.push(line);
+        }
+        let status = within(self.child.wait()).await.expect("wait");
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err).await;
+            }
+            panic!("mosquitto_sub failed ({status}): {err}");
+        }
+        out
+    }
+
+    /// Kills the process (SIGKILL: no DISCONNECT is sent).
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill mosquitto_sub");
+    }
+
+    /// Waits for exit and returns (success, stderr).
+    pub async fn status(&mut self) -> (bool, String) {
+        let status = within(self.child.wait()).await.expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err).await;
+        }
+        (status.success(), err)
+    }
 }

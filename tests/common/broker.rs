@@ -1,13 +1,8 @@
 //! Helpers for the broker tests: an in-process broker on port 0, a raw
-//! packet client over our codec, a `rumqttc` client, and the Mosquitto CLI
-//! clients (a missing binary fails the test with a clear message).
-#![allow(dead_code)]
+//! packet client over our codec and a `rumqttc` client that forwards every
+//! incoming packet.
 
-pub mod certs;
-
-use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use mqbridge::broker::{Broker, BrokerOptions, ListenerOptions};
@@ -16,30 +11,11 @@ use mqbridge::protocol::v4::{
     SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
 use mqbridge::protocol::{Framed, MQTT_MAX_PACKET_SIZE, QoS, WireQoS};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long any single awaited event may take before the test fails.
-pub const STEP: Duration = Duration::from_secs(10);
-
-/// Awaits `f` or fails the test after [`STEP`].
-pub async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(STEP, f)
-        .await
-        .expect("timed out waiting for an event")
-}
-
-/// Waits until `cond` holds (state with no event of its own, e.g. a gauge),
-/// checking every few milliseconds, failing after [`STEP`].
-pub async fn wait_until(mut cond: impl FnMut() -> bool) {
-    within(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
+use super::wait::{wait_until, within};
 
 /// A broker on 127.0.0.1:0, cancelled on drop.
 pub struct TestBroker {
@@ -344,110 +320,9 @@ pub async fn wait_publish(
     }
 }
 
-/// Full path of a required binary; panics with a clear message if missing.
-pub fn require_bin(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = format!("{dir}/{name}");
-        if std::path::Path::new(&p).exists() {
-            return p;
-        }
-    }
-    panic!(
-        "`{name}` not found: install the mosquitto and mosquitto-clients packages (see .ci/run)"
-    );
-}
-
-fn host_port(addr: SocketAddr) -> Vec<String> {
-    vec![
-        "-h".into(),
-        addr.ip().to_string(),
-        "-p".into(),
-        addr.port().to_string(),
-    ]
-}
-
-/// Runs `mosquitto_pub` to completion and asserts it succeeded.
-pub async fn mosquitto_pub(addr: SocketAddr, args: &[&str]) {
-    let out = mosquitto_pub_output(addr, args).await;
-    assert!(
-        out.status.success(),
-        "mosquitto_pub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `mosquitto_pub` and returns its output (for expected failures).
-pub async fn mosquitto_pub_output(addr: SocketAddr, args: &[&str]) -> std::process::Output {
-    within(
-        tokio::process::Command::new(require_bin("mosquitto_pub"))
-            .args(host_port(addr))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("mosquitto_pub runs")
-}
-
-/// A running `mosquitto_sub` that exits after `count` messages (`-C`).
-pub struct MosqSub {
-    child: tokio::process::Child,
-}
-
-impl MosqSub {
-    pub fn spawn(addr: SocketAddr, args: &[&str], count: usize) -> MosqSub {
-        Self::spawn_raw(host_port(addr), args, count)
-    }
-
-    pub fn spawn_raw(conn_args: Vec<String>, args: &[&str], count: usize) -> MosqSub {
-        let child = tokio::process::Command::new(require_bin("mosquitto_sub"))
-            .args(conn_args)
-            .args(args)
-            .args(["-C", &count.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        MosqSub { child }
-    }
-
+impl TestBroker {
     /// Waits until the broker holds at least `n` subscriptions.
-    pub async fn wait_subscribed(&mut self, b: &TestBroker, n: u64) {
-        wait_until(|| b.broker.stats().subscriptions >= n).await;
-    }
-
-    /// Collects stdout lines until the process exits; asserts success.
-    pub async fn lines(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        let stdout = self.child.stdout.take().expect("stdout piped");
-        let mut reader = BufReader::new(stdout).lines();
-        while let Some(line) = within(reader.next_line()).await.expect("read stdout") {
-            out.push(line);
-        }
-        let status = within(self.child.wait()).await.expect("wait");
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = self.child.stderr.take() {
-                let _ = e.read_to_string(&mut err).await;
-            }
-            panic!("mosquitto_sub failed ({status}): {err}");
-        }
-        out
-    }
-
-    /// Kills the process (SIGKILL: no DISCONNECT is sent).
-    pub async fn kill(&mut self) {
-        self.child.kill().await.expect("kill mosquitto_sub");
-    }
-
-    /// Waits for exit and returns (success, stderr).
-    pub async fn status(&mut self) -> (bool, String) {
-        let status = within(self.child.wait()).await.expect("wait");
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err).await;
-        }
-        (status.success(), err)
+    pub async fn wait_subscriptions(&self, n: u64) {
+        wait_until(|| self.broker.stats().subscriptions >= n).await;
     }
 }

@@ -1,0 +1,206 @@
+//! Live reconciliation on reload: from the diff of the running and the new
+//! plan to started, restarted and stopped brokers and pipes.
+//!
+//! Order: new brokers start first (the only step that can fail; then
+//! nothing else has changed yet); changed remote brokers get their new
+//! settings; the pipe set is swapped in one step per source dispatcher;
+//! removed brokers close in the background once their pipes have drained.
+
+use std::time::Duration;
+
+use super::{Bridge, BrokerRt, LINK_CLOSE_TIMEOUT, ReloadError, RunError, discard, start_broker};
+use crate::config::plan::{BrokerKind, Plan};
+use crate::link::LinkState;
+use crate::metrics::events::{ReloadApplied, ReloadFailed};
+use crate::metrics::reload::{ReloadPlan, diff};
+use crate::pipe::PipeSpec;
+
+use super::options::{client_options, pipe_spec};
+
+/// How long a reload waits for the dispatchers to take their new routes
+/// (they do it between two deliveries: normally at once).
+const ROUTE_SWAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Bridge {
+    /// Applies the valid plan `new`; see [`super::RunHandle::reload`].
+    pub(super) async fn reload(&mut self, new: &Plan) -> Result<ReloadPlan, ReloadError> {
+        if self.pipes.is_none() {
+            return Err(ReloadError::Stopped);
+        }
+        let d = diff(&self.plan, new);
+        let mut applied = Vec::new();
+        let mut pending = Vec::new();
+
+        // 1. New brokers. All or nothing: a failure undoes the ones started.
+        let mut started: Vec<(String, BrokerRt, crate::pipe::BrokerLink)> = Vec::new();
+        for name in &d.brokers.added {
+            let Some(bp) = new.brokers.get(name) else {
+                continue;
+            };
+            match start_broker(name, bp, &self.obs, &self.links_token, &self.tracker).await {
+                Ok((rt, link)) => started.push((name.clone(), rt, link)),
+                Err(err) => {
+                    let rollback = started.into_iter().map(|(n, rt, _)| (n, rt)).collect();
+                    discard(rollback, &self.obs).await;
+                    let lines = vec![format!("broker {name}: {err}")];
+                    ReloadFailed { errors: &lines }.emit();
+                    return Err(err.into());
+                }
+            }
+        }
+        let Some(pipes) = self.pipes.as_mut() else {
+            return Err(ReloadError::Stopped);
+        };
+        for (name, mut rt, link) in started {
+            rt.ix = pipes.add_broker(link);
+            if let Some(bp) = new.brokers.get(&name) {
+                self.plan.brokers.insert(name.clone(), bp.clone());
+            }
+            self.brokers.insert(name.clone(), rt);
+            applied.push(format!("broker {name} started"));
+        }
+
+        // 2. Changed brokers: a remote one reconnects with its new settings.
+        for name in &d.brokers.changed {
+            let (Some(old), Some(nb)) = (self.plan.brokers.get(name), new.brokers.get(name)) else {
+                continue;
+            };
+            let why = match (&old.kind, &nb.kind) {
+                (BrokerKind::Remote(o), BrokerKind::Remote(n)) if o.inflight == n.inflight => {
+                    match self.brokers.get(name).and_then(|b| b.remote.as_ref()) {
+                        Some((slot, trigger)) => {
+                            *slot
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(client_options(name, n));
+                            // A stored permit: a live connection drops at once;
+                            // an offline client takes the settings before its next dial.
+                            trigger.notify_one();
+                            self.obs.set_required(name, n.required);
+                            self.plan.brokers.insert(name.clone(), nb.clone());
+                            applied.push(format!("broker {name} reconnects with new settings"));
+                            continue;
+                        }
+                        None => "not running",
+                    }
+                }
+                (BrokerKind::Remote(_), BrokerKind::Remote(_)) => "`inflight` needs a restart",
+                (BrokerKind::BuiltIn(_), BrokerKind::BuiltIn(_)) => {
+                    "built-in broker settings need a restart"
+                }
+                _ => "a broker's type needs a restart",
+            };
+            pending.push(format!("broker {name} changed ({why})"));
+        }
+
+        // 3. Readiness and the watchdog.
+        for name in &d.readiness_changed {
+            if let (Some(BrokerKind::Remote(nr)), Some(cur)) = (
+                new.brokers.get(name).map(|b| &b.kind),
+                self.plan.brokers.get_mut(name),
+            ) && let BrokerKind::Remote(cr) = &mut cur.kind
+            {
+                cr.required = nr.required;
+                self.obs.set_required(name, nr.required);
+                applied.push(format!("broker {name} required={}", nr.required));
+            }
+        }
+        if d.watchdog_changed {
+            self.plan.watchdog = new.watchdog.clone();
+            self.obs.set_stall_after(new.watchdog.stall_after);
+            applied.push(format!(
+                "watchdog.stall_after={:?}",
+                new.watchdog.stall_after
+            ));
+        }
+        if self.plan.shutdown_timeout != new.shutdown_timeout {
+            self.plan.shutdown_timeout = new.shutdown_timeout;
+            applied.push(format!("shutdown_timeout={:?}", new.shutdown_timeout));
+        }
+
+        // 4. Pipes: one swap per source; unchanged pipes are not named.
+        let remove: Vec<String> = d
+            .pipes
+            .removed
+            .iter()
+            .chain(&d.pipes.changed)
+            .cloned()
+            .collect();
+        let mut add: Vec<PipeSpec> = Vec::new();
+        for name in d.pipes.added.iter().chain(&d.pipes.changed) {
+            let Some(p) = new.pipes.get(name) else {
+                continue;
+            };
+            let (Some(s), Some(t)) = (self.brokers.get(&p.from), self.brokers.get(&p.to)) else {
+                continue; // unreachable: a checked plan names existing brokers
+            };
+            add.push(pipe_spec(p, s.ix, t.ix, t.window));
+        }
+        let routed = pipes
+            .update(&remove, add, new.shutdown_timeout)
+            .map_err(RunError::from)?;
+        self.plan.pipes = new.pipes.clone();
+        self.obs.set_pipes(&self.plan, &pipes.stats());
+        applied.extend(d.pipes.added.iter().map(|n| format!("pipe {n} started")));
+        applied.extend(
+            d.pipes
+                .changed
+                .iter()
+                .map(|n| format!("pipe {n} restarted")),
+        );
+        applied.extend(d.pipes.removed.iter().map(|n| format!("pipe {n} stopped")));
+
+        // 5. Removed brokers: closed once their pipes have drained.
+        for name in &d.brokers.removed {
+            let Some(b) = self.brokers.remove(name) else {
+                continue;
+            };
+            self.plan.brokers.remove(name);
+            self.obs.remove_broker(name);
+            let drained = pipes.remove_broker(b.ix);
+            let broker = name.clone();
+            self.tracker.spawn(async move {
+                drained.await;
+                close_broker(&broker, b).await;
+            });
+            applied.push(format!("broker {name} stopped"));
+        }
+
+        if d.metrics_changed {
+            pending.push("metrics settings changed".to_owned());
+        }
+        if tokio::time::timeout(ROUTE_SWAP_TIMEOUT, routed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a dispatcher did not take its new routes in time");
+        }
+        ReloadApplied {
+            applied: &applied,
+            pending: &pending,
+        }
+        .emit();
+        Ok(d)
+    }
+}
+
+/// Closes a removed broker: a remote link publishes `offline` and
+/// DISCONNECTs (bounded), a built-in broker stops its listeners and sessions.
+async fn close_broker(name: &str, b: BrokerRt) {
+    let mut state = b.link.state();
+    let graceful = async {
+        b.link.shutdown().await;
+        let _ = state.wait_for(|s| *s == LinkState::Closed).await;
+    };
+    if tokio::time::timeout(LINK_CLOSE_TIMEOUT, graceful)
+        .await
+        .is_err()
+    {
+        tracing::warn!(broker = %name, "link did not close in time; cancelling");
+    }
+    b.token.cancel();
+    if let Some(broker) = &b.builtin {
+        broker.closed().await;
+    }
+    tracing::info!(broker = %name, "broker removed by a reload stopped");
+}
