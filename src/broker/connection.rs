@@ -21,7 +21,9 @@ use super::router::{Ack, Event, MAX_PARKED, Reply};
 use super::session::{ConnId, Origin};
 use super::stats::{DropReason, RefuseReason};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
-use crate::protocol::{CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode};
+use crate::protocol::{
+    CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
+};
 use crate::topic;
 
 /// Read buffer bounds: idle connections keep a small buffer (10,000 idle
@@ -282,25 +284,6 @@ async fn read_one<R: AsyncRead + Unpin>(
                 })
             };
         }
-    }
-}
-
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
     }
 }
 

@@ -13,10 +13,11 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use super::failover::ProbeVerdict;
-use super::task::{Done, End, Task, codec_error, packet_name};
+use super::task::{Done, End, Task, codec_error};
 use super::transport::BoxStream;
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, Delivery};
+use crate::protocol::packet_name;
 use crate::protocol::{Framed, IncomingAction, Keepalive, Message, QoS, publish_from_message};
 
 /// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).

@@ -21,7 +21,7 @@ use super::transport::{BoxStream, Dialer};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
 use crate::protocol::{
-    Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, topic_name_is_valid,
+    Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, packet_name, topic_name_is_valid,
 };
 
 /// Completion of an outgoing publish: the caller's oneshot, or nothing for
@@ -574,25 +574,5 @@ fn connack_reason(code: ConnectReturnCode) -> &'static str {
         ConnectReturnCode::ServiceUnavailable => "server unavailable (0x03)",
         ConnectReturnCode::BadUserNamePassword => "bad user name or password (0x04)",
         ConnectReturnCode::NotAuthorized => "not authorized (0x05)",
-    }
-}
-
-/// Packet type name for messages.
-pub(crate) fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
     }
 }

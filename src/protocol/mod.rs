@@ -24,3 +24,24 @@ pub use session::{
 pub use rumqttc::mqttbytes::QoS as WireQoS;
 /// The rumqttc MQTT 3.1.1 packet types (`v4::Packet`, `v4::Publish`, ...).
 pub use rumqttc::mqttbytes::v4;
+
+/// The packet type's name as the spec writes it (`CONNECT`, `PUBLISH`, ...), for logs and errors.
+pub fn packet_name(p: &v4::Packet) -> &'static str {
+    use v4::Packet;
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
