@@ -14,13 +14,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::bridge::{Got, SeqCount, WAIT, publish_many, seq_msgs, unique};
 use common::certs;
-use common::mosquitto::{Mosquitto, free_port};
+use common::http::value;
+use common::mosquitto::{Mosquitto, free_port, password_file};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,7 +157,7 @@ impl BridgeProc {
         let found = timeout(WAIT, async {
             loop {
                 last = http_get(self.metrics, "/metrics").await;
-                if let Some(v) = metric_value(&last, series)
+                if let Some(v) = value(&last, series)
                     && pred(v)
                 {
                     return v;
@@ -231,17 +232,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The value of one exact series (`name{labels}`) in a Prometheus scrape.
-fn metric_value(body: &str, series: &str) -> Option<f64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Files the brokers and the bridge read
 
@@ -254,28 +244,6 @@ fn shared_dir() -> tempfile::TempDir {
     )
     .expect("chmod tempdir");
     dir
-}
-
-/// A Mosquitto password file (written by `mosquitto_passwd`) with `users`.
-fn mosquitto_passwd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
-    let path = dir.join("passwd");
-    std::fs::write(&path, "").expect("create passwd");
-    for (user, pass) in users {
-        let out = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(&path)
-            .args([user, pass])
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run mosquitto_passwd: {e}; install the `mosquitto` package")
-            });
-        assert!(
-            out.status.success(),
-            "mosquitto_passwd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    path
 }
 
 /// Mosquitto config lines: logins required, from `passwd`.
@@ -535,7 +503,7 @@ async fn edge_to_tls_cloud_example_runs_over_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_example_moves_to_the_next_endpoint_when_one_is_down() {
     let dir = shared_dir();
-    let passwd = mosquitto_passwd(
+    let passwd = password_file(
         dir.path(),
         &[("plant-7", "plant-7-secret"), TESTER.expect("tester login")],
     );
@@ -609,7 +577,7 @@ async fn failover_example_moves_to_the_next_endpoint_when_one_is_down() {
 async fn bidirectional_example_syncs_both_ways_without_a_loop() {
     let dir = shared_dir();
     let pki = certs::generate(dir.path(), "hq");
-    let passwd = mosquitto_passwd(
+    let passwd = password_file(
         dir.path(),
         &[
             ("site-berlin", "berlin-secret"),
