@@ -41,7 +41,10 @@ async fn puback_withheld_while_link_session_full_and_released_on_drain() {
     // for 6..10 came first.
     publ.send(Packet::PingReq).await;
     assert_eq!(publ.next().await, Packet::PingResp);
-    assert_eq!(b.broker.stats().queued, 3);
+    let s = b.broker.stats();
+    assert_eq!(s.queued, 3);
+    assert_eq!(s.held_back, 5, "6..10 held back now: {s:?}");
+    assert_eq!(s.held_back_total, 5, "{s:?}");
 
     // The pipe acks: each freed slot releases one parked publish, and its PUBACK.
     let mut got = Vec::new();
@@ -59,6 +62,35 @@ async fn puback_withheld_while_link_session_full_and_released_on_drain() {
     assert_eq!(s.dropped_queue_full, 0, "{s:?}");
     assert_eq!(s.msgs_in, 10);
     wait_until(|| b.broker.stats().queued == 0).await;
+    let s = b.broker.stats();
+    assert_eq!(s.held_back, 0, "all released: {s:?}");
+    assert_eq!(s.held_back_total, 5, "each counted once: {s:?}");
+}
+
+#[tokio::test]
+async fn held_back_gauge_returns_to_zero_when_the_publisher_leaves() {
+    let b = TestBroker::start_with(|o| o.limits = small()).await;
+    let (link, _deliveries) = b.broker.link("bh-pipe", false);
+    within(link.subscribe(vec![("bh/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .unwrap();
+    let mut publ = Raw::connect(b.addr, "bh-pub", false).await;
+    for i in 1..=8u16 {
+        publ.publish("bh/t", "x", QoS::AtLeastOnce, false, i).await;
+    }
+    for i in 1..=5u16 {
+        assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(i)));
+    }
+    publ.send(Packet::PingReq).await;
+    assert_eq!(publ.next().await, Packet::PingResp);
+    let s = b.broker.stats();
+    assert_eq!((s.held_back, s.held_back_total), (3, 3), "{s:?}");
+
+    // Never acknowledged, so forgotten with the connection (the persistent
+    // client sends them again); the counter keeps its total.
+    drop(publ);
+    wait_until(|| b.broker.stats().held_back == 0).await;
+    assert_eq!(b.broker.stats().held_back_total, 3);
 }
 
 #[tokio::test]

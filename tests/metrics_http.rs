@@ -93,6 +93,8 @@ async fn metrics_endpoint_renders_typed_handles() {
         msgs_in: 9,
         refused_auth: 1,
         dropped_acl: 4,
+        held_back: 2,
+        held_back_total: 7,
         ..Default::default()
     });
 
@@ -199,9 +201,19 @@ async fn metrics_endpoint_renders_typed_handles() {
             r#"mqbridge_broker_messages_dropped_total{broker="edge",reason="acl"}"#.into(),
             4.0,
         ),
+        (
+            r#"mqbridge_broker_publishes_held_back{broker="edge"}"#.into(),
+            2.0,
+        ),
+        (
+            r#"mqbridge_broker_publishes_held_back_total{broker="edge"}"#.into(),
+            7.0,
+        ),
     ] {
         assert_eq!(value(&body, &series), Some(want), "{series} in:\n{body}");
     }
+    assert!(body.contains("# TYPE mqbridge_broker_publishes_held_back gauge"));
+    assert!(body.contains("# TYPE mqbridge_broker_publishes_held_back_total counter"));
     assert!(
         body.contains("# TYPE mqbridge_pipe_forward_latency_seconds histogram"),
         "latency must be a real histogram:\n{body}"

@@ -16,6 +16,8 @@ use tokio::time::timeout;
 
 const MSGS: u64 = 2000;
 const QUEUE: u64 = 50;
+const HELD: &str = r#"mqbridge_broker_publishes_held_back{broker="edge"}"#;
+const HELD_TOTAL: &str = r#"mqbridge_broker_publishes_held_back_total{broker="edge"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_link_session_pushes_back_on_the_device_and_loses_nothing() {
@@ -57,6 +59,19 @@ async fn full_link_session_pushes_back_on_the_device_and_loses_nothing() {
         !device.is_finished(),
         "the device is held back, not acknowledged"
     );
+    // The broker reports the publishes it holds back.
+    let held = timeout(Duration::from_secs(10), async {
+        loop {
+            let v = counter(&scrape(metrics).await, HELD);
+            if v > 0.0 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .expect("publishes_held_back gauge never went above 0");
+    println!("{held} publishes held back while the destination is down");
 
     m.start_again();
     let mut seen = SeqCount::default();
@@ -78,7 +93,13 @@ async fn full_link_session_pushes_back_on_the_device_and_loses_nothing() {
         "duplicates bounded: {}",
         seen.duplicates()
     );
-    let body = scrape(metrics).await;
+    // Drained: nothing held back any more, and the total remembers it.
+    let body = metric_becomes(metrics, HELD, 0.0).await;
+    assert!(
+        counter(&body, HELD_TOTAL) >= held,
+        "held-back counter counts every held publish: {}",
+        counter(&body, HELD_TOTAL)
+    );
     assert_eq!(
         counter(
             &body,

@@ -214,6 +214,18 @@ fn may_read(security: &Security, session: &Session, topic: &str) -> bool {
     }
 }
 
+/// Drops the parked publishes of a connection that went away (never
+/// acknowledged, so the client sends them again).
+fn forget_parked(
+    parked: &mut BTreeMap<ConnId, VecDeque<Parked>>,
+    counters: &Counters,
+    conn: ConnId,
+) {
+    if let Some(queue) = parked.remove(&conn) {
+        counters.held_back.fetch_sub(queue.len() as u64, Relaxed);
+    }
+}
+
 struct Router {
     name: String,
     security: Arc<Security>,
@@ -277,6 +289,8 @@ impl Router {
                 c.outlet.close();
             }
         }
+        // Parked publishes die with the router (never acknowledged).
+        self.counters.held_back.store(0, Relaxed);
         info!(broker = %self.name, "router stopped");
     }
 
@@ -368,7 +382,7 @@ impl Router {
                     att.outlet.close();
                     self.by_conn.remove(&att.id);
                     // Never acknowledged: the client sends them again.
-                    self.parked.remove(&att.id);
+                    forget_parked(&mut self.parked, &self.counters, att.id);
                     self.counters.clients_connected.fetch_sub(1, Relaxed);
                 }
                 keep = !clean && !old.clean;
@@ -429,7 +443,7 @@ impl Router {
 
     fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
         // Never acknowledged: a persistent client sends them again.
-        self.parked.remove(&conn);
+        forget_parked(&mut self.parked, &self.counters, conn);
         if let Some(sid) = self.by_conn.remove(&conn) {
             self.counters.clients_connected.fetch_sub(1, Relaxed);
             let clean = match self.sessions.get_mut(&sid) {
@@ -523,6 +537,8 @@ impl Router {
             att.outlet.parked().add();
         }
         let client_id = session.client_id.clone();
+        self.counters.held_back.fetch_add(1, Relaxed);
+        self.counters.held_back_total.fetch_add(1, Relaxed);
         let queue = self.parked.entry(conn).or_default();
         queue.push_back(Parked { message, token });
         if queue.len() == 1 {
@@ -550,6 +566,7 @@ impl Router {
             if self.parked.get(&conn).is_some_and(VecDeque::is_empty) {
                 self.parked.remove(&conn);
             }
+            self.counters.held_back.fetch_sub(released as u64, Relaxed);
             if released > 0
                 && let Some(session) = self.session_of(conn)
                 && let Some(att) = &session.conn

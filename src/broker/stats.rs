@@ -47,6 +47,8 @@ pub(crate) struct Counters {
     pub dropped_acl: AtomicU64,
     pub dropped_sys: AtomicU64,
     pub dropped_queue_full: AtomicU64,
+    pub held_back: AtomicU64,
+    pub held_back_total: AtomicU64,
 }
 
 impl Counters {
@@ -87,6 +89,8 @@ impl Counters {
             dropped_acl: self.dropped_acl.load(Relaxed),
             dropped_sys: self.dropped_sys.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            held_back: self.held_back.load(Relaxed),
+            held_back_total: self.held_back_total.load(Relaxed),
         }
     }
 }
@@ -126,4 +130,9 @@ pub struct BrokerStats {
     pub dropped_sys: u64,
     /// Counter: messages dropped at a full session queue.
     pub dropped_queue_full: u64,
+    /// Gauge: QoS 1/2 client publishes held back now, unacknowledged, while
+    /// a local link session they go to is full (end-to-end backpressure).
+    pub held_back: u64,
+    /// Counter: QoS 1/2 client publishes ever held back (each counted once).
+    pub held_back_total: u64,
 }

@@ -24,6 +24,8 @@ pub struct BuiltinBrokerMetrics {
     bytes_out: Counter,
     refused: [Counter; REFUSE_REASONS.len()],
     dropped: [Counter; BROKER_DROP_REASONS.len()],
+    held_back: Gauge,
+    held_back_total: Counter,
 }
 
 impl BuiltinBrokerMetrics {
@@ -46,6 +48,8 @@ impl BuiltinBrokerMetrics {
             dropped: BROKER_DROP_REASONS.map(|r| {
                 counter!(BROKER_MESSAGES_DROPPED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
             }),
+            held_back: gauge!(BROKER_PUBLISHES_HELD_BACK, LABEL_BROKER => b.clone()),
+            held_back_total: counter!(BROKER_PUBLISHES_HELD_BACK_TOTAL, LABEL_BROKER => b),
         }
     }
 
@@ -74,5 +78,7 @@ impl BuiltinBrokerMetrics {
         for (c, v) in self.dropped.iter().zip(dropped) {
             c.absolute(v);
         }
+        self.held_back.set(s.held_back as f64);
+        self.held_back_total.absolute(s.held_back_total);
     }
 }

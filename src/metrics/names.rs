@@ -92,6 +92,11 @@ pub const BROKER_CONNECTIONS_REFUSED: &str = "mqbridge_broker_connections_refuse
 /// Counter `{broker, reason}`: messages the broker dropped instead of delivering,
 /// `reason` in [`BROKER_DROP_REASONS`](super::builtin::BROKER_DROP_REASONS).
 pub const BROKER_MESSAGES_DROPPED: &str = "mqbridge_broker_messages_dropped_total";
+/// Gauge `{broker}`: client QoS 1/2 publishes held back now (PUBACK/PUBREC
+/// withheld) while a bridge link session they go to is full.
+pub const BROKER_PUBLISHES_HELD_BACK: &str = "mqbridge_broker_publishes_held_back";
+/// Counter `{broker}`: client QoS 1/2 publishes ever held back that way.
+pub const BROKER_PUBLISHES_HELD_BACK_TOTAL: &str = "mqbridge_broker_publishes_held_back_total";
 
 // --- process -----------------------------------------------------------------
 
