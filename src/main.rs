@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use mqbridge::config;
 use mqbridge::metrics::logging::{self, LogFormat};
 use mqbridge::metrics::reload::{self, FileWatch};
+use mqbridge::run::check;
 
 /// MQTT-to-MQTT bridge and gateway.
 #[derive(Debug, Parser)]
@@ -55,6 +56,11 @@ enum Command {
     Validate {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also dial every remote endpoint (TCP + TLS handshake, no MQTT) and bind every
+        /// built-in listener; exit 1 if a required broker has no reachable endpoint or a
+        /// listener cannot be bound.
+        #[arg(long, env = "MQBRIDGE_CHECK_ENDPOINTS")]
+        check_endpoints: bool,
     },
     /// Show hop by hop where a message published on BROKER with TOPIC goes, and where it stops.
     Route {
@@ -80,7 +86,10 @@ fn main() -> ExitCode {
             worker_threads,
             watch,
         } => run(&config.config, worker_threads, watch),
-        Command::Validate { config } => validate(&config.config),
+        Command::Validate {
+            config,
+            check_endpoints,
+        } => validate(&config.config, check_endpoints),
         Command::Route {
             config,
             from,
@@ -112,14 +121,58 @@ fn print_warnings(warnings: &[config::Warning]) {
     }
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+fn validate(path: &std::path::Path, check_endpoints: bool) -> ExitCode {
     let Some((plan, warnings)) = load(path) else {
         return ExitCode::FAILURE;
     };
     print!("{}", config::summary::describe(&plan));
     print_warnings(&warnings);
     println!("{}: ok", path.display());
+    if check_endpoints {
+        return check(&plan);
+    }
     ExitCode::SUCCESS
+}
+
+/// `validate --check-endpoints`: ok lines on stdout, warnings and errors on stderr.
+fn check(plan: &config::Plan) -> ExitCode {
+    let runtime = match build_runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(mqbridge::run::check::check_plan(plan));
+    for line in &report.lines {
+        match line.level {
+            check::Level::Ok => println!("{line}"),
+            check::Level::Warning | check::Level::Error => eprintln!("{line}"),
+        }
+    }
+    for broker in &report.unreachable_required {
+        eprintln!("error: required broker `{broker}` has no reachable endpoint");
+    }
+    if report.passed() {
+        println!("endpoints: ok");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A current-thread runtime for 1 worker (or fewer), else a multi-thread one.
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads)
+            .enable_all()
+            .build()
+    }
 }
 
 fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
@@ -149,17 +202,7 @@ fn run(path: &std::path::Path, worker_threads: usize, watch: bool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     print_warnings(&warnings);
-    let runtime = if worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(worker_threads)
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
+    let runtime = match build_runtime(worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -12,6 +12,7 @@
 //! `offline` status, then DISCONNECTs, so no will), then stop the built-in
 //! brokers.
 
+pub mod check;
 mod options;
 mod reload;
 
