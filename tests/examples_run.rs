@@ -18,11 +18,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::bridge::{Got, SeqCount, WAIT, publish_many, seq_msgs, unique};
+use common::bridge::{Got, SeqCount, Sub, WAIT, publish_many, qos, seq_msgs, unique};
 use common::certs;
 use common::http::value;
 use common::mosquitto::{Mosquitto, free_port, password_file};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -271,73 +271,25 @@ fn options(port: u16, id: &str, auth: Auth) -> MqttOptions {
     o
 }
 
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// A subscriber streaming what it receives.
 struct Watch {
-    rx: mpsc::UnboundedReceiver<Got>,
+    sub: Sub,
     what: String,
 }
 
 impl Watch {
     /// Subscribes to `filter` on 127.0.0.1:`port`; returns after the SUBACK.
     async fn start(port: u16, auth: Auth, filter: &str, q: u8) -> Watch {
-        let (client, mut ev) = AsyncClient::new(options(port, &unique("watch"), auth), 100);
-        client
-            .subscribe(filter, qos(q))
-            .await
-            .expect("queue SUBSCRIBE");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            // Keeps the client alive as long as the task runs.
-            let _client = client;
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.try_send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let got = Got {
-                            topic: p.topic.clone(),
-                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
-                            qos: p.qos as u8,
-                            retain: p.retain,
-                        };
-                        if tx.send(got).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if tx.is_closed() {
-                            return;
-                        }
-                        // The broker went away (the failover test kills one).
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
-        timeout(WAIT, ready_rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no SUBACK for {filter} on port {port}"))
-            .expect("subscriber task alive");
+        let sub = Sub::start_with(options(port, &unique("watch"), auth), filter, q).await;
         Watch {
-            rx,
+            sub,
             what: format!("{filter} on port {port}"),
         }
     }
 
     /// The next message; fails after `WAIT`.
     async fn next(&mut self) -> Got {
-        match timeout(WAIT, self.rx.recv()).await {
+        match timeout(WAIT, self.sub.rx.recv()).await {
             Ok(Some(got)) => got,
             _ => panic!("nothing arrived for {} within {WAIT:?}", self.what),
         }
@@ -345,7 +297,7 @@ impl Watch {
 
     /// The next message within [`QUIET`], if any (expected: none).
     async fn quiet(&mut self) -> Option<Got> {
-        timeout(QUIET, self.rx.recv()).await.ok().flatten()
+        timeout(QUIET, self.sub.rx.recv()).await.ok().flatten()
     }
 }
 

@@ -125,6 +125,11 @@ impl Sub {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_clean_session(!persistent);
+        Sub::start_with(o, filter, q).await
+    }
+
+    /// Like [`Sub::start`], with the caller's connection options (credentials, ids).
+    pub async fn start_with(o: MqttOptions, filter: &str, q: u8) -> Sub {
         let (client, mut ev) = AsyncClient::new(o, 100);
         client
             .subscribe(filter, qos(q))
