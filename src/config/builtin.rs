@@ -1,11 +1,17 @@
 //! Compiling a `type: builtin` broker and its listeners.
 
+use std::time::Duration;
+
 use super::brokers::{packet_size, positive_duration, reject_fields};
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BuiltInPlan, LimitsPlan, ListenerPlan, ListenerTlsPlan, Scheme};
 use super::raw::{OrMap, RawBroker, RawListener, Text, defaults};
+use super::units::parse_duration;
 use super::urls::parse_listen_url;
+
+/// Shortest `sys_interval`.
+const MIN_SYS_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) fn compile_builtin(
     ctx: &mut Ctx,
@@ -117,12 +123,46 @@ pub(crate) fn compile_builtin(
         ),
     };
 
+    let sys_interval = sys_interval(ctx, scope, &raw.sys_interval);
+
     BuiltInPlan {
         listeners,
         allow_anonymous,
         password_file,
         acl_file,
         limits,
+        sys_interval,
+    }
+}
+
+/// `sys_interval`: default 10 s (as Mosquitto); `0` or `off` disables
+/// `$SYS`; otherwise at least 1 s (a shorter one would flood subscribers).
+fn sys_interval(ctx: &mut Ctx, scope: &Scope, t: &Option<Text>) -> Option<Duration> {
+    let default = Some(defaults::sys_interval());
+    let Some(t) = t else { return default };
+    let s = ctx.text(t, scope, "sys_interval")?;
+    if s.trim().eq_ignore_ascii_case("off") {
+        return None;
+    }
+    match parse_duration(&s) {
+        Ok(d) if d.is_zero() => None,
+        Ok(d) if d < MIN_SYS_INTERVAL => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                "sys_interval: must be at least 1s (or `0` / `off` to disable `$SYS`)",
+            );
+            default
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                format!("sys_interval: {e} (or `0` / `off` to disable `$SYS`)"),
+            );
+            default
+        }
     }
 }
 

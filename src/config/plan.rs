@@ -172,6 +172,8 @@ pub struct BuiltInPlan {
     pub acl_file: Option<PathBuf>,
     /// Resource limits.
     pub limits: LimitsPlan,
+    /// Publish the `$SYS/broker/...` tree this often (default 10 s); `None` = off.
+    pub sys_interval: Option<std::time::Duration>,
 }
 
 /// One listening socket of the built-in broker.

@@ -61,6 +61,10 @@ pub mod defaults {
     pub fn probes_required() -> u32 {
         3
     }
+    /// Built-in `sys_interval` (Mosquitto's default).
+    pub fn sys_interval() -> Duration {
+        Duration::from_secs(10)
+    }
     /// Remote `connect_timeout` and built-in `limits.connect_timeout`.
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)
@@ -216,6 +220,9 @@ pub struct RawBroker {
     /// Limits.
     #[serde(default)]
     pub limits: Option<Spanned<RawLimits>>,
+    /// `$SYS` publishing interval (`0` / `off` disables).
+    #[serde(default)]
+    pub sys_interval: Option<Text>,
 }
 
 /// Remote `tls:`.

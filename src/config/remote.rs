@@ -25,6 +25,10 @@ pub(crate) fn compile_remote(
             ),
             ("acl_file", raw.acl_file.as_ref().map(|s| &s.referenced)),
             ("limits", raw.limits.as_ref().map(|s| &s.referenced)),
+            (
+                "sys_interval",
+                raw.sys_interval.as_ref().map(|s| &s.referenced),
+            ),
         ],
         "builtin",
     );

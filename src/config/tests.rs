@@ -330,3 +330,34 @@ fn regex_remaps_that_map_back_are_a_loop() {
         e[0]
     );
 }
+
+#[test]
+fn builtin_sys_interval_defaults_to_10s_and_can_be_turned_off() {
+    let interval = |field: &str| -> Result<Option<std::time::Duration>, Vec<String>> {
+        let yaml =
+            format!("brokers:\n  edge: {{type: builtin, listen: ['tcp://127.0.0.1:0']{field}}}\n");
+        match load(&yaml) {
+            Ok((plan, _)) => match &plan.brokers["edge"].kind {
+                BrokerKind::BuiltIn(b) => Ok(b.sys_interval),
+                BrokerKind::Remote(_) => panic!("edge is built-in"),
+            },
+            Err(e) => Err(e.errors.iter().map(|d| d.to_string()).collect()),
+        }
+    };
+    let secs = |n| Ok(Some(std::time::Duration::from_secs(n)));
+    assert_eq!(interval(""), secs(10));
+    assert_eq!(interval(", sys_interval: 30s"), secs(30));
+    assert_eq!(interval(", sys_interval: 1m"), secs(60));
+    assert_eq!(interval(", sys_interval: 0"), Ok(None));
+    assert_eq!(interval(", sys_interval: off"), Ok(None));
+    let e = interval(", sys_interval: 500ms").unwrap_err();
+    assert!(e[0].contains("sys_interval: must be at least 1s"), "{e:?}");
+    let e = interval(", sys_interval: often").unwrap_err();
+    assert!(
+        e[0].contains("sys_interval: ") && e[0].contains("`off`"),
+        "{e:?}"
+    );
+    let remote = "brokers:\n  cloud: {type: remote, endpoints: ['mqtt://127.0.0.1:1883'], sys_interval: 10s}\n";
+    let e = errors(remote);
+    assert!(e.iter().any(|m| m.contains("sys_interval")), "{e:?}");
+}

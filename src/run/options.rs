@@ -120,6 +120,6 @@ pub(super) fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
             overflow: broker::OverflowPolicy::DropOldest,
             connect_timeout: b.limits.connect_timeout,
         },
-        sys_interval: None,
+        sys_interval: b.sys_interval,
     }
 }
