@@ -115,6 +115,7 @@ pub struct RunHandle {
     bridge: Arc<Mutex<Bridge>>,
     stats: Vec<(String, Arc<PipeStats>)>,
     builtin_addrs: BTreeMap<String, Vec<SocketAddr>>,
+    builtins: BTreeMap<String, Broker>,
     links: BTreeMap<String, Link>,
     metrics_addr: Option<SocketAddr>,
     /// Subscription changes not yet acknowledged by the brokers.
@@ -187,6 +188,7 @@ impl RunHandle {
             .iter()
             .filter_map(|(n, b)| Some((n.clone(), b.builtin.as_ref()?.local_addrs())))
             .collect();
+        self.builtins = builtins(&bridge.brokers);
         result
     }
 
@@ -206,6 +208,11 @@ impl RunHandle {
                 Err(errors.into())
             }
         }
+    }
+
+    /// A running built-in broker (e.g. for a fault drill on its link).
+    pub fn builtin(&self, broker: &str) -> Option<&Broker> {
+        self.builtins.get(broker)
     }
 
     /// The bridge's link to a broker (e.g. to watch its state).
@@ -267,8 +274,8 @@ async fn start_broker(
         BrokerKind::BuiltIn(b) => {
             let broker = Broker::start(broker_options(name, b), token.clone()).await?;
             // The bridge's own persistent session on its built-in broker.
-            let (link, deliveries) = broker.link(&format!("mqbridge-bridge-{name}"), false);
-            obs.builtin(&broker);
+            let (link, deliveries) = broker.link(&broker::bridge_link_id(name), false);
+            obs.builtin(&broker, &link);
             Ok((
                 BrokerRt {
                     ix: 0,
@@ -287,6 +294,14 @@ async fn start_broker(
             ))
         }
     }
+}
+
+/// The built-in brokers among `brokers`.
+fn builtins(brokers: &BTreeMap<String, BrokerRt>) -> BTreeMap<String, Broker> {
+    brokers
+        .iter()
+        .filter_map(|(n, b)| Some((n.clone(), b.builtin.clone()?)))
+        .collect()
 }
 
 /// Stops brokers started by a start or reload that then failed.
@@ -374,6 +389,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         .iter()
         .filter_map(|(n, b)| Some((n.clone(), b.builtin.as_ref()?.local_addrs())))
         .collect();
+    let builtins = builtins(&brokers);
     let bridge = Arc::new(Mutex::new(Bridge {
         plan,
         pipes: Some(pipes),
@@ -387,6 +403,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         bridge,
         stats,
         builtin_addrs,
+        builtins,
         links,
         metrics_addr,
         pending_subscriptions,

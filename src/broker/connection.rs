@@ -108,10 +108,23 @@ where
             reply,
         })
         .await;
-    // Dropped unanswered when the router is gone (shutdown).
-    let Ok(session_present) = session_present.await else {
-        stop.cancel();
-        return;
+    let session_present = match session_present.await {
+        Ok(Ok(present)) => present,
+        // CONNACK 0x02 is on its way: the writer flushes it, then closes.
+        Ok(Err(_)) => {
+            ctx.counters.refused(RefuseReason::ClientId);
+            if let Some(suppressed) =
+                crate::metrics::ratelimit::allow(&format!("connect-link-id:{}", ctx.broker))
+            {
+                warn!(broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, suppressed, "CONNECT with the client id of a bridge link refused (0x02)");
+            }
+            return;
+        }
+        // Dropped unanswered when the router is gone (shutdown).
+        Err(_) => {
+            stop.cancel();
+            return;
+        }
     };
     info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, "client connected");
     let mut reader = Reader {
@@ -489,7 +502,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Ca
                         debug!(error = %e, "outgoing packet dropped");
                     }
                 }
-                Out::Close => close = true,
+                Out::Close | Out::Replaced => close = true,
             }
         }
         let result = tokio::select! {

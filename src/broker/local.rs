@@ -2,17 +2,26 @@
 //! other (same router, same `Outgoing` flows, same queue bounds), without TCP.
 //! A QoS 1/2 delivery stays in the session's inflight window until the pipe
 //! acks it; a publish resolves once the router has routed the message.
+//!
+//! Link sessions live in their own namespace in the router (no network
+//! client can reach them). A link whose attachment is closed for any reason
+//! but the end of the broker, its pipe, or a takeover by another link
+//! re-attaches by itself, like a client reconnects: same [`Link`], same
+//! delivery stream, its subscriptions restored when the session was lost.
+//! Its state shows `Disconnected` meanwhile.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::connection::next_conn_id;
-use super::outlet::{Out, outlet};
-use super::router::{Ack, Event, Reply, RouterHandle};
-use super::session::Origin;
+use super::outlet::{Out, OutletRx, outlet};
+use super::router::{Ack, ConnectRefused, Event, Reply, RouterHandle};
+use super::session::{ConnId, Origin};
 use crate::link::{AckHandle, AckToken, Delivery, Link, LinkError, LinkRequest, LinkState};
 use crate::protocol::v4::Packet;
 use crate::protocol::{QoS, message_from_publish};
@@ -24,12 +33,18 @@ const REQUESTS: usize = 64;
 const DELIVERIES: usize = 64;
 /// The endpoint name local links report in their state.
 const ENDPOINT: &str = "local";
+/// First wait before retrying a refused re-attach (the first re-attach
+/// after a close is immediate); doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between re-attach attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Opens a link; see [`super::Broker::link`].
 pub(crate) fn open(
     name: &str,
     router: &RouterHandle,
     tracker: &TaskTracker,
+    shutdown: &CancellationToken,
     client_id: &str,
     clean: bool,
 ) -> (Link, mpsc::Receiver<Delivery>) {
@@ -39,21 +54,71 @@ pub(crate) fn open(
         attempt: 1,
     });
     let (del_tx, del_rx) = mpsc::channel(DELIVERIES);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let task = LocalLink {
+        broker: name.to_owned(),
         router: router.clone(),
         client_id: client_id.to_string(),
+        clean,
         state: state_tx,
         deliveries: del_tx,
+        requests: req_rx,
+        ack_tx,
+        ack_rx,
+        subscriptions: BTreeMap::new(),
+        shutdown: shutdown.clone(),
     };
-    tracker.spawn(task.run(req_rx, clean));
+    tracker.spawn(task.run());
     (Link::new(name, req_tx, state_rx), del_rx)
 }
 
 struct LocalLink {
+    broker: String,
     router: RouterHandle,
     client_id: String,
+    clean: bool,
     state: watch::Sender<LinkState>,
     deliveries: mpsc::Sender<Delivery>,
+    requests: mpsc::Receiver<LinkRequest>,
+    ack_tx: mpsc::UnboundedSender<AckToken>,
+    ack_rx: mpsc::UnboundedReceiver<AckToken>,
+    /// The link's subscriptions (valid filters), restored on a re-attach
+    /// that finds no session.
+    subscriptions: BTreeMap<String, QoS>,
+    /// The broker's shutdown: no more re-attaching.
+    shutdown: CancellationToken,
+}
+
+/// Result of one attach.
+enum Attach {
+    /// Attached as connection `conn`.
+    Up {
+        conn: ConnId,
+        out_rx: OutletRx,
+        session_present: bool,
+    },
+    /// Refused for now (held down); retry later.
+    Refused,
+    /// The router is gone.
+    Gone,
+}
+
+/// How one attachment ended.
+enum End {
+    /// For good: shutdown request, pipe gone, router gone, or another link
+    /// took the session over.
+    Final,
+    /// Closed by the router for another reason: re-attach.
+    Lost,
+}
+
+/// Whether a batch from the outlet ends the attachment, and how.
+fn closing(batch: &[Out]) -> Option<End> {
+    batch.iter().find_map(|o| match o {
+        Out::Close => Some(End::Lost),
+        Out::Replaced => Some(End::Final),
+        Out::Packet(_) => None,
+    })
 }
 
 /// Packs (QoS, packet id) into an ack token id.
@@ -62,52 +127,140 @@ fn token_id(qos: QoS, pkid: u16) -> u64 {
 }
 
 impl LocalLink {
-    async fn run(self, mut requests: mpsc::Receiver<LinkRequest>, clean: bool) {
+    async fn run(mut self) {
+        let mut retry = RETRY_MIN;
+        let mut attempt = 1;
+        loop {
+            match self.attach().await {
+                Attach::Up {
+                    conn,
+                    out_rx,
+                    session_present,
+                } => {
+                    if attempt > 1 {
+                        info!(broker = %self.broker, client_id = %self.client_id, session_present, "link re-attached");
+                    }
+                    retry = RETRY_MIN;
+                    attempt = 1;
+                    self.state.send_replace(LinkState::Connected {
+                        endpoint: ENDPOINT.into(),
+                        session_present,
+                    });
+                    match self.serve(conn, out_rx).await {
+                        End::Final => break,
+                        End::Lost => {
+                            warn!(broker = %self.broker, client_id = %self.client_id, "link closed by the broker; re-attaching");
+                            self.state.send_replace(LinkState::Disconnected {
+                                reason: "closed by the broker".into(),
+                            });
+                            attempt += 1;
+                        }
+                    }
+                }
+                Attach::Refused => {
+                    debug!(broker = %self.broker, client_id = %self.client_id, ?retry, "link re-attach refused; retrying");
+                    self.state.send_replace(LinkState::Disconnected {
+                        reason: "re-attach refused".into(),
+                    });
+                    attempt += 1;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+                Attach::Gone => break,
+            }
+        }
+        debug!(client_id = %self.client_id, "local link closed");
+        self.state.send_replace(LinkState::Closed);
+    }
+
+    /// Attaches to the link's session; restores the subscriptions when the
+    /// router had no session any more.
+    async fn attach(&mut self) -> Attach {
+        if self.shutdown.is_cancelled() {
+            return Attach::Gone;
+        }
         let conn = next_conn_id();
-        let (out, mut out_rx) = outlet();
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckToken>();
+        let (out, out_rx) = outlet();
         let (reply, rx) = oneshot::channel();
         let connect = Event::Connect {
             conn,
             client_id: self.client_id.clone(),
-            clean,
+            clean: self.clean,
             outlet: out,
             origin: Origin::Local,
             reply,
         };
         if !self.router.send(connect).await {
-            self.state.send_replace(LinkState::Closed);
-            return;
+            return Attach::Gone;
         }
-        let Ok(session_present) = rx.await else {
-            self.state.send_replace(LinkState::Closed);
-            return;
+        let session_present = match rx.await {
+            Ok(Ok(present)) => present,
+            Ok(Err(ConnectRefused::LinkHeld | ConnectRefused::LinkClientId)) => {
+                return Attach::Refused;
+            }
+            Err(_) => return Attach::Gone,
         };
-        self.state.send_replace(LinkState::Connected {
-            endpoint: ENDPOINT.into(),
+        if !session_present && !self.subscriptions.is_empty() {
+            let (done, granted) = oneshot::channel();
+            let filters = self
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.clone(), Some(*q)))
+                .collect();
+            let restore = Event::Subscribe {
+                conn,
+                filters,
+                reply: Reply::Local(done),
+            };
+            if !self.router.send(restore).await || granted.await.is_err() {
+                return Attach::Gone;
+            }
+            debug!(broker = %self.broker, client_id = %self.client_id, filters = self.subscriptions.len(), "link subscriptions restored");
+        }
+        Attach::Up {
+            conn,
+            out_rx,
             session_present,
-        });
+        }
+    }
+
+    /// Serves one attachment until it ends.
+    async fn serve(&mut self, conn: ConnId, mut out_rx: OutletRx) -> End {
+        let stop = out_rx.stop_token();
         let mut ready: VecDeque<Out> = VecDeque::new();
         let mut batch = Vec::new();
-        let graceful = loop {
+        let end = loop {
             tokio::select! {
                 // Always drain the outlet (its size is bounded by the router's
                 // window and QoS 0 budget), so a takeover's Close is seen even
                 // while the pipe is not taking deliveries.
                 n = out_rx.recv_many(&mut batch, 64) => {
-                    if n == 0 || batch.iter().any(|o| matches!(o, Out::Close)) {
-                        break false;
+                    if n == 0 {
+                        break End::Final;
+                    }
+                    if let Some(end) = closing(&batch) {
+                        break end;
                     }
                     ready.extend(batch.drain(..));
                 }
+                // An abort (never expected for a link, which always drains
+                // its outlet) ends the attachment like a Close.
+                _ = stop.cancelled() => break End::Lost,
                 // Hand deliveries to the pipe as it makes room, without blocking
                 // the other branches (the pipe may be waiting on a publish).
                 permit = self.deliveries.reserve(), if !ready.is_empty() => {
-                    let Ok(permit) = permit else { break true };
-                    let mut closed = false;
+                    let Ok(permit) = permit else {
+                        disconnect(&self.router, conn).await;
+                        break End::Final;
+                    };
+                    let mut closed = None;
                     while let Some(item) = ready.pop_front() {
                         match item {
-                            Out::Close => { closed = true; break; }
+                            Out::Close => { closed = Some(End::Lost); break; }
+                            Out::Replaced => { closed = Some(End::Final); break; }
                             Out::Packet(packet) => {
                                 out_rx.written(1);
                                 // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
@@ -118,86 +271,114 @@ impl LocalLink {
                                     AckHandle::none()
                                 } else {
                                     let id = token_id(message.qos, pkid);
-                                    AckHandle::new(AckToken { generation: conn, id }, ack_tx.clone())
+                                    AckHandle::new(AckToken { generation: conn, id }, self.ack_tx.clone())
                                 };
                                 permit.send(Delivery { message, ack });
                                 break;
                             }
                         }
                     }
-                    if closed {
-                        break false;
+                    if let Some(end) = closed {
+                        break end;
                     }
                 }
-                Some(token) = ack_rx.recv() => {
-                    if token.generation == conn && !self.ack(conn, token).await {
-                        break false;
+                // Cancel safe: `recv` loses nothing when another branch wins.
+                Some(token) = self.ack_rx.recv() => {
+                    // Acks of an earlier attachment are stale: the session
+                    // redelivers those messages on this one.
+                    if token.generation == conn && !ack(&self.router, conn, token).await {
+                        break End::Final;
                     }
                 }
-                req = requests.recv() => {
+                req = self.requests.recv() => {
                     match req {
-                        None | Some(LinkRequest::Shutdown) => break true,
-                        Some(req) => if !self.request(conn, req).await { break false },
+                        None | Some(LinkRequest::Shutdown) => {
+                            disconnect(&self.router, conn).await;
+                            break End::Final;
+                        }
+                        Some(req) => if !request(&self.router, &mut self.subscriptions, conn, req).await { break End::Final },
                     }
                 }
             }
         };
-        if graceful {
-            self.router
-                .send(Event::Disconnected { conn, will: None })
-                .await;
+        if matches!(end, End::Lost) && self.shutdown.is_cancelled() {
+            return End::Final;
         }
-        debug!(client_id = %self.client_id, "local link closed");
-        self.state.send_replace(LinkState::Closed);
+        end
     }
+}
 
-    /// Completes a delivery in the session: PUBACK, or PUBREC then PUBCOMP.
-    async fn ack(&self, conn: u64, token: AckToken) -> bool {
-        let pkid = (token.id & 0xffff) as u16;
-        let kinds: &[Ack] = if token.id >> 16 == u64::from(QoS::ExactlyOnce.as_u8()) {
-            &[Ack::PubRec, Ack::PubComp]
-        } else {
-            &[Ack::PubAck]
-        };
-        for &kind in kinds {
-            if !self.router.send(Event::Ack { conn, kind, pkid }).await {
-                return false;
-            }
+/// Ends an attachment gracefully (no will, session kept if persistent).
+async fn disconnect(router: &RouterHandle, conn: ConnId) {
+    router.send(Event::Disconnected { conn, will: None }).await;
+}
+
+/// Completes a delivery in the session: PUBACK, or PUBREC then PUBCOMP.
+async fn ack(router: &RouterHandle, conn: u64, token: AckToken) -> bool {
+    let pkid = (token.id & 0xffff) as u16;
+    let kinds: &[Ack] = if token.id >> 16 == u64::from(QoS::ExactlyOnce.as_u8()) {
+        &[Ack::PubRec, Ack::PubComp]
+    } else {
+        &[Ack::PubAck]
+    };
+    for &kind in kinds {
+        if !router.send(Event::Ack { conn, kind, pkid }).await {
+            return false;
         }
-        true
     }
+    true
+}
 
-    async fn request(&self, conn: u64, req: LinkRequest) -> bool {
-        let event = match req {
-            LinkRequest::Publish { message, done } => {
-                if let Err(e) = topic::validate_topic_name(&message.topic) {
-                    let _ = done.send(Err(LinkError::Rejected(e.to_string())));
-                    return true;
-                }
-                Event::LocalPublish {
-                    conn,
-                    message,
-                    done,
-                }
+/// Hands one pipe request to the router; records (un)subscriptions.
+async fn request(
+    router: &RouterHandle,
+    subscriptions: &mut BTreeMap<String, QoS>,
+    conn: u64,
+    req: LinkRequest,
+) -> bool {
+    let event = match req {
+        LinkRequest::Publish { message, done } => {
+            if let Err(e) = topic::validate_topic_name(&message.topic) {
+                let _ = done.send(Err(LinkError::Rejected(e.to_string())));
+                return true;
             }
-            LinkRequest::Subscribe { filters, done } => Event::Subscribe {
+            Event::LocalPublish {
                 conn,
-                filters: filters
-                    .into_iter()
-                    .map(|(f, q)| {
-                        let ok = topic::validate_filter(&f).is_ok();
-                        (f, ok.then_some(q))
-                    })
-                    .collect(),
-                reply: Reply::Local(done),
-            },
-            LinkRequest::Unsubscribe { filters, done } => Event::Unsubscribe {
+                message,
+                done,
+            }
+        }
+        LinkRequest::Subscribe { filters, done } => {
+            let filters: Vec<(String, Option<QoS>)> = filters
+                .into_iter()
+                .map(|(f, q)| {
+                    let ok = topic::validate_filter(&f).is_ok();
+                    (f, ok.then_some(q))
+                })
+                .collect();
+            // The router grants every valid filter to a link.
+            for (f, q) in &filters {
+                if let Some(q) = q {
+                    subscriptions.insert(f.clone(), *q);
+                }
+            }
+            Event::Subscribe {
                 conn,
                 filters,
                 reply: Reply::Local(done),
-            },
-            LinkRequest::Shutdown => return false,
-        };
-        self.router.send(event).await
-    }
+            }
+        }
+        LinkRequest::Unsubscribe { filters, done } => {
+            for f in &filters {
+                subscriptions.remove(f);
+            }
+            Event::Unsubscribe {
+                conn,
+                filters,
+                reply: Reply::Local(done),
+            }
+        }
+        LinkRequest::Shutdown => return false,
+    };
+    router.send(event).await
 }

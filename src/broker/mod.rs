@@ -7,7 +7,10 @@
 //! drives the shared protocol state machines (`protocol::Outgoing` towards
 //! subscribers, `protocol::Incoming` from publishers). Everything reaches the
 //! router over channels; nothing is locked. In-process links ([`local`]) are
-//! sessions like any other, so a pipe cannot tell a local broker from a remote one.
+//! sessions like any other, so a pipe cannot tell a local broker from a remote one;
+//! but they live in their own session namespace: a network client cannot
+//! resume or take over a link's session, and a CONNECT with a link's client
+//! id is refused with CONNACK 0x02 (identifier rejected).
 //!
 //! MQTT 3.1 (`MQIsdp`, level 3) is refused with CONNACK 0x01 (unacceptable
 //! protocol version), as is any level other than 4.
@@ -197,6 +200,19 @@ pub struct Broker {
     router: router::RouterHandle,
     counters: Arc<stats::Counters>,
     tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// The client id of the bridge's own in-process link on built-in broker
+/// `broker` (a network CONNECT with it is refused).
+pub fn bridge_link_id(broker: &str) -> String {
+    format!("mqbridge-bridge-{broker}")
+}
+
+/// Keeps a link held down (see [`Broker::hold_link_down`]) until dropped.
+#[derive(Debug)]
+pub struct LinkHold {
+    _release: tokio_util::sync::DropGuard,
 }
 
 impl Broker {
@@ -284,6 +300,7 @@ impl Broker {
             router,
             counters,
             tracker,
+            shutdown,
         })
     }
 
@@ -300,15 +317,41 @@ impl Broker {
     /// Opens an in-process link with session `client_id`: the pipe-facing
     /// [`Link`] and its deliveries. A persistent session (`clean_session =
     /// false`) keeps subscriptions and unacked QoS 1/2 messages across links.
-    /// A second link with the same id takes the session over.
+    /// A second link with the same id takes the session over (the first
+    /// link is then closed for good). Link ids are a namespace of their own:
+    /// no network client can reach the session, and a network CONNECT with
+    /// the id of an existing link session is refused (0x02). A link closed
+    /// for any other reason re-attaches by itself (see [`local`]).
     pub fn link(&self, client_id: &str, clean_session: bool) -> (Link, mpsc::Receiver<Delivery>) {
         local::open(
             &self.name,
             &self.router,
             &self.tracker,
+            &self.shutdown,
             client_id,
             clean_session,
         )
+    }
+
+    /// Fault drill: closes the attachment of link `client_id` as a failure
+    /// would and refuses its re-attach attempts (its state shows
+    /// `Disconnected`) until the returned guard is dropped; then the link
+    /// re-attaches within its retry interval (at most 2 s). `None` when no
+    /// such link session exists.
+    pub async fn hold_link_down(&self, client_id: &str) -> Option<LinkHold> {
+        let hold = CancellationToken::new();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let event = router::Event::HoldLink {
+            client_id: client_id.to_owned(),
+            hold: hold.clone(),
+            reply,
+        };
+        if !self.router.send(event).await {
+            return None;
+        }
+        rx.await.unwrap_or(false).then(|| LinkHold {
+            _release: hold.drop_guard(),
+        })
     }
 
     /// A snapshot of the counters and gauges.

@@ -17,8 +17,13 @@ pub(crate) enum Out {
     /// A packet to write (boxed: channel blocks and batches hold many slots,
     /// and 10,000 idle connections must stay small).
     Packet(Box<Packet>),
-    /// Write what is queued, then close (takeover, broker shutdown).
+    /// Write what is queued, then close (takeover of a network session,
+    /// a link held down, broker shutdown). A local link closed this way
+    /// re-attaches.
     Close,
+    /// Another in-process link took this link's session over: close for
+    /// good (re-attaching would take it back, and the two would alternate).
+    Replaced,
 }
 
 /// Sending side, held by the router (and the connection's reader for its
@@ -113,6 +118,11 @@ impl Outlet {
     /// Asks the connection to flush and close.
     pub fn close(&self) {
         let _ = self.tx.send(Out::Close);
+    }
+
+    /// Tells a local link that another link took its session over.
+    pub fn replaced(&self) {
+        let _ = self.tx.send(Out::Replaced);
     }
 
     /// Stops the connection now: a client that does not read its socket

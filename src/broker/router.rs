@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::acl::Op;
 use super::outlet::Outlet;
 use super::retained::Retained;
-use super::session::{Attached, ConnId, Origin, Session};
+use super::session::{Attached, ConnId, Origin, Session, SessionKey};
 use super::stats::Counters;
 use super::sys;
 use super::{Limits, Security};
@@ -42,6 +42,15 @@ pub(crate) const MAX_PARKED: usize = 1024;
 
 type SessionId = u64;
 
+/// How a session's connection is ended by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// A new connection (or link) of the same key takes the session.
+    Replaced,
+    /// Closed with no successor (a link re-attaches).
+    Closed,
+}
+
 /// A QoS 1/2 publish held back because a local link session it goes to is
 /// full: routed, and acknowledged to its publisher, once that session has room.
 #[derive(Debug)]
@@ -61,11 +70,21 @@ pub(crate) enum Reply<T> {
     Local(oneshot::Sender<Result<T, LinkError>>),
 }
 
+/// Why the router refused a CONNECT (or a link's attach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectRefused {
+    /// A network client sent the client id of an in-process link: CONNACK
+    /// 0x02 (identifier rejected) went out on its outlet.
+    LinkClientId,
+    /// The link is held down ([`super::Broker::hold_link_down`]); it retries.
+    LinkHeld,
+}
+
 /// Everything the router is told.
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A client passed CONNECT checks; the router answers CONNACK on `outlet`
-    /// and `reply` gets `session_present`.
+    /// and `reply` gets `session_present`, or why it refused.
     Connect {
         /// New connection id.
         conn: ConnId,
@@ -77,7 +96,18 @@ pub(crate) enum Event {
         outlet: Outlet,
         /// Network client (CONNACK sent, ACL applies) or local link.
         origin: Origin,
-        /// Receives `session_present`.
+        /// Receives `session_present`, or the refusal.
+        reply: oneshot::Sender<Result<bool, ConnectRefused>>,
+    },
+    /// Fault drill: close link `client_id`'s attachment as a failure would,
+    /// and refuse its re-attach until `hold` is cancelled. `reply` gets
+    /// whether such a link session exists.
+    HoldLink {
+        /// The link id.
+        client_id: String,
+        /// Cancelled when the link may come back.
+        hold: CancellationToken,
+        /// Whether the link session exists.
         reply: oneshot::Sender<bool>,
     },
     /// A PUBLISH from a network client; `route` is false for a publish the
@@ -179,6 +209,7 @@ pub(crate) fn spawn(
         counters,
         sessions: HashMap::new(),
         by_client: HashMap::new(),
+        holds: HashMap::new(),
         by_conn: HashMap::new(),
         subs: FilterTrie::new(),
         retained: Retained::default(),
@@ -232,7 +263,10 @@ struct Router {
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sessions: HashMap<SessionId, Session>,
-    by_client: HashMap<String, SessionId>,
+    /// Sessions by namespaced key: a network client id never finds a link's session.
+    by_client: HashMap<SessionKey, SessionId>,
+    /// Links held down by a fault drill (by link id), until the token is cancelled.
+    holds: HashMap<String, CancellationToken>,
     by_conn: HashMap<ConnId, SessionId>,
     /// Every subscription: filter → (session, granted QoS).
     subs: FilterTrie<(SessionId, QoS)>,
@@ -347,6 +381,13 @@ impl Router {
                 reply,
             } => self.unsubscribe(conn, filters, reply),
             Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::HoldLink {
+                client_id,
+                hold,
+                reply,
+            } => {
+                let _ = reply.send(self.hold_link(client_id, hold));
+            }
             Event::Ping { conn } => {
                 let cap = self.hard_cap;
                 if let Some(s) = self.session_of(conn) {
@@ -368,24 +409,22 @@ impl Router {
         clean: bool,
         outlet: Outlet,
         origin: Origin,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<bool, ConnectRefused>>,
     ) {
+        if let Err(refused) = self.admit(&client_id, &origin, &outlet) {
+            let _ = reply.send(Err(refused));
+            return;
+        }
+        let key = SessionKey::of(&origin, &client_id);
         let mut session_present = false;
-        if let Some(&sid) = self.by_client.get(&client_id) {
+        if let Some(&sid) = self.by_client.get(&key) {
             let mut keep = false;
-            if let Some(old) = self.sessions.get_mut(&sid) {
-                if let Some(att) = old.conn.take() {
+            if let Some(old) = self.sessions.get(&sid) {
+                if old.conn.is_some() {
                     info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
-                    // Network: at once, not after queued packets (the old client may
-                    // not be reading). Local link: it sees the Close.
-                    att.outlet.abort();
-                    att.outlet.close();
-                    self.by_conn.remove(&att.id);
-                    // Never acknowledged: the client sends them again.
-                    forget_parked(&mut self.parked, &self.counters, att.id);
-                    self.counters.clients_connected.fetch_sub(1, Relaxed);
+                    self.detach(sid, Takeover::Replaced);
                 }
-                keep = !clean && !old.clean;
+                keep = !clean && self.sessions.get(&sid).is_some_and(|old| !old.clean);
             }
             if keep {
                 session_present = true;
@@ -393,14 +432,16 @@ impl Router {
                 self.remove_session(sid);
             }
         }
-        let sid = match self.by_client.get(&client_id) {
+        let sid = match self.by_client.get(&key) {
             Some(&sid) => sid,
             None => {
                 let sid = self.next_session;
                 self.next_session += 1;
-                self.sessions
-                    .insert(sid, Session::new(client_id.clone(), clean, &self.limits));
-                self.by_client.insert(client_id, sid);
+                self.sessions.insert(
+                    sid,
+                    Session::new(client_id, clean, origin.clone(), &self.limits),
+                );
+                self.by_client.insert(key, sid);
                 self.counters.sessions.fetch_add(1, Relaxed);
                 sid
             }
@@ -421,16 +462,101 @@ impl Router {
             session_present,
             &self.counters,
         );
+        let link = session.is_link();
+        self.connected_gauge(link).fetch_add(1, Relaxed);
         self.by_conn.insert(conn, sid);
-        self.counters.clients_connected.fetch_add(1, Relaxed);
-        let _ = reply.send(session_present);
+        let _ = reply.send(Ok(session_present));
+    }
+
+    /// Refuses a network CONNECT with the client id of an in-process link
+    /// (CONNACK 0x02 on its outlet), and a held-down link's attach.
+    fn admit(
+        &mut self,
+        client_id: &str,
+        origin: &Origin,
+        outlet: &Outlet,
+    ) -> Result<(), ConnectRefused> {
+        match origin {
+            Origin::Network { .. } => {
+                if self
+                    .by_client
+                    .contains_key(&SessionKey::Link(client_id.to_owned()))
+                {
+                    outlet.send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::BadClientId,
+                        false,
+                    )));
+                    outlet.close();
+                    return Err(ConnectRefused::LinkClientId);
+                }
+            }
+            Origin::Local => {
+                if let Some(hold) = self.holds.get(client_id) {
+                    if !hold.is_cancelled() {
+                        return Err(ConnectRefused::LinkHeld);
+                    }
+                    self.holds.remove(client_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connected gauge of links or of network clients.
+    fn connected_gauge(&self, link: bool) -> &std::sync::atomic::AtomicU64 {
+        if link {
+            &self.counters.links_connected
+        } else {
+            &self.counters.clients_connected
+        }
+    }
+
+    /// Closes the connection attached to session `sid` (if any); the session stays.
+    fn detach(&mut self, sid: SessionId, how: Takeover) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(att) = session.conn.take() else {
+            return;
+        };
+        let link = session.is_link();
+        match (link, how) {
+            // A link replaced by another link must not come back for the session.
+            (true, Takeover::Replaced) => att.outlet.replaced(),
+            // A link sees the Close and re-attaches.
+            (true, Takeover::Closed) => att.outlet.close(),
+            // Network: at once, not after queued packets (the old client may
+            // not be reading).
+            (false, _) => {
+                att.outlet.abort();
+                att.outlet.close();
+            }
+        }
+        self.by_conn.remove(&att.id);
+        // Never acknowledged: the client sends them again.
+        forget_parked(&mut self.parked, &self.counters, att.id);
+        self.connected_gauge(link).fetch_sub(1, Relaxed);
+    }
+
+    /// See [`Event::HoldLink`].
+    fn hold_link(&mut self, client_id: String, hold: CancellationToken) -> bool {
+        let Some(&sid) = self.by_client.get(&SessionKey::Link(client_id.clone())) else {
+            return false;
+        };
+        warn!(broker = %self.name, client_id = %client_id, "fault drill: link held down");
+        self.holds.insert(client_id, hold);
+        self.detach(sid, Takeover::Closed);
+        if self.sessions.get(&sid).is_some_and(|s| s.clean) {
+            self.remove_session(sid);
+        }
+        true
     }
 
     fn remove_session(&mut self, sid: SessionId) {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.by_client.remove(&s.client_id);
+        self.by_client.remove(&s.key());
         for filter in s.subscriptions.keys() {
             self.subs.remove(filter, |v| v.0 == sid);
         }
@@ -445,14 +571,14 @@ impl Router {
         // Never acknowledged: a persistent client sends them again.
         forget_parked(&mut self.parked, &self.counters, conn);
         if let Some(sid) = self.by_conn.remove(&conn) {
-            self.counters.clients_connected.fetch_sub(1, Relaxed);
-            let clean = match self.sessions.get_mut(&sid) {
+            let (link, clean) = match self.sessions.get_mut(&sid) {
                 Some(s) => {
                     s.conn = None;
-                    s.clean
+                    (s.is_link(), s.clean)
                 }
-                None => false,
+                None => (false, false),
             };
+            self.connected_gauge(link).fetch_sub(1, Relaxed);
             if clean {
                 self.remove_session(sid);
             }

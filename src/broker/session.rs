@@ -38,6 +38,27 @@ pub(crate) enum Origin {
     },
 }
 
+/// How the router finds a session. Network clients and in-process links
+/// live in separate namespaces: a network CONNECT can never reach, resume or
+/// take over a link's session, whatever client id it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum SessionKey {
+    /// A network client's session, by its client id.
+    Network(String),
+    /// An in-process link's session, by its link id.
+    Link(String),
+}
+
+impl SessionKey {
+    /// The key of `client_id` connecting as `origin`.
+    pub fn of(origin: &Origin, client_id: &str) -> Self {
+        match origin {
+            Origin::Local => SessionKey::Link(client_id.to_owned()),
+            Origin::Network { .. } => SessionKey::Network(client_id.to_owned()),
+        }
+    }
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -55,13 +76,14 @@ pub(crate) struct Session {
     pub queue: VecDeque<Message>,
     /// The live connection, if any.
     pub conn: Option<Attached>,
-    /// Who connected last (read ACL subject).
+    /// Who connected last (read ACL subject). Its kind (link or network)
+    /// never changes: it is part of the session's [`SessionKey`].
     pub origin: Origin,
 }
 
 impl Session {
-    /// A fresh session.
-    pub fn new(client_id: String, clean: bool, limits: &Limits) -> Self {
+    /// A fresh session of `origin`.
+    pub fn new(client_id: String, clean: bool, origin: Origin, limits: &Limits) -> Self {
         Session {
             client_id,
             clean,
@@ -70,8 +92,18 @@ impl Session {
             incoming: Incoming::new(),
             queue: VecDeque::new(),
             conn: None,
-            origin: Origin::Local,
+            origin,
         }
+    }
+
+    /// The session's key in the router.
+    pub fn key(&self) -> SessionKey {
+        SessionKey::of(&self.origin, &self.client_id)
+    }
+
+    /// Whether an in-process link owns this session.
+    pub fn is_link(&self) -> bool {
+        self.origin == Origin::Local
     }
 
     fn send(&self, packet: Packet, counters: &Counters) {
@@ -232,7 +264,7 @@ mod tests {
     fn window_then_bounded_queue_drop_oldest() {
         let counters = Counters::default();
         let l = limits(2, OverflowPolicy::DropOldest);
-        let mut s = Session::new("c".into(), false, &l);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
         let (tx, mut rx) = outlet();
         s.attach(Attached { id: 1, outlet: tx }, false, &counters);
         for n in 0..6 {
@@ -252,7 +284,7 @@ mod tests {
     fn drop_newest_and_offline_qos0() {
         let counters = Counters::default();
         let l = limits(1, OverflowPolicy::DropNewest);
-        let mut s = Session::new("c".into(), false, &l);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
         s.deliver(msg(0, QoS::AtMostOnce), &l, &counters);
         s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters);
         s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters);
@@ -268,7 +300,7 @@ mod tests {
     fn would_drop_only_when_the_queue_is_full() {
         let counters = Counters::default();
         let l = limits(2, OverflowPolicy::DropOldest);
-        let mut s = Session::new("c".into(), false, &l);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
         // Away with an empty queue: queued, not dropped.
         assert!(!s.would_drop(&l));
         let (tx, _rx) = outlet();
@@ -282,7 +314,7 @@ mod tests {
         assert_eq!(counters.snapshot().dropped_queue_full, 0);
         // max_queued_messages 0: only the window.
         let l0 = limits(0, OverflowPolicy::DropOldest);
-        let mut z = Session::new("z".into(), false, &l0);
+        let mut z = Session::new("z".into(), false, Origin::Local, &l0);
         let (tx, _rx0) = outlet();
         z.attach(Attached { id: 2, outlet: tx }, false, &counters);
         assert!(!z.would_drop(&l0));

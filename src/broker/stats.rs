@@ -15,6 +15,8 @@ pub enum RefuseReason {
     Protocol,
     /// No CONNECT within `connect_timeout`.
     Timeout,
+    /// The client id is one of the bridge's in-process links (CONNACK 0x02).
+    ClientId,
 }
 
 /// Why a message was dropped instead of delivered.
@@ -32,6 +34,7 @@ pub enum DropReason {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub clients_connected: AtomicU64,
+    pub links_connected: AtomicU64,
     pub sessions: AtomicU64,
     pub subscriptions: AtomicU64,
     pub retained: AtomicU64,
@@ -44,6 +47,7 @@ pub(crate) struct Counters {
     pub refused_limit: AtomicU64,
     pub refused_protocol: AtomicU64,
     pub refused_timeout: AtomicU64,
+    pub refused_client_id: AtomicU64,
     pub dropped_acl: AtomicU64,
     pub dropped_sys: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -58,6 +62,7 @@ impl Counters {
             RefuseReason::Limit => &self.refused_limit,
             RefuseReason::Protocol => &self.refused_protocol,
             RefuseReason::Timeout => &self.refused_timeout,
+            RefuseReason::ClientId => &self.refused_client_id,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -74,6 +79,7 @@ impl Counters {
     pub fn snapshot(&self) -> BrokerStats {
         BrokerStats {
             clients_connected: self.clients_connected.load(Relaxed),
+            links_connected: self.links_connected.load(Relaxed),
             sessions: self.sessions.load(Relaxed),
             subscriptions: self.subscriptions.load(Relaxed),
             retained: self.retained.load(Relaxed),
@@ -86,6 +92,7 @@ impl Counters {
             refused_limit: self.refused_limit.load(Relaxed),
             refused_protocol: self.refused_protocol.load(Relaxed),
             refused_timeout: self.refused_timeout.load(Relaxed),
+            refused_client_id: self.refused_client_id.load(Relaxed),
             dropped_acl: self.dropped_acl.load(Relaxed),
             dropped_sys: self.dropped_sys.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
@@ -98,8 +105,10 @@ impl Counters {
 /// A snapshot of the broker's counters and gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BrokerStats {
-    /// Gauge: network clients and local links currently connected.
+    /// Gauge: network clients currently connected (in-process links not included).
     pub clients_connected: u64,
+    /// Gauge: the bridge's in-process links currently attached.
+    pub links_connected: u64,
     /// Gauge: sessions held (connected or persistent and away).
     pub sessions: u64,
     /// Gauge: subscriptions over all sessions.
@@ -124,6 +133,8 @@ pub struct BrokerStats {
     pub refused_protocol: u64,
     /// Counter: connections closed for sending no CONNECT in time.
     pub refused_timeout: u64,
+    /// Counter: CONNECTs refused (0x02) for using an in-process link's client id.
+    pub refused_client_id: u64,
     /// Counter: publishes dropped by the ACL.
     pub dropped_acl: u64,
     /// Counter: client publishes to `$SYS/...` dropped.

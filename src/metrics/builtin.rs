@@ -6,7 +6,7 @@ use super::names::*;
 use crate::broker::BrokerStats;
 
 /// `reason` labels of refused connections, in [`BuiltinBrokerMetrics`] order.
-pub const REFUSE_REASONS: [&str; 4] = ["auth", "limit", "protocol", "timeout"];
+pub const REFUSE_REASONS: [&str; 5] = ["auth", "limit", "protocol", "timeout", "client_id"];
 /// `reason` labels of dropped messages, in [`BuiltinBrokerMetrics`] order.
 pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
 
@@ -14,6 +14,7 @@ pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
 #[derive(Debug, Clone)]
 pub struct BuiltinBrokerMetrics {
     clients_connected: Gauge,
+    links_connected: Gauge,
     sessions: Gauge,
     subscriptions: Gauge,
     retained: Gauge,
@@ -34,6 +35,7 @@ impl BuiltinBrokerMetrics {
         let b = broker.to_owned();
         BuiltinBrokerMetrics {
             clients_connected: gauge!(BROKER_CLIENTS_CONNECTED, LABEL_BROKER => b.clone()),
+            links_connected: gauge!(BROKER_LINKS_CONNECTED, LABEL_BROKER => b.clone()),
             sessions: gauge!(BROKER_SESSIONS, LABEL_BROKER => b.clone()),
             subscriptions: gauge!(BROKER_SUBSCRIPTIONS, LABEL_BROKER => b.clone()),
             retained: gauge!(BROKER_RETAINED_MESSAGES, LABEL_BROKER => b.clone()),
@@ -57,6 +59,7 @@ impl BuiltinBrokerMetrics {
     /// (so sampling twice counts nothing twice).
     pub fn observe(&self, s: &BrokerStats) {
         self.clients_connected.set(s.clients_connected as f64);
+        self.links_connected.set(s.links_connected as f64);
         self.sessions.set(s.sessions as f64);
         self.subscriptions.set(s.subscriptions as f64);
         self.retained.set(s.retained as f64);
@@ -70,6 +73,7 @@ impl BuiltinBrokerMetrics {
             s.refused_limit,
             s.refused_protocol,
             s.refused_timeout,
+            s.refused_client_id,
         ];
         for (c, v) in self.refused.iter().zip(refused) {
             c.absolute(v);

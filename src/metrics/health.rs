@@ -14,7 +14,7 @@ pub struct BrokerStatus {
     pub kind: BrokerKind,
     /// Whether readiness requires this broker to be connected.
     pub required: bool,
-    /// Connected (remote) or listening (built-in).
+    /// Connected (remote), or the bridge's in-process link attached (built-in).
     pub connected: bool,
     /// Endpoint in use, for a connected remote broker.
     #[serde(skip_serializing_if = "Option::is_none")]

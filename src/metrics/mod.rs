@@ -39,7 +39,7 @@ pub use remote::RemoteBrokerMetrics;
 
 use std::sync::OnceLock;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use names::*;
@@ -115,6 +115,10 @@ pub fn describe_all() {
             REMOTE_FAILOVERS,
             "Switches away from the endpoint last in use.",
         ),
+        (
+            REMOTE_CONNECT_FAILURES,
+            "Connection attempts that failed before CONNACK, by reason.",
+        ),
         (REMOTE_FAILBACKS, "Switches back to the primary endpoint."),
         (
             REMOTE_MESSAGES_IN,
@@ -132,6 +136,14 @@ pub fn describe_all() {
         (
             BROKER_CONNECTIONS_REFUSED,
             "Connections refused, by reason.",
+        ),
+        (
+            BROKER_MESSAGES_DROPPED,
+            "Messages the broker dropped instead of delivering, by reason.",
+        ),
+        (
+            BROKER_PUBLISHES_HELD_BACK_TOTAL,
+            "Client QoS 1/2 publishes ever held back (ack withheld) by a full bridge link session.",
         ),
         (RELOADS, "Configuration reloads applied."),
         (RELOAD_FAILURES, "Configuration reloads rejected."),
@@ -167,7 +179,18 @@ pub fn describe_all() {
             REMOTE_INFLIGHT_MESSAGES,
             "Outgoing QoS 1/2 publishes awaiting acknowledgement.",
         ),
-        (BROKER_CLIENTS_CONNECTED, "Network clients connected."),
+        (
+            BROKER_CLIENTS_CONNECTED,
+            "Network clients connected (the bridge's own links not included).",
+        ),
+        (
+            BROKER_LINKS_CONNECTED,
+            "The bridge's in-process links attached.",
+        ),
+        (
+            BROKER_PUBLISHES_HELD_BACK,
+            "Client QoS 1/2 publishes held back now (ack withheld) by a full bridge link session.",
+        ),
         (BROKER_SESSIONS, "Sessions held."),
         (BROKER_SUBSCRIPTIONS, "Subscriptions held."),
         (BROKER_RETAINED_MESSAGES, "Retained messages stored."),
@@ -182,4 +205,9 @@ pub fn describe_all() {
         "Source receive to destination acknowledgement."
     );
     gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Process-wide counters exist from the start (at 0), not only after
+    // their first event, so `rate()` and alerts see them.
+    for name in [RELOADS, RELOAD_FAILURES, LOG_WARNINGS_SUPPRESSED] {
+        counter!(name).increment(0);
+    }
 }

@@ -68,8 +68,11 @@ pub const REMOTE_BYTES_OUT: &str = "mqbridge_remote_bytes_out_total";
 
 // --- built-in brokers --------------------------------------------------------
 
-/// Gauge `{broker}`: network clients currently connected.
+/// Gauge `{broker}`: network clients currently connected (the bridge's own
+/// in-process links are not clients: see [`BROKER_LINKS_CONNECTED`]).
 pub const BROKER_CLIENTS_CONNECTED: &str = "mqbridge_broker_clients_connected";
+/// Gauge `{broker}`: the bridge's in-process links currently attached.
+pub const BROKER_LINKS_CONNECTED: &str = "mqbridge_broker_links_connected";
 /// Gauge `{broker}`: sessions held (connected and persistent offline ones).
 pub const BROKER_SESSIONS: &str = "mqbridge_broker_sessions";
 /// Gauge `{broker}`: subscriptions across all sessions.

@@ -26,6 +26,7 @@ use super::{BuiltinBrokerMetrics, MetricsError, PipeMetrics, RemoteBrokerMetrics
 use crate::broker::Broker;
 use crate::client::ClientOptions;
 use crate::config::{BrokerPlan, Plan, RemotePlan};
+use crate::link::{Link, LinkState};
 use crate::pipe::stats::PipeStats;
 
 /// Capacity of each client's event channel (events are rare; a lagging
@@ -129,9 +130,9 @@ impl Observability {
         self.control.remote(name, plan, opts);
     }
 
-    /// Registers a started built-in broker (sampled on each scrape).
-    pub fn builtin(&mut self, broker: &Broker) {
-        self.control.builtin(broker);
+    /// Registers a started built-in broker; see [`ObservabilityControl::builtin`].
+    pub fn builtin(&mut self, broker: &Broker, link: &Link) {
+        self.control.builtin(broker, link);
     }
 
     /// Registers the running pipes (`stats` from the pipe runtime).
@@ -210,6 +211,25 @@ impl Observability {
     }
 }
 
+/// Mirrors a built-in broker's link state onto the board until the link
+/// closes for good or observability stops.
+async fn watch_link(
+    name: String,
+    mut state: watch::Receiver<LinkState>,
+    board: Arc<StatusBoard>,
+    stop: CancellationToken,
+) {
+    loop {
+        let up = matches!(*state.borrow_and_update(), LinkState::Connected { .. });
+        board.set_connected(&name, up, None);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            // Cancel safe: a missed change is read by `borrow_and_update`.
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Declares a broker on the board (a remote one initially disconnected).
 fn declare(board: &StatusBoard, name: &str, b: &BrokerPlan) {
     match &b.kind {
@@ -281,14 +301,22 @@ impl ObservabilityControl {
     }
 
     /// Registers a started built-in broker (declared on the board, sampled
-    /// on each scrape).
-    pub fn builtin(&self, broker: &Broker) {
-        self.board
-            .add_broker(broker.name(), BrokerKind::Builtin, true);
+    /// on each scrape). The bridge's `link` to it feeds the board: the
+    /// broker counts as connected only while the link is attached, so a
+    /// link that was closed shows in `/readyz` until it has re-attached.
+    pub fn builtin(&self, broker: &Broker, link: &Link) {
+        let name = broker.name().to_owned();
+        self.board.add_broker(&name, BrokerKind::Builtin, true);
         lock(&self.registry).builtins.insert(
-            broker.name().to_owned(),
-            (BuiltinBrokerMetrics::new(broker.name()), broker.clone()),
+            name.clone(),
+            (BuiltinBrokerMetrics::new(&name), broker.clone()),
         );
+        self.tracker.spawn(watch_link(
+            name,
+            link.state(),
+            self.board.clone(),
+            self.token.clone(),
+        ));
     }
 
     /// Forgets a broker removed by a reload.
