@@ -185,3 +185,100 @@ async fn a_link_closed_by_force_re_attaches_and_readyz_shows_it_down() {
     forwards(&run, &p, "after-reattach").await;
     stop_run(token, run).await;
 }
+
+/// Even a network session that got the id first (before the link existed)
+/// shares nothing with the link: the link attaches to a session of its own,
+/// the network client is not taken over and sees none of the link's
+/// traffic, and from then on the id is refused to the network.
+#[tokio::test]
+async fn link_and_network_sessions_with_one_id_never_meet() {
+    use common::broker::TestBroker;
+    use common::wait::within;
+    use mqbridge::protocol::v4::Packet;
+    use mqbridge::protocol::{Message, QoS};
+    let b = TestBroker::start().await;
+    let id = bridge_link_id("ns");
+    let mut early = Raw::connect(b.addr, &id, false).await;
+    early.subscribe(&[("ns/#", QoS::AtLeastOnce)]).await;
+    let (link, mut deliveries) = b.broker.link(&id, false);
+    let mut state = link.state();
+    let s = within(state.wait_for(|s| matches!(s, LinkState::Connected { .. })))
+        .await
+        .expect("state watch")
+        .clone();
+    assert_eq!(
+        s,
+        LinkState::Connected {
+            endpoint: "local".into(),
+            session_present: false
+        },
+        "the link did not resume the network session"
+    );
+    within(link.subscribe(vec![("link/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .expect("subscribed");
+    // Each gets only what its own session subscribed to.
+    let mut dev = Raw::connect(b.addr, &unique("dev"), true).await;
+    dev.publish("link/a", "for-link", QoS::AtMostOnce, false, 0)
+        .await;
+    dev.publish("ns/a", "for-early", QoS::AtMostOnce, false, 0)
+        .await;
+    dev.ping().await;
+    let d = within(deliveries.recv()).await.expect("delivery");
+    assert_eq!(d.message.topic, "link/a");
+    let p = early.next_publish().await;
+    assert_eq!(p.topic, "ns/a");
+    // The early client is still connected (not taken over) ...
+    early.send(Packet::PingReq).await;
+    assert_eq!(early.next().await, Packet::PingResp);
+    // ... but a new CONNECT with the id is refused now that the link exists.
+    assert_eq!(
+        Raw::connect_code(b.addr, &id, true, None).await,
+        ConnectReturnCode::BadClientId
+    );
+    assert_eq!(b.broker.stats().refused_client_id, 1);
+    let published = within(link.publish(Message::new("x/y", "z", QoS::AtMostOnce, false)))
+        .await
+        .expect("link still works");
+    within(published.wait()).await.expect("routed");
+}
+
+/// A clean link session is gone once its link is closed; the link comes back
+/// with its subscriptions restored, and deliveries flow on the same stream.
+#[tokio::test]
+async fn a_clean_link_re_attaches_with_its_subscriptions_restored() {
+    use common::broker::TestBroker;
+    use common::wait::within;
+    use mqbridge::protocol::QoS;
+    let b = TestBroker::start().await;
+    let (link, mut deliveries) = b.broker.link("clean-link", true);
+    within(link.subscribe(vec![("r/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .expect("subscribed");
+    let mut state = link.state();
+    let hold = b
+        .broker
+        .hold_link_down("clean-link")
+        .await
+        .expect("link exists");
+    within(state.wait_for(|s| matches!(s, LinkState::Disconnected { .. })))
+        .await
+        .expect("state watch");
+    assert_eq!(b.broker.stats().links_connected, 0);
+    assert_eq!(b.broker.stats().subscriptions, 0, "the clean session went");
+    drop(hold);
+    within(state.wait_for(|s| matches!(s, LinkState::Connected { .. })))
+        .await
+        .expect("state watch");
+    assert_eq!(b.broker.stats().links_connected, 1);
+    let mut dev = Raw::connect(b.addr, &unique("dev"), true).await;
+    dev.publish("r/a", "again", QoS::AtLeastOnce, false, 1)
+        .await;
+    dev.next().await;
+    let d = within(deliveries.recv()).await.expect("delivery");
+    assert_eq!(
+        (d.message.topic.as_str(), d.message.qos),
+        ("r/a", QoS::AtLeastOnce)
+    );
+    d.ack.ack();
+}
