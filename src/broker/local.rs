@@ -38,6 +38,10 @@ const ENDPOINT: &str = "local";
 const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between re-attach attempts.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// An attachment that lasted this long resets the retry wait: the next
+/// close re-attaches at once. A shorter one waits first, so a link that is
+/// closed again and again does not spin.
+const STABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens a link; see [`super::Broker::link`].
 pub(crate) fn open(
@@ -129,31 +133,41 @@ fn token_id(qos: QoS, pkid: u16) -> u64 {
 impl LocalLink {
     async fn run(mut self) {
         let mut retry = RETRY_MIN;
-        let mut attempt = 1;
+        let mut reattach = false;
         loop {
-            match self.attach().await {
+            let wait = match self.attach().await {
                 Attach::Up {
                     conn,
                     out_rx,
                     session_present,
                 } => {
-                    if attempt > 1 {
+                    if reattach {
                         info!(broker = %self.broker, client_id = %self.client_id, session_present, "link re-attached");
                     }
-                    retry = RETRY_MIN;
-                    attempt = 1;
                     self.state.send_replace(LinkState::Connected {
                         endpoint: ENDPOINT.into(),
                         session_present,
                     });
+                    let since = tokio::time::Instant::now();
                     match self.serve(conn, out_rx).await {
                         End::Final => break,
                         End::Lost => {
-                            warn!(broker = %self.broker, client_id = %self.client_id, "link closed by the broker; re-attaching");
+                            if let Some(suppressed) = crate::metrics::ratelimit::allow(&format!(
+                                "link-closed:{}:{}",
+                                self.broker, self.client_id
+                            )) {
+                                warn!(broker = %self.broker, client_id = %self.client_id, suppressed, "link closed by the broker; re-attaching");
+                            }
                             self.state.send_replace(LinkState::Disconnected {
                                 reason: "closed by the broker".into(),
                             });
-                            attempt += 1;
+                            reattach = true;
+                            if since.elapsed() >= STABLE_AFTER {
+                                retry = RETRY_MIN;
+                                false
+                            } else {
+                                true
+                            }
                         }
                     }
                 }
@@ -162,14 +176,17 @@ impl LocalLink {
                     self.state.send_replace(LinkState::Disconnected {
                         reason: "re-attach refused".into(),
                     });
-                    attempt += 1;
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(retry) => {}
-                    }
-                    retry = (retry * 2).min(RETRY_MAX);
+                    reattach = true;
+                    true
                 }
                 Attach::Gone => break,
+            };
+            if wait {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
             }
         }
         debug!(client_id = %self.client_id, "local link closed");
