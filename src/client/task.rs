@@ -566,7 +566,7 @@ impl Task {
             Err(full) => {
                 // The `select!` guard keeps this from happening for callers;
                 // an internal publish (birth) may hit it.
-                warn!(broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
+                crate::warn_limited!(format!("inflight-full:{}", self.opts.name), broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
                 full.token
                     .done
                     .complete(Err(LinkError::Rejected("inflight window full".into())));
