@@ -3,16 +3,22 @@
 //! dials as soon as one answers, so a destination that was down long enough
 //! for the backoff to grow far beyond 2 s is reconnected within about a
 //! second of its return. A real Mosquitto destination is stopped and started
-//! again on the same port; the bridge runs in-process.
+//! again on the same port; the bridge runs in-process. And a broker that
+//! answers TCP but refuses the CONNECT is not probed into a tight loop.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::bridge::{Sub, link_goes_down, publish, start_run, stop_run, unique};
+use common::broker::TestBroker;
 use common::mosquitto::Mosquitto;
+use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
 use mqbridge::link::LinkState;
+use tokio::sync::broadcast;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How soon after the restart the link must be up again.
 const RECONNECT_WITHIN: Duration = Duration::from_secs(3);
@@ -42,8 +48,13 @@ async fn down_then_back(tag: &str, reconnect: &str, down: Duration) -> Duration 
     link_goes_down(&run, "cloud", || dest.stop()).await;
     // The outage itself: the scenario under test, not a wait for an event.
     tokio::time::sleep(down).await;
-    tokio::task::block_in_place(|| dest.start_again());
+    // Measured from the restart command: Mosquitto's own start-up counts.
     let back = Instant::now();
+    tokio::task::block_in_place(|| dest.start_again());
+    eprintln!(
+        "{tag}: Mosquitto accepts TCP {:?} after the restart",
+        back.elapsed()
+    );
     timeout(
         RECONNECT_WITHIN * 10,
         state.wait_for(|s| matches!(s, LinkState::Connected { .. })),
@@ -52,6 +63,7 @@ async fn down_then_back(tag: &str, reconnect: &str, down: Duration) -> Duration 
     .expect("the bridge reconnects at all")
     .expect("state watch");
     let took = back.elapsed();
+    eprintln!("{tag}: reconnected {took:?} after the destination returned");
 
     let mut sub = Sub::start(dest.port, &format!("{p}-sub"), &format!("{p}/#"), 1, false).await;
     publish(edge, &format!("{p}/after"), "back", 1, false).await;
@@ -88,4 +100,51 @@ async fn grown_backoff_does_not_delay_the_reconnect() {
         took <= RECONNECT_WITHIN,
         "reconnected {took:?} after the destination returned"
     );
+}
+
+/// Probes only follow a failure where nothing answered: a broker that accepts
+/// TCP and refuses every CONNECT keeps the plain backoff (attempts about 0,
+/// 0.2, 0.6, 1.4 s into a 2 s window), instead of being dialed at every
+/// 50 ms probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_broker_is_not_probed_into_a_tight_loop() {
+    let refusing = TestBroker::start_with(|o| o.allow_anonymous = false).await;
+    let mut opts = ClientOptions::new(
+        "refusing",
+        vec![Endpoint::tcp("127.0.0.1", refusing.addr.port())],
+        "refused-client",
+    );
+    opts.backoff.min = Duration::from_millis(200);
+    opts.backoff.max = Duration::from_secs(60);
+    opts.backoff.jitter = false;
+    opts.backoff.probe_interval = Duration::from_millis(50);
+    let (tx, mut events) = broadcast::channel(256);
+    opts.events = Some(tx);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (_link, _rx) = client::spawn(opts, shutdown.clone(), &tracker);
+
+    // The window observed is the property under test.
+    let window = Duration::from_secs(2);
+    let end = tokio::time::Instant::now() + window;
+    let mut attempts = 0;
+    let mut refused = 0;
+    while let Ok(ev) = tokio::time::timeout_at(end, events.recv()).await {
+        match ev.expect("events") {
+            ClientEvent::ConnectAttempt { .. } => attempts += 1,
+            ClientEvent::Disconnected { reason, .. } => {
+                assert!(reason.contains("not authorized"), "{reason}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(refused >= 1, "the broker refused at least once");
+    assert!(
+        (3..=5).contains(&attempts),
+        "{attempts} attempts in {window:?}: backoff 200 ms doubling expects 4"
+    );
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
 }
