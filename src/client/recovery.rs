@@ -53,11 +53,6 @@ impl RecoveryWait {
         }
     }
 
-    /// When the backoff delay runs out.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// What to do at `now`. Returns [`Step::Probe`] once per due probe (the
     /// schedule then waits for [`Self::probed`]).
     pub fn step(&mut self, now: Instant) -> Step {
