@@ -61,3 +61,55 @@ async fn failing_attempts_follow_the_capped_backoff_schedule() {
     tracker.wait().await;
     assert_eq!(*link.state().borrow(), LinkState::Closed);
 }
+
+/// A forced reconnect (the stall watchdog's hook, `ClientOptions::reconnect`)
+/// cuts a backoff wait short: the next attempt comes at once, not after the
+/// 30 s delay.
+#[tokio::test(start_paused = true)]
+async fn forced_reconnect_interrupts_the_backoff_wait() {
+    let mut opts = ClientOptions::new(
+        "forced",
+        vec![Endpoint::tls("127.0.0.1", 1)],
+        "forced-client",
+    );
+    opts.tls.ca_file = Some("/nonexistent/ca.pem".into());
+    opts.backoff.min = Duration::from_secs(30);
+    opts.backoff.max = Duration::from_secs(30);
+    opts.backoff.jitter = false;
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    opts.reconnect = Some(notify.clone());
+    let (tx, mut events) = broadcast::channel(64);
+    opts.events = Some(tx);
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (_link, _rx) = client::spawn(opts, shutdown.clone(), &tracker);
+
+    // First attempt fails; the task then waits 30 s.
+    loop {
+        match timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(ClientEvent::Disconnected { .. })) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no failed attempt: {other:?}"),
+        }
+    }
+    let failed_at = Instant::now();
+    // `notify_waiters` reaches only a task already waiting: ask every 100 ms
+    // (as the watchdog asks again) until the next attempt starts.
+    let next = async {
+        loop {
+            tokio::select! {
+                ev = events.recv() => if let Ok(ClientEvent::ConnectAttempt { .. }) = ev {
+                    return;
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)) => notify.notify_waiters(),
+            }
+        }
+    };
+    timeout(Duration::from_secs(2), next)
+        .await
+        .expect("a forced reconnect starts an attempt during the backoff wait");
+    assert!(failed_at.elapsed() < Duration::from_secs(2));
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+}

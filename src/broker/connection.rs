@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::acl::Op;
 use super::listener::Context;
@@ -75,7 +75,7 @@ where
         Ok(Ok(None)) => return,
         Ok(Ok(Some(other))) => {
             ctx.counters.refused(RefuseReason::Protocol);
-            warn!(broker = %ctx.broker, %peer, packet = ?packet_name(&other), "first packet is not CONNECT, closed");
+            crate::warn_limited!(format!("first-not-connect:{}", ctx.broker), broker = %ctx.broker, %peer, packet = ?packet_name(&other), "first packet is not CONNECT, closed");
             return;
         }
         Ok(Err(e)) => {
@@ -83,7 +83,7 @@ where
             if e.is_unsupported_protocol_version() {
                 refuse(&mut wr, ConnectReturnCode::RefusedProtocolVersion).await;
             }
-            warn!(broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
+            crate::warn_limited!(format!("bad-connect:{}", ctx.broker), broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
             return;
         }
     };
@@ -199,7 +199,7 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         if !connect.clean_session {
             ctx.counters.refused(RefuseReason::Protocol);
             refuse(wr, ConnectReturnCode::BadClientId).await;
-            warn!(broker = %ctx.broker, %peer, "empty client id without clean session refused (0x02)");
+            crate::warn_limited!(format!("empty-client-id:{}", ctx.broker), broker = %ctx.broker, %peer, "empty client id without clean session refused (0x02)");
             return None;
         }
         format!("mqb-{:016x}", rand::random::<u64>())
@@ -240,11 +240,7 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         ctx.counters.refused(RefuseReason::Auth);
         refuse(wr, code).await;
         // Per connection attempt: rate-limited (one per broker per 10 s).
-        if let Some(suppressed) =
-            crate::metrics::ratelimit::allow(&format!("connect-refused:{}", ctx.broker))
-        {
-            warn!(broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, suppressed, "CONNECT refused");
-        }
+        crate::warn_limited!(format!("connect-refused:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, "CONNECT refused");
         return None;
     }
     let will = connect
@@ -381,7 +377,7 @@ impl Reader<'_> {
 
     fn violation(&self, reason: String) -> End {
         self.ctx.counters.refused(RefuseReason::Protocol);
-        warn!(broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, error = %reason, "protocol violation, connection closed");
+        crate::warn_limited!(format!("protocol-violation:{}", self.ctx.broker), broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, error = %reason, "protocol violation, connection closed");
         End::Abrupt(format!("protocol violation: {reason}"))
     }
 

@@ -45,7 +45,7 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
         let (socket, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                warn!(broker = %ctx.broker, error = %e, "accept failed");
+                crate::warn_limited!(format!("accept-failed:{}", ctx.broker), broker = %ctx.broker, error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::acl::Op;
 use super::outlet::Outlet;
@@ -726,7 +726,7 @@ impl Router {
                 }
             }
             Err(violation) => {
-                warn!(broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
+                crate::warn_limited!(format!("unexpected-ack:{name}"), broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
             }
         }
     }

@@ -6,8 +6,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
-use tracing::warn;
-
 use super::outlet::Outlet;
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
@@ -124,7 +122,7 @@ impl Session {
     pub fn send_control(&self, packet: Packet, hard_cap: usize) {
         if let Some(conn) = &self.conn {
             if conn.outlet.pending() >= hard_cap {
-                warn!(client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
+                crate::warn_limited!("client-not-reading", client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
                 conn.outlet.abort();
                 return;
             }

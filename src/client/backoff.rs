@@ -107,6 +107,7 @@ mod tests {
             max: Duration::from_millis(max_ms),
             jitter,
             stable_after: Duration::from_secs(10),
+            probe_interval: Duration::ZERO,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::failover::ProbeVerdict;
 use super::task::{Done, End, Task, codec_error};
@@ -76,7 +76,7 @@ impl Conn {
     /// that packet (checked before it got here), so it is logged, not fatal.
     pub(crate) fn queue(&mut self, packet: &Packet) {
         if let Err(e) = self.framed.queue(packet) {
-            warn!(endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
+            crate::warn_limited!(format!("cannot-encode:{}", self.endpoint), endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
         } else if let (Packet::Publish(p), Some(m)) = (packet, &self.metrics) {
             m.message_out(p.payload.len());
         }
@@ -394,19 +394,19 @@ impl Task {
             Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
                 Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
-                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
             },
             Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
                 Ok(rel) => conn.queue(&rel),
                 Err(v) => {
-                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
             },
             Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
                 Ok(flow) => self.flow_done(flow, conn),
                 Err(v) => {
-                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
+                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
                 }
             },
             Packet::PubRel(rel) => {
@@ -416,7 +416,7 @@ impl Task {
             Packet::SubAck(ack) => {
                 let pkid = ack.pkid;
                 if !self.subs.on_suback(ack, &mut self.outgoing) {
-                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, pkid, "SUBACK for unknown packet id ignored");
+                    crate::warn_limited!(format!("unknown-suback:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, pkid, "SUBACK for unknown packet id ignored");
                 }
                 for p in self.subs.take_packets(&mut self.outgoing) {
                     conn.queue(&p);
@@ -424,7 +424,7 @@ impl Task {
             }
             Packet::UnsubAck(ack) => {
                 if !self.subs.on_unsuback(ack.pkid, &mut self.outgoing) {
-                    warn!(broker = %self.opts.name, endpoint = %conn.endpoint, pkid = ack.pkid, "UNSUBACK for unknown packet id ignored");
+                    crate::warn_limited!(format!("unknown-unsuback:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, pkid = ack.pkid, "UNSUBACK for unknown packet id ignored");
                 }
                 for p in self.subs.take_packets(&mut self.outgoing) {
                     conn.queue(&p);

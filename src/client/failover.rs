@@ -98,6 +98,15 @@ impl Failover {
         }
     }
 
+    /// While backing off, endpoint `index` answered a probe: dial it next.
+    /// Out-of-range indexes are ignored. Returns the endpoint to dial.
+    pub fn answered(&mut self, index: usize) -> usize {
+        if index < self.count {
+            self.current = index;
+        }
+        self.current
+    }
+
     /// When the next probe of the primary is due, if one is.
     pub fn probe_due(&self) -> Option<Instant> {
         self.next_probe
@@ -144,6 +153,7 @@ mod tests {
             max: Duration::from_secs(2),
             jitter: false,
             stable_after: Duration::from_secs(10),
+            probe_interval: Duration::ZERO,
         });
         Failover::new(
             count,
@@ -282,5 +292,17 @@ mod tests {
                 proptest::prop_assert!(f.current() < count);
             }
         }
+    }
+
+    #[test]
+    fn an_answering_endpoint_is_dialed_next() {
+        let t0 = Instant::now();
+        let mut f = pool(3, 1);
+        assert_eq!(f.failed(t0).endpoint, 1);
+        // Endpoint 0 answered a probe while waiting for endpoint 1.
+        assert_eq!(f.answered(0), 0);
+        assert_eq!(f.current(), 0);
+        // Nonsense is ignored.
+        assert_eq!(f.answered(7), 0);
     }
 }

@@ -10,6 +10,7 @@ pub mod backoff;
 mod connection;
 pub mod failover;
 pub mod options;
+pub mod recovery;
 mod subs;
 mod task;
 pub mod transport;
@@ -35,7 +36,15 @@ pub enum ClientError {
     /// The TLS settings cannot be turned into a rustls configuration.
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
-    /// TCP connect or socket IO failed.
+    /// Nothing answered: the TCP connect failed or timed out.
+    #[error("{endpoint}: {source}")]
+    Unreachable {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The IO error (a timeout is `ErrorKind::TimedOut`).
+        source: io::Error,
+    },
+    /// Socket IO failed on a connected socket.
     #[error("{endpoint}: {source}")]
     Io {
         /// Endpoint URL.
@@ -93,6 +102,14 @@ pub enum ClientError {
         /// Endpoint URL.
         endpoint: String,
     },
+}
+
+impl ClientError {
+    /// Whether nothing answered on the endpoint (TCP connect refused or timed
+    /// out), as opposed to a peer that answered and then failed us.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
 }
 
 /// A lifecycle event of one broker connection, for metrics and tests.

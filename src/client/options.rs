@@ -87,6 +87,10 @@ pub struct BackoffOptions {
     pub jitter: bool,
     /// A link that stayed up this long resets the schedule to `min`.
     pub stable_after: Duration,
+    /// While waiting out a delay after "nothing answered", TCP-probe the
+    /// endpoints this often and dial as soon as one answers (see
+    /// [`crate::client::recovery`]); `Duration::ZERO` = no probes.
+    pub probe_interval: Duration,
 }
 
 impl Default for BackoffOptions {
@@ -96,6 +100,7 @@ impl Default for BackoffOptions {
             max: Duration::from_secs(60),
             jitter: true,
             stable_after: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(1),
         }
     }
 }

@@ -8,7 +8,6 @@ use rumqttc::mqttbytes::v4::{
     Packet, SubAck, Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
 use tokio::sync::oneshot;
-use tracing::warn;
 
 use crate::link::LinkError;
 use crate::protocol::{Outgoing, QoS};
@@ -158,7 +157,7 @@ impl Subs {
                 }
                 _ => {
                     if done.is_none() {
-                        warn!(filter = %filter, "broker refused a restored subscription");
+                        crate::warn_limited!("restored-subscription-refused", filter = %filter, "broker refused a restored subscription");
                         self.active.retain(|(f, _)| *f != filter);
                     }
                     granted.push(None);

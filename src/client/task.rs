@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::connection::{Conn, now_std};
 use super::failover::Failover;
+use super::recovery::{RecoveryWait, Step};
 use super::subs::{SubOp, Subs};
-use super::transport::{BoxStream, Dialer};
+use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
 use crate::protocol::{
@@ -155,9 +156,12 @@ impl Task {
             warn!(broker = %broker, "TLS certificate verification is DISABLED (insecure: true)");
         }
         let mut delay = Duration::ZERO;
+        // Whether the last failure was "nothing answered": only then do TCP
+        // probes during the wait tell us something new.
+        let mut probe_while_waiting = false;
         let mut attempt: u32 = 0;
         loop {
-            if !delay.is_zero() && !self.wait_offline(delay).await {
+            if !delay.is_zero() && !self.wait_offline(delay, probe_while_waiting).await {
                 break;
             }
             self.take_settings();
@@ -182,8 +186,10 @@ impl Task {
                 _ = shutdown.cancelled() => break,
                 r = self.connect(&ep) => r,
             };
+            let mut was_up = false;
             let end = match connected {
                 Ok((framed, session_present)) => {
+                    was_up = true;
                     attempt = 0;
                     self.failover.connected(now_std());
                     info!(broker = %broker, endpoint = %url, session_present, "connected");
@@ -206,7 +212,8 @@ impl Task {
                 End::Shutdown => break,
                 End::Lost(err) => {
                     let reason = err.to_string();
-                    warn!(broker = %broker, endpoint = %url, error = %reason, "disconnected");
+                    probe_while_waiting = err.is_unreachable();
+                    log_lost(&broker, &url, &reason, was_up, attempt);
                     self.state.send_replace(LinkState::Disconnected {
                         reason: reason.clone(),
                     });
@@ -291,21 +298,55 @@ impl Task {
     }
 
     /// Waits out a backoff delay while still taking requests (publishes are
-    /// kept for the next connection). False when shutdown was requested.
-    async fn wait_offline(&mut self, delay: Duration) -> bool {
-        let sleep = sleep(delay);
-        tokio::pin!(sleep);
+    /// kept for the next connection). With `probe` set, the endpoints are
+    /// TCP-probed every `reconnect.probe_interval` and the wait ends as soon
+    /// as one answers; a forced reconnect (the stall watchdog) ends it too.
+    /// False when shutdown was requested.
+    async fn wait_offline(&mut self, delay: Duration, probe: bool) -> bool {
+        let interval = probe.then_some(self.opts.backoff.probe_interval);
+        let mut wait = RecoveryWait::new(now_std(), delay, interval);
+        let mut running: Option<EndpointProbe> = None;
         let shutdown = self.shutdown.clone();
+        let reconnect = self.opts.reconnect.clone();
         loop {
             if self.requests_closed && self.is_idle() {
                 return false;
             }
+            let until = match wait.step(now_std()) {
+                Step::Connect => return true,
+                Step::Probe => {
+                    running = Some(self.probe_endpoints());
+                    continue;
+                }
+                Step::Wait { until } => Instant::from_std(until),
+            };
             let room = self.can_take() && self.qos0_backlog.len() < self.outgoing.window();
             tokio::select! {
                 // Cancel safety: every branch is cancel safe (`cancelled`,
-                // `Sleep` polled by reference, `recv` on mpsc).
+                // a fresh `sleep_until` each turn, `notified` (a missed
+                // notification is a missed reconnect; the watchdog asks
+                // again), the probe kept in `running` and polled by
+                // reference, `recv` on mpsc).
                 _ = shutdown.cancelled() => return false,
-                _ = &mut sleep => return true,
+                _ = sleep_until(until) => {}
+                () = async {
+                    match &reconnect {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    info!(broker = %self.opts.name, "reconnect requested: backoff wait cut short");
+                    wait.force();
+                }
+                answered = endpoint_probe_done(&mut running) => {
+                    running = None;
+                    if let Some(index) = answered {
+                        let index = self.failover.answered(index);
+                        let url = self.endpoint(index).map(|e| e.url()).unwrap_or_default();
+                        info!(broker = %self.opts.name, endpoint = %url, "endpoint answers again; connecting now");
+                    }
+                    wait.probed(now_std(), answered.is_some());
+                }
                 req = self.requests.recv(), if room => match req {
                     Some(req) => {
                         if !self.take_request(req, None) {
@@ -320,6 +361,26 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Starts one TCP probe of every endpoint (no TLS, no CONNECT); resolves
+    /// to the highest-priority endpoint that answered, if any. Each probe is
+    /// bounded by the probe interval and the connect timeout.
+    fn probe_endpoints(&self) -> EndpointProbe {
+        let limit = self
+            .opts
+            .backoff
+            .probe_interval
+            .min(self.opts.connect_timeout)
+            .max(PROBE_TIMEOUT_FLOOR);
+        let endpoints = self.opts.endpoints.clone();
+        tracing::debug!(broker = %self.opts.name, "probing endpoints (TCP)");
+        Box::pin(async move {
+            let answers =
+                futures_util::future::join_all(endpoints.iter().map(|ep| tcp_answers(ep, limit)))
+                    .await;
+            answers.iter().position(|ok| *ok)
+        })
     }
 
     /// Dials, sends CONNECT, waits for CONNACK, all within the connect timeout.
@@ -337,9 +398,18 @@ impl Task {
             endpoint: ep.url(),
             stage,
         };
-        let stream = timeout_at(deadline, dialer.dial(ep))
+        let tcp = timeout_at(deadline, tcp_connect(ep)).await.map_err(|_| {
+            ClientError::Unreachable {
+                endpoint: ep.url(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out connecting (TCP)",
+                ),
+            }
+        })??;
+        let stream = timeout_at(deadline, dialer.wrap(ep, tcp))
             .await
-            .map_err(|_| timeout("connecting (TCP/TLS)"))??;
+            .map_err(|_| timeout("in the TLS handshake"))??;
         let max = self.opts.max_packet_size;
         let mut framed = Framed::new(stream, max, max);
         let protocol = |e: crate::protocol::CodecError| codec_error(ep, e);
@@ -496,7 +566,7 @@ impl Task {
             Err(full) => {
                 // The `select!` guard keeps this from happening for callers;
                 // an internal publish (birth) may hit it.
-                warn!(broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
+                crate::warn_limited!(format!("inflight-full:{}", self.opts.name), broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
                 full.token
                     .done
                     .complete(Err(LinkError::Rejected("inflight window full".into())));
@@ -547,6 +617,39 @@ impl Task {
         }
         self.subs.close();
         self.state.send_replace(LinkState::Closed);
+    }
+}
+
+/// A running TCP probe of the endpoints: the index of the first that answered.
+type EndpointProbe = std::pin::Pin<Box<dyn std::future::Future<Output = Option<usize>> + Send>>;
+
+/// A probe is given at least this long, however short the probe interval.
+const PROBE_TIMEOUT_FLOOR: Duration = Duration::from_millis(100);
+
+/// Awaits the probe if one runs; pending forever otherwise.
+async fn endpoint_probe_done(probe: &mut Option<EndpointProbe>) -> Option<usize> {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs the end of an attempt: "disconnected" only for a link that was up
+/// (CONNACK accepted), "connect failed" for an attempt that never got there.
+/// Both go through the warning limiter, one key per broker and kind.
+fn log_lost(broker: &str, url: &str, reason: &str, was_up: bool, attempt: u32) {
+    let kind = if was_up {
+        "disconnected"
+    } else {
+        "connect-failed"
+    };
+    let Some(suppressed) = crate::metrics::ratelimit::allow(&format!("{kind}:{broker}")) else {
+        return;
+    };
+    if was_up {
+        warn!(broker = %broker, endpoint = %url, error = %reason, suppressed, "disconnected");
+    } else {
+        warn!(broker = %broker, endpoint = %url, error = %reason, attempt, suppressed, "connect failed");
     }
 }
 

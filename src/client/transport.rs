@@ -1,5 +1,6 @@
 //! Dialing an endpoint: TCP, optionally wrapped in TLS (rustls with ring via
-//! tokio-rustls). Also the failback probe (TCP + TLS handshake, no MQTT).
+//! tokio-rustls). Also the failback probe (TCP + TLS handshake, no MQTT) and
+//! the bare TCP probe made while backing off.
 
 use std::fs;
 use std::path::Path;
@@ -133,12 +134,13 @@ impl Dialer {
     /// TCP connect and, for a TLS endpoint, the TLS handshake.
     /// The caller bounds the time (connect timeout).
     pub async fn dial(&self, ep: &Endpoint) -> Result<BoxStream, ClientError> {
-        let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
-            .await
-            .map_err(|e| ClientError::Io {
-                endpoint: ep.url(),
-                source: e,
-            })?;
+        let tcp = tcp_connect(ep).await?;
+        self.wrap(ep, tcp).await
+    }
+
+    /// For a TLS endpoint, the TLS handshake over `tcp`; else `tcp` as is.
+    /// The caller bounds the time (connect timeout).
+    pub async fn wrap(&self, ep: &Endpoint, tcp: TcpStream) -> Result<BoxStream, ClientError> {
         // MQTT packets are small and latency matters more than batching.
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
@@ -160,6 +162,26 @@ impl Dialer {
             })?;
         Ok(Box::new(tls))
     }
+}
+
+/// TCP connect to `ep`; a failure is [`ClientError::Unreachable`] (nothing
+/// answered). The caller bounds the time.
+pub async fn tcp_connect(ep: &Endpoint) -> Result<TcpStream, ClientError> {
+    TcpStream::connect((ep.host.as_str(), ep.port))
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            endpoint: ep.url(),
+            source,
+        })
+}
+
+/// Whether `ep` accepts a TCP connection within `limit` (no TLS, no MQTT:
+/// the cheap probe made while backing off; the socket is closed at once).
+pub async fn tcp_answers(ep: &Endpoint, limit: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, tcp_connect(ep)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Checks that `ep` is reachable: TCP connect and, for a TLS endpoint, a full

@@ -135,6 +135,9 @@ pub struct BackoffPlan {
     pub jitter: bool,
     /// A link must stay up this long before the backoff resets to `min`.
     pub stable_after: Duration,
+    /// TCP-probe the endpoints this often while backing off after "nothing
+    /// answered"; zero = no probes.
+    pub probe_interval: Duration,
 }
 
 /// Switching back to the primary endpoint after a failover.

@@ -53,6 +53,10 @@ pub mod defaults {
     pub fn stable_after() -> Duration {
         Duration::from_secs(30)
     }
+    /// `reconnect.probe_interval`.
+    pub fn reconnect_probe_interval() -> Duration {
+        Duration::from_secs(1)
+    }
     /// `failback.probe_interval`.
     pub fn probe_interval() -> Duration {
         Duration::from_secs(30)
@@ -265,6 +269,9 @@ pub struct RawReconnect {
     /// Uptime before the backoff resets.
     #[serde(default)]
     pub stable_after: Option<Text>,
+    /// TCP probes while backing off (`0s` = off).
+    #[serde(default)]
+    pub probe_interval: Option<Text>,
 }
 
 /// Remote `failback:`.

@@ -196,6 +196,12 @@ pub(crate) fn compile_remote(
             "reconnect.stable_after",
             defaults::stable_after(),
         ),
+        probe_interval: ctx.duration(
+            &r.and_then(|r| r.probe_interval.clone()),
+            scope,
+            "reconnect.probe_interval",
+            defaults::reconnect_probe_interval(),
+        ),
     };
 
     let f = raw.failback.as_ref().map(|s| &s.value);

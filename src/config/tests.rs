@@ -229,6 +229,10 @@ fn remote_defaults_are_resolved() {
         })
     );
     assert_eq!(r.reconnect.max, std::time::Duration::from_secs(60));
+    assert_eq!(
+        r.reconnect.probe_interval,
+        std::time::Duration::from_secs(1)
+    );
     assert_eq!(r.failback.probes_required, 3);
     assert_eq!(r.max_packet_size, 268_435_455);
     assert_eq!(r.inflight, 100);

@@ -38,6 +38,34 @@ pub fn filter_directive(level: &str, rust_log: Option<&str>) -> String {
     }
 }
 
+/// Libraries whose logs are noise at the levels we run at, with the level
+/// they get unless the directive names them itself. rustls warns for every
+/// client that connects by IP address ("Illegal SNI extension: ignoring IP
+/// address presented as hostname"); its real failures reach us as errors
+/// and are logged by the listener or the client.
+pub const LIBRARY_DEFAULTS: &[(&str, &str)] = &[("rustls", "error")];
+
+/// `directive` plus [`LIBRARY_DEFAULTS`] for every library it does not name
+/// (so `RUST_LOG=rustls=debug` still shows rustls' debug logs).
+pub fn with_library_defaults(directive: &str) -> String {
+    let named = |target: &str| {
+        directive
+            .split(',')
+            .filter_map(|d| d.split('=').next())
+            .any(|t| t.trim() == target || t.trim().starts_with(&format!("{target}::")))
+    };
+    let mut out = directive.to_owned();
+    for (target, level) in LIBRARY_DEFAULTS {
+        if !named(target) {
+            if !out.trim().is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{target}={level}"));
+        }
+    }
+    out
+}
+
 /// Builds the [`EnvFilter`] for `directive`.
 pub fn build_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
     EnvFilter::builder()
@@ -52,7 +80,10 @@ pub fn build_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
 /// else by `level`. Logs go to stderr.
 pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = build_filter(&filter_directive(level, rust_log.as_deref()))?;
+    let directive = filter_directive(level, rust_log.as_deref());
+    // Checked as given (errors name what the user wrote), used with the defaults.
+    build_filter(&directive)?;
+    let filter = build_filter(&with_library_defaults(&directive))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -82,6 +113,21 @@ mod tests {
             filter_directive("info", Some("mqbridge=trace")),
             "mqbridge=trace"
         );
+    }
+
+    #[test]
+    fn library_noise_is_filtered_unless_asked_for() {
+        assert_eq!(with_library_defaults("info"), "info,rustls=error");
+        assert_eq!(
+            with_library_defaults("mqbridge=debug,warn"),
+            "mqbridge=debug,warn,rustls=error"
+        );
+        assert_eq!(with_library_defaults("rustls=debug"), "rustls=debug");
+        assert_eq!(
+            with_library_defaults("info,rustls::server=trace"),
+            "info,rustls::server=trace"
+        );
+        assert!(build_filter(&with_library_defaults("debug")).is_ok());
     }
 
     #[test]

@@ -152,6 +152,24 @@ pub fn allow(key: &str) -> Option<u64> {
     GLOBAL.allow(key)
 }
 
+/// Logs a warning through the process-wide limiter: at most one line per
+/// key per [`WARN_WINDOW`], carrying a `suppressed` field with the number
+/// swallowed since the previous one. The key names the *kind* of warning and
+/// a low-cardinality scope (a broker or pipe name), never a peer address:
+///
+/// ```
+/// # let broker = "edge";
+/// mqbridge::warn_limited!(format!("bad-connect:{broker}"), broker, "bad CONNECT, closed");
+/// ```
+#[macro_export]
+macro_rules! warn_limited {
+    ($key:expr, $($rest:tt)+) => {
+        if let Some(suppressed) = $crate::metrics::ratelimit::allow(&$key) {
+            ::tracing::warn!(suppressed, $($rest)+);
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,9 @@ pub fn classify(required: bool, reachable: &[bool]) -> (Vec<Level>, bool) {
 /// The error without the endpoint URL it repeats (the line names it).
 fn reason(e: &ClientError) -> String {
     match e {
-        ClientError::Io { source, .. } => source.to_string(),
+        ClientError::Io { source, .. } | ClientError::Unreachable { source, .. } => {
+            source.to_string()
+        }
         ClientError::Tls { source, .. } => format!("TLS handshake failed: {source}"),
         ClientError::Timeout { stage, .. } => format!("timed out {stage}"),
         other => other.to_string(),

@@ -75,6 +75,7 @@ pub(super) fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
         max: r.reconnect.max,
         jitter: r.reconnect.jitter,
         stable_after: r.reconnect.stable_after,
+        probe_interval: r.reconnect.probe_interval,
     };
     o.failback = FailbackOptions {
         enabled: r.failback.enabled,
