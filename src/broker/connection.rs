@@ -113,11 +113,7 @@ where
         // CONNACK 0x02 is on its way: the writer flushes it, then closes.
         Ok(Err(_)) => {
             ctx.counters.refused(RefuseReason::ClientId);
-            if let Some(suppressed) =
-                crate::metrics::ratelimit::allow(&format!("connect-link-id:{}", ctx.broker))
-            {
-                warn!(broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, suppressed, "CONNECT with the client id of a bridge link refused (0x02)");
-            }
+            crate::warn_limited!(format!("connect-link-id:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, "CONNECT with the client id of a bridge link refused (0x02)");
             return;
         }
         // Dropped unanswered when the router is gone (shutdown).
