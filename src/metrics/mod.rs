@@ -13,12 +13,14 @@
 //! - [`watch`]: glue tasks (client event watcher, watchdog loop).
 //! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` over axum.
+//! - [`inspect`]: `mqbridge health`/`status`, which read those endpoints.
 //! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
 //! - [`reload`]: what a config reload must start, stop or restart.
 
 pub mod builtin;
 pub mod events;
 pub mod health;
+pub mod inspect;
 pub mod logging;
 pub mod names;
 pub mod pipe;
