@@ -41,7 +41,7 @@ pub use remote::RemoteBrokerMetrics;
 
 use std::sync::OnceLock;
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use names::*;
@@ -162,6 +162,10 @@ pub fn describe_all() {
             PIPE_QUEUE_DEPTH_MESSAGES,
             "Messages waiting in the pipe's queue.",
         ),
+        (
+            PIPE_QUEUE_CAPACITY_MESSAGES,
+            "Size of the pipe's queue (queue.size).",
+        ),
         (PIPE_STALLED, "1 while the pipe is stalled."),
         (REMOTE_CONNECTED, "1 while connected to the broker."),
         (REMOTE_ENDPOINT_ACTIVE, "1 for the endpoint in use."),
@@ -184,4 +188,9 @@ pub fn describe_all() {
         "Source receive to destination acknowledgement."
     );
     gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Present at 0 from the start: Prometheus' `increase()` needs a sample
+    // before the first reload, or the first failure is never seen (the
+    // MqbridgeReloadFailed alert in deploy/prometheus/alerts.yaml).
+    counter!(RELOADS).increment(0);
+    counter!(RELOAD_FAILURES).increment(0);
 }
