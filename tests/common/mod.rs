@@ -10,4 +10,5 @@ pub mod fake_broker;
 pub mod http;
 pub mod mosquitto;
 pub mod process;
+pub mod prometheus;
 pub mod wait;
