@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mqbridge::config;
+use mqbridge::metrics::inspect;
 use mqbridge::metrics::logging::{self, LogFormat};
 use mqbridge::metrics::reload::{self, FileWatch};
 use mqbridge::run::check;
@@ -35,6 +36,28 @@ struct ConfigArg {
     /// Path to the bridges file.
     #[arg(long, short, env = "MQBRIDGE_CONFIG", default_value = "bridges.yaml")]
     config: PathBuf,
+}
+
+/// Where a running instance's HTTP endpoint is.
+#[derive(Debug, Args)]
+struct UrlArg {
+    /// Base URL of the instance's metrics endpoint (e.g. `http://127.0.0.1:9464`).
+    /// Default: `MQBRIDGE_METRICS_LISTEN` (what the shipped config and the Docker
+    /// image listen on; `0.0.0.0` is reached on loopback), else `127.0.0.1:9464`.
+    #[arg(long, env = "MQBRIDGE_URL")]
+    url: Option<String>,
+}
+
+impl UrlArg {
+    fn base(&self) -> String {
+        match &self.url {
+            Some(u) => inspect::base_url(u),
+            None => inspect::base_url(
+                &std::env::var("MQBRIDGE_METRICS_LISTEN")
+                    .unwrap_or_else(|_| inspect::DEFAULT_METRICS_LISTEN.to_owned()),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +95,25 @@ enum Command {
         /// The topic name (no wildcards).
         topic: String,
     },
+    /// Ask a running instance whether it is ready (`GET /readyz`): exit 0 if it is, 1 if
+    /// not or unreachable. For Docker `HEALTHCHECK` and scripts without curl.
+    Health {
+        #[command(flatten)]
+        target: UrlArg,
+    },
+    /// Show a running instance's brokers and pipes as tables (from `/readyz` and `/metrics`).
+    Status {
+        #[command(flatten)]
+        target: UrlArg,
+    },
+    /// Print a shell completion script (e.g. `mqbridge completions bash > /etc/bash_completion.d/mqbridge`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition
+    /// (e.g. `mqbridge man > mqbridge.1 && man ./mqbridge.1`).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -95,6 +137,80 @@ fn main() -> ExitCode {
             from,
             topic,
         } => route(&config.config, &from, &topic),
+        Command::Health { target } => health(&target.base()),
+        Command::Status { target } => status(&target.base()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mqbridge",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => man(),
+    }
+}
+
+/// `mqbridge health`: one line on stdout (ready) or stderr (not), exit 0/1.
+fn health(base: &str) -> ExitCode {
+    let url = format!("{base}/readyz");
+    match inspect::fetch(base, "/readyz") {
+        Ok((200, _)) => {
+            println!("{url}: ready");
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            let reasons = inspect::parse_ready(&url, &body)
+                .map(|r| r.reasons.join("; "))
+                .unwrap_or_default();
+            eprintln!("{url}: not ready (HTTP {code}) {reasons}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mqbridge status`: the tables on stdout; exit 1 only if the instance cannot be read.
+fn status(base: &str) -> ExitCode {
+    let read = || -> Result<String, inspect::InspectError> {
+        let url = format!("{base}/readyz");
+        let (_, body) = inspect::fetch(base, "/readyz")?;
+        let ready = inspect::parse_ready(&url, &body)?;
+        let (code, metrics) = inspect::fetch(base, "/metrics")?;
+        if code != 200 {
+            return Err(inspect::InspectError::Status {
+                url: format!("{base}/metrics"),
+                code,
+            });
+        }
+        let samples = inspect::parse_exposition(&metrics);
+        Ok(inspect::render_status(&ready, &samples))
+    };
+    match read() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mqbridge man`: the roff man page on stdout.
+fn man() -> ExitCode {
+    let man = clap_mangen::Man::new(Cli::command());
+    match man.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

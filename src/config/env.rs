@@ -1,6 +1,11 @@
 //! `${VAR}` / `${VAR:-default}` substitution in config strings; `$$` is a literal `$`.
 //!
 //! A `$` that does not start `${` or `$$` stays as it is, so `$SYS/#` needs no escaping.
+//!
+//! Hand-written on purpose: shell-style expansion crates (`shellexpand`,
+//! `envsubst`) also expand a bare `$NAME`, which would turn the MQTT topic
+//! `$SYS/#` into a variable lookup, and their errors do not say how to give a
+//! default, which [`EnvError::Missing`] does.
 
 /// Why a substitution failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

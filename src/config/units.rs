@@ -1,5 +1,12 @@
 //! Human-readable durations (`500ms`, `30s`, `5m`, `1h`, `1h30m`) and sizes
 //! (`256KiB`, `1MiB`, `1000`, `10kB`). Pure parsing, no IO.
+//!
+//! Hand-written on purpose (weighed against `humantime` and `bytesize`): those
+//! accept more than a config should (`humantime`: `ns`, `days`, `months`,
+//! `years`, spaces between parts; `bytesize`: fractions and any letter case)
+//! and report failures as their own text, where [`UnitError`] names the value,
+//! the unit and the units allowed here (the fixtures in `tests/config/invalid/`
+//! pin those messages).
 
 use std::time::Duration;
 

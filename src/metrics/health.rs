@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What `/readyz` knows about one broker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerStatus {
     /// Broker name.
     pub name: String,
@@ -17,12 +17,12 @@ pub struct BrokerStatus {
     /// Connected (remote), or the bridge's in-process link attached (built-in).
     pub connected: bool,
     /// Endpoint in use, for a connected remote broker.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
 
 /// Kind of broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokerKind {
     /// A remote broker reached by our client.
@@ -32,7 +32,7 @@ pub enum BrokerKind {
 }
 
 /// Forwarding state of a pipe, as judged by the watchdog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PipeState {
     /// Nothing waiting or inflight.
@@ -44,7 +44,7 @@ pub enum PipeState {
 }
 
 /// What `/readyz` knows about one pipe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipeStatus {
     /// Pipe name.
     pub name: String,

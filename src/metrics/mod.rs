@@ -13,12 +13,14 @@
 //! - [`watch`]: glue tasks (client event watcher, watchdog loop).
 //! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz` over axum.
+//! - [`inspect`]: `mqbridge health`/`status`, which read those endpoints.
 //! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
 //! - [`reload`]: what a config reload must start, stop or restart.
 
 pub mod builtin;
 pub mod events;
 pub mod health;
+pub mod inspect;
 pub mod logging;
 pub mod names;
 pub mod pipe;
@@ -172,6 +174,10 @@ pub fn describe_all() {
             PIPE_QUEUE_DEPTH_MESSAGES,
             "Messages waiting in the pipe's queue.",
         ),
+        (
+            PIPE_QUEUE_CAPACITY_MESSAGES,
+            "Size of the pipe's queue (queue.size).",
+        ),
         (PIPE_STALLED, "1 while the pipe is stalled."),
         (REMOTE_CONNECTED, "1 while connected to the broker."),
         (REMOTE_ENDPOINT_ACTIVE, "1 for the endpoint in use."),
@@ -206,7 +212,9 @@ pub fn describe_all() {
     );
     gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
     // Process-wide counters exist from the start (at 0), not only after
-    // their first event, so `rate()` and alerts see them.
+    // their first event: Prometheus' `increase()` needs a sample before the
+    // first reload, or the first failure is never seen (the
+    // MqbridgeReloadFailed alert in deploy/prometheus/alerts.yaml).
     for name in [RELOADS, RELOAD_FAILURES, LOG_WARNINGS_SUPPRESSED] {
         counter!(name).increment(0);
     }

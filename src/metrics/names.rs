@@ -32,6 +32,8 @@ pub const PIPE_BYTES_FORWARDED: &str = "mqbridge_pipe_bytes_forwarded_total";
 pub const PIPE_INFLIGHT_MESSAGES: &str = "mqbridge_pipe_inflight_messages";
 /// Gauge `{pipe}`: messages waiting in the pipe's queue.
 pub const PIPE_QUEUE_DEPTH_MESSAGES: &str = "mqbridge_pipe_queue_depth_messages";
+/// Gauge `{pipe}`: size of the pipe's queue (`queue.size`), to judge the depth against.
+pub const PIPE_QUEUE_CAPACITY_MESSAGES: &str = "mqbridge_pipe_queue_capacity_messages";
 /// Histogram `{pipe}`: source receive → destination ack, in seconds.
 pub const PIPE_FORWARD_LATENCY_SECONDS: &str = "mqbridge_pipe_forward_latency_seconds";
 /// Counter `{pipe}`: stall episodes detected by the watchdog.

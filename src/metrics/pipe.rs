@@ -97,6 +97,7 @@ pub struct PipeMetrics {
     dropped: [Counter; DropReason::ALL.len()],
     inflight: Gauge,
     queue_depth: Gauge,
+    queue_capacity: Gauge,
     latency: Histogram,
     stalls: Counter,
     stalled: Gauge,
@@ -119,6 +120,7 @@ impl PipeMetrics {
             dropped,
             inflight: gauge!(PIPE_INFLIGHT_MESSAGES, LABEL_PIPE => p.clone()),
             queue_depth: gauge!(PIPE_QUEUE_DEPTH_MESSAGES, LABEL_PIPE => p.clone()),
+            queue_capacity: gauge!(PIPE_QUEUE_CAPACITY_MESSAGES, LABEL_PIPE => p.clone()),
             latency: histogram!(PIPE_FORWARD_LATENCY_SECONDS, LABEL_PIPE => p.clone()),
             stalls: counter!(PIPE_STALLS, LABEL_PIPE => p.clone()),
             stalled: gauge!(PIPE_STALLED, LABEL_PIPE => p),
@@ -163,6 +165,11 @@ impl PipeMetrics {
     /// Current queue depth.
     pub fn set_queue_depth(&self, n: u64) {
         self.queue_depth.set(n as f64);
+    }
+
+    /// The queue's size (`queue.size`), set at start and on each reload.
+    pub fn set_queue_capacity(&self, n: usize) {
+        self.queue_capacity.set(n as f64);
     }
 
     /// Records a forward latency without counting a message (e.g. when the

@@ -148,6 +148,12 @@ pub fn file_stamp(path: &Path) -> Option<FileStamp> {
 ///
 /// A change is reported once the new stamp has been seen on two polls in a
 /// row, so a file caught half-written by an editor is not reloaded.
+///
+/// Polling (one `stat` per second) rather than `notify`'s inotify on purpose:
+/// a Kubernetes ConfigMap is updated by swapping a symlink in the directory
+/// (no event on the watched file), and bind mounts from Docker Desktop hosts
+/// deliver no inotify events; `stat` follows the symlink and sees both. With
+/// `notify`'s `PollWatcher` it would be the same polling plus a thread.
 #[derive(Debug, Clone)]
 pub struct FileWatch {
     loaded: Option<FileStamp>,

@@ -342,6 +342,7 @@ impl ObservabilityControl {
                 Some(e) => e.watched.metrics,
                 None => PipeMetrics::new(name),
             };
+            metrics.set_queue_capacity(p.queue.size);
             let probe_stats = st.clone();
             r.pipes.insert(
                 name.clone(),

@@ -10,5 +10,6 @@ pub mod fake_broker;
 pub mod http;
 pub mod mosquitto;
 pub mod process;
+pub mod prometheus;
 pub mod sockets;
 pub mod wait;

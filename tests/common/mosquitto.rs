@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-/// Path of the broker binary.
-pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// Environment variable naming the broker binary (overrides the search).
+pub const MOSQUITTO_ENV: &str = "MQBRIDGE_TEST_MOSQUITTO";
+/// Directories searched after `PATH`: Debian installs the broker in
+/// `/usr/sbin`, which is not on a normal user's `PATH`.
+const FALLBACK_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
 /// How long a started broker may take to accept TCP.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one step of an async CLI client may take.
@@ -69,11 +72,6 @@ impl Mosquitto {
     /// Starts a broker on a given port (e.g. to take over a port another test
     /// piece expects).
     pub fn start_on(port: u16, extra_conf: &str) -> Mosquitto {
-        assert!(
-            Path::new(MOSQUITTO).exists(),
-            "mosquitto binary not found at {MOSQUITTO}: install the `mosquitto` package \
-             (apt-get install mosquitto mosquitto-clients); these tests need a real broker"
-        );
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, mosquitto drops to the `mosquitto` user: it must
         // still be able to write its persistence file here.
@@ -128,14 +126,15 @@ impl Mosquitto {
             .append(true)
             .open(self.log_path())
             .expect("open mosquitto log");
-        let child = Command::new(MOSQUITTO)
+        let bin = mosquitto_bin();
+        let child = Command::new(&bin)
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {MOSQUITTO}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         self.child = Some(child);
         self.wait_ready();
     }
@@ -328,17 +327,76 @@ pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     path
 }
 
-/// Full path of a required binary; panics with a clear message if missing.
-pub fn require_bin(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = format!("{dir}/{name}");
-        if std::path::Path::new(&p).exists() {
-            return p;
-        }
+/// The broker binary: `$MQBRIDGE_TEST_MOSQUITTO` if set, else `mosquitto`
+/// on `PATH`, else in `/usr/sbin` (and the other usual directories). Panics
+/// with the install command when there is none: these tests need a real broker.
+pub fn mosquitto_bin() -> PathBuf {
+    resolve_mosquitto(
+        std::env::var_os(MOSQUITTO_ENV),
+        std::env::var_os("PATH").as_deref(),
+        &FALLBACK_DIRS,
+    )
+    .unwrap_or_else(|msg| panic!("{msg}"))
+}
+
+/// [`mosquitto_bin`] with the environment passed in: `override_` is the value
+/// of `$MQBRIDGE_TEST_MOSQUITTO`, `path` the value of `$PATH`, `fallback` the
+/// directories searched after it.
+pub fn resolve_mosquitto(
+    override_: Option<std::ffi::OsString>,
+    path: Option<&std::ffi::OsStr>,
+    fallback: &[&str],
+) -> Result<PathBuf, String> {
+    if let Some(p) = override_.filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "{MOSQUITTO_ENV}={} is not an executable file",
+                p.display()
+            ))
+        };
     }
-    panic!(
-        "`{name}` not found: install the mosquitto and mosquitto-clients packages (see .ci/run)"
-    );
+    find_bin_in("mosquitto", path, fallback).ok_or_else(|| {
+        format!(
+            "`mosquitto` not found on PATH nor in {fallback:?} (or set {MOSQUITTO_ENV}): \
+             these tests need a real broker; install it with \
+             `apt-get install mosquitto mosquitto-clients`, or run `scripts/test`"
+        )
+    })
+}
+
+/// `name` in the directories of `path` (a `PATH` value), then in [`FALLBACK_DIRS`].
+pub fn find_bin(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    find_bin_in(name, path, &FALLBACK_DIRS)
+}
+
+/// `name` in the directories of `path`, then in `fallback`.
+fn find_bin_in(name: &str, path: Option<&std::ffi::OsStr>, fallback: &[&str]) -> Option<PathBuf> {
+    let on_path = path.into_iter().flat_map(std::env::split_paths);
+    on_path
+        .chain(fallback.iter().map(PathBuf::from))
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Full path of a required client binary (`mosquitto_pub`, …) on `PATH` or in
+/// the usual directories; panics with the install command if missing.
+pub fn require_bin(name: &str) -> String {
+    match find_bin(name, std::env::var_os("PATH").as_deref()) {
+        Some(p) => p.display().to_string(),
+        None => panic!(
+            "`{name}` not found on PATH nor in {FALLBACK_DIRS:?}: install it with \
+             `apt-get install mosquitto mosquitto-clients`, or run `scripts/test`"
+        ),
+    }
 }
 
 fn host_port(addr: SocketAddr) -> Vec<String> {
