@@ -47,7 +47,8 @@ impl<T> Children<T> {
         }
     }
 
-    fn get_or_insert(&mut self, level: &str) -> &mut Node<T> {
+    /// The child for `level`, created if missing; `true` when created.
+    fn get_or_insert(&mut self, level: &str) -> (&mut Node<T>, bool) {
         if let Children::Small(v) = self
             && v.len() >= SMALL_CHILDREN
             && !v.iter().any(|(k, _)| &**k == level)
@@ -56,22 +57,38 @@ impl<T> Children<T> {
         }
         match self {
             Children::Small(v) => match v.iter().position(|(k, _)| &**k == level) {
-                Some(i) => &mut v[i].1,
+                Some(i) => (&mut v[i].1, false),
                 None => {
                     v.push((level.into(), Node::default()));
                     let last = v.len() - 1;
-                    &mut v[last].1
+                    (&mut v[last].1, true)
                 }
             },
-            Children::Map(m) => m.entry(level.into()).or_default(),
+            Children::Map(m) => {
+                let created = !m.contains_key(level);
+                (m.entry(level.into()).or_default(), created)
+            }
         }
     }
 
+    /// Removes the child for `level` and gives memory back: a map that fell
+    /// to a few entries becomes a vector again, and a vector or map much
+    /// larger than its contents is shrunk.
     fn remove(&mut self, level: &str) {
         match self {
-            Children::Small(v) => v.retain(|(k, _)| &**k != level),
+            Children::Small(v) => {
+                v.retain(|(k, _)| &**k != level);
+                if v.capacity() > 2 * v.len() + SMALL_CHILDREN {
+                    v.shrink_to_fit();
+                }
+            }
             Children::Map(m) => {
                 m.remove(level);
+                if m.len() <= SMALL_CHILDREN / 2 {
+                    *self = Children::Small(std::mem::take(m).into_iter().collect());
+                } else if m.capacity() > 4 * m.len() {
+                    m.shrink_to_fit();
+                }
             }
         }
     }
@@ -182,6 +199,9 @@ fn levels(path: Option<&str>) -> impl Iterator<Item = &str> {
 pub struct FilterTrie<T> {
     root: Node<T>,
     len: usize,
+    /// Nodes below the root: one per distinct filter prefix level. Kept
+    /// exact by `insert` and `prune`, so callers can bound the trie's memory.
+    nodes: usize,
 }
 
 /// Shows the size only: a derived `Debug` would recurse through the nodes.
@@ -189,6 +209,7 @@ impl<T> std::fmt::Debug for FilterTrie<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FilterTrie")
             .field("len", &self.len)
+            .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +226,7 @@ impl<T> FilterTrie<T> {
         FilterTrie {
             root: Node::default(),
             len: 0,
+            nodes: 0,
         }
     }
 
@@ -218,6 +240,26 @@ impl<T> FilterTrie<T> {
         self.len == 0
     }
 
+    /// Nodes held (the root not counted): what the trie's memory grows with.
+    /// Falls back as filters are removed, since empty nodes are pruned.
+    pub fn node_count(&self) -> usize {
+        self.nodes
+    }
+
+    /// Nodes that inserting `filter` would add (0 when its path exists).
+    pub fn nodes_needed(&self, filter: &str) -> usize {
+        let (path, _) = filter_path(filter);
+        let mut node = &self.root;
+        let mut it = levels(path);
+        for level in it.by_ref() {
+            match node.child(level) {
+                Some(child) => node = child,
+                None => return 1 + it.count(),
+            }
+        }
+        0
+    }
+
     /// Adds `value` under `filter`. The filter is not validated: check it with
     /// [`validate_filter`] first (or use [`FilterTrie::try_insert`]); an invalid
     /// filter is stored without panicking but what it matches is unspecified.
@@ -225,11 +267,14 @@ impl<T> FilterTrie<T> {
         let (path, hash) = filter_path(filter);
         let mut node = &mut self.root;
         for level in levels(path) {
-            node = if level == "+" {
-                node.plus.get_or_insert_with(Box::default)
+            let (child, created) = if level == "+" {
+                let created = node.plus.is_none();
+                (node.plus.get_or_insert_with(Box::default).as_mut(), created)
             } else {
                 node.exact.get_or_insert(level)
             };
+            self.nodes += usize::from(created);
+            node = child;
         }
         let slot = if hash { &mut node.hash } else { &mut node.here };
         slot.get_or_insert_with(|| Leaf {
@@ -302,7 +347,9 @@ impl<T> FilterTrie<T> {
         let Some(cut) = cut else {
             return;
         };
-        // Pass 2: walk to the parent of the chain and detach it.
+        // Pass 2: walk to the parent of the chain and detach it. The chain
+        // is linear: it holds one node per level from `cut` to the end.
+        self.nodes -= levels(path).count() - cut;
         let mut node = &mut self.root;
         for (i, level) in levels(path).enumerate() {
             if i == cut {
@@ -365,6 +412,25 @@ impl<T> FilterTrie<T> {
         let mut out = Vec::new();
         self.for_each_match(topic, |_, v| out.push(v));
         out
+    }
+}
+
+#[cfg(test)]
+impl<T> FilterTrie<T> {
+    /// Counts the nodes by walking them (the reference for `node_count`).
+    pub(crate) fn count_nodes_by_walk(&self) -> usize {
+        let mut count = 0;
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            let children: Vec<&Node<T>> = match &node.exact {
+                Children::Small(v) => v.iter().map(|(_, n)| n).collect(),
+                Children::Map(m) => m.values().collect(),
+            };
+            count += children.len() + usize::from(node.plus.is_some());
+            stack.extend(children);
+            stack.extend(node.plus.as_deref());
+        }
+        count
     }
 }
 
@@ -532,6 +598,67 @@ mod tests {
         assert_eq!(sorted(&t, &deep_topic), vec![1, 2]);
         assert_eq!(t.remove(&deep_filter, |_| true), 1);
         assert_eq!(sorted(&t, &deep_topic), vec![2]);
+    }
+
+    #[test]
+    fn node_count_follows_inserts_and_removes() {
+        let mut t = FilterTrie::new();
+        assert_eq!(t.nodes_needed("a/b/c"), 3);
+        t.insert("a/b/c", 1u32);
+        assert_eq!(t.node_count(), 3);
+        assert_eq!(t.nodes_needed("a/b/c"), 0);
+        assert_eq!(t.nodes_needed("a/b/#"), 0);
+        assert_eq!(t.nodes_needed("a/+/c/d"), 3);
+        assert_eq!(t.nodes_needed("#"), 0);
+        t.insert("a/+/c/d", 2);
+        t.insert("#", 3);
+        t.insert("a/b/c", 4);
+        assert_eq!(t.node_count(), 6);
+        assert_eq!(t.node_count(), t.count_nodes_by_walk());
+        t.remove("a/+/c/d", |_| true);
+        assert_eq!(t.node_count(), 3);
+        t.remove("a/b/c", |v| *v == 1);
+        assert_eq!(t.node_count(), 3, "a/b/c still holds a value");
+        t.remove("a/b/c", |_| true);
+        t.remove("#", |_| true);
+        assert_eq!(t.node_count(), 0);
+        assert_eq!(t.count_nodes_by_walk(), 0);
+        assert!(t.root.is_empty());
+    }
+
+    #[test]
+    fn deep_filter_nodes_are_all_given_back() {
+        let deep = vec!["x"; 32_000].join("/");
+        let mut t = FilterTrie::new();
+        t.insert(&deep, 1u32);
+        t.insert("x/y", 2);
+        assert_eq!(t.node_count(), 32_001);
+        assert_eq!(t.remove(&deep, |_| true), 1);
+        assert_eq!(t.node_count(), 2);
+        assert_eq!(t.count_nodes_by_walk(), 2);
+    }
+
+    #[test]
+    fn children_shrink_back_after_removal() {
+        let mut t = FilterTrie::new();
+        for i in 0..1000u32 {
+            t.insert(&format!("s/{i}"), i);
+        }
+        assert!(matches!(
+            t.root.exact.get("s").unwrap().exact,
+            Children::Map(_)
+        ));
+        for i in 3..1000u32 {
+            assert_eq!(t.remove(&format!("s/{i}"), |_| true), 1);
+        }
+        assert_eq!(t.node_count(), 4);
+        match &t.root.exact.get("s").unwrap().exact {
+            Children::Small(v) => assert!(v.capacity() <= 2 * v.len() + SMALL_CHILDREN),
+            Children::Map(_) => panic!("a map of 3 entries should be a vector again"),
+        }
+        for i in 0..3u32 {
+            assert_eq!(t.matches(&format!("s/{i}")), vec![&i]);
+        }
     }
 
     #[test]
