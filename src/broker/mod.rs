@@ -67,7 +67,7 @@ pub const DEFAULT_MAX_FILTERS_PER_SUBSCRIBE: usize = 100;
 /// Default `max_subscriptions_per_client`.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 1000;
 /// Default `max_trie_nodes`: distinct filter levels over all subscriptions.
-pub const DEFAULT_MAX_TRIE_NODES: usize = 250_000;
+pub const DEFAULT_MAX_TRIE_NODES: usize = 1_000_000;
 
 /// Options of one built-in broker.
 #[derive(Debug, Clone)]

@@ -99,7 +99,7 @@ pub mod defaults {
     }
     /// Built-in `limits.max_trie_nodes`.
     pub fn max_trie_nodes() -> usize {
-        250_000
+        1_000_000
     }
     /// Largest MQTT packet (remaining length 268,435,455 bytes); the remote default.
     pub fn max_packet_size() -> u64 {
