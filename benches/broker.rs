@@ -71,6 +71,10 @@ fn serve_broker() {
             }],
             limits: Limits {
                 max_connections: 20_000,
+                // Every bench client comes from 127.0.0.1, up to 200 at a
+                // time in their handshake: one source, not an attacker.
+                max_pending_handshakes: 20_000,
+                max_pending_per_ip: 20_000,
                 max_queued_messages: 1_000_000,
                 max_inflight: WINDOW as u16,
                 ..Limits::default()

@@ -604,7 +604,7 @@ async fn limits_close_only_the_offending_connection() {
     let b = TestBroker::start_with(|o| {
         o.limits.max_connections = 3;
         o.limits.max_packet_size = 1024;
-        o.limits.connect_timeout = std::time::Duration::from_millis(300);
+        o.limits.handshake_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let mut normal = Raw::connect(b.addr, "lm-normal", true).await;
@@ -614,16 +614,21 @@ async fn limits_close_only_the_offending_connection() {
     big.publish("lm/big", &"x".repeat(2000), QoS::AtMostOnce, false, 0)
         .await;
     big.expect_closed().await;
-    // Silent socket: closed after connect_timeout.
+    // Silent socket: closed after handshake_timeout.
     let mut silent = Raw::open(b.addr).await;
     silent.expect_closed().await;
     assert_eq!(b.broker.stats().refused_timeout, 1);
-    // Connection limit: the fourth socket is closed at once.
+    // Connection limit: the fourth client's CONNECT is refused with 0x03
+    // (server unavailable) and its connection closed.
     wait_until(|| b.broker.stats().clients_connected == 1).await;
     let _c2 = Raw::connect(b.addr, "lm-2", true).await;
     let _c3 = Raw::connect(b.addr, "lm-3", true).await;
     let mut fourth = Raw::open(b.addr).await;
     fourth.send_connect("lm-4", true, None, None, 0).await;
+    match fourth.next().await {
+        Packet::ConnAck(ack) => assert_eq!(ack.code, ConnectReturnCode::ServiceUnavailable),
+        other => panic!("expected CONNACK 0x03, got {other:?}"),
+    }
     fourth.expect_closed().await;
     assert_eq!(b.broker.stats().refused_limit, 1);
     // The normal client never noticed.

@@ -134,6 +134,18 @@ fn every_field_fixture_resolves_as_written() {
             .is_some_and(|t| t.cert_cn_as_username)
     );
     assert_eq!(b.limits.max_packet_size, 64 * 1024);
+    assert_eq!(b.limits.handshake_timeout, Duration::from_secs(4));
+    assert_eq!(
+        (
+            b.limits.max_pending_handshakes,
+            b.limits.max_pending_per_ip,
+            b.limits.max_topic_levels,
+            b.limits.max_filters_per_subscribe,
+            b.limits.max_subscriptions_per_client,
+            b.limits.max_trie_nodes
+        ),
+        (300, 8, 50, 20, 40, 5000)
+    );
     let p = plan.pipes.get("up").unwrap_or_else(|| panic!("no pipe"));
     assert_eq!(p.filters[1], ("alarms/+".to_string(), QoS::AtLeastOnce));
     assert_eq!(p.qos, QosRule::Force(QoS::AtLeastOnce));

@@ -12,14 +12,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::acl::Op;
+use super::handshake::Handshake;
 use super::listener::Context;
 use super::outlet::{Gate, Out, OutletRx, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply};
 use super::session::{ConnId, Origin};
-use super::stats::{DropReason, RefuseReason};
+use super::stats::{DropReason, RefuseReason, SubRefuseReason};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{
     CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
@@ -53,22 +54,28 @@ enum End {
     Abrupt(String),
 }
 
-/// Serves one accepted (and, for TLS, handshaken) connection.
-pub(crate) async fn run<S>(stream: S, peer: SocketAddr, cert_cn: Option<String>, ctx: Context)
-where
+/// Serves one accepted (and, for TLS, handshaken) connection: reads and
+/// checks its CONNECT within what is left of `handshake`, then takes a
+/// `max_connections` permit (held until the connection ends) and frees its
+/// place in the handshake budget.
+pub(crate) async fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    cert_cn: Option<String>,
+    handshake: Handshake,
+    ctx: Context,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(READ_MIN);
     let max = ctx.limits.max_packet_size;
-    let first = tokio::select! {
-        _ = ctx.shutdown.cancelled() => return,
-        r = tokio::time::timeout(ctx.limits.connect_timeout, read_one(&mut rd, &mut buf, max)) => r,
-    };
-    let connect = match first {
-        Err(_) => {
-            ctx.counters.refused(RefuseReason::Timeout);
-            debug!(broker = %ctx.broker, %peer, "no CONNECT in time, closed");
+    let connect = match handshake.bound(read_one(&mut rd, &mut buf, max)).await {
+        Err(cut) => {
+            if let Some(reason) = cut.refuse_reason() {
+                ctx.counters.refused(reason);
+                debug!(broker = %ctx.broker, %peer, ?cut, "no CONNECT in time, closed");
+            }
             return;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
@@ -87,9 +94,26 @@ where
             return;
         }
     };
-    let Some(client) = accept_connect(&mut wr, connect, cert_cn, peer, &ctx).await else {
+    let client = match handshake
+        .bound(accept_connect(&mut wr, connect, cert_cn, peer, &ctx))
+        .await
+    {
+        Ok(Some(client)) => client,
+        Ok(None) => return,
+        Err(cut) => {
+            if let Some(reason) = cut.refuse_reason() {
+                ctx.counters.refused(reason);
+            }
+            return;
+        }
+    };
+    let Ok(_permit) = ctx.semaphore.clone().try_acquire_owned() else {
+        ctx.counters.refused(RefuseReason::Limit);
+        refuse(&mut wr, ConnectReturnCode::ServiceUnavailable).await;
+        crate::warn_limited!(format!("max-connections:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, "max_connections reached, CONNECT refused (0x03)");
         return;
     };
+    drop(handshake);
     let conn = next_conn_id();
     let (out, out_rx) = outlet();
     let parked = out.parked().clone();
@@ -390,6 +414,14 @@ impl Reader<'_> {
         let conn = self.conn;
         match packet {
             Packet::Publish(publish) => {
+                let levels = topic::level_count(&publish.topic);
+                if levels > self.ctx.limits.max_topic_levels {
+                    // As Mosquitto: such a topic cannot be routed; close.
+                    return Some(self.violation(format!(
+                        "topic name has {levels} levels, more than max_topic_levels ({})",
+                        self.ctx.limits.max_topic_levels
+                    )));
+                }
                 let mut route = true;
                 if is_sys(&publish.topic) {
                     self.ctx.counters.dropped(DropReason::SysTopic, 1);
@@ -421,8 +453,10 @@ impl Reader<'_> {
                 let filters = s
                     .filters
                     .into_iter()
-                    .map(|f| {
-                        let ok = topic::validate_filter(&f.path).is_ok()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let ok = self.within_limits(i, &f.path)
+                            && topic::validate_filter(&f.path).is_ok()
                             && self.ctx.security.acl.as_ref().is_none_or(|acl| {
                                 acl.check(
                                     self.client.username.as_deref(),
@@ -456,6 +490,28 @@ impl Reader<'_> {
             other => {
                 Some(self.violation(format!("{} is not sent by clients", packet_name(&other))))
             }
+        }
+    }
+
+    /// Whether the `index`-th filter of a SUBSCRIBE is within the per-packet
+    /// and level limits (counted when not). The per-client and trie limits
+    /// are the router's: it holds the sessions and the trie.
+    fn within_limits(&self, index: usize, filter: &str) -> bool {
+        let limits = &self.ctx.limits;
+        let refused = if index >= limits.max_filters_per_subscribe {
+            Some(SubRefuseReason::FiltersPerSubscribe)
+        } else if topic::level_count(filter) > limits.max_topic_levels {
+            Some(SubRefuseReason::TopicLevels)
+        } else {
+            None
+        };
+        match refused {
+            Some(reason) => {
+                self.ctx.counters.sub_refused(reason);
+                crate::warn_limited!(format!("subscription-limit:{}", self.ctx.broker), broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, ?reason, "subscription refused (0x80): limit");
+                false
+            }
+            None => true,
         }
     }
 

@@ -1,5 +1,7 @@
-//! Accept loops: one per listener, bounded by a connection semaphore whose
-//! owned permit moves into the connection task (as mini-redis does).
+//! Accept loops: one per listener. A new socket is bounded by the handshake
+//! budget ([`super::handshake`]) until its CONNECT is accepted, then by a
+//! connection semaphore whose owned permit moves into the connection task
+//! (as mini-redis does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,9 +11,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use super::connection;
+use super::handshake::{Budget, Handshake, SourceFull};
 use super::router::RouterHandle;
 use super::stats::{Counters, RefuseReason};
 use super::{Limits, Security};
@@ -28,14 +31,20 @@ pub(crate) struct Context {
     pub security: Arc<Security>,
     pub limits: Arc<Limits>,
     pub counters: Arc<Counters>,
+    /// Connected network clients (`max_connections`): a permit is taken
+    /// once a CONNECT is accepted.
     pub semaphore: Arc<Semaphore>,
+    /// Sockets not yet past their CONNECT.
+    pub handshakes: Arc<Budget>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// TLS listener: the client certificate CN is the username.
     pub cert_cn_as_username: bool,
 }
 
-/// Accepts until shutdown.
+/// Accepts until shutdown. A new socket only takes a place in the
+/// handshake budget; its connection permit is taken once its CONNECT is
+/// accepted (in [`connection::run`]).
 pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Context) {
     loop {
         let accepted = tokio::select! {
@@ -50,63 +59,78 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
                 continue;
             }
         };
-        let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
-            ctx.counters.refused(RefuseReason::Limit);
-            // Per connection attempt: rate-limited (one per broker per 10 s).
-            if let Some(suppressed) =
-                crate::metrics::ratelimit::allow(&format!("max-connections:{}", ctx.broker))
-            {
-                warn!(broker = %ctx.broker, %peer, suppressed, "max_connections reached, connection closed");
+        let handshake = match ctx.handshakes.admit(peer.ip(), &ctx.shutdown) {
+            Ok((handshake, made_room)) => {
+                if made_room {
+                    crate::warn_limited!(format!("max-pending-handshakes:{}", ctx.broker), broker = %ctx.broker, %peer, "max_pending_handshakes reached, closing the oldest pending socket");
+                }
+                handshake
             }
-            drop(socket);
-            continue;
+            Err(SourceFull) => {
+                ctx.counters.refused(RefuseReason::HandshakePerIp);
+                crate::warn_limited!(format!("max-pending-per-ip:{}", ctx.broker), broker = %ctx.broker, %peer, "max_pending_per_ip reached, connection closed");
+                drop(socket);
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let ctx2 = ctx.clone();
         let tls = tls.clone();
-        ctx.tracker.spawn(
-            async move {
-                serve(socket, peer, tls, ctx2).await;
-                drop(permit);
-            }
-            .instrument(info_span!("conn", %peer)),
-        );
+        ctx.tracker
+            .spawn(serve(socket, peer, tls, handshake, ctx2).instrument(info_span!("conn", %peer)));
     }
 }
 
-/// The task's future is as large as its largest state, so each branch is
-/// boxed: a plain TCP connection must not pay for a TLS session's size.
-async fn serve(socket: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: Context) {
+/// Runs the transport handshake, then the MQTT connection. Every transport
+/// handshake runs inside [`Handshake::bound`], so the budget's timeout and
+/// eviction cover it. The task's future is as large as its largest state,
+/// so each branch is boxed: a plain TCP connection must not pay for a TLS
+/// session's size.
+async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handshake: Handshake,
+    ctx: Context,
+) {
     match tls {
-        None => Box::pin(connection::run(socket, peer, None, ctx)).await,
-        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, ctx)).await,
+        None => Box::pin(connection::run(socket, peer, None, handshake, ctx)).await,
+        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, handshake, ctx)).await,
     }
 }
 
-async fn serve_tls(socket: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Context) {
-    {
-        {
-            let limit = ctx.limits.connect_timeout;
-            let handshake = tokio::time::timeout(limit, acceptor.accept(socket)).await;
-            let stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(broker = %ctx.broker, %peer, error = %e, "TLS handshake failed");
-                    ctx.counters.refused(RefuseReason::Protocol);
-                    return;
-                }
-                Err(_) => {
-                    ctx.counters.refused(RefuseReason::Timeout);
-                    return;
-                }
-            };
-            let cn = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| super::tls::subject_cn(c));
-            connection::run(stream, peer, cn, ctx).await;
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    handshake: Handshake,
+    ctx: Context,
+) {
+    let stream = match handshake.bound(acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tls_failed(&ctx, peer, &e);
+            return;
         }
-    }
+        Err(cut) => {
+            if let Some(reason) = cut.refuse_reason() {
+                ctx.counters.refused(reason);
+            }
+            return;
+        }
+    };
+    let cn = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| super::tls::subject_cn(c));
+    connection::run(stream, peer, cn, handshake, ctx).await;
+}
+
+/// A failed TLS handshake: counted as `tls` and logged at warn, rate-limited
+/// per broker (a scanner or a fleet with a wrong certificate would flood).
+fn tls_failed(ctx: &Context, peer: SocketAddr, error: &std::io::Error) {
+    ctx.counters.refused(RefuseReason::Tls);
+    crate::warn_limited!(format!("tls-handshake:{}", ctx.broker), broker = %ctx.broker, %peer, %error, "TLS handshake failed, connection closed");
 }

@@ -1,7 +1,8 @@
 //! The built-in MQTT 3.1.1 broker.
 //!
 //! Shape (as rumqttd): [`listener`] accepts TCP/TLS connections under a
-//! connection semaphore; each connection runs a reader and a writer task
+//! handshake budget ([`handshake`]), and a connection takes its place under
+//! the connection semaphore once its CONNECT is accepted; each connection runs a reader and a writer task
 //! ([`connection`]) that only do IO, authentication and ACL checks; ONE router
 //! task ([`router`]) owns every session, subscription and retained message and
 //! drives the shared protocol state machines (`protocol::Outgoing` towards
@@ -18,6 +19,7 @@
 mod acl;
 mod auth;
 mod connection;
+mod handshake;
 mod listener;
 mod local;
 mod outlet;
@@ -41,7 +43,7 @@ use crate::link::{Delivery, Link};
 
 pub use acl::{Acl, AclError, Op as AclOp};
 pub use auth::{AuthError, PasswordFile};
-pub use stats::{BrokerStats, DropReason, RefuseReason};
+pub use stats::{BrokerStats, DropReason, RefuseReason, SubRefuseReason};
 
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
@@ -51,8 +53,21 @@ pub const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_MAX_INFLIGHT: u16 = 100;
 /// Default `max_queued_messages` per session.
 pub const DEFAULT_MAX_QUEUED: usize = 1000;
-/// Default time a new socket has to send its CONNECT.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a new socket has to get through its handshake (transport
+/// handshake, CONNECT, credential check).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `max_pending_handshakes` (sockets between accept and an accepted CONNECT).
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1000;
+/// Default `max_pending_per_ip` (pending handshakes per IPv4 address or IPv6 /64).
+pub const DEFAULT_MAX_PENDING_PER_IP: usize = 64;
+/// Default `max_topic_levels` of filters and published topic names (Mosquitto's limit).
+pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 200;
+/// Default `max_filters_per_subscribe`.
+pub const DEFAULT_MAX_FILTERS_PER_SUBSCRIBE: usize = 100;
+/// Default `max_subscriptions_per_client`.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 1000;
+/// Default `max_trie_nodes`: distinct filter levels over all subscriptions.
+pub const DEFAULT_MAX_TRIE_NODES: usize = 1_000_000;
 
 /// Options of one built-in broker.
 #[derive(Debug, Clone)]
@@ -135,8 +150,26 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// What happens at `max_queued_messages`.
     pub overflow: OverflowPolicy,
-    /// Time a new socket has to send CONNECT.
-    pub connect_timeout: Duration,
+    /// Time a new socket has from accept until its CONNECT is accepted
+    /// (TLS handshake, CONNECT, credential check).
+    pub handshake_timeout: Duration,
+    /// Sockets in their handshake at once, over all listeners; a new socket
+    /// beyond this closes the oldest pending one. They do not count against
+    /// `max_connections` until their CONNECT is accepted.
+    pub max_pending_handshakes: usize,
+    /// Pending handshakes per source (IPv4 address or IPv6 /64); more are
+    /// closed at once.
+    pub max_pending_per_ip: usize,
+    /// Most levels in a network client's subscription filter (refused with
+    /// SUBACK 0x80) or published topic name (the connection is closed).
+    pub max_topic_levels: usize,
+    /// Filters of one SUBSCRIBE honoured; the rest are refused (0x80).
+    pub max_filters_per_subscribe: usize,
+    /// Subscriptions one network client's session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Nodes of the subscription trie (one per distinct filter level prefix)
+    /// network clients may grow it to; in-process links are exempt.
+    pub max_trie_nodes: usize,
 }
 
 impl Default for Limits {
@@ -147,7 +180,13 @@ impl Default for Limits {
             max_inflight: DEFAULT_MAX_INFLIGHT,
             max_queued_messages: DEFAULT_MAX_QUEUED,
             overflow: OverflowPolicy::DropOldest,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_pending_per_ip: DEFAULT_MAX_PENDING_PER_IP,
+            max_topic_levels: DEFAULT_MAX_TOPIC_LEVELS,
+            max_filters_per_subscribe: DEFAULT_MAX_FILTERS_PER_SUBSCRIBE,
+            max_subscriptions_per_client: DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+            max_trie_nodes: DEFAULT_MAX_TRIE_NODES,
         }
     }
 }
@@ -271,6 +310,12 @@ impl Broker {
             shutdown.clone(),
         );
         let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
+        let handshakes = Arc::new(handshake::Budget::new(
+            opts.limits.max_pending_handshakes,
+            opts.limits.max_pending_per_ip,
+            opts.limits.handshake_timeout,
+            counters.clone(),
+        ));
         let mut addrs = Vec::new();
         for (configured, listener, acceptor, tls) in bound {
             let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
@@ -286,6 +331,7 @@ impl Broker {
                 limits: limits.clone(),
                 counters: counters.clone(),
                 semaphore: semaphore.clone(),
+                handshakes: handshakes.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 cert_cn_as_username: tls.as_ref().is_some_and(|t| t.cert_cn_as_username),

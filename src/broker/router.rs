@@ -17,7 +17,7 @@ use super::acl::Op;
 use super::outlet::Outlet;
 use super::retained::Retained;
 use super::session::{Attached, ConnId, Origin, Session, SessionKey};
-use super::stats::Counters;
+use super::stats::{Counters, SubRefuseReason};
 use super::sys;
 use super::{Limits, Security};
 use crate::link::{AckToken, LinkError};
@@ -243,6 +243,32 @@ fn may_read(security: &Security, session: &Session, topic: &str) -> bool {
         }
         _ => true,
     }
+}
+
+/// The limit a network client's new subscription to `filter` would break,
+/// if any. Replacing an existing subscription breaks none; in-process links
+/// (pipes, configured by the operator) are never limited.
+fn subscription_limit<T>(
+    limits: &Limits,
+    session: &Session,
+    subs: &FilterTrie<T>,
+    filter: &str,
+) -> Option<SubRefuseReason> {
+    if matches!(session.origin, Origin::Local) || session.subscriptions.contains_key(filter) {
+        return None;
+    }
+    if session.subscriptions.len() >= limits.max_subscriptions_per_client {
+        return Some(SubRefuseReason::SubscriptionsPerClient);
+    }
+    if subs.node_count() + subs.nodes_needed(filter) > limits.max_trie_nodes {
+        return Some(SubRefuseReason::TrieNodes);
+    }
+    None
+}
+
+/// Publishes the trie's size to the `trie_nodes` gauge.
+fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>) {
+    counters.trie_nodes.store(subs.node_count() as u64, Relaxed);
 }
 
 /// Drops the parked publishes of a connection that went away (never
@@ -560,6 +586,7 @@ impl Router {
         for filter in s.subscriptions.keys() {
             self.subs.remove(filter, |v| v.0 == sid);
         }
+        count_trie_nodes(&self.counters, &self.subs);
         self.counters
             .subscriptions
             .fetch_sub(s.subscriptions.len() as u64, Relaxed);
@@ -749,6 +776,16 @@ impl Router {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (filter, qos) in filters {
+            let qos = qos.filter(|_| {
+                match subscription_limit(&self.limits, session, &self.subs, &filter) {
+                    Some(reason) => {
+                        self.counters.sub_refused(reason);
+                        crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80): limit");
+                        false
+                    }
+                    None => true,
+                }
+            });
             granted.push(qos);
             let Some(qos) = qos else { continue };
             if session.subscriptions.insert(filter.clone(), qos).is_some() {
@@ -759,6 +796,7 @@ impl Router {
             self.subs.insert(&filter, (sid, qos));
             accepted.push((filter, qos));
         }
+        count_trie_nodes(&self.counters, &self.subs);
         match reply {
             Reply::Packet(pkid) => {
                 let codes = granted
@@ -803,6 +841,7 @@ impl Router {
                 self.counters.subscriptions.fetch_sub(1, Relaxed);
             }
         }
+        count_trie_nodes(&self.counters, &self.subs);
         match reply {
             Reply::Packet(pkid) => {
                 session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)

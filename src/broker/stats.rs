@@ -9,14 +9,38 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub enum RefuseReason {
     /// Bad username/password, anonymous not allowed, or missing client certificate CN.
     Auth,
-    /// `max_connections` reached.
+    /// A valid CONNECT while `max_connections` clients are connected
+    /// (answered with CONNACK 0x03, server unavailable).
     Limit,
     /// Malformed input or a protocol violation.
     Protocol,
-    /// No CONNECT within `connect_timeout`.
+    /// The handshake (transport handshake and CONNECT) did not finish within
+    /// `handshake_timeout`.
     Timeout,
     /// The client id is one of the bridge's in-process links (CONNACK 0x02).
     ClientId,
+    /// A pending handshake closed to make room for a newer socket at
+    /// `max_pending_handshakes`.
+    HandshakeLimit,
+    /// A socket closed at once: its source already had `max_pending_per_ip`
+    /// handshakes pending.
+    HandshakePerIp,
+    /// The TLS handshake failed (untrusted or missing client certificate,
+    /// no common protocol version or cipher, not TLS at all).
+    Tls,
+}
+
+/// Why one filter of a SUBSCRIBE was refused (SUBACK 0x80) for a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubRefuseReason {
+    /// The filter has more than `max_topic_levels` levels.
+    TopicLevels,
+    /// Beyond the first `max_filters_per_subscribe` filters of the packet.
+    FiltersPerSubscribe,
+    /// The session already holds `max_subscriptions_per_client` filters.
+    SubscriptionsPerClient,
+    /// Storing the filter would grow the subscription trie past `max_trie_nodes`.
+    TrieNodes,
 }
 
 /// Why a message was dropped instead of delivered.
@@ -48,6 +72,15 @@ pub(crate) struct Counters {
     pub refused_protocol: AtomicU64,
     pub refused_timeout: AtomicU64,
     pub refused_client_id: AtomicU64,
+    pub refused_handshake_limit: AtomicU64,
+    pub refused_handshake_per_ip: AtomicU64,
+    pub refused_tls: AtomicU64,
+    pub sub_refused_topic_levels: AtomicU64,
+    pub sub_refused_per_subscribe: AtomicU64,
+    pub sub_refused_per_client: AtomicU64,
+    pub sub_refused_trie_nodes: AtomicU64,
+    pub trie_nodes: AtomicU64,
+    pub handshakes_pending: AtomicU64,
     pub dropped_acl: AtomicU64,
     pub dropped_sys: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -63,6 +96,19 @@ impl Counters {
             RefuseReason::Protocol => &self.refused_protocol,
             RefuseReason::Timeout => &self.refused_timeout,
             RefuseReason::ClientId => &self.refused_client_id,
+            RefuseReason::HandshakeLimit => &self.refused_handshake_limit,
+            RefuseReason::HandshakePerIp => &self.refused_handshake_per_ip,
+            RefuseReason::Tls => &self.refused_tls,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn sub_refused(&self, reason: SubRefuseReason) {
+        let c = match reason {
+            SubRefuseReason::TopicLevels => &self.sub_refused_topic_levels,
+            SubRefuseReason::FiltersPerSubscribe => &self.sub_refused_per_subscribe,
+            SubRefuseReason::SubscriptionsPerClient => &self.sub_refused_per_client,
+            SubRefuseReason::TrieNodes => &self.sub_refused_trie_nodes,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -93,6 +139,15 @@ impl Counters {
             refused_protocol: self.refused_protocol.load(Relaxed),
             refused_timeout: self.refused_timeout.load(Relaxed),
             refused_client_id: self.refused_client_id.load(Relaxed),
+            refused_handshake_limit: self.refused_handshake_limit.load(Relaxed),
+            refused_handshake_per_ip: self.refused_handshake_per_ip.load(Relaxed),
+            refused_tls: self.refused_tls.load(Relaxed),
+            sub_refused_topic_levels: self.sub_refused_topic_levels.load(Relaxed),
+            sub_refused_per_subscribe: self.sub_refused_per_subscribe.load(Relaxed),
+            sub_refused_per_client: self.sub_refused_per_client.load(Relaxed),
+            sub_refused_trie_nodes: self.sub_refused_trie_nodes.load(Relaxed),
+            trie_nodes: self.trie_nodes.load(Relaxed),
+            handshakes_pending: self.handshakes_pending.load(Relaxed),
             dropped_acl: self.dropped_acl.load(Relaxed),
             dropped_sys: self.dropped_sys.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
@@ -127,14 +182,33 @@ pub struct BrokerStats {
     pub bytes_out: u64,
     /// Counter: connections refused for credentials.
     pub refused_auth: u64,
-    /// Counter: connections refused at `max_connections`.
+    /// Counter: valid CONNECTs refused at `max_connections`.
     pub refused_limit: u64,
     /// Counter: connections closed for malformed input or protocol violations.
     pub refused_protocol: u64,
-    /// Counter: connections closed for sending no CONNECT in time.
+    /// Counter: sockets closed for not finishing the handshake in time.
     pub refused_timeout: u64,
     /// Counter: CONNECTs refused (0x02) for using an in-process link's client id.
     pub refused_client_id: u64,
+    /// Counter: pending handshakes closed to make room at `max_pending_handshakes`.
+    pub refused_handshake_limit: u64,
+    /// Counter: sockets closed at once at `max_pending_per_ip`.
+    pub refused_handshake_per_ip: u64,
+    /// Counter: failed TLS handshakes.
+    pub refused_tls: u64,
+    /// Counter: filters refused for `max_topic_levels`.
+    pub sub_refused_topic_levels: u64,
+    /// Counter: filters refused for `max_filters_per_subscribe`.
+    pub sub_refused_per_subscribe: u64,
+    /// Counter: filters refused for `max_subscriptions_per_client`.
+    pub sub_refused_per_client: u64,
+    /// Counter: filters refused for `max_trie_nodes`.
+    pub sub_refused_trie_nodes: u64,
+    /// Gauge: nodes of the subscription trie (one per distinct filter level
+    /// prefix); falls back as subscriptions go.
+    pub trie_nodes: u64,
+    /// Gauge: sockets between accept and an accepted CONNECT.
+    pub handshakes_pending: u64,
     /// Counter: publishes dropped by the ACL.
     pub dropped_acl: u64,
     /// Counter: client publishes to `$SYS/...` dropped.

@@ -6,7 +6,7 @@ use super::brokers::{packet_size, positive_duration, reject_fields};
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BuiltInPlan, LimitsPlan, ListenerPlan, ListenerTlsPlan, Scheme};
-use super::raw::{OrMap, RawBroker, RawListener, Text, defaults};
+use super::raw::{OrMap, RawBroker, RawLimits, RawListener, Text, defaults};
 use super::units::parse_duration;
 use super::urls::parse_listen_url;
 
@@ -114,13 +114,55 @@ pub(crate) fn compile_builtin(
             1,
             u16::MAX.into(),
         ) as u16,
-        connect_timeout: positive_duration(
-            ctx,
-            &l.and_then(|l| l.connect_timeout.clone()),
+        handshake_timeout: handshake_timeout(ctx, scope, l),
+        max_pending_handshakes: ctx.int(
+            &l.and_then(|l| l.max_pending_handshakes.clone()),
             scope,
-            "limits.connect_timeout",
-            defaults::connect_timeout(),
-        ),
+            "limits.max_pending_handshakes",
+            defaults::max_pending_handshakes() as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        max_pending_per_ip: ctx.int(
+            &l.and_then(|l| l.max_pending_per_ip.clone()),
+            scope,
+            "limits.max_pending_per_ip",
+            defaults::max_pending_per_ip() as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        max_topic_levels: ctx.int(
+            &l.and_then(|l| l.max_topic_levels.clone()),
+            scope,
+            "limits.max_topic_levels",
+            defaults::max_topic_levels() as u64,
+            1,
+            32_768,
+        ) as usize,
+        max_filters_per_subscribe: ctx.int(
+            &l.and_then(|l| l.max_filters_per_subscribe.clone()),
+            scope,
+            "limits.max_filters_per_subscribe",
+            defaults::max_filters_per_subscribe() as u64,
+            1,
+            65_535,
+        ) as usize,
+        max_subscriptions_per_client: ctx.int(
+            &l.and_then(|l| l.max_subscriptions_per_client.clone()),
+            scope,
+            "limits.max_subscriptions_per_client",
+            defaults::max_subscriptions_per_client() as u64,
+            1,
+            10_000_000,
+        ) as usize,
+        max_trie_nodes: ctx.int(
+            &l.and_then(|l| l.max_trie_nodes.clone()),
+            scope,
+            "limits.max_trie_nodes",
+            defaults::max_trie_nodes() as u64,
+            1,
+            1_000_000_000,
+        ) as usize,
     };
 
     let sys_interval = sys_interval(ctx, scope, &raw.sys_interval);
@@ -164,6 +206,31 @@ fn sys_interval(ctx: &mut Ctx, scope: &Scope, t: &Option<Text>) -> Option<Durati
             default
         }
     }
+}
+
+/// `limits.handshake_timeout`, or its old name `limits.connect_timeout`
+/// (accepted with a warning; both at once is an error).
+fn handshake_timeout(ctx: &mut Ctx, scope: &Scope, l: Option<&RawLimits>) -> Duration {
+    let new = l.and_then(|l| l.handshake_timeout.clone());
+    let old = l.and_then(|l| l.connect_timeout.clone());
+    match (&new, &old) {
+        (Some(_), Some(o)) => ctx.err(
+            &o.referenced,
+            scope,
+            "limits.connect_timeout: the old name of `limits.handshake_timeout`; set only `handshake_timeout`",
+        ),
+        (None, Some(o)) => ctx.warn(
+            &o.referenced,
+            scope,
+            "limits.connect_timeout is now `limits.handshake_timeout` (it covers the TLS handshake and the CONNECT); the old name still works",
+        ),
+        _ => {}
+    }
+    let (value, name) = match new {
+        Some(t) => (Some(t), "limits.handshake_timeout"),
+        None => (old, "limits.connect_timeout"),
+    };
+    positive_duration(ctx, &value, scope, name, defaults::handshake_timeout())
 }
 
 fn compile_listener(

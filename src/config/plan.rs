@@ -216,8 +216,20 @@ pub struct LimitsPlan {
     pub max_queued_messages: usize,
     /// Outgoing QoS 1/2 messages in flight per client.
     pub max_inflight: u16,
-    /// Time a new socket has to send CONNECT.
-    pub connect_timeout: Duration,
+    /// Time a new socket has from accept until its CONNECT is accepted.
+    pub handshake_timeout: Duration,
+    /// Sockets in their handshake at once (the oldest is closed beyond).
+    pub max_pending_handshakes: usize,
+    /// Pending handshakes per IPv4 address or IPv6 /64.
+    pub max_pending_per_ip: usize,
+    /// Most levels in a subscription filter or published topic name.
+    pub max_topic_levels: usize,
+    /// Filters honoured per SUBSCRIBE.
+    pub max_filters_per_subscribe: usize,
+    /// Subscriptions one client session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Subscription trie nodes network clients may grow it to.
+    pub max_trie_nodes: usize,
 }
 
 /// One pipe: from a source broker through filters and remaps to a destination broker.

@@ -69,9 +69,37 @@ pub mod defaults {
     pub fn sys_interval() -> Duration {
         Duration::from_secs(10)
     }
-    /// Remote `connect_timeout` and built-in `limits.connect_timeout`.
+    /// Remote `connect_timeout`.
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)
+    }
+    /// Built-in `limits.handshake_timeout`.
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    /// Built-in `limits.max_pending_handshakes`.
+    pub fn max_pending_handshakes() -> usize {
+        1000
+    }
+    /// Built-in `limits.max_pending_per_ip`.
+    pub fn max_pending_per_ip() -> usize {
+        64
+    }
+    /// Built-in `limits.max_topic_levels`.
+    pub fn max_topic_levels() -> usize {
+        200
+    }
+    /// Built-in `limits.max_filters_per_subscribe`.
+    pub fn max_filters_per_subscribe() -> usize {
+        100
+    }
+    /// Built-in `limits.max_subscriptions_per_client`.
+    pub fn max_subscriptions_per_client() -> usize {
+        1000
+    }
+    /// Built-in `limits.max_trie_nodes`.
+    pub fn max_trie_nodes() -> usize {
+        1_000_000
     }
     /// Largest MQTT packet (remaining length 268,435,455 bytes); the remote default.
     pub fn max_packet_size() -> u64 {
@@ -347,9 +375,30 @@ pub struct RawLimits {
     /// Inflight per client.
     #[serde(default)]
     pub max_inflight: Option<Text>,
-    /// CONNECT timeout.
+    /// Old name of `handshake_timeout` (accepted with a warning).
     #[serde(default)]
     pub connect_timeout: Option<Text>,
+    /// Accept → CONNECT accepted.
+    #[serde(default)]
+    pub handshake_timeout: Option<Text>,
+    /// Sockets in their handshake at once.
+    #[serde(default)]
+    pub max_pending_handshakes: Option<Text>,
+    /// Pending handshakes per source.
+    #[serde(default)]
+    pub max_pending_per_ip: Option<Text>,
+    /// Levels of filters and topic names.
+    #[serde(default)]
+    pub max_topic_levels: Option<Text>,
+    /// Filters honoured per SUBSCRIBE.
+    #[serde(default)]
+    pub max_filters_per_subscribe: Option<Text>,
+    /// Subscriptions per client session.
+    #[serde(default)]
+    pub max_subscriptions_per_client: Option<Text>,
+    /// Subscription trie nodes over all clients.
+    #[serde(default)]
+    pub max_trie_nodes: Option<Text>,
 }
 
 /// One pipe.

@@ -282,6 +282,28 @@ fn pipe_plan_equality_compares_remaps() {
 }
 
 #[test]
+fn builtin_connect_timeout_is_the_old_name_of_handshake_timeout() {
+    let yaml = "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0'], limits: {connect_timeout: 3s}}\n";
+    let w = warnings(yaml);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("limits.connect_timeout is now `limits.handshake_timeout`"),
+        "{}",
+        w[0]
+    );
+    let Ok((plan, _)) = load(yaml) else {
+        panic!("valid");
+    };
+    let Some(super::BrokerKind::BuiltIn(b)) = plan.brokers.get("edge").map(|b| &b.kind) else {
+        panic!("edge is not built-in");
+    };
+    assert_eq!(
+        b.limits.handshake_timeout,
+        std::time::Duration::from_secs(3)
+    );
+}
+
+#[test]
 fn builtin_without_any_login_warns() {
     let w = warnings(
         "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0'], allow_anonymous: false}\n",

@@ -6,7 +6,24 @@ use super::names::*;
 use crate::broker::BrokerStats;
 
 /// `reason` labels of refused connections, in [`BuiltinBrokerMetrics`] order.
-pub const REFUSE_REASONS: [&str; 5] = ["auth", "limit", "protocol", "timeout", "client_id"];
+pub const REFUSE_REASONS: [&str; 8] = [
+    "auth",
+    "limit",
+    "protocol",
+    "timeout",
+    "client_id",
+    "handshake_limit",
+    "handshake_per_ip",
+    "tls",
+];
+/// `reason` labels of subscription filters refused for a limit, in
+/// [`BuiltinBrokerMetrics`] order.
+pub const SUBSCRIBE_REFUSE_REASONS: [&str; 4] = [
+    "topic_levels",
+    "filters_per_subscribe",
+    "subscriptions_per_client",
+    "trie_nodes",
+];
 /// `reason` labels of dropped messages, in [`BuiltinBrokerMetrics`] order.
 pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
 
@@ -24,6 +41,9 @@ pub struct BuiltinBrokerMetrics {
     bytes_in: Counter,
     bytes_out: Counter,
     refused: [Counter; REFUSE_REASONS.len()],
+    subscriptions_refused: [Counter; SUBSCRIBE_REFUSE_REASONS.len()],
+    trie_nodes: Gauge,
+    handshakes_pending: Gauge,
     dropped: [Counter; BROKER_DROP_REASONS.len()],
     held_back: Gauge,
     held_back_total: Counter,
@@ -47,6 +67,11 @@ impl BuiltinBrokerMetrics {
             refused: REFUSE_REASONS.map(|r| {
                 counter!(BROKER_CONNECTIONS_REFUSED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
             }),
+            subscriptions_refused: SUBSCRIBE_REFUSE_REASONS.map(|r| {
+                counter!(BROKER_SUBSCRIPTIONS_REFUSED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
+            }),
+            trie_nodes: gauge!(BROKER_SUBSCRIPTION_TRIE_NODES, LABEL_BROKER => b.clone()),
+            handshakes_pending: gauge!(BROKER_HANDSHAKES_PENDING, LABEL_BROKER => b.clone()),
             dropped: BROKER_DROP_REASONS.map(|r| {
                 counter!(BROKER_MESSAGES_DROPPED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
             }),
@@ -74,10 +99,24 @@ impl BuiltinBrokerMetrics {
             s.refused_protocol,
             s.refused_timeout,
             s.refused_client_id,
+            s.refused_handshake_limit,
+            s.refused_handshake_per_ip,
+            s.refused_tls,
         ];
         for (c, v) in self.refused.iter().zip(refused) {
             c.absolute(v);
         }
+        let subscriptions_refused = [
+            s.sub_refused_topic_levels,
+            s.sub_refused_per_subscribe,
+            s.sub_refused_per_client,
+            s.sub_refused_trie_nodes,
+        ];
+        for (c, v) in self.subscriptions_refused.iter().zip(subscriptions_refused) {
+            c.absolute(v);
+        }
+        self.trie_nodes.set(s.trie_nodes as f64);
+        self.handshakes_pending.set(s.handshakes_pending as f64);
         let dropped = [s.dropped_acl, s.dropped_sys, s.dropped_queue_full];
         for (c, v) in self.dropped.iter().zip(dropped) {
             c.absolute(v);

@@ -147,6 +147,10 @@ pub fn describe_all() {
             BROKER_PUBLISHES_HELD_BACK_TOTAL,
             "Client QoS 1/2 publishes ever held back (ack withheld) by a full bridge link session.",
         ),
+        (
+            BROKER_SUBSCRIPTIONS_REFUSED,
+            "Subscription filters refused (SUBACK 0x80) for a limit, by reason.",
+        ),
         (RELOADS, "Configuration reloads applied."),
         (RELOAD_FAILURES, "Configuration reloads rejected."),
         (
@@ -201,6 +205,14 @@ pub fn describe_all() {
         (BROKER_SUBSCRIPTIONS, "Subscriptions held."),
         (BROKER_RETAINED_MESSAGES, "Retained messages stored."),
         (BROKER_QUEUED_MESSAGES, "Messages queued for sessions."),
+        (
+            BROKER_SUBSCRIPTION_TRIE_NODES,
+            "Nodes of the subscription trie.",
+        ),
+        (
+            BROKER_HANDSHAKES_PENDING,
+            "Sockets accepted whose CONNECT is not accepted yet.",
+        ),
         (BUILD_INFO, "Always 1; the version is a label."),
     ] {
         describe_gauge!(name, help);

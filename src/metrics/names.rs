@@ -97,6 +97,13 @@ pub const BROKER_CONNECTIONS_REFUSED: &str = "mqbridge_broker_connections_refuse
 /// Counter `{broker, reason}`: messages the broker dropped instead of delivering,
 /// `reason` in [`BROKER_DROP_REASONS`](super::builtin::BROKER_DROP_REASONS).
 pub const BROKER_MESSAGES_DROPPED: &str = "mqbridge_broker_messages_dropped_total";
+/// Counter `{broker, reason}`: subscription filters refused (SUBACK 0x80)
+/// for a limit, `reason` in [`SUBSCRIBE_REFUSE_REASONS`](super::builtin::SUBSCRIBE_REFUSE_REASONS).
+pub const BROKER_SUBSCRIPTIONS_REFUSED: &str = "mqbridge_broker_subscriptions_refused_total";
+/// Gauge `{broker}`: nodes of the subscription trie (distinct filter level prefixes).
+pub const BROKER_SUBSCRIPTION_TRIE_NODES: &str = "mqbridge_broker_subscription_trie_nodes";
+/// Gauge `{broker}`: sockets between accept and an accepted CONNECT.
+pub const BROKER_HANDSHAKES_PENDING: &str = "mqbridge_broker_handshakes_pending";
 /// Gauge `{broker}`: client QoS 1/2 publishes held back now (PUBACK/PUBREC
 /// withheld) while a bridge link session they go to is full.
 pub const BROKER_PUBLISHES_HELD_BACK: &str = "mqbridge_broker_publishes_held_back";

@@ -119,8 +119,59 @@ pub(super) fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
             max_inflight: b.limits.max_inflight,
             max_queued_messages: b.limits.max_queued_messages,
             overflow: broker::OverflowPolicy::DropOldest,
-            connect_timeout: b.limits.connect_timeout,
+            handshake_timeout: b.limits.handshake_timeout,
+            max_pending_handshakes: b.limits.max_pending_handshakes,
+            max_pending_per_ip: b.limits.max_pending_per_ip,
+            max_topic_levels: b.limits.max_topic_levels,
+            max_filters_per_subscribe: b.limits.max_filters_per_subscribe,
+            max_subscriptions_per_client: b.limits.max_subscriptions_per_client,
+            max_trie_nodes: b.limits.max_trie_nodes,
         },
         sys_interval: b.sys_interval,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BrokerKind, LoadOptions, load_str_with};
+
+    /// The config's defaults for the handshake and subscription limits are
+    /// the library's (two lists of numbers must not drift apart).
+    #[test]
+    fn config_defaults_of_new_limits_match_the_library() {
+        let opts = LoadOptions {
+            vars: &|_| None,
+            hostname: "h".into(),
+        };
+        let yaml = "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n";
+        let Ok((plan, _)) = load_str_with(yaml, "t.yaml", &opts) else {
+            panic!("valid config");
+        };
+        let Some(BrokerKind::BuiltIn(b)) = plan.brokers.get("edge").map(|b| &b.kind) else {
+            panic!("edge is built-in");
+        };
+        let got = broker_options("edge", b).limits;
+        let lib = broker::Limits::default();
+        assert_eq!(
+            (
+                got.handshake_timeout,
+                got.max_pending_handshakes,
+                got.max_pending_per_ip,
+                got.max_topic_levels,
+                got.max_filters_per_subscribe,
+                got.max_subscriptions_per_client,
+                got.max_trie_nodes
+            ),
+            (
+                lib.handshake_timeout,
+                lib.max_pending_handshakes,
+                lib.max_pending_per_ip,
+                lib.max_topic_levels,
+                lib.max_filters_per_subscribe,
+                lib.max_subscriptions_per_client,
+                lib.max_trie_nodes
+            )
+        );
     }
 }

@@ -89,6 +89,11 @@ fn check_common(s: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Number of levels of a topic name or filter (`a/b` has 2, `/` has 2, `a` has 1).
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
 /// Checks a topic name (what a PUBLISH carries): non-empty, at most 65,535
 /// bytes, no `+`, `#` or NUL.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {

@@ -31,7 +31,8 @@ mod trie;
 mod proptests;
 
 pub use filter::{
-    Captures, MAX_TOPIC_LEN, TopicError, captures, matches, validate_filter, validate_topic_name,
+    Captures, MAX_TOPIC_LEN, TopicError, captures, level_count, matches, validate_filter,
+    validate_topic_name,
 };
 pub use remap::{Remap, RemapError, RemapRule};
 pub use trie::FilterTrie;

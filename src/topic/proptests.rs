@@ -127,6 +127,7 @@ proptest! {
             trie.insert(f, i);
         }
         prop_assert_eq!(trie.len(), filters.len());
+        prop_assert_eq!(trie.node_count(), trie.count_nodes_by_walk());
         let check = |trie: &FilterTrie<usize>, live: &dyn Fn(usize) -> bool| {
             for t in &topics {
                 let mut got: Vec<usize> = Vec::new();
@@ -154,6 +155,12 @@ proptest! {
         prop_assert_eq!(removed, remove_mask.iter().take(filters.len()).filter(|b| **b).count());
         prop_assert_eq!(trie.len(), filters.len() - removed);
         prop_assert_eq!(check(&trie, &|i| !remove_mask[i]), Ok(()));
+        prop_assert_eq!(trie.node_count(), trie.count_nodes_by_walk());
+        for (i, f) in filters.iter().enumerate() {
+            trie.remove(f, |&v| v == i);
+        }
+        prop_assert_eq!(trie.node_count(), 0);
+        prop_assert!(trie.is_empty());
     }
 
     #[test]

@@ -29,7 +29,13 @@ struct Leaf<T> {
 
 enum Children<T> {
     Small(Vec<(Box<str>, Node<T>)>),
-    Map(HashMap<Box<str>, Node<T>>),
+    /// Boxed: most nodes have a vector, and the enum is as large as its
+    /// largest variant (a bare map would add 24 bytes to every node).
+    #[allow(
+        clippy::box_collection,
+        reason = "keeps every node small; maps are rare"
+    )]
+    Map(Box<HashMap<Box<str>, Node<T>>>),
 }
 
 impl<T> Children<T> {
@@ -47,31 +53,51 @@ impl<T> Children<T> {
         }
     }
 
-    fn get_or_insert(&mut self, level: &str) -> &mut Node<T> {
+    /// The child for `level`, created if missing; `true` when created.
+    fn get_or_insert(&mut self, level: &str) -> (&mut Node<T>, bool) {
         if let Children::Small(v) = self
             && v.len() >= SMALL_CHILDREN
             && !v.iter().any(|(k, _)| &**k == level)
         {
-            *self = Children::Map(std::mem::take(v).into_iter().collect());
+            *self = Children::Map(Box::new(std::mem::take(v).into_iter().collect()));
         }
         match self {
             Children::Small(v) => match v.iter().position(|(k, _)| &**k == level) {
-                Some(i) => &mut v[i].1,
+                Some(i) => (&mut v[i].1, false),
                 None => {
+                    // Grow by one: most nodes have a single child, and a
+                    // plain push would allocate room for four.
+                    v.reserve_exact(1);
                     v.push((level.into(), Node::default()));
                     let last = v.len() - 1;
-                    &mut v[last].1
+                    (&mut v[last].1, true)
                 }
             },
-            Children::Map(m) => m.entry(level.into()).or_default(),
+            Children::Map(m) => {
+                let created = !m.contains_key(level);
+                (m.entry(level.into()).or_default(), created)
+            }
         }
     }
 
+    /// Removes the child for `level` and gives memory back: a map that fell
+    /// to a few entries becomes a vector again, and a vector or map much
+    /// larger than its contents is shrunk.
     fn remove(&mut self, level: &str) {
         match self {
-            Children::Small(v) => v.retain(|(k, _)| &**k != level),
+            Children::Small(v) => {
+                v.retain(|(k, _)| &**k != level);
+                if v.capacity() > 2 * v.len() + SMALL_CHILDREN {
+                    v.shrink_to_fit();
+                }
+            }
             Children::Map(m) => {
                 m.remove(level);
+                if m.len() <= SMALL_CHILDREN / 2 {
+                    *self = Children::Small(std::mem::take(m.as_mut()).into_iter().collect());
+                } else if m.capacity() > 4 * m.len() {
+                    m.shrink_to_fit();
+                }
             }
         }
     }
@@ -88,9 +114,9 @@ struct Node<T> {
     exact: Children<T>,
     plus: Option<Box<Node<T>>>,
     /// Values of the filter that ends at this node.
-    here: Option<Leaf<T>>,
+    here: Option<Box<Leaf<T>>>,
     /// Values of the filter `<this node's prefix>/#`.
-    hash: Option<Leaf<T>>,
+    hash: Option<Box<Leaf<T>>>,
 }
 
 impl<T> Default for Node<T> {
@@ -182,6 +208,9 @@ fn levels(path: Option<&str>) -> impl Iterator<Item = &str> {
 pub struct FilterTrie<T> {
     root: Node<T>,
     len: usize,
+    /// Nodes below the root: one per distinct filter prefix level. Kept
+    /// exact by `insert` and `prune`, so callers can bound the trie's memory.
+    nodes: usize,
 }
 
 /// Shows the size only: a derived `Debug` would recurse through the nodes.
@@ -189,6 +218,7 @@ impl<T> std::fmt::Debug for FilterTrie<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FilterTrie")
             .field("len", &self.len)
+            .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +235,7 @@ impl<T> FilterTrie<T> {
         FilterTrie {
             root: Node::default(),
             len: 0,
+            nodes: 0,
         }
     }
 
@@ -218,6 +249,26 @@ impl<T> FilterTrie<T> {
         self.len == 0
     }
 
+    /// Nodes held (the root not counted): what the trie's memory grows with.
+    /// Falls back as filters are removed, since empty nodes are pruned.
+    pub fn node_count(&self) -> usize {
+        self.nodes
+    }
+
+    /// Nodes that inserting `filter` would add (0 when its path exists).
+    pub fn nodes_needed(&self, filter: &str) -> usize {
+        let (path, _) = filter_path(filter);
+        let mut node = &self.root;
+        let mut it = levels(path);
+        for level in it.by_ref() {
+            match node.child(level) {
+                Some(child) => node = child,
+                None => return 1 + it.count(),
+            }
+        }
+        0
+    }
+
     /// Adds `value` under `filter`. The filter is not validated: check it with
     /// [`validate_filter`] first (or use [`FilterTrie::try_insert`]); an invalid
     /// filter is stored without panicking but what it matches is unspecified.
@@ -225,16 +276,21 @@ impl<T> FilterTrie<T> {
         let (path, hash) = filter_path(filter);
         let mut node = &mut self.root;
         for level in levels(path) {
-            node = if level == "+" {
-                node.plus.get_or_insert_with(Box::default)
+            let (child, created) = if level == "+" {
+                let created = node.plus.is_none();
+                (node.plus.get_or_insert_with(Box::default).as_mut(), created)
             } else {
                 node.exact.get_or_insert(level)
             };
+            self.nodes += usize::from(created);
+            node = child;
         }
         let slot = if hash { &mut node.hash } else { &mut node.here };
-        slot.get_or_insert_with(|| Leaf {
-            filter: filter.into(),
-            values: Vec::new(),
+        slot.get_or_insert_with(|| {
+            Box::new(Leaf {
+                filter: filter.into(),
+                values: Vec::new(),
+            })
         })
         .values
         .push(value);
@@ -302,7 +358,9 @@ impl<T> FilterTrie<T> {
         let Some(cut) = cut else {
             return;
         };
-        // Pass 2: walk to the parent of the chain and detach it.
+        // Pass 2: walk to the parent of the chain and detach it. The chain
+        // is linear: it holds one node per level from `cut` to the end.
+        self.nodes -= levels(path).count() - cut;
         let mut node = &mut self.root;
         for (i, level) in levels(path).enumerate() {
             if i == cut {
@@ -323,7 +381,7 @@ impl<T> FilterTrie<T> {
     /// Calls `f(filter, value)` for every value whose filter matches `topic`.
     /// Order is unspecified. Does not allocate for topics of usual depth.
     pub fn for_each_match<'s>(&'s self, topic: &str, mut f: impl FnMut(&'s str, &'s T)) {
-        let mut emit = |leaf: &'s Option<Leaf<T>>| {
+        let mut emit = |leaf: &'s Option<Box<Leaf<T>>>| {
             if let Some(leaf) = leaf {
                 for v in &leaf.values {
                     f(&leaf.filter, v);
@@ -365,6 +423,25 @@ impl<T> FilterTrie<T> {
         let mut out = Vec::new();
         self.for_each_match(topic, |_, v| out.push(v));
         out
+    }
+}
+
+#[cfg(test)]
+impl<T> FilterTrie<T> {
+    /// Counts the nodes by walking them (the reference for `node_count`).
+    pub(crate) fn count_nodes_by_walk(&self) -> usize {
+        let mut count = 0;
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            let children: Vec<&Node<T>> = match &node.exact {
+                Children::Small(v) => v.iter().map(|(_, n)| n).collect(),
+                Children::Map(m) => m.values().collect(),
+            };
+            count += children.len() + usize::from(node.plus.is_some());
+            stack.extend(children);
+            stack.extend(node.plus.as_deref());
+        }
+        count
     }
 }
 
@@ -532,6 +609,90 @@ mod tests {
         assert_eq!(sorted(&t, &deep_topic), vec![1, 2]);
         assert_eq!(t.remove(&deep_filter, |_| true), 1);
         assert_eq!(sorted(&t, &deep_topic), vec![2]);
+    }
+
+    #[test]
+    fn node_count_follows_inserts_and_removes() {
+        let mut t = FilterTrie::new();
+        assert_eq!(t.nodes_needed("a/b/c"), 3);
+        t.insert("a/b/c", 1u32);
+        assert_eq!(t.node_count(), 3);
+        assert_eq!(t.nodes_needed("a/b/c"), 0);
+        assert_eq!(t.nodes_needed("a/b/#"), 0);
+        assert_eq!(t.nodes_needed("a/+/c/d"), 3);
+        assert_eq!(t.nodes_needed("#"), 0);
+        t.insert("a/+/c/d", 2);
+        t.insert("#", 3);
+        t.insert("a/b/c", 4);
+        assert_eq!(t.node_count(), 6);
+        assert_eq!(t.node_count(), t.count_nodes_by_walk());
+        t.remove("a/+/c/d", |_| true);
+        assert_eq!(t.node_count(), 3);
+        t.remove("a/b/c", |v| *v == 1);
+        assert_eq!(t.node_count(), 3, "a/b/c still holds a value");
+        t.remove("a/b/c", |_| true);
+        t.remove("#", |_| true);
+        assert_eq!(t.node_count(), 0);
+        assert_eq!(t.count_nodes_by_walk(), 0);
+        assert!(t.root.is_empty());
+    }
+
+    #[test]
+    fn deep_filter_nodes_are_all_given_back() {
+        let deep = vec!["x"; 32_000].join("/");
+        let mut t = FilterTrie::new();
+        t.insert(&deep, 1u32);
+        t.insert("x/y", 2);
+        assert_eq!(t.node_count(), 32_001);
+        assert_eq!(t.remove(&deep, |_| true), 1);
+        assert_eq!(t.node_count(), 2);
+        assert_eq!(t.count_nodes_by_walk(), 2);
+    }
+
+    #[test]
+    fn children_shrink_back_after_removal() {
+        let mut t = FilterTrie::new();
+        for i in 0..1000u32 {
+            t.insert(&format!("s/{i}"), i);
+        }
+        assert!(matches!(
+            t.root.exact.get("s").unwrap().exact,
+            Children::Map(_)
+        ));
+        for i in 3..1000u32 {
+            assert_eq!(t.remove(&format!("s/{i}"), |_| true), 1);
+        }
+        assert_eq!(t.node_count(), 4);
+        match &t.root.exact.get("s").unwrap().exact {
+            Children::Small(v) => assert!(v.capacity() <= 2 * v.len() + SMALL_CHILDREN),
+            Children::Map(_) => panic!("a map of 3 entries should be a vector again"),
+        }
+        for i in 0..3u32 {
+            assert_eq!(t.matches(&format!("s/{i}")), vec![&i]);
+        }
+    }
+
+    /// Memory per node (issue 9: 0.96 MB of filters took 311 MB, about
+    /// 660 bytes per node, mostly vectors allocated for four children when
+    /// a node has one): a node stays small and a single child costs one slot.
+    #[test]
+    fn nodes_stay_small_and_single_children_take_one_slot() {
+        assert!(
+            std::mem::size_of::<Node<(u64, u8)>>() <= 56,
+            "{}",
+            std::mem::size_of::<Node<(u64, u8)>>()
+        );
+        let mut t = FilterTrie::new();
+        t.insert(&vec!["x"; 500].join("/"), 1u32);
+        let mut node = &t.root;
+        let mut seen = 0;
+        while let Children::Small(v) = &node.exact {
+            let Some((_, child)) = v.first() else { break };
+            assert_eq!((v.len(), v.capacity()), (1, 1));
+            node = child;
+            seen += 1;
+        }
+        assert_eq!(seen, 500);
     }
 
     #[test]
