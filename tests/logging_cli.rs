@@ -35,6 +35,43 @@ fn bad_log_filter_is_refused() {
 }
 
 #[test]
+fn unknown_log_level_is_refused_with_the_valid_levels() {
+    let cfg = config_file(CONFIG);
+    for bad in ["verbose", "debg", "mqbridge=debug,verbose"] {
+        let out = mqbridge()
+            .args(["--log-level", bad, "validate", "--config"])
+            .arg(cfg.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("spawn mqbridge");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: accepted; stderr: {err}");
+        assert!(err.contains("invalid log level"), "{bad}: {err}");
+        assert!(
+            err.contains("trace, debug, info, warn, error, off"),
+            "{bad}: {err}"
+        );
+    }
+    // Targets with levels stay allowed.
+    let out = mqbridge()
+        .args([
+            "--log-level",
+            "mqbridge=debug,rustls=off",
+            "validate",
+            "--config",
+        ])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spawn mqbridge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn json_logs_carry_fields_and_metrics_answer() {
     let cfg = config_file(CONFIG);
     let mut bridge = JsonLogRun::spawn(&[], cfg.path());
