@@ -103,16 +103,20 @@ fn load(path: &std::path::Path) -> Option<(config::Plan, Vec<config::Warning>)> 
     match config::load(path) {
         Ok(v) => Some(v),
         Err(errors) => {
-            eprintln!("{errors}");
-            let n = errors.errors.len();
-            eprintln!(
-                "{n} error{} in {}",
-                if n == 1 { "" } else { "s" },
-                path.display()
-            );
+            print_errors(path, &errors);
             None
         }
     }
+}
+
+fn print_errors(path: &std::path::Path, errors: &config::ConfigErrors) {
+    eprintln!("{errors}");
+    let n = errors.errors.len();
+    eprintln!(
+        "{n} error{} in {}",
+        if n == 1 { "" } else { "s" },
+        path.display()
+    );
 }
 
 fn print_warnings(warnings: &[config::Warning]) {
@@ -175,11 +179,25 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
     }
 }
 
+/// `mqbridge route`: a config whose only errors are loops is still traced
+/// (the loop is marked in the trace), then exits 1.
 fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
-    let Some((plan, warnings)) = load(path) else {
-        return ExitCode::FAILURE;
+    let looped = match config::load_with_loops(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            print_errors(path, &errors);
+            return ExitCode::FAILURE;
+        }
     };
+    let config::LoopedPlan {
+        plan,
+        warnings,
+        loops,
+    } = looped;
     print_warnings(&warnings);
+    for e in &loops {
+        eprintln!("{e}");
+    }
     if !plan.brokers.contains_key(from) {
         let known: Vec<&str> = plan.brokers.keys().map(String::as_str).collect();
         eprintln!("unknown broker \"{from}\" (known: {})", known.join(", "));
@@ -192,7 +210,17 @@ fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
     let mut budget = 10_000;
     let trace = config::route::trace(&plan, from, topic, &|_| true, &mut budget);
     print!("{}", config::route::format_trace(&trace));
-    ExitCode::SUCCESS
+    if loops.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        let n = loops.len();
+        eprintln!(
+            "{n} loop error{} in {}: traced anyway; `run` and `validate` refuse this file",
+            if n == 1 { "" } else { "s" },
+            path.display()
+        );
+        ExitCode::FAILURE
+    }
 }
 
 /// `mqbridge run`: load, start, wait for SIGINT/SIGTERM, drain, exit 0.

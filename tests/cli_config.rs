@@ -216,3 +216,44 @@ fn route_rejects_unknown_brokers_and_wildcard_topics() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("`a/#` is not a valid topic name"));
 }
+
+#[test]
+fn route_traces_a_config_refused_for_its_loop() {
+    // Without `loop_check: false`: `validate` refuses this file, and that is
+    // exactly when the trace is wanted.
+    let dir = config(
+        "loop.yaml",
+        "brokers:\n  a: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n  b: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  ab: {from: a, to: b, topics: ['#']}\n  ba: {from: b, to: a, topics: ['#']}\n",
+    );
+    let out = mqbridge(&["validate", "-c", "loop.yaml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let out = route(dir.path(), "loop.yaml", "a", "t/1");
+    assert_eq!(out.status.code(), Some(1), "a loop still exits 1");
+    assert_eq!(
+        text(&out.stdout),
+        "a: t/1\n\
+         \x20 pipe ab (matches `#`) → b: t/1\n\
+         \x20   pipe ba (matches `#`) → a: t/1\n\
+         \x20     LOOP: broker \"a\" was already passed, and pipe ab would forward it again\n"
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("loop.yaml:"), "{stderr}");
+    assert!(stderr.contains(": loop: "), "{stderr}");
+    assert!(stderr.contains("traced anyway"), "{stderr}");
+}
+
+#[test]
+fn route_still_refuses_a_config_with_other_errors() {
+    let dir = config(
+        "bad.yaml",
+        "brokers:\n  a: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  ab: {from: a, to: nowhere, topics: ['#']}\n",
+    );
+    let out = route(dir.path(), "bad.yaml", "a", "t/1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("unknown broker"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -72,6 +72,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A diagnostic at `loc`, not recorded (the caller keeps it apart).
+    pub fn diagnostic(&self, loc: &Location, scope: &Scope, message: String) -> Diagnostic {
+        self.diag(loc, scope, message)
+    }
+
     /// Records an error at `loc`.
     pub fn err(&mut self, loc: &Location, scope: &Scope, message: impl Into<String>) {
         let d = self.diag(loc, scope, message.into());

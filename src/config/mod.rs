@@ -26,6 +26,7 @@ mod urls;
 
 use std::path::Path;
 
+pub use compile::LoopedPlan;
 pub use ctx::LoadOptions;
 pub use error::{ConfigError, ConfigErrors, Diagnostic, Scope, Warning};
 pub use plan::*;
@@ -47,6 +48,27 @@ pub fn load(path: &Path) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
             }],
         }),
     }
+}
+
+/// Like [`load`], but a config whose only errors are loops still yields its
+/// plan (with the loop errors beside it), so `mqbridge route` can show the loop.
+pub fn load_with_loops(path: &Path) -> Result<LoopedPlan, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        errors: vec![Diagnostic {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            scope: Scope::Top,
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    let vars = |name: &str| std::env::var(name).ok();
+    let opts = LoadOptions {
+        vars: &vars,
+        hostname: local_hostname(),
+    };
+    compile::compile_with_loops(&text, &name, &opts)
 }
 
 /// Compiles config text as if read from `file_name` (used in messages, for the
