@@ -71,7 +71,10 @@ pub(crate) fn compile_with_loops(
                     line,
                     column,
                     scope: scope_at(text, line),
-                    message: parse_message(&e),
+                    message: match super::hints::flow_list_variable(text, line) {
+                        Some(hint) => format!("{}: {hint}", parse_message(&e)),
+                        None => parse_message(&e),
+                    },
                 }],
             });
         }

@@ -15,6 +15,7 @@ mod ctx;
 pub mod env;
 mod error;
 pub mod graph;
+mod hints;
 mod pipes;
 pub mod plan;
 pub mod raw;

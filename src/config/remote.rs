@@ -4,7 +4,7 @@ use super::brokers::{packet_size, positive_duration, reject_fields};
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, Scheme, StatusPlan, TlsPlan};
-use super::raw::{RawBroker, Text, defaults};
+use super::raw::{RawBroker, Text, TextList, defaults};
 use super::urls::parse_endpoint;
 use crate::topic::validate_topic_name;
 
@@ -36,11 +36,11 @@ pub(crate) fn compile_remote(
             scope,
             "a remote broker needs `endpoints:` (a list like `- mqtt://host:1883`)",
         ),
-        Some(list) if list.value.is_empty() => {
+        Some(list) if list.value.0.is_empty() => {
             ctx.err(&list.referenced, scope, "endpoints: the list is empty")
         }
         Some(list) => {
-            for t in &list.value {
+            for t in &TextList::located(list) {
                 let Some(url) = ctx.text(t, scope, "endpoints") else {
                     continue;
                 };

@@ -330,3 +330,31 @@ fn regex_remaps_that_map_back_are_a_loop() {
         e[0]
     );
 }
+
+#[test]
+fn a_single_endpoint_string_is_a_one_element_list() {
+    let (plan, _) = load(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: mqtt://${CLOUD_HOST}:1884\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(BrokerPlan {
+        kind: BrokerKind::Remote(r),
+        ..
+    }) = plan.brokers.get("cloud")
+    else {
+        panic!("cloud is not a remote broker");
+    };
+    assert_eq!(r.endpoints.len(), 1);
+    assert_eq!(r.endpoints[0].host, "cloud.example.com");
+    assert_eq!(r.endpoints[0].port, 1884);
+    // A missing variable in the single string is located at the string.
+    let e = errors(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: mqtt://${NOPE}\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:16: broker \"cloud\": endpoints:"),
+        "{}",
+        e[0]
+    );
+}
