@@ -257,3 +257,36 @@ fn route_still_refuses_a_config_with_other_errors() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn default_client_id_is_stable_and_host_derived_ids_warn() {
+    let yaml = "brokers:\n  cloud:\n    type: remote\n    endpoints: [mqtt://a:1883]\n  c2:\n    type: remote\n    endpoints: [mqtt://b:1883]\n    client_id: gw-${HOSTNAME}\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  up: {from: edge, to: cloud, topics: [a/#]}\n  up2: {from: edge, to: c2, topics: [b/#]}\n";
+    let dir = config("site.yaml", yaml);
+    // Two "containers" with different host names: the default id is the same.
+    let mut defaults = Vec::new();
+    for host in ["3f2a9c1b7d4e", "mqbridge-7d9f8b6c5-x2k4q"] {
+        let out = mqbridge(
+            &["validate", "-c", "site.yaml"],
+            dir.path(),
+            &[("HOSTNAME", host)],
+        );
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("cloud (remote, client id mqbridge-site-cloud)"),
+            "{stdout}"
+        );
+        defaults.push(
+            stdout
+                .lines()
+                .find(|l| l.contains("cloud (remote"))
+                .map(str::to_owned),
+        );
+        assert!(
+            stderr.contains("site.yaml:8:16: broker \"c2\": client_id: uses `${HOSTNAME}`"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(defaults[0], defaults[1]);
+}

@@ -11,12 +11,10 @@ use super::error::{Diagnostic, Scope};
 use super::raw::Text;
 use super::units::{parse_duration, parse_size};
 
-/// Where variables and the host name come from (the process, or a test's fakes).
+/// Where variables come from (the process, or a test's fakes).
 pub struct LoadOptions<'a> {
     /// Looks up `${VAR}`.
     pub vars: &'a dyn Fn(&str) -> Option<String>,
-    /// Host name used in the default client id.
-    pub hostname: String,
 }
 
 /// Diagnostics collector plus the inputs every conversion needs.

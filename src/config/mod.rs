@@ -10,6 +10,7 @@
 
 mod brokers;
 mod builtin;
+pub mod client_id;
 mod compile;
 mod ctx;
 pub mod env;
@@ -65,55 +66,26 @@ pub fn load_with_loops(path: &Path) -> Result<LoopedPlan, ConfigErrors> {
         }],
     })?;
     let vars = |name: &str| std::env::var(name).ok();
-    let opts = LoadOptions {
-        vars: &vars,
-        hostname: local_hostname(),
-    };
+    let opts = LoadOptions { vars: &vars };
     compile::compile_with_loops(&text, &name, &opts)
 }
 
 /// Compiles config text as if read from `file_name` (used in messages, for the
 /// default client id, and as the base of relative paths), with the process
-/// environment and host name.
+/// environment.
 pub fn load_str(text: &str, file_name: &str) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
     let vars = |name: &str| std::env::var(name).ok();
-    let opts = LoadOptions {
-        vars: &vars,
-        hostname: local_hostname(),
-    };
+    let opts = LoadOptions { vars: &vars };
     load_str_with(text, file_name, &opts)
 }
 
-/// Compiles config text with explicit variables and host name (for tests).
+/// Compiles config text with explicit variables (for tests).
 pub fn load_str_with(
     text: &str,
     file_name: &str,
     opts: &LoadOptions<'_>,
 ) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
     compile::compile_str(text, file_name, opts)
-}
-
-/// This machine's host name, reduced to characters safe in a client id and a
-/// topic level (`[A-Za-z0-9._-]`); `localhost` when unknown.
-pub fn local_hostname() -> String {
-    let raw = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let clean: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if clean.is_empty() {
-        "localhost".to_string()
-    } else {
-        clean
-    }
 }
 
 #[cfg(test)]

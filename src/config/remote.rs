@@ -1,6 +1,7 @@
 //! Compiling a `type: remote` broker.
 
 use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, Scheme, StatusPlan, TlsPlan};
@@ -88,7 +89,7 @@ pub(crate) fn compile_remote(
             }
             id
         }
-        None => format!("mqbridge-{}-{}", ctx.stem, ctx.opts.hostname),
+        None => default_client_id(&ctx.stem, &key.value),
     };
 
     let username = ctx.opt_text(&raw.username, scope, "username");
@@ -126,6 +127,9 @@ pub(crate) fn compile_remote(
         }
     }
     let clean_session = ctx.boolean(&raw.clean_session, scope, "clean_session", false);
+    if !clean_session && let Some(t) = &raw.client_id {
+        warn_unstable_client_id(ctx, scope, t, &client_id);
+    }
 
     let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::Tls);
     let tls = match (&raw.tls, any_tls) {
@@ -382,4 +386,24 @@ fn compile_status(
             .opt_text(&s.and_then(|s| s.offline.clone()), scope, "status.offline")
             .unwrap_or_else(|| defaults::status_offline().to_string()),
     })
+}
+
+/// A persistent session's explicit client id that would change between
+/// restarts: a host-derived `${VAR}`, or a value that looks generated.
+fn warn_unstable_client_id(ctx: &mut Ctx, scope: &Scope, raw: &Text, id: &str) {
+    const WHY: &str = "a new id on every restart starts a new persistent session and strands the messages queued for the old one; use a fixed name (e.g. the site or gateway name)";
+    let vars = host_variables(&raw.value);
+    if let Some(var) = vars.first() {
+        ctx.warn(
+            &raw.referenced,
+            scope,
+            format!("client_id: uses `${{{var}}}`, which changes when the container or pod is replaced; {WHY}"),
+        );
+    } else if let Some(look) = unstable_look(id) {
+        ctx.warn(
+            &raw.referenced,
+            scope,
+            format!("client_id: `{id}` looks unstable ({look}); {WHY}"),
+        );
+    }
 }
