@@ -281,7 +281,7 @@ impl Broker {
             tracker.spawn(listener::run(listener, acceptor, ctx));
         }
         tracker.close();
-        tracing::info!(broker = %name, addrs = ?addrs, "broker started");
+        tracing::info!(broker = %name, addrs = %crate::metrics::jsonlog::list(&addrs), "broker started");
         Ok(Broker {
             name,
             addrs,

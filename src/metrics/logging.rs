@@ -27,8 +27,9 @@ pub enum LoggingError {
     /// A directive names a level that does not exist (`verbose`, `debg`): the
     /// filter parser would take it for a target name and log nothing.
     #[error(
-        "invalid log level {level:?} in {directive:?}: valid levels are {VALID_LEVELS}; \
-         a filter is `level` or `target=level`, comma-separated (e.g. `mqbridge=debug,info`)"
+        "invalid log filter {directive:?}: unknown level {level:?}; valid levels are \
+         {VALID_LEVELS}; a filter is `level` or `target=level`, comma-separated \
+         (e.g. `mqbridge=debug,info`)"
     )]
     UnknownLevel {
         /// The whole filter as given.
@@ -140,10 +141,8 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let res = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(super::jsonlog::JsonLines::new())
             .try_init(),
     };
     res.map_err(|_| LoggingError::AlreadySet)

@@ -19,6 +19,7 @@
 pub mod builtin;
 pub mod events;
 pub mod health;
+pub mod jsonlog;
 pub mod logging;
 pub mod names;
 pub mod pipe;
