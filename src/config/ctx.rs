@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_saphyr::Location;
 
+use super::certs::{CertUse, check_file};
 use super::env::substitute;
 use super::error::{Diagnostic, Scope};
 use super::raw::Text;
@@ -223,6 +224,27 @@ impl<'a> Ctx<'a> {
                 None
             }
         }
+    }
+
+    /// A certificate file: [`Ctx::file`], then checked for `usage` (e.g. an
+    /// X.509 v1 certificate rustls would refuse at the first handshake).
+    pub fn cert_file(
+        &mut self,
+        t: &Option<Text>,
+        scope: &Scope,
+        field: &str,
+        usage: CertUse,
+    ) -> Option<PathBuf> {
+        let path = self.file(t, scope, field)?;
+        if let Err(e) = check_file(&path, usage) {
+            let loc = t
+                .as_ref()
+                .map(|t| t.referenced)
+                .unwrap_or(Location::UNKNOWN);
+            self.err(&loc, scope, format!("{field}: {}: {e}", path.display()));
+            return None;
+        }
+        Some(path)
     }
 
     /// Reads a secret file (trailing newline trimmed).

@@ -10,6 +10,7 @@
 
 mod brokers;
 mod builtin;
+pub mod certs;
 pub mod client_id;
 mod compile;
 mod ctx;

@@ -1,6 +1,7 @@
 //! Compiling a `type: remote` broker.
 
 use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::certs::CertUse;
 use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;
 use super::error::Scope;
@@ -287,7 +288,7 @@ fn compile_tls(ctx: &mut Ctx, scope: &Scope, raw: Option<&super::raw::RawTls>) -
             insecure: false,
         };
     };
-    let cert_file = ctx.file(&t.cert_file, scope, "tls.cert_file");
+    let cert_file = ctx.cert_file(&t.cert_file, scope, "tls.cert_file", CertUse::Chain);
     let key_file = ctx.file(&t.key_file, scope, "tls.key_file");
     match (&t.cert_file, &t.key_file) {
         (Some(c), None) => ctx.err(
@@ -331,7 +332,7 @@ fn compile_tls(ctx: &mut Ctx, scope: &Scope, raw: Option<&super::raw::RawTls>) -
         ctx.err(&loc.referenced, scope, "tls.server_name: must not be empty");
     }
     TlsPlan {
-        ca_file: ctx.file(&t.ca_file, scope, "tls.ca_file"),
+        ca_file: ctx.cert_file(&t.ca_file, scope, "tls.ca_file", CertUse::Trust),
         cert_file,
         key_file,
         server_name,
