@@ -12,6 +12,7 @@ pub mod failover;
 pub mod options;
 mod subs;
 mod task;
+mod tls_error;
 pub mod transport;
 
 use std::io;
@@ -26,6 +27,7 @@ use crate::link::{Delivery, Link, LinkState};
 pub use options::{
     BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
 };
+pub use tls_error::describe as describe_tls;
 pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that
@@ -44,7 +46,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The TLS handshake failed (e.g. unknown CA, name mismatch).
-    #[error("{endpoint}: TLS handshake failed: {source}")]
+    #[error("{endpoint}: TLS handshake failed: {}", tls_error::describe(source))]
     Tls {
         /// Endpoint URL.
         endpoint: String,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio_rustls::rustls;
 
 /// What a certificate file is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,27 @@ pub fn check_pem(pem: &[u8], usage: CertUse) -> Result<(), CertFileError> {
     Ok(())
 }
 
+/// Why rustls refused *our own* certificate chain and key (rustls says
+/// "invalid peer certificate" with its Debug text even for our own files):
+/// in user terms, for a message that names the files.
+pub fn own_certificate_error(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::UnsupportedCertVersion)
+            ) =>
+        {
+            CertFileError::NotV3 { index: 1 }.to_string()
+        }
+        rustls::Error::InvalidCertificate(c) => format!("the certificate is unusable ({c:?})"),
+        rustls::Error::InconsistentKeys(_) => {
+            "the private key does not belong to the certificate".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
 /// [`check_pem`] on a file (`Ok` when it cannot be read: the caller reports that).
 pub fn check_file(path: &Path, usage: CertUse) -> Result<(), CertFileError> {
     match std::fs::read(path) {
@@ -105,6 +127,19 @@ mod tests {
         assert_eq!(check_pem(CLIENT, CertUse::Chain), Ok(()));
         assert_eq!(check_pem(CA, CertUse::Trust), Ok(()));
         assert_eq!(check_pem(CA, CertUse::Chain), Ok(()));
+    }
+
+    #[test]
+    fn own_v1_certificate_error_is_in_plain_words() {
+        let e = rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+            rustls::OtherError(std::sync::Arc::new(webpki::Error::UnsupportedCertVersion)),
+        ));
+        let text = own_certificate_error(&e);
+        assert!(text.contains("X.509 v1; rustls needs v3"), "{text}");
+        assert!(
+            !text.contains("peer") && !text.contains("OtherError"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -94,7 +94,12 @@ pub fn classify(required: bool, reachable: &[bool]) -> (Vec<Level>, bool) {
 fn reason(e: &ClientError) -> String {
     match e {
         ClientError::Io { source, .. } => source.to_string(),
-        ClientError::Tls { source, .. } => format!("TLS handshake failed: {source}"),
+        ClientError::Tls { source, .. } => {
+            format!(
+                "TLS handshake failed: {}",
+                crate::client::describe_tls(source)
+            )
+        }
         ClientError::Timeout { stage, .. } => format!("timed out {stage}"),
         other => other.to_string(),
     }
