@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use mqbridge::config;
 use mqbridge::metrics::inspect;
+use mqbridge::metrics::jsonlog;
 use mqbridge::metrics::logging::{self, LogFormat};
 use mqbridge::metrics::reload::{self, FileWatch};
 use mqbridge::run::check;
@@ -118,8 +119,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let out = Report::new(cli.log_format);
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
-        eprintln!("error: {e}");
+        out.failure("logging could not be set up", &e);
         return ExitCode::FAILURE;
     }
     match cli.command {
@@ -127,16 +129,16 @@ fn main() -> ExitCode {
             config,
             worker_threads,
             watch,
-        } => run(&config.config, worker_threads, watch),
+        } => run(&out, &config.config, worker_threads, watch),
         Command::Validate {
             config,
             check_endpoints,
-        } => validate(&config.config, check_endpoints),
+        } => validate(&out, &config.config, check_endpoints),
         Command::Route {
             config,
             from,
             topic,
-        } => route(&config.config, &from, &topic),
+        } => route(&out, &config.config, &from, &topic),
         Command::Health { target } => health(&target.base()),
         Command::Status { target } => status(&target.base()),
         Command::Completions { shell } => {
@@ -214,48 +216,138 @@ fn man() -> ExitCode {
     }
 }
 
-/// Loads the config, printing every error to stderr on failure.
-fn load(path: &std::path::Path) -> Option<(config::Plan, Vec<config::Warning>)> {
+/// Where the command's own messages on stderr go (config errors and
+/// warnings, a failed start): plain lines, or with `--log-format json` one
+/// JSON object per line like every log line. They are the command's output,
+/// not diagnostics, so `--log-level` never hides them.
+enum Report {
+    /// `file:line:col: message` lines.
+    Text,
+    /// JSON objects through an unfiltered JSON subscriber.
+    Json(tracing::Dispatch),
+}
+
+impl Report {
+    fn new(format: LogFormat) -> Report {
+        match format {
+            LogFormat::Text => Report::Text,
+            LogFormat::Json => Report::Json(jsonlog::unfiltered()),
+        }
+    }
+
+    /// An error line (text as given).
+    fn error(&self, text: &str) {
+        match self {
+            Report::Text => eprintln!("{text}"),
+            Report::Json(d) => tracing::dispatcher::with_default(d, || tracing::error!("{text}")),
+        }
+    }
+
+    /// A failure: `error: <e>` as text; as JSON, `what` with the field `error`.
+    fn failure(&self, what: &str, e: &dyn std::fmt::Display) {
+        match self {
+            Report::Text => eprintln!("error: {e}"),
+            Report::Json(d) => {
+                tracing::dispatcher::with_default(d, || tracing::error!(error = %e, "{what}"))
+            }
+        }
+    }
+
+    /// A warning line (text as given).
+    fn warn(&self, text: &str) {
+        match self {
+            Report::Text => eprintln!("{text}"),
+            Report::Json(d) => tracing::dispatcher::with_default(d, || tracing::warn!("{text}")),
+        }
+    }
+
+    /// Every config error, then how many there were.
+    fn config_errors(&self, path: &std::path::Path, errors: &config::ConfigErrors) {
+        let n = errors.errors.len();
+        match self {
+            Report::Text => {
+                eprintln!("{errors}");
+                eprintln!(
+                    "{n} error{} in {}",
+                    if n == 1 { "" } else { "s" },
+                    path.display()
+                );
+            }
+            Report::Json(d) => tracing::dispatcher::with_default(d, || {
+                for e in &errors.errors {
+                    diagnostic(tracing::Level::ERROR, "configuration error", e);
+                }
+                tracing::error!(file = %path.display(), errors = n, "configuration invalid");
+            }),
+        }
+    }
+
+    /// Config warnings (`warning: file:line:col: message`).
+    fn config_warnings(&self, warnings: &[config::Warning]) {
+        match self {
+            Report::Text => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            Report::Json(d) => tracing::dispatcher::with_default(d, || {
+                for w in warnings {
+                    diagnostic(tracing::Level::WARN, "configuration warning", w);
+                }
+            }),
+        }
+    }
+}
+
+/// One located config diagnostic as a log event: `file`, `line`, `column`,
+/// the `broker` or `pipe` it belongs to, and the text as `error`.
+fn diagnostic(level: tracing::Level, message: &str, d: &config::Diagnostic) {
+    use config::Scope;
+    macro_rules! emit {
+        ($lvl:expr, $($scope:tt)*) => {
+            tracing::event!($lvl, file = %d.file, line = d.line, column = d.column, $($scope)* error = %d.message, "{message}")
+        };
+    }
+    match (level, &d.scope) {
+        (tracing::Level::ERROR, Scope::Top) => emit!(tracing::Level::ERROR,),
+        (tracing::Level::ERROR, Scope::Broker(b)) => emit!(tracing::Level::ERROR, broker = %b,),
+        (tracing::Level::ERROR, Scope::Pipe(p)) => emit!(tracing::Level::ERROR, pipe = %p,),
+        (_, Scope::Top) => emit!(tracing::Level::WARN,),
+        (_, Scope::Broker(b)) => emit!(tracing::Level::WARN, broker = %b,),
+        (_, Scope::Pipe(p)) => emit!(tracing::Level::WARN, pipe = %p,),
+    }
+}
+
+/// Loads the config, reporting every error on failure.
+fn load(out: &Report, path: &std::path::Path) -> Option<(config::Plan, Vec<config::Warning>)> {
     match config::load(path) {
         Ok(v) => Some(v),
         Err(errors) => {
-            eprintln!("{errors}");
-            let n = errors.errors.len();
-            eprintln!(
-                "{n} error{} in {}",
-                if n == 1 { "" } else { "s" },
-                path.display()
-            );
+            out.config_errors(path, &errors);
             None
         }
     }
 }
 
-fn print_warnings(warnings: &[config::Warning]) {
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-}
-
-fn validate(path: &std::path::Path, check_endpoints: bool) -> ExitCode {
-    let Some((plan, warnings)) = load(path) else {
+fn validate(out: &Report, path: &std::path::Path, check_endpoints: bool) -> ExitCode {
+    let Some((plan, warnings)) = load(out, path) else {
         return ExitCode::FAILURE;
     };
     print!("{}", config::summary::describe(&plan));
-    print_warnings(&warnings);
+    out.config_warnings(&warnings);
     println!("{}: ok", path.display());
     if check_endpoints {
-        return check(&plan);
+        return check(out, &plan);
     }
     ExitCode::SUCCESS
 }
 
 /// `validate --check-endpoints`: ok lines on stdout, warnings and errors on stderr.
-fn check(plan: &config::Plan) -> ExitCode {
+fn check(out: &Report, plan: &config::Plan) -> ExitCode {
     let runtime = match build_runtime(1) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            out.error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -263,11 +355,14 @@ fn check(plan: &config::Plan) -> ExitCode {
     for line in &report.lines {
         match line.level {
             check::Level::Ok => println!("{line}"),
-            check::Level::Warning | check::Level::Error => eprintln!("{line}"),
+            check::Level::Warning => out.warn(&line.to_string()),
+            check::Level::Error => out.error(&line.to_string()),
         }
     }
     for broker in &report.unreachable_required {
-        eprintln!("error: required broker `{broker}` has no reachable endpoint");
+        out.error(&format!(
+            "error: required broker `{broker}` has no reachable endpoint"
+        ));
     }
     if report.passed() {
         println!("endpoints: ok");
@@ -291,44 +386,74 @@ fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runti
     }
 }
 
-fn route(path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
-    let Some((plan, warnings)) = load(path) else {
-        return ExitCode::FAILURE;
+/// `mqbridge route`: a config whose only errors are loops is still traced
+/// (the loop is marked in the trace), then exits 1.
+fn route(out: &Report, path: &std::path::Path, from: &str, topic: &str) -> ExitCode {
+    let looped = match config::load_with_loops(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            out.config_errors(path, &errors);
+            return ExitCode::FAILURE;
+        }
     };
-    print_warnings(&warnings);
+    let config::LoopedPlan {
+        plan,
+        warnings,
+        loops,
+    } = looped;
+    out.config_warnings(&warnings);
+    if !loops.is_empty() {
+        out.config_errors(
+            path,
+            &config::ConfigErrors {
+                errors: loops.clone(),
+            },
+        );
+    }
     if !plan.brokers.contains_key(from) {
         let known: Vec<&str> = plan.brokers.keys().map(String::as_str).collect();
-        eprintln!("unknown broker \"{from}\" (known: {})", known.join(", "));
+        out.error(&format!(
+            "unknown broker \"{from}\" (known: {})",
+            known.join(", ")
+        ));
         return ExitCode::FAILURE;
     }
     if let Err(e) = mqbridge::topic::validate_topic_name(topic) {
-        eprintln!("`{topic}` is not a valid topic name: it {e}");
+        out.error(&format!("`{topic}` is not a valid topic name: it {e}"));
         return ExitCode::FAILURE;
     }
     let mut budget = 10_000;
     let trace = config::route::trace(&plan, from, topic, &|_| true, &mut budget);
     print!("{}", config::route::format_trace(&trace));
-    ExitCode::SUCCESS
+    if loops.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        out.error(&format!(
+            "traced anyway: `run` and `validate` refuse {} for its loop",
+            path.display()
+        ));
+        ExitCode::FAILURE
+    }
 }
 
 /// `mqbridge run`: load, start, wait for SIGINT/SIGTERM, drain, exit 0.
-fn run(path: &std::path::Path, worker_threads: usize, watch: bool) -> ExitCode {
+fn run(out: &Report, path: &std::path::Path, worker_threads: usize, watch: bool) -> ExitCode {
     // The config is checked completely before any socket is opened.
-    let Some((plan, warnings)) = load(path) else {
+    let Some((plan, warnings)) = load(out, path) else {
         return ExitCode::FAILURE;
     };
-    print_warnings(&warnings);
+    out.config_warnings(&warnings);
     let runtime = match build_runtime(worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            out.error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run_async(plan, path, watch)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            out.failure("the bridge could not start", &format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -352,7 +477,7 @@ async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> a
     tokio::select! {
         report = handle.finished() => {
             if !report.busy_pipes.is_empty() {
-                tracing::warn!(pipes = ?report.busy_pipes, "stopped with pipes still busy");
+                tracing::warn!(pipes = %jsonlog::list(&report.busy_pipes), "stopped with pipes still busy");
             }
         }
         () = signals.recv() => {

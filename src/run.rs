@@ -427,7 +427,7 @@ async fn stop(
         None => Vec::new(),
     };
     if !busy_pipes.is_empty() {
-        tracing::warn!(pipes = ?busy_pipes, "pipes still busy at the deadline; their unacknowledged messages will be redelivered by the sources");
+        tracing::warn!(pipes = %crate::metrics::jsonlog::list(&busy_pipes), "pipes still busy at the deadline; their unacknowledged messages will be redelivered by the sources");
     }
     // Each remote link publishes its retained `offline` status, then sends
     // DISCONNECT (so the broker drops the will).

@@ -216,3 +216,77 @@ fn route_rejects_unknown_brokers_and_wildcard_topics() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("`a/#` is not a valid topic name"));
 }
+
+#[test]
+fn route_traces_a_config_refused_for_its_loop() {
+    // Without `loop_check: false`: `validate` refuses this file, and that is
+    // exactly when the trace is wanted.
+    let dir = config(
+        "loop.yaml",
+        "brokers:\n  a: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n  b: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  ab: {from: a, to: b, topics: ['#']}\n  ba: {from: b, to: a, topics: ['#']}\n",
+    );
+    let out = mqbridge(&["validate", "-c", "loop.yaml"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let out = route(dir.path(), "loop.yaml", "a", "t/1");
+    assert_eq!(out.status.code(), Some(1), "a loop still exits 1");
+    assert_eq!(
+        text(&out.stdout),
+        "a: t/1\n\
+         \x20 pipe ab (matches `#`) → b: t/1\n\
+         \x20   pipe ba (matches `#`) → a: t/1\n\
+         \x20     LOOP: broker \"a\" was already passed, and pipe ab would forward it again\n"
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("loop.yaml:"), "{stderr}");
+    assert!(stderr.contains(": loop: "), "{stderr}");
+    assert!(stderr.contains("traced anyway"), "{stderr}");
+}
+
+#[test]
+fn route_still_refuses_a_config_with_other_errors() {
+    let dir = config(
+        "bad.yaml",
+        "brokers:\n  a: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  ab: {from: a, to: nowhere, topics: ['#']}\n",
+    );
+    let out = route(dir.path(), "bad.yaml", "a", "t/1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("unknown broker"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn default_client_id_is_stable_and_host_derived_ids_warn() {
+    let yaml = "brokers:\n  cloud:\n    type: remote\n    endpoints: [mqtt://a:1883]\n  c2:\n    type: remote\n    endpoints: [mqtt://b:1883]\n    client_id: gw-${HOSTNAME}\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\npipes:\n  up: {from: edge, to: cloud, topics: [a/#]}\n  up2: {from: edge, to: c2, topics: [b/#]}\n";
+    let dir = config("site.yaml", yaml);
+    // Two "containers" with different host names: the default id is the same.
+    let mut defaults = Vec::new();
+    for host in ["3f2a9c1b7d4e", "mqbridge-7d9f8b6c5-x2k4q"] {
+        let out = mqbridge(
+            &["validate", "-c", "site.yaml"],
+            dir.path(),
+            &[("HOSTNAME", host)],
+        );
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("cloud (remote, client id mqbridge-site-cloud)"),
+            "{stdout}"
+        );
+        defaults.push(
+            stdout
+                .lines()
+                .find(|l| l.contains("cloud (remote"))
+                .map(str::to_owned),
+        );
+        assert!(
+            stderr.contains("site.yaml:8:16: broker \"c2\": client_id: uses `${HOSTNAME}`"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(defaults[0], defaults[1]);
+}

@@ -160,3 +160,57 @@ async fn failover_and_failback_between_builtin_brokers() {
     a2.closed().await;
     b.closed().await;
 }
+
+/// Our own X.509 v1 certificate (rustls refuses it) is reported naming the
+/// file and the reason in plain words — not rustls' `invalid peer
+/// certificate: Other(OtherError(UnsupportedCertVersion))` — both as a
+/// client certificate (the bridge's link) and as a listener's certificate.
+#[tokio::test]
+async fn own_v1_certificates_are_reported_in_plain_words() {
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/certs");
+    let plain = |text: &str| {
+        assert!(text.contains("x509-v1.pem"), "names the file: {text}");
+        assert!(text.contains("X.509 v1; rustls needs v3"), "{text}");
+        assert!(
+            !text.contains("OtherError") && !text.contains("peer"),
+            "{text}"
+        );
+    };
+
+    let mut opts = BrokerOptions {
+        name: "v1".into(),
+        listeners: vec![ListenerOptions {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            tls: Some(mqbridge::broker::ServerTls {
+                cert_file: certs.join("x509-v1.pem"),
+                key_file: certs.join("x509-v1.key"),
+                client_ca_file: None,
+                require_client_cert: false,
+                cert_cn_as_username: false,
+            }),
+        }],
+        ..BrokerOptions::default()
+    };
+    let token = CancellationToken::new();
+    let err = Broker::start(opts.clone(), token.clone())
+        .await
+        .expect_err("a v1 server certificate is refused");
+    plain(&err.to_string());
+
+    // A plain listener to dial: the client refuses its own v1 certificate
+    // before any handshake.
+    opts.listeners[0].tls = None;
+    let b = Broker::start(opts, token.clone()).await.expect("broker");
+    let ep = Endpoint::tls("127.0.0.1", b.local_addrs()[0].port());
+    let tls = mqbridge::client::TlsOptions {
+        ca_file: Some(certs.join("x509-v1-ca.pem")),
+        cert_file: Some(certs.join("x509-v1.pem")),
+        key_file: Some(certs.join("x509-v1.key")),
+        ..Default::default()
+    };
+    let err = mqbridge::client::check_endpoint(&ep, &tls, WAIT)
+        .await
+        .expect_err("a v1 client certificate is refused");
+    plain(&err.to_string());
+    token.cancel();
+}

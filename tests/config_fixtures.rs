@@ -20,10 +20,7 @@ fn vars(name: &str) -> Option<String> {
 
 fn load(path: &Path) -> Result<(config::Plan, Vec<config::Warning>), config::ConfigErrors> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let opts = LoadOptions {
-        vars: &vars,
-        hostname: "testhost".into(),
-    };
+    let opts = LoadOptions { vars: &vars };
     config::load_str_with(&text, &path.display().to_string(), &opts)
 }
 

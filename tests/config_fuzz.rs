@@ -78,7 +78,7 @@ proptest! {
             text = apply(&text, e);
         }
         let vars = |name: &str| if name.len().is_multiple_of(2) { Some(format!("v-{name}")) } else { None };
-        let opts = LoadOptions { vars: &vars, hostname: "fuzzhost".into() };
+        let opts = LoadOptions { vars: &vars };
         match config::load_str_with(&text, "tests/config/fuzz.yaml", &opts) {
             Ok(_) => {}
             Err(e) => prop_assert!(!e.errors.is_empty()),

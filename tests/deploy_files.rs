@@ -27,10 +27,7 @@ fn yaml(rel: &str) -> Value {
 /// Compiles config text with exactly the variables `env` (as the container sees them).
 fn compile_with(text: &str, name: &str, env: &BTreeMap<String, String>) -> Plan {
     let vars = |k: &str| env.get(k).cloned();
-    let opts = LoadOptions {
-        vars: &vars,
-        hostname: "test-host".into(),
-    };
+    let opts = LoadOptions { vars: &vars };
     match config::load_str_with(text, name, &opts) {
         Ok((plan, _)) => plan,
         Err(e) => panic!("{name} does not compile with {env:?}:\n{e}"),

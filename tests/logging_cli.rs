@@ -35,6 +35,140 @@ fn bad_log_filter_is_refused() {
 }
 
 #[test]
+fn unknown_log_level_is_refused_with_the_valid_levels() {
+    let cfg = config_file(CONFIG);
+    for bad in ["verbose", "debg", "mqbridge=debug,verbose"] {
+        let out = mqbridge()
+            .args(["--log-level", bad, "validate", "--config"])
+            .arg(cfg.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("spawn mqbridge");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: accepted; stderr: {err}");
+        assert!(err.contains("unknown level"), "{bad}: {err}");
+        assert!(
+            err.contains("trace, debug, info, warn, error, off"),
+            "{bad}: {err}"
+        );
+    }
+    // Targets with levels stay allowed.
+    let out = mqbridge()
+        .args([
+            "--log-level",
+            "mqbridge=debug,rustls=off",
+            "validate",
+            "--config",
+        ])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spawn mqbridge");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parses every stderr line as one JSON object (panics on any other line).
+fn json_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => panic!("not a JSON object line: {l}"),
+        })
+        .collect()
+}
+
+#[test]
+fn json_format_covers_config_errors_and_refused_levels() {
+    let cfg = config_file(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  up: {from: edge, to: nowhere, topics: [a/#]}\n  up2: {from: edge, to: edge, topics: ['bad/#/x']}\n",
+    );
+    let out = mqbridge()
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "off",
+            "validate",
+            "--config",
+        ])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spawn mqbridge");
+    assert!(!out.status.success());
+    let lines = json_lines(&out.stderr);
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|v| v["message"] == "configuration error")
+        .collect();
+    assert_eq!(errors.len(), 2, "{lines:#?}");
+    assert_eq!(errors[0]["pipe"], "up", "{lines:#?}");
+    assert_eq!(errors[0]["line"], 6, "{lines:#?}");
+    assert!(errors[0]["column"].is_u64(), "{lines:#?}");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nowhere"),
+        "{lines:#?}"
+    );
+    assert_eq!(errors[0]["level"], "ERROR");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["message"] == "configuration invalid" && v["errors"] == 2)
+    );
+
+    let out = mqbridge()
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "verbose",
+            "validate",
+            "--config",
+        ])
+        .arg(cfg.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spawn mqbridge");
+    assert!(!out.status.success());
+    let lines = json_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0]["error"].as_str().unwrap_or("").contains("verbose"));
+}
+
+#[test]
+fn json_run_prints_warnings_as_json_and_lists_as_arrays() {
+    // `allow_anonymous: false` without a password file is a start-up warning.
+    let cfg = config_file(&CONFIG.replace(
+        "  cloud:\n    type: builtin\n",
+        "  cloud:\n    type: builtin\n    allow_anonymous: false\n",
+    ));
+    let bridge = JsonLogRun::spawn(&[], cfg.path());
+    let warning = bridge.wait_message("configuration warning");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["broker"], "cloud", "{warning}");
+    assert!(warning["line"].is_u64(), "{warning}");
+    let started = bridge.wait_message("broker started");
+    let addrs = started["addrs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("addrs is not an array: {started}"));
+    assert_eq!(addrs.len(), 1, "{started}");
+    assert!(
+        addrs[0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{started}"
+    );
+}
+
+#[test]
 fn json_logs_carry_fields_and_metrics_answer() {
     let cfg = config_file(CONFIG);
     let mut bridge = JsonLogRun::spawn(&[], cfg.path());

@@ -47,6 +47,52 @@ fn config_error_prints_every_error_and_opens_no_connection() {
     }
 }
 
+/// A taken port (a broker listener or the metrics endpoint) stops the start
+/// with one error that names the address and says the OS reason once.
+#[test]
+fn port_in_use_prints_the_os_error_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = dir.path().join("broker.yaml");
+    std::fs::write(
+        &broker,
+        format!(
+            "brokers:\n  a:\n    type: builtin\n    listen: [tcp://127.0.0.1:{port}]\nmetrics:\n  listen: 127.0.0.1:0\n"
+        ),
+    )
+    .expect("write config");
+    let metrics = dir.path().join("metrics.yaml");
+    std::fs::write(
+        &metrics,
+        format!(
+            "brokers:\n  a:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\nmetrics:\n  listen: 127.0.0.1:{port}\n"
+        ),
+    )
+    .expect("write config");
+    for cfg in [&broker, &metrics] {
+        let out = common::process::mqbridge()
+            .args(["--log-level", "off", "run", "--config"])
+            .arg(cfg)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run mqbridge");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")),
+            "names the address: {stderr}"
+        );
+        // std renders an OS error as "<description> (os error N)".
+        assert_eq!(
+            stderr.matches("(os error ").count(),
+            1,
+            "the OS error once: {stderr}"
+        );
+    }
+    drop(taken);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_with_offline_status() {
     use common::bridge::{Sub, WAIT, remote, unique};

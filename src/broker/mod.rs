@@ -195,14 +195,17 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// A listener address could not be bound.
-    #[error("broker {broker}: cannot listen on {addr}: {source}")]
+    ///
+    /// The message already includes the IO error, so it is a plain field and
+    /// not a `source`: an error chain printed in full shows it once.
+    #[error("broker {broker}: cannot listen on {addr}: {error}")]
     Bind {
         /// Broker name.
         broker: String,
         /// The address.
         addr: SocketAddr,
         /// The IO error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TLS files could not be loaded.
     #[error("broker {broker}: TLS listener {addr}: {reason}")]
@@ -214,12 +217,13 @@ pub enum BrokerError {
         /// What is wrong.
         reason: String,
     },
-    /// The password file is unreadable or malformed.
+    /// The password file is unreadable or malformed (the message includes
+    /// the cause, so it is not chained as a `source`).
     #[error("broker {0}: {1}")]
-    Password(String, #[source] AuthError),
-    /// The ACL file is unreadable or malformed.
+    Password(String, AuthError),
+    /// The ACL file is unreadable or malformed (cause included, not chained).
     #[error("broker {0}: {1}")]
-    Acl(String, #[source] AclError),
+    Acl(String, AclError),
 }
 
 /// Shared, read-only security settings used by every connection.
@@ -290,10 +294,10 @@ impl Broker {
             };
             let listener = tokio::net::TcpListener::bind(l.addr)
                 .await
-                .map_err(|source| BrokerError::Bind {
+                .map_err(|error| BrokerError::Bind {
                     broker: name.clone(),
                     addr: l.addr,
-                    source,
+                    error,
                 })?;
             bound.push((l.addr, listener, acceptor, l.tls.clone()));
         }
@@ -318,10 +322,10 @@ impl Broker {
         ));
         let mut addrs = Vec::new();
         for (configured, listener, acceptor, tls) in bound {
-            let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+            let addr = listener.local_addr().map_err(|error| BrokerError::Bind {
                 broker: name.clone(),
                 addr: configured,
-                source,
+                error,
             })?;
             addrs.push(addr);
             let ctx = listener::Context {
@@ -339,7 +343,7 @@ impl Broker {
             tracker.spawn(listener::run(listener, acceptor, ctx));
         }
         tracker.close();
-        tracing::info!(broker = %name, addrs = ?addrs, "broker started");
+        tracing::info!(broker = %name, addrs = %crate::metrics::jsonlog::list(&addrs), "broker started");
         Ok(Broker {
             name,
             addrs,

@@ -49,9 +49,14 @@ pub(crate) fn acceptor(tls: &ServerTls) -> Result<TlsAcceptor, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate/key: {e}"))?;
+    let config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "certificate {} / key {}: {}",
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            crate::config::certs::own_certificate_error(&e)
+        )
+    })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

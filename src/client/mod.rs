@@ -13,6 +13,7 @@ pub mod options;
 pub mod recovery;
 mod subs;
 mod task;
+mod tls_error;
 pub mod transport;
 
 use std::io;
@@ -27,6 +28,7 @@ use crate::link::{Delivery, Link, LinkState};
 pub use options::{
     BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
 };
+pub use tls_error::describe as describe_tls;
 pub use transport::check_endpoint;
 
 /// Why connecting to, or talking with, an endpoint failed. Every variant that
@@ -53,7 +55,7 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The TLS handshake failed (e.g. unknown CA, name mismatch).
-    #[error("{endpoint}: TLS handshake failed: {source}")]
+    #[error("{endpoint}: TLS handshake failed: {}", tls_error::describe(source))]
     Tls {
         /// Endpoint URL.
         endpoint: String,

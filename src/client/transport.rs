@@ -21,6 +21,7 @@ use tokio_rustls::rustls::{
 
 use super::ClientError;
 use super::options::{Endpoint, TlsOptions};
+use crate::config::certs::own_certificate_error;
 
 /// A connected byte stream (plain TCP or TLS).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -47,7 +48,14 @@ pub fn client_config(opts: &TlsOptions) -> Result<ClientConfig, ClientError> {
     let mut config = match (&opts.cert_file, &opts.key_file) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
-            .map_err(|e| ClientError::TlsConfig(format!("client certificate/key: {e}")))?,
+            .map_err(|e| {
+                ClientError::TlsConfig(format!(
+                    "client certificate {} / key {}: {}",
+                    cert.display(),
+                    key.display(),
+                    own_certificate_error(&e)
+                ))
+            })?,
         (None, None) => builder.with_no_client_auth(),
         _ => {
             return Err(ClientError::TlsConfig(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::certs::CertUse;
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BuiltInPlan, LimitsPlan, ListenerPlan, ListenerTlsPlan, Scheme};
@@ -301,9 +302,15 @@ fn compile_listener(
                     format!("listen: `{url}` needs `cert_file` and `key_file`"),
                 );
             }
-            let cert_file = ctx.file(&raw.cert_file, scope, "listen.cert_file");
+            let cert_file =
+                ctx.cert_file(&raw.cert_file, scope, "listen.cert_file", CertUse::Chain);
             let key_file = ctx.file(&raw.key_file, scope, "listen.key_file");
-            let client_ca_file = ctx.file(&raw.client_ca_file, scope, "listen.client_ca_file");
+            let client_ca_file = ctx.cert_file(
+                &raw.client_ca_file,
+                scope,
+                "listen.client_ca_file",
+                CertUse::Trust,
+            );
             let require_client_cert = ctx.boolean(
                 &raw.require_client_cert,
                 scope,

@@ -20,6 +20,34 @@ pub(crate) fn compile_str(
     file: &str,
     opts: &LoadOptions<'_>,
 ) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
+    let c = compile_with_loops(text, file, opts)?;
+    if c.loops.is_empty() {
+        return Ok((c.plan, c.warnings));
+    }
+    let mut errors = c.loops;
+    errors.sort_by_key(|d| (d.line, d.column));
+    Err(ConfigErrors { errors })
+}
+
+/// A plan whose only errors are loops: fine to trace, never to run.
+#[derive(Debug)]
+pub struct LoopedPlan {
+    /// The compiled plan.
+    pub plan: Plan,
+    /// Its warnings.
+    pub warnings: Vec<Warning>,
+    /// The loop and self-loop errors (empty for a valid config).
+    pub loops: Vec<Diagnostic>,
+}
+
+/// Like [`compile_str`], but loop errors do not withhold the plan (for
+/// `mqbridge route`, which is most wanted exactly when there is a loop).
+/// Any other error still fails, with the loop errors included.
+pub(crate) fn compile_with_loops(
+    text: &str,
+    file: &str,
+    opts: &LoadOptions<'_>,
+) -> Result<LoopedPlan, ConfigErrors> {
     let mut ctx = Ctx::new(file, opts);
     let top = Location::UNKNOWN;
     if text.trim().is_empty() {
@@ -43,16 +71,24 @@ pub(crate) fn compile_str(
                     line,
                     column,
                     scope: scope_at(text, line),
-                    message: parse_message(&e),
+                    message: match super::hints::flow_list_variable(text, line) {
+                        Some(hint) => format!("{}: {hint}", parse_message(&e)),
+                        None => parse_message(&e),
+                    },
                 }],
             });
         }
     };
-    let plan = compile(&mut ctx, &raw);
-    ctx.errors.sort_by_key(|d| (d.line, d.column));
+    let (plan, loops) = compile(&mut ctx, &raw);
     if ctx.errors.is_empty() {
-        Ok((plan, ctx.warnings))
+        Ok(LoopedPlan {
+            plan,
+            warnings: ctx.warnings,
+            loops,
+        })
     } else {
+        ctx.errors.extend(loops);
+        ctx.errors.sort_by_key(|d| (d.line, d.column));
         Err(ConfigErrors { errors: ctx.errors })
     }
 }
@@ -117,7 +153,9 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn compile(ctx: &mut Ctx, raw: &RawConfig) -> Plan {
+/// Compiles `raw`, recording every error in `ctx` except the loop errors,
+/// which are returned beside the plan.
+fn compile(ctx: &mut Ctx, raw: &RawConfig) -> (Plan, Vec<Diagnostic>) {
     let top = Scope::Top;
     let start = Location::UNKNOWN;
 
@@ -239,19 +277,20 @@ fn compile(ctx: &mut Ctx, raw: &RawConfig) -> Plan {
         watchdog: WatchdogPlan { stall_after },
     };
     let analysis = graph::analyze(&plan);
-    for d in analysis.loops {
-        let loc = pipe_keys.get(&d.pipe).copied().unwrap_or(start);
-        ctx.err(&loc, &Scope::Pipe(d.pipe.clone()), d.message);
-    }
-    for d in analysis.self_loops {
-        let loc = pipe_keys.get(&d.pipe).copied().unwrap_or(start);
-        ctx.err(&loc, &Scope::Pipe(d.pipe.clone()), d.message);
-    }
+    let loops = analysis
+        .loops
+        .into_iter()
+        .chain(analysis.self_loops)
+        .map(|d| {
+            let loc = pipe_keys.get(&d.pipe).copied().unwrap_or(start);
+            ctx.diagnostic(&loc, &Scope::Pipe(d.pipe.clone()), d.message)
+        })
+        .collect();
     for d in analysis.warnings {
         let loc = pipe_keys.get(&d.pipe).copied().unwrap_or(start);
         ctx.warn(&loc, &Scope::Pipe(d.pipe.clone()), d.message);
     }
-    plan
+    (plan, loops)
 }
 
 fn name_rule() -> &'static str {

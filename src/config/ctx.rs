@@ -6,17 +6,16 @@ use std::time::Duration;
 
 use serde_saphyr::Location;
 
+use super::certs::{CertUse, check_file};
 use super::env::substitute;
 use super::error::{Diagnostic, Scope};
 use super::raw::Text;
 use super::units::{parse_duration, parse_size};
 
-/// Where variables and the host name come from (the process, or a test's fakes).
+/// Where variables come from (the process, or a test's fakes).
 pub struct LoadOptions<'a> {
     /// Looks up `${VAR}`.
     pub vars: &'a dyn Fn(&str) -> Option<String>,
-    /// Host name used in the default client id.
-    pub hostname: String,
 }
 
 /// Diagnostics collector plus the inputs every conversion needs.
@@ -70,6 +69,11 @@ impl<'a> Ctx<'a> {
             scope: scope.clone(),
             message,
         }
+    }
+
+    /// A diagnostic at `loc`, not recorded (the caller keeps it apart).
+    pub fn diagnostic(&self, loc: &Location, scope: &Scope, message: String) -> Diagnostic {
+        self.diag(loc, scope, message)
     }
 
     /// Records an error at `loc`.
@@ -220,6 +224,27 @@ impl<'a> Ctx<'a> {
                 None
             }
         }
+    }
+
+    /// A certificate file: [`Ctx::file`], then checked for `usage` (e.g. an
+    /// X.509 v1 certificate rustls would refuse at the first handshake).
+    pub fn cert_file(
+        &mut self,
+        t: &Option<Text>,
+        scope: &Scope,
+        field: &str,
+        usage: CertUse,
+    ) -> Option<PathBuf> {
+        let path = self.file(t, scope, field)?;
+        if let Err(e) = check_file(&path, usage) {
+            let loc = t
+                .as_ref()
+                .map(|t| t.referenced)
+                .unwrap_or(Location::UNKNOWN);
+            self.err(&loc, scope, format!("{field}: {}: {e}", path.display()));
+            return None;
+        }
+        Some(path)
     }
 
     /// Reads a secret file (trailing newline trimmed).

@@ -56,7 +56,7 @@ pub enum BrokerKind {
 pub struct RemotePlan {
     /// Endpoints in priority order; the first is the primary (non-empty).
     pub endpoints: Vec<EndpointPlan>,
-    /// MQTT client id (default `mqbridge-<config stem>-<hostname>`, stable across restarts).
+    /// MQTT client id (default `mqbridge-<config stem>-<broker name>`, stable across restarts).
     pub client_id: String,
     /// Username for CONNECT.
     pub username: Option<String>,

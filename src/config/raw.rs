@@ -191,9 +191,9 @@ pub struct RawBroker {
     #[serde(rename = "type", default)]
     pub kind: Option<Text>,
     // ---- remote ----
-    /// Endpoint URLs in priority order.
+    /// Endpoint URLs in priority order (a single string is a one-element list).
     #[serde(default)]
-    pub endpoints: Option<Spanned<Vec<Text>>>,
+    pub endpoints: Option<Spanned<TextList>>,
     /// MQTT version (`3.1.1`).
     #[serde(default)]
     pub protocol: Option<Text>,
@@ -537,6 +537,60 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
             }
         }
         d.deserialize_map(Vis(PhantomData))
+    }
+}
+
+/// A list of strings, where a single string stands for a one-element list
+/// (`endpoints: mqtt://a:1883`). Items of a real list keep their own
+/// location; the single string's location is unknown here, so
+/// [`TextList::located`] gives it the location of the whole value.
+#[derive(Debug)]
+pub struct TextList(pub Vec<Text>);
+
+impl TextList {
+    /// The items, each with a known location (the single-string form takes
+    /// the location of `whole`).
+    pub fn located(whole: &Spanned<TextList>) -> Vec<Text> {
+        whole
+            .value
+            .0
+            .iter()
+            .map(|t| {
+                if t.referenced == serde_saphyr::Location::UNKNOWN {
+                    Spanned::new(t.value.clone(), whole.referenced, whole.defined)
+                } else {
+                    t.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for TextList {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis;
+        impl<'de> Visitor<'de> for Vis {
+            type Value = TextList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings (or one string)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let unknown = serde_saphyr::Location::UNKNOWN;
+                Ok(TextList(vec![Spanned::new(
+                    v.to_string(),
+                    unknown,
+                    unknown,
+                )]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(t) = s.next_element::<Text>()? {
+                    v.push(t);
+                }
+                Ok(TextList(v))
+            }
+        }
+        d.deserialize_any(Vis)
     }
 }
 

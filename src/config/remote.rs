@@ -1,10 +1,12 @@
 //! Compiling a `type: remote` broker.
 
 use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::certs::CertUse;
+use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, Scheme, StatusPlan, TlsPlan};
-use super::raw::{RawBroker, Text, defaults};
+use super::raw::{RawBroker, Text, TextList, defaults};
 use super::urls::parse_endpoint;
 use crate::topic::validate_topic_name;
 
@@ -40,11 +42,11 @@ pub(crate) fn compile_remote(
             scope,
             "a remote broker needs `endpoints:` (a list like `- mqtt://host:1883`)",
         ),
-        Some(list) if list.value.is_empty() => {
+        Some(list) if list.value.0.is_empty() => {
             ctx.err(&list.referenced, scope, "endpoints: the list is empty")
         }
         Some(list) => {
-            for t in &list.value {
+            for t in &TextList::located(list) {
                 let Some(url) = ctx.text(t, scope, "endpoints") else {
                     continue;
                 };
@@ -92,7 +94,7 @@ pub(crate) fn compile_remote(
             }
             id
         }
-        None => format!("mqbridge-{}-{}", ctx.stem, ctx.opts.hostname),
+        None => default_client_id(&ctx.stem, &key.value),
     };
 
     let username = ctx.opt_text(&raw.username, scope, "username");
@@ -130,6 +132,9 @@ pub(crate) fn compile_remote(
         }
     }
     let clean_session = ctx.boolean(&raw.clean_session, scope, "clean_session", false);
+    if !clean_session && let Some(t) = &raw.client_id {
+        warn_unstable_client_id(ctx, scope, t, &client_id);
+    }
 
     let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::Tls);
     let tls = match (&raw.tls, any_tls) {
@@ -293,7 +298,7 @@ fn compile_tls(ctx: &mut Ctx, scope: &Scope, raw: Option<&super::raw::RawTls>) -
             insecure: false,
         };
     };
-    let cert_file = ctx.file(&t.cert_file, scope, "tls.cert_file");
+    let cert_file = ctx.cert_file(&t.cert_file, scope, "tls.cert_file", CertUse::Chain);
     let key_file = ctx.file(&t.key_file, scope, "tls.key_file");
     match (&t.cert_file, &t.key_file) {
         (Some(c), None) => ctx.err(
@@ -337,7 +342,7 @@ fn compile_tls(ctx: &mut Ctx, scope: &Scope, raw: Option<&super::raw::RawTls>) -
         ctx.err(&loc.referenced, scope, "tls.server_name: must not be empty");
     }
     TlsPlan {
-        ca_file: ctx.file(&t.ca_file, scope, "tls.ca_file"),
+        ca_file: ctx.cert_file(&t.ca_file, scope, "tls.ca_file", CertUse::Trust),
         cert_file,
         key_file,
         server_name,
@@ -392,4 +397,24 @@ fn compile_status(
             .opt_text(&s.and_then(|s| s.offline.clone()), scope, "status.offline")
             .unwrap_or_else(|| defaults::status_offline().to_string()),
     })
+}
+
+/// A persistent session's explicit client id that would change between
+/// restarts: a host-derived `${VAR}`, or a value that looks generated.
+fn warn_unstable_client_id(ctx: &mut Ctx, scope: &Scope, raw: &Text, id: &str) {
+    const WHY: &str = "a new id on every restart starts a new persistent session and strands the messages queued for the old one; use a fixed name (e.g. the site or gateway name)";
+    let vars = host_variables(&raw.value);
+    if let Some(var) = vars.first() {
+        ctx.warn(
+            &raw.referenced,
+            scope,
+            format!("client_id: uses `${{{var}}}`, which changes when the container or pod is replaced; {WHY}"),
+        );
+    } else if let Some(look) = unstable_look(id) {
+        ctx.warn(
+            &raw.referenced,
+            scope,
+            format!("client_id: `{id}` looks unstable ({look}); {WHY}"),
+        );
+    }
 }

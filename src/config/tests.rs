@@ -14,10 +14,7 @@ fn vars(name: &str) -> Option<String> {
 }
 
 fn load(yaml: &str) -> Result<(Plan, Vec<Warning>), ConfigErrors> {
-    let opts = LoadOptions {
-        vars: &vars,
-        hostname: "testhost".into(),
-    };
+    let opts = LoadOptions { vars: &vars };
     load_str_with(yaml, "t.yaml", &opts)
 }
 
@@ -213,7 +210,7 @@ fn remote_defaults_are_resolved() {
     };
     assert_eq!(r.endpoints[0].host, "cloud.example.com");
     assert_eq!(r.endpoints[0].port, 8883);
-    assert_eq!(r.client_id, "mqbridge-t-testhost");
+    assert_eq!(r.client_id, "mqbridge-t-cloud");
     assert_eq!(r.password.as_deref(), Some("s3cret"));
     assert_eq!(r.keepalive, std::time::Duration::from_secs(60));
     assert!(!r.clean_session);
@@ -238,7 +235,7 @@ fn remote_defaults_are_resolved() {
     assert_eq!(r.inflight, 100);
     assert_eq!(
         r.status.as_ref().map(|s| s.topic.as_str()),
-        Some("mqbridge/mqbridge-t-testhost/status")
+        Some("mqbridge/mqbridge-t-cloud/status")
     );
     assert!(r.required);
     assert_eq!(plan.metrics.listen.to_string(), "127.0.0.1:9464");
@@ -317,17 +314,6 @@ fn builtin_without_any_login_warns() {
 }
 
 #[test]
-fn hostname_is_safe_for_ids_and_topics() {
-    let h = local_hostname();
-    assert!(!h.is_empty());
-    assert!(
-        h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
-        "{h}"
-    );
-}
-
-#[test]
 fn tls_listener_and_remote_tls_files_are_checked() {
     let e = errors(
         "brokers:\n  edge:\n    type: builtin\n    listen:\n      - url: tls://127.0.0.1:0\n        cert_file: missing.pem\n        key_file: missing.key\n        cert_cn_as_username: true\n",
@@ -386,4 +372,61 @@ fn builtin_sys_interval_defaults_to_10s_and_can_be_turned_off() {
     let remote = "brokers:\n  cloud: {type: remote, endpoints: ['mqtt://127.0.0.1:1883'], sys_interval: 10s}\n";
     let e = errors(remote);
     assert!(e.iter().any(|m| m.contains("sys_interval")), "{e:?}");
+}
+
+#[test]
+fn a_single_endpoint_string_is_a_one_element_list() {
+    let (plan, _) = load(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: mqtt://${CLOUD_HOST}:1884\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(BrokerPlan {
+        kind: BrokerKind::Remote(r),
+        ..
+    }) = plan.brokers.get("cloud")
+    else {
+        panic!("cloud is not a remote broker");
+    };
+    assert_eq!(r.endpoints.len(), 1);
+    assert_eq!(r.endpoints[0].host, "cloud.example.com");
+    assert_eq!(r.endpoints[0].port, 1884);
+    // A missing variable in the single string is located at the string.
+    let e = errors(
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: mqtt://${NOPE}\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n",
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.yaml:4:16: broker \"cloud\": endpoints:"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn unstable_client_ids_of_persistent_sessions_warn() {
+    let remote = |extra: &str| {
+        format!(
+            "brokers:\n  cloud:\n    type: remote\n    endpoints: [mqtt://cloud:1883]\n{extra}  edge: {{type: builtin, listen: ['tcp://127.0.0.1:0']}}\n"
+        )
+    };
+    let w = warnings(&remote("    client_id: bridge-${HOSTNAME:-x}\n"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with("t.yaml:5:16: broker \"cloud\": client_id: uses `${HOSTNAME}`"),
+        "{}",
+        w[0]
+    );
+    assert!(w[0].contains("strands the messages queued"), "{}", w[0]);
+    let w = warnings(&remote("    client_id: mqbridge-7d9f8b6c5-x2k4q\n"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("looks unstable"), "{}", w[0]);
+    // A clean session strands nothing; a fixed name and the default are fine.
+    assert!(
+        warnings(&remote(
+            "    client_id: b-${HOSTNAME:-x}\n    clean_session: true\n"
+        ))
+        .is_empty()
+    );
+    assert!(warnings(&remote("    client_id: plant-7-bridge\n")).is_empty());
+    assert!(warnings(&remote("")).is_empty());
 }

@@ -66,10 +66,10 @@ pub struct ReloadApplied<'a> {
 impl ReloadApplied<'_> {
     /// Logs at info (and the pending changes at warn) and counts `mqbridge_reloads_total`.
     pub fn emit(self) {
-        info!(applied = ?self.applied, "configuration reloaded");
+        info!(applied = %super::jsonlog::list(self.applied), "configuration reloaded");
         if !self.pending.is_empty() {
             warn!(
-                pending = ?self.pending,
+                pending = %super::jsonlog::list(self.pending),
                 "configuration changes not applied while running; restart mqbridge to apply them"
             );
         }

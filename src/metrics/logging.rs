@@ -24,6 +24,19 @@ pub enum LoggingError {
         /// The parser's complaint.
         message: String,
     },
+    /// A directive names a level that does not exist (`verbose`, `debg`): the
+    /// filter parser would take it for a target name and log nothing.
+    #[error(
+        "invalid log filter {directive:?}: unknown level {level:?}; valid levels are \
+         {VALID_LEVELS}; a filter is `level` or `target=level`, comma-separated \
+         (e.g. `mqbridge=debug,info`)"
+    )]
+    UnknownLevel {
+        /// The whole filter as given.
+        directive: String,
+        /// The part that is not a level.
+        level: String,
+    },
     /// A global subscriber is already installed.
     #[error("logging already initialised")]
     AlreadySet,
@@ -66,8 +79,75 @@ pub fn with_library_defaults(directive: &str) -> String {
     out
 }
 
-/// Builds the [`EnvFilter`] for `directive`.
+/// The level names a directive may use (any case).
+pub const VALID_LEVELS: &str = "trace, debug, info, warn, error, off";
+
+/// Splits a filter into its comma-separated directives, ignoring commas
+/// inside `[...]` span/field selectors.
+fn directives(filter: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                out.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&filter[start..]);
+    out
+}
+
+/// The level part of one directive: after the last `=` outside `[...]`, or
+/// the whole directive when it has none.
+fn level_part(directive: &str) -> &str {
+    let mut depth = 0usize;
+    let mut eq = None;
+    for (i, c) in directive.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            '=' if depth == 0 => eq = Some(i),
+            _ => {}
+        }
+    }
+    match eq {
+        Some(i) => &directive[i + 1..],
+        None => directive,
+    }
+}
+
+/// Checks that every directive of `filter` carries a real level. `EnvFilter`
+/// reads a bare word that is not a level as a target name enabled at every
+/// level, so `verbose` or `debg` would silence everything else without error.
+pub fn check_levels(filter: &str) -> Result<(), LoggingError> {
+    for d in directives(filter).into_iter().map(str::trim) {
+        if d.is_empty() {
+            continue;
+        }
+        let level = level_part(d).trim();
+        if level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_err()
+        {
+            return Err(LoggingError::UnknownLevel {
+                directive: filter.to_owned(),
+                level: level.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds the [`EnvFilter`] for `directive`, refusing unknown levels
+/// ([`check_levels`]).
 pub fn build_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
+    check_levels(directive)?;
     EnvFilter::builder()
         .parse(directive)
         .map_err(|e| LoggingError::Filter {
@@ -92,10 +172,8 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let res = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(super::jsonlog::JsonLines::new())
             .try_init(),
     };
     res.map_err(|_| LoggingError::AlreadySet)
@@ -135,5 +213,37 @@ mod tests {
         assert!(build_filter("mqbridge=debug,warn").is_ok());
         let err = build_filter("mqbridge=loud").unwrap_err();
         assert!(err.to_string().contains("mqbridge=loud"), "{err}");
+    }
+
+    #[test]
+    fn unknown_bare_levels_are_refused_with_the_valid_list() {
+        for bad in ["verbose", "debg", "info,verbose", "mqbridge=debug,debg"] {
+            let err = build_filter(bad).unwrap_err();
+            assert!(
+                matches!(err, LoggingError::UnknownLevel { .. }),
+                "{bad}: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(VALID_LEVELS), "{text}");
+        }
+        let err = build_filter("info,verbose").unwrap_err();
+        assert!(err.to_string().contains("\"verbose\""), "{err}");
+    }
+
+    #[test]
+    fn levels_and_target_filters_are_accepted() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "mqbridge=debug,rustls=off",
+            "mqbridge=debug,info",
+            "mqbridge::client=trace, warn",
+            "mqbridge[pipe{id=a}]=debug",
+            "[pipe{id=a}]=trace,info",
+            "",
+        ] {
+            assert!(build_filter(ok).is_ok(), "{ok}");
+        }
     }
 }

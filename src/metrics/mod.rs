@@ -21,6 +21,7 @@ pub mod builtin;
 pub mod events;
 pub mod health;
 pub mod inspect;
+pub mod jsonlog;
 pub mod logging;
 pub mod names;
 pub mod pipe;
@@ -49,9 +50,10 @@ use names::*;
 /// Why the metrics recorder could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    /// The exporter rejected its configuration or a recorder is already installed.
+    /// The exporter rejected its configuration or a recorder is already installed
+    /// (the message includes the cause, so it is not chained as a `source`).
     #[error("metrics recorder: {0}")]
-    Build(#[from] BuildError),
+    Build(BuildError),
     /// A different global metrics recorder is already installed.
     #[error("another metrics recorder is already installed")]
     OtherRecorder,
@@ -60,10 +62,12 @@ pub enum MetricsError {
 /// The exporter configuration: the forward-latency histogram gets real
 /// Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
 pub fn builder() -> Result<PrometheusBuilder, MetricsError> {
-    Ok(PrometheusBuilder::new().set_buckets_for_metric(
-        Matcher::Full(PIPE_FORWARD_LATENCY_SECONDS.to_owned()),
-        LATENCY_BUCKETS_SECONDS,
-    )?)
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(PIPE_FORWARD_LATENCY_SECONDS.to_owned()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(MetricsError::Build)
 }
 
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();

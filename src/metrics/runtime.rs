@@ -39,13 +39,14 @@ pub enum ObservabilityError {
     /// The metrics recorder could not be installed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
-    /// The metrics listener could not be bound.
-    #[error("metrics listener {addr}: {source}")]
+    /// The metrics listener could not be bound (the message includes the IO
+    /// error, so it is not chained as a `source`).
+    #[error("metrics listener {addr}: {error}")]
     Bind {
         /// The configured address.
         addr: SocketAddr,
         /// The bind error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -95,7 +96,7 @@ impl Observability {
             let addr = plan.metrics.listen;
             let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| ObservabilityError::Bind { addr, source })?;
+                .map_err(|error| ObservabilityError::Bind { addr, error })?;
             Some((handle, listener))
         } else {
             None

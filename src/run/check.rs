@@ -96,7 +96,12 @@ fn reason(e: &ClientError) -> String {
         ClientError::Io { source, .. } | ClientError::Unreachable { source, .. } => {
             source.to_string()
         }
-        ClientError::Tls { source, .. } => format!("TLS handshake failed: {source}"),
+        ClientError::Tls { source, .. } => {
+            format!(
+                "TLS handshake failed: {}",
+                crate::client::describe_tls(source)
+            )
+        }
         ClientError::Timeout { stage, .. } => format!("timed out {stage}"),
         other => other.to_string(),
     }

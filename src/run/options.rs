@@ -140,10 +140,7 @@ mod tests {
     /// the library's (two lists of numbers must not drift apart).
     #[test]
     fn config_defaults_of_new_limits_match_the_library() {
-        let opts = LoadOptions {
-            vars: &|_| None,
-            hostname: "h".into(),
-        };
+        let opts = LoadOptions { vars: &|_| None };
         let yaml = "brokers:\n  edge: {type: builtin, listen: ['tcp://127.0.0.1:0']}\n";
         let Ok((plan, _)) = load_str_with(yaml, "t.yaml", &opts) else {
             panic!("valid config");

@@ -71,6 +71,26 @@ pub fn generate_for(dir: &Path, prefix: &str, client_cn: &str) -> Pki {
     }
 }
 
+/// The throw-away PKI shipped in `examples/certs/`, copied into `dir` (so a
+/// Mosquitto that drops root privileges can read it); the bridge itself reads
+/// the shipped files through the examples' default paths.
+pub fn shipped_copy(dir: &Path) -> Pki {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/certs");
+    let copy = |name: &str| {
+        let to = dir.join(format!("shipped-{name}"));
+        std::fs::copy(shipped.join(name), &to)
+            .unwrap_or_else(|e| panic!("examples/certs/{name}: {e}"));
+        to
+    };
+    Pki {
+        ca: copy("ca.pem"),
+        server_cert: copy("server.pem"),
+        server_key: copy("server.key"),
+        client_cert: copy("client.pem"),
+        client_key: copy("client.key"),
+    }
+}
+
 impl Pki {
     /// Mosquitto listener options for TLS with this PKI (append after the listener line).
     pub fn mosquitto_conf(&self, require_certificate: bool) -> String {
