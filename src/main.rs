@@ -12,6 +12,21 @@ use mqbridge::metrics::logging::{self, LogFormat};
 use mqbridge::metrics::reload::{self, FileWatch};
 use mqbridge::run::check;
 
+/// jemalloc rather than the system allocator: glibc keeps the pages freed
+/// when subscriptions or clients go (measured: 80 MB of a 108 MB peak still
+/// resident long after the clients left); jemalloc with its background
+/// thread hands them back to the OS (see [`return_freed_memory`]).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Starts jemalloc's background thread, which purges freed pages after its
+/// decay time (10 s) even while no thread allocates. Without it, pages are
+/// purged only on later allocator calls of the thread that freed them.
+fn return_freed_memory() {
+    // Best effort: without the thread memory is still reused, only returned later.
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+}
+
 /// MQTT-to-MQTT bridge and gateway.
 #[derive(Debug, Parser)]
 #[command(name = "mqbridge", version, about)]
@@ -118,6 +133,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory();
     let cli = Cli::parse();
     let out = Report::new(cli.log_format);
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
