@@ -19,7 +19,11 @@ async fn start_broker(name: &str, addr: SocketAddr) -> (Broker, CancellationToke
     let token = CancellationToken::new();
     let opts = BrokerOptions {
         name: name.into(),
-        listeners: vec![ListenerOptions { addr, tls: None }],
+        listeners: vec![ListenerOptions {
+            addr,
+            tls: None,
+            websocket: false,
+        }],
         ..BrokerOptions::default()
     };
     let broker = Broker::start(opts, token.clone())

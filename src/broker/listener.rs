@@ -1,5 +1,7 @@
 //! Accept loops: one per listener, bounded by a connection semaphore whose
-//! owned permit moves into the connection task (as mini-redis does).
+//! owned permit moves into the connection task (as mini-redis does). The
+//! listener's [`Transport`] turns each accepted socket into the byte stream
+//! the one connection engine ([`connection::run`]) serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::connection;
 use super::router::RouterHandle;
 use super::stats::{Counters, RefuseReason};
+use super::websocket;
 use super::{Limits, Security};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
@@ -35,8 +38,33 @@ pub(crate) struct Context {
     pub cert_cn_as_username: bool,
 }
 
+/// How a listener turns an accepted TCP socket into an MQTT byte stream.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// MQTT on the socket (`tcp://`).
+    Tcp,
+    /// MQTT in TLS (`tls://`).
+    Tls(TlsAcceptor),
+    /// MQTT in WebSocket binary frames (`ws://`).
+    Ws,
+    /// MQTT in WebSocket frames in TLS (`wss://`).
+    Wss(TlsAcceptor),
+}
+
+impl Transport {
+    /// The transport of a listener: TLS when it has an acceptor, WebSocket when asked.
+    pub(crate) fn new(tls: Option<TlsAcceptor>, websocket: bool) -> Self {
+        match (tls, websocket) {
+            (None, false) => Transport::Tcp,
+            (Some(a), false) => Transport::Tls(a),
+            (None, true) => Transport::Ws,
+            (Some(a), true) => Transport::Wss(a),
+        }
+    }
+}
+
 /// Accepts until shutdown.
-pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Context) {
+pub(crate) async fn run(listener: TcpListener, transport: Transport, ctx: Context) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -63,10 +91,10 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
         };
         let _ = socket.set_nodelay(true);
         let ctx2 = ctx.clone();
-        let tls = tls.clone();
+        let transport = transport.clone();
         ctx.tracker.spawn(
             async move {
-                serve(socket, peer, tls, ctx2).await;
+                serve(socket, peer, transport, ctx2).await;
                 drop(permit);
             }
             .instrument(info_span!("conn", %peer)),
@@ -76,14 +104,23 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
 
 /// The task's future is as large as its largest state, so each branch is
 /// boxed: a plain TCP connection must not pay for a TLS session's size.
-async fn serve(socket: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, ctx: Context) {
-    match tls {
-        None => Box::pin(connection::run(socket, peer, None, ctx)).await,
-        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, ctx)).await,
+async fn serve(socket: TcpStream, peer: SocketAddr, transport: Transport, ctx: Context) {
+    match transport {
+        Transport::Tcp => Box::pin(connection::run(socket, peer, None, ctx)).await,
+        Transport::Ws => Box::pin(websocket::serve(socket, peer, None, ctx)).await,
+        Transport::Tls(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, false, ctx)).await,
+        Transport::Wss(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, true, ctx)).await,
     }
 }
 
-async fn serve_tls(socket: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Context) {
+/// The TLS handshake, then MQTT (or, for `wss://`, the WebSocket upgrade) on it.
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    websocket: bool,
+    ctx: Context,
+) {
     {
         {
             let limit = ctx.limits.connect_timeout;
@@ -106,7 +143,11 @@ async fn serve_tls(socket: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, c
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| super::tls::subject_cn(c));
-            connection::run(stream, peer, cn, ctx).await;
+            if websocket {
+                websocket::serve(stream, peer, cn, ctx).await;
+            } else {
+                connection::run(stream, peer, cn, ctx).await;
+            }
         }
     }
 }

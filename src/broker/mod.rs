@@ -24,6 +24,7 @@ mod session;
 mod stats;
 mod sys;
 mod tls;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,6 +92,9 @@ pub struct ListenerOptions {
     pub addr: SocketAddr,
     /// TLS settings; `None` = plain TCP.
     pub tls: Option<ServerTls>,
+    /// Carry MQTT in WebSocket binary frames (`ws://`, or `wss://` with `tls`):
+    /// any request path, subprotocol `mqtt`, for browser clients.
+    pub websocket: bool,
 }
 
 /// TLS settings of a listener.
@@ -240,7 +244,8 @@ impl Broker {
                     addr: l.addr,
                     source,
                 })?;
-            bound.push((l.addr, listener, acceptor, l.tls.clone()));
+            let transport = listener::Transport::new(acceptor, l.websocket);
+            bound.push((l.addr, listener, transport, l.tls.clone()));
         }
         let counters = Arc::new(stats::Counters::default());
         let tracker = TaskTracker::new();
@@ -256,7 +261,7 @@ impl Broker {
         );
         let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
         let mut addrs = Vec::new();
-        for (configured, listener, acceptor, tls) in bound {
+        for (configured, listener, transport, tls) in bound {
             let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
                 broker: name.clone(),
                 addr: configured,
@@ -274,7 +279,7 @@ impl Broker {
                 tracker: tracker.clone(),
                 cert_cn_as_username: tls.as_ref().is_some_and(|t| t.cert_cn_as_username),
             };
-            tracker.spawn(listener::run(listener, acceptor, ctx));
+            tracker.spawn(listener::run(listener, transport, ctx));
         }
         tracker.close();
         tracing::info!(broker = %name, addrs = ?addrs, "broker started");

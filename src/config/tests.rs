@@ -244,10 +244,10 @@ fn remote_defaults_are_resolved() {
 #[test]
 fn every_error_is_gathered() {
     let e = errors(
-        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['ws://x:80']\n    keepalive: 19h\n    inflight: 0\n    reconnect: {min: 2m, max: 1m}\npipes:\n  p: {from: clod, to: cloud, topics: ['a/#/b'], queue: {size: 0}}\n",
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['ws://x:0']\n    keepalive: 19h\n    inflight: 0\n    reconnect: {min: 2m, max: 1m}\npipes:\n  p: {from: clod, to: cloud, topics: ['a/#/b'], queue: {size: 0}}\n",
     );
     let expected = [
-        "t.yaml:4:17: broker \"cloud\": endpoints: `ws://` endpoints are not supported yet (use mqtt:// or mqtts://)",
+        "t.yaml:4:17: broker \"cloud\": endpoints: `ws://x:0`: port 0 is not a valid destination",
         "t.yaml:5:16: broker \"cloud\": keepalive: at most 18h12m15s (65,535 s, the MQTT maximum); 0 disables it",
         "t.yaml:6:15: broker \"cloud\": inflight: 0 is out of range (allowed 1..=65535)",
         "t.yaml:7:16: broker \"cloud\": reconnect: min (2m) is larger than max (1m)",
