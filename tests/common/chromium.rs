@@ -71,13 +71,10 @@ async fn run_once(args: &[String], url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The DOM after load (`--dump-dom`), with JavaScript on or off.
-pub async fn dump_dom(url: &str, javascript: bool) -> String {
-    let mut args = vec!["--dump-dom".to_string()];
-    if !javascript {
-        args.push("--blink-settings=scriptEnabled=false".into());
-    }
-    run_once(&args, url).await
+/// The DOM after load (`--dump-dom`). (With scripts disabled Chromium dumps
+/// nothing; use [`Page::open_without_javascript`] for that.)
+pub async fn dump_dom(url: &str) -> String {
+    run_once(&["--dump-dom".to_string()], url).await
 }
 
 /// Renders `url` into the PNG `path` (`--screenshot`).
@@ -104,6 +101,15 @@ impl Page {
     /// Starts the browser on a blank page, attaches to it, navigates to `url`
     /// and waits for its load event.
     pub async fn open(url: &str) -> Page {
+        Self::open_with(url, true).await
+    }
+
+    /// [`Page::open`] with the page's scripts disabled.
+    pub async fn open_without_javascript(url: &str) -> Page {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, javascript: bool) -> Page {
         let profile = tempfile::tempdir().expect("profile dir");
         let child = command(profile.path())
             .arg("--remote-debugging-port=0")
@@ -166,9 +172,25 @@ impl Page {
         page.session = attached["sessionId"].as_str().map(str::to_string);
         assert!(page.session.is_some(), "attached: {attached}");
         page.call("Page.enable", json!({})).await;
+        if !javascript {
+            page.call(
+                "Emulation.setScriptExecutionDisabled",
+                json!({"value": true}),
+            )
+            .await;
+        }
         page.call("Page.navigate", json!({"url": url})).await;
         page.event("Page.loadEventFired").await;
         page
+    }
+
+    /// The page's current DOM as HTML (through the DOM domain, so it works
+    /// with scripts disabled too).
+    pub async fn outer_html(&mut self) -> String {
+        let doc = self.call("DOM.getDocument", json!({})).await;
+        let node = doc["root"]["nodeId"].clone();
+        let html = self.call("DOM.getOuterHTML", json!({"nodeId": node})).await;
+        html["outerHTML"].as_str().unwrap_or_default().to_string()
     }
 
     /// Waits for the next event `method` of the page.
