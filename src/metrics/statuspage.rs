@@ -20,6 +20,9 @@ use super::names::*;
 
 /// The span rates and the latency average are computed over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Samples closer together than this replace each other, so the history
+/// stays at most about 60 entries per pipe however often the page is polled.
+const MIN_SAMPLE_GAP: Duration = Duration::from_secs(1);
 /// How often the page's script polls `/status.json`.
 pub const POLL_INTERVAL_MS: u64 = 2_000;
 
@@ -164,6 +167,10 @@ impl Rates {
             .is_some_and(|(_, last)| c.received < last.received || c.forwarded < last.forwarded)
         {
             h.clear();
+        }
+        // Replace a too-recent newest sample (keeping the base sample).
+        if h.len() > 1 && h.back().is_some_and(|(t, _)| *t + MIN_SAMPLE_GAP > now) {
+            h.pop_back();
         }
         h.push_back((now, c));
         while h.len() > 2 && h[1].0 + RATE_WINDOW <= now {
@@ -534,6 +541,16 @@ mod tests {
             got.latency_ms, None,
             "no forward latency recorded in the window"
         );
+        // Polling storms do not grow the history.
+        for ms in 0..1000u64 {
+            let n = 2000.0 + ms as f64;
+            r.record(
+                t0 + Duration::from_millis(200_000 + ms),
+                "p",
+                c(n, n, 0.5, 50.0),
+            );
+        }
+        assert!(r.history["p"].len() <= 8, "{}", r.history["p"].len());
         // A reset counter (pipe restarted) starts over.
         r.record(t0 + Duration::from_secs(210), "p", c(1.0, 1.0, 0.0, 0.0));
         assert_eq!(r.rates("p"), None);
