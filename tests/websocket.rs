@@ -16,12 +16,22 @@ use mqbridge::client::{ClientOptions, Endpoint};
 use mqbridge::link::LinkState;
 use mqbridge::protocol::QoS;
 
-/// Mosquitto with its TCP listener and a WebSocket listener on another free port.
+/// Mosquitto with its TCP listener and a WebSocket listener on another free
+/// port; returns once that one accepts connections too (the harness waits
+/// only for the first listener).
 fn mosquitto_with_ws() -> (Mosquitto, u16) {
     let ws_port = free_port();
     let m = Mosquitto::start_with(&format!(
         "listener {ws_port} 127.0.0.1\nprotocol websockets\n"
     ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", ws_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto's websockets listener on {ws_port} never came up (is mosquitto built with websockets?)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (m, ws_port)
 }
 
@@ -148,4 +158,36 @@ async fn wss_client_to_builtin_wss_listener() {
     ));
     plain.stop().await;
     c.stop().await;
+}
+
+#[tokio::test]
+async fn endpoint_check_does_the_websocket_upgrade() {
+    let (m, ws_port) = mosquitto_with_ws();
+    let limit = Duration::from_secs(5);
+    let tls = mqbridge::client::TlsOptions::default();
+    mqbridge::client::check_endpoint(
+        &Endpoint::ws("127.0.0.1", ws_port, "/mqtt"),
+        &tls,
+        &[],
+        limit,
+    )
+    .await
+    .expect("the websockets listener upgrades");
+    // Mosquitto's plain MQTT port accepts TCP but answers no HTTP upgrade.
+    let err = mqbridge::client::check_endpoint(
+        &Endpoint::ws("127.0.0.1", m.port, "/mqtt"),
+        &tls,
+        &[],
+        limit,
+    )
+    .await
+    .expect_err("no upgrade on an MQTT port");
+    assert!(
+        matches!(
+            err,
+            mqbridge::client::ClientError::WebSocket { .. }
+                | mqbridge::client::ClientError::Io { .. }
+        ),
+        "{err}"
+    );
 }
