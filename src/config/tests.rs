@@ -330,3 +330,33 @@ fn regex_remaps_that_map_back_are_a_loop() {
         e[0]
     );
 }
+
+#[test]
+fn websocket_endpoints_and_listeners_compile() {
+    let (plan, _) = load(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0, ws://127.0.0.1:0]\n  cloud:\n    type: remote\n    endpoints: [wss://cloud.example.com/mqtt, ws://backup:8080]\n    ws_headers: {X-Api-Key: k}\npipes:\n  up: {from: edge, to: cloud, topics: ['a/#']}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(BrokerKind::Remote(r)) = plan.brokers.get("cloud").map(|b| &b.kind) else {
+        panic!("remote");
+    };
+    let eps: Vec<_> = r
+        .endpoints
+        .iter()
+        .map(|e| (e.scheme, e.port, e.path.as_deref()))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            (plan::Scheme::Wss, 443, Some("/mqtt")),
+            (plan::Scheme::Ws, 8080, Some("/")),
+        ]
+    );
+    assert!(r.tls.is_some(), "wss:// gets the TLS settings");
+    assert_eq!(r.ws_headers, [("X-Api-Key".to_string(), "k".to_string())]);
+    let summary = summary::describe(&plan);
+    assert!(
+        summary.contains("listen: tcp://127.0.0.1:0, ws://127.0.0.1:0"),
+        "{summary}"
+    );
+}
