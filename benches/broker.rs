@@ -68,6 +68,7 @@ fn serve_broker() {
             listeners: vec![ListenerOptions {
                 addr: "127.0.0.1:0".parse().expect("addr"),
                 tls: None,
+                websocket: false,
             }],
             limits: Limits {
                 max_connections: 20_000,

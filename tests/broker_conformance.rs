@@ -532,6 +532,7 @@ async fn tls_listener_client_cert_cn_as_username() {
         o.listeners = vec![ListenerOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: Some(tls),
+            websocket: false,
         }];
         o.allow_anonymous = false;
         o.acl_file = Some(acl);
@@ -590,7 +591,11 @@ async fn bind_failure_names_the_address() {
     let addr = taken.local_addr().unwrap();
     let opts = mqbridge::broker::BrokerOptions {
         name: "bf".into(),
-        listeners: vec![mqbridge::broker::ListenerOptions { addr, tls: None }],
+        listeners: vec![mqbridge::broker::ListenerOptions {
+            addr,
+            tls: None,
+            websocket: false,
+        }],
         ..Default::default()
     };
     let err = mqbridge::broker::Broker::start(opts, tokio_util::sync::CancellationToken::new())

@@ -19,7 +19,11 @@ async fn start_broker(name: &str, addr: SocketAddr) -> (Broker, CancellationToke
     let token = CancellationToken::new();
     let opts = BrokerOptions {
         name: name.into(),
-        listeners: vec![ListenerOptions { addr, tls: None }],
+        listeners: vec![ListenerOptions {
+            addr,
+            tls: None,
+            websocket: false,
+        }],
         ..BrokerOptions::default()
     };
     let broker = Broker::start(opts, token.clone())
@@ -188,6 +192,7 @@ async fn own_v1_certificates_are_reported_in_plain_words() {
                 require_client_cert: false,
                 cert_cn_as_username: false,
             }),
+            websocket: false,
         }],
         ..BrokerOptions::default()
     };
@@ -208,7 +213,7 @@ async fn own_v1_certificates_are_reported_in_plain_words() {
         key_file: Some(certs.join("x509-v1.key")),
         ..Default::default()
     };
-    let err = mqbridge::client::check_endpoint(&ep, &tls, WAIT)
+    let err = mqbridge::client::check_endpoint(&ep, &tls, &[], WAIT)
         .await
         .expect_err("a v1 client certificate is refused");
     plain(&err.to_string());

@@ -188,12 +188,12 @@ async fn wrong_ca_is_refused_with_a_clear_error() {
         ca_file: Some(server_pki.ca.clone()),
         ..Default::default()
     };
-    client::check_endpoint(&ep, &good, WAIT)
+    client::check_endpoint(&ep, &good, &[], WAIT)
         .await
         .expect("right CA passes");
     let mut bad = good.clone();
     bad.ca_file = Some(other_pki.ca.clone());
-    let e = client::check_endpoint(&ep, &bad, WAIT)
+    let e = client::check_endpoint(&ep, &bad, &[], WAIT)
         .await
         .expect_err("wrong CA fails");
     assert!(e.to_string().contains("not signed by a CA we trust"), "{e}");

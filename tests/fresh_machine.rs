@@ -36,7 +36,7 @@ fn which(bin: &str) -> std::path::PathBuf {
 #[test]
 fn script_as_non_root_stops_with_the_exact_install_command() {
     // A PATH with bash and the few tools the script uses, but no mosquitto
-    // clients and no prometheus; `id -u` says we are not root.
+    // clients, no prometheus and no chromium; `id -u` says we are not root.
     let bin = tempfile::tempdir().expect("tempdir");
     for b in ["bash", "dirname", "awk", "cat"] {
         link(bin.path(), b);
@@ -55,7 +55,7 @@ fn script_as_non_root_stops_with_the_exact_install_command() {
     if !Path::new("/usr/sbin/mosquitto").exists() {
         want.push("mosquitto");
     }
-    want.extend(["mosquitto-clients", "prometheus"]);
+    want.extend(["mosquitto-clients", "prometheus", "chromium"]);
     let cmd = format!("apt-get update && apt-get install -y {}", want.join(" "));
     assert!(
         stderr.contains(&format!("run:  sudo sh -c '{cmd}'")),
@@ -77,6 +77,7 @@ fn script_runs_nextest_with_the_given_arguments_when_all_is_installed() {
         "mosquitto_pub",
         "prometheus",
         "promtool",
+        "chromium",
     ] {
         link(bin.path(), b);
     }

@@ -287,6 +287,7 @@ async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
     {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = wr.write_all(&out).await;
+            let _ = wr.flush().await;
             let _ = wr.shutdown().await;
         })
         .await;
@@ -555,7 +556,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Ca
         }
         let result = tokio::select! {
             // Not cancel safe, and need not be: a cancelled write ends the connection.
-            r = wr.write_all(&out) => r,
+            // The flush matters for buffering streams: a WebSocket sends its
+            // message only then (for TCP and TLS it is free).
+            r = async {
+                wr.write_all(&out).await?;
+                wr.flush().await
+            } => r,
             _ = stop.cancelled() => break,
         };
         rx.written(written);

@@ -1,7 +1,9 @@
 //! Accept loops: one per listener. A new socket is bounded by the handshake
 //! budget ([`super::handshake`]) until its CONNECT is accepted, then by a
 //! connection semaphore whose owned permit moves into the connection task
-//! (as mini-redis does).
+//! (as mini-redis does). The listener's [`Transport`] turns each accepted
+//! socket into the byte stream the one connection engine
+//! ([`connection::run`]) serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use super::connection;
 use super::handshake::{Budget, Handshake, SourceFull};
 use super::router::RouterHandle;
 use super::stats::{Counters, RefuseReason};
+use super::websocket;
 use super::{Limits, Security};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
@@ -42,10 +45,35 @@ pub(crate) struct Context {
     pub cert_cn_as_username: bool,
 }
 
+/// How a listener turns an accepted TCP socket into an MQTT byte stream.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// MQTT on the socket (`tcp://`).
+    Tcp,
+    /// MQTT in TLS (`tls://`).
+    Tls(TlsAcceptor),
+    /// MQTT in WebSocket binary frames (`ws://`).
+    Ws,
+    /// MQTT in WebSocket frames in TLS (`wss://`).
+    Wss(TlsAcceptor),
+}
+
+impl Transport {
+    /// The transport of a listener: TLS when it has an acceptor, WebSocket when asked.
+    pub(crate) fn new(tls: Option<TlsAcceptor>, websocket: bool) -> Self {
+        match (tls, websocket) {
+            (None, false) => Transport::Tcp,
+            (Some(a), false) => Transport::Tls(a),
+            (None, true) => Transport::Ws,
+            (Some(a), true) => Transport::Wss(a),
+        }
+    }
+}
+
 /// Accepts until shutdown. A new socket only takes a place in the
 /// handshake budget; its connection permit is taken once its CONNECT is
 /// accepted (in [`connection::run`]).
-pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Context) {
+pub(crate) async fn run(listener: TcpListener, transport: Transport, ctx: Context) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -75,9 +103,10 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
         };
         let _ = socket.set_nodelay(true);
         let ctx2 = ctx.clone();
-        let tls = tls.clone();
-        ctx.tracker
-            .spawn(serve(socket, peer, tls, handshake, ctx2).instrument(info_span!("conn", %peer)));
+        let transport = transport.clone();
+        ctx.tracker.spawn(
+            serve(socket, peer, transport, handshake, ctx2).instrument(info_span!("conn", %peer)),
+        );
     }
 }
 
@@ -89,20 +118,28 @@ pub(crate) async fn run(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Co
 async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    transport: Transport,
     handshake: Handshake,
     ctx: Context,
 ) {
-    match tls {
-        None => Box::pin(connection::run(socket, peer, None, handshake, ctx)).await,
-        Some(acceptor) => Box::pin(serve_tls(socket, peer, acceptor, handshake, ctx)).await,
+    match transport {
+        Transport::Tcp => Box::pin(connection::run(socket, peer, None, handshake, ctx)).await,
+        Transport::Ws => Box::pin(websocket::serve(socket, peer, None, handshake, ctx)).await,
+        Transport::Tls(acceptor) => {
+            Box::pin(serve_tls(socket, peer, acceptor, false, handshake, ctx)).await
+        }
+        Transport::Wss(acceptor) => {
+            Box::pin(serve_tls(socket, peer, acceptor, true, handshake, ctx)).await
+        }
     }
 }
 
+/// The TLS handshake, then MQTT (or, for `wss://`, the WebSocket upgrade) on it.
 async fn serve_tls(
     socket: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    websocket: bool,
     handshake: Handshake,
     ctx: Context,
 ) {
@@ -125,7 +162,11 @@ async fn serve_tls(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| super::tls::subject_cn(c));
-    connection::run(stream, peer, cn, handshake, ctx).await;
+    if websocket {
+        websocket::serve(stream, peer, cn, handshake, ctx).await;
+    } else {
+        connection::run(stream, peer, cn, handshake, ctx).await;
+    }
 }
 
 /// A failed TLS handshake: counted as `tls` and logged at warn, rate-limited

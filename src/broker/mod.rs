@@ -29,6 +29,7 @@ mod session;
 mod stats;
 mod sys;
 mod tls;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +110,9 @@ pub struct ListenerOptions {
     pub addr: SocketAddr,
     /// TLS settings; `None` = plain TCP.
     pub tls: Option<ServerTls>,
+    /// Carry MQTT in WebSocket binary frames (`ws://`, or `wss://` with `tls`):
+    /// any request path, subprotocol `mqtt`, for browser clients.
+    pub websocket: bool,
 }
 
 /// TLS settings of a listener.
@@ -299,7 +303,8 @@ impl Broker {
                     addr: l.addr,
                     error,
                 })?;
-            bound.push((l.addr, listener, acceptor, l.tls.clone()));
+            let transport = listener::Transport::new(acceptor, l.websocket);
+            bound.push((l.addr, listener, transport, l.tls.clone()));
         }
         let counters = Arc::new(stats::Counters::default());
         let tracker = TaskTracker::new();
@@ -321,7 +326,7 @@ impl Broker {
             counters.clone(),
         ));
         let mut addrs = Vec::new();
-        for (configured, listener, acceptor, tls) in bound {
+        for (configured, listener, transport, tls) in bound {
             let addr = listener.local_addr().map_err(|error| BrokerError::Bind {
                 broker: name.clone(),
                 addr: configured,
@@ -340,7 +345,7 @@ impl Broker {
                 tracker: tracker.clone(),
                 cert_cn_as_username: tls.as_ref().is_some_and(|t| t.cert_cn_as_username),
             };
-            tracker.spawn(listener::run(listener, acceptor, ctx));
+            tracker.spawn(listener::run(listener, transport, ctx));
         }
         tracker.close();
         tracing::info!(broker = %name, addrs = %crate::metrics::jsonlog::list(&addrs), "broker started");

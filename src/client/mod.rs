@@ -62,6 +62,15 @@ pub enum ClientError {
         /// The handshake error from rustls.
         source: io::Error,
     },
+    /// The WebSocket upgrade failed (e.g. an HTTP error status, a wrong path,
+    /// or a server that did not accept the `mqtt` subprotocol).
+    #[error("{endpoint}: WebSocket handshake failed: {reason}")]
+    WebSocket {
+        /// Endpoint URL.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A step did not finish in time.
     #[error("{endpoint}: timed out {stage}")]
     Timeout {

@@ -21,6 +21,9 @@ pub struct Endpoint {
     pub port: u16,
     /// Whether to wrap the TCP stream in TLS.
     pub tls: bool,
+    /// WebSocket request path (e.g. `/mqtt`): `Some` carries MQTT in WebSocket
+    /// frames (`ws://`, or `wss://` with `tls`); `None` speaks MQTT on the stream.
+    pub ws_path: Option<String>,
 }
 
 impl Endpoint {
@@ -30,6 +33,7 @@ impl Endpoint {
             host: host.into(),
             port,
             tls: false,
+            ws_path: None,
         }
     }
 
@@ -39,7 +43,23 @@ impl Endpoint {
             host: host.into(),
             port,
             tls: true,
+            ws_path: None,
         }
+    }
+
+    /// A WebSocket endpoint (`ws://host:port/path`); see [`Endpoint::with_tls`] for `wss://`.
+    pub fn ws(host: impl Into<String>, port: u16, path: impl Into<String>) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+            tls: false,
+            ws_path: Some(path.into()),
+        }
+    }
+
+    /// The same endpoint with TLS (e.g. `wss://` from `ws://`).
+    pub fn with_tls(self) -> Self {
+        Endpoint { tls: true, ..self }
     }
 
     /// Display URL, e.g. `mqtts://broker.example:8883`; used in logs and states.
@@ -50,11 +70,20 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        let scheme = match (self.tls, self.ws_path.is_some()) {
+            (false, false) => "mqtt",
+            (true, false) => "mqtts",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        };
         if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)?;
         } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)?;
+        }
+        match &self.ws_path {
+            Some(path) if path != "/" => f.write_str(path),
+            _ => Ok(()),
         }
     }
 }
@@ -145,6 +174,9 @@ pub struct ClientOptions {
     pub clean_session: bool,
     /// TLS settings for endpoints with `tls: true`.
     pub tls: TlsOptions,
+    /// Extra HTTP headers (name, value) of the WebSocket upgrade request of
+    /// endpoints with a `ws_path` (e.g. an API key a proxy checks).
+    pub ws_headers: Vec<(String, String)>,
     /// Reconnect backoff.
     pub backoff: BackoffOptions,
     /// Failback to the primary endpoint.
@@ -213,6 +245,7 @@ impl ClientOptions {
             keepalive: Duration::from_secs(60),
             clean_session: false,
             tls: TlsOptions::default(),
+            ws_headers: Vec::new(),
             backoff: BackoffOptions::default(),
             failback: FailbackOptions::default(),
             connect_timeout: Duration::from_secs(10),
@@ -251,6 +284,10 @@ impl fmt::Debug for ClientOptions {
             .field("keepalive", &self.keepalive)
             .field("clean_session", &self.clean_session)
             .field("tls", &self.tls)
+            .field(
+                "ws_headers",
+                &self.ws_headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("backoff", &self.backoff)
             .field("failback", &self.failback)
             .field("connect_timeout", &self.connect_timeout)

@@ -388,7 +388,7 @@ impl Task {
         let dialer = match &self.dialer {
             Some(d) => d.clone(),
             None => {
-                let d = Dialer::new(&self.opts.endpoints, &self.opts.tls)?;
+                let d = Dialer::new(&self.opts.endpoints, &self.opts.tls, &self.opts.ws_headers)?;
                 self.dialer = Some(d.clone());
                 d
             }

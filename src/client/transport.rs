@@ -1,6 +1,8 @@
 //! Dialing an endpoint: TCP, optionally wrapped in TLS (rustls with ring via
-//! tokio-rustls). Also the failback probe (TCP + TLS handshake, no MQTT) and
-//! the bare TCP probe made while backing off.
+//! tokio-rustls), optionally upgraded to a WebSocket carrying MQTT in binary
+//! frames (tokio-tungstenite on our own TCP/TLS stream, so `wss://` uses the
+//! same TLS options as `mqtts://`). Also the failback probe (the same steps,
+//! no MQTT) and the bare TCP probe made while backing off.
 
 use std::fs;
 use std::path::Path;
@@ -19,11 +21,14 @@ use tokio_rustls::rustls::{
     self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
 use super::ClientError;
 use super::options::{Endpoint, TlsOptions};
 use crate::config::certs::own_certificate_error;
+use crate::protocol::websocket;
 
-/// A connected byte stream (plain TCP or TLS).
+/// A connected byte stream (plain TCP, TLS, or either carrying WebSocket frames).
 pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
 
@@ -123,11 +128,17 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
 pub struct Dialer {
     tls: Option<TlsConnector>,
     server_name: Option<String>,
+    ws_headers: Vec<(String, String)>,
 }
 
 impl Dialer {
     /// A dialer for `opts`; builds the TLS config only if an endpoint uses TLS.
-    pub fn new(endpoints: &[Endpoint], opts: &TlsOptions) -> Result<Self, ClientError> {
+    /// `ws_headers` go into the upgrade request of WebSocket endpoints.
+    pub fn new(
+        endpoints: &[Endpoint],
+        opts: &TlsOptions,
+        ws_headers: &[(String, String)],
+    ) -> Result<Self, ClientError> {
         let tls = if endpoints.iter().any(|e| e.tls) {
             Some(TlsConnector::from(Arc::new(client_config(opts)?)))
         } else {
@@ -136,23 +147,25 @@ impl Dialer {
         Ok(Dialer {
             tls,
             server_name: opts.server_name.clone(),
+            ws_headers: ws_headers.to_vec(),
         })
     }
 
-    /// TCP connect and, for a TLS endpoint, the TLS handshake.
-    /// The caller bounds the time (connect timeout).
+    /// TCP connect, for a TLS endpoint the TLS handshake, and for a WebSocket
+    /// endpoint the upgrade. The caller bounds the time (connect timeout).
     pub async fn dial(&self, ep: &Endpoint) -> Result<BoxStream, ClientError> {
         let tcp = tcp_connect(ep).await?;
         self.wrap(ep, tcp).await
     }
 
-    /// For a TLS endpoint, the TLS handshake over `tcp`; else `tcp` as is.
-    /// The caller bounds the time (connect timeout).
+    /// For a TLS endpoint, the TLS handshake over `tcp`; for a WebSocket
+    /// endpoint, then the upgrade; else `tcp` as is. The caller bounds the
+    /// time (connect timeout).
     pub async fn wrap(&self, ep: &Endpoint, tcp: TcpStream) -> Result<BoxStream, ClientError> {
         // MQTT packets are small and latency matters more than batching.
         let _ = tcp.set_nodelay(true);
         if !ep.tls {
-            return Ok(Box::new(tcp));
+            return self.maybe_upgrade(ep, tcp).await;
         }
         let connector = self.tls.as_ref().ok_or_else(|| {
             ClientError::TlsConfig(format!("{}: TLS endpoint without TLS config", ep.url()))
@@ -168,7 +181,33 @@ impl Dialer {
                 endpoint: ep.url(),
                 source: e,
             })?;
-        Ok(Box::new(tls))
+        self.maybe_upgrade(ep, tls).await
+    }
+
+    /// For a WebSocket endpoint, the HTTP upgrade on `stream` (subprotocol
+    /// `mqtt`, our extra headers); otherwise `stream` as it is.
+    async fn maybe_upgrade<S>(&self, ep: &Endpoint, stream: S) -> Result<BoxStream, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(path) = &ep.ws_path else {
+            return Ok(Box::new(stream));
+        };
+        let ws_err = |reason: String| ClientError::WebSocket {
+            endpoint: ep.url(),
+            reason,
+        };
+        let request = ws_request(ep, path, &self.ws_headers).map_err(ws_err)?;
+        let (ws, _response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .map_err(|e| match e {
+                tungstenite::Error::Io(source) => ClientError::Io {
+                    endpoint: ep.url(),
+                    source,
+                },
+                other => ws_err(other.to_string()),
+            })?;
+        Ok(Box::new(websocket::byte_stream(ws)))
     }
 }
 
@@ -192,15 +231,48 @@ pub async fn tcp_answers(ep: &Endpoint, limit: std::time::Duration) -> bool {
     )
 }
 
+/// The upgrade request of a WebSocket endpoint: its URL, `Sec-WebSocket-Protocol: mqtt`
+/// and the extra headers (the handshake's own headers are filled in by tungstenite).
+fn ws_request(
+    ep: &Endpoint,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<tungstenite::handshake::client::Request, String> {
+    let scheme = if ep.tls { "wss" } else { "ws" };
+    let host = if ep.host.contains(':') {
+        format!("[{}]", ep.host)
+    } else {
+        ep.host.clone()
+    };
+    let mut request = format!("{scheme}://{host}:{}{path}", ep.port)
+        .into_client_request()
+        .map_err(|e| format!("invalid request URL: {e}"))?;
+    let h = request.headers_mut();
+    h.insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static(websocket::SUBPROTOCOL),
+    );
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("invalid value for header `{name}`"))?;
+        h.insert(name, value);
+    }
+    Ok(request)
+}
+
 /// Checks that `ep` is reachable: TCP connect and, for a TLS endpoint, a full
-/// TLS handshake with `tls`, within `limit`. No MQTT is spoken (this is the
-/// failback probe, also usable by `mqbridge validate --check-endpoints`).
+/// TLS handshake with `tls`, for a WebSocket endpoint the upgrade (with
+/// `ws_headers`), within `limit`. No MQTT is spoken (this is the failback
+/// probe, also usable by `mqbridge validate --check-endpoints`).
 pub async fn check_endpoint(
     ep: &Endpoint,
     tls: &TlsOptions,
+    ws_headers: &[(String, String)],
     limit: std::time::Duration,
 ) -> Result<(), ClientError> {
-    let dialer = Dialer::new(std::slice::from_ref(ep), tls)?;
+    let dialer = Dialer::new(std::slice::from_ref(ep), tls, ws_headers)?;
     match tokio::time::timeout(limit, dialer.dial(ep)).await {
         Ok(Ok(_stream)) => Ok(()),
         Ok(Err(e)) => Err(e),
@@ -318,7 +390,22 @@ mod tests {
             ca_file: Some("/nonexistent".into()),
             ..TlsOptions::default()
         };
-        assert!(Dialer::new(&[Endpoint::tcp("h", 1)], &bad).is_ok());
-        assert!(Dialer::new(&[Endpoint::tls("h", 1)], &bad).is_err());
+        assert!(Dialer::new(&[Endpoint::tcp("h", 1)], &bad, &[]).is_ok());
+        assert!(Dialer::new(&[Endpoint::ws("h", 1, "/")], &bad, &[]).is_ok());
+        assert!(Dialer::new(&[Endpoint::tls("h", 1)], &bad, &[]).is_err());
+        assert!(Dialer::new(&[Endpoint::ws("h", 1, "/").with_tls()], &bad, &[]).is_err());
+    }
+
+    #[test]
+    fn ws_request_carries_path_subprotocol_and_headers() {
+        let ep = Endpoint::ws("::1", 8080, "/mqtt?x=1").with_tls();
+        let headers = [("X-Api-Key".to_string(), "secret".to_string())];
+        let r = ws_request(&ep, "/mqtt?x=1", &headers).expect("request");
+        assert_eq!(r.uri().to_string(), "wss://[::1]:8080/mqtt?x=1");
+        assert_eq!(r.headers()["sec-websocket-protocol"], "mqtt");
+        assert_eq!(r.headers()["x-api-key"], "secret");
+        assert!(r.headers().contains_key("sec-websocket-key"));
+        let bad = [("bad name".to_string(), "v".to_string())];
+        assert!(ws_request(&ep, "/", &bad).is_err());
     }
 }

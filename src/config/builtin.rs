@@ -30,6 +30,7 @@ pub(crate) fn compile_builtin(
         ("keepalive", loc(&raw.keepalive)),
         ("clean_session", loc(&raw.clean_session)),
         ("tls", raw.tls.as_ref().map(|s| s.referenced)),
+        ("ws_headers", raw.ws_headers.as_ref().map(|s| s.referenced)),
         ("reconnect", raw.reconnect.as_ref().map(|s| s.referenced)),
         ("failback", raw.failback.as_ref().map(|s| s.referenced)),
         ("connect_timeout", loc(&raw.connect_timeout)),
@@ -276,7 +277,7 @@ fn compile_listener(
         }
     };
     let tls = match scheme {
-        Scheme::Tcp => {
+        Scheme::Tcp | Scheme::Ws => {
             for (name, t) in [
                 ("cert_file", &raw.cert_file),
                 ("key_file", &raw.key_file),
@@ -288,13 +289,13 @@ fn compile_listener(
                     ctx.err(
                         &t.referenced,
                         scope,
-                        format!("listen.{name}: only for `tls://` listeners"),
+                        format!("listen.{name}: only for `tls://` and `wss://` listeners"),
                     );
                 }
             }
             None
         }
-        Scheme::Tls => {
+        Scheme::Tls | Scheme::Wss => {
             if raw.cert_file.is_none() || raw.key_file.is_none() {
                 ctx.err(
                     &item.referenced,
@@ -351,5 +352,10 @@ fn compile_listener(
             }
         }
     };
-    Some(ListenerPlan { url, addr, tls })
+    Some(ListenerPlan {
+        url,
+        addr,
+        tls,
+        websocket: scheme.is_websocket(),
+    })
 }

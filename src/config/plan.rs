@@ -67,8 +67,11 @@ pub struct RemotePlan {
     pub keepalive: Duration,
     /// Clean session flag (default false: a persistent session, so the broker keeps our backlog).
     pub clean_session: bool,
-    /// TLS settings; `Some` exactly when at least one endpoint is `mqtts://`.
+    /// TLS settings; `Some` exactly when at least one endpoint is `mqtts://` or `wss://`.
     pub tls: Option<TlsPlan>,
+    /// Extra HTTP headers of the WebSocket upgrade request (name, value), sorted by
+    /// name; empty unless an endpoint is `ws://` or `wss://`.
+    pub ws_headers: Vec<(String, String)>,
     /// Reconnect backoff.
     pub reconnect: BackoffPlan,
     /// Failback to the primary endpoint.
@@ -90,12 +93,14 @@ pub struct RemotePlan {
 pub struct EndpointPlan {
     /// The URL as written (after `${VAR}` substitution), e.g. `mqtts://iot.example.com:8883`.
     pub url: String,
-    /// Plain TCP (`mqtt://`) or TLS (`mqtts://`).
+    /// Plain TCP (`mqtt://`), TLS (`mqtts://`), WebSocket (`ws://`) or WebSocket over TLS (`wss://`).
     pub scheme: Scheme,
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// Port (default 1883 for `mqtt://`, 8883 for `mqtts://`).
+    /// Port (default 1883 for `mqtt://`, 8883 for `mqtts://`, 80 for `ws://`, 443 for `wss://`).
     pub port: u16,
+    /// WebSocket request path (`/` when the URL has none); `None` for `mqtt://` and `mqtts://`.
+    pub path: Option<String>,
 }
 
 /// Transport of an endpoint or listener.
@@ -105,6 +110,22 @@ pub enum Scheme {
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// MQTT over WebSocket (binary frames, subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Scheme {
+    /// Whether the transport includes TLS (`mqtts://`, `tls://`, `wss://`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Tls | Scheme::Wss)
+    }
+
+    /// Whether MQTT is carried in WebSocket frames (`ws://`, `wss://`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
 }
 
 /// Client-side TLS settings of a remote broker.
@@ -186,8 +207,10 @@ pub struct ListenerPlan {
     pub url: String,
     /// Address to bind.
     pub addr: SocketAddr,
-    /// TLS settings; `None` for plain TCP.
+    /// TLS settings; `None` for `tcp://` and `ws://`.
     pub tls: Option<ListenerTlsPlan>,
+    /// MQTT over WebSocket (`ws://`, `wss://`): any request path, subprotocol `mqtt`.
+    pub websocket: bool,
 }
 
 /// Server-side TLS of a listener.

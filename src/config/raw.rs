@@ -218,6 +218,9 @@ pub struct RawBroker {
     /// TLS settings.
     #[serde(default)]
     pub tls: Option<Spanned<RawTls>>,
+    /// Extra HTTP headers of the WebSocket upgrade request (`ws://`/`wss://` endpoints).
+    #[serde(default)]
+    pub ws_headers: Option<Spanned<std::collections::BTreeMap<String, Text>>>,
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: Option<Spanned<RawReconnect>>,

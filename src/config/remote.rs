@@ -5,7 +5,7 @@ use super::certs::CertUse;
 use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;
 use super::error::Scope;
-use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, Scheme, StatusPlan, TlsPlan};
+use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, StatusPlan, TlsPlan};
 use super::raw::{RawBroker, Text, TextList, defaults};
 use super::urls::parse_endpoint;
 use crate::topic::validate_topic_name;
@@ -136,13 +136,13 @@ pub(crate) fn compile_remote(
         warn_unstable_client_id(ctx, scope, t, &client_id);
     }
 
-    let any_tls = endpoints.iter().any(|e| e.scheme == Scheme::Tls);
+    let any_tls = endpoints.iter().any(|e| e.scheme.is_tls());
     let tls = match (&raw.tls, any_tls) {
         (Some(t), false) if !endpoints.is_empty() => {
             ctx.err(
                 &t.referenced,
                 scope,
-                "tls: is set but no endpoint uses `mqtts://`",
+                "tls: is set but no endpoint uses `mqtts://` or `wss://`",
             );
             None
         }
@@ -269,6 +269,7 @@ pub(crate) fn compile_remote(
     let status = compile_status(ctx, scope, raw, &client_id);
     let required = ctx.boolean(&raw.required, scope, "required", true);
 
+    let ws_headers = compile_ws_headers(ctx, scope, raw, &endpoints);
     RemotePlan {
         endpoints,
         client_id,
@@ -277,6 +278,7 @@ pub(crate) fn compile_remote(
         keepalive,
         clean_session,
         tls,
+        ws_headers,
         reconnect,
         failback,
         connect_timeout,
@@ -285,6 +287,66 @@ pub(crate) fn compile_remote(
         status,
         required,
     }
+}
+
+/// Headers the WebSocket handshake sets itself; overriding them would break it.
+const RESERVED_WS_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+/// `ws_headers:`: valid HTTP header names and values, none the handshake owns,
+/// and only with a `ws://`/`wss://` endpoint.
+fn compile_ws_headers(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    raw: &RawBroker,
+    endpoints: &[super::plan::EndpointPlan],
+) -> Vec<(String, String)> {
+    let Some(map) = &raw.ws_headers else {
+        return Vec::new();
+    };
+    if !endpoints.is_empty() && !endpoints.iter().any(|e| e.scheme.is_websocket()) {
+        ctx.err(
+            &map.referenced,
+            scope,
+            "ws_headers: is set but no endpoint uses `ws://` or `wss://`",
+        );
+        return Vec::new();
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &map.value {
+        let Some(v) = ctx.text(value, scope, "ws_headers") else {
+            continue;
+        };
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            ctx.err(
+                &value.referenced,
+                scope,
+                format!("ws_headers: `{name}` is not a valid HTTP header name"),
+            );
+        } else if RESERVED_WS_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            ctx.err(
+                &value.referenced,
+                scope,
+                format!("ws_headers: `{name}` is set by the WebSocket handshake itself"),
+            );
+        } else if http::HeaderValue::from_str(&v).is_err() {
+            ctx.err(
+                &value.referenced,
+                scope,
+                format!("ws_headers: the value of `{name}` is not a valid HTTP header value"),
+            );
+        } else {
+            headers.push((name.clone(), v));
+        }
+    }
+    headers
 }
 
 fn compile_tls(ctx: &mut Ctx, scope: &Scope, raw: Option<&super::raw::RawTls>) -> TlsPlan {

@@ -51,9 +51,14 @@ pub fn describe(plan: &Plan) -> String {
                 let ls: Vec<String> = bi
                     .listeners
                     .iter()
-                    .map(|l| match l.tls {
-                        None => format!("tcp://{}", l.addr),
-                        Some(_) => format!("tls://{}", l.addr),
+                    .map(|l| {
+                        let scheme = match (l.tls.is_some(), l.websocket) {
+                            (false, false) => "tcp",
+                            (true, false) => "tls",
+                            (false, true) => "ws",
+                            (true, true) => "wss",
+                        };
+                        format!("{scheme}://{}", l.addr)
                     })
                     .collect();
                 let _ = writeln!(out, "  {} (built-in)", b.name);

@@ -245,10 +245,10 @@ fn remote_defaults_are_resolved() {
 #[test]
 fn every_error_is_gathered() {
     let e = errors(
-        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['ws://x:80']\n    keepalive: 19h\n    inflight: 0\n    reconnect: {min: 2m, max: 1m}\npipes:\n  p: {from: clod, to: cloud, topics: ['a/#/b'], queue: {size: 0}}\n",
+        "brokers:\n  cloud:\n    type: remote\n    endpoints: ['ws://x:0']\n    keepalive: 19h\n    inflight: 0\n    reconnect: {min: 2m, max: 1m}\npipes:\n  p: {from: clod, to: cloud, topics: ['a/#/b'], queue: {size: 0}}\n",
     );
     let expected = [
-        "t.yaml:4:17: broker \"cloud\": endpoints: `ws://` endpoints are not supported yet (use mqtt:// or mqtts://)",
+        "t.yaml:4:17: broker \"cloud\": endpoints: `ws://x:0`: port 0 is not a valid destination",
         "t.yaml:5:16: broker \"cloud\": keepalive: at most 18h12m15s (65,535 s, the MQTT maximum); 0 disables it",
         "t.yaml:6:15: broker \"cloud\": inflight: 0 is out of range (allowed 1..=65535)",
         "t.yaml:7:16: broker \"cloud\": reconnect: min (2m) is larger than max (1m)",
@@ -429,4 +429,34 @@ fn unstable_client_ids_of_persistent_sessions_warn() {
     );
     assert!(warnings(&remote("    client_id: plant-7-bridge\n")).is_empty());
     assert!(warnings(&remote("")).is_empty());
+}
+
+#[test]
+fn websocket_endpoints_and_listeners_compile() {
+    let (plan, _) = load(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0, ws://127.0.0.1:0]\n  cloud:\n    type: remote\n    endpoints: [wss://cloud.example.com/mqtt, ws://backup:8080]\n    ws_headers: {X-Api-Key: k}\npipes:\n  up: {from: edge, to: cloud, topics: ['a/#']}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(BrokerKind::Remote(r)) = plan.brokers.get("cloud").map(|b| &b.kind) else {
+        panic!("remote");
+    };
+    let eps: Vec<_> = r
+        .endpoints
+        .iter()
+        .map(|e| (e.scheme, e.port, e.path.as_deref()))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            (plan::Scheme::Wss, 443, Some("/mqtt")),
+            (plan::Scheme::Ws, 8080, Some("/")),
+        ]
+    );
+    assert!(r.tls.is_some(), "wss:// gets the TLS settings");
+    assert_eq!(r.ws_headers, [("X-Api-Key".to_string(), "k".to_string())]);
+    let summary = summary::describe(&plan);
+    assert!(
+        summary.contains("listen: tcp://127.0.0.1:0, ws://127.0.0.1:0"),
+        "{summary}"
+    );
 }

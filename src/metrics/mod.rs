@@ -12,7 +12,9 @@
 //! - [`status`]: the shared board read by `/readyz`.
 //! - [`watch`]: glue tasks (client event watcher, watchdog loop).
 //! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz` over axum.
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`, the status page `/` and
+//!   `/status.json` over axum.
+//! - [`statuspage`]: the status page's data and HTML (pure).
 //! - [`inspect`]: `mqbridge health`/`status`, which read those endpoints.
 //! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
 //! - [`reload`]: what a config reload must start, stop or restart.
@@ -32,6 +34,7 @@ pub mod remote;
 pub mod runtime;
 pub mod server;
 pub mod status;
+pub mod statuspage;
 pub mod watch;
 
 pub use crate::pipe::stats::DropReason;

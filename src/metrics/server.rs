@@ -1,8 +1,9 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and the status page
+//! `/` with its data `/status.json`.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 
 use super::health::{BrokerStatus, PipeStatus};
 use super::status::StatusBoard;
+use super::statuspage::{self, Rates, Scrape};
 
 /// How often the exporter's upkeep (histogram draining) runs.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -59,13 +61,54 @@ struct ReadyBody {
     pipes: Vec<PipeStatus>,
 }
 
+/// The handlers' state: the caller's plus the status page's rate history.
+#[derive(Debug, Clone)]
+struct App {
+    s: ServerState,
+    /// A std `Mutex`: held only to record or read samples, never across `.await`.
+    rates: Arc<Mutex<Rates>>,
+}
+
+impl App {
+    /// Collects, renders and parses the metrics, and records the pipes'
+    /// counters for the last-minute rates.
+    fn sample(&self) -> (super::health::Readiness, Scrape) {
+        let scrape = Scrape::parse(&render(&self.s));
+        let readiness = self.s.board.readiness();
+        let now = Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        let names: Vec<&str> = readiness.pipes.iter().map(|p| p.name.as_str()).collect();
+        rates.retain(&names);
+        for p in &names {
+            rates.record(now, p, statuspage::pipe_counters(&scrape, p));
+        }
+        drop(rates);
+        (readiness, scrape)
+    }
+
+    fn status(&self) -> statuspage::Status {
+        let (readiness, scrape) = self.sample();
+        let rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        statuspage::status(readiness, self.s.board.started().elapsed(), &scrape, &rates)
+    }
+}
+
 /// The router, for embedding or testing.
 pub fn router(state: ServerState) -> Router {
+    app_router(App {
+        s: state,
+        rates: Arc::default(),
+    })
+}
+
+fn app_router(app: App) -> Router {
     Router::new()
+        .route("/", get(status_page))
+        .route("/status.json", get(status_json))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(app)
 }
 
 /// Serves on an already bound `listener` until `shutdown` resolves; runs the
@@ -75,15 +118,21 @@ pub async fn serve(
     state: ServerState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let upkeep_handle = state.prometheus.clone();
+    let app = App {
+        s: state,
+        rates: Arc::default(),
+    };
+    let upkeep_app = app.clone();
     let upkeep = async move {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
             tick.tick().await;
-            upkeep_handle.run_upkeep();
+            upkeep_app.s.prometheus.run_upkeep();
+            // Samples for the status page's rates even while nobody looks.
+            upkeep_app.sample();
         }
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+    let server = axum::serve(listener, app_router(app)).with_graceful_shutdown(shutdown);
     // The upkeep loop never ends; the server ends on shutdown and takes it along.
     tokio::select! {
         res = server => res,
@@ -91,20 +140,40 @@ pub async fn serve(
     }
 }
 
-async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+/// Runs the collector, then renders the Prometheus text.
+fn render(s: &ServerState) -> String {
     if let Some(Collector(collect)) = &s.collect {
         collect();
     }
+    s.prometheus.render()
+}
+
+async fn metrics_handler(State(app): State<App>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.prometheus.render(),
+        render(&app.s),
     )
 }
 
-async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
+async fn status_json(State(app): State<App>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Json(app.status()))
+}
+
+async fn status_page(State(app): State<App>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        statuspage::render_html(&app.status()),
+    )
+}
+
+async fn healthz(State(app): State<App>) -> impl IntoResponse {
+    let s = &app.s;
     let r = s.board.readiness();
     Json(HealthBody {
         status: "alive",
@@ -116,7 +185,8 @@ async fn healthz(State(s): State<ServerState>) -> impl IntoResponse {
     })
 }
 
-async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
+async fn readyz(State(app): State<App>) -> impl IntoResponse {
+    let s = &app.s;
     let r = s.board.readiness();
     let code = if r.ready {
         StatusCode::OK

@@ -8,6 +8,7 @@ pub mod framed;
 pub mod keepalive;
 pub mod message;
 pub mod session;
+pub mod websocket;
 
 pub use codec::{
     CodecError, MAX_STRING_LEN, decode, encode, filter_is_valid, message_from_publish,

@@ -102,6 +102,7 @@ fn reason(e: &ClientError) -> String {
                 crate::client::describe_tls(source)
             )
         }
+        ClientError::WebSocket { reason, .. } => format!("WebSocket handshake failed: {reason}"),
         ClientError::Timeout { stage, .. } => format!("timed out {stage}"),
         other => other.to_string(),
     }
@@ -127,7 +128,7 @@ pub async fn check_plan(plan: &Plan) -> CheckReport {
         let results = join_all(
             o.endpoints
                 .iter()
-                .map(|ep| client::check_endpoint(ep, &o.tls, o.connect_timeout)),
+                .map(|ep| client::check_endpoint(ep, &o.tls, &o.ws_headers, o.connect_timeout)),
         )
         .await;
         (name, r.required, o.endpoints, results)

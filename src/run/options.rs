@@ -3,9 +3,7 @@
 
 use crate::broker::{self, BrokerOptions};
 use crate::client::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
-use crate::config::plan::{
-    BuiltInPlan, DropPolicy, PipePlan, QosRule, RemotePlan, RetainRule, Scheme,
-};
+use crate::config::plan::{BuiltInPlan, DropPolicy, PipePlan, QosRule, RemotePlan, RetainRule};
 use crate::pipe::PipeSpec;
 use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::queue::WhenFull;
@@ -52,7 +50,8 @@ pub(super) fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
         .map(|e| Endpoint {
             host: e.host.clone(),
             port: e.port,
-            tls: e.scheme == Scheme::Tls,
+            tls: e.scheme.is_tls(),
+            ws_path: e.path.clone(),
         })
         .collect();
     let mut o = ClientOptions::new(name, endpoints, r.client_id.clone());
@@ -60,6 +59,7 @@ pub(super) fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
     o.password = r.password.clone();
     o.keepalive = r.keepalive;
     o.clean_session = r.clean_session;
+    o.ws_headers = r.ws_headers.clone();
     if let Some(t) = &r.tls {
         o.tls = TlsOptions {
             ca_file: t.ca_file.clone(),
@@ -108,6 +108,7 @@ pub(super) fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
                     require_client_cert: t.require_client_cert,
                     cert_cn_as_username: t.cert_cn_as_username,
                 }),
+                websocket: l.websocket,
             })
             .collect(),
         allow_anonymous: b.allow_anonymous,

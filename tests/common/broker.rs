@@ -35,6 +35,7 @@ impl TestBroker {
             listeners: vec![ListenerOptions {
                 addr: "127.0.0.1:0".parse().unwrap(),
                 tls: None,
+                websocket: false,
             }],
             ..BrokerOptions::default()
         };

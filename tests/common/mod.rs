@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod broker;
 pub mod certs;
+pub mod chromium;
 pub mod client;
 pub mod fake_broker;
 pub mod http;
