@@ -18,8 +18,16 @@ use tokio::time::timeout;
 /// Two built-in brokers, `edge` → `core`, one pipe for `<p>/#`; `edge_extra`
 /// is added to edge's settings (credentials, ACL).
 fn yaml(p: &str, edge_extra: &str) -> String {
+    yaml_named("edge", p, edge_extra)
+}
+
+/// As [`yaml`], with the source broker named `edge`. Tests that count
+/// refusals use a name of their own: under `cargo test` the tests of this
+/// file share one process, hence one metrics recorder, and series with the
+/// same labels would add up.
+fn yaml_named(edge: &str, p: &str, edge_extra: &str) -> String {
     format!(
-        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n{edge_extra}  core:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  up:\n    from: edge\n    to: core\n    topics: [{p}/#]\n"
+        "brokers:\n  {edge}:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n{edge_extra}  core:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  up:\n    from: {edge}\n    to: core\n    topics: [{p}/#]\n"
     )
 }
 
@@ -86,10 +94,10 @@ async fn authenticated_acl_user_with_the_link_id_is_refused() {
         acl.display()
     );
     let p = unique("hja");
-    let (token, run) = start_run(&yaml(&p, &extra)).await;
-    let edge = run.builtin_addrs("edge").expect("edge")[0];
+    let (token, run) = start_run(&yaml_named("gate", &p, &extra)).await;
+    let edge = run.builtin_addrs("gate").expect("gate")[0];
     let login = Some(("mallory", "s3cret"));
-    let code = Raw::connect_code(edge, &bridge_link_id("edge"), false, login).await;
+    let code = Raw::connect_code(edge, &bridge_link_id("gate"), false, login).await;
     assert_eq!(code, ConnectReturnCode::BadClientId);
     // The same user with its own id is accepted and its publish crosses.
     let mut dev = Raw::connect_with(edge, &unique("dev"), true, login, None, 0).await;
@@ -116,7 +124,11 @@ async fn authenticated_acl_user_with_the_link_id_is_refused() {
     assert_eq!(on_core.next().await.expect("forwarded").payload, "authed");
     let metrics = run.metrics_addr().expect("metrics");
     let body = scrape(metrics).await;
-    assert_eq!(counter(&body, REFUSED_CLIENT_ID), 1.0, "{body}");
+    assert_eq!(
+        counter(&body, &REFUSED_CLIENT_ID.replace("\"edge\"", "\"gate\"")),
+        1.0,
+        "{body}"
+    );
     stop_run(token, run).await;
 }
 
