@@ -84,13 +84,23 @@ pub(crate) fn compile_builtin(
     }
 
     let l = raw.limits.as_ref().map(|s| &s.value);
-    let limits = LimitsPlan {
-        max_connections: ctx.int(
-            &l.and_then(|l| l.max_connections.clone()),
+    // `limits.<name>`: an integer from 1 to `max`, `default` when unset.
+    let limit = |ctx: &mut Ctx, t: Option<&Text>, name: &str, default: u64, max: u64| {
+        ctx.int(
+            &t.cloned(),
             scope,
-            "limits.max_connections",
-            defaults::max_connections() as u64,
+            &format!("limits.{name}"),
+            default,
             1,
+            max,
+        )
+    };
+    let limits = LimitsPlan {
+        max_connections: limit(
+            ctx,
+            l.and_then(|l| l.max_connections.as_ref()),
+            "max_connections",
+            defaults::max_connections() as u64,
             10_000_000,
         ) as usize,
         max_packet_size: packet_size(
@@ -100,69 +110,61 @@ pub(crate) fn compile_builtin(
             "limits.max_packet_size",
             defaults::builtin_max_packet_size(),
         ),
-        max_queued_messages: ctx.int(
-            &l.and_then(|l| l.max_queued_messages.clone()),
-            scope,
-            "limits.max_queued_messages",
+        max_queued_messages: limit(
+            ctx,
+            l.and_then(|l| l.max_queued_messages.as_ref()),
+            "max_queued_messages",
             defaults::max_queued_messages() as u64,
-            1,
             100_000_000,
         ) as usize,
-        max_inflight: ctx.int(
-            &l.and_then(|l| l.max_inflight.clone()),
-            scope,
-            "limits.max_inflight",
+        max_inflight: limit(
+            ctx,
+            l.and_then(|l| l.max_inflight.as_ref()),
+            "max_inflight",
             defaults::max_inflight().into(),
-            1,
             u16::MAX.into(),
         ) as u16,
         handshake_timeout: handshake_timeout(ctx, scope, l),
-        max_pending_handshakes: ctx.int(
-            &l.and_then(|l| l.max_pending_handshakes.clone()),
-            scope,
-            "limits.max_pending_handshakes",
+        max_pending_handshakes: limit(
+            ctx,
+            l.and_then(|l| l.max_pending_handshakes.as_ref()),
+            "max_pending_handshakes",
             defaults::max_pending_handshakes() as u64,
-            1,
             10_000_000,
         ) as usize,
-        max_pending_per_ip: ctx.int(
-            &l.and_then(|l| l.max_pending_per_ip.clone()),
-            scope,
-            "limits.max_pending_per_ip",
+        max_pending_per_ip: limit(
+            ctx,
+            l.and_then(|l| l.max_pending_per_ip.as_ref()),
+            "max_pending_per_ip",
             defaults::max_pending_per_ip() as u64,
-            1,
             10_000_000,
         ) as usize,
-        max_topic_levels: ctx.int(
-            &l.and_then(|l| l.max_topic_levels.clone()),
-            scope,
-            "limits.max_topic_levels",
+        max_topic_levels: limit(
+            ctx,
+            l.and_then(|l| l.max_topic_levels.as_ref()),
+            "max_topic_levels",
             defaults::max_topic_levels() as u64,
-            1,
             32_768,
         ) as usize,
-        max_filters_per_subscribe: ctx.int(
-            &l.and_then(|l| l.max_filters_per_subscribe.clone()),
-            scope,
-            "limits.max_filters_per_subscribe",
+        max_filters_per_subscribe: limit(
+            ctx,
+            l.and_then(|l| l.max_filters_per_subscribe.as_ref()),
+            "max_filters_per_subscribe",
             defaults::max_filters_per_subscribe() as u64,
-            1,
             65_535,
         ) as usize,
-        max_subscriptions_per_client: ctx.int(
-            &l.and_then(|l| l.max_subscriptions_per_client.clone()),
-            scope,
-            "limits.max_subscriptions_per_client",
+        max_subscriptions_per_client: limit(
+            ctx,
+            l.and_then(|l| l.max_subscriptions_per_client.as_ref()),
+            "max_subscriptions_per_client",
             defaults::max_subscriptions_per_client() as u64,
-            1,
             10_000_000,
         ) as usize,
-        max_trie_nodes: ctx.int(
-            &l.and_then(|l| l.max_trie_nodes.clone()),
-            scope,
-            "limits.max_trie_nodes",
+        max_trie_nodes: limit(
+            ctx,
+            l.and_then(|l| l.max_trie_nodes.as_ref()),
+            "max_trie_nodes",
             defaults::max_trie_nodes() as u64,
-            1,
             1_000_000_000,
         ) as usize,
     };
