@@ -1,4 +1,4 @@
-//! The shipped `bridges.yaml` does what the README's `## Running` shows:
+//! The shipped `bridges.yaml` does what the README's one-screen tour shows:
 //! edge → cloud with the `edge/` prefix and the debug exclusion, and cloud →
 //! edge commands remapped by template. Its listeners are moved to port 0 so
 //! the test never collides with anything on 1883/1884.

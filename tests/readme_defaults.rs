@@ -1,7 +1,8 @@
-//! The README's defaults tables agree with the code's defaults: the config
-//! reference (top level, `type: remote`, `type: builtin`, pipes) against
-//! `config::raw::defaults`, and the library options table against the
-//! broker's `DEFAULT_*` constants.
+//! The documented defaults tables agree with the code's defaults: the config
+//! reference in `docs/configuration.md` (top level, `type: remote`,
+//! `type: builtin`, pipes) against `config::raw::defaults`, and the library
+//! options table in `docs/development.md` against the broker's `DEFAULT_*`
+//! constants.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,13 +11,15 @@ use mqbridge::broker;
 use mqbridge::config::raw::defaults;
 use mqbridge::config::units::{parse_duration, parse_size};
 
-const README: &str = include_str!("../README.md");
+const CONFIGURATION: &str = include_str!("../docs/configuration.md");
+const DEVELOPMENT: &str = include_str!("../docs/development.md");
+const OPERATING: &str = include_str!("../docs/operating.md");
 
-/// Field → default cell of the first table after the line starting with
-/// `heading` (up to the next heading).
-fn table(heading: &str) -> HashMap<String, String> {
-    let mut lines = README.lines().skip_while(|l| !l.starts_with(heading));
-    assert!(lines.next().is_some(), "README has no section {heading:?}");
+/// Field → default cell of the first table after the line of `doc` starting
+/// with `heading` (up to the next heading).
+fn table(doc: &str, heading: &str) -> HashMap<String, String> {
+    let mut lines = doc.lines().skip_while(|l| !l.starts_with(heading));
+    assert!(lines.next().is_some(), "no section {heading:?}");
     let mut rows = HashMap::new();
     for line in lines.take_while(|l| !l.starts_with('#')) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -36,7 +39,7 @@ fn table(heading: &str) -> HashMap<String, String> {
 fn value(rows: &HashMap<String, String>, field: &str) -> String {
     let cell = rows
         .get(field)
-        .unwrap_or_else(|| panic!("README table has no row for `{field}`"));
+        .unwrap_or_else(|| panic!("the table has no row for `{field}`"));
     match cell.split('`').nth(1) {
         Some(code) if cell.starts_with('`') => code.to_owned(),
         _ => cell.split('(').next().unwrap_or("").trim().to_owned(),
@@ -61,7 +64,7 @@ fn number(rows: &HashMap<String, String>, field: &str) -> u64 {
 
 #[test]
 fn top_level_defaults_match_the_code() {
-    let t = table("### Top level");
+    let t = table(CONFIGURATION, "## Top level");
     assert_eq!(
         duration(&t, "shutdown_timeout"),
         defaults::shutdown_timeout()
@@ -75,7 +78,7 @@ fn top_level_defaults_match_the_code() {
 
 #[test]
 fn remote_defaults_match_the_code() {
-    let t = table("#### `type: remote`");
+    let t = table(CONFIGURATION, "### `type: remote`");
     assert_eq!(duration(&t, "keepalive"), defaults::keepalive());
     assert_eq!(duration(&t, "reconnect.min"), defaults::reconnect_min());
     assert_eq!(duration(&t, "reconnect.max"), defaults::reconnect_max());
@@ -96,7 +99,7 @@ fn remote_defaults_match_the_code() {
     assert_eq!(number(&t, "inflight"), u64::from(defaults::inflight()));
 
     // The connection-settings table under "Remote brokers" repeats some.
-    let c = table("### Connection settings");
+    let c = table(CONFIGURATION, "### Connection settings");
     assert_eq!(duration(&c, "keepalive"), defaults::keepalive());
     assert_eq!(duration(&c, "connect_timeout"), defaults::connect_timeout());
     assert_eq!(number(&c, "inflight"), u64::from(defaults::inflight()));
@@ -104,7 +107,7 @@ fn remote_defaults_match_the_code() {
 
 #[test]
 fn builtin_config_defaults_match_the_code() {
-    let t = table("#### `type: builtin`");
+    let t = table(CONFIGURATION, "### `type: builtin`");
     assert_eq!(
         number(&t, "limits.max_connections"),
         defaults::max_connections() as u64
@@ -129,7 +132,7 @@ fn builtin_config_defaults_match_the_code() {
 
 #[test]
 fn library_defaults_match_the_code() {
-    let t = table("**Library options**");
+    let t = table(DEVELOPMENT, "**Library options**");
     assert_eq!(
         number(&t, "limits.max_connections"),
         broker::DEFAULT_MAX_CONNECTIONS as u64
@@ -168,7 +171,7 @@ fn library_defaults_match_the_code() {
 
 #[test]
 fn pipe_defaults_match_the_code() {
-    let t = table("### Pipes");
+    let t = table(CONFIGURATION, "## Pipes");
     assert_eq!(number(&t, "queue.size"), defaults::queue_size() as u64);
 }
 
@@ -183,10 +186,7 @@ fn operating_examples_use_the_shipped_names() {
         r#""name":"([^"]+)"|\.pipe=="([^"]+)"|"destination":"([^"]+)"|pipe ([A-Za-z0-9_-]+) is stalled"#,
     )
     .expect("regex");
-    let section = README
-        .split("## Operating mqbridge")
-        .nth(1)
-        .expect("README has an Operating section");
+    let section = OPERATING;
     let mut seen = 0;
     for c in re.captures_iter(section) {
         let name = (1..=4)
@@ -195,7 +195,7 @@ fn operating_examples_use_the_shipped_names() {
             .unwrap_or_default();
         assert!(
             known(name),
-            "README names `{name}`, which bridges.yaml does not define"
+            "docs/operating.md names `{name}`, which bridges.yaml does not define"
         );
         seen += 1;
     }

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod certs;
 pub mod chromium;
 pub mod client;
+pub mod docs;
 pub mod fake_broker;
 pub mod http;
 pub mod mosquitto;
