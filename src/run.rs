@@ -13,8 +13,12 @@
 //! brokers.
 
 pub mod check;
+pub mod client_events;
+pub mod filewatch;
+pub mod observe;
 mod options;
 mod reload;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,16 +33,14 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, Broker};
 use crate::client::{self, SettingsSlot};
 use crate::config::ConfigErrors;
+use crate::config::diff::ReloadPlan;
 use crate::config::plan::{BrokerKind, BrokerPlan, Plan};
 use crate::link::Link;
 use crate::metrics::events::ReloadFailed;
-use crate::metrics::reload::ReloadPlan;
-use crate::metrics::runtime::{
-    Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle,
-};
 use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::stats::PipeStats;
 use crate::pipe::{self, BrokerLink, PipeError, Pipes};
+use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
 use options::{broker_options, client_options, pipe_spec};
 

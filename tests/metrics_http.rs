@@ -11,11 +11,11 @@ use common::http::{get, value};
 use common::wait::STEP;
 use mqbridge::metrics::health::{BrokerKind, PipeProgress, Watchdog};
 use mqbridge::metrics::status::StatusBoard;
-use mqbridge::metrics::watch::{WatchedPipe, check_pipes};
 use mqbridge::metrics::{
     BuiltinBrokerMetrics, DisconnectReason, DropReason, PipeMetrics, RemoteBrokerMetrics, builder,
     describe_all, server,
 };
+use mqbridge::run::watchdog::{WatchedPipe, check_pipes};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
@@ -405,7 +405,7 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
 #[test]
 fn client_events_drive_remote_metrics_and_readiness() {
     use mqbridge::client::ClientEvent;
-    use mqbridge::metrics::watch::ClientEventSink;
+    use mqbridge::run::client_events::ClientEventSink;
 
     let recorder = builder().expect("builder").build_recorder();
     let handle = recorder.handle();

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod client_id;
 mod compile;
 mod ctx;
+pub mod diff;
 pub mod env;
 mod error;
 pub mod graph;

@@ -1,5 +1,5 @@
-//! The fixed label values of the remote `reason` labels (pipe drop reasons
-//! are [`crate::pipe::stats::DropReason`]).
+//! The fixed values of the `reason` labels: why a remote connection ended,
+//! and why a pipe dropped a message.
 
 /// Why a remote connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +42,52 @@ impl DisconnectReason {
             DisconnectReason::Tls => "tls",
             DisconnectReason::Requested => "requested",
             DisconnectReason::Other => "other",
+        }
+    }
+}
+
+/// Why a pipe dropped a message. Each is a low-cardinality metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The topic matched an exclusion filter.
+    Excluded,
+    /// The payload exceeded the pipe's `max_payload`.
+    Oversize,
+    /// The bounded QoS 0 queue was full (per its policy).
+    QueueFull,
+    /// The message was our own copy coming back (run-time loop protection).
+    Loop,
+    /// The remap produced no valid topic for this message.
+    Remap,
+    /// The destination refused or can never accept the message (ACL, too large).
+    Rejected,
+    /// A reload removed or changed the pipe, and it still held the message
+    /// when its drain deadline passed (acknowledged upstream, not forwarded).
+    Reload,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Excluded,
+        DropReason::Oversize,
+        DropReason::QueueFull,
+        DropReason::Loop,
+        DropReason::Remap,
+        DropReason::Rejected,
+        DropReason::Reload,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Excluded => "excluded",
+            DropReason::Oversize => "oversize",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Loop => "loop",
+            DropReason::Remap => "remap",
+            DropReason::Rejected => "rejected",
+            DropReason::Reload => "reload",
         }
     }
 }
