@@ -98,7 +98,7 @@ impl Conn {
                 .await
                 .map_err(|_| ClientError::Timeout {
                     endpoint: self.endpoint.url(),
-                    stage: "writing to the broker",
+                    stage: super::Stage::Write,
                 })?
                 .map_err(|e| codec_error(&self.endpoint, e))?;
             self.last_sent = Instant::now();

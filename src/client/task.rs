@@ -19,7 +19,7 @@ use super::failover::Failover;
 use super::recovery::{RecoveryWait, Step};
 use super::subs::{SubOp, Subs};
 use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
-use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
+use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
 use crate::protocol::{
     Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, packet_name, topic_name_is_valid,
@@ -212,6 +212,7 @@ impl Task {
                 End::Shutdown => break,
                 End::Lost(err) => {
                     let reason = err.to_string();
+                    let kind = err.kind();
                     probe_while_waiting = err.is_unreachable();
                     log_lost(&broker, &url, &reason, was_up, attempt);
                     self.state.send_replace(LinkState::Disconnected {
@@ -219,6 +220,7 @@ impl Task {
                     });
                     self.emit(ClientEvent::Disconnected {
                         endpoint: url.clone(),
+                        kind,
                         reason,
                     });
                     let retry = self.failover.failed(now_std());
@@ -409,17 +411,23 @@ impl Task {
         })??;
         let stream = timeout_at(deadline, dialer.wrap(ep, tcp))
             .await
-            .map_err(|_| timeout("in the TLS handshake"))??;
+            .map_err(|_| {
+                timeout(if ep.tls {
+                    Stage::TlsHandshake
+                } else {
+                    Stage::WebSocketHandshake
+                })
+            })??;
         let max = self.opts.max_packet_size;
         let mut framed = Framed::new(stream, max, max);
         let protocol = |e: crate::protocol::CodecError| codec_error(ep, e);
         timeout_at(deadline, framed.write_packet(&self.connect_packet()))
             .await
-            .map_err(|_| timeout("sending CONNECT"))?
+            .map_err(|_| timeout(Stage::SendConnect))?
             .map_err(protocol)?;
         let packet = timeout_at(deadline, framed.read_packet())
             .await
-            .map_err(|_| timeout("waiting for CONNACK"))?
+            .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
         match packet {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {

@@ -4,19 +4,22 @@
 /// Why a remote connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DisconnectReason {
-    /// Socket error, TCP connect refused, or the peer closed the connection.
+    /// Socket error, TCP connect refused, the peer closed the connection, or
+    /// a step (connect, CONNECT/CONNACK, a write) did not finish in time.
     Io,
     /// No traffic within the keepalive allowance (PINGRESP missing).
     KeepaliveTimeout,
     /// The broker refused the CONNECT (CONNACK return code ≠ 0).
     Refused,
-    /// The peer sent something that violates the protocol.
+    /// The peer sent something that violates the protocol, or refused the
+    /// WebSocket upgrade.
     Protocol,
-    /// TLS handshake or certificate failure.
+    /// TLS handshake or certificate failure, a TLS handshake that timed
+    /// out, or unusable TLS settings.
     Tls,
     /// We asked for it: stall watchdog, reload, failback or shutdown.
     Requested,
-    /// Anything not classified above.
+    /// Anything not classified above (no client error maps here today).
     Other,
 }
 

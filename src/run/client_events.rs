@@ -7,41 +7,30 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::client::ClientEvent;
+use crate::client::{ClientEvent, ErrorKind, Stage};
 use crate::metrics::DisconnectReason;
 use crate::metrics::remote::{RemoteBrokerMetrics, endpoint_label};
 use crate::metrics::status::StatusBoard;
 
-/// Maps a free-text disconnect reason onto the fixed label enum (the text
-/// itself is only logged, never a label).
-pub fn classify_disconnect(reason: &str) -> DisconnectReason {
-    let r = reason.to_ascii_lowercase();
-    let has = |words: &[&str]| words.iter().any(|w| r.contains(w));
-    if has(&["keepalive", "keep-alive", "ping"]) {
-        DisconnectReason::KeepaliveTimeout
-    } else if has(&["tls", "certificate", "handshake"]) {
-        DisconnectReason::Tls
-    } else if has(&["refused by broker", "connack", "not authorized", "bad user"]) {
-        DisconnectReason::Refused
-    } else if has(&["protocol", "malformed", "packet"]) {
-        DisconnectReason::Protocol
-    } else if has(&["requested", "shutdown", "stall", "reload", "failback"]) {
-        DisconnectReason::Requested
-    } else if has(&[
-        "i/o",
-        "io error",
-        "os error",
-        "connection refused",
-        "reset",
-        "closed",
-        "eof",
-        "broken pipe",
-        "timed out",
-        "unreachable",
-    ]) {
-        DisconnectReason::Io
-    } else {
-        DisconnectReason::Other
+/// The metric label of a failed attempt or a lost connection, from the
+/// error's kind (its text is only logged, never read).
+pub fn disconnect_reason(kind: ErrorKind) -> DisconnectReason {
+    match kind {
+        ErrorKind::Unreachable | ErrorKind::Io | ErrorKind::Closed => DisconnectReason::Io,
+        ErrorKind::Timeout(Stage::TlsHandshake) | ErrorKind::Tls | ErrorKind::TlsConfig => {
+            DisconnectReason::Tls
+        }
+        ErrorKind::Timeout(
+            Stage::Dial
+            | Stage::WebSocketHandshake
+            | Stage::SendConnect
+            | Stage::Connack
+            | Stage::Write,
+        ) => DisconnectReason::Io,
+        ErrorKind::Refused => DisconnectReason::Refused,
+        ErrorKind::Protocol | ErrorKind::WebSocket => DisconnectReason::Protocol,
+        ErrorKind::ReconnectRequested => DisconnectReason::Requested,
+        ErrorKind::KeepaliveTimeout => DisconnectReason::KeepaliveTimeout,
     }
 }
 
@@ -76,13 +65,8 @@ impl ClientEventSink {
                 self.board
                     .set_connected(&broker, true, Some(endpoint_label(endpoint)));
             }
-            ClientEvent::Disconnected { endpoint, reason } => {
-                // The client formats reasons as "<endpoint>: <what>"; only
-                // the "what" is classified, so a host name cannot sway it.
-                let what = reason
-                    .strip_prefix(endpoint.as_str())
-                    .map_or(reason.as_str(), |r| r.trim_start_matches(':'));
-                let reason = classify_disconnect(what);
+            ClientEvent::Disconnected { kind, .. } => {
+                let reason = disconnect_reason(*kind);
                 if std::mem::replace(&mut self.connected, false) {
                     self.metrics.disconnected(reason);
                     self.board.set_connected(&broker, false, None);
@@ -143,33 +127,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disconnect_reasons_map_to_fixed_labels() {
-        assert_eq!(
-            classify_disconnect("keepalive timeout"),
-            DisconnectReason::KeepaliveTimeout
-        );
-        assert_eq!(
-            classify_disconnect("TLS handshake failed: bad certificate"),
-            DisconnectReason::Tls
-        );
-        assert_eq!(
-            classify_disconnect("CONNACK refused: not authorized"),
-            DisconnectReason::Refused
-        );
-        assert_eq!(
-            classify_disconnect("malformed packet"),
-            DisconnectReason::Protocol
-        );
-        assert_eq!(classify_disconnect("eof"), DisconnectReason::Io);
-        // A TCP-level refusal is IO; a CONNACK refusal is `refused`.
-        assert_eq!(
-            classify_disconnect("Connection refused (os error 111)"),
-            DisconnectReason::Io
-        );
-        assert_eq!(
-            classify_disconnect("connection refused by broker: bad user name or password"),
-            DisconnectReason::Refused
-        );
-        assert_eq!(classify_disconnect("???"), DisconnectReason::Other);
+    fn disconnect_reasons_come_from_the_error_kind() {
+        use DisconnectReason as R;
+        for (kind, want) in [
+            (ErrorKind::Unreachable, R::Io),
+            (ErrorKind::Io, R::Io),
+            (ErrorKind::Closed, R::Io),
+            (ErrorKind::Tls, R::Tls),
+            (ErrorKind::TlsConfig, R::Tls),
+            (ErrorKind::Timeout(Stage::TlsHandshake), R::Tls),
+            // Neither a TLS failure nor a refusal: nothing answered in time.
+            (ErrorKind::Timeout(Stage::Dial), R::Io),
+            (ErrorKind::Timeout(Stage::Connack), R::Io),
+            (ErrorKind::Timeout(Stage::SendConnect), R::Io),
+            (ErrorKind::Timeout(Stage::WebSocketHandshake), R::Io),
+            (ErrorKind::Timeout(Stage::Write), R::Io),
+            (ErrorKind::Refused, R::Refused),
+            (ErrorKind::Protocol, R::Protocol),
+            (ErrorKind::WebSocket, R::Protocol),
+            (ErrorKind::ReconnectRequested, R::Requested),
+            (ErrorKind::KeepaliveTimeout, R::KeepaliveTimeout),
+        ] {
+            assert_eq!(disconnect_reason(kind), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_not_classified_by_their_text() {
+        // "timed out connecting (TCP/TLS)" read as text was `tls`, and
+        // "timed out waiting for CONNACK" was `refused`.
+        for stage in [Stage::Dial, Stage::Connack] {
+            let err = crate::client::ClientError::Timeout {
+                endpoint: "mqtts://tls.example:8883".into(),
+                stage,
+            };
+            assert_eq!(err.kind(), ErrorKind::Timeout(stage));
+            assert_eq!(disconnect_reason(err.kind()), DisconnectReason::Io, "{err}");
+        }
     }
 }
