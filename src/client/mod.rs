@@ -7,6 +7,7 @@
 //! [`Link`]: crate::link::Link
 
 pub mod backoff;
+mod conn;
 mod connection;
 pub mod failover;
 pub mod options;

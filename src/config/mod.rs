@@ -8,6 +8,7 @@
 //! broker or pipe it belongs to. No IO beyond reading the config and the files
 //! it names; no tasks.
 
+mod broker_fields;
 mod brokers;
 mod builtin;
 pub mod certs;
