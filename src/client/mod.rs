@@ -9,13 +9,13 @@
 pub mod backoff;
 mod conn;
 mod connection;
-pub mod failover;
-pub mod options;
-pub mod recovery;
+pub(crate) mod failover;
+pub(crate) mod options;
+pub(crate) mod recovery;
 mod subs;
 mod task;
 mod tls_error;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::io;
 

@@ -21,20 +21,20 @@
 //! - [`logging`], [`jsonlog`], [`ratelimit`]: log setup and the
 //!   repeated-warning limiter.
 
-pub mod builtin;
-pub mod events;
+pub(crate) mod builtin;
+pub(crate) mod events;
 pub mod health;
 pub mod inspect;
 pub mod jsonlog;
 pub mod logging;
-pub mod names;
+pub(crate) mod names;
 pub mod pipe;
 pub mod ratelimit;
 mod reasons;
-pub mod remote;
+pub(crate) mod remote;
 pub mod server;
 pub mod status;
-pub mod statuspage;
+pub(crate) mod statuspage;
 
 pub use builtin::BuiltinBrokerMetrics;
 pub use pipe::{PipeMetrics, PipeSample};
