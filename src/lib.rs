@@ -1,9 +1,10 @@
 //! mqbridge: an MQTT-to-MQTT bridge and gateway.
 //!
-//! Module map (see `README.md`): `config` (bridges.yaml → checked plan),
+//! Module map (see `docs/development.md`): `config` (bridges.yaml → checked plan),
 //! `topic` (filters, trie, remaps; pure), `protocol` (codec adapter and sans-IO
 //! session state machines), `link` (the API a pipe sees for any broker),
-//! `client` (remote brokers), `broker` (built-in broker), `pipe`, `metrics`,
+//! `client` (remote brokers), `broker` (built-in broker), `pipe`, `metrics`
+//! (observability, a leaf), `run` (wires it all),
 //! `shutdown`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

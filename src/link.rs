@@ -9,6 +9,7 @@ use std::fmt;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::protocol::AckToken;
 use crate::protocol::{Message, QoS};
 
 /// Why a link operation failed.
@@ -79,17 +80,6 @@ pub enum LinkRequest {
     },
     /// Disconnect gracefully (DISCONNECT, so no will), then close.
     Shutdown,
-}
-
-/// Acknowledgement token of an incoming message, sent back to the link owner
-/// when a pipe has finished with the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AckToken {
-    /// Connection generation the message arrived on; acks from an older
-    /// generation are ignored (the broker redelivers on the new connection).
-    pub generation: u64,
-    /// Packet id (or the owner's own sequence number for local links).
-    pub id: u64,
 }
 
 /// Handle to acknowledge one incoming QoS 1/2 message. The owner sends the

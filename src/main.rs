@@ -9,8 +9,8 @@ use mqbridge::config;
 use mqbridge::metrics::inspect;
 use mqbridge::metrics::jsonlog;
 use mqbridge::metrics::logging::{self, LogFormat};
-use mqbridge::metrics::reload::{self, FileWatch};
 use mqbridge::run::check;
+use mqbridge::run::filewatch::{self, FileWatch};
 
 /// jemalloc rather than the system allocator: glibc keeps the pages freed
 /// when subscriptions or clients go (measured: 80 MB of a 108 MB peak still
@@ -482,7 +482,7 @@ async fn run_async(plan: config::Plan, path: &std::path::Path, watch: bool) -> a
     let mut signals = mqbridge::shutdown::Signals::new();
     let mut hup = hangup();
     let shutdown = mqbridge::shutdown::Shutdown::new();
-    let watch = watch.then(|| FileWatch::new(reload::file_stamp(path)));
+    let watch = watch.then(|| FileWatch::new(filewatch::file_stamp(path)));
     let mut handle = mqbridge::run(plan, shutdown.token().clone())
         .await
         .context("starting the bridge")?;
@@ -513,7 +513,7 @@ async fn wait_for_shutdown(
     hup: &mut Hangup,
     mut watch: Option<FileWatch>,
 ) {
-    let mut tick = tokio::time::interval(reload::WATCH_INTERVAL);
+    let mut tick = tokio::time::interval(filewatch::WATCH_INTERVAL);
     tracing::info!(
         watch = watch.is_some(),
         "waiting for signals: SIGINT/SIGTERM stop, SIGHUP reloads"
@@ -529,7 +529,7 @@ async fn wait_for_shutdown(
             }
             _ = tick.tick(), if watch.is_some() => {
                 if let Some(w) = watch.as_mut()
-                    && w.poll(reload::file_stamp(path))
+                    && w.poll(filewatch::file_stamp(path))
                 {
                     tracing::info!(config = %path.display(), "config file changed: reloading");
                     let _ = handle.reload_file(path).await;

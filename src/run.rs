@@ -13,8 +13,12 @@
 //! brokers.
 
 pub mod check;
+pub mod client_events;
+pub mod filewatch;
+pub mod observe;
 mod options;
 mod reload;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,16 +33,14 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, Broker};
 use crate::client::{self, SettingsSlot};
 use crate::config::ConfigErrors;
+use crate::config::diff::ReloadPlan;
 use crate::config::plan::{BrokerKind, BrokerPlan, Plan};
 use crate::link::Link;
 use crate::metrics::events::ReloadFailed;
-use crate::metrics::reload::ReloadPlan;
-use crate::metrics::runtime::{
-    Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle,
-};
 use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::stats::PipeStats;
 use crate::pipe::{self, BrokerLink, PipeError, Pipes};
+use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
 use options::{broker_options, client_options, pipe_spec};
 
@@ -157,8 +159,8 @@ impl RunHandle {
         self.metrics_addr
     }
 
-    /// Reloads to a valid plan, reconciling live (see the README's
-    /// "Reload"): pipes and brokers whose settings did not change keep
+    /// Reloads to a valid plan, reconciling live (see "Reload" in
+    /// `docs/operating.md`): pipes and brokers whose settings did not change keep
     /// running untouched; removed pipes drain and stop, changed ones drain
     /// and restart with the new settings, new ones start (with their new
     /// brokers); a removed broker is closed once its pipes have drained; a

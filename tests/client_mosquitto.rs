@@ -12,7 +12,7 @@ use common::bridge::unique;
 use common::certs;
 use common::client::{CLIENT_WAIT as WAIT, TestClient};
 use common::mosquitto::{Mosquitto, password_file};
-use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint};
+use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint, ErrorKind, Stage};
 use mqbridge::link::LinkState;
 use mqbridge::protocol::{Message, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,7 +165,10 @@ async fn mutual_tls_with_client_certificate_and_sni_override() {
             matches!(e, ClientEvent::Disconnected { .. })
         })
         .await;
-    let ClientEvent::Disconnected { endpoint, reason } = e else {
+    let ClientEvent::Disconnected {
+        endpoint, reason, ..
+    } = e
+    else {
         unreachable!()
     };
     assert_eq!(endpoint, format!("mqtts://127.0.0.1:{}", m.port));
@@ -450,12 +453,28 @@ async fn silent_server_times_out_with_backoff() {
     opts.backoff.min = Duration::from_millis(200);
     opts.backoff.max = Duration::from_millis(400);
     opts.backoff.jitter = false;
-    let c = TestClient::spawn(opts);
+    let mut c = TestClient::spawn(opts);
     let state = c
         .state("disconnected", |s| {
             matches!(s, LinkState::Disconnected { .. })
         })
         .await;
+    // The kind says what timed out; nobody reads it from the text.
+    let e = c
+        .event("a failed attempt", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                kind: ErrorKind::Timeout(Stage::Connack),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let LinkState::Disconnected { reason } = state else {
         unreachable!()
     };
@@ -536,10 +555,16 @@ async fn malformed_bytes_drop_the_connection_and_reconnect() {
             matches!(e, ClientEvent::Disconnected { .. })
         })
         .await;
-    let ClientEvent::Disconnected { endpoint, reason } = e else {
+    let ClientEvent::Disconnected {
+        endpoint,
+        kind,
+        reason,
+    } = e
+    else {
         unreachable!()
     };
     assert_eq!(endpoint, format!("mqtt://127.0.0.1:{}", server.port));
+    assert_eq!(kind, ErrorKind::Protocol);
     assert!(
         reason.contains(&endpoint) && reason.contains("protocol error"),
         "{reason}"

@@ -11,11 +11,11 @@ use common::http::{get, value};
 use common::wait::STEP;
 use mqbridge::metrics::health::{BrokerKind, PipeProgress, Watchdog};
 use mqbridge::metrics::status::StatusBoard;
-use mqbridge::metrics::watch::{WatchedPipe, check_pipes};
 use mqbridge::metrics::{
     BuiltinBrokerMetrics, DisconnectReason, DropReason, PipeMetrics, RemoteBrokerMetrics, builder,
     describe_all, server,
 };
+use mqbridge::run::watchdog::{WatchedPipe, check_pipes};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
@@ -404,8 +404,8 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
 
 #[test]
 fn client_events_drive_remote_metrics_and_readiness() {
-    use mqbridge::client::ClientEvent;
-    use mqbridge::metrics::watch::ClientEventSink;
+    use mqbridge::client::{ClientEvent, ErrorKind, Stage};
+    use mqbridge::run::client_events::ClientEventSink;
 
     let recorder = builder().expect("builder").build_recorder();
     let handle = recorder.handle();
@@ -426,10 +426,19 @@ fn client_events_drive_remote_metrics_and_readiness() {
     };
     for ev in [
         attempt(a),
-        // A failed attempt: the host name mentions "tls", the reason is IO.
+        // A failed attempt: the host name mentions "tls", the kind is IO.
         ClientEvent::Disconnected {
             endpoint: a.into(),
+            kind: ErrorKind::Closed,
             reason: format!("{a}: connection closed by broker"),
+        },
+        attempt(a),
+        // No CONNACK in time: nothing answered, so IO (as text it read as
+        // `refused`, and a TCP/TLS connect timeout as `tls`).
+        ClientEvent::Disconnected {
+            endpoint: a.into(),
+            kind: ErrorKind::Timeout(Stage::Connack),
+            reason: format!("{a}: timed out waiting for CONNACK"),
         },
         attempt(a),
         connected(a),
@@ -440,6 +449,7 @@ fn client_events_drive_remote_metrics_and_readiness() {
     for ev in [
         ClientEvent::Disconnected {
             endpoint: a.into(),
+            kind: ErrorKind::KeepaliveTimeout,
             reason: format!("{a}: keepalive timeout, no answer from broker"),
         },
         ClientEvent::Failover {
@@ -464,7 +474,7 @@ fn client_events_drive_remote_metrics_and_readiness() {
     for (series, want) in [
         (
             r#"mqbridge_remote_connection_attempts_total{broker="cloud",endpoint="mqtt://a.tls.example:1883"}"#,
-            3.0,
+            4.0,
         ),
         (
             r#"mqbridge_remote_disconnects_total{broker="cloud",reason="requested"}"#,
@@ -476,10 +486,14 @@ fn client_events_drive_remote_metrics_and_readiness() {
         ),
         (
             r#"mqbridge_remote_connect_failures_total{broker="cloud",reason="io"}"#,
-            1.0,
+            2.0,
         ),
         (
             r#"mqbridge_remote_connect_failures_total{broker="cloud",reason="tls"}"#,
+            0.0,
+        ),
+        (
+            r#"mqbridge_remote_connect_failures_total{broker="cloud",reason="refused"}"#,
             0.0,
         ),
         (

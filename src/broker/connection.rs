@@ -4,28 +4,49 @@
 //! in the router's session; a bad packet closes only this connection.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::acl::Op;
-use super::handshake::Handshake;
-use super::listener::Context;
+use super::handshake::{Budget, Handshake};
 use super::outlet::{Gate, Out, OutletRx, outlet};
-use super::router::{Ack, Event, MAX_PARKED, Reply};
+use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle};
 use super::session::{ConnId, Origin};
-use super::stats::{DropReason, RefuseReason, SubRefuseReason};
+use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
+use super::{Limits, Security};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{
     CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
 };
 use crate::topic;
+
+/// What every connection of a broker shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub broker: String,
+    pub router: RouterHandle,
+    pub security: Arc<Security>,
+    pub limits: Arc<Limits>,
+    pub counters: Arc<Counters>,
+    /// Connected network clients (`max_connections`): a permit is taken
+    /// once a CONNECT is accepted.
+    pub semaphore: Arc<Semaphore>,
+    /// Sockets not yet past their CONNECT.
+    pub handshakes: Arc<Budget>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// TLS listener: the client certificate CN is the username.
+    pub cert_cn_as_username: bool,
+}
 
 /// Read buffer bounds: idle connections keep a small buffer (10,000 idle
 /// clients must stay cheap), busy ones grow it for batching.

@@ -6,44 +6,19 @@
 //! ([`connection::run`]) serves.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
-use super::connection;
-use super::handshake::{Budget, Handshake, SourceFull};
-use super::router::RouterHandle;
-use super::stats::{Counters, RefuseReason};
+use super::connection::{self, Context};
+use super::handshake::{Handshake, SourceFull};
+use super::stats::RefuseReason;
 use super::websocket;
-use super::{Limits, Security};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// What every connection of a broker shares.
-#[derive(Debug, Clone)]
-pub(crate) struct Context {
-    pub broker: String,
-    pub router: RouterHandle,
-    pub security: Arc<Security>,
-    pub limits: Arc<Limits>,
-    pub counters: Arc<Counters>,
-    /// Connected network clients (`max_connections`): a permit is taken
-    /// once a CONNECT is accepted.
-    pub semaphore: Arc<Semaphore>,
-    /// Sockets not yet past their CONNECT.
-    pub handshakes: Arc<Budget>,
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
-    /// TLS listener: the client certificate CN is the username.
-    pub cert_cn_as_username: bool,
-}
 
 /// How a listener turns an accepted TCP socket into an MQTT byte stream.
 #[derive(Clone)]

@@ -333,7 +333,7 @@ impl Broker {
                 error,
             })?;
             addrs.push(addr);
-            let ctx = listener::Context {
+            let ctx = connection::Context {
                 broker: name.clone(),
                 router: router.clone(),
                 security: security.clone(),

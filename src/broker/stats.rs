@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+pub use crate::metrics::builtin::BrokerStats;
+
 /// Why a connection was refused or closed by the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefuseReason {
@@ -155,69 +157,4 @@ impl Counters {
             held_back_total: self.held_back_total.load(Relaxed),
         }
     }
-}
-
-/// A snapshot of the broker's counters and gauges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BrokerStats {
-    /// Gauge: network clients currently connected (in-process links not included).
-    pub clients_connected: u64,
-    /// Gauge: the bridge's in-process links currently attached.
-    pub links_connected: u64,
-    /// Gauge: sessions held (connected or persistent and away).
-    pub sessions: u64,
-    /// Gauge: subscriptions over all sessions.
-    pub subscriptions: u64,
-    /// Gauge: retained messages stored.
-    pub retained: u64,
-    /// Gauge: messages queued in sessions (waiting for an inflight slot or an absent client).
-    pub queued: u64,
-    /// Counter: PUBLISH messages received from clients and links.
-    pub msgs_in: u64,
-    /// Counter: PUBLISH messages sent to clients and links.
-    pub msgs_out: u64,
-    /// Counter: payload bytes received.
-    pub bytes_in: u64,
-    /// Counter: payload bytes sent.
-    pub bytes_out: u64,
-    /// Counter: connections refused for credentials.
-    pub refused_auth: u64,
-    /// Counter: valid CONNECTs refused at `max_connections`.
-    pub refused_limit: u64,
-    /// Counter: connections closed for malformed input or protocol violations.
-    pub refused_protocol: u64,
-    /// Counter: sockets closed for not finishing the handshake in time.
-    pub refused_timeout: u64,
-    /// Counter: CONNECTs refused (0x02) for using an in-process link's client id.
-    pub refused_client_id: u64,
-    /// Counter: pending handshakes closed to make room at `max_pending_handshakes`.
-    pub refused_handshake_limit: u64,
-    /// Counter: sockets closed at once at `max_pending_per_ip`.
-    pub refused_handshake_per_ip: u64,
-    /// Counter: failed TLS handshakes.
-    pub refused_tls: u64,
-    /// Counter: filters refused for `max_topic_levels`.
-    pub sub_refused_topic_levels: u64,
-    /// Counter: filters refused for `max_filters_per_subscribe`.
-    pub sub_refused_per_subscribe: u64,
-    /// Counter: filters refused for `max_subscriptions_per_client`.
-    pub sub_refused_per_client: u64,
-    /// Counter: filters refused for `max_trie_nodes`.
-    pub sub_refused_trie_nodes: u64,
-    /// Gauge: nodes of the subscription trie (one per distinct filter level
-    /// prefix); falls back as subscriptions go.
-    pub trie_nodes: u64,
-    /// Gauge: sockets between accept and an accepted CONNECT.
-    pub handshakes_pending: u64,
-    /// Counter: publishes dropped by the ACL.
-    pub dropped_acl: u64,
-    /// Counter: client publishes to `$SYS/...` dropped.
-    pub dropped_sys: u64,
-    /// Counter: messages dropped at a full session queue.
-    pub dropped_queue_full: u64,
-    /// Gauge: QoS 1/2 client publishes held back now, unacknowledged, while
-    /// a local link session they go to is full (end-to-end backpressure).
-    pub held_back: u64,
-    /// Counter: QoS 1/2 client publishes ever held back (each counted once).
-    pub held_back_total: u64,
 }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use super::connection;
+use super::connection::Context;
 use super::handshake::Handshake;
-use super::listener::Context;
 use super::stats::RefuseReason;
 use crate::protocol::websocket::{self, SUBPROTOCOL};
 use tokio::io::{AsyncRead, AsyncWrite};

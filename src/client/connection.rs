@@ -5,25 +5,20 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::Packet;
-use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
+use super::conn::{Conn, Done, codec_error, now_std};
 use super::failover::ProbeVerdict;
-use super::task::{Done, End, Task, codec_error};
+use super::task::{End, Task};
 use super::transport::BoxStream;
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, Delivery};
 use crate::protocol::packet_name;
-use crate::protocol::{Framed, IncomingAction, Keepalive, Message, QoS, publish_from_message};
+use crate::protocol::{Framed, IncomingAction};
 
-/// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed to send DISCONNECT on a graceful close.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most packets, acks and requests handled after one wake-up before the
 /// flush (see [`Task::drain_ready`]); bounds the time between flushes and
 /// between looks at the timers and shutdown.
@@ -32,123 +27,6 @@ const DRAIN_BUDGET: usize = 512;
 /// than this wait to be written, so large payloads are not all copied into
 /// the write buffer at once.
 const DRAIN_MAX_PENDING_BYTES: usize = 256 * 1024;
-
-/// "Now" for the pure state machines, on tokio's clock (so paused-time tests
-/// drive them too).
-pub(crate) fn now_std() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
-/// One live connection: the framed stream plus keepalive bookkeeping.
-pub(crate) struct Conn {
-    framed: Framed<BoxStream>,
-    endpoint: Endpoint,
-    /// QoS 0 completions, resolved once their PUBLISH is flushed.
-    pub(crate) written: Vec<Done>,
-    keepalive: Keepalive,
-    last_sent: Instant,
-    last_received: Instant,
-    ping_outstanding: bool,
-    metrics: Option<crate::metrics::RemoteBrokerMetrics>,
-}
-
-impl Conn {
-    fn new(
-        framed: Framed<BoxStream>,
-        endpoint: Endpoint,
-        keepalive: Duration,
-        metrics: Option<crate::metrics::RemoteBrokerMetrics>,
-    ) -> Self {
-        let now = Instant::now();
-        Conn {
-            framed,
-            endpoint,
-            written: Vec::new(),
-            keepalive: Keepalive::new(keepalive),
-            last_sent: now,
-            last_received: now,
-            ping_outstanding: false,
-            metrics,
-        }
-    }
-
-    /// Queues a packet for the next flush. An encoding error concerns only
-    /// that packet (checked before it got here), so it is logged, not fatal.
-    pub(crate) fn queue(&mut self, packet: &Packet) {
-        if let Err(e) = self.framed.queue(packet) {
-            crate::warn_limited!(format!("cannot-encode:{}", self.endpoint), endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
-        } else if let (Packet::Publish(p), Some(m)) = (packet, &self.metrics) {
-            m.message_out(p.payload.len());
-        }
-    }
-
-    fn write_timeout(&self) -> Duration {
-        if self.keepalive.is_enabled() {
-            self.keepalive.dead_after()
-        } else {
-            WRITE_TIMEOUT
-        }
-    }
-
-    /// Writes out what is queued (bounded in time: a peer that stops reading
-    /// is a dead link too) and completes the flushed QoS 0 publishes.
-    async fn flush(&mut self) -> Result<(), ClientError> {
-        if self.framed.pending_write() > 0 {
-            timeout(self.write_timeout(), self.framed.flush())
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    endpoint: self.endpoint.url(),
-                    stage: "writing to the broker",
-                })?
-                .map_err(|e| codec_error(&self.endpoint, e))?;
-            self.last_sent = Instant::now();
-        }
-        for done in self.written.drain(..) {
-            done.complete(Ok(()));
-        }
-        Ok(())
-    }
-
-    /// DISCONNECT (so the broker drops our will), then close the stream.
-    /// The will itself (the `offline` status) is published first, at QoS 0
-    /// and outside the session state: the broker handles it before the
-    /// DISCONNECT, and it is never resent on a later connection.
-    async fn disconnect(&mut self, will: Option<&Message>) {
-        if let Some(will) = will {
-            let mut m = will.clone();
-            m.qos = QoS::AtMostOnce;
-            self.queue(&Packet::Publish(publish_from_message(&m, 0, false)));
-        }
-        self.queue(&Packet::Disconnect);
-        let _ = timeout(DISCONNECT_TIMEOUT, async {
-            let _ = self.framed.flush().await;
-            let _ = self.framed.get_mut().shutdown().await;
-        })
-        .await;
-        for done in self.written.drain(..) {
-            done.complete(Ok(()));
-        }
-    }
-
-    /// When the next keepalive action is due: a PINGREQ after `interval` of
-    /// silence in either direction, death after 1.5 × interval without input.
-    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
-    /// the broker keeps us; silence from it then proves nothing.
-    fn next_keepalive(&self, paused: bool) -> Option<Instant> {
-        if !self.keepalive.is_enabled() {
-            return None;
-        }
-        if paused {
-            return Some(self.last_sent + self.keepalive.interval);
-        }
-        let dead = self.last_received + self.keepalive.dead_after();
-        if self.ping_outstanding {
-            return Some(dead);
-        }
-        let ping = self.last_sent.min(self.last_received) + self.keepalive.interval;
-        Some(ping.min(dead))
-    }
-}
 
 type Probe = Pin<Box<dyn Future<Output = bool> + Send>>;
 

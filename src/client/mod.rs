@@ -7,14 +7,15 @@
 //! [`Link`]: crate::link::Link
 
 pub mod backoff;
+mod conn;
 mod connection;
-pub mod failover;
-pub mod options;
-pub mod recovery;
+pub(crate) mod failover;
+pub(crate) mod options;
+pub(crate) mod recovery;
 mod subs;
 mod task;
 mod tls_error;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::io;
 
@@ -76,8 +77,8 @@ pub enum ClientError {
     Timeout {
         /// Endpoint URL.
         endpoint: String,
-        /// What was being waited for, e.g. "waiting for CONNACK".
-        stage: &'static str,
+        /// The step that ran out of time.
+        stage: Stage,
     },
     /// The broker refused the CONNECT.
     #[error("{endpoint}: connection refused by broker: {reason}")]
@@ -115,7 +116,83 @@ pub enum ClientError {
     },
 }
 
+/// The step of a connection that ran out of time ([`ClientError::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP connect plus any TLS or WebSocket handshake, in one budget (an
+    /// endpoint check or failback probe).
+    Dial,
+    /// The TLS handshake (`mqtts://`, `wss://`).
+    TlsHandshake,
+    /// The WebSocket upgrade (`ws://`).
+    WebSocketHandshake,
+    /// Sending CONNECT.
+    SendConnect,
+    /// Waiting for the broker's CONNACK.
+    Connack,
+    /// Writing to a connected broker.
+    Write,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Dial => "connecting (TCP/TLS)",
+            Stage::TlsHandshake => "in the TLS handshake",
+            Stage::WebSocketHandshake => "in the WebSocket handshake",
+            Stage::SendConnect => "sending CONNECT",
+            Stage::Connack => "waiting for CONNACK",
+            Stage::Write => "writing to the broker",
+        })
+    }
+}
+
+/// What kind of failure a [`ClientError`] is, for callers that act on it
+/// (metric labels, retry decisions) without reading its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// [`ClientError::TlsConfig`]: the TLS settings are unusable.
+    TlsConfig,
+    /// [`ClientError::Unreachable`]: the TCP connect failed or timed out.
+    Unreachable,
+    /// [`ClientError::Io`]: socket IO failed on a connected socket.
+    Io,
+    /// [`ClientError::Tls`]: the TLS handshake failed.
+    Tls,
+    /// [`ClientError::WebSocket`]: the WebSocket upgrade failed.
+    WebSocket,
+    /// [`ClientError::Timeout`]: the step named ran out of time.
+    Timeout(Stage),
+    /// [`ClientError::Refused`]: the broker refused the CONNECT.
+    Refused,
+    /// [`ClientError::Protocol`]: the broker broke the protocol.
+    Protocol,
+    /// [`ClientError::Closed`]: the broker closed the connection.
+    Closed,
+    /// [`ClientError::ReconnectRequested`]: we dropped the connection on purpose.
+    ReconnectRequested,
+    /// [`ClientError::KeepaliveTimeout`]: no answer within the keepalive allowance.
+    KeepaliveTimeout,
+}
+
 impl ClientError {
+    /// The kind of failure, to act on without reading the text.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::TlsConfig(_) => ErrorKind::TlsConfig,
+            ClientError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClientError::Io { .. } => ErrorKind::Io,
+            ClientError::Tls { .. } => ErrorKind::Tls,
+            ClientError::WebSocket { .. } => ErrorKind::WebSocket,
+            ClientError::Timeout { stage, .. } => ErrorKind::Timeout(*stage),
+            ClientError::Refused { .. } => ErrorKind::Refused,
+            ClientError::Protocol { .. } => ErrorKind::Protocol,
+            ClientError::Closed { .. } => ErrorKind::Closed,
+            ClientError::ReconnectRequested { .. } => ErrorKind::ReconnectRequested,
+            ClientError::KeepaliveTimeout { .. } => ErrorKind::KeepaliveTimeout,
+        }
+    }
+
     /// Whether nothing answered on the endpoint (TCP connect refused or timed
     /// out), as opposed to a peer that answered and then failed us.
     pub fn is_unreachable(&self) -> bool {
@@ -143,7 +220,9 @@ pub enum ClientEvent {
     Disconnected {
         /// Endpoint URL.
         endpoint: String,
-        /// Human reason (not a metric label).
+        /// What kind of failure it was (metric labels come from this).
+        kind: ErrorKind,
+        /// Human reason, for logs (never parsed).
         reason: String,
     },
     /// Moving to another endpoint after a failure.

@@ -2,47 +2,28 @@
 //! until the connection ends → backoff / failover / failback → again, until
 //! shutdown. Protocol state (outgoing and incoming QoS flows, subscriptions)
 //! lives here across connections; the per-connection loop is in
-//! [`super::connection`].
+//! [`super::connection`], over the live [`super::conn::Conn`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
-use super::connection::{Conn, now_std};
+use super::conn::{Conn, Done, codec_error, now_std};
 use super::failover::Failover;
 use super::recovery::{RecoveryWait, Step};
 use super::subs::{SubOp, Subs};
 use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
-use super::{ClientError, ClientEvent, ClientOptions, Endpoint};
+use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
 use crate::protocol::{
     Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, packet_name, topic_name_is_valid,
 };
-
-/// Completion of an outgoing publish: the caller's oneshot, or nothing for
-/// our own messages (birth).
-#[derive(Debug)]
-pub(crate) enum Done {
-    /// A pipe waits for this.
-    Caller(oneshot::Sender<Result<(), LinkError>>),
-    /// Internal publish (birth message); nobody waits.
-    Internal,
-}
-
-impl Done {
-    pub(crate) fn complete(self, result: Result<(), LinkError>) {
-        if let Done::Caller(tx) = self {
-            // The caller may have stopped waiting; that is fine.
-            let _ = tx.send(result);
-        }
-    }
-}
 
 /// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
 /// flow counts against the QoS 2 limit.
@@ -212,6 +193,7 @@ impl Task {
                 End::Shutdown => break,
                 End::Lost(err) => {
                     let reason = err.to_string();
+                    let kind = err.kind();
                     probe_while_waiting = err.is_unreachable();
                     log_lost(&broker, &url, &reason, was_up, attempt);
                     self.state.send_replace(LinkState::Disconnected {
@@ -219,6 +201,7 @@ impl Task {
                     });
                     self.emit(ClientEvent::Disconnected {
                         endpoint: url.clone(),
+                        kind,
                         reason,
                     });
                     let retry = self.failover.failed(now_std());
@@ -409,17 +392,23 @@ impl Task {
         })??;
         let stream = timeout_at(deadline, dialer.wrap(ep, tcp))
             .await
-            .map_err(|_| timeout("in the TLS handshake"))??;
+            .map_err(|_| {
+                timeout(if ep.tls {
+                    Stage::TlsHandshake
+                } else {
+                    Stage::WebSocketHandshake
+                })
+            })??;
         let max = self.opts.max_packet_size;
         let mut framed = Framed::new(stream, max, max);
         let protocol = |e: crate::protocol::CodecError| codec_error(ep, e);
         timeout_at(deadline, framed.write_packet(&self.connect_packet()))
             .await
-            .map_err(|_| timeout("sending CONNECT"))?
+            .map_err(|_| timeout(Stage::SendConnect))?
             .map_err(protocol)?;
         let packet = timeout_at(deadline, framed.read_packet())
             .await
-            .map_err(|_| timeout("waiting for CONNACK"))?
+            .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
         match packet {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
@@ -650,22 +639,6 @@ fn log_lost(broker: &str, url: &str, reason: &str, was_up: bool, attempt: u32) {
         warn!(broker = %broker, endpoint = %url, error = %reason, suppressed, "disconnected");
     } else {
         warn!(broker = %broker, endpoint = %url, error = %reason, attempt, suppressed, "connect failed");
-    }
-}
-
-/// Maps a codec error on `ep` to a client error naming the endpoint.
-pub(crate) fn codec_error(ep: &Endpoint, e: crate::protocol::CodecError) -> ClientError {
-    use crate::protocol::CodecError;
-    match e {
-        CodecError::Closed => ClientError::Closed { endpoint: ep.url() },
-        CodecError::Io(source) => ClientError::Io {
-            endpoint: ep.url(),
-            source,
-        },
-        other => ClientError::Protocol {
-            endpoint: ep.url(),
-            reason: other.to_string(),
-        },
     }
 }
 

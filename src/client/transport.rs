@@ -278,7 +278,7 @@ pub async fn check_endpoint(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ClientError::Timeout {
             endpoint: ep.url(),
-            stage: "connecting (TCP/TLS)",
+            stage: super::Stage::Dial,
         }),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::broker_fields::{packet_size, positive_duration, reject_fields};
 use super::certs::CertUse;
 use super::ctx::Ctx;
 use super::error::Scope;

@@ -67,12 +67,31 @@ pub fn check_pem(pem: &[u8], usage: CertUse) -> Result<(), CertFileError> {
             Err(e) => {
                 return Err(CertFileError::Invalid {
                     index,
-                    reason: format!("{e:?}"),
+                    reason: describe(&e),
                 });
             }
         }
     }
     Ok(())
+}
+
+/// webpki's refusal of a certificate file, in the user's terms.
+fn describe(e: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match e {
+        E::BadDer | E::TrailingData(_) => "it is not valid DER inside the PEM block".into(),
+        E::BadDerTime => "its validity dates cannot be read".into(),
+        E::CaUsedAsEndEntity => "it is a CA certificate where an end-entity one is needed".into(),
+        E::EndEntityUsedAsCa => "it is an end-entity certificate where a CA is needed".into(),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "it is signed with an algorithm rustls does not support".into()
+        }
+        E::ExtensionValueInvalid | E::UnsupportedCriticalExtension => {
+            "it has an extension that is invalid or not supported".into()
+        }
+        other => format!("webpki refuses it ({other:?})"),
+    }
 }
 
 /// Why rustls refused *our own* certificate chain and key (rustls says
@@ -149,9 +168,14 @@ mod tests {
             Err(CertFileError::NoCertificate)
         );
         let bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            check_pem(bad, CertUse::Chain),
-            Err(CertFileError::Invalid { index: 1, .. })
-        ));
+        let err = check_pem(bad, CertUse::Chain).unwrap_err();
+        assert!(
+            matches!(err, CertFileError::Invalid { index: 1, .. }),
+            "{err:?}"
+        );
+        // In the user's terms, not webpki's Debug text.
+        let text = err.to_string();
+        assert!(text.contains("not valid DER"), "{text}");
+        assert!(!text.contains("BadDer"), "{text}");
     }
 }

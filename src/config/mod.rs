@@ -8,15 +8,17 @@
 //! broker or pipe it belongs to. No IO beyond reading the config and the files
 //! it names; no tasks.
 
+mod broker_fields;
 mod brokers;
 mod builtin;
 pub mod certs;
-pub mod client_id;
+pub(crate) mod client_id;
 mod compile;
 mod ctx;
+pub(crate) mod diff;
 pub mod env;
 mod error;
-pub mod graph;
+pub(crate) mod graph;
 mod hints;
 mod pipes;
 pub mod plan;

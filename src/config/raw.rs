@@ -17,7 +17,7 @@ use serde_saphyr::Spanned;
 /// A located scalar, as written (before `${VAR}` substitution).
 pub type Text = Spanned<String>;
 
-/// Named defaults, used by `compile` when a field is absent (and quoted in the README).
+/// Named defaults, used by `compile` when a field is absent (and quoted in `docs/configuration.md`).
 pub mod defaults {
     use super::Duration;
 

@@ -1,6 +1,6 @@
 //! Compiling a `type: remote` broker.
 
-use super::brokers::{packet_size, positive_duration, reject_fields};
+use super::broker_fields::{packet_size, positive_duration, reject_fields};
 use super::certs::CertUse;
 use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;

@@ -1,46 +1,44 @@
-//! Observability: Prometheus metrics, health/readiness with a stall
-//! watchdog, logging setup, and hot-reload planning.
+//! Observability, a leaf: metric names, typed handles fed plain samples,
+//! the health model, the HTTP endpoint, log setup and the warning limiter.
 //!
-//! Others call into this module; it reaches into nothing but the shared
-//! [`Link`](crate::link) contract.
+//! It imports nothing from the bridge's other modules: brokers, clients and
+//! pipes hand it plain numbers and events, and `run` wires them to it
+//! (`run::observe`, `run::watchdog`, `run::client_events`).
 //!
 //! - [`names`]: every metric name and label key.
 //! - [`PipeMetrics`], [`RemoteBrokerMetrics`], [`BuiltinBrokerMetrics`]:
-//!   typed handles created once per pipe/broker.
+//!   typed handles created once per pipe/broker, fed [`PipeSample`]s,
+//!   [`BrokerStats`](builtin::BrokerStats) and reasons
+//!   ([`DisconnectReason`], [`DropReason`]).
 //! - [`events`]: lifecycle events that log and count.
-//! - [`health`]: pure readiness model and stall [`Watchdog`](health::Watchdog).
+//! - [`health`]: pure readiness model and stall [`Watchdog`](health::Watchdog)
+//!   state machine (its loop and reconnects are `run::watchdog`).
 //! - [`status`]: the shared board read by `/readyz`.
-//! - [`watch`]: glue tasks (client event watcher, watchdog loop).
-//! - [`runtime`]: the wiring `lib::run` calls (one call per broker and pipe).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`, the status page `/` and
 //!   `/status.json` over axum.
 //! - [`statuspage`]: the status page's data and HTML (pure).
 //! - [`inspect`]: `mqbridge health`/`status`, which read those endpoints.
-//! - [`logging`], [`ratelimit`]: log setup and repeated-warning limiter.
-//! - [`reload`]: what a config reload must start, stop or restart.
+//! - [`logging`], [`jsonlog`], [`ratelimit`]: log setup and the
+//!   repeated-warning limiter.
 
-pub mod builtin;
-pub mod events;
+pub(crate) mod builtin;
+pub(crate) mod events;
 pub mod health;
 pub mod inspect;
 pub mod jsonlog;
 pub mod logging;
-pub mod names;
+pub(crate) mod names;
 pub mod pipe;
 pub mod ratelimit;
 mod reasons;
-pub mod reload;
-pub mod remote;
-pub mod runtime;
+pub(crate) mod remote;
 pub mod server;
 pub mod status;
-pub mod statuspage;
-pub mod watch;
+pub(crate) mod statuspage;
 
-pub use crate::pipe::stats::DropReason;
 pub use builtin::BuiltinBrokerMetrics;
 pub use pipe::{PipeMetrics, PipeSample};
-pub use reasons::DisconnectReason;
+pub use reasons::{DisconnectReason, DropReason};
 pub use remote::RemoteBrokerMetrics;
 
 use std::sync::OnceLock;

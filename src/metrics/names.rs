@@ -24,7 +24,7 @@ pub const LABEL_VERSION: &str = "version";
 pub const PIPE_MESSAGES_RECEIVED: &str = "mqbridge_pipe_messages_received_total";
 /// Counter `{pipe}`: messages acknowledged by the destination (or handed over, QoS 0).
 pub const PIPE_MESSAGES_FORWARDED: &str = "mqbridge_pipe_messages_forwarded_total";
-/// Counter `{pipe, reason}`: messages dropped on purpose, by [`DropReason`](crate::pipe::stats::DropReason).
+/// Counter `{pipe, reason}`: messages dropped on purpose, by [`DropReason`](super::DropReason).
 pub const PIPE_MESSAGES_DROPPED: &str = "mqbridge_pipe_messages_dropped_total";
 /// Counter `{pipe}`: payload bytes of forwarded messages.
 pub const PIPE_BYTES_FORWARDED: &str = "mqbridge_pipe_bytes_forwarded_total";

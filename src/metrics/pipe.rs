@@ -6,7 +6,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use super::names::*;
-use crate::pipe::stats::{DropReason, PipeStats};
+use super::reasons::DropReason;
 
 /// Cumulative totals of a pipe, e.g. read from the pipe's own atomics;
 /// see [`PipeMetrics::observe`].
@@ -213,24 +213,6 @@ impl PipeMetrics {
         *last = total.clone();
     }
 
-    /// Copies a pipe's own atomic counters (see [`PipeStats`]): counters,
-    /// gauges and the latency histogram. Call it before each render.
-    pub fn observe_stats(&self, s: &PipeStats) {
-        let snap = s.snapshot();
-        self.observe(&PipeSample {
-            received: snap.received,
-            forwarded: snap.forwarded,
-            bytes_forwarded: snap.bytes_forwarded,
-            dropped: DropReason::ALL.map(|r| snap.dropped(r)),
-            inflight: snap.inflight,
-            queue_depth: snap.queue_depth,
-        });
-        self.observe_latency(&LatencySample {
-            buckets: s.latency.buckets(),
-            sum: s.latency.sum(),
-        });
-    }
-
     /// A stall episode started (counted once per episode).
     pub fn stall_started(&self) {
         self.stalls.increment(1);
@@ -246,7 +228,6 @@ impl PipeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipe::stats::LATENCY_BUCKETS;
 
     fn bucket_of(v: f64) -> usize {
         LATENCY_BUCKETS_SECONDS
@@ -265,12 +246,6 @@ mod tests {
         }
         assert_eq!(got, deltas, "every observation lands in its bucket");
         total
-    }
-
-    #[test]
-    fn buckets_match_the_pipe_histogram() {
-        let pipe: Vec<f64> = LATENCY_BUCKETS.iter().map(Duration::as_secs_f64).collect();
-        assert_eq!(pipe, LATENCY_BUCKETS_SECONDS);
     }
 
     #[test]

@@ -1,22 +1,25 @@
-//! The fixed label values of the remote `reason` labels (pipe drop reasons
-//! are [`crate::pipe::stats::DropReason`]).
+//! The fixed values of the `reason` labels: why a remote connection ended,
+//! and why a pipe dropped a message.
 
 /// Why a remote connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DisconnectReason {
-    /// Socket error, TCP connect refused, or the peer closed the connection.
+    /// Socket error, TCP connect refused, the peer closed the connection, or
+    /// a step (connect, CONNECT/CONNACK, a write) did not finish in time.
     Io,
     /// No traffic within the keepalive allowance (PINGRESP missing).
     KeepaliveTimeout,
     /// The broker refused the CONNECT (CONNACK return code ≠ 0).
     Refused,
-    /// The peer sent something that violates the protocol.
+    /// The peer sent something that violates the protocol, or refused the
+    /// WebSocket upgrade.
     Protocol,
-    /// TLS handshake or certificate failure.
+    /// TLS handshake or certificate failure, a TLS handshake that timed
+    /// out, or unusable TLS settings.
     Tls,
     /// We asked for it: stall watchdog, reload, failback or shutdown.
     Requested,
-    /// Anything not classified above.
+    /// Anything not classified above (no client error maps here today).
     Other,
 }
 
@@ -42,6 +45,52 @@ impl DisconnectReason {
             DisconnectReason::Tls => "tls",
             DisconnectReason::Requested => "requested",
             DisconnectReason::Other => "other",
+        }
+    }
+}
+
+/// Why a pipe dropped a message. Each is a low-cardinality metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The topic matched an exclusion filter.
+    Excluded,
+    /// The payload exceeded the pipe's `max_payload`.
+    Oversize,
+    /// The bounded QoS 0 queue was full (per its policy).
+    QueueFull,
+    /// The message was our own copy coming back (run-time loop protection).
+    Loop,
+    /// The remap produced no valid topic for this message.
+    Remap,
+    /// The destination refused or can never accept the message (ACL, too large).
+    Rejected,
+    /// A reload removed or changed the pipe, and it still held the message
+    /// when its drain deadline passed (acknowledged upstream, not forwarded).
+    Reload,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Excluded,
+        DropReason::Oversize,
+        DropReason::QueueFull,
+        DropReason::Loop,
+        DropReason::Remap,
+        DropReason::Rejected,
+        DropReason::Reload,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Excluded => "excluded",
+            DropReason::Oversize => "oversize",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Loop => "loop",
+            DropReason::Remap => "remap",
+            DropReason::Rejected => "rejected",
+            DropReason::Reload => "reload",
         }
     }
 }

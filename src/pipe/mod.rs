@@ -13,12 +13,12 @@
 //!
 //! No sockets, no reconnect logic here: links hide all of that.
 
-pub mod handoff;
+pub(crate) mod handoff;
 pub(crate) mod inbox;
 pub mod loopguard;
 pub mod queue;
-pub mod ratelimit;
-pub mod rules;
+pub(crate) mod ratelimit;
+pub(crate) mod rules;
 pub mod stats;
 
 mod dispatch;

@@ -5,55 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Why a pipe dropped a message. Each is a low-cardinality metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// The topic matched an exclusion filter.
-    Excluded,
-    /// The payload exceeded the pipe's `max_payload`.
-    Oversize,
-    /// The bounded QoS 0 queue was full (per its policy).
-    QueueFull,
-    /// The message was our own copy coming back (run-time loop protection).
-    Loop,
-    /// The remap produced no valid topic for this message.
-    Remap,
-    /// The destination refused or can never accept the message (ACL, too large).
-    Rejected,
-    /// A reload removed or changed the pipe, and it still held the message
-    /// when its drain deadline passed (acknowledged upstream, not forwarded).
-    Reload,
-}
-
-impl DropReason {
-    /// Every reason, in label order.
-    pub const ALL: [DropReason; 7] = [
-        DropReason::Excluded,
-        DropReason::Oversize,
-        DropReason::QueueFull,
-        DropReason::Loop,
-        DropReason::Remap,
-        DropReason::Rejected,
-        DropReason::Reload,
-    ];
-
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Excluded => "excluded",
-            DropReason::Oversize => "oversize",
-            DropReason::QueueFull => "queue_full",
-            DropReason::Loop => "loop",
-            DropReason::Remap => "remap",
-            DropReason::Rejected => "rejected",
-            DropReason::Reload => "reload",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::metrics::DropReason;
 
 /// Upper bounds of the forward-latency histogram buckets (source receive →
 /// destination ack); an implicit `+Inf` bucket follows.
@@ -143,7 +95,7 @@ pub struct PipeStats {
 impl PipeStats {
     /// Counts one drop.
     pub fn drop_one(&self, reason: DropReason) {
-        if let Some(c) = self.dropped.get(reason.index()) {
+        if let Some(c) = self.dropped.get(reason as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -151,7 +103,7 @@ impl PipeStats {
     /// Drops so far for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped
-            .get(reason.index())
+            .get(reason as usize)
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -211,6 +163,7 @@ impl StatsSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::names::LATENCY_BUCKETS_SECONDS;
 
     #[test]
     fn histogram_buckets() {
@@ -235,5 +188,11 @@ mod tests {
         assert_eq!(snap.dropped(DropReason::Loop), 2);
         assert_eq!(snap.dropped(DropReason::Oversize), 1);
         assert_eq!(s.dropped_total(), 3);
+    }
+
+    #[test]
+    fn buckets_match_the_pipe_histogram() {
+        let pipe: Vec<f64> = LATENCY_BUCKETS.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(pipe, LATENCY_BUCKETS_SECONDS);
     }
 }

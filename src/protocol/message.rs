@@ -77,3 +77,15 @@ impl Message {
         }
     }
 }
+
+/// Acknowledgement token of an incoming message, sent back to the link owner
+/// when a pipe has finished with the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckToken {
+    /// Connection generation the message arrived on; acks from an older
+    /// generation are ignored (the broker redelivers on the new connection).
+    pub generation: u64,
+    /// Chosen by the owner to find the message again: the client session's
+    /// arrival sequence number, a local link's `qos << 16 | pkid`.
+    pub id: u64,
+}

@@ -3,10 +3,10 @@
 //! the sans-IO session state machines and the keepalive timing. Only
 //! [`framed`] touches tokio (it wraps a byte stream); the rest is pure.
 
-pub mod codec;
-pub mod framed;
-pub mod keepalive;
-pub mod message;
+pub(crate) mod codec;
+pub(crate) mod framed;
+pub(crate) mod keepalive;
+pub(crate) mod message;
 pub mod session;
 pub mod websocket;
 
@@ -16,7 +16,7 @@ pub use codec::{
 };
 pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
-pub use message::{Message, MessageProperties, QoS};
+pub use message::{AckToken, Message, MessageProperties, QoS};
 pub use session::{
     AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
 };

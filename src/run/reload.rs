@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use super::{Bridge, BrokerRt, LINK_CLOSE_TIMEOUT, ReloadError, RunError, discard, start_broker};
+use crate::config::diff::{ReloadPlan, diff};
 use crate::config::plan::{BrokerKind, Plan};
 use crate::link::LinkState;
 use crate::metrics::events::{ReloadApplied, ReloadFailed};
-use crate::metrics::reload::{ReloadPlan, diff};
 use crate::pipe::PipeSpec;
 
 use super::options::{client_options, pipe_spec};

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, Publish};
 
-use crate::link::AckToken;
+use crate::protocol::AckToken;
 use crate::protocol::codec::message_from_publish;
 use crate::protocol::message::{Message, QoS};
 

@@ -9,7 +9,7 @@ use rumqttc::mqttbytes::QoS as WQ;
 use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
 
 use super::*;
-use crate::link::AckToken;
+use crate::protocol::AckToken;
 use crate::protocol::message::{Message, QoS};
 
 #[derive(Debug, Clone)]

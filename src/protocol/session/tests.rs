@@ -7,7 +7,7 @@ use rumqttc::mqttbytes::QoS as WQ;
 use rumqttc::mqttbytes::v4::{Packet, PubAck, PubComp, PubRec, PubRel, Publish};
 
 use super::*;
-use crate::link::AckToken;
+use crate::protocol::AckToken;
 use crate::protocol::message::{Message, QoS};
 
 fn msg(topic: &str, qos: QoS) -> Message {

@@ -1,4 +1,5 @@
-//! Wiring for `lib::run`: one call per broker and pipe, then [`Observability::start`].
+//! Wires brokers, clients and pipes to observability for `run`: one call per
+//! broker and pipe, then [`Observability::start`].
 //!
 //! Owns the status board, the metric handles, the client event watchers,
 //! the stall watchdog (whose reconnect hook is each remote client's
@@ -18,15 +19,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::health::{Action, BrokerKind, PipeProgress};
-use super::server::{self, Collector, ServerState};
-use super::status::StatusBoard;
-use super::watch::{ClientEventSink, WatchedPipe, run_watchdog, watch_client};
-use super::{BuiltinBrokerMetrics, MetricsError, PipeMetrics, RemoteBrokerMetrics};
+use super::client_events::{ClientEventSink, watch_client};
+use super::watchdog::{WatchedPipe, run_watchdog};
 use crate::broker::Broker;
 use crate::client::ClientOptions;
 use crate::config::{BrokerPlan, Plan, RemotePlan};
 use crate::link::{Link, LinkState};
+use crate::metrics::health::{Action, BrokerKind, PipeProgress};
+use crate::metrics::pipe::LatencySample;
+use crate::metrics::server::{self, Collector, ServerState};
+use crate::metrics::status::StatusBoard;
+use crate::metrics::{
+    BuiltinBrokerMetrics, DropReason, MetricsError, PipeMetrics, PipeSample, RemoteBrokerMetrics,
+};
 use crate::pipe::stats::PipeStats;
 
 /// Capacity of each client's event channel (events are rare; a lagging
@@ -92,7 +97,7 @@ impl Observability {
     /// error then leaves nothing to undo.
     pub async fn new(plan: &Plan) -> Result<Self, ObservabilityError> {
         let prometheus = if plan.metrics.enabled {
-            let handle = super::install()?;
+            let handle = crate::metrics::install()?;
             let addr = plan.metrics.listen;
             let listener = TcpListener::bind(addr)
                 .await
@@ -180,7 +185,7 @@ impl Observability {
             let collect = Collector(Arc::new(move || {
                 let r = lock(&registry);
                 for p in r.pipes.values() {
-                    p.watched.metrics.observe_stats(&p.stats);
+                    observe_pipe(&p.watched.metrics, &p.stats);
                 }
                 for (m, b) in r.builtins.values() {
                     m.observe(&b.stats());
@@ -366,7 +371,7 @@ impl ObservabilityControl {
         }
         // A removed pipe's series keep their last values; sample them once more.
         for e in old.values() {
-            e.watched.metrics.observe_stats(&e.stats);
+            observe_pipe(&e.watched.metrics, &e.stats);
         }
     }
 }
@@ -396,4 +401,23 @@ impl ObservabilityHandle {
         self.token.cancel();
         self.tracker.wait().await;
     }
+}
+
+/// Copies a pipe's own atomic counters (see [`PipeStats`]) into its metric
+/// handles: counters, gauges and the latency histogram. Called before each
+/// render.
+fn observe_pipe(metrics: &PipeMetrics, s: &PipeStats) {
+    let snap = s.snapshot();
+    metrics.observe(&PipeSample {
+        received: snap.received,
+        forwarded: snap.forwarded,
+        bytes_forwarded: snap.bytes_forwarded,
+        dropped: DropReason::ALL.map(|r| snap.dropped(r)),
+        inflight: snap.inflight,
+        queue_depth: snap.queue_depth,
+    });
+    metrics.observe_latency(&LatencySample {
+        buckets: s.latency.buckets(),
+        sum: s.latency.sum(),
+    });
 }

@@ -1,0 +1,172 @@
+//! One live connection to a remote broker (the framed stream, keepalive
+//! bookkeeping, the QoS 0 completions awaiting a flush) and the plain pieces
+//! the connection task and its serve loop share.
+
+use std::time::Duration;
+
+use rumqttc::mqttbytes::v4::Packet;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout};
+
+use super::transport::BoxStream;
+use super::{ClientError, Endpoint, Stage};
+use crate::link::LinkError;
+use crate::protocol::packet_name;
+use crate::protocol::{Framed, Keepalive, Message, QoS, publish_from_message};
+
+/// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed to send DISCONNECT on a graceful close.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Completion of an outgoing publish: the caller's oneshot, or nothing for
+/// our own messages (birth).
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A pipe waits for this.
+    Caller(oneshot::Sender<Result<(), LinkError>>),
+    /// Internal publish (birth message); nobody waits.
+    Internal,
+}
+
+impl Done {
+    pub(crate) fn complete(self, result: Result<(), LinkError>) {
+        if let Done::Caller(tx) = self {
+            // The caller may have stopped waiting; that is fine.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// Maps a codec error on `ep` to a client error naming the endpoint.
+pub(crate) fn codec_error(ep: &Endpoint, e: crate::protocol::CodecError) -> ClientError {
+    use crate::protocol::CodecError;
+    match e {
+        CodecError::Closed => ClientError::Closed { endpoint: ep.url() },
+        CodecError::Io(source) => ClientError::Io {
+            endpoint: ep.url(),
+            source,
+        },
+        other => ClientError::Protocol {
+            endpoint: ep.url(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// "Now" for the pure state machines, on tokio's clock (so paused-time tests
+/// drive them too).
+pub(crate) fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// One live connection: the framed stream plus keepalive bookkeeping.
+pub(crate) struct Conn {
+    pub(super) framed: Framed<BoxStream>,
+    pub(super) endpoint: Endpoint,
+    /// QoS 0 completions, resolved once their PUBLISH is flushed.
+    pub(crate) written: Vec<Done>,
+    pub(super) keepalive: Keepalive,
+    pub(super) last_sent: Instant,
+    pub(super) last_received: Instant,
+    pub(super) ping_outstanding: bool,
+    pub(super) metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+}
+
+impl Conn {
+    pub(super) fn new(
+        framed: Framed<BoxStream>,
+        endpoint: Endpoint,
+        keepalive: Duration,
+        metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+    ) -> Self {
+        let now = Instant::now();
+        Conn {
+            framed,
+            endpoint,
+            written: Vec::new(),
+            keepalive: Keepalive::new(keepalive),
+            last_sent: now,
+            last_received: now,
+            ping_outstanding: false,
+            metrics,
+        }
+    }
+
+    /// Queues a packet for the next flush. An encoding error concerns only
+    /// that packet (checked before it got here), so it is logged, not fatal.
+    pub(crate) fn queue(&mut self, packet: &Packet) {
+        if let Err(e) = self.framed.queue(packet) {
+            crate::warn_limited!(format!("cannot-encode:{}", self.endpoint), endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
+        } else if let (Packet::Publish(p), Some(m)) = (packet, &self.metrics) {
+            m.message_out(p.payload.len());
+        }
+    }
+
+    pub(super) fn write_timeout(&self) -> Duration {
+        if self.keepalive.is_enabled() {
+            self.keepalive.dead_after()
+        } else {
+            WRITE_TIMEOUT
+        }
+    }
+
+    /// Writes out what is queued (bounded in time: a peer that stops reading
+    /// is a dead link too) and completes the flushed QoS 0 publishes.
+    pub(super) async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.framed.pending_write() > 0 {
+            timeout(self.write_timeout(), self.framed.flush())
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    endpoint: self.endpoint.url(),
+                    stage: Stage::Write,
+                })?
+                .map_err(|e| codec_error(&self.endpoint, e))?;
+            self.last_sent = Instant::now();
+        }
+        for done in self.written.drain(..) {
+            done.complete(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// DISCONNECT (so the broker drops our will), then close the stream.
+    /// The will itself (the `offline` status) is published first, at QoS 0
+    /// and outside the session state: the broker handles it before the
+    /// DISCONNECT, and it is never resent on a later connection.
+    pub(super) async fn disconnect(&mut self, will: Option<&Message>) {
+        if let Some(will) = will {
+            let mut m = will.clone();
+            m.qos = QoS::AtMostOnce;
+            self.queue(&Packet::Publish(publish_from_message(&m, 0, false)));
+        }
+        self.queue(&Packet::Disconnect);
+        let _ = timeout(DISCONNECT_TIMEOUT, async {
+            let _ = self.framed.flush().await;
+            let _ = self.framed.get_mut().shutdown().await;
+        })
+        .await;
+        for done in self.written.drain(..) {
+            done.complete(Ok(()));
+        }
+    }
+
+    /// When the next keepalive action is due: a PINGREQ after `interval` of
+    /// silence in either direction, death after 1.5 × interval without input.
+    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
+    /// the broker keeps us; silence from it then proves nothing.
+    pub(super) fn next_keepalive(&self, paused: bool) -> Option<Instant> {
+        if !self.keepalive.is_enabled() {
+            return None;
+        }
+        if paused {
+            return Some(self.last_sent + self.keepalive.interval);
+        }
+        let dead = self.last_received + self.keepalive.dead_after();
+        if self.ping_outstanding {
+            return Some(dead);
+        }
+        let ping = self.last_sent.min(self.last_received) + self.keepalive.interval;
+        Some(ping.min(dead))
+    }
+}
