@@ -233,3 +233,24 @@ async fn chromium_renders_the_page_and_its_live_values() {
 
     stop_run(token, run).await;
 }
+
+/// A pipe is on `/readyz` and `/status.json` as soon as `run` has started
+/// it, not only after the watchdog's first round.
+#[tokio::test]
+async fn pipes_are_listed_from_the_start() {
+    let m = Mosquitto::start();
+    let p = unique("sp-start");
+    let (token, run, addr, _) = bridge(&m, &p).await;
+    let (_, ready) = get(addr, "/readyz").await;
+    let ready: Value = serde_json::from_str(&ready).expect("readyz is JSON");
+    let pipes = ready["pipes"].as_array().expect("pipes");
+    assert!(
+        pipes
+            .iter()
+            .any(|x| x["name"] == "up" && x["destination"] == "m"),
+        "{ready}"
+    );
+    let (_, status) = get(addr, "/status.json").await;
+    assert!(status.contains("\"up\""), "{status}");
+    stop_run(token, run).await;
+}

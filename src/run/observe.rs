@@ -25,7 +25,7 @@ use crate::broker::Broker;
 use crate::client::ClientOptions;
 use crate::config::{BrokerPlan, Plan, RemotePlan};
 use crate::link::{Link, LinkState};
-use crate::metrics::health::{Action, BrokerKind, PipeProgress};
+use crate::metrics::health::{Action, BrokerKind, PipeProgress, PipeState, PipeStatus};
 use crate::metrics::pipe::LatencySample;
 use crate::metrics::server::{self, Collector, ServerState};
 use crate::metrics::status::StatusBoard;
@@ -346,7 +346,25 @@ impl ObservabilityControl {
             };
             let metrics = match old.remove(name) {
                 Some(e) => e.watched.metrics,
-                None => PipeMetrics::new(name),
+                None => {
+                    // On the board (`/readyz`, the status page) from now on,
+                    // not only after the watchdog's next round.
+                    let s = st.snapshot();
+                    let pending = s.inflight + s.queue_depth;
+                    self.board.set_pipe(PipeStatus {
+                        name: name.clone(),
+                        destination: p.to.clone(),
+                        state: if pending == 0 {
+                            PipeState::Idle
+                        } else {
+                            PipeState::Flowing
+                        },
+                        pending,
+                        forwarded: s.forwarded,
+                        idle_seconds: 0,
+                    });
+                    PipeMetrics::new(name)
+                }
             };
             metrics.set_queue_capacity(p.queue.size);
             let probe_stats = st.clone();
