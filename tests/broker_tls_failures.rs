@@ -4,21 +4,10 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::certs;
 use common::http::{metric_becomes, scrape, value};
 use common::mosquitto::{free_port, mosquitto_pub_output};
-use common::process::{JsonLogRun, LOG_WAIT};
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    f.write_all(yaml.as_bytes()).expect("write config");
-    f
-}
+use common::process::{JsonLogRun, LOG_WAIT, config_file};
 
 /// Reads log lines until the metrics server announces its address.
 fn metrics_addr(bridge: &JsonLogRun) -> std::net::SocketAddr {

@@ -7,16 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::process::{JsonLogRun, LOG_WAIT, mqbridge};
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    f.write_all(yaml.as_bytes()).expect("write config");
-    f
-}
+use common::process::{JsonLogRun, LOG_WAIT, config_file, mqbridge};
 
 const CONFIG: &str = "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  cloud:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  up:\n    from: edge\n    to: cloud\n    topics: [a/#]\nmetrics:\n  listen: 127.0.0.1:0\n";
 

@@ -13,22 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::certs;
 use common::mosquitto::{free_port, require_bin};
-use common::process::{JsonLogRun, LOG_WAIT};
+use common::process::{JsonLogRun, LOG_WAIT, config_file};
 
 /// Hostile connections sent in the flood test.
 const FLOOD: usize = 2_000;
 /// WARN lines allowed for the whole flood: one per kind of warning and a
 /// margin; before the limiter covered them the flood gave one per connection.
 const FLOOD_WARN_MAX: usize = 10;
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .suffix(".yaml")
-        .tempfile()
-        .expect("temp file");
-    f.write_all(yaml.as_bytes()).expect("write config");
-    f
-}
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))

@@ -137,3 +137,14 @@ impl Drop for JsonLogRun {
         let _ = self.child.wait();
     }
 }
+
+/// A temporary `.yaml` file holding `yaml` (removed on drop).
+pub fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
+    f.write_all(yaml.as_bytes()).expect("write config");
+    f
+}
