@@ -139,11 +139,9 @@ async fn wedged_destination_stalls_reconnects_and_recovers() {
     // Reconnect → resend → acked → recovered.
     let body = readyz_becomes_within(addr, 200, DEADLINE).await;
     assert!(!body.contains("stalled"), "{body}");
-    assert_eq!(
-        forwarded.load(Ordering::SeqCst),
-        MESSAGES,
-        "all acked after the reconnect"
-    );
+    // Recovery shows at the first ack after the reconnect; the others
+    // follow (their acks race the watchdog's round, so wait for them).
+    common::wait::wait_until(|| forwarded.load(Ordering::SeqCst) == MESSAGES).await;
     assert!(actions.load(Ordering::SeqCst) >= 1);
     assert!(
         fake.connections.load(Ordering::SeqCst) >= 2,
