@@ -64,7 +64,7 @@ const IDLE: usize = 2_000;
 /// Heap per idle client allowed. Issue 10 asks for 2 KiB of RSS per client;
 /// an idle client held ~7.2 KiB of heap before its handshake and end states
 /// were boxed out of the long-lived future and sessions were boxed in the
-/// router's map (~5.6 KiB after). This bound keeps that gain; the rest
+/// router's map (~5.4 KiB after). This bound keeps that gain; the rest
 /// (two tasks, the outlet channel, the read buffer) is listed in
 /// docs/benchmarks.md.
 const MAX_HEAP_PER_CLIENT: isize = 6_144;

@@ -90,28 +90,33 @@ pub(crate) async fn run<S>(
     // large states that live only until the CONNECT is accepted, and a
     // future is as large as its largest state. The future an idle client
     // keeps for hours holds only the read loop.
-    let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
-        return;
-    };
-    let Accepted {
-        mut rd,
-        mut buf,
-        client,
-        conn,
-        parked,
-        stop,
-        permit: _permit,
-    } = accepted;
-    let mut reader = Reader {
-        ctx: &ctx,
-        peer,
-        conn,
-        client,
-        parked,
+    // In a block: a local moved out of still holds its place in the future
+    // until its scope ends.
+    let (mut rd, mut buf, stop, _permit, mut reader) = {
+        let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
+            return;
+        };
+        let Accepted {
+            rd,
+            buf,
+            client,
+            conn,
+            parked,
+            stop,
+            permit,
+        } = accepted;
+        let reader = Reader {
+            ctx: &ctx,
+            peer,
+            conn,
+            client,
+            parked,
+        };
+        (rd, buf, stop, permit, reader)
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
     stop.cancel();
-    let Reader { client, .. } = reader;
+    let Reader { client, conn, .. } = reader;
     // Boxed, as the handshake: the will and the last event to the router
     // are needed once, at the end.
     Box::pin(finish(&ctx, peer, conn, client, end)).await;
