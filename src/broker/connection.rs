@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,10 +75,8 @@ enum End {
     Abrupt(String),
 }
 
-/// Serves one accepted (and, for TLS, handshaken) connection: reads and
-/// checks its CONNECT within what is left of `handshake`, then takes a
-/// `max_connections` permit (held until the connection ends) and frees its
-/// place in the handshake budget.
+/// Serves one accepted (and, for TLS, handshaken) connection: the CONNECT
+/// ([`accept`]), then the read loop until the connection ends.
 pub(crate) async fn run<S>(
     stream: S,
     peer: SocketAddr,
@@ -86,6 +84,88 @@ pub(crate) async fn run<S>(
     handshake: Handshake,
     ctx: Context,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Boxed: the CONNECT read, the credential check and the refusals are
+    // large states that live only until the CONNECT is accepted, and a
+    // future is as large as its largest state. The future an idle client
+    // keeps for hours holds only the read loop.
+    // In a block: a local moved out of still holds its place in the future
+    // until its scope ends.
+    let (mut rd, mut buf, stop, _permit, mut reader) = {
+        let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
+            return;
+        };
+        let Accepted {
+            rd,
+            buf,
+            client,
+            conn,
+            parked,
+            stop,
+            permit,
+        } = accepted;
+        let reader = Reader {
+            ctx: &ctx,
+            peer,
+            conn,
+            client,
+            parked,
+        };
+        (rd, buf, stop, permit, reader)
+    };
+    let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
+    stop.cancel();
+    let Reader { client, conn, .. } = reader;
+    // Boxed, as the handshake: the will and the last event to the router
+    // are needed once, at the end.
+    Box::pin(finish(&ctx, peer, conn, client, end)).await;
+}
+
+/// The end of a connection: the will (after an abrupt end, if allowed) and
+/// the router told.
+async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Client, end: End) {
+    let will = match &end {
+        End::Abrupt(_) => client.will.take().filter(|w| will_allowed(ctx, &client, w)),
+        End::Graceful | End::Shutdown => None,
+    };
+    match &end {
+        End::Abrupt(reason) => {
+            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, reason = %reason, will = will.is_some(), "client disconnected")
+        }
+        _ => {
+            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, "client disconnected")
+        }
+    }
+    ctx.router.send(Event::Disconnected { conn, will }).await;
+}
+
+/// A connection whose CONNECT was accepted and answered.
+struct Accepted<S> {
+    rd: ReadHalf<S>,
+    /// The read buffer (bytes after the CONNECT may already be in it).
+    buf: BytesMut,
+    client: Client,
+    conn: ConnId,
+    parked: Gate,
+    /// Cancelled when the writer stops (or the router aborts the connection).
+    stop: CancellationToken,
+    /// The `max_connections` permit, held until the connection ends.
+    permit: OwnedSemaphorePermit,
+}
+
+/// The handshake: reads and checks the CONNECT within what is left of
+/// `handshake`, takes a `max_connections` permit, frees the socket's place
+/// in the handshake budget, starts the writer and attaches the session.
+/// `None` when the connection ends here (refused, cut short, shutdown).
+async fn accept<S>(
+    stream: S,
+    peer: SocketAddr,
+    cert_cn: Option<String>,
+    handshake: Handshake,
+    ctx: &Context,
+) -> Option<Accepted<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -97,14 +177,14 @@ pub(crate) async fn run<S>(
                 ctx.counters.refused(reason);
                 debug!(broker = %ctx.broker, %peer, ?cut, "no CONNECT in time, closed");
             }
-            return;
+            return None;
         }
         Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(other))) => {
             ctx.counters.refused(RefuseReason::Protocol);
             crate::warn_limited!(format!("first-not-connect:{}", ctx.broker), broker = %ctx.broker, %peer, packet = ?packet_name(&other), "first packet is not CONNECT, closed");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             ctx.counters.refused(RefuseReason::Protocol);
@@ -112,27 +192,27 @@ pub(crate) async fn run<S>(
                 refuse(&mut wr, ConnectReturnCode::RefusedProtocolVersion).await;
             }
             crate::warn_limited!(format!("bad-connect:{}", ctx.broker), broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
-            return;
+            return None;
         }
     };
     let client = match handshake
-        .bound(accept_connect(&mut wr, connect, cert_cn, peer, &ctx))
+        .bound(accept_connect(&mut wr, connect, cert_cn, peer, ctx))
         .await
     {
         Ok(Some(client)) => client,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(cut) => {
             if let Some(reason) = cut.refuse_reason() {
                 ctx.counters.refused(reason);
             }
-            return;
+            return None;
         }
     };
-    let Ok(_permit) = ctx.semaphore.clone().try_acquire_owned() else {
+    let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
         ctx.counters.refused(RefuseReason::Limit);
         refuse(&mut wr, ConnectReturnCode::ServiceUnavailable).await;
         crate::warn_limited!(format!("max-connections:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, "max_connections reached, CONNECT refused (0x03)");
-        return;
+        return None;
     };
     drop(handshake);
     let conn = next_conn_id();
@@ -159,41 +239,24 @@ pub(crate) async fn run<S>(
         Ok(Err(_)) => {
             ctx.counters.refused(RefuseReason::ClientId);
             crate::warn_limited!(format!("connect-link-id:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, "CONNECT with the client id of a bridge link refused (0x02)");
-            return;
+            return None;
         }
         // Dropped unanswered when the router is gone (shutdown).
         Err(_) => {
             stop.cancel();
-            return;
+            return None;
         }
     };
     info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, "client connected");
-    let mut reader = Reader {
-        ctx: &ctx,
-        peer,
-        conn,
+    Some(Accepted {
+        rd,
+        buf,
         client,
+        conn,
         parked,
-    };
-    let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
-    stop.cancel();
-    let Reader { mut client, .. } = reader;
-    let will = match &end {
-        End::Abrupt(_) => client
-            .will
-            .take()
-            .filter(|w| will_allowed(&ctx, &client, w)),
-        End::Graceful | End::Shutdown => None,
-    };
-    match &end {
-        End::Abrupt(reason) => {
-            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, reason = %reason, will = will.is_some(), "client disconnected")
-        }
-        _ => {
-            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, "client disconnected")
-        }
-    }
-    ctx.router.send(Event::Disconnected { conn, will }).await;
+        stop,
+        permit,
+    })
 }
 
 /// The accepted client.
@@ -364,11 +427,14 @@ impl Reader<'_> {
         loop {
             loop {
                 match decode(buf, max) {
-                    Ok(Some(packet)) => {
-                        if let Some(end) = self.handle(packet).await {
-                            return end;
+                    Ok(Some(packet)) => match self.handle(packet) {
+                        Ok(event) => {
+                            if !self.ctx.router.send(event).await {
+                                return End::Shutdown;
+                            }
                         }
-                    }
+                        Err(end) => return end,
+                    },
                     Ok(None) => break,
                     Err(e) => return self.violation(e.to_string()),
                 }
@@ -423,23 +489,17 @@ impl Reader<'_> {
         End::Abrupt(format!("protocol violation: {reason}"))
     }
 
-    async fn send(&self, event: Event) -> Option<End> {
-        if self.ctx.router.send(event).await {
-            None
-        } else {
-            Some(End::Shutdown)
-        }
-    }
-
-    /// Handles one packet; `Some` ends the connection.
-    async fn handle(&mut self, packet: Packet) -> Option<End> {
+    /// Handles one packet: the event to hand the router, or how the
+    /// connection ends. Synchronous, so the read loop has one `send` await
+    /// (a future holds every await point's state: one is smaller than nine).
+    fn handle(&mut self, packet: Packet) -> Result<Event, End> {
         let conn = self.conn;
         match packet {
             Packet::Publish(publish) => {
                 let levels = topic::level_count(&publish.topic);
                 if levels > self.ctx.limits.max_topic_levels {
                     // As Mosquitto: such a topic cannot be routed; close.
-                    return Some(self.violation(format!(
+                    return Err(self.violation(format!(
                         "topic name has {levels} levels, more than max_topic_levels ({})",
                         self.ctx.limits.max_topic_levels
                     )));
@@ -460,17 +520,16 @@ impl Reader<'_> {
                     debug!(broker = %self.ctx.broker, client_id = %self.client.client_id, "publish denied by ACL");
                     route = false;
                 }
-                self.send(Event::Publish {
+                Ok(Event::Publish {
                     conn,
                     publish,
                     route,
                 })
-                .await
             }
-            Packet::PubAck(a) => self.ack(Ack::PubAck, a.pkid).await,
-            Packet::PubRec(a) => self.ack(Ack::PubRec, a.pkid).await,
-            Packet::PubComp(a) => self.ack(Ack::PubComp, a.pkid).await,
-            Packet::PubRel(r) => self.send(Event::PubRel { conn, pkid: r.pkid }).await,
+            Packet::PubAck(a) => Ok(self.ack(Ack::PubAck, a.pkid)),
+            Packet::PubRec(a) => Ok(self.ack(Ack::PubRec, a.pkid)),
+            Packet::PubComp(a) => Ok(self.ack(Ack::PubComp, a.pkid)),
+            Packet::PubRel(r) => Ok(Event::PubRel { conn, pkid: r.pkid }),
             Packet::Subscribe(s) => {
                 let filters = s
                     .filters
@@ -491,27 +550,21 @@ impl Reader<'_> {
                         (f.path, qos)
                     })
                     .collect();
-                self.send(Event::Subscribe {
+                Ok(Event::Subscribe {
                     conn,
                     filters,
                     reply: Reply::Packet(s.pkid),
                 })
-                .await
             }
-            Packet::Unsubscribe(u) => {
-                self.send(Event::Unsubscribe {
-                    conn,
-                    filters: u.topics,
-                    reply: Reply::Packet(u.pkid),
-                })
-                .await
-            }
-            Packet::PingReq => self.send(Event::Ping { conn }).await,
-            Packet::Disconnect => Some(End::Graceful),
-            Packet::Connect(_) => Some(self.violation("second CONNECT".into())),
-            other => {
-                Some(self.violation(format!("{} is not sent by clients", packet_name(&other))))
-            }
+            Packet::Unsubscribe(u) => Ok(Event::Unsubscribe {
+                conn,
+                filters: u.topics,
+                reply: Reply::Packet(u.pkid),
+            }),
+            Packet::PingReq => Ok(Event::Ping { conn }),
+            Packet::Disconnect => Err(End::Graceful),
+            Packet::Connect(_) => Err(self.violation("second CONNECT".into())),
+            other => Err(self.violation(format!("{} is not sent by clients", packet_name(&other)))),
         }
     }
 
@@ -537,13 +590,12 @@ impl Reader<'_> {
         }
     }
 
-    async fn ack(&self, kind: Ack, pkid: u16) -> Option<End> {
-        self.send(Event::Ack {
+    fn ack(&self, kind: Ack, pkid: u16) -> Event {
+        Event::Ack {
             conn: self.conn,
             kind,
             pkid,
-        })
-        .await
+        }
     }
 }
 

@@ -283,12 +283,23 @@ fn forget_parked(
     }
 }
 
+/// Gives a map's room back once it holds under a quarter of it, so the
+/// memory of many clients that left comes back (halving at most once per
+/// fourfold drop, so the cost stays amortised).
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 struct Router {
     name: String,
     security: Arc<Security>,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: the table has room for more entries than it holds, and an
+    /// empty slot then costs a pointer, not a whole session.
+    sessions: HashMap<SessionId, Box<Session>>,
     /// Sessions by namespaced key: a network client id never finds a link's session.
     by_client: HashMap<SessionKey, SessionId>,
     /// Links held down by a fault drill (by link id), until the token is cancelled.
@@ -425,7 +436,7 @@ impl Router {
 
     fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {
         let sid = self.by_conn.get(&conn)?;
-        self.sessions.get_mut(sid)
+        self.sessions.get_mut(sid).map(|s| &mut **s)
     }
 
     fn connect(
@@ -465,7 +476,7 @@ impl Router {
                 self.next_session += 1;
                 self.sessions.insert(
                     sid,
-                    Session::new(client_id, clean, origin.clone(), &self.limits),
+                    Box::new(Session::new(client_id, clean, origin.clone(), &self.limits)),
                 );
                 self.by_client.insert(key, sid);
                 self.counters.sessions.fetch_add(1, Relaxed);
@@ -559,6 +570,7 @@ impl Router {
             }
         }
         self.by_conn.remove(&att.id);
+        shrink(&mut self.by_conn);
         // Never acknowledged: the client sends them again.
         forget_parked(&mut self.parked, &self.counters, att.id);
         self.connected_gauge(link).fetch_sub(1, Relaxed);
@@ -592,12 +604,16 @@ impl Router {
             .fetch_sub(s.subscriptions.len() as u64, Relaxed);
         s.discard(&self.counters);
         self.counters.sessions.fetch_sub(1, Relaxed);
+        shrink(&mut self.sessions);
+        shrink(&mut self.by_client);
     }
 
     fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
         // Never acknowledged: a persistent client sends them again.
         forget_parked(&mut self.parked, &self.counters, conn);
-        if let Some(sid) = self.by_conn.remove(&conn) {
+        let sid = self.by_conn.remove(&conn);
+        shrink(&mut self.by_conn);
+        if let Some(sid) = sid {
             let (link, clean) = match self.sessions.get_mut(&sid) {
                 Some(s) => {
                     s.conn = None;
