@@ -18,6 +18,7 @@ pub mod pipe;
 pub mod protocol;
 pub mod run;
 pub mod shutdown;
+pub mod store;
 pub mod topic;
 
 pub use run::{RunError, RunHandle, RunReport, run};

@@ -40,6 +40,7 @@ use crate::metrics::events::ReloadFailed;
 use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::stats::PipeStats;
 use crate::pipe::{self, BrokerLink, PipeError, Pipes};
+use crate::store::{Store, StoreError};
 use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
 use options::{broker_options, client_options, pipe_spec};
@@ -61,6 +62,9 @@ pub enum RunError {
     /// The metrics endpoint could not start (listener bind, recorder).
     #[error(transparent)]
     Observability(#[from] ObservabilityError),
+    /// The local store (`storage.dir`) could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a reload was not applied (the running configuration stays).
@@ -122,6 +126,7 @@ pub struct RunHandle {
     metrics_addr: Option<SocketAddr>,
     /// Subscription changes not yet acknowledged by the brokers.
     pending_subscriptions: watch::Receiver<usize>,
+    store: Store,
     done: JoinHandle<RunReport>,
 }
 
@@ -151,6 +156,11 @@ impl RunHandle {
     /// The addresses a built-in broker's listeners bound (real ports for port 0).
     pub fn builtin_addrs(&self, broker: &str) -> Option<&[SocketAddr]> {
         self.builtin_addrs.get(broker).map(Vec::as_slice)
+    }
+
+    /// The open local store (`storage.dir`).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The bound address of `/metrics`, `/healthz`, `/readyz` (`None` when
@@ -320,7 +330,9 @@ async fn discard(brokers: Vec<(String, BrokerRt)>, obs: &ObservabilityControl) {
 /// Starts everything in `plan`; cancel `shutdown` to stop gracefully, then
 /// await [`RunHandle::finished`]. Built-in listeners may use port 0.
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
-    // First, so a metrics bind error leaves nothing running.
+    // First, so a metrics bind or store error leaves nothing running.
+    let store = Store::open(&plan.storage)?;
+    tracing::info!(dir = %store.dir().display(), fsync = ?store.fsync(), "store open");
     let mut obs = Observability::new(&plan).await?;
     let control = obs.control();
     // The links and brokers stop on this token, cancelled only at the end of
@@ -409,6 +421,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         links,
         metrics_addr,
         pending_subscriptions,
+        store,
         done,
     })
 }

@@ -7,7 +7,8 @@ fn mqbridge(args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
     cmd.args(args)
         .current_dir(dir)
-        .env_remove("MQBRIDGE_CONFIG");
+        .env_remove("MQBRIDGE_CONFIG")
+        .env_remove("MQBRIDGE_DATA_DIR");
     for (k, v) in envs {
         cmd.env(k, v);
     }

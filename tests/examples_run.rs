@@ -70,6 +70,7 @@ impl BridgeProc {
             .arg(&path)
             .env_remove("RUST_LOG")
             .env("MQBRIDGE_METRICS_LISTEN", metrics.to_string())
+            .env("MQBRIDGE_DATA_DIR", common::data_dir())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

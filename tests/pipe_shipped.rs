@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 async fn shipped_bridges_yaml_forwards_and_remaps_as_documented() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bridges.yaml");
     let (mut plan, _) = config::load(&path).unwrap_or_else(|e| panic!("bridges.yaml: {e}"));
+    plan.storage.dir = common::data_dir();
     for b in plan.brokers.values_mut() {
         if let BrokerKind::BuiltIn(builtin) = &mut b.kind {
             for l in &mut builtin.listeners {

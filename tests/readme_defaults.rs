@@ -74,6 +74,9 @@ fn top_level_defaults_match_the_code() {
         duration(&t, "watchdog.stall_after"),
         defaults::stall_after()
     );
+    assert_eq!(value(&t, "storage.dir"), defaults::STORAGE_DIR);
+    assert_eq!(value(&t, "storage.fsync"), "batch");
+    assert_eq!(size(&t, "storage.max_bytes"), defaults::STORAGE_MAX_BYTES);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::graph;
 use super::pipes::compile_pipe;
 use super::plan::{BrokerKind, BrokerPlan, MetricsPlan, Plan, WatchdogPlan};
 use super::raw::{RawConfig, defaults};
+use super::storage::compile_storage;
 use super::urls::addrs_collide;
 
 /// Parses and compiles `text` (named `file` in messages).
@@ -275,6 +276,7 @@ fn compile(ctx: &mut Ctx, raw: &RawConfig) -> (Plan, Vec<Diagnostic>) {
         shutdown_timeout,
         metrics: MetricsPlan { enabled, listen },
         watchdog: WatchdogPlan { stall_after },
+        storage: compile_storage(ctx, raw),
     };
     let analysis = graph::analyze(&plan);
     let loops = analysis

@@ -73,6 +73,8 @@ pub struct ReloadPlan {
     pub metrics_changed: bool,
     /// The watchdog settings changed.
     pub watchdog_changed: bool,
+    /// The `storage:` settings changed; they take effect at the next restart.
+    pub storage_changed: bool,
 }
 
 impl ReloadPlan {
@@ -83,6 +85,7 @@ impl ReloadPlan {
             && self.readiness_changed.is_empty()
             && !self.metrics_changed
             && !self.watchdog_changed
+            && !self.storage_changed
     }
 }
 
@@ -127,6 +130,7 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
         readiness_changed,
         metrics_changed: old.metrics != new.metrics,
         watchdog_changed: old.watchdog != new.watchdog,
+        storage_changed: old.storage != new.storage,
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Plan {
     pub metrics: MetricsPlan,
     /// The forwarding watchdog.
     pub watchdog: WatchdogPlan,
+    /// The local store.
+    pub storage: StoragePlan,
 }
 
 /// One broker: remote (we connect to it) or built-in (we are it).
@@ -364,6 +366,31 @@ pub struct MetricsPlan {
 pub struct WatchdogPlan {
     /// A pipe with work pending that completed no forward for this long is stalled.
     pub stall_after: Duration,
+}
+
+/// The local store: one data directory for every spool and the built-in
+/// brokers' persistent state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoragePlan {
+    /// The data directory (created on start).
+    pub dir: PathBuf,
+    /// When writes reach the disk.
+    pub fsync: FsyncPolicy,
+    /// The bytes the store's records may take, at most.
+    pub max_bytes: u64,
+}
+
+/// When the store's writes are flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Group commit: a write is on disk before whoever waits on it (e.g. a
+    /// source waiting for its acknowledgement) is told it is durable.
+    Batch,
+    /// Flushed at this interval; a power loss can lose the last interval.
+    Interval(Duration),
+    /// Left to the operating system (a process crash loses nothing, a power
+    /// loss can lose what the OS had not written).
+    Never,
 }
 
 impl Plan {

@@ -33,6 +33,10 @@ pub mod defaults {
     pub fn stall_after() -> Duration {
         Duration::from_secs(60)
     }
+    /// `storage.dir`, relative to the config file's directory.
+    pub const STORAGE_DIR: &str = "mqbridge-data";
+    /// `storage.max_bytes`.
+    pub const STORAGE_MAX_BYTES: u64 = 1 << 30;
     /// Remote `keepalive`.
     pub fn keepalive() -> Duration {
         Duration::from_secs(60)
@@ -158,6 +162,24 @@ pub struct RawConfig {
     /// Forwarding watchdog.
     #[serde(default)]
     pub watchdog: Option<Spanned<RawWatchdog>>,
+    /// The local store (spools, built-in broker state).
+    #[serde(default)]
+    pub storage: Option<Spanned<RawStorage>>,
+}
+
+/// `storage:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// Data directory.
+    #[serde(default)]
+    pub dir: Option<Text>,
+    /// `batch`, `never`, or an interval such as `10ms`.
+    #[serde(default)]
+    pub fsync: Option<Text>,
+    /// Bound on the bytes the store's records take.
+    #[serde(default)]
+    pub max_bytes: Option<Text>,
 }
 
 /// `metrics:`.

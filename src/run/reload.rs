@@ -113,6 +113,9 @@ impl Bridge {
                 new.watchdog.stall_after
             ));
         }
+        if d.storage_changed {
+            pending.push("storage changed (needs a restart)".to_string());
+        }
         if self.plan.shutdown_timeout != new.shutdown_timeout {
             self.plan.shutdown_timeout = new.shutdown_timeout;
             applied.push(format!("shutdown_timeout={:?}", new.shutdown_timeout));

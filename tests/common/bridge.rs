@@ -39,7 +39,12 @@ pub fn plan(yaml: &str) -> Plan {
     };
     let yaml = yaml.as_str();
     match config::load_str(yaml, "test.yaml") {
-        Ok((plan, _warnings)) => plan,
+        Ok((mut plan, _warnings)) => {
+            if !yaml.contains("\nstorage:") {
+                plan.storage.dir = super::data_dir();
+            }
+            plan
+        }
         Err(e) => panic!("test config invalid:\n{e}\n---\n{yaml}"),
     }
 }

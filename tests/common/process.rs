@@ -11,9 +11,13 @@ use std::time::Duration;
 /// How long to wait for one log line.
 pub const LOG_WAIT: Duration = Duration::from_secs(20);
 
-/// A command for the `mqbridge` binary built for these tests.
+/// A command for the `mqbridge` binary built for these tests, with its own
+/// data directory (`MQBRIDGE_DATA_DIR`; override it to share one across
+/// restarts).
 pub fn mqbridge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mqbridge"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqbridge"));
+    cmd.env("MQBRIDGE_DATA_DIR", super::data_dir());
+    cmd
 }
 
 /// Sends `sig` (e.g. `-TERM`, `-HUP`) to `pid` with `kill`; asserts it was sent.

@@ -1,0 +1,409 @@
+//! The local store: one embedded database in `storage.dir` for every pipe's
+//! spool and the built-in brokers' persistent state.
+//!
+//! The engine is [`fjall`] (a log-structured key-value store: a checksummed
+//! journal that recovers to its last whole batch after a crash, keyspaces
+//! written atomically together, deleted ranges given back by compaction).
+//! This module adds what the bridge needs on top: the `storage.fsync` policy
+//! and *group commit* — [`Store::durable`] resolves once a journal sync that
+//! started after the call has finished, so many writers share one `fsync`.
+//!
+//! Writes themselves are synchronous and short (they append to the journal's
+//! buffer); callers on the runtime may call them directly. Only the sync
+//! blocks, and it runs on the store's own thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{FsyncPolicy, StoragePlan};
+
+pub use fjall::{Keyspace, KeyspaceCreateOptions, OwnedWriteBatch};
+
+/// Why the store could not be opened or a write could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {dir}: {reason}")]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The database could not be opened (locked by another process, damaged
+    /// beyond its journal's tail, unreadable).
+    #[error("cannot open the store in {dir}: {reason}")]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// The engine's reason.
+        reason: String,
+    },
+    /// A read, write or sync failed (e.g. disk full, I/O error).
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    /// The store was closed (the process is stopping).
+    #[error("store closed")]
+    Closed,
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// Samples of the journal syncs, for the metrics layer to read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSample {
+    /// Syncs done since open.
+    pub syncs: u64,
+    /// How long the last sync took.
+    pub last: Duration,
+}
+
+/// A handle to the open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("fsync", &self.inner.fsync)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: fjall::Database,
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    max_bytes: u64,
+    sync: Arc<Syncer>,
+    /// The sync thread; joined on drop of the last handle.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.sync.close();
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // A last sync for what `never`/interval left in the buffer.
+        let _ = self.db.persist(fjall::PersistMode::SyncAll);
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store described by `plan`. Recovery of
+    /// the journal happens here: a torn last batch is dropped.
+    pub fn open(plan: &StoragePlan) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&plan.dir).map_err(|e| StoreError::CreateDir {
+            dir: plan.dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let db = fjall::Database::builder(&plan.dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| StoreError::Open {
+                dir: plan.dir.clone(),
+                reason: e.to_string(),
+            })?;
+        let sync = Arc::new(Syncer::new());
+        let thread = {
+            let (db, sync, fsync) = (db.clone(), sync.clone(), plan.fsync);
+            std::thread::Builder::new()
+                .name("mqbridge-store-sync".into())
+                .spawn(move || sync.run(&db, fsync))
+                .map_err(|e| StoreError::Open {
+                    dir: plan.dir.clone(),
+                    reason: format!("cannot start the sync thread: {e}"),
+                })?
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                dir: plan.dir.clone(),
+                fsync: plan.fsync,
+                max_bytes: plan.max_bytes,
+                sync,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The configured fsync policy.
+    pub fn fsync(&self) -> FsyncPolicy {
+        self.inner.fsync
+    }
+
+    /// `storage.max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    /// The underlying database (for batches across keyspaces).
+    pub fn db(&self) -> &fjall::Database {
+        &self.inner.db
+    }
+
+    /// Opens (creating if needed) the keyspace `name`.
+    pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)?)
+    }
+
+    /// The names of the keyspaces that exist (e.g. to find orphaned spools).
+    pub fn keyspace_names(&self) -> Vec<String> {
+        self.inner
+            .db
+            .list_keyspace_names()
+            .into_iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    /// Resolves once everything written before the call is as durable as
+    /// the fsync policy promises: with `batch`, on disk (one sync serves
+    /// every caller waiting at the time: group commit); with an interval or
+    /// `never`, at once.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        match self.inner.fsync {
+            FsyncPolicy::Batch => {
+                let (ticket, mut done) = self.inner.sync.request();
+                let outcome = done
+                    .wait_for(|d| d.through >= ticket || d.closed)
+                    .await
+                    .map_err(|_| StoreError::Closed)?;
+                if outcome.through < ticket {
+                    return Err(StoreError::Closed);
+                }
+                match &outcome.failed {
+                    Some((through, err)) if *through >= ticket => Err(StoreError::Io(err.clone())),
+                    _ => Ok(()),
+                }
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Syncs the journal now, on the caller's thread (blocking).
+    pub fn sync_now(&self) -> Result<(), StoreError> {
+        Ok(self.inner.db.persist(fjall::PersistMode::SyncAll)?)
+    }
+
+    /// Syncs done and the last one's duration.
+    pub fn sync_sample(&self) -> SyncSample {
+        *self
+            .inner
+            .sync
+            .sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the sync thread has finished.
+#[derive(Debug, Clone, Default)]
+struct Done {
+    /// Every ticket up to this one is on disk.
+    through: u64,
+    /// The last failed sync: tickets up to `.0` failed with `.1`.
+    failed: Option<(u64, String)>,
+    /// The thread stopped.
+    closed: bool,
+}
+
+/// Group commit: callers take increasing tickets; the thread syncs once for
+/// every ticket taken before the sync started.
+struct Syncer {
+    /// (last ticket handed out, closing)
+    requested: Mutex<(u64, bool)>,
+    wake: Condvar,
+    done: watch::Sender<Done>,
+    sample: Mutex<SyncSample>,
+}
+
+impl Syncer {
+    fn new() -> Self {
+        Syncer {
+            requested: Mutex::new((0, false)),
+            wake: Condvar::new(),
+            done: watch::channel(Done::default()).0,
+            sample: Mutex::new(SyncSample::default()),
+        }
+    }
+
+    fn request(&self) -> (u64, watch::Receiver<Done>) {
+        // Subscribe before taking the ticket so the completion is not missed.
+        let rx = self.done.subscribe();
+        let mut r = self
+            .requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        r.0 += 1;
+        let ticket = r.0;
+        drop(r);
+        self.wake.notify_one();
+        (ticket, rx)
+    }
+
+    fn close(&self) {
+        self.requested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = true;
+        self.wake.notify_one();
+    }
+
+    /// The sync thread: for `batch`, syncs whenever tickets are waiting; for
+    /// an interval, syncs on that period; for `never`, only waits to close.
+    fn run(&self, db: &fjall::Database, policy: FsyncPolicy) {
+        let period = match policy {
+            FsyncPolicy::Interval(d) => Some(d),
+            FsyncPolicy::Batch | FsyncPolicy::Never => None,
+        };
+        loop {
+            let target = {
+                let mut r = self
+                    .requested
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let through = self.done.borrow().through;
+                loop {
+                    if r.1 {
+                        self.done.send_modify(|d| d.closed = true);
+                        return;
+                    }
+                    if r.0 > through {
+                        break;
+                    }
+                    match period {
+                        Some(p) => {
+                            let (guard, timeout) = self
+                                .wake
+                                .wait_timeout(r, p)
+                                .unwrap_or_else(PoisonError::into_inner);
+                            r = guard;
+                            if timeout.timed_out() {
+                                break;
+                            }
+                        }
+                        None => {
+                            r = self.wake.wait(r).unwrap_or_else(PoisonError::into_inner);
+                        }
+                    }
+                }
+                r.0
+            };
+            if matches!(policy, FsyncPolicy::Never) && target == self.done.borrow().through {
+                continue;
+            }
+            let started = Instant::now();
+            let result = db.persist(fjall::PersistMode::SyncAll);
+            {
+                let mut s = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+                s.syncs += 1;
+                s.last = started.elapsed();
+            }
+            self.done.send_modify(|d| {
+                if let Err(e) = &result {
+                    d.failed = Some((target, e.to_string()));
+                }
+                d.through = d.through.max(target);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dir: &Path, fsync: FsyncPolicy) -> StoragePlan {
+        StoragePlan {
+            dir: dir.to_path_buf(),
+            fsync,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn written_and_made_durable_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("open");
+            let ks = store.keyspace("t").expect("keyspace");
+            ks.insert(1u64.to_be_bytes(), b"one").expect("insert");
+            store.durable().await.expect("durable");
+            assert!(store.sync_sample().syncs >= 1);
+        }
+        let store = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("reopen");
+        let ks = store.keyspace("t").expect("keyspace");
+        assert_eq!(
+            ks.get(1u64.to_be_bytes()).expect("get").as_deref(),
+            Some(&b"one"[..])
+        );
+        assert!(store.keyspace_names().iter().any(|n| n == "t"));
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_syncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("open");
+        let ks = store.keyspace("t").expect("keyspace");
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            ks.insert(i.to_be_bytes(), b"x").expect("insert");
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { s.durable().await }));
+        }
+        for t in tasks {
+            t.await.expect("join").expect("durable");
+        }
+        let syncs = store.sync_sample().syncs;
+        assert!((1..=200).contains(&syncs), "{syncs} syncs");
+    }
+
+    #[tokio::test]
+    async fn interval_and_never_do_not_wait() {
+        for policy in [
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval(Duration::from_millis(5)),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(&plan(dir.path(), policy)).expect("open");
+            store.durable().await.expect("durable");
+        }
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_locked_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("open");
+        match Store::open(&plan(dir.path(), FsyncPolicy::Batch)) {
+            Err(StoreError::Open { .. }) => {}
+            other => panic!("expected a lock error, got {other:?}"),
+        }
+    }
+}
