@@ -1,0 +1,394 @@
+//! The router: ONE task owns every session, the subscription trie and the
+//! retained store, fed by a channel of [`Event`]s (no locks, as rumqttd's
+//! router). It drives the shared protocol state machines and writes to each
+//! client through its [`Outlet`]; it never awaits a client.
+//!
+//! By concern: [`sessions`] (CONNECT, takeover, disconnects), [`routing`]
+//! (publishes, acknowledgements, subscriptions, fan-out) and [`parked`]
+//! (publishes held back while a link session is full).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::acl::Op;
+use super::outlet::Outlet;
+use super::retained::Retained;
+use super::session::{Attached, ConnId, Origin, Session, SessionKey};
+use super::stats::{Counters, SubRefuseReason};
+use super::sys;
+use super::{Limits, Security};
+use crate::link::{AckToken, LinkError};
+use crate::protocol::v4::{
+    ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use crate::protocol::{IncomingAction, Message, QoS, WireQoS};
+use crate::topic::FilterTrie;
+
+/// Capacity of the router's inbox: publishers wait (backpressure) when the
+/// router is this far behind.
+const INBOX: usize = 4096;
+/// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
+/// leave unread before its connection is aborted.
+const HARD_CAP_SLACK: usize = 1024;
+/// Events handled per wake-up.
+const BATCH: usize = 256;
+/// Un-acknowledged publishes the router may hold parked for one network
+/// connection; its reader stops reading at this count. A client keeping to
+/// its own inflight window (typically 10–100) never gets near it.
+pub(crate) const MAX_PARKED: usize = 1024;
+
+mod parked;
+mod routing;
+mod sessions;
+
+use parked::{Parked, forget_parked};
+use routing::count_trie_nodes;
+
+type SessionId = u64;
+
+/// How a session's connection is ended by the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// A new connection (or link) of the same key takes the session.
+    Replaced,
+    /// Closed with no successor (a link re-attaches).
+    Closed,
+}
+
+pub(crate) use crate::protocol::session::AckKind as Ack;
+
+/// Where a SUBACK/UNSUBACK goes.
+#[derive(Debug)]
+pub(crate) enum Reply<T> {
+    /// Network client: the packet id to answer with.
+    Packet(u16),
+    /// Local link: the waiting caller.
+    Local(oneshot::Sender<Result<T, LinkError>>),
+}
+
+/// Why the router refused a CONNECT (or a link's attach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectRefused {
+    /// A network client sent the client id of an in-process link: CONNACK
+    /// 0x02 (identifier rejected) went out on its outlet.
+    LinkClientId,
+    /// The link is held down ([`super::Broker::hold_link_down`]); it retries.
+    LinkHeld,
+}
+
+/// Everything the router is told.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A client passed CONNECT checks; the router answers CONNACK on `outlet`
+    /// and `reply` gets `session_present`, or why it refused.
+    Connect {
+        /// New connection id.
+        conn: ConnId,
+        /// Client id (assigned already if the client sent none).
+        client_id: String,
+        /// Clean session flag.
+        clean: bool,
+        /// The connection's outlet.
+        outlet: Outlet,
+        /// Network client (CONNACK sent, ACL applies) or local link.
+        origin: Origin,
+        /// Receives `session_present`, or the refusal.
+        reply: oneshot::Sender<Result<bool, ConnectRefused>>,
+    },
+    /// Fault drill: close link `client_id`'s attachment as a failure would,
+    /// and refuse its re-attach until `hold` is cancelled. `reply` gets
+    /// whether such a link session exists.
+    HoldLink {
+        /// The link id.
+        client_id: String,
+        /// Cancelled when the link may come back.
+        hold: CancellationToken,
+        /// Whether the link session exists.
+        reply: oneshot::Sender<bool>,
+    },
+    /// A PUBLISH from a network client; `route` is false for a publish the
+    /// ACL denied or to `$SYS` (acknowledged, not routed).
+    Publish {
+        /// Connection.
+        conn: ConnId,
+        /// The packet.
+        publish: Publish,
+        /// Route it (false: only acknowledge).
+        route: bool,
+    },
+    /// A publish from a local link; `done` once routed.
+    LocalPublish {
+        /// Link connection.
+        conn: ConnId,
+        /// The message.
+        message: Message,
+        /// Completion.
+        done: oneshot::Sender<Result<(), LinkError>>,
+    },
+    /// PUBACK/PUBREC/PUBCOMP from a subscriber.
+    Ack {
+        /// Connection.
+        conn: ConnId,
+        /// Which.
+        kind: Ack,
+        /// Packet id.
+        pkid: u16,
+    },
+    /// PUBREL from a publisher.
+    PubRel {
+        /// Connection.
+        conn: ConnId,
+        /// Packet id.
+        pkid: u16,
+    },
+    /// SUBSCRIBE: filters with the QoS to grant (`None`: refuse with 0x80,
+    /// already decided for invalid filters and ACL denials).
+    Subscribe {
+        /// Connection.
+        conn: ConnId,
+        /// (filter, granted).
+        filters: Vec<(String, Option<QoS>)>,
+        /// Where the SUBACK goes.
+        reply: Reply<Vec<Option<QoS>>>,
+    },
+    /// UNSUBSCRIBE.
+    Unsubscribe {
+        /// Connection.
+        conn: ConnId,
+        /// Filters.
+        filters: Vec<String>,
+        /// Where the UNSUBACK goes.
+        reply: Reply<()>,
+    },
+    /// PINGREQ: answered by the router, so a PINGRESP also tells the client
+    /// that everything it sent before has been routed.
+    Ping {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// The connection ended; `will` is published (it was checked against the ACL).
+    Disconnected {
+        /// Connection.
+        conn: ConnId,
+        /// The will to publish, if the end was not graceful.
+        will: Option<Message>,
+    },
+}
+
+/// Sender side of the router's inbox.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterHandle {
+    tx: mpsc::Sender<Event>,
+}
+
+impl RouterHandle {
+    /// Sends an event, waiting while the inbox is full; false when the router is gone.
+    pub async fn send(&self, event: Event) -> bool {
+        self.tx.send(event).await.is_ok()
+    }
+}
+
+/// Starts the router task.
+pub(crate) fn spawn(
+    tracker: &TaskTracker,
+    name: String,
+    security: Arc<Security>,
+    limits: Arc<Limits>,
+    counters: Arc<Counters>,
+    sys_interval: Option<Duration>,
+    shutdown: CancellationToken,
+) -> RouterHandle {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let router = Router {
+        name,
+        security,
+        counters,
+        sessions: HashMap::new(),
+        by_client: HashMap::new(),
+        holds: HashMap::new(),
+        by_conn: HashMap::new(),
+        subs: FilterTrie::new(),
+        retained: Retained::default(),
+        next_session: 0,
+        scratch: Vec::new(),
+        parked: BTreeMap::new(),
+        started: Instant::now(),
+        hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
+        limits,
+    };
+    tracker.spawn(router.run(rx, sys_interval, shutdown));
+    RouterHandle { tx }
+}
+
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives a map's room back once it holds under a quarter of it, so the
+/// memory of many clients that left comes back (halving at most once per
+/// fourfold drop, so the cost stays amortised).
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+struct Router {
+    name: String,
+    security: Arc<Security>,
+    limits: Arc<Limits>,
+    counters: Arc<Counters>,
+    /// Boxed: the table has room for more entries than it holds, and an
+    /// empty slot then costs a pointer, not a whole session.
+    sessions: HashMap<SessionId, Box<Session>>,
+    /// Sessions by namespaced key: a network client id never finds a link's session.
+    by_client: HashMap<SessionKey, SessionId>,
+    /// Links held down by a fault drill (by link id), until the token is cancelled.
+    holds: HashMap<String, CancellationToken>,
+    by_conn: HashMap<ConnId, SessionId>,
+    /// Every subscription: filter → (session, granted QoS).
+    subs: FilterTrie<(SessionId, QoS)>,
+    retained: Retained,
+    next_session: SessionId,
+    /// Reused buffer of matching subscriptions.
+    scratch: Vec<(SessionId, QoS)>,
+    /// Per publishing connection, in arrival order: QoS 1/2 publishes waiting
+    /// for room in a full local link session (end-to-end backpressure: not
+    /// acknowledged, so the publisher's own inflight window fills). Bounded
+    /// by [`MAX_PARKED`] per connection.
+    parked: BTreeMap<ConnId, VecDeque<Parked>>,
+    started: Instant,
+    /// Unwritten packets after which a connection is aborted (see `Session::send_control`).
+    hard_cap: usize,
+}
+
+impl Router {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        sys_interval: Option<Duration>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sys_tick = sys_interval.map(|d| {
+            let mut i = tokio::time::interval(d.max(Duration::from_millis(10)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                // Shutdown wins: connections are cancelled by the same token.
+                biased;
+                _ = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        self.handle(event);
+                    }
+                    // Subscriptions, sessions or links may have changed.
+                    if !self.parked.is_empty() {
+                        self.unpark();
+                    }
+                }
+                // Never fires when `$SYS` is off.
+                _ = tick(sys_tick.as_mut()) => self.publish_sys(),
+            }
+        }
+        for s in self.sessions.values() {
+            if let Some(c) = &s.conn {
+                c.outlet.close();
+            }
+        }
+        // Parked publishes die with the router (never acknowledged).
+        self.counters.held_back.store(0, Relaxed);
+        info!(broker = %self.name, "router stopped");
+    }
+
+    fn publish_sys(&mut self) {
+        let stats = self.counters.snapshot();
+        for msg in sys::messages(&stats, self.started.elapsed()) {
+            self.route(msg, false);
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect {
+                conn,
+                client_id,
+                clean,
+                outlet,
+                origin,
+                reply,
+            } => self.connect(conn, client_id, clean, outlet, origin, reply),
+            Event::Publish {
+                conn,
+                publish,
+                route,
+            } => self.publish(conn, publish, route),
+            Event::LocalPublish {
+                conn,
+                message,
+                done,
+            } => {
+                if self.by_conn.contains_key(&conn) {
+                    self.route(message, true);
+                    let _ = done.send(Ok(()));
+                } else {
+                    let _ = done.send(Err(LinkError::Closed));
+                }
+            }
+            Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
+            Event::PubRel { conn, pkid } => {
+                let cap = self.hard_cap;
+                if let Some(s) = self.session_of(conn) {
+                    let packet = s.incoming.on_pubrel(pkid);
+                    s.send_control(packet, cap);
+                }
+            }
+            Event::Subscribe {
+                conn,
+                filters,
+                reply,
+            } => self.subscribe(conn, filters, reply),
+            Event::Unsubscribe {
+                conn,
+                filters,
+                reply,
+            } => self.unsubscribe(conn, filters, reply),
+            Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::HoldLink {
+                client_id,
+                hold,
+                reply,
+            } => {
+                let _ = reply.send(self.hold_link(client_id, hold));
+            }
+            Event::Ping { conn } => {
+                let cap = self.hard_cap;
+                if let Some(s) = self.session_of(conn) {
+                    s.send_control(Packet::PingResp, cap);
+                }
+            }
+        }
+    }
+
+    fn session_of(&mut self, conn: ConnId) -> Option<&mut Session> {
+        let sid = self.by_conn.get(&conn)?;
+        self.sessions.get_mut(sid).map(|s| &mut **s)
+    }
+}

@@ -1,0 +1,255 @@
+//! Routing and subscriptions: PUBLISH in, acknowledgements, SUBSCRIBE /
+//! UNSUBSCRIBE, and fan-out through the trie.
+
+use super::*;
+
+/// Whether `session` may receive a message on `topic`: the ACL's read
+/// check per delivery (as Mosquitto does), so a `deny` narrower than the
+/// subscription filter still holds. Local links are trusted.
+pub(super) fn may_read(security: &Security, session: &Session, topic: &str) -> bool {
+    match (&security.acl, &session.origin) {
+        (Some(acl), Origin::Network { username }) => {
+            acl.check(username.as_deref(), &session.client_id, Op::Read, topic)
+        }
+        _ => true,
+    }
+}
+
+/// The limit a network client's new subscription to `filter` would break,
+/// if any. Replacing an existing subscription breaks none; in-process links
+/// (pipes, configured by the operator) are never limited.
+pub(super) fn subscription_limit<T>(
+    limits: &Limits,
+    session: &Session,
+    subs: &FilterTrie<T>,
+    filter: &str,
+) -> Option<SubRefuseReason> {
+    if matches!(session.origin, Origin::Local) || session.subscriptions.contains_key(filter) {
+        return None;
+    }
+    if session.subscriptions.len() >= limits.max_subscriptions_per_client {
+        return Some(SubRefuseReason::SubscriptionsPerClient);
+    }
+    if subs.node_count() + subs.nodes_needed(filter) > limits.max_trie_nodes {
+        return Some(SubRefuseReason::TrieNodes);
+    }
+    None
+}
+
+/// Publishes the trie's size to the `trie_nodes` gauge.
+pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>) {
+    counters.trie_nodes.store(subs.node_count() as u64, Relaxed);
+}
+
+impl Router {
+    pub(super) fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
+        let cap = self.hard_cap;
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        match session.incoming.on_publish(publish, Instant::now()) {
+            IncomingAction::Deliver {
+                message,
+                token: Some(token),
+            } => {
+                // Behind an earlier parked publish of the same client (order),
+                // or bound to a full local link session: park, do not ack.
+                if route && (self.parked.contains_key(&conn) || self.link_full(&message.topic)) {
+                    self.park(conn, message, token);
+                    return;
+                }
+                self.ack_publisher(conn, token);
+                if route {
+                    self.route(message, true);
+                }
+            }
+            IncomingAction::Deliver {
+                message,
+                token: None,
+            } => {
+                if route {
+                    self.route(message, true);
+                }
+            }
+            IncomingAction::Duplicate { resend } => {
+                if let Some(packet) = resend {
+                    session.send_control(packet, cap);
+                }
+            }
+        }
+    }
+
+    /// Releases the PUBACK/PUBREC of `token` (in arrival order).
+    pub(super) fn ack_publisher(&mut self, conn: ConnId, token: AckToken) {
+        let cap = self.hard_cap;
+        if let Some(session) = self.session_of(conn) {
+            for packet in session.incoming.ack(token) {
+                session.send_control(packet, cap);
+            }
+        }
+    }
+
+    /// A PUBACK/PUBREC/PUBCOMP from a subscriber: advances its outgoing flow.
+    pub(super) fn ack(&mut self, conn: ConnId, kind: Ack, pkid: u16) {
+        let name = self.name.clone();
+        let counters = self.counters.clone();
+        let hard_cap = self.hard_cap;
+        let Some(session) = self.session_of(conn) else {
+            return;
+        };
+        let result = match kind {
+            Ack::PubAck => session.outgoing.on_puback(pkid).map(|_| None),
+            Ack::PubRec => session.outgoing.on_pubrec(pkid).map(Some),
+            Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
+        };
+        let local = session.origin == Origin::Local;
+        match result {
+            Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
+            Ok(None) => {
+                session.pump(&counters);
+                // Room in a link session: parked publishes first, before
+                // newer ones in this batch take it.
+                if local && !self.parked.is_empty() {
+                    self.unpark();
+                }
+            }
+            Err(violation) => {
+                crate::warn_limited!(format!("unexpected-ack:{name}"), broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
+            }
+        }
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        conn: ConnId,
+        filters: Vec<(String, Option<QoS>)>,
+        reply: Reply<Vec<Option<QoS>>>,
+    ) {
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            if let Reply::Local(done) = reply {
+                let _ = done.send(Err(LinkError::Closed));
+            }
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut accepted = Vec::new();
+        for (filter, qos) in filters {
+            let qos = qos.filter(|_| {
+                match subscription_limit(&self.limits, session, &self.subs, &filter) {
+                    Some(reason) => {
+                        self.counters.sub_refused(reason);
+                        crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80): limit");
+                        false
+                    }
+                    None => true,
+                }
+            });
+            granted.push(qos);
+            let Some(qos) = qos else { continue };
+            if session.subscriptions.insert(filter.clone(), qos).is_some() {
+                self.subs.remove(&filter, |v| v.0 == sid);
+            } else {
+                self.counters.subscriptions.fetch_add(1, Relaxed);
+            }
+            self.subs.insert(&filter, (sid, qos));
+            accepted.push((filter, qos));
+        }
+        count_trie_nodes(&self.counters, &self.subs);
+        match reply {
+            Reply::Packet(pkid) => {
+                let codes = granted
+                    .iter()
+                    .map(|g| match g {
+                        Some(q) => SubscribeReasonCode::Success(WireQoS::from(*q)),
+                        None => SubscribeReasonCode::Failure,
+                    })
+                    .collect();
+                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)), self.hard_cap);
+            }
+            Reply::Local(done) => {
+                let _ = done.send(Ok(granted));
+            }
+        }
+        // Retained messages after the SUBACK, retain=1, QoS min(stored, granted).
+        for (filter, qos) in accepted {
+            for m in self.retained.matching(&filter) {
+                if !may_read(&self.security, session, &m.topic) {
+                    continue;
+                }
+                let mut m = m.clone();
+                m.qos = m.qos.min(qos);
+                session.deliver(m, &self.limits, &self.counters);
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, conn: ConnId, filters: Vec<String>, reply: Reply<()>) {
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            if let Reply::Local(done) = reply {
+                let _ = done.send(Err(LinkError::Closed));
+            }
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        for filter in &filters {
+            if session.subscriptions.remove(filter).is_some() {
+                self.subs.remove(filter, |v| v.0 == sid);
+                self.counters.subscriptions.fetch_sub(1, Relaxed);
+            }
+        }
+        count_trie_nodes(&self.counters, &self.subs);
+        match reply {
+            Reply::Packet(pkid) => {
+                session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)
+            }
+            Reply::Local(done) => {
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    /// Routes one message: retained store first, then one copy per matching
+    /// session at the highest granted QoS (MQTT-3.3.5-1), QoS min(published,
+    /// granted), retain=0 for these established subscriptions.
+    pub(super) fn route(&mut self, message: Message, count: bool) {
+        if count {
+            self.counters.msgs_in.fetch_add(1, Relaxed);
+            self.counters
+                .bytes_in
+                .fetch_add(message.payload.len() as u64, Relaxed);
+        }
+        if message.retain {
+            self.retained.store(&message);
+            self.counters
+                .retained
+                .store(self.retained.len() as u64, Relaxed);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.subs
+            .for_each_match(&message.topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+        if scratch.len() > 1 {
+            // Highest QoS first within a session, then keep the first of each.
+            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            scratch.dedup_by_key(|e| e.0);
+        }
+        for &(sid, granted) in &scratch {
+            if let Some(session) = self.sessions.get_mut(&sid) {
+                if !may_read(&self.security, session, &message.topic) {
+                    continue;
+                }
+                let mut m = message.clone();
+                m.qos = m.qos.min(granted);
+                m.retain = false;
+                m.dup = false;
+                session.deliver(m, &self.limits, &self.counters);
+            }
+        }
+        self.scratch = scratch;
+    }
+}

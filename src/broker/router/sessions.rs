@@ -1,0 +1,199 @@
+//! Sessions: CONNECT and attach, takeover, detach, link holds, removal
+//! and disconnects.
+
+use super::*;
+
+impl Router {
+    pub(super) fn connect(
+        &mut self,
+        conn: ConnId,
+        client_id: String,
+        clean: bool,
+        outlet: Outlet,
+        origin: Origin,
+        reply: oneshot::Sender<Result<bool, ConnectRefused>>,
+    ) {
+        if let Err(refused) = self.admit(&client_id, &origin, &outlet) {
+            let _ = reply.send(Err(refused));
+            return;
+        }
+        let key = SessionKey::of(&origin, &client_id);
+        let mut session_present = false;
+        if let Some(&sid) = self.by_client.get(&key) {
+            let mut keep = false;
+            if let Some(old) = self.sessions.get(&sid) {
+                if old.conn.is_some() {
+                    info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
+                    self.detach(sid, Takeover::Replaced);
+                }
+                keep = !clean && self.sessions.get(&sid).is_some_and(|old| !old.clean);
+            }
+            if keep {
+                session_present = true;
+            } else {
+                self.remove_session(sid);
+            }
+        }
+        let sid = match self.by_client.get(&key) {
+            Some(&sid) => sid,
+            None => {
+                let sid = self.next_session;
+                self.next_session += 1;
+                self.sessions.insert(
+                    sid,
+                    Box::new(Session::new(client_id, clean, origin.clone(), &self.limits)),
+                );
+                self.by_client.insert(key, sid);
+                self.counters.sessions.fetch_add(1, Relaxed);
+                sid
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if matches!(origin, Origin::Network { .. }) {
+            outlet.send(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                session_present,
+            )));
+        }
+        session.origin = origin;
+        session.incoming.reset_connection();
+        session.attach(
+            Attached { id: conn, outlet },
+            session_present,
+            &self.counters,
+        );
+        let link = session.is_link();
+        self.connected_gauge(link).fetch_add(1, Relaxed);
+        self.by_conn.insert(conn, sid);
+        let _ = reply.send(Ok(session_present));
+    }
+
+    /// Refuses a network CONNECT with the client id of an in-process link
+    /// (CONNACK 0x02 on its outlet), and a held-down link's attach.
+    pub(super) fn admit(
+        &mut self,
+        client_id: &str,
+        origin: &Origin,
+        outlet: &Outlet,
+    ) -> Result<(), ConnectRefused> {
+        match origin {
+            Origin::Network { .. } => {
+                if self
+                    .by_client
+                    .contains_key(&SessionKey::Link(client_id.to_owned()))
+                {
+                    outlet.send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::BadClientId,
+                        false,
+                    )));
+                    outlet.close();
+                    return Err(ConnectRefused::LinkClientId);
+                }
+            }
+            Origin::Local => {
+                if let Some(hold) = self.holds.get(client_id) {
+                    if !hold.is_cancelled() {
+                        return Err(ConnectRefused::LinkHeld);
+                    }
+                    self.holds.remove(client_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connected gauge of links or of network clients.
+    pub(super) fn connected_gauge(&self, link: bool) -> &std::sync::atomic::AtomicU64 {
+        if link {
+            &self.counters.links_connected
+        } else {
+            &self.counters.clients_connected
+        }
+    }
+
+    /// Closes the connection attached to session `sid` (if any); the session stays.
+    pub(super) fn detach(&mut self, sid: SessionId, how: Takeover) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(att) = session.conn.take() else {
+            return;
+        };
+        let link = session.is_link();
+        match (link, how) {
+            // A link replaced by another link must not come back for the session.
+            (true, Takeover::Replaced) => att.outlet.replaced(),
+            // A link sees the Close and re-attaches.
+            (true, Takeover::Closed) => att.outlet.close(),
+            // Network: at once, not after queued packets (the old client may
+            // not be reading).
+            (false, _) => {
+                att.outlet.abort();
+                att.outlet.close();
+            }
+        }
+        self.by_conn.remove(&att.id);
+        shrink(&mut self.by_conn);
+        // Never acknowledged: the client sends them again.
+        forget_parked(&mut self.parked, &self.counters, att.id);
+        self.connected_gauge(link).fetch_sub(1, Relaxed);
+    }
+
+    /// See [`Event::HoldLink`].
+    pub(super) fn hold_link(&mut self, client_id: String, hold: CancellationToken) -> bool {
+        let Some(&sid) = self.by_client.get(&SessionKey::Link(client_id.clone())) else {
+            return false;
+        };
+        warn!(broker = %self.name, client_id = %client_id, "fault drill: link held down");
+        self.holds.insert(client_id, hold);
+        self.detach(sid, Takeover::Closed);
+        if self.sessions.get(&sid).is_some_and(|s| s.clean) {
+            self.remove_session(sid);
+        }
+        true
+    }
+
+    pub(super) fn remove_session(&mut self, sid: SessionId) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.by_client.remove(&s.key());
+        for filter in s.subscriptions.keys() {
+            self.subs.remove(filter, |v| v.0 == sid);
+        }
+        count_trie_nodes(&self.counters, &self.subs);
+        self.counters
+            .subscriptions
+            .fetch_sub(s.subscriptions.len() as u64, Relaxed);
+        s.discard(&self.counters);
+        self.counters.sessions.fetch_sub(1, Relaxed);
+        shrink(&mut self.sessions);
+        shrink(&mut self.by_client);
+    }
+
+    pub(super) fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
+        // Never acknowledged: a persistent client sends them again.
+        forget_parked(&mut self.parked, &self.counters, conn);
+        let sid = self.by_conn.remove(&conn);
+        shrink(&mut self.by_conn);
+        if let Some(sid) = sid {
+            let (link, clean) = match self.sessions.get_mut(&sid) {
+                Some(s) => {
+                    s.conn = None;
+                    (s.is_link(), s.clean)
+                }
+                None => (false, false),
+            };
+            self.connected_gauge(link).fetch_sub(1, Relaxed);
+            if clean {
+                self.remove_session(sid);
+            }
+        }
+        if let Some(will) = will {
+            debug!(broker = %self.name, topic = %will.topic, "publishing will");
+            self.route(will, true);
+        }
+    }
+}
