@@ -114,6 +114,8 @@ struct Bridge {
     links_token: CancellationToken,
     /// Client tasks and broker removals.
     tracker: TaskTracker,
+    /// The local store (built-in brokers keep their persistent state in it).
+    store: Store,
 }
 
 /// A running bridge.
@@ -255,6 +257,7 @@ async fn start_broker(
     obs: &ObservabilityControl,
     links_token: &CancellationToken,
     tracker: &TaskTracker,
+    store: &Store,
 ) -> Result<(BrokerRt, BrokerLink), RunError> {
     let token = links_token.child_token();
     match &bp.kind {
@@ -284,7 +287,7 @@ async fn start_broker(
             ))
         }
         BrokerKind::BuiltIn(b) => {
-            let broker = Broker::start(broker_options(name, b), token.clone()).await?;
+            let broker = Broker::start(broker_options(name, b, Some(store.clone())), token.clone()).await?;
             // The bridge's own persistent session on its built-in broker.
             let (link, deliveries) = broker.link(&broker::bridge_link_id(name), false);
             obs.builtin(&broker, &link);
@@ -354,7 +357,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
     let mut started: Vec<(String, BrokerRt)> = Vec::new();
     let mut pipes = Pipes::new();
     for (name, bp) in builtin_first {
-        match start_broker(name, bp, &control, &links_token, &tracker).await {
+        match start_broker(name, bp, &control, &links_token, &tracker, &store).await {
             Ok((mut rt, link)) => {
                 rt.ix = pipes.add_broker(link);
                 started.push((name.clone(), rt));
@@ -411,6 +414,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         obs: control,
         links_token,
         tracker,
+        store: store.clone(),
     }));
     let done = tokio::spawn(stop(bridge.clone(), shutdown, obs));
     Ok(RunHandle {

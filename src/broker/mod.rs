@@ -23,6 +23,8 @@ mod handshake;
 mod listener;
 mod local;
 mod outlet;
+mod persist;
+mod record;
 mod retained;
 mod router;
 mod session;
@@ -87,6 +89,12 @@ pub struct BrokerOptions {
     pub limits: Limits,
     /// Publish the `$SYS/broker/...` tree this often; `None` = off.
     pub sys_interval: Option<Duration>,
+    /// Where persistent sessions and retained messages are kept across
+    /// restarts; `None`: in memory only (lost when the process ends).
+    pub store: Option<crate::store::Store>,
+    /// Persistent network sessions away this long are removed with their
+    /// messages; `None` = never (Mosquitto's `persistent_client_expiration`).
+    pub session_expiry: Option<Duration>,
 }
 
 impl Default for BrokerOptions {
@@ -99,6 +107,8 @@ impl Default for BrokerOptions {
             acl_file: None,
             limits: Limits::default(),
             sys_interval: None,
+            store: None,
+            session_expiry: None,
         }
     }
 }
@@ -228,6 +238,9 @@ pub enum BrokerError {
     /// The ACL file is unreadable or malformed (cause included, not chained).
     #[error("broker {0}: {1}")]
     Acl(String, AclError),
+    /// The broker's keyspaces in the store could not be opened.
+    #[error("broker {0}: {1}")]
+    Store(String, crate::store::StoreError),
 }
 
 /// Shared, read-only security settings used by every connection.
@@ -309,6 +322,16 @@ impl Broker {
         let counters = Arc::new(stats::Counters::default());
         let tracker = TaskTracker::new();
         let limits = Arc::new(opts.limits.clone());
+        let journal = match &opts.store {
+            Some(store) => persist::Journal::open(store, &name, counters.clone())
+                .map_err(|e| BrokerError::Store(name.clone(), e))?,
+            None => persist::Journal::disabled(counters.clone()),
+        };
+        let persistence = router::Persistence {
+            loaded: journal.load(&name),
+            journal,
+            session_expiry: opts.session_expiry,
+        };
         let router = router::spawn(
             &tracker,
             name.clone(),
@@ -316,6 +339,7 @@ impl Broker {
             limits.clone(),
             counters.clone(),
             opts.sys_interval,
+            persistence,
             shutdown.clone(),
         );
         let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));

@@ -1,15 +1,19 @@
 //! One client's session as the router keeps it: subscriptions, the shared
 //! protocol state machines (`Outgoing` towards the client, `Incoming` from
 //! it), and a bounded queue of QoS 1/2 messages waiting for an inflight slot
-//! or for the client to come back.
+//! or for the client to come back. A persistent session with a store keeps
+//! each QoS 1/2 message it takes in the [`Journal`] until it is acknowledged.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::outlet::Outlet;
+use super::persist::{Journal, LoadedSession};
+use super::record::{Flow, Kind, StoredSession};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
 use crate::protocol::v4::Packet;
+use crate::protocol::session::ProtocolViolation;
 use crate::protocol::{Incoming, Message, Outgoing, QoS};
 
 /// Id of one network connection or local link (its "generation").
@@ -57,6 +61,15 @@ impl SessionKey {
     }
 }
 
+/// A message waiting in a session's queue.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The message (QoS already min(published, granted)).
+    pub message: Message,
+    /// Its sequence number in the store, if stored.
+    pub seq: Option<u64>,
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -66,17 +79,29 @@ pub(crate) struct Session {
     pub clean: bool,
     /// Filter → granted QoS (mirrors the router's trie).
     pub subscriptions: HashMap<String, QoS>,
-    /// QoS 1/2 flows towards the client.
-    pub outgoing: Outgoing<()>,
+    /// QoS 1/2 flows towards the client; the token is the message's
+    /// sequence number in the store, if stored.
+    pub outgoing: Outgoing<Option<u64>>,
     /// QoS 1/2 flows from the client (QoS 2 duplicate suppression).
     pub incoming: Incoming,
     /// Messages waiting for an inflight slot or for the client.
-    pub queue: VecDeque<Message>,
+    pub queue: VecDeque<Queued>,
     /// The live connection, if any.
     pub conn: Option<Attached>,
     /// Who connected last (read ACL subject). Its kind (link or network)
     /// never changes: it is part of the session's [`SessionKey`].
     pub origin: Origin,
+    /// The session's id in the store when it is persisted (persistent, and
+    /// the broker has a store).
+    pub stored: Option<u64>,
+    /// Next message sequence number in the store.
+    next_seq: u64,
+    /// Messages of this session in the store.
+    pub stored_messages: u64,
+    /// Stored QoS 2 flows in flight: packet id → sequence number.
+    qos2_seq: HashMap<u16, u64>,
+    /// Unix seconds of the last disconnect; `None` while connected.
+    pub disconnected_at: Option<u64>,
 }
 
 impl Session {
@@ -91,7 +116,148 @@ impl Session {
             queue: VecDeque::new(),
             conn: None,
             origin,
+            stored: None,
+            next_seq: 0,
+            stored_messages: 0,
+            qos2_seq: HashMap::new(),
+            disconnected_at: None,
         }
+    }
+
+    /// Rebuilds stored session `sid` after a restart: subscriptions, the
+    /// QoS 2 flows in flight under their packet ids, queued messages in
+    /// order, the QoS 2 ids received. Disconnected since `now` if it was
+    /// connected at the crash.
+    pub fn restore(
+        sid: u64,
+        loaded: LoadedSession,
+        limits: &Limits,
+        counters: &Counters,
+        now: u64,
+    ) -> Self {
+        let record = loaded.record;
+        let origin = match record.kind {
+            Kind::Link => Origin::Local,
+            Kind::Network => Origin::Network {
+                username: record.username,
+            },
+        };
+        let mut s = Session::new(record.client_id, false, origin, limits);
+        s.subscriptions = record.subscriptions.into_iter().collect();
+        s.stored = Some(sid);
+        s.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
+        for (seq, message, flow) in loaded.messages {
+            s.next_seq = s.next_seq.max(seq + 1);
+            s.stored_messages += 1;
+            let restored = match flow {
+                Some(f) if message.qos == QoS::ExactlyOnce => s
+                    .outgoing
+                    .restore(message, f.pkid, f.released, Some(seq))
+                    .map(|()| {
+                        s.qos2_seq.insert(f.pkid, seq);
+                    }),
+                _ => Err(crate::protocol::session::Full {
+                    message,
+                    token: Some(seq),
+                }),
+            };
+            if let Err(full) = restored {
+                s.queue.push_back(Queued {
+                    message: full.message,
+                    seq: full.token,
+                });
+                counters.queued.fetch_add(1, Relaxed);
+            }
+        }
+        for pkid in loaded.incoming {
+            s.incoming.restore_received(pkid);
+        }
+        s
+    }
+
+    /// The session's record in the store.
+    pub fn record(&self) -> StoredSession {
+        let (kind, username) = match &self.origin {
+            Origin::Local => (Kind::Link, None),
+            Origin::Network { username } => (Kind::Network, username.clone()),
+        };
+        let mut subscriptions: Vec<(String, QoS)> = self
+            .subscriptions
+            .iter()
+            .map(|(f, q)| (f.clone(), *q))
+            .collect();
+        subscriptions.sort();
+        StoredSession {
+            kind,
+            client_id: self.client_id.clone(),
+            username,
+            subscriptions,
+            disconnected_at: self.disconnected_at,
+        }
+    }
+
+    /// Writes the session's record, if it is stored.
+    pub fn save(&self, journal: &mut Journal) {
+        if let Some(sid) = self.stored {
+            journal.put_session(sid, &self.record());
+        }
+    }
+
+    /// Stores `msg` for a stored session; its sequence number.
+    fn store(&mut self, msg: &Message, journal: &mut Journal) -> Option<u64> {
+        let sid = self.stored?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.stored_messages += 1;
+        journal.put_message(sid, seq, msg);
+        Some(seq)
+    }
+
+    /// Deletes stored message `seq` (acknowledged or dropped).
+    fn forget(&mut self, seq: Option<u64>, journal: &mut Journal) {
+        if let (Some(sid), Some(seq)) = (self.stored, seq) {
+            self.stored_messages = self.stored_messages.saturating_sub(1);
+            journal.remove_message(sid, seq);
+        }
+    }
+
+    /// Records a stored QoS 2 PUBLISH going out under its packet id, so a
+    /// restart resends it under the same id (exactly once).
+    fn note_sent(&mut self, packet: &Packet, seq: Option<u64>, journal: &mut Journal) {
+        if let (Some(sid), Some(seq), Packet::Publish(p)) = (self.stored, seq, packet)
+            && p.qos == rumqttc::mqttbytes::QoS::ExactlyOnce
+        {
+            self.qos2_seq.insert(p.pkid, seq);
+            let flow = Flow {
+                pkid: p.pkid,
+                released: false,
+            };
+            journal.put_flow(sid, seq, flow);
+        }
+    }
+
+    /// PUBACK: the flow's stored message goes.
+    pub fn on_puback(&mut self, pkid: u16, journal: &mut Journal) -> Result<(), ProtocolViolation> {
+        let seq = self.outgoing.on_puback(pkid)?;
+        self.forget(seq, journal);
+        Ok(())
+    }
+
+    /// PUBREC: the PUBREL to send; a stored flow is marked released.
+    pub fn on_pubrec(&mut self, pkid: u16, journal: &mut Journal) -> Result<Packet, ProtocolViolation> {
+        let pubrel = self.outgoing.on_pubrec(pkid)?;
+        if let (Some(sid), Some(&seq)) = (self.stored, self.qos2_seq.get(&pkid)) {
+            journal.put_flow(sid, seq, Flow { pkid, released: true });
+        }
+        Ok(pubrel)
+    }
+
+    /// PUBCOMP: the flow's stored message goes.
+    pub fn on_pubcomp(&mut self, pkid: u16, journal: &mut Journal) -> Result<(), ProtocolViolation> {
+        let seq = self.outgoing.on_pubcomp(pkid)?;
+        self.qos2_seq.remove(&pkid);
+        self.forget(seq, journal);
+        Ok(())
     }
 
     /// The session's key in the router.
@@ -131,29 +297,41 @@ impl Session {
     }
 
     /// Delivers `msg` (QoS already min(published, granted)): sent at once when
-    /// the window allows, queued (bounded) otherwise. QoS 0 is never queued:
+    /// the window allows, queued (bounded) otherwise; true when a stored
+    /// session wrote it to the journal (its publisher waits for durability). QoS 0 is never queued:
     /// it is dropped when the client is away (as Mosquitto does by default)
     /// or when its connection already has `max_queued_messages` unwritten.
-    pub fn deliver(&mut self, msg: Message, limits: &Limits, counters: &Counters) {
+    pub fn deliver(
+        &mut self,
+        msg: Message,
+        limits: &Limits,
+        counters: &Counters,
+        journal: &mut Journal,
+    ) -> bool {
         if msg.qos == QoS::AtMostOnce {
-            let Some(conn) = &self.conn else { return };
+            let Some(conn) = &self.conn else { return false };
             if conn.outlet.pending() >= limits.max_queued_messages {
                 counters.dropped(DropReason::QueueFull, 1);
-                return;
+                return false;
             }
-            if let Ok((packet, _)) = self.outgoing.publish(msg, ()) {
+            if let Ok((packet, _)) = self.outgoing.publish(msg, None) {
                 self.send(packet, counters);
             }
-            return;
+            return false;
         }
+        let seq = self.store(&msg, journal);
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
-            match self.outgoing.publish(msg, ()) {
-                Ok((packet, _)) => self.send(packet, counters),
-                Err(full) => self.enqueue(full.message, limits, counters),
+            match self.outgoing.publish(msg, seq) {
+                Ok((packet, _)) => {
+                    self.note_sent(&packet, seq, journal);
+                    self.send(packet, counters);
+                }
+                Err(full) => self.enqueue(full.message, full.token, limits, counters, journal),
             }
         } else {
-            self.enqueue(msg, limits, counters);
+            self.enqueue(msg, seq, limits, counters, journal);
         }
+        seq.is_some()
     }
 
     /// Whether a QoS 1/2 message delivered now would overflow the queue
@@ -163,39 +341,57 @@ impl Session {
         !direct && self.queue.len() >= limits.max_queued_messages
     }
 
-    fn enqueue(&mut self, msg: Message, limits: &Limits, counters: &Counters) {
+    fn enqueue(
+        &mut self,
+        message: Message,
+        seq: Option<u64>,
+        limits: &Limits,
+        counters: &Counters,
+        journal: &mut Journal,
+    ) {
         if self.queue.len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
             match limits.overflow {
-                OverflowPolicy::DropNewest => return,
+                OverflowPolicy::DropNewest => {
+                    self.forget(seq, journal);
+                    return;
+                }
                 OverflowPolicy::DropOldest => {
-                    if self.queue.pop_front().is_some() {
+                    if let Some(old) = self.queue.pop_front() {
                         counters.queued.fetch_sub(1, Relaxed);
+                        self.forget(old.seq, journal);
                     }
                 }
             }
             if limits.max_queued_messages == 0 {
+                self.forget(seq, journal);
                 return;
             }
         }
-        self.queue.push_back(msg);
+        self.queue.push_back(Queued { message, seq });
         counters.queued.fetch_add(1, Relaxed);
     }
 
     /// Moves queued messages into the inflight window while there is room.
-    pub fn pump(&mut self, counters: &Counters) {
+    pub fn pump(&mut self, counters: &Counters, journal: &mut Journal) {
         if self.conn.is_none() {
             return;
         }
         while self.outgoing.has_room() {
-            let Some(msg) = self.queue.pop_front() else {
+            let Some(next) = self.queue.pop_front() else {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
-            match self.outgoing.publish(msg, ()) {
-                Ok((packet, _)) => self.send(packet, counters),
+            match self.outgoing.publish(next.message, next.seq) {
+                Ok((packet, _)) => {
+                    self.note_sent(&packet, next.seq, journal);
+                    self.send(packet, counters);
+                }
                 Err(full) => {
-                    self.queue.push_front(full.message);
+                    self.queue.push_front(Queued {
+                        message: full.message,
+                        seq: full.token,
+                    });
                     counters.queued.fetch_add(1, Relaxed);
                     break;
                 }
@@ -205,12 +401,19 @@ impl Session {
 
     /// Attaches a new connection and sends what a resumed session owes the
     /// client: unacknowledged PUBLISH with DUP, PUBREL, then queued messages.
-    pub fn attach(&mut self, conn: Attached, session_present: bool, counters: &Counters) {
+    pub fn attach(
+        &mut self,
+        conn: Attached,
+        session_present: bool,
+        counters: &Counters,
+        journal: &mut Journal,
+    ) {
         self.conn = Some(conn);
+        self.disconnected_at = None;
         for packet in self.outgoing.resume(session_present) {
             self.send(packet, counters);
         }
-        self.pump(counters);
+        self.pump(counters, journal);
     }
 
     /// Drops everything the session holds (gauges follow).
@@ -261,12 +464,13 @@ mod tests {
     #[test]
     fn window_then_bounded_queue_drop_oldest() {
         let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
         let l = limits(2, OverflowPolicy::DropOldest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters);
+        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
         for n in 0..6 {
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters);
+            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
         }
         assert_eq!(drain_payloads(&mut rx), ["0", "1"]);
         assert_eq!(s.queue.len(), 2);
@@ -274,22 +478,23 @@ mod tests {
         assert_eq!(counters.snapshot().queued, 2);
         // PUBACK frees a slot: the oldest surviving queued message goes out.
         s.outgoing.on_puback(1).unwrap();
-        s.pump(&counters);
+        s.pump(&counters, &mut j);
         assert_eq!(drain_payloads(&mut rx), ["4"]);
     }
 
     #[test]
     fn drop_newest_and_offline_qos0() {
         let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
         let l = limits(1, OverflowPolicy::DropNewest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
-        s.deliver(msg(0, QoS::AtMostOnce), &l, &counters);
-        s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters);
-        s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters);
+        s.deliver(msg(0, QoS::AtMostOnce), &l, &counters, &mut j);
+        s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters, &mut j);
+        s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters, &mut j);
         assert_eq!(s.queue.len(), 1);
         assert_eq!(counters.snapshot().dropped_queue_full, 1);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, true, &counters);
+        s.attach(Attached { id: 1, outlet: tx }, true, &counters, &mut j);
         assert_eq!(drain_payloads(&mut rx), ["1"]);
         assert_eq!(counters.snapshot().queued, 0);
     }
@@ -297,15 +502,16 @@ mod tests {
     #[test]
     fn would_drop_only_when_the_queue_is_full() {
         let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
         let l = limits(2, OverflowPolicy::DropOldest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
         // Away with an empty queue: queued, not dropped.
         assert!(!s.would_drop(&l));
         let (tx, _rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters);
+        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
         for n in 0..4 {
             assert!(!s.would_drop(&l), "message {n} fits");
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters);
+            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
         }
         // Window (2) and queue (2) full.
         assert!(s.would_drop(&l));
@@ -314,10 +520,10 @@ mod tests {
         let l0 = limits(0, OverflowPolicy::DropOldest);
         let mut z = Session::new("z".into(), false, Origin::Local, &l0);
         let (tx, _rx0) = outlet();
-        z.attach(Attached { id: 2, outlet: tx }, false, &counters);
+        z.attach(Attached { id: 2, outlet: tx }, false, &counters, &mut j);
         assert!(!z.would_drop(&l0));
-        z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters);
-        z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters);
+        z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters, &mut j);
+        z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters, &mut j);
         assert!(z.would_drop(&l0));
     }
 }

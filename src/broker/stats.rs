@@ -88,6 +88,11 @@ pub(crate) struct Counters {
     pub dropped_queue_full: AtomicU64,
     pub held_back: AtomicU64,
     pub held_back_total: AtomicU64,
+    pub persisted_sessions: AtomicU64,
+    pub stored_messages: AtomicU64,
+    pub retained_stored: AtomicU64,
+    pub records_damaged: AtomicU64,
+    pub sessions_expired: AtomicU64,
 }
 
 impl Counters {
@@ -155,6 +160,11 @@ impl Counters {
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
             held_back: self.held_back.load(Relaxed),
             held_back_total: self.held_back_total.load(Relaxed),
+            persisted_sessions: self.persisted_sessions.load(Relaxed),
+            stored_messages: self.stored_messages.load(Relaxed),
+            retained_stored: self.retained_stored.load(Relaxed),
+            records_damaged: self.records_damaged.load(Relaxed),
+            sessions_expired: self.sessions_expired.load(Relaxed),
         }
     }
 }

@@ -170,6 +170,19 @@ pub(crate) fn compile_builtin(
     };
 
     let sys_interval = sys_interval(ctx, scope, &raw.sys_interval);
+    let session_expiry = session_expiry(ctx, scope, &raw.session_expiry);
+    if raw.session_expiry.is_none()
+        && let Some(l) = listeners.iter().find(|l| !l.addr.ip().is_loopback())
+    {
+        ctx.warn(
+            &key.referenced,
+            scope,
+            format!(
+                "session_expiry is not set and {} listens on the network: persistent sessions of clients that never come back are kept (with their queued messages) forever; set e.g. `session_expiry: 7d`, or `never` to keep them on purpose",
+                l.addr
+            ),
+        );
+    }
 
     BuiltInPlan {
         listeners,
@@ -178,6 +191,36 @@ pub(crate) fn compile_builtin(
         acl_file,
         limits,
         sys_interval,
+        session_expiry,
+    }
+}
+
+/// `session_expiry`: a duration of at least 1 s, or `never` (the default,
+/// as Mosquitto's `persistent_client_expiration`).
+fn session_expiry(ctx: &mut Ctx, scope: &Scope, t: &Option<Text>) -> Option<Duration> {
+    let t = t.as_ref()?;
+    let s = ctx.text(t, scope, "session_expiry")?;
+    if s.trim().eq_ignore_ascii_case("never") {
+        return None;
+    }
+    match parse_duration(&s) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        Ok(_) => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                "session_expiry: must be at least 1s (or `never`)",
+            );
+            None
+        }
+        Err(e) => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                format!("session_expiry: {e} (or `never`)"),
+            );
+            None
+        }
     }
 }
 

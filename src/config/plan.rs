@@ -200,6 +200,8 @@ pub struct BuiltInPlan {
     pub limits: LimitsPlan,
     /// Publish the `$SYS/broker/...` tree this often (default 10 s); `None` = off.
     pub sys_interval: Option<std::time::Duration>,
+    /// Persistent network sessions away this long are removed; `None` = never.
+    pub session_expiry: Option<std::time::Duration>,
 }
 
 /// One listening socket of the built-in broker.

@@ -280,6 +280,9 @@ pub struct RawBroker {
     /// `$SYS` publishing interval (`0` / `off` disables).
     #[serde(default)]
     pub sys_interval: Option<Text>,
+    /// Built-in: persistent sessions away this long are removed (`never`: kept).
+    #[serde(default)]
+    pub session_expiry: Option<Text>,
 }
 
 /// Remote `tls:`.

@@ -31,6 +31,10 @@ pub(crate) fn compile_remote(
                 "sys_interval",
                 raw.sys_interval.as_ref().map(|s| &s.referenced),
             ),
+            (
+                "session_expiry",
+                raw.session_expiry.as_ref().map(|s| &s.referenced),
+            ),
         ],
         "builtin",
     );

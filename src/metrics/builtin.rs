@@ -47,6 +47,11 @@ pub struct BuiltinBrokerMetrics {
     dropped: [Counter; BROKER_DROP_REASONS.len()],
     held_back: Gauge,
     held_back_total: Counter,
+    persisted_sessions: Gauge,
+    stored_messages: Gauge,
+    retained_stored: Gauge,
+    records_damaged: Counter,
+    sessions_expired: Counter,
 }
 
 impl BuiltinBrokerMetrics {
@@ -76,7 +81,12 @@ impl BuiltinBrokerMetrics {
                 counter!(BROKER_MESSAGES_DROPPED, LABEL_BROKER => b.clone(), LABEL_REASON => r)
             }),
             held_back: gauge!(BROKER_PUBLISHES_HELD_BACK, LABEL_BROKER => b.clone()),
-            held_back_total: counter!(BROKER_PUBLISHES_HELD_BACK_TOTAL, LABEL_BROKER => b),
+            held_back_total: counter!(BROKER_PUBLISHES_HELD_BACK_TOTAL, LABEL_BROKER => b.clone()),
+            persisted_sessions: gauge!(BROKER_PERSISTED_SESSIONS, LABEL_BROKER => b.clone()),
+            stored_messages: gauge!(BROKER_STORED_MESSAGES, LABEL_BROKER => b.clone()),
+            retained_stored: gauge!(BROKER_RETAINED_STORED, LABEL_BROKER => b.clone()),
+            records_damaged: counter!(BROKER_RECORDS_DAMAGED_TOTAL, LABEL_BROKER => b.clone()),
+            sessions_expired: counter!(BROKER_SESSIONS_EXPIRED_TOTAL, LABEL_BROKER => b),
         }
     }
 
@@ -123,6 +133,11 @@ impl BuiltinBrokerMetrics {
         }
         self.held_back.set(s.held_back as f64);
         self.held_back_total.absolute(s.held_back_total);
+        self.persisted_sessions.set(s.persisted_sessions as f64);
+        self.stored_messages.set(s.stored_messages as f64);
+        self.retained_stored.set(s.retained_stored as f64);
+        self.records_damaged.absolute(s.records_damaged);
+        self.sessions_expired.absolute(s.sessions_expired);
     }
 }
 
@@ -190,4 +205,14 @@ pub struct BrokerStats {
     pub held_back: u64,
     /// Counter: QoS 1/2 client publishes ever held back (each counted once).
     pub held_back_total: u64,
+    /// Gauge: persistent sessions kept in the store.
+    pub persisted_sessions: u64,
+    /// Gauge: QoS 1/2 messages of persistent sessions kept in the store.
+    pub stored_messages: u64,
+    /// Gauge: retained messages kept in the store.
+    pub retained_stored: u64,
+    /// Counter: stored records found damaged at start (logged and skipped).
+    pub records_damaged: u64,
+    /// Counter: persistent sessions removed by `session_expiry`.
+    pub sessions_expired: u64,
 }

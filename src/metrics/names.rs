@@ -109,6 +109,16 @@ pub const BROKER_HANDSHAKES_PENDING: &str = "mqbridge_broker_handshakes_pending"
 pub const BROKER_PUBLISHES_HELD_BACK: &str = "mqbridge_broker_publishes_held_back";
 /// Counter `{broker}`: client QoS 1/2 publishes ever held back that way.
 pub const BROKER_PUBLISHES_HELD_BACK_TOTAL: &str = "mqbridge_broker_publishes_held_back_total";
+/// Gauge `{broker}`: persistent sessions kept in the store.
+pub const BROKER_PERSISTED_SESSIONS: &str = "mqbridge_broker_persisted_sessions";
+/// Gauge `{broker}`: QoS 1/2 messages of persistent sessions kept in the store.
+pub const BROKER_STORED_MESSAGES: &str = "mqbridge_broker_stored_messages";
+/// Gauge `{broker}`: retained messages kept in the store.
+pub const BROKER_RETAINED_STORED: &str = "mqbridge_broker_retained_stored";
+/// Counter `{broker}`: stored records found damaged at start (skipped).
+pub const BROKER_RECORDS_DAMAGED_TOTAL: &str = "mqbridge_broker_records_damaged_total";
+/// Counter `{broker}`: persistent sessions removed by `session_expiry`.
+pub const BROKER_SESSIONS_EXPIRED_TOTAL: &str = "mqbridge_broker_sessions_expired_total";
 
 // --- process -----------------------------------------------------------------
 

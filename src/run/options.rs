@@ -93,7 +93,12 @@ pub(super) fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
 }
 
 /// Maps a built-in broker's plan onto the broker's options.
-pub(super) fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
+/// The broker keeps persistent sessions and retained messages in `store`.
+pub(super) fn broker_options(
+    name: &str,
+    b: &BuiltInPlan,
+    store: Option<crate::store::Store>,
+) -> BrokerOptions {
     BrokerOptions {
         name: name.to_string(),
         listeners: b
@@ -129,6 +134,8 @@ pub(super) fn broker_options(name: &str, b: &BuiltInPlan) -> BrokerOptions {
             max_trie_nodes: b.limits.max_trie_nodes,
         },
         sys_interval: b.sys_interval,
+        store,
+        session_expiry: b.session_expiry,
     }
 }
 
@@ -149,7 +156,7 @@ mod tests {
         let Some(BrokerKind::BuiltIn(b)) = plan.brokers.get("edge").map(|b| &b.kind) else {
             panic!("edge is built-in");
         };
-        let got = broker_options("edge", b).limits;
+        let got = broker_options("edge", b, None).limits;
         let lib = broker::Limits::default();
         assert_eq!(
             (

@@ -37,7 +37,16 @@ impl Bridge {
             let Some(bp) = new.brokers.get(name) else {
                 continue;
             };
-            match start_broker(name, bp, &self.obs, &self.links_token, &self.tracker).await {
+            match start_broker(
+                name,
+                bp,
+                &self.obs,
+                &self.links_token,
+                &self.tracker,
+                &self.store,
+            )
+            .await
+            {
                 Ok((rt, link)) => started.push((name.clone(), rt, link)),
                 Err(err) => {
                     let rollback = started.into_iter().map(|(n, rt, _)| (n, rt)).collect();

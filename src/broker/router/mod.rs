@@ -5,7 +5,9 @@
 //!
 //! By concern: [`sessions`] (CONNECT, takeover, disconnects), [`routing`]
 //! (publishes, acknowledgements, subscriptions, fan-out) and [`parked`]
-//! (publishes held back while a link session is full).
+//! (publishes held back while a link session is full); [`durable`] holds
+//! back the acknowledgements of publishes stored for persistent sessions
+//! until the store's group commit has them on disk.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::acl::Op;
 use super::outlet::Outlet;
+use super::persist::{Journal, Loaded};
 use super::retained::Retained;
 use super::session::{Attached, ConnId, Origin, Session, SessionKey};
 use super::stats::{Counters, SubRefuseReason};
@@ -44,9 +47,12 @@ const BATCH: usize = 256;
 /// its own inflight window (typically 10–100) never gets near it.
 pub(crate) const MAX_PARKED: usize = 1024;
 
+mod durable;
 mod parked;
 mod routing;
 mod sessions;
+
+use durable::Waiter;
 
 use parked::{Parked, forget_parked};
 use routing::count_trie_nodes;
@@ -173,6 +179,14 @@ pub(crate) enum Event {
         /// Connection.
         conn: ConnId,
     },
+    /// The store's group commit finished for every epoch up to `through`
+    /// (see [`durable`]): acknowledgements waiting on them go out.
+    Durable {
+        /// Last epoch made durable.
+        through: u64,
+        /// Whether the sync succeeded.
+        result: Result<(), crate::store::StoreError>,
+    },
     /// The connection ended; `will` is published (it was checked against the ACL).
     Disconnected {
         /// Connection.
@@ -203,10 +217,19 @@ pub(crate) fn spawn(
     limits: Arc<Limits>,
     counters: Arc<Counters>,
     sys_interval: Option<Duration>,
+    persistence: Persistence,
     shutdown: CancellationToken,
 ) -> RouterHandle {
     let (tx, rx) = mpsc::channel(INBOX);
-    let router = Router {
+    let Persistence {
+        journal,
+        loaded,
+        session_expiry,
+    } = persistence;
+    let commit = journal
+        .store()
+        .map(|store| durable::spawn_committer(tracker, store.clone(), tx.clone()));
+    let mut router = Router {
         name,
         security,
         counters,
@@ -222,9 +245,26 @@ pub(crate) fn spawn(
         started: Instant::now(),
         hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
         limits,
+        journal,
+        waiting: VecDeque::new(),
+        epoch: 0,
+        commit,
+        session_expiry,
     };
+    router.restore(loaded);
     tracker.spawn(router.run(rx, sys_interval, shutdown));
     RouterHandle { tx }
+}
+
+/// What the router persists, and what it found at start.
+#[derive(Debug)]
+pub(crate) struct Persistence {
+    /// The writer (disabled without a store).
+    pub journal: Journal,
+    /// The state stored by the last run.
+    pub loaded: Loaded,
+    /// Persistent network sessions away this long are removed (`None`: never).
+    pub session_expiry: Option<Duration>,
 }
 
 async fn tick(interval: Option<&mut tokio::time::Interval>) {
@@ -272,6 +312,16 @@ struct Router {
     started: Instant,
     /// Unwritten packets after which a connection is aborted (see `Session::send_control`).
     hard_cap: usize,
+    /// Persistent state's writer.
+    journal: Journal,
+    /// Acknowledgements waiting for the group commit of their epoch, in order.
+    waiting: VecDeque<(u64, Waiter)>,
+    /// The epoch of the writes of the current batch of events.
+    epoch: u64,
+    /// To the committer task: an epoch to make durable (`None` without a store).
+    commit: Option<mpsc::UnboundedSender<u64>>,
+    /// See [`Persistence::session_expiry`].
+    session_expiry: Option<Duration>,
 }
 
 impl Router {
@@ -283,6 +333,12 @@ impl Router {
     ) {
         let mut sys_tick = sys_interval.map(|d| {
             let mut i = tokio::time::interval(d.max(Duration::from_millis(10)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        // Never fires without `session_expiry`.
+        let mut expiry_tick = self.session_expiry.map(|d| {
+            let mut i = tokio::time::interval((d / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
@@ -306,8 +362,12 @@ impl Router {
                 }
                 // Never fires when `$SYS` is off.
                 _ = tick(sys_tick.as_mut()) => self.publish_sys(),
+                _ = tick(expiry_tick.as_mut()) => self.expire_sessions(super::persist::unix_now()),
             }
+            // What this wake-up changed goes to the store as one batch.
+            self.flush();
         }
+        self.flush();
         for s in self.sessions.values() {
             if let Some(c) = &s.conn {
                 c.outlet.close();
@@ -346,8 +406,8 @@ impl Router {
                 done,
             } => {
                 if self.by_conn.contains_key(&conn) {
-                    self.route(message, true);
-                    let _ = done.send(Ok(()));
+                    let stored = self.route(message, true);
+                    self.release(Waiter::Local(done), stored);
                 } else {
                     let _ = done.send(Err(LinkError::Closed));
                 }
@@ -355,8 +415,14 @@ impl Router {
             Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
             Event::PubRel { conn, pkid } => {
                 let cap = self.hard_cap;
-                if let Some(s) = self.session_of(conn) {
+                let Some(&sid) = self.by_conn.get(&conn) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(&sid) {
                     let packet = s.incoming.on_pubrel(pkid);
+                    if let Some(stored) = s.stored {
+                        self.journal.remove_incoming(stored, pkid);
+                    }
                     s.send_control(packet, cap);
                 }
             }
@@ -371,6 +437,7 @@ impl Router {
                 reply,
             } => self.unsubscribe(conn, filters, reply),
             Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::Durable { through, result } => self.durable(through, result),
             Event::HoldLink {
                 client_id,
                 hold,

@@ -74,8 +74,8 @@ impl Router {
                     break;
                 }
                 released += 1;
-                self.ack_publisher(conn, next.token);
-                self.route(next.message, true);
+                let stored = self.route(next.message, true);
+                self.release(Waiter::Publisher(conn, next.token), stored);
             }
             if self.parked.get(&conn).is_some_and(VecDeque::is_empty) {
                 self.parked.remove(&conn);

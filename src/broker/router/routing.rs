@@ -2,6 +2,7 @@
 //! UNSUBSCRIBE, and fan-out through the trie.
 
 use super::*;
+use durable::Waiter;
 
 /// Whether `session` may receive a message on `topic`: the ACL's read
 /// check per delivery (as Mosquitto does), so a `deny` narrower than the
@@ -44,10 +45,22 @@ pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>) {
 impl Router {
     pub(super) fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
         let cap = self.hard_cap;
-        let Some(session) = self.session_of(conn) else {
+        let pkid = publish.pkid;
+        let Some(&sid) = self.by_conn.get(&conn) else {
             return;
         };
-        match session.incoming.on_publish(publish, Instant::now()) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let action = session.incoming.on_publish(publish, Instant::now());
+        // A QoS 2 id is remembered (stored) with the message it routes, so a
+        // redelivery after a restart is known as a duplicate.
+        if let (IncomingAction::Deliver { message, .. }, Some(stored)) = (&action, session.stored)
+            && message.qos == QoS::ExactlyOnce
+        {
+            self.journal.put_incoming(stored, pkid);
+        }
+        match action {
             IncomingAction::Deliver {
                 message,
                 token: Some(token),
@@ -58,10 +71,8 @@ impl Router {
                     self.park(conn, message, token);
                     return;
                 }
-                self.ack_publisher(conn, token);
-                if route {
-                    self.route(message, true);
-                }
+                let stored = route && self.route(message, true);
+                self.release(Waiter::Publisher(conn, token), stored);
             }
             IncomingAction::Deliver {
                 message,
@@ -94,19 +105,23 @@ impl Router {
         let name = self.name.clone();
         let counters = self.counters.clone();
         let hard_cap = self.hard_cap;
-        let Some(session) = self.session_of(conn) else {
+        let Some(&sid) = self.by_conn.get(&conn) else {
             return;
         };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let journal = &mut self.journal;
         let result = match kind {
-            Ack::PubAck => session.outgoing.on_puback(pkid).map(|_| None),
-            Ack::PubRec => session.outgoing.on_pubrec(pkid).map(Some),
-            Ack::PubComp => session.outgoing.on_pubcomp(pkid).map(|_| None),
+            Ack::PubAck => session.on_puback(pkid, journal).map(|()| None),
+            Ack::PubRec => session.on_pubrec(pkid, journal).map(Some),
+            Ack::PubComp => session.on_pubcomp(pkid, journal).map(|()| None),
         };
         let local = session.origin == Origin::Local;
         match result {
             Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
             Ok(None) => {
-                session.pump(&counters);
+                session.pump(&counters, journal);
                 // Room in a link session: parked publishes first, before
                 // newer ones in this batch take it.
                 if local && !self.parked.is_empty() {
@@ -181,9 +196,10 @@ impl Router {
                 }
                 let mut m = m.clone();
                 m.qos = m.qos.min(qos);
-                session.deliver(m, &self.limits, &self.counters);
+                session.deliver(m, &self.limits, &self.counters, &mut self.journal);
             }
         }
+        session.save(&mut self.journal);
     }
 
     pub(super) fn unsubscribe(&mut self, conn: ConnId, filters: Vec<String>, reply: Reply<()>) {
@@ -203,6 +219,7 @@ impl Router {
             }
         }
         count_trie_nodes(&self.counters, &self.subs);
+        session.save(&mut self.journal);
         match reply {
             Reply::Packet(pkid) => {
                 session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)
@@ -215,8 +232,11 @@ impl Router {
 
     /// Routes one message: retained store first, then one copy per matching
     /// session at the highest granted QoS (MQTT-3.3.5-1), QoS min(published,
-    /// granted), retain=0 for these established subscriptions.
-    pub(super) fn route(&mut self, message: Message, count: bool) {
+    /// granted), retain=0 for these established subscriptions. True when a
+    /// QoS 1/2 copy (or the retained message) went to the store: the
+    /// publisher's acknowledgement then waits for durability.
+    pub(super) fn route(&mut self, message: Message, count: bool) -> bool {
+        let mut stored = false;
         if count {
             self.counters.msgs_in.fetch_add(1, Relaxed);
             self.counters
@@ -228,6 +248,13 @@ impl Router {
             self.counters
                 .retained
                 .store(self.retained.len() as u64, Relaxed);
+            if self.journal.enabled() {
+                self.journal.put_retained(&message);
+                self.counters
+                    .retained_stored
+                    .store(self.retained.len() as u64, Relaxed);
+                stored |= message.qos != QoS::AtMostOnce;
+            }
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -247,9 +274,10 @@ impl Router {
                 m.qos = m.qos.min(granted);
                 m.retain = false;
                 m.dup = false;
-                session.deliver(m, &self.limits, &self.counters);
+                stored |= session.deliver(m, &self.limits, &self.counters, &mut self.journal);
             }
         }
         self.scratch = scratch;
+        stored
     }
 }

@@ -1,7 +1,8 @@
-//! Sessions: CONNECT and attach, takeover, detach, link holds, removal
-//! and disconnects.
+//! Sessions: CONNECT and attach, takeover, detach, link holds, removal,
+//! disconnects, expiry, and the rebuild from the store at start.
 
 use super::*;
+use crate::broker::persist::{expired, unix_now};
 
 impl Router {
     pub(super) fn connect(
@@ -39,10 +40,12 @@ impl Router {
             None => {
                 let sid = self.next_session;
                 self.next_session += 1;
-                self.sessions.insert(
-                    sid,
-                    Box::new(Session::new(client_id, clean, origin.clone(), &self.limits)),
-                );
+                let mut session = Session::new(client_id, clean, origin.clone(), &self.limits);
+                if !clean && self.journal.enabled() {
+                    session.stored = Some(sid);
+                    self.counters.persisted_sessions.fetch_add(1, Relaxed);
+                }
+                self.sessions.insert(sid, Box::new(session));
                 self.by_client.insert(key, sid);
                 self.counters.sessions.fetch_add(1, Relaxed);
                 sid
@@ -63,7 +66,9 @@ impl Router {
             Attached { id: conn, outlet },
             session_present,
             &self.counters,
+            &mut self.journal,
         );
+        session.save(&mut self.journal);
         let link = session.is_link();
         self.connected_gauge(link).fetch_add(1, Relaxed);
         self.by_conn.insert(conn, sid);
@@ -168,6 +173,10 @@ impl Router {
             .subscriptions
             .fetch_sub(s.subscriptions.len() as u64, Relaxed);
         s.discard(&self.counters);
+        if let Some(stored) = s.stored {
+            self.journal.remove_session(stored, s.stored_messages);
+            self.counters.persisted_sessions.fetch_sub(1, Relaxed);
+        }
         self.counters.sessions.fetch_sub(1, Relaxed);
         shrink(&mut self.sessions);
         shrink(&mut self.by_client);
@@ -182,6 +191,8 @@ impl Router {
             let (link, clean) = match self.sessions.get_mut(&sid) {
                 Some(s) => {
                     s.conn = None;
+                    s.disconnected_at = Some(unix_now());
+                    s.save(&mut self.journal);
                     (s.is_link(), s.clean)
                 }
                 None => (false, false),
@@ -194,6 +205,61 @@ impl Router {
         if let Some(will) = will {
             debug!(broker = %self.name, topic = %will.topic, "publishing will");
             self.route(will, true);
+        }
+    }
+
+    /// Rebuilds the state the store kept: retained messages and persistent
+    /// sessions (with their subscriptions in the trie), then drops the
+    /// sessions that expired while the broker was down.
+    pub(super) fn restore(&mut self, loaded: Loaded) {
+        let now = unix_now();
+        for m in &loaded.retained {
+            self.retained.store(m);
+        }
+        let retained = self.retained.len() as u64;
+        self.counters.retained.store(retained, Relaxed);
+        self.counters.retained_stored.store(retained, Relaxed);
+        let sessions = loaded.sessions.len();
+        for (sid, stored) in loaded.sessions {
+            let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
+            for (filter, qos) in &session.subscriptions {
+                self.subs.insert(filter, (sid, *qos));
+            }
+            self.counters
+                .subscriptions
+                .fetch_add(session.subscriptions.len() as u64, Relaxed);
+            self.by_client.insert(session.key(), sid);
+            self.sessions.insert(sid, Box::new(session));
+            self.counters.sessions.fetch_add(1, Relaxed);
+            self.counters.persisted_sessions.fetch_add(1, Relaxed);
+            self.next_session = self.next_session.max(sid + 1);
+        }
+        count_trie_nodes(&self.counters, &self.subs);
+        if sessions > 0 || retained > 0 || loaded.damaged > 0 {
+            info!(broker = %self.name, sessions, retained, damaged = loaded.damaged, "persistent state restored");
+        }
+        self.expire_sessions(now);
+    }
+
+    /// Removes the persistent network sessions away for `session_expiry`
+    /// at `now` (unix seconds), with everything they hold. Link sessions
+    /// never expire.
+    pub(super) fn expire_sessions(&mut self, now: u64) {
+        let expiry = self.session_expiry;
+        let gone: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.is_link() && !s.clean && s.conn.is_none() && expired(s.disconnected_at, now, expiry)
+            })
+            .map(|(&sid, _)| sid)
+            .collect();
+        for sid in gone {
+            if let Some(s) = self.sessions.get(&sid) {
+                info!(broker = %self.name, client_id = %s.client_id, queued = s.queue.len(), "persistent session expired");
+            }
+            self.remove_session(sid);
+            self.counters.sessions_expired.fetch_add(1, Relaxed);
         }
     }
 }

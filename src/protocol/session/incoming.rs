@@ -185,6 +185,12 @@ impl Incoming {
         Packet::PubComp(PubComp::new(pkid))
     }
 
+    /// Remembers QoS 2 packet id `pkid` as received and acknowledged (PUBREC
+    /// sent) before a restart: a redelivery is a duplicate, not a new message.
+    pub fn restore_received(&mut self, pkid: u16) {
+        self.qos2.insert(pkid, Qos2::Received);
+    }
+
     /// A new connection on the same session: starts a new generation,
     /// forgets deliveries not yet acknowledged to the peer (it redelivers
     /// them, with DUP) and keeps the QoS 2 ids already PUBREC'd.

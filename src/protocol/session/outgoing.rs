@@ -234,6 +234,39 @@ impl<T> Outgoing<T> {
             .collect()
     }
 
+    /// Puts back a QoS 1/2 flow that was in flight before a restart, under
+    /// its original packet id (`released`: PUBREC was received, PUBREL is
+    /// owed). Gives the message back when the id is taken or invalid.
+    pub fn restore(
+        &mut self,
+        message: Message,
+        pkid: u16,
+        released: bool,
+        token: T,
+    ) -> Result<(), Full<T>> {
+        if message.qos == QoS::AtMostOnce || !self.ids.claim(pkid) {
+            return Err(Full { message, token });
+        }
+        let publish = publish_from_message(&message, pkid, false);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_pkid.insert(pkid, seq);
+        let stage = if released {
+            Stage::AwaitComp
+        } else {
+            Stage::AwaitAck
+        };
+        self.flows.insert(
+            seq,
+            Flow {
+                publish,
+                stage,
+                token,
+            },
+        );
+        Ok(())
+    }
+
     /// A packet id for a SUBSCRIBE/UNSUBSCRIBE, never one in flight;
     /// `None` when all ids are in use. Give it back with [`Outgoing::release_id`].
     pub fn reserve_id(&mut self) -> Option<u16> {

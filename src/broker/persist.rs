@@ -1,0 +1,396 @@
+//! The built-in broker's persistent state in the shared store: persistent
+//! sessions (subscriptions, queued and in-flight QoS 1/2 messages, QoS 2
+//! state on both sides) and retained messages, one keyspace per kind and
+//! broker (`broker.<name>.sessions`, `.messages`, `.flows`, `.incoming`,
+//! `.retained`).
+//!
+//! Only the router writes ([`Journal`]): changes collect during one batch of
+//! router events (the last change to a key wins) and go to the store as one
+//! atomic batch at its end ([`Journal::commit`]); the router then waits for
+//! the group commit ([`crate::store::Store::durable`]) off its loop before
+//! acknowledging the publishes that needed it. [`load`] reads everything back
+//! at start; a damaged record is logged, counted, deleted and skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::warn;
+
+use super::record::{self, Flow, RecordError, StoredSession};
+use super::stats::Counters;
+use crate::protocol::Message;
+use crate::store::{Keyspace, Store, StoreError};
+
+/// The keyspaces of one broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Ks {
+    Sessions,
+    Messages,
+    Flows,
+    Incoming,
+    Retained,
+}
+
+const ALL: [(Ks, &str); 5] = [
+    (Ks::Sessions, "sessions"),
+    (Ks::Messages, "messages"),
+    (Ks::Flows, "flows"),
+    (Ks::Incoming, "incoming"),
+    (Ks::Retained, "retained"),
+];
+
+struct Open {
+    store: Store,
+    keyspaces: HashMap<Ks, Keyspace>,
+}
+
+impl Open {
+    fn ks(&self, which: Ks) -> Result<&Keyspace, StoreError> {
+        self.keyspaces
+            .get(&which)
+            .ok_or_else(|| StoreError::Io(format!("keyspace {which:?} not open")))
+    }
+}
+
+/// The router's writer: a no-op without a store.
+pub(crate) struct Journal {
+    open: Option<Open>,
+    /// Changes of the current batch: key → new value (`None`: delete).
+    pending: BTreeMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("enabled", &self.open.is_some())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// A journal that writes nothing (no store: in-process tests).
+    pub fn disabled(counters: Arc<Counters>) -> Self {
+        Journal {
+            open: None,
+            pending: BTreeMap::new(),
+            counters,
+        }
+    }
+
+    /// Opens (creating) the keyspaces of broker `broker`.
+    pub fn open(store: &Store, broker: &str, counters: Arc<Counters>) -> Result<Self, StoreError> {
+        let mut keyspaces = HashMap::new();
+        for (which, suffix) in ALL {
+            keyspaces.insert(which, store.keyspace(&format!("broker.{broker}.{suffix}"))?);
+        }
+        Ok(Journal {
+            open: Some(Open {
+                store: store.clone(),
+                keyspaces,
+            }),
+            pending: BTreeMap::new(),
+            counters,
+        })
+    }
+
+    /// Whether changes go to disk (persistent sessions are stored).
+    pub fn enabled(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The store, to wait for durability.
+    pub fn store(&self) -> Option<&Store> {
+        self.open.as_ref().map(|o| &o.store)
+    }
+
+    fn set(&mut self, ks: Ks, key: &[u8], value: Option<Vec<u8>>) {
+        if self.open.is_some() {
+            self.pending.insert((ks, key.to_vec()), value);
+        }
+    }
+
+    /// Writes (replaces) session `sid`'s record.
+    pub fn put_session(&mut self, sid: u64, s: &StoredSession) {
+        if self.open.is_some() {
+            self.set(
+                Ks::Sessions,
+                &record::session_key(sid),
+                Some(record::encode_session(s)),
+            );
+        }
+    }
+
+    /// Stores message `seq` of session `sid`.
+    pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message) {
+        if self.open.is_some() {
+            self.set(
+                Ks::Messages,
+                &record::seq_key(sid, seq),
+                Some(record::encode_message(m)),
+            );
+            self.counters.stored_messages.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Deletes message `seq` of session `sid` and its QoS 2 flow record.
+    pub fn remove_message(&mut self, sid: u64, seq: u64) {
+        if self.open.is_some() {
+            let key = record::seq_key(sid, seq);
+            self.set(Ks::Messages, &key, None);
+            self.set(Ks::Flows, &key, None);
+            self.counters.stored_messages.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Records where the QoS 2 flow of message `seq` stands.
+    pub fn put_flow(&mut self, sid: u64, seq: u64, flow: Flow) {
+        self.set(
+            Ks::Flows,
+            &record::seq_key(sid, seq),
+            Some(record::encode_flow(flow)),
+        );
+    }
+
+    /// A QoS 2 packet id received (and routed) from session `sid`'s client.
+    pub fn put_incoming(&mut self, sid: u64, pkid: u16) {
+        self.set(
+            Ks::Incoming,
+            &record::pkid_key(sid, pkid),
+            Some(record::encode_marker()),
+        );
+    }
+
+    /// The client released QoS 2 packet id `pkid` (PUBREL).
+    pub fn remove_incoming(&mut self, sid: u64, pkid: u16) {
+        self.set(Ks::Incoming, &record::pkid_key(sid, pkid), None);
+    }
+
+    /// Sets or (empty payload) deletes the retained message of `m.topic`.
+    pub fn put_retained(&mut self, m: &Message) {
+        let value = (!m.payload.is_empty()).then(|| record::encode_message(m));
+        self.set(Ks::Retained, m.topic.as_bytes(), value);
+    }
+
+    /// Deletes session `sid` with every message, flow and QoS 2 id it holds;
+    /// `messages` is how many stored messages it held (for the gauge).
+    pub fn remove_session(&mut self, sid: u64, messages: u64) {
+        if self.open.is_none() {
+            return;
+        }
+        // Pending writes of this session must reach the keyspaces before the
+        // scan below can see (and delete) them.
+        if let Err(e) = self.commit() {
+            warn!(error = %e, "store write failed");
+        }
+        let Some(open) = &self.open else { return };
+        let prefix = record::session_key(sid);
+        let mut batch = open.store.db().batch();
+        for ks in [Ks::Messages, Ks::Flows, Ks::Incoming] {
+            let Ok(keyspace) = open.ks(ks) else { continue };
+            for guard in keyspace.prefix(prefix) {
+                match guard.key() {
+                    Ok(key) => batch.remove(keyspace, key),
+                    Err(e) => warn!(error = %e, "store read failed"),
+                }
+            }
+        }
+        if let Ok(keyspace) = open.ks(Ks::Sessions) {
+            batch.remove(keyspace, prefix);
+        }
+        if let Err(e) = batch.commit() {
+            warn!(error = %e, "store write failed");
+        }
+        self.counters.stored_messages.fetch_sub(messages, Relaxed);
+    }
+
+    /// Writes the batch's changes to the store as one atomic batch; true
+    /// when there was anything to write.
+    pub fn commit(&mut self) -> Result<bool, StoreError> {
+        let Some(open) = &self.open else {
+            return Ok(false);
+        };
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let mut batch = open.store.db().batch();
+        for ((ks, key), value) in std::mem::take(&mut self.pending) {
+            let keyspace = open.ks(ks)?;
+            match value {
+                Some(v) => batch.insert(keyspace, key, v),
+                None => batch.remove(keyspace, key),
+            }
+        }
+        batch.commit()?;
+        Ok(true)
+    }
+
+    /// Everything stored, for the router to rebuild its state from. Damaged
+    /// records (and messages of a session that is gone) are logged,
+    /// counted, deleted and skipped.
+    pub fn load(&self, broker: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        let Some(open) = &self.open else {
+            return loaded;
+        };
+        let mut damaged = Vec::new();
+        // Records of a session that is gone (its record was damaged).
+        let mut orphans = Vec::new();
+        let mut note = |ks: Ks, key: &[u8], err: RecordError| {
+            warn!(broker = %broker, keyspace = ?ks, error = %err, "damaged record skipped");
+            damaged.push((ks, key.to_vec()));
+        };
+        for (key, value) in scan(open, Ks::Sessions) {
+            match record::parse_session_key(&key)
+                .and_then(|sid| Ok((sid, record::decode_session(&value)?)))
+            {
+                Ok((sid, record)) => {
+                    loaded.sessions.insert(
+                        sid,
+                        LoadedSession {
+                            record,
+                            messages: Vec::new(),
+                            incoming: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => note(Ks::Sessions, &key, e),
+            }
+        }
+        let mut flows = HashMap::new();
+        for (key, value) in scan(open, Ks::Flows) {
+            match record::split_key(&key).and_then(|k| Ok((k, record::decode_flow(&value)?))) {
+                Ok((k, flow)) => {
+                    flows.insert(k, flow);
+                }
+                Err(e) => note(Ks::Flows, &key, e),
+            }
+        }
+        for (key, value) in scan(open, Ks::Messages) {
+            let parsed = record::split_key(&key)
+                .and_then(|k| Ok((k, record::decode_message(&value)?)));
+            match parsed {
+                Ok(((sid, seq), m)) => match loaded.sessions.get_mut(&sid) {
+                    Some(s) => s.messages.push((seq, m, flows.remove(&(sid, seq)))),
+                    None => orphans.push((Ks::Messages, key.to_vec())),
+                },
+                Err(e) => note(Ks::Messages, &key, e),
+            }
+        }
+        for (key, value) in scan(open, Ks::Incoming) {
+            let parsed = record::split_key(&key).and_then(|k| {
+                record::decode_marker(&value)?;
+                Ok(k)
+            });
+            match parsed {
+                Ok((sid, pkid)) => match loaded.sessions.get_mut(&sid) {
+                    Some(s) => s.incoming.push(u16::try_from(pkid).unwrap_or(0)),
+                    None => orphans.push((Ks::Incoming, key.to_vec())),
+                },
+                Err(e) => note(Ks::Incoming, &key, e),
+            }
+        }
+        for (key, value) in scan(open, Ks::Retained) {
+            match record::decode_message(&value) {
+                Ok(m) if m.topic.as_bytes() == &key[..] => loaded.retained.push(m),
+                Ok(_) => note(Ks::Retained, &key, RecordError::Malformed),
+                Err(e) => note(Ks::Retained, &key, e),
+            }
+        }
+        loaded.damaged = damaged.len() as u64;
+        // Flows whose message is gone are leftovers, not damage.
+        let leftovers = flows
+            .into_keys()
+            .map(|(sid, seq)| (Ks::Flows, record::seq_key(sid, seq).to_vec()));
+        let mut batch = open.store.db().batch();
+        for (ks, key) in damaged.into_iter().chain(orphans).chain(leftovers) {
+            if let Ok(keyspace) = open.ks(ks) {
+                batch.remove(keyspace, key);
+            }
+        }
+        if let Err(e) = batch.commit() {
+            warn!(broker = %broker, error = %e, "cannot delete damaged records");
+        }
+        let stored: usize = loaded.sessions.values().map(|s| s.messages.len()).sum();
+        self.counters.stored_messages.store(stored as u64, Relaxed);
+        self.counters.records_damaged.fetch_add(loaded.damaged, Relaxed);
+        loaded
+    }
+}
+
+/// Every (key, value) of one keyspace; unreadable entries are logged and skipped.
+fn scan(open: &Open, ks: Ks) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(keyspace) = open.ks(ks) else {
+        return Vec::new();
+    };
+    keyspace
+        .iter()
+        .filter_map(|guard| match guard.into_inner() {
+            Ok((k, v)) => Some((k.to_vec(), v.to_vec())),
+            Err(e) => {
+                warn!(keyspace = ?ks, error = %e, "store read failed");
+                None
+            }
+        })
+        .collect()
+}
+
+/// One stored session as loaded.
+#[derive(Debug)]
+pub(crate) struct LoadedSession {
+    /// Its record.
+    pub record: StoredSession,
+    /// Messages in sequence order, with the QoS 2 flow of those in flight.
+    pub messages: Vec<(u64, Message, Option<Flow>)>,
+    /// QoS 2 packet ids received from the client and not yet released.
+    pub incoming: Vec<u16>,
+}
+
+/// Everything [`Journal::load`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// Sessions by id.
+    pub sessions: BTreeMap<u64, LoadedSession>,
+    /// Retained messages.
+    pub retained: Vec<Message>,
+    /// Damaged records skipped.
+    pub damaged: u64,
+}
+
+/// Whether a persistent session that went away at `disconnected_at` (unix
+/// seconds) has expired at `now` under `expiry` (`None`: never).
+pub(crate) fn expired(
+    disconnected_at: Option<u64>,
+    now: u64,
+    expiry: Option<std::time::Duration>,
+) -> bool {
+    match (disconnected_at, expiry) {
+        (Some(at), Some(expiry)) => now.saturating_sub(at) >= expiry.as_secs().max(1),
+        _ => false,
+    }
+}
+
+/// Unix seconds now (0 before 1970, which no clock here reports).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn expiry_counts_from_the_disconnect() {
+        let h = Some(Duration::from_secs(3600));
+        assert!(!expired(None, 10_000, h), "connected sessions never expire");
+        assert!(!expired(Some(100), 10_000, None), "no expiry configured");
+        assert!(!expired(Some(100), 3_699, h));
+        assert!(expired(Some(100), 3_700, h));
+        assert!(!expired(Some(100), 50, h), "a clock going back does not expire");
+    }
+}
