@@ -287,7 +287,8 @@ async fn start_broker(
             ))
         }
         BrokerKind::BuiltIn(b) => {
-            let broker = Broker::start(broker_options(name, b, Some(store.clone())), token.clone()).await?;
+            let broker =
+                Broker::start(broker_options(name, b, Some(store.clone())), token.clone()).await?;
             // The bridge's own persistent session on its built-in broker.
             let (link, deliveries) = broker.link(&broker::bridge_link_id(name), false);
             obs.builtin(&broker, &link);

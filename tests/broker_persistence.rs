@@ -21,7 +21,7 @@ use common::mosquitto::{Mosquitto, free_port};
 use common::process::BridgeProcess;
 use common::wait::within;
 use mqbridge::protocol::QoS;
-use mqbridge::protocol::v4::{Packet, PubComp, PubRec, PubRel};
+use mqbridge::protocol::v4::{Packet, PubAck, PubComp, PubRec, PubRel, Publish};
 use rumqttc::{AsyncClient, Event, MqttOptions};
 use tokio::time::timeout;
 
@@ -88,6 +88,20 @@ impl Bridge {
     }
 }
 
+/// Publishes a retained QoS 1 message and waits for its PUBACK (which
+/// comes once it is on disk).
+async fn publish_retained(raw: &mut Raw, topic: &str, payload: &str, pkid: u16) {
+    let mut p = Publish::new(
+        topic,
+        mqbridge::protocol::WireQoS::AtLeastOnce,
+        payload.as_bytes().to_vec(),
+    );
+    p.retain = true;
+    p.pkid = pkid;
+    raw.send(Packet::Publish(p)).await;
+    assert_eq!(raw.next().await, Packet::PubAck(PubAck::new(pkid)));
+}
+
 /// A pipe from the built-in broker to Mosquitto `port` for `p/#` at QoS 1.
 fn pipe_to(p: &str, port: u16) -> String {
     format!(
@@ -100,7 +114,7 @@ fn pipe_to(p: &str, port: u16) -> String {
 /// every sequence number that got its PUBACK goes into `acked`.
 async fn devices_publish(
     addr: SocketAddr,
-    topic: &str,
+    topic: String,
     next: u64,
     rate: u64,
     limit: Duration,
@@ -145,7 +159,12 @@ async fn devices_publish(
             // publish nothing more is published (the order would slip).
             let _ = sent_tx.send(seq);
             if client
-                .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, seq.to_string())
+                .try_publish(
+                    topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    seq.to_string(),
+                )
                 .is_err()
             {
                 break 'publishing;
@@ -193,9 +212,13 @@ async fn kill_9_while_devices_publish_loses_no_acknowledged_message_over_20_cycl
             Duration::from_secs(10),
             acked.clone(),
         ));
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         bridge.kill9();
         next = within(publisher).await.expect("publisher");
+        eprintln!(
+            "cycle {cycle}: published up to {next}, {} acknowledged",
+            acked.lock().expect("lock").len()
+        );
     }
     bridge.start().await;
     let acked: Vec<u64> = acked.lock().expect("lock").iter().copied().collect();
@@ -205,14 +228,25 @@ async fn kill_9_while_devices_publish_loses_no_acknowledged_message_over_20_cycl
         acked.len()
     );
     let mut seen = SeqCount::default();
-    let all = timeout(Duration::from_secs(120), async {
-        loop {
-            if acked.iter().all(|s| seen.seen.contains_key(s)) {
-                return;
-            }
-            match sub.rx.recv().await {
-                Some(got) => seen.add(&got.payload),
-                None => panic!("subscriber ended"),
+    let mut missing: BTreeSet<u64> = acked.iter().copied().collect();
+    let all = timeout(Duration::from_secs(90), async {
+        while !missing.is_empty() {
+            match timeout(Duration::from_secs(5), sub.rx.recv()).await {
+                Ok(Some(got)) => {
+                    seen.add(&got.payload);
+                    if let Ok(n) = got.payload.parse::<u64>() {
+                        missing.remove(&n);
+                    }
+                }
+                Ok(None) => panic!("subscriber ended"),
+                Err(_) => {
+                    let body = scrape(bridge.metrics).await;
+                    eprintln!(
+                        "draining: {} distinct; stored {:?}",
+                        seen.unique(),
+                        value(&body, "mqbridge_broker_stored_messages{broker=\"edge\"}"),
+                    );
+                }
             }
         }
     })
@@ -237,7 +271,12 @@ async fn kill_9_while_devices_publish_loses_no_acknowledged_message_over_20_cycl
         &lost[..lost.len().min(10)]
     );
     // Nothing stays stored once delivered.
-    metric_becomes(bridge.metrics, "mqbridge_broker_stored_messages{broker=\"edge\"}", 0.0).await;
+    metric_becomes(
+        bridge.metrics,
+        "mqbridge_broker_stored_messages{broker=\"edge\"}",
+        0.0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,11 +306,10 @@ async fn persistent_session_retained_and_qos2_state_survive_kill_9() {
             .await;
         assert!(matches!(publ.next().await, Packet::PubAck(_)));
     }
-    publ.publish("ps/retained", "kept", QoS::AtLeastOnce, true, 100)
-        .await;
-    assert!(matches!(publ.next().await, Packet::PubAck(_)));
+    publish_retained(&mut publ, "ps/retained", "kept", 100).await;
     // A QoS 2 publish acknowledged with PUBREC, not yet released.
-    publ.publish("ps/c", "c", QoS::ExactlyOnce, false, 200).await;
+    publ.publish("ps/c", "c", QoS::ExactlyOnce, false, 200)
+        .await;
     assert_eq!(publ.next().await, Packet::PubRec(PubRec::new(200)));
     // Every PUBACK/PUBREC above came after the store's sync: kill -9 now.
     bridge.kill9();
@@ -290,7 +328,10 @@ async fn persistent_session_retained_and_qos2_state_survive_kill_9() {
     let (mut s2, present) = Raw::connect_present(addr, "ps-q2", false).await;
     assert!(present);
     let again = s2.next_publish().await;
-    assert_eq!((&again.payload[..], again.pkid, again.dup), (&b"a"[..], a.pkid, true));
+    assert_eq!(
+        (&again.payload[..], again.pkid, again.dup),
+        (&b"a"[..], a.pkid, true)
+    );
     assert_eq!(s2.next().await, Packet::PubRel(PubRel::new(b.pkid)));
     s2.send(Packet::PubComp(PubComp::new(b.pkid))).await;
     s2.send(Packet::PubRec(PubRec::new(a.pkid))).await;
@@ -335,10 +376,7 @@ fn damage_one_message(data: &Path) -> usize {
     };
     let store = mqbridge::store::Store::open(&plan).expect("open the stopped bridge's store");
     let ks = store.keyspace("broker.edge.messages").expect("keyspace");
-    let keys: Vec<Vec<u8>> = ks
-        .iter()
-        .map(|g| g.key().expect("key").to_vec())
-        .collect();
+    let keys: Vec<Vec<u8>> = ks.iter().map(|g| g.key().expect("key").to_vec()).collect();
     let victim = keys.first().expect("a stored message").clone();
     let mut value = ks.get(&victim).expect("get").expect("value").to_vec();
     let last = value.len() - 1;
@@ -410,8 +448,7 @@ async fn session_expiry_removes_abandoned_sessions_and_their_messages() {
     );
     // Gone from disk too (an acknowledged publish syncs what came before):
     // a restart finds only the link session.
-    publ.publish("ex/flush", "x", QoS::AtLeastOnce, true, 9).await;
-    assert!(matches!(publ.next().await, Packet::PubAck(_)));
+    publish_retained(&mut publ, "ex/flush", "x", 9).await;
     bridge.kill9();
     bridge.start().await;
     let (mut s, present) = Raw::connect_present(addr, "ex-sub", false).await;

@@ -269,8 +269,8 @@ impl Journal {
             }
         }
         for (key, value) in scan(open, Ks::Messages) {
-            let parsed = record::split_key(&key)
-                .and_then(|k| Ok((k, record::decode_message(&value)?)));
+            let parsed =
+                record::split_key(&key).and_then(|k| Ok((k, record::decode_message(&value)?)));
             match parsed {
                 Ok(((sid, seq), m)) => match loaded.sessions.get_mut(&sid) {
                     Some(s) => s.messages.push((seq, m, flows.remove(&(sid, seq)))),
@@ -315,7 +315,9 @@ impl Journal {
         }
         let stored: usize = loaded.sessions.values().map(|s| s.messages.len()).sum();
         self.counters.stored_messages.store(stored as u64, Relaxed);
-        self.counters.records_damaged.fetch_add(loaded.damaged, Relaxed);
+        self.counters
+            .records_damaged
+            .fetch_add(loaded.damaged, Relaxed);
         loaded
     }
 }
@@ -391,6 +393,9 @@ mod tests {
         assert!(!expired(Some(100), 10_000, None), "no expiry configured");
         assert!(!expired(Some(100), 3_699, h));
         assert!(expired(Some(100), 3_700, h));
-        assert!(!expired(Some(100), 50, h), "a clock going back does not expire");
+        assert!(
+            !expired(Some(100), 50, h),
+            "a clock going back does not expire"
+        );
     }
 }

@@ -9,19 +9,30 @@ use crate::topic;
 #[derive(Debug, Default)]
 pub(crate) struct Retained {
     by_topic: HashMap<String, Message>,
+    /// How many of them are `$` topics (`$SYS`: not stored on disk).
+    dollar: usize,
 }
 
 impl Retained {
     /// Sets, replaces or (empty payload) deletes the retained message of
     /// `msg.topic`. The stored copy keeps retain=1 and DUP off.
     pub fn store(&mut self, msg: &Message) {
-        if msg.payload.is_empty() {
-            self.by_topic.remove(&msg.topic);
+        let dollar = msg.topic.starts_with('$');
+        let had = if msg.payload.is_empty() {
+            self.by_topic.remove(&msg.topic).is_some()
         } else {
             let mut m = msg.clone();
             m.retain = true;
             m.dup = false;
-            self.by_topic.insert(m.topic.clone(), m);
+            self.by_topic.insert(m.topic.clone(), m).is_some()
+        };
+        let has = !msg.payload.is_empty();
+        if dollar && had != has {
+            if has {
+                self.dollar += 1;
+            } else {
+                self.dollar -= 1;
+            }
         }
     }
 
@@ -41,6 +52,11 @@ impl Retained {
     pub fn len(&self) -> usize {
         self.by_topic.len()
     }
+
+    /// Number of retained messages kept on disk (all but `$` topics).
+    pub fn stored_len(&self) -> usize {
+        self.by_topic.len() - self.dollar
+    }
 }
 
 #[cfg(test)]
@@ -55,6 +71,7 @@ mod tests {
         r.store(&Message::new("a/c", "2", QoS::AtMostOnce, true));
         r.store(&Message::new("$SYS/x", "3", QoS::AtMostOnce, true));
         assert_eq!(r.len(), 3);
+        assert_eq!(r.stored_len(), 2);
         r.store(&Message::new("a/b", "9", QoS::AtMostOnce, true));
         let m = r.matching("a/+");
         assert_eq!(m.len(), 2);

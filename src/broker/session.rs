@@ -12,8 +12,8 @@ use super::persist::{Journal, LoadedSession};
 use super::record::{Flow, Kind, StoredSession};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
-use crate::protocol::v4::Packet;
 use crate::protocol::session::ProtocolViolation;
+use crate::protocol::v4::Packet;
 use crate::protocol::{Incoming, Message, Outgoing, QoS};
 
 /// Id of one network connection or local link (its "generation").
@@ -244,16 +244,31 @@ impl Session {
     }
 
     /// PUBREC: the PUBREL to send; a stored flow is marked released.
-    pub fn on_pubrec(&mut self, pkid: u16, journal: &mut Journal) -> Result<Packet, ProtocolViolation> {
+    pub fn on_pubrec(
+        &mut self,
+        pkid: u16,
+        journal: &mut Journal,
+    ) -> Result<Packet, ProtocolViolation> {
         let pubrel = self.outgoing.on_pubrec(pkid)?;
         if let (Some(sid), Some(&seq)) = (self.stored, self.qos2_seq.get(&pkid)) {
-            journal.put_flow(sid, seq, Flow { pkid, released: true });
+            journal.put_flow(
+                sid,
+                seq,
+                Flow {
+                    pkid,
+                    released: true,
+                },
+            );
         }
         Ok(pubrel)
     }
 
     /// PUBCOMP: the flow's stored message goes.
-    pub fn on_pubcomp(&mut self, pkid: u16, journal: &mut Journal) -> Result<(), ProtocolViolation> {
+    pub fn on_pubcomp(
+        &mut self,
+        pkid: u16,
+        journal: &mut Journal,
+    ) -> Result<(), ProtocolViolation> {
         let seq = self.outgoing.on_pubcomp(pkid)?;
         self.qos2_seq.remove(&pkid);
         self.forget(seq, journal);

@@ -38,7 +38,11 @@ pub(super) fn spawn_committer(
             let through = epochs.iter().copied().max().unwrap_or(0);
             epochs.clear();
             let result = store.durable().await;
-            if router.send(Event::Durable { through, result }).await.is_err() {
+            if router
+                .send(Event::Durable { through, result })
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -338,7 +338,9 @@ impl Router {
         });
         // Never fires without `session_expiry`.
         let mut expiry_tick = self.session_expiry.map(|d| {
-            let mut i = tokio::time::interval((d / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+            let mut i = tokio::time::interval(
+                (d / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            );
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });

@@ -55,10 +55,13 @@ impl Router {
         let action = session.incoming.on_publish(publish, Instant::now());
         // A QoS 2 id is remembered (stored) with the message it routes, so a
         // redelivery after a restart is known as a duplicate.
+        // It must be on disk before the PUBREC, like the message.
+        let mut marked = false;
         if let (IncomingAction::Deliver { message, .. }, Some(stored)) = (&action, session.stored)
             && message.qos == QoS::ExactlyOnce
         {
             self.journal.put_incoming(stored, pkid);
+            marked = true;
         }
         match action {
             IncomingAction::Deliver {
@@ -71,8 +74,17 @@ impl Router {
                     self.park(conn, message, token);
                     return;
                 }
+                if !self.journal.enabled() {
+                    // Nothing can wait for the disk: acknowledge first, as
+                    // before the broker had a store.
+                    self.ack_publisher(conn, token);
+                    if route {
+                        self.route(message, true);
+                    }
+                    return;
+                }
                 let stored = route && self.route(message, true);
-                self.release(Waiter::Publisher(conn, token), stored);
+                self.release(Waiter::Publisher(conn, token), stored || marked);
             }
             IncomingAction::Deliver {
                 message,
@@ -248,11 +260,12 @@ impl Router {
             self.counters
                 .retained
                 .store(self.retained.len() as u64, Relaxed);
-            if self.journal.enabled() {
+            // `$SYS` is republished at every interval: not worth a write.
+            if self.journal.enabled() && !message.topic.starts_with('$') {
                 self.journal.put_retained(&message);
                 self.counters
                     .retained_stored
-                    .store(self.retained.len() as u64, Relaxed);
+                    .store(self.retained.stored_len() as u64, Relaxed);
                 stored |= message.qos != QoS::AtMostOnce;
             }
         }

@@ -218,7 +218,9 @@ impl Router {
         }
         let retained = self.retained.len() as u64;
         self.counters.retained.store(retained, Relaxed);
-        self.counters.retained_stored.store(retained, Relaxed);
+        self.counters
+            .retained_stored
+            .store(self.retained.stored_len() as u64, Relaxed);
         let sessions = loaded.sessions.len();
         for (sid, stored) in loaded.sessions {
             let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
@@ -250,7 +252,10 @@ impl Router {
             .sessions
             .iter()
             .filter(|(_, s)| {
-                !s.is_link() && !s.clean && s.conn.is_none() && expired(s.disconnected_at, now, expiry)
+                !s.is_link()
+                    && !s.clean
+                    && s.conn.is_none()
+                    && expired(s.disconnected_at, now, expiry)
             })
             .map(|(&sid, _)| sid)
             .collect();
