@@ -1,11 +1,16 @@
 //! The PUBLISH mapping between the MQTT 5 wire packet and the version-free
 //! [`Message`] (the 3.1/3.1.1 mapping is `codec::{message_from_publish,
 //! publish_from_message}`, which drops properties: the rules are on
-//! [`MessageProperties`]).
+//! [`MessageProperties`]), and rumqttc's per-packet reason enums to and
+//! from the typed [`ReasonCode`].
 
-use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{
+    DisconnectReasonCode, PubAckReason, PubCompReason, PubRecReason, PubRelReason, Publish,
+    PublishProperties, SubscribeReasonCode, UnsubAckReason,
+};
 
 use super::message::{Message, MessageProperties, PropertyFields, QoS};
+use super::reason::ReasonCode;
 
 /// How the topic of an outgoing v5 PUBLISH is written, as the connection's
 /// outbound alias table decided (`protocol::alias::Outbound`).
@@ -149,12 +154,141 @@ impl From<rumqttc::v5::mqttbytes::QoS> for QoS {
     }
 }
 
+/// Maps a rumqttc reason enum to and from [`ReasonCode`], both ways, so
+/// code that acts on acks and DISCONNECTs matches on our typed codes.
+macro_rules! reason_map {
+    ($ty:ty { $($var:ident => $code:ident),+ $(,)? }) => {
+        impl From<$ty> for ReasonCode {
+            fn from(r: $ty) -> ReasonCode {
+                match r {
+                    $(<$ty>::$var => ReasonCode::$code,)+
+                }
+            }
+        }
+
+        impl TryFrom<ReasonCode> for $ty {
+            type Error = ReasonCode;
+            /// Fails with the code itself when the packet type cannot carry it.
+            fn try_from(code: ReasonCode) -> Result<$ty, ReasonCode> {
+                match code {
+                    $(ReasonCode::$code => Ok(<$ty>::$var),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+reason_map!(PubAckReason {
+    Success => Success,
+    NoMatchingSubscribers => NoMatchingSubscribers,
+    UnspecifiedError => UnspecifiedError,
+    ImplementationSpecificError => ImplementationSpecificError,
+    NotAuthorized => NotAuthorized,
+    TopicNameInvalid => TopicNameInvalid,
+    PacketIdentifierInUse => PacketIdentifierInUse,
+    QuotaExceeded => QuotaExceeded,
+    PayloadFormatInvalid => PayloadFormatInvalid,
+});
+
+reason_map!(PubRecReason {
+    Success => Success,
+    NoMatchingSubscribers => NoMatchingSubscribers,
+    UnspecifiedError => UnspecifiedError,
+    ImplementationSpecificError => ImplementationSpecificError,
+    NotAuthorized => NotAuthorized,
+    TopicNameInvalid => TopicNameInvalid,
+    PacketIdentifierInUse => PacketIdentifierInUse,
+    QuotaExceeded => QuotaExceeded,
+    PayloadFormatInvalid => PayloadFormatInvalid,
+});
+
+reason_map!(PubRelReason {
+    Success => Success,
+    PacketIdentifierNotFound => PacketIdentifierNotFound,
+});
+
+reason_map!(PubCompReason {
+    Success => Success,
+    PacketIdentifierNotFound => PacketIdentifierNotFound,
+});
+
+reason_map!(UnsubAckReason {
+    Success => Success,
+    NoSubscriptionExisted => NoSubscriptionExisted,
+    UnspecifiedError => UnspecifiedError,
+    ImplementationSpecificError => ImplementationSpecificError,
+    NotAuthorized => NotAuthorized,
+    TopicFilterInvalid => TopicFilterInvalid,
+    PacketIdentifierInUse => PacketIdentifierInUse,
+});
+
+reason_map!(DisconnectReasonCode {
+    NormalDisconnection => Success,
+    DisconnectWithWillMessage => DisconnectWithWill,
+    UnspecifiedError => UnspecifiedError,
+    MalformedPacket => MalformedPacket,
+    ProtocolError => ProtocolError,
+    ImplementationSpecificError => ImplementationSpecificError,
+    NotAuthorized => NotAuthorized,
+    ServerBusy => ServerBusy,
+    ServerShuttingDown => ServerShuttingDown,
+    KeepAliveTimeout => KeepAliveTimeout,
+    SessionTakenOver => SessionTakenOver,
+    TopicFilterInvalid => TopicFilterInvalid,
+    TopicNameInvalid => TopicNameInvalid,
+    ReceiveMaximumExceeded => ReceiveMaximumExceeded,
+    TopicAliasInvalid => TopicAliasInvalid,
+    PacketTooLarge => PacketTooLarge,
+    MessageRateTooHigh => MessageRateTooHigh,
+    QuotaExceeded => QuotaExceeded,
+    AdministrativeAction => AdministrativeAction,
+    PayloadFormatInvalid => PayloadFormatInvalid,
+    RetainNotSupported => RetainNotSupported,
+    QoSNotSupported => QosNotSupported,
+    UseAnotherServer => UseAnotherServer,
+    ServerMoved => ServerMoved,
+    SharedSubscriptionNotSupported => SharedSubscriptionsNotSupported,
+    ConnectionRateExceeded => ConnectionRateExceeded,
+    MaximumConnectTime => MaximumConnectTime,
+    SubscriptionIdentifiersNotSupported => SubscriptionIdentifiersNotSupported,
+    WildcardSubscriptionsNotSupported => WildcardSubscriptionsNotSupported,
+});
+
+/// The reason code of a SUBACK entry (a granted QoS is a success code).
+pub fn suback_reason(code: SubscribeReasonCode) -> ReasonCode {
+    use rumqttc::v5::mqttbytes::QoS as W;
+    match code {
+        SubscribeReasonCode::Success(W::AtMostOnce) => ReasonCode::Success,
+        SubscribeReasonCode::Success(W::AtLeastOnce) => ReasonCode::GrantedQos1,
+        SubscribeReasonCode::Success(W::ExactlyOnce) => ReasonCode::GrantedQos2,
+        SubscribeReasonCode::Failure | SubscribeReasonCode::Unspecified => {
+            ReasonCode::UnspecifiedError
+        }
+        SubscribeReasonCode::ImplementationSpecific => ReasonCode::ImplementationSpecificError,
+        SubscribeReasonCode::NotAuthorized => ReasonCode::NotAuthorized,
+        SubscribeReasonCode::TopicFilterInvalid => ReasonCode::TopicFilterInvalid,
+        SubscribeReasonCode::PkidInUse => ReasonCode::PacketIdentifierInUse,
+        SubscribeReasonCode::QuotaExceeded => ReasonCode::QuotaExceeded,
+        SubscribeReasonCode::SharedSubscriptionsNotSupported => {
+            ReasonCode::SharedSubscriptionsNotSupported
+        }
+        SubscribeReasonCode::SubscriptionIdNotSupported => {
+            ReasonCode::SubscriptionIdentifiersNotSupported
+        }
+        SubscribeReasonCode::WildcardSubscriptionsNotSupported => {
+            ReasonCode::WildcardSubscriptionsNotSupported
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
 
     use super::*;
     use crate::protocol::codec::{message_from_publish, publish_from_message};
+    use crate::protocol::reason::{ALL, AckPacket};
 
     fn full_message() -> Message {
         let mut m = Message::new("a/b", "{\"x\":1}", QoS::AtLeastOnce, true);
@@ -241,5 +375,46 @@ mod tests {
         assert!(payload_format_valid(&m));
         m.properties = None;
         assert!(payload_format_valid(&m));
+    }
+
+    /// Every code a packet may carry converts to that packet's rumqttc
+    /// enum and back unchanged, and no other code converts.
+    #[test]
+    fn reason_enums_cover_exactly_each_packets_table() {
+        fn check<T>(table: AckPacket)
+        where
+            T: TryFrom<ReasonCode, Error = ReasonCode>,
+            ReasonCode: From<T>,
+        {
+            for code in ALL {
+                match T::try_from(code) {
+                    Ok(r) => {
+                        assert_eq!(ReasonCode::from(r), code);
+                        assert!(code.allowed_in(table), "{code:?} extra for {table:?}");
+                    }
+                    Err(back) => {
+                        assert_eq!(back, code);
+                        assert!(!code.allowed_in(table), "{code:?} missing for {table:?}");
+                    }
+                }
+            }
+        }
+        check::<PubAckReason>(AckPacket::PubAck);
+        check::<PubRecReason>(AckPacket::PubRec);
+        check::<PubRelReason>(AckPacket::PubRel);
+        check::<PubCompReason>(AckPacket::PubComp);
+        check::<UnsubAckReason>(AckPacket::UnsubAck);
+        check::<DisconnectReasonCode>(AckPacket::Disconnect);
+        use rumqttc::v5::mqttbytes::QoS as W;
+        assert_eq!(
+            suback_reason(SubscribeReasonCode::Success(W::ExactlyOnce)),
+            ReasonCode::GrantedQos2
+        );
+        assert!(suback_reason(SubscribeReasonCode::NotAuthorized).allowed_in(AckPacket::SubAck));
+        // rumqttc's DISCONNECT enum carries the wire value.
+        assert_eq!(
+            ReasonCode::from(DisconnectReasonCode::UseAnotherServer).as_u8(),
+            DisconnectReasonCode::UseAnotherServer as u8
+        );
     }
 }
