@@ -55,6 +55,9 @@ pub enum VersionError {
     /// The first packet is not a CONNECT: close without answering.
     #[error("first packet is not CONNECT")]
     NotConnect,
+    /// A remaining length longer than 4 bytes: close without answering.
+    #[error("malformed remaining length")]
+    MalformedLength,
     /// Neither `MQTT` nor `MQIsdp`: close without answering [MQTT-3.1.2-1].
     #[error("unknown protocol name")]
     UnknownProtocolName,
@@ -74,7 +77,11 @@ pub fn connect_version(buf: &[u8]) -> Result<Option<ProtocolVersion>, VersionErr
         return Err(VersionError::NotConnect);
     }
     let Some(len_bytes) = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0) else {
-        return Ok(None);
+        return if buf.len() >= 5 {
+            Err(VersionError::MalformedLength)
+        } else {
+            Ok(None)
+        };
     };
     let rest = buf.get(2 + len_bytes..).unwrap_or_default();
     let Some(name_len) = rest
@@ -212,6 +219,11 @@ mod tests {
             Err(VersionError::UnknownProtocolName)
         );
         assert_eq!(connect_version(&[0x30, 0]), Err(VersionError::NotConnect));
+        assert_eq!(connect_version(&[0x10, 0xff, 0xff, 0xff]), Ok(None));
+        assert_eq!(
+            connect_version(&[0x10, 0xff, 0xff, 0xff, 0xff]),
+            Err(VersionError::MalformedLength)
+        );
     }
 
     #[test]
