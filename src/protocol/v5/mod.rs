@@ -9,22 +9,25 @@
 //! - **Accepted but forbidden, now refused on decode**: reserved
 //!   fixed-header flags (it only checks them on DISCONNECT); DUP on QoS 0;
 //!   non-shortest variable byte integers; a property that must appear once
-//!   appearing twice (it keeps the last); property ids another packet type
-//!   owns in some places; U+0000 in any string; PUBLISH and will topics
-//!   that are not UTF-8 (they are raw `Bytes` there) or contain wildcards;
-//!   an empty topic without a topic alias; topic alias 0; subscription
-//!   identifier 0; receive maximum 0; maximum packet size 0; flag
-//!   properties (payload format indicator, request problem/response
+//!   appearing twice (it keeps the last); U+0000 in any string; PUBLISH and
+//!   will topics that are not UTF-8 (they are raw `Bytes` there) or contain
+//!   wildcards; an empty topic without a topic alias; topic alias 0;
+//!   subscription identifier 0; receive maximum 0; maximum packet size 0;
+//!   flag properties (payload format indicator, request problem/response
 //!   information, maximum QoS, the availability flags) other than 0/1;
-//!   authentication data without a method; packet id 0 on acks, SUBSCRIBE
-//!   and UNSUBSCRIBE; reason codes a packet type may not carry (it maps
-//!   some codes of other packets); SUBSCRIBE option reserved bits; no local
-//!   on a shared subscription; SUBSCRIBE/UNSUBSCRIBE without filters
-//!   (UNSUBSCRIBE); SUBACK/UNSUBACK without codes; CONNECT reserved flag;
+//!   authentication data without a method; a response topic with
+//!   wildcards; packet id 0 on acks, SUBSCRIBE and UNSUBSCRIBE; SUBSCRIBE
+//!   option reserved bits; no local on a shared subscription; UNSUBSCRIBE
+//!   without filters; SUBACK/UNSUBACK without codes; CONNECT reserved flag;
 //!   CONNACK reserved flags and session present with a failure; trailing
 //!   bytes after the last field; packets in the wrong direction
 //!   ([`Sender`]): a subscription identifier on a client's PUBLISH, a
-//!   server's DISCONNECT with a session expiry interval or reason 0x04.
+//!   server's DISCONNECT with a session expiry interval or reason 0x04,
+//!   CONNECT/SUBSCRIBE from a server, CONNACK/SUBACK from a client.
+//! - **Refused by rumqttc too, but untyped**: property ids a packet may not
+//!   carry and reason codes a packet may not carry come back as
+//!   `InvalidPropertyType`/`InvalidConnectReturnCode` whatever the packet;
+//!   here they are [`Violation`]s with their reason code (0x81, 0x82).
 //! - **Valid but refused by rumqttc, now decoded**: DISCONNECT and AUTH
 //!   with remaining length 0 (it demands a body) or 1 (a reason code
 //!   without properties: it demands the property length), and AUTH at all
