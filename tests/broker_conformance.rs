@@ -100,6 +100,57 @@ async fn mosquitto_cli_pub_sub_qos2() {
     assert_eq!(sub.lines().await, vec!["mc/x via-cli".to_string()]);
 }
 
+/// MQTT 3.1 (`MQIsdp`, level 3) and 3.1.1 clients on one listener, mixed:
+/// each receives what the other publishes, at the QoS it asked for.
+#[tokio::test]
+async fn mqtt31_and_311_cli_clients_mixed() {
+    let b = TestBroker::start().await;
+    let mut sub31 = MosqSub::spawn(
+        b.addr,
+        &[
+            "-V", "mqttv31", "-t", "m31/#", "-q", "2", "-v", "-i", "m31-sub",
+        ],
+        2,
+    );
+    let mut sub311 = MosqSub::spawn(
+        b.addr,
+        &[
+            "-V", "mqttv311", "-t", "m31/#", "-q", "1", "-v", "-i", "m311-sub",
+        ],
+        2,
+    );
+    b.wait_subscriptions(2).await;
+    mosquitto_pub(
+        b.addr,
+        &[
+            "-V", "mqttv31", "-t", "m31/a", "-m", "from-31", "-q", "2", "-i", "m31-pub",
+        ],
+    )
+    .await;
+    mosquitto_pub(
+        b.addr,
+        &["-V", "mqttv311", "-t", "m31/b", "-m", "from-311", "-q", "1"],
+    )
+    .await;
+    let want = vec!["m31/a from-31".to_string(), "m31/b from-311".to_string()];
+    assert_eq!(sub31.lines().await, want);
+    assert_eq!(sub311.lines().await, want);
+    // A persistent 3.1 session: subscribe and leave (-E), a message is
+    // queued while away, and the resumed session delivers it.
+    let persistent = [
+        "-V", "mqttv31", "-c", "-i", "m31-p", "-q", "1", "-t", "m31p/t",
+    ];
+    let mut first = MosqSub::spawn(b.addr, &[&persistent[..], &["-E"]].concat(), 1);
+    assert!(first.lines().await.is_empty());
+    mosquitto_pub(
+        b.addr,
+        &["-V", "mqttv31", "-t", "m31p/t", "-m", "queued", "-q", "1"],
+    )
+    .await;
+    let mut resumed = MosqSub::spawn(b.addr, &[&persistent[..], &["-v"]].concat(), 1);
+    assert_eq!(resumed.lines().await, vec!["m31p/t queued".to_string()]);
+}
+
 #[tokio::test]
 async fn connect_rules_client_id_protocol_and_second_connect() {
     let b = TestBroker::start().await;
@@ -109,8 +160,9 @@ async fn connect_rules_client_id_protocol_and_second_connect() {
     // Empty id + persistent session: 0x02.
     let c = Raw::connect_code(b.addr, "", false, None).await;
     assert_eq!(c, ConnectReturnCode::BadClientId);
-    // MQTT 3.1 (`MQIsdp`, level 3): 0x01.
-    assert_eq!(raw_mqisdp_connack(b.addr).await, Some(0x01));
+    // MQTT 3.1 (`MQIsdp`, level 3): accepted; `MQIsdp` with another level: 0x01.
+    assert_eq!(raw_mqisdp_connack(b.addr, 3).await, Some(0x00));
+    assert_eq!(raw_mqisdp_connack(b.addr, 4).await, Some(0x01));
     // A second CONNECT closes the connection.
     let mut r = Raw::connect(b.addr, "cr-2", true).await;
     r.send_connect("cr-2", true, None, None, 0).await;

@@ -9,8 +9,10 @@
 //!
 //! What we add on decode: reserved fixed-header flag bits per packet type,
 //! DUP on a QoS 0 PUBLISH, PUBLISH topic names with wildcards, NUL or empty,
-//! NUL in any string, CONNECT protocol name/level (`MQIsdp`/3 reported as its
-//! own error), CONNECT reserved flag and password-without-username,
+//! NUL in any string, CONNECT protocol name/level (MQTT 3.1, `MQIsdp`
+//! level 3, is accepted: rumqttc refuses the name, so its frame is
+//! rewritten to the identical 3.1.1 layout and decodes as level 4), CONNECT
+//! reserved flag and password-without-username,
 //! SUBSCRIBE option reserved bits, SUBSCRIBE/UNSUBSCRIBE packet id 0,
 //! UNSUBSCRIBE without filters, exact remaining length of fixed-size packets,
 //! CONNACK reserved flags, and a maximum on the *whole* packet size.
@@ -100,11 +102,8 @@ pub enum CodecError {
     /// A packet id of 0 where a non-zero id is required (MQTT-2.3.1-1).
     #[error("packet id 0 in {0}")]
     PacketIdZero(&'static str),
-    /// CONNECT with protocol name `MQIsdp` (MQTT 3.1): not supported; a
-    /// broker answers CONNACK 0x01 (see [`CodecError::is_unsupported_protocol_version`]).
-    #[error("MQTT 3.1 (MQIsdp) is not supported")]
-    Mqtt31,
-    /// CONNECT `MQTT` with a level other than 4; a broker answers CONNACK 0x01.
+    /// CONNECT `MQTT` with a level other than 4, or `MQIsdp` with a level
+    /// other than 3; a broker answers CONNACK 0x01.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocolLevel(u8),
     /// CONNECT with an unknown protocol name; close without CONNACK (MQTT-3.1.2-1).
@@ -148,12 +147,9 @@ pub enum CodecError {
 
 impl CodecError {
     /// True when a broker should answer CONNACK 0x01 (unacceptable protocol
-    /// version) before closing: `MQIsdp` or a level other than 4.
+    /// version) before closing: a protocol level we do not speak.
     pub fn is_unsupported_protocol_version(&self) -> bool {
-        matches!(
-            self,
-            CodecError::Mqtt31 | CodecError::UnsupportedProtocolLevel(_)
-        )
+        matches!(self, CodecError::UnsupportedProtocolLevel(_))
     }
 }
 
@@ -205,7 +201,10 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     }
     let mut frame = buf.split_to(frame_len);
     let body = frame.get(header.header_len..).unwrap_or_default();
-    checks::check_raw(header.byte1 >> 4, body)?;
+    if checks::check_raw(header.byte1 >> 4, body)? == checks::Raw::Mqtt31Connect {
+        frame = checks::mqtt31_connect_as_311(body)?;
+    }
+    let frame_len = frame.len();
     // `frame` holds exactly one packet, so rumqttc cannot ask for more bytes.
     let packet = match Packet::read(&mut frame, frame_len) {
         Ok(p) => p,

@@ -49,14 +49,75 @@ pub struct Message {
     pub properties: Option<MessageProperties>,
 }
 
-/// The MQTT 5 publish properties a bridge forwards. Empty for now; reserved so
-/// adding v5 does not change every signature.
+/// The MQTT 5 properties of an application message (spec 3.3.2.3), as a
+/// bridge forwards them. The topic alias is not here: it belongs to one
+/// connection (see `protocol::alias`), never to the message.
+///
+/// Conversion rules between versions (`protocol::convert`):
+/// - towards MQTT 5 every field is written as held, except
+///   `message_expiry_interval`, which the sender first reduces by the time
+///   the message spent queued (`protocol::expiry`), and
+///   `subscription_identifiers`, which the broker replaces with the
+///   receiving subscription's identifiers (a client never sends them);
+/// - towards 3.1.1 and 3.1 all of it is dropped (the PUBLISH has nowhere
+///   to put it); topic, payload, QoS and retain are all a 3.x peer gets;
+///   an expired message is still dropped, not delivered;
+/// - from 3.1.1 and 3.1 a message has no properties (`None`).
+///
+/// The fields live behind one box ([`PropertyFields`], reached through
+/// `Deref`), so a [`Message`] stays small on the 3.1.1 hot path, where it
+/// carries `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MessageProperties {
-    /// User properties (key, value) in order.
-    pub user_properties: Vec<(String, String)>,
-    /// Content type, if any.
+pub struct MessageProperties(Box<PropertyFields>);
+
+/// The fields of [`MessageProperties`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PropertyFields {
+    /// Payload format indicator: `Some(true)` declares the payload UTF-8
+    /// (a receiver may check it: invalid → 0x99), `Some(false)` declares
+    /// unspecified bytes, `None` when the sender did not say.
+    pub payload_is_utf8: Option<bool>,
+    /// Message expiry interval in seconds, as the sender set it (the
+    /// remaining lifetime is computed from when it arrived).
+    pub message_expiry_interval: Option<u32>,
+    /// Content type (a MIME type by convention).
     pub content_type: Option<String>,
+    /// Response topic of a request (a topic name, no wildcards).
+    pub response_topic: Option<String>,
+    /// Correlation data of a request/response exchange.
+    pub correlation_data: Option<Bytes>,
+    /// User properties (name, value) in the order received; names may repeat.
+    pub user_properties: Vec<(String, String)>,
+    /// Subscription identifiers of the subscriptions that matched, on a
+    /// message delivered by a server; empty otherwise.
+    pub subscription_identifiers: Vec<u32>,
+}
+
+impl MessageProperties {
+    /// True when there is nothing to send (a v5 PUBLISH then carries an
+    /// empty property section).
+    pub fn is_empty(&self) -> bool {
+        *self.0 == PropertyFields::default()
+    }
+}
+
+impl From<PropertyFields> for MessageProperties {
+    fn from(fields: PropertyFields) -> Self {
+        MessageProperties(Box::new(fields))
+    }
+}
+
+impl std::ops::Deref for MessageProperties {
+    type Target = PropertyFields;
+    fn deref(&self) -> &PropertyFields {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for MessageProperties {
+    fn deref_mut(&mut self) -> &mut PropertyFields {
+        &mut self.0
+    }
 }
 
 impl Message {

@@ -1,13 +1,27 @@
 //! Protocol pieces shared by the client core and the built-in broker:
-//! the internal message type, the codec adapter over `rumqttc::mqttbytes`,
-//! the sans-IO session state machines and the keepalive timing. Only
-//! [`framed`] touches tokio (it wraps a byte stream); the rest is pure.
+//! the internal message type, the codec adapters over `rumqttc::mqttbytes`
+//! (3.1/3.1.1 in `codec`, 5 in [`v5`], one entry point in [`version`]),
+//! the sans-IO session state machines and the keepalive timing, and the
+//! pure MQTT 5 pieces: [`reason`] codes, the PUBLISH mapping
+//! ([`convert`]), topic [`alias`] tables, flow control ([`quota`]),
+//! message [`expiry`], [`shared`] subscriptions and the CONNECT
+//! [`negotiate`]-ion. Only [`framed`] touches tokio (it wraps a byte
+//! stream); the rest is pure.
 
+pub mod alias;
 pub(crate) mod codec;
+pub mod convert;
+pub mod expiry;
 pub(crate) mod framed;
 pub(crate) mod keepalive;
 pub(crate) mod message;
+pub mod negotiate;
+pub mod quota;
+pub mod reason;
 pub mod session;
+pub mod shared;
+pub mod v5;
+pub mod version;
 pub mod websocket;
 
 pub use codec::{
@@ -16,7 +30,7 @@ pub use codec::{
 };
 pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
-pub use message::{AckToken, Message, MessageProperties, QoS};
+pub use message::{AckToken, Message, MessageProperties, PropertyFields, QoS};
 pub use session::{
     AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
 };

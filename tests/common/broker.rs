@@ -252,11 +252,11 @@ impl Raw {
 }
 
 /// Sends an MQTT 3.1 CONNECT (`MQIsdp`, level 3); returns the CONNACK code.
-pub async fn raw_mqisdp_connack(addr: SocketAddr) -> Option<u8> {
+pub async fn raw_mqisdp_connack(addr: SocketAddr, level: u8) -> Option<u8> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     let mut body = vec![0, 6];
     body.extend_from_slice(b"MQIsdp");
-    body.extend_from_slice(&[3, 0x02, 0, 60, 0, 1, b'a']);
+    body.extend_from_slice(&[level, 0x02, 0, 60, 0, 1, b'a']);
     let mut pkt = vec![0x10, body.len() as u8];
     pkt.extend_from_slice(&body);
     s.write_all(&pkt).await.ok()?;

@@ -87,10 +87,29 @@ fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(head)
 }
 
+/// What [`check_raw`] found out about a frame that [`super::decode`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Raw {
+    /// Hand the frame to rumqttc as it is.
+    AsIs,
+    /// An MQTT 3.1 CONNECT (`MQIsdp`, level 3): rumqttc only parses `MQTT`,
+    /// so the frame is rewritten to the 3.1.1 header first (the rest of a
+    /// 3.1 CONNECT has the 3.1.1 layout).
+    Mqtt31Connect,
+}
+
 /// Checks on the raw variable header and payload (`body`) of a complete
 /// frame, before rumqttc parses it. A structure too short to inspect is
 /// left for rumqttc to report as malformed.
-pub(super) fn check_raw(packet_type: u8, body: &[u8]) -> Result<(), CodecError> {
+pub(super) fn check_raw(packet_type: u8, body: &[u8]) -> Result<Raw, CodecError> {
+    if packet_type == 1 {
+        return check_connect_header(body);
+    }
+    check_raw_other(packet_type, body).map(|()| Raw::AsIs)
+}
+
+/// [`check_raw`] for every packet type but CONNECT.
+fn check_raw_other(packet_type: u8, body: &[u8]) -> Result<(), CodecError> {
     let exact = |packet: &'static str, want: usize| {
         if body.len() == want {
             Ok(())
@@ -102,7 +121,6 @@ pub(super) fn check_raw(packet_type: u8, body: &[u8]) -> Result<(), CodecError> 
         }
     };
     match packet_type {
-        1 => check_connect_header(body),
         2 => {
             exact("CONNACK", 2)?;
             match body.first() {
@@ -124,25 +142,30 @@ pub(super) fn check_raw(packet_type: u8, body: &[u8]) -> Result<(), CodecError> 
 }
 
 /// Protocol name and level, reserved flag, password without user name.
-fn check_connect_header(body: &[u8]) -> Result<(), CodecError> {
+/// MQTT 3.1 (`MQIsdp`, level 3) is accepted: its CONNECT differs from
+/// 3.1.1 only in the name and level (3.1 also limits client ids to 23
+/// characters, which brokers, Mosquitto included, do not enforce).
+fn check_connect_header(body: &[u8]) -> Result<Raw, CodecError> {
     let mut r = body;
     let Some(name_len) = take_u16(&mut r) else {
-        return Ok(());
+        return Ok(Raw::AsIs);
     };
     let Some(name) = take(&mut r, usize::from(name_len)) else {
-        return Ok(());
+        return Ok(Raw::AsIs);
     };
     let Some(level) = take(&mut r, 1).and_then(|b| b.first().copied()) else {
-        return Ok(());
+        return Ok(Raw::AsIs);
     };
-    match (name, level) {
-        (b"MQTT", 4) => {}
-        (b"MQTT", level) => return Err(CodecError::UnsupportedProtocolLevel(level)),
-        (b"MQIsdp", _) => return Err(CodecError::Mqtt31),
+    let raw = match (name, level) {
+        (b"MQTT", 4) => Raw::AsIs,
+        (b"MQIsdp", 3) => Raw::Mqtt31Connect,
+        (b"MQTT" | b"MQIsdp", level) => {
+            return Err(CodecError::UnsupportedProtocolLevel(level));
+        }
         _ => return Err(CodecError::InvalidProtocolName),
-    }
+    };
     let Some(&flags) = r.first() else {
-        return Ok(());
+        return Ok(raw);
     };
     if flags & 0b1 != 0 {
         return Err(CodecError::InvalidConnectFlags("reserved bit set"));
@@ -152,7 +175,36 @@ fn check_connect_header(body: &[u8]) -> Result<(), CodecError> {
             "password without user name",
         ));
     }
-    check_connect_length(r.get(1..).unwrap_or_default(), flags)
+    check_connect_length(r.get(1..).unwrap_or_default(), flags).map(|()| raw)
+}
+
+/// The 3.1.1 variable-header start that replaces 3.1's `MQIsdp`, level 3.
+const MQTT_311_NAME_LEVEL: &[u8] = b"\x00\x04MQTT\x04";
+/// Length of 3.1's `\0\x06MQIsdp\x03`.
+const MQISDP_NAME_LEVEL_LEN: usize = 9;
+
+/// Rewrites a 3.1 CONNECT `body` (checked by [`check_connect_header`]) as
+/// a complete 3.1.1 CONNECT frame.
+pub(super) fn mqtt31_connect_as_311(body: &[u8]) -> Result<bytes::BytesMut, CodecError> {
+    let rest = body
+        .get(MQISDP_NAME_LEVEL_LEN..)
+        .ok_or(CodecError::Malformed(mqttbytes::Error::MalformedPacket))?;
+    let remaining = MQTT_311_NAME_LEVEL.len() + rest.len();
+    let mut frame = bytes::BytesMut::with_capacity(5 + remaining);
+    frame.extend_from_slice(&[0x10]);
+    let mut x = remaining;
+    loop {
+        let byte = (x % 128) as u8;
+        x /= 128;
+        if x == 0 {
+            frame.extend_from_slice(&[byte]);
+            break;
+        }
+        frame.extend_from_slice(&[byte | 0x80]);
+    }
+    frame.extend_from_slice(MQTT_311_NAME_LEVEL);
+    frame.extend_from_slice(rest);
+    Ok(frame)
 }
 
 /// Walks the rest of a CONNECT (keepalive, client id, will, user name,

@@ -207,10 +207,68 @@ fn connect_fixture_decodes() {
 }
 
 #[test]
+fn mqtt31_mqisdp_connect_decodes_like_311() {
+    // Will, user name and password: every optional field of the layout.
+    let mut payload = s(b"c31");
+    payload.extend(s(b"will/t"));
+    payload.extend(s(b"bye"));
+    payload.extend(s(b"user"));
+    payload.extend(s(b"pw"));
+    let flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02;
+    let Some(Packet::Connect(c)) = dec(&connect_frame(b"MQIsdp", 3, flags, &payload)).unwrap()
+    else {
+        panic!("not a CONNECT")
+    };
+    assert_eq!((c.client_id.as_str(), c.keep_alive), ("c31", 30));
+    assert!(c.clean_session);
+    let will = c.last_will.expect("will");
+    assert_eq!(
+        (
+            will.topic.as_str(),
+            &will.message[..],
+            will.qos,
+            will.retain
+        ),
+        ("will/t", &b"bye"[..], WQ::AtLeastOnce, true)
+    );
+    assert_eq!(c.login, Some(Login::new("user", "pw")));
+}
+
+#[test]
+fn mqtt31_connect_with_long_remaining_length_and_following_bytes() {
+    // A 3.1 frame whose remaining length needs two bytes, followed by a
+    // PINGREQ in the same buffer: the rewrite must not eat into it.
+    let id = vec![b'x'; 200];
+    let mut body = s(b"MQIsdp");
+    body.extend_from_slice(&[3, 0x02, 0, 30]);
+    body.extend(s(&id));
+    let mut bytes = vec![
+        0x10,
+        (body.len() % 128) as u8 | 0x80,
+        (body.len() / 128) as u8,
+    ];
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&[0xc0, 0]);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let Some(Packet::Connect(c)) = decode(&mut buf, MAX).unwrap() else {
+        panic!("not a CONNECT")
+    };
+    assert_eq!(c.client_id.as_bytes(), &id[..]);
+    assert_eq!(decode(&mut buf, MAX).unwrap(), Some(Packet::PingReq));
+    // Trailing bytes after the last field are refused as for 3.1.1.
+    let mut payload = s(b"c");
+    payload.push(0);
+    assert!(matches!(
+        dec(&connect_frame(b"MQIsdp", 3, 2, &payload)),
+        Err(CodecError::InvalidRemainingLength { .. })
+    ));
+}
+
+#[test]
 fn connect_protocol_name_and_level() {
     let id = s(b"c");
-    let mqisdp = dec(&connect_frame(b"MQIsdp", 3, 2, &id)).unwrap_err();
-    assert!(matches!(mqisdp, CodecError::Mqtt31));
+    let mqisdp = dec(&connect_frame(b"MQIsdp", 4, 2, &id)).unwrap_err();
+    assert!(matches!(mqisdp, CodecError::UnsupportedProtocolLevel(4)));
     assert!(mqisdp.is_unsupported_protocol_version());
     let v5 = dec(&connect_frame(b"MQTT", 5, 2, &id)).unwrap_err();
     assert!(matches!(v5, CodecError::UnsupportedProtocolLevel(5)));
