@@ -352,7 +352,7 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                 .filter(|(_, b)| matches!(b.kind, BrokerKind::Remote(_))),
         );
     let mut started: Vec<(String, BrokerRt)> = Vec::new();
-    let mut pipes = Pipes::new();
+    let mut pipes = Pipes::with_store(store.clone())?;
     for (name, bp) in builtin_first {
         match start_broker(name, bp, &control, &links_token, &tracker).await {
             Ok((mut rt, link)) => {

@@ -463,6 +463,27 @@ pub struct RawPipe {
     /// Static loop check on/off.
     #[serde(default)]
     pub loop_check: Option<Text>,
+    /// `spool` (default) or `end_to_end`.
+    #[serde(default)]
+    pub delivery: Option<Text>,
+    /// `memory` (default) or `spool`.
+    #[serde(default)]
+    pub qos0: Option<Text>,
+    /// Spool bound and full policy.
+    #[serde(default)]
+    pub spool: Option<Spanned<RawSpool>>,
+}
+
+/// A pipe's `spool:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Bound on the pipe's spooled bytes.
+    #[serde(default)]
+    pub max_bytes: Option<Text>,
+    /// `block` (default) or `drop_oldest`.
+    #[serde(default)]
+    pub when_full: Option<Text>,
 }
 
 /// A filter in long form.

@@ -90,6 +90,9 @@ pub struct PipeStats {
     pub queue_depth: AtomicU64,
     /// `mqbridge_pipe_forward_latency_seconds`: source receive → destination ack.
     pub latency: LatencyHistogram,
+    /// `mqbridge_pipe_spool_fsync_seconds`: spool mode, write → durable
+    /// (one observation per group commit the pipe waited for).
+    pub fsync: LatencyHistogram,
 }
 
 impl PipeStats {
