@@ -150,10 +150,13 @@ async fn kill_9_the_bridge_mid_stream_and_restart_loses_nothing() {
     let mut sub = Sub::start(b.port, &format!("{p}-sub"), &format!("{p}/#"), 1, true).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bridges.yaml");
-    // Its own metrics port: the default 127.0.0.1:9464 may be taken.
+    // Its own metrics port: the default 127.0.0.1:9464 may be taken. One
+    // data dir across the kill and the restart: the spool is what the
+    // bridge acknowledged to A.
     let text = format!(
-        "{}metrics:\n  listen: 127.0.0.1:0\n",
-        yaml(&p, a.port, b.port, Some(1000))
+        "{}metrics:\n  listen: 127.0.0.1:0\nstorage:\n  dir: {}\n",
+        yaml(&p, a.port, b.port, Some(1000)),
+        dir.path().join("data").display()
     );
     std::fs::write(&cfg, text).expect("write config");
     let mut bridge = BridgeProcess::spawn(&cfg);

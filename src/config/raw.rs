@@ -109,9 +109,11 @@ pub mod defaults {
     pub fn max_packet_size() -> u64 {
         268_435_455
     }
-    /// Remote `inflight`.
+    /// Remote `inflight`: a window that does not collapse on a long link
+    /// (1,000 in flight over a 50 ms round trip is 20,000 msg/s; see
+    /// docs/delivery.md, "Windows for long links").
     pub fn inflight() -> u16 {
-        100
+        1000
     }
     /// `status.online`.
     pub fn status_online() -> &'static str {

@@ -37,7 +37,7 @@ use tracing::Instrument;
 
 use crate::link::{Delivery, Link};
 use crate::protocol::QoS;
-use crate::spool::{Spool, WhenFull as SpoolWhenFull};
+use crate::spool::{Spool, SpoolBoard, WhenFull as SpoolWhenFull};
 use crate::store::Store;
 use crate::topic::FilterTrie;
 
@@ -213,6 +213,8 @@ pub struct Pipes {
     spools: BTreeMap<String, Arc<Spool>>,
     /// Bytes of every open spool (for `storage.max_bytes`).
     spool_total: Arc<AtomicU64>,
+    /// The spools as the status endpoints see them.
+    board: SpoolBoard,
 }
 
 impl Default for Pipes {
@@ -250,6 +252,7 @@ impl Pipes {
             store: None,
             spools: BTreeMap::new(),
             spool_total: Arc::new(AtomicU64::new(0)),
+            board: SpoolBoard::default(),
         }
     }
 
@@ -274,7 +277,22 @@ impl Pipes {
             pipes.spools.insert(name, Arc::new(spool));
         }
         pipes.store = Some(store);
+        pipes.publish_spools();
         Ok(pipes)
+    }
+
+    /// The spools as the status endpoints see them (kept current).
+    pub fn spool_board(&self) -> SpoolBoard {
+        self.board.clone()
+    }
+
+    fn publish_spools(&self) {
+        self.board.set(
+            self.spools()
+                .into_iter()
+                .map(|(_, s, used)| (s, used))
+                .collect(),
+        );
     }
 
     /// Every spool with whether a running pipe uses it (false: orphaned,
@@ -381,6 +399,7 @@ impl Pipes {
         }
         // Loop-guard flags first: they must hold before the routes go live.
         self.update_flags();
+        self.publish_spools();
         let applied = self.send_steps(steps);
         Ok(async move {
             for t in applied {

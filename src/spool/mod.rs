@@ -22,6 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::store::{Keyspace, Store, StoreError};
 
+pub use crate::metrics::spool::{SpoolReport, SpoolRow, StoreRow};
+
 pub use book::{Book, SpoolSeq};
 pub use record::{Record, RecordError};
 
@@ -427,19 +429,73 @@ impl Spool {
     pub fn disk_bytes(&self) -> u64 {
         self.ks.disk_space()
     }
+
+    /// The spool as the status endpoints show it.
+    pub fn row(&self, orphaned: bool, now_ms: u64) -> SpoolRow {
+        let s = self.snapshot(now_ms);
+        SpoolRow {
+            pipe: self.name.clone(),
+            orphaned,
+            depth: s.depth,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+            oldest_age_seconds: s.oldest_age_seconds,
+            disk_bytes: self.disk_bytes(),
+            recovered: s.recovered,
+            damaged: s.damaged,
+        }
+    }
 }
 
-/// Reads `pipe`'s spool numbers from a store no bridge runs on (the
-/// `mqbridge spool` view when no bridge answers).
-pub fn inspect(store: &Store, pipe: &str) -> Result<SpoolSnapshot, SpoolError> {
-    let spool = Spool::open(
-        store,
-        pipe,
-        None,
-        WhenFull::Block,
-        Arc::new(AtomicU64::new(0)),
-    )?;
-    Ok(spool.snapshot(now_ms()))
+/// The spools of a running bridge, shared with the observability layer.
+/// The std `Mutex` is held only to copy the list.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolBoard(Arc<Mutex<Vec<(Arc<Spool>, bool)>>>);
+
+impl SpoolBoard {
+    /// Replaces the list: each spool with whether a running pipe uses it.
+    pub fn set(&self, spools: Vec<(Arc<Spool>, bool)>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = spools;
+    }
+
+    /// Every spool's row at `now_ms`, by pipe name.
+    pub fn rows(&self, now_ms: u64) -> Vec<SpoolRow> {
+        let spools = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut rows: Vec<SpoolRow> = spools
+            .iter()
+            .map(|(s, used)| s.row(!used, now_ms))
+            .collect();
+        rows.sort_by(|a, b| a.pipe.cmp(&b.pipe));
+        rows
+    }
+}
+
+/// The store's disk use and the free space of its file system.
+pub fn store_row(store: &Store) -> StoreRow {
+    StoreRow {
+        used_bytes: store.db().disk_space().unwrap_or(0),
+        free_bytes: fs4::available_space(store.dir()).unwrap_or(0),
+    }
+}
+
+/// Reads every spool from a store no bridge runs on (the `mqbridge spool`
+/// view when no bridge answers): opening recovers each spool read-only in
+/// effect (damaged records found are deleted, as a start would).
+pub fn inspect(store: &Store) -> Result<SpoolReport, SpoolError> {
+    let total = Arc::new(AtomicU64::new(0));
+    let mut spools = Vec::new();
+    for name in spool_names(store) {
+        let spool = Spool::open(store, &name, None, WhenFull::Block, total.clone())?;
+        spools.push(spool.row(false, now_ms()));
+    }
+    Ok(SpoolReport {
+        spools,
+        store: store_row(store),
+    })
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ fn orphaned_spools_are_listed_and_dropped_explicitly() {
     sp.append(&rec(0)).expect("append");
     drop(sp);
     assert_eq!(spool_names(&s), vec!["p".to_string()]);
-    assert_eq!(inspect(&s, "p").expect("inspect").depth, 1);
+    assert_eq!(inspect(&s).expect("inspect").spools[0].depth, 1);
     assert!(drop_spool(&s, "p").expect("drop"));
     assert!(spool_names(&s).is_empty());
     assert!(!drop_spool(&s, "p").expect("drop again"));
