@@ -159,21 +159,38 @@ async fn kill_9_with_the_backlog_in_the_spool_loses_nothing() {
     );
     std::fs::write(&cfg, text).expect("write config");
     let mut bridge = BridgeProcess::spawn(&cfg);
-    publish_paced(a.port, &format!("{p}/s"), N).await;
-    // A's stock queue holds 1000: the rest is only safe because the bridge
-    // took it. Wait (through `mqbridge spool`, read from the running
-    // bridge) until the spool holds everything, then kill -9.
     let store = dir.path().join("data");
-    timeout(COLLECT, async {
+    // Subscribed once a probe reaches the spool.
+    let probes = timeout(COLLECT, async {
         loop {
-            if spool_depth_via_cli(&cfg, &store) == Some(N) {
-                return;
+            common::bridge::publish(a.port, &format!("{p}/probe"), "probe", 1, false).await;
+            if let Some(d) = spool_depth_via_cli(&cfg, &store).filter(|d| *d > 0) {
+                return d;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
-    .expect("the bridge spooled every message");
+    .expect("the bridge subscribes to A");
+    publish_paced(a.port, &format!("{p}/s"), N).await;
+    // A's stock queue holds 1000: the rest is only safe because the bridge
+    // took it. Wait (through `mqbridge spool`, read from the running
+    // bridge) until the spool holds everything, then kill -9.
+    let mut last = None;
+    let spooled = timeout(COLLECT, async {
+        loop {
+            last = spool_depth_via_cli(&cfg, &store);
+            if last == Some(N + probes) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        spooled.is_ok(),
+        "the bridge spooled {last:?} of {N} + {probes} probes"
+    );
     bridge.kill9();
     tokio::task::block_in_place(|| b.start_again());
     let _bridge = BridgeProcess::spawn(&cfg);
