@@ -61,14 +61,20 @@ pub enum MetricsError {
     OtherRecorder,
 }
 
-/// The exporter configuration: the forward-latency histogram gets real
-/// Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
+/// The exporter configuration: the forward-latency and spool-fsync
+/// histograms get real Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
 pub fn builder() -> Result<PrometheusBuilder, MetricsError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(PIPE_FORWARD_LATENCY_SECONDS.to_owned()),
             LATENCY_BUCKETS_SECONDS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PIPE_SPOOL_FSYNC_SECONDS.to_owned()),
+                LATENCY_BUCKETS_SECONDS,
+            )
+        })
         .map_err(MetricsError::Build)
 }
 
