@@ -43,7 +43,7 @@ use crate::pipe::{self, BrokerLink, PipeError, Pipes};
 use crate::store::{Store, StoreError};
 use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
-use options::{broker_options, client_options, pipe_spec};
+use options::{broker_options, client_options, pipe_spec, spool_spec};
 
 /// Publishes in flight from one pipe into a built-in broker, at most.
 const BUILTIN_PIPE_INFLIGHT: usize = 100;
@@ -359,6 +359,11 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         );
     let mut started: Vec<(String, BrokerRt)> = Vec::new();
     let mut pipes = Pipes::with_store(store.clone())?;
+    for p in plan.pipes.values() {
+        if let Some(spec) = spool_spec(p) {
+            pipes.open_spool(&p.name, &spec)?;
+        }
+    }
     for (name, bp) in builtin_first {
         match start_broker(name, bp, &control, &links_token, &tracker).await {
             Ok((mut rt, link)) => {

@@ -599,8 +599,9 @@ impl Pipes {
         (inbox, ack_tx)
     }
 
-    /// Opens (once) the spool of pipe `name`.
-    fn open_spool(&mut self, name: &str, spec: &SpoolSpec) -> Result<Arc<Spool>, PipeError> {
+    /// Opens (once) the spool of pipe `name` ahead of [`Pipes::update`]
+    /// (so a store error stops a start before any connection is made).
+    pub fn open_spool(&mut self, name: &str, spec: &SpoolSpec) -> Result<Arc<Spool>, PipeError> {
         if let Some(s) = self.spools.get(name) {
             s.set_limits(spec.max_bytes, spec.when_full);
             return Ok(s.clone());

@@ -39,17 +39,22 @@ pub(super) fn pipe_spec(p: &PipePlan, source: BrokerIx, dest: BrokerIx, window: 
         },
         rate_limit: p.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
         inflight: window,
-        delivery: match p.delivery {
-            DeliveryPlan::EndToEnd => DeliveryMode::EndToEnd,
-            DeliveryPlan::Spool(s) => DeliveryMode::Spool(SpoolSpec {
-                qos0: s.qos0,
-                max_bytes: s.max_bytes,
-                when_full: match s.when_full {
-                    SpoolFullPolicy::Block => SpoolWhenFull::Block,
-                    SpoolFullPolicy::DropOldest => SpoolWhenFull::DropOldest,
-                },
-            }),
-        },
+        delivery: spool_spec(p).map_or(DeliveryMode::EndToEnd, DeliveryMode::Spool),
+    }
+}
+
+/// A spooled pipe's spool settings; `None` for `delivery: end_to_end`.
+pub(super) fn spool_spec(p: &PipePlan) -> Option<SpoolSpec> {
+    match p.delivery {
+        DeliveryPlan::EndToEnd => None,
+        DeliveryPlan::Spool(s) => Some(SpoolSpec {
+            qos0: s.qos0,
+            max_bytes: s.max_bytes,
+            when_full: match s.when_full {
+                SpoolFullPolicy::Block => SpoolWhenFull::Block,
+                SpoolFullPolicy::DropOldest => SpoolWhenFull::DropOldest,
+            },
+        }),
     }
 }
 
