@@ -242,6 +242,26 @@ async fn a_full_spool_that_blocks_withholds_acks_and_loses_nothing() {
     assert!(snap.depth < n, "blocked before taking everything: {snap:?}");
     let stats = run.pipe_stats("ab").expect("stats");
     assert_eq!(stats.dropped_total(), 0);
+    // Visible: /readyz warns (over 80 % full), /spool.json and the gauges.
+    let addr = run.metrics_addr().expect("metrics");
+    let (_, ready) = common::http::get(addr, "/readyz").await;
+    assert!(
+        ready.contains("spool of pipe ab is ") && ready.contains("% full"),
+        "{ready}"
+    );
+    let (code, json) = common::http::get(addr, "/spool.json").await;
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(code, 200);
+    assert_eq!(
+        report["spools"][0]["depth"].as_u64(),
+        Some(snap.depth),
+        "{json}"
+    );
+    let scrape = common::http::scrape(addr).await;
+    assert_eq!(
+        common::http::value(&scrape, r#"mqbridge_pipe_spool_messages{pipe="ab"}"#),
+        Some(snap.depth as f64)
+    );
     tokio::task::block_in_place(|| b.start_again());
     collect_in_order(&mut sub, n).await;
     assert_eq!(stats.dropped_total(), 0);
@@ -320,5 +340,48 @@ async fn a_dead_destination_does_not_stall_a_sibling_pipe() {
     // The healthy sibling gets everything while B is down.
     collect_in_order(&mut sub, N).await;
     spooled(&run, "ab", N).await;
+    stop_run(token, run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pipe_leaves_an_orphaned_spool_until_dropped() {
+    let a = Mosquitto::start_with(B_CONF);
+    let b = Mosquitto::start_with(B_CONF);
+    let p = unique("orphan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = format!("storage:\n  dir: {}\n", dir.path().join("data").display());
+    // B's port is dead for this pipe: what A gets stays in the spool.
+    let dead = common::mosquitto::free_port();
+    let with_pipe = format!("{}{storage}", yaml(&p, a.port, dead, ""));
+    let (token, run) = start_run(&with_pipe).await;
+    publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..10), 1, false).await;
+    spooled(&run, "ab", 10).await;
+    stop_run(token, run).await;
+    // The pipe is gone from the config: its spool is kept and reported.
+    let without = format!(
+        "shutdown_timeout: 2s\nbrokers:\n{}{}{storage}",
+        remote("a", a.port, &format!("{p}-bridge-a")),
+        remote("b", b.port, &format!("{p}-bridge-b")),
+    );
+    let (token, run) = start_run(&without).await;
+    let rows = run.spools();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].orphaned && rows[0].depth == 10, "{rows:?}");
+    stop_run(token, run).await;
+    // `mqbridge spool --drop ab` (bridge stopped) deletes it.
+    let cfg = dir.path().join("bridges.yaml");
+    std::fs::write(&cfg, &without).expect("write config");
+    let out = common::process::mqbridge()
+        .args(["spool", "--drop", "ab", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run mqbridge spool --drop");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (token, run) = start_run(&without).await;
+    assert!(run.spools().is_empty());
     stop_run(token, run).await;
 }

@@ -119,6 +119,7 @@ impl Inbox {
         stats: Arc<PipeStats>,
         stage: SpoolStage,
     ) -> Self {
+        stats.spooled.store(stage.spool.depth(), Ordering::Relaxed);
         let mut inbox = Inbox::new(size, when_full, stats);
         inbox.stage = Some(stage);
         inbox
@@ -204,6 +205,9 @@ impl Inbox {
                 return Some(false);
             }
         };
+        self.stats
+            .spooled
+            .store(stage.spool.depth(), Ordering::Relaxed);
         match outcome {
             Appended::Written { dropped, .. } => {
                 for _ in 0..dropped {
@@ -238,6 +242,9 @@ impl Inbox {
         if let Err(err) = stage.spool.ack(seq) {
             tracing::error!(error = %err, "spool: recording an acknowledgement failed");
         }
+        self.stats
+            .spooled
+            .store(stage.spool.depth(), Ordering::Relaxed);
         let mut st = self.lock();
         let mut wrote = false;
         while let Some(item) = st.blocked.front() {

@@ -363,7 +363,7 @@ impl ObservabilityControl {
                     // On the board (`/readyz`, the status page) from now on,
                     // not only after the watchdog's next round.
                     let s = st.snapshot();
-                    let pending = s.inflight + s.queue_depth;
+                    let pending = s.queue_depth + s.inflight.max(s.spooled);
                     self.board.set_pipe(PipeStatus {
                         name: name.clone(),
                         destination: p.to.clone(),
@@ -392,7 +392,7 @@ impl ObservabilityControl {
                             let s = probe_stats.snapshot();
                             PipeProgress {
                                 forwarded: s.forwarded,
-                                pending: s.inflight + s.queue_depth,
+                                pending: s.queue_depth + s.inflight.max(s.spooled),
                             }
                         }),
                     },

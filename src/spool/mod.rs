@@ -376,6 +376,11 @@ impl Spool {
         }
     }
 
+    /// Records written and not acknowledged.
+    pub fn depth(&self) -> u64 {
+        self.lock().book.depth()
+    }
+
     /// Whether a record waits to be sent.
     pub fn has_unsent(&self) -> bool {
         self.lock().book.has_unsent()
