@@ -455,7 +455,10 @@ impl Spool {
 /// The spools of a running bridge, shared with the observability layer.
 /// The std `Mutex` is held only to copy the list.
 #[derive(Debug, Clone, Default)]
-pub struct SpoolBoard(Arc<Mutex<Vec<(Arc<Spool>, bool)>>>);
+pub struct SpoolBoard(Arc<Mutex<Vec<BoardEntry>>>);
+
+/// A spool and whether a running pipe uses it.
+type BoardEntry = (Arc<Spool>, bool);
 
 impl SpoolBoard {
     /// Replaces the list: each spool with whether a running pipe uses it.
