@@ -18,6 +18,7 @@ pub mod pipe;
 pub mod protocol;
 pub mod run;
 pub mod shutdown;
+pub mod spool;
 pub mod store;
 pub mod topic;
 

@@ -11,6 +11,7 @@ use mqbridge::metrics::jsonlog;
 use mqbridge::metrics::logging::{self, LogFormat};
 use mqbridge::run::check;
 use mqbridge::run::filewatch::{self, FileWatch};
+use mqbridge::store::{Store, StoreError};
 
 /// jemalloc rather than the system allocator: glibc keeps the pages freed
 /// when subscriptions or clients go (measured: 80 MB of a 108 MB peak still
@@ -122,6 +123,24 @@ enum Command {
         #[command(flatten)]
         target: UrlArg,
     },
+    /// Show each pipe's spool: messages and bytes not yet acknowledged by the destination,
+    /// the oldest one's age, and orphaned spools (their pipe was removed from the config).
+    /// Read-only; while the bridge runs it is read from the bridge (`/spool.json` at
+    /// `--url`, else the config's `metrics.listen`), otherwise from `storage.dir`.
+    Spool {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Base URL of the running instance (default: the config's `metrics.listen`).
+        #[arg(long, env = "MQBRIDGE_URL")]
+        url: Option<String>,
+        /// Print the report as JSON (a list of spools).
+        #[arg(long)]
+        json: bool,
+        /// Delete the spool of PIPE and everything in it (only with the bridge stopped, and
+        /// only for a pipe the config no longer has: an orphaned spool).
+        #[arg(long, value_name = "PIPE")]
+        drop: Option<String>,
+    },
     /// Print a shell completion script (e.g. `mqbridge completions bash > /etc/bash_completion.d/mqbridge`).
     Completions {
         /// The shell.
@@ -167,6 +186,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man => man(),
+        Command::Spool {
+            config,
+            url,
+            json,
+            drop,
+        } => spool(&out, &config.config, url, json, drop.as_deref()),
     }
 }
 
@@ -212,6 +237,113 @@ fn status(base: &str) -> ExitCode {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mqbridge spool`: the spools from the running bridge, else from the store.
+fn spool(
+    out: &Report,
+    path: &std::path::Path,
+    url: Option<String>,
+    json: bool,
+    drop: Option<&str>,
+) -> ExitCode {
+    let Some((plan, _)) = load(out, path) else {
+        return ExitCode::FAILURE;
+    };
+    if let Some(pipe) = drop {
+        return spool_drop(&plan, pipe);
+    }
+    let base = inspect::base_url(&url.unwrap_or_else(|| plan.metrics.listen.to_string()));
+    let report = match read_spools(&plan, &base) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.spools).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_spools(&report));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The store is locked by a running bridge: ask it; else open the store.
+fn read_spools(plan: &config::Plan, base: &str) -> Result<mqbridge::spool::SpoolReport, String> {
+    if !plan.storage.dir.exists() {
+        return Ok(mqbridge::spool::SpoolReport::default());
+    }
+    match Store::open(&plan.storage) {
+        Ok(store) => mqbridge::spool::inspect(&store).map_err(|e| e.to_string()),
+        Err(StoreError::Open { .. }) => {
+            let (code, body) = inspect::fetch(base, "/spool.json").map_err(|e| {
+                format!("the store is in use (a bridge runs?) and its endpoint answers not: {e}")
+            })?;
+            if code != 200 {
+                return Err(format!("{base}/spool.json: HTTP {code}"));
+            }
+            serde_json::from_str(&body).map_err(|e| format!("{base}/spool.json: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn render_spools(r: &mqbridge::spool::SpoolReport) -> String {
+    let mut text = format!(
+        "{:<24} {:>10} {:>12} {:>6} {:>10}  STATE\n",
+        "PIPE", "MESSAGES", "BYTES", "FULL", "OLDEST"
+    );
+    for s in &r.spools {
+        text.push_str(&format!(
+            "{:<24} {:>10} {:>12} {:>5.0}% {:>9.1}s  {}\n",
+            s.pipe,
+            s.depth,
+            s.bytes,
+            s.fill() * 100.0,
+            s.oldest_age_seconds,
+            if s.orphaned { "orphaned" } else { "running" }
+        ));
+    }
+    text.push_str(&format!(
+        "store: {} bytes on disk, {} bytes free\n",
+        r.store.used_bytes, r.store.free_bytes
+    ));
+    text
+}
+
+/// `mqbridge spool --drop PIPE`: deletes an orphaned spool.
+fn spool_drop(plan: &config::Plan, pipe: &str) -> ExitCode {
+    if plan.pipes.contains_key(pipe) {
+        eprintln!(
+            "error: pipe {pipe} is in the config; remove it first (its spool holds messages the bridge owes the destination)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let store = match Store::open(&plan.storage) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e} (stop the bridge first)");
+            return ExitCode::FAILURE;
+        }
+    };
+    match mqbridge::spool::drop_spool(&store, pipe) {
+        Ok(true) => {
+            println!("spool of {pipe} deleted");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("error: no spool for {pipe}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("error: {e}");

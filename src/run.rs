@@ -43,7 +43,7 @@ use crate::pipe::{self, BrokerLink, PipeError, Pipes};
 use crate::store::{Store, StoreError};
 use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
-use options::{broker_options, client_options, pipe_spec};
+use options::{broker_options, client_options, pipe_spec, spool_spec};
 
 /// Publishes in flight from one pipe into a built-in broker, at most.
 const BUILTIN_PIPE_INFLIGHT: usize = 100;
@@ -129,6 +129,7 @@ pub struct RunHandle {
     /// Subscription changes not yet acknowledged by the brokers.
     pending_subscriptions: watch::Receiver<usize>,
     store: Store,
+    spools: crate::spool::SpoolBoard,
     done: JoinHandle<RunReport>,
 }
 
@@ -163,6 +164,11 @@ impl RunHandle {
     /// The open local store (`storage.dir`).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Every spool's numbers now (running pipes and orphaned spools).
+    pub fn spools(&self) -> Vec<crate::spool::SpoolRow> {
+        self.spools.rows(crate::spool::now_ms())
     }
 
     /// The bound address of `/metrics`, `/healthz`, `/readyz` (`None` when
@@ -356,7 +362,12 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
                 .filter(|(_, b)| matches!(b.kind, BrokerKind::Remote(_))),
         );
     let mut started: Vec<(String, BrokerRt)> = Vec::new();
-    let mut pipes = Pipes::new();
+    let mut pipes = Pipes::with_store(store.clone())?;
+    for p in plan.pipes.values() {
+        if let Some(spec) = spool_spec(p) {
+            pipes.open_spool(&p.name, &spec)?;
+        }
+    }
     for (name, bp) in builtin_first {
         match start_broker(name, bp, &control, &links_token, &tracker, &store).await {
             Ok((mut rt, link)) => {
@@ -395,7 +406,10 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         "bridge running"
     );
     let stats = pipes.stats();
+    let spools = pipes.spool_board();
+    report_orphans(&pipes);
     obs.pipes(&plan, &stats);
+    obs.spools(spool_view(&store, &spools));
     let obs = obs.start();
     let metrics_addr = obs.addr();
     let pending_subscriptions = pipes.pending_subscriptions();
@@ -427,8 +441,30 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         metrics_addr,
         pending_subscriptions,
         store,
+        spools,
         done,
     })
+}
+
+/// What the observability layer reads for the spool metrics, `/readyz`
+/// and `/spool.json`.
+fn spool_view(store: &Store, board: &crate::spool::SpoolBoard) -> crate::metrics::spool::SpoolView {
+    let (store, board) = (store.clone(), board.clone());
+    crate::metrics::spool::SpoolView(Arc::new(move || crate::metrics::spool::SpoolReport {
+        spools: board.rows(crate::spool::now_ms()),
+        store: crate::spool::store_row(&store),
+    }))
+}
+
+/// Warns about spools no configured pipe uses: kept on disk (and counted
+/// against `storage.max_bytes`) until `mqbridge spool --drop <pipe>`.
+fn report_orphans(pipes: &Pipes) {
+    for (name, spool, used) in pipes.spools() {
+        if !used {
+            let snap = spool.snapshot(crate::spool::now_ms());
+            tracing::warn!(pipe = %name, messages = snap.depth, bytes = snap.bytes, "orphaned spool: no configured pipe uses it; kept until `mqbridge spool --drop {name}`");
+        }
+    }
 }
 
 /// Waits for the shutdown signal, then runs the graceful stop sequence.

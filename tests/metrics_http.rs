@@ -103,6 +103,7 @@ async fn metrics_endpoint_renders_typed_handles() {
         prometheus: handle,
         board,
         collect: None,
+        spools: None,
     })
     .await;
     let (code, body) = get(srv.addr, "/metrics").await;
@@ -237,6 +238,7 @@ async fn readyz_follows_brokers_and_stalls() {
         prometheus: handle.clone(),
         board: board.clone(),
         collect: None,
+        spools: None,
     })
     .await;
 
@@ -358,6 +360,7 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
         prometheus: handle,
         board: Arc::new(StatusBoard::new()),
         collect: Some(collect),
+        spools: None,
     })
     .await;
     for n in [5u64, 12] {

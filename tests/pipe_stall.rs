@@ -2,7 +2,8 @@
 //! share its pending window, so a dead destination on one pipe stalls its
 //! siblings once that window is full. Splitting the pipes over two source
 //! connections (two broker entries, same endpoint, different client ids)
-//! keeps the healthy pipe flowing.
+//! keeps the healthy pipe flowing. This is `delivery: end_to_end`; spooled
+//! pipes (the default) do not share the stall (`tests/pipe_spool.rs`).
 
 mod common;
 
@@ -37,7 +38,7 @@ async fn reached_c_while_b_dead(split: bool) -> u64 {
     brokers.push_str(&remote("b", b.port, &format!("{p}-b")));
     brokers.push_str(&remote("c", c.port, &format!("{p}-c")));
     let yaml = format!(
-        "shutdown_timeout: 1s\nbrokers:\n{brokers}pipes:\n  to-b:\n    from: a\n    to: b\n    topics: [{p}/#]\n  to-c:\n    from: {c_source}\n    to: c\n    topics: [{p}/#]\n"
+        "shutdown_timeout: 1s\nbrokers:\n{brokers}pipes:\n  to-b:\n    from: a\n    to: b\n    topics: [{p}/#]\n    delivery: end_to_end\n  to-c:\n    from: {c_source}\n    to: c\n    topics: [{p}/#]\n    delivery: end_to_end\n"
     );
     let (token, run) = start_run(&yaml).await;
     let mut on_c = Sub::start(c.port, &unique("sc"), &format!("{p}/#"), 1, false).await;

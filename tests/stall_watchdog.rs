@@ -73,6 +73,7 @@ async fn wedged_destination_stalls_reconnects_and_recovers() {
             prometheus: prometheus.clone(),
             board: board.clone(),
             collect: None,
+            spools: None,
         },
         async move { stop.cancelled().await },
     ));

@@ -3,7 +3,10 @@
 use super::ctx::Ctx;
 use super::error::Scope;
 use super::graph::witnesses;
-use super::plan::{DropPolicy, PipePlan, QosRule, QueuePlan, RateLimitPlan, RetainRule};
+use super::plan::{
+    DeliveryPlan, DropPolicy, PipePlan, QosRule, QueuePlan, RateLimitPlan, RetainRule,
+    SpoolFullPolicy, SpoolPlan,
+};
 use super::raw::{OrMap, RawPipe, RawRemapRule, Text, defaults};
 use crate::protocol::QoS;
 use crate::topic::{Remap, RemapRule, validate_filter};
@@ -20,57 +23,101 @@ pub(crate) fn compile_pipe(
     let errors_before = ctx.errors.len();
     let from = broker_ref(ctx, key, scope, &raw.from, "from", brokers);
     let to = broker_ref(ctx, key, scope, &raw.to, "to", brokers);
+    let filters = topics(ctx, key, scope, raw);
+    let exclude: Vec<String> = raw
+        .exclude
+        .iter()
+        .flatten()
+        .filter_map(|t| filter(ctx, t, scope, "exclude"))
+        .collect();
+    let remap = remap(ctx, key, scope, raw, &filters, &exclude);
+    let qos = qos_rule(ctx, scope, raw);
+    let retain = retain_rule(ctx, scope, raw);
+    let max_payload = max_payload(ctx, scope, raw);
+    let rate_limit = rate_limit(ctx, scope, raw);
+    let queue = queue(ctx, scope, raw);
+    let loop_check = ctx.boolean(&raw.loop_check, scope, "loop_check", true);
+    let delivery = delivery(ctx, scope, raw);
+    if ctx.errors.len() != errors_before {
+        return None;
+    }
+    Some(PipePlan {
+        name: key.value.clone(),
+        from: from?,
+        to: to?,
+        filters,
+        exclude,
+        remap,
+        qos,
+        retain,
+        max_payload,
+        rate_limit,
+        queue,
+        loop_check,
+        delivery,
+    })
+}
 
+/// `topics:` → filters with their subscription QoS.
+fn topics(ctx: &mut Ctx, key: &Text, scope: &Scope, raw: &RawPipe) -> Vec<(String, QoS)> {
     let mut filters: Vec<(String, QoS)> = Vec::new();
-    match &raw.topics {
-        None => ctx.err(
-            &key.referenced,
-            scope,
-            "missing `topics:` (a list of filters such as `- sensors/#`)",
-        ),
-        Some(list) if list.value.is_empty() => {
-            ctx.err(&list.referenced, scope, "topics: the list is empty")
+    let list = match &raw.topics {
+        None => {
+            ctx.err(
+                &key.referenced,
+                scope,
+                "missing `topics:` (a list of filters such as `- sensors/#`)",
+            );
+            return filters;
         }
-        Some(list) => {
-            for item in &list.value {
-                let (text, qos) = match &item.value {
-                    OrMap::Short(s) => (
-                        Some(Text {
-                            value: s.clone(),
-                            referenced: item.referenced,
-                            defined: item.defined,
-                        }),
-                        None,
-                    ),
-                    OrMap::Full(t) => (t.filter.clone(), t.qos.clone()),
-                };
-                let Some(text) = text else {
-                    ctx.err(&item.referenced, scope, "topics: an entry needs `filter:`");
-                    continue;
-                };
-                let q = qos_value(ctx, &qos, scope, "topics.qos", QoS::ExactlyOnce);
-                if let Some(f) = filter(ctx, &text, scope, "topics") {
-                    if filters.iter().any(|(g, _)| *g == f) {
-                        ctx.warn(
-                            &text.referenced,
-                            scope,
-                            format!("topics: `{f}` is listed twice"),
-                        );
-                    } else {
-                        filters.push((f, q));
-                    }
-                }
+        Some(list) if list.value.is_empty() => {
+            ctx.err(&list.referenced, scope, "topics: the list is empty");
+            return filters;
+        }
+        Some(list) => list,
+    };
+    for item in &list.value {
+        let (text, qos) = match &item.value {
+            OrMap::Short(s) => (
+                Some(Text {
+                    value: s.clone(),
+                    referenced: item.referenced,
+                    defined: item.defined,
+                }),
+                None,
+            ),
+            OrMap::Full(t) => (t.filter.clone(), t.qos.clone()),
+        };
+        let Some(text) = text else {
+            ctx.err(&item.referenced, scope, "topics: an entry needs `filter:`");
+            continue;
+        };
+        let q = qos_value(ctx, &qos, scope, "topics.qos", QoS::ExactlyOnce);
+        if let Some(f) = filter(ctx, &text, scope, "topics") {
+            if filters.iter().any(|(g, _)| *g == f) {
+                ctx.warn(
+                    &text.referenced,
+                    scope,
+                    format!("topics: `{f}` is listed twice"),
+                );
+            } else {
+                filters.push((f, q));
             }
         }
     }
+    filters
+}
 
-    let mut exclude = Vec::new();
-    for t in raw.exclude.iter().flatten() {
-        if let Some(f) = filter(ctx, t, scope, "exclude") {
-            exclude.push(f);
-        }
-    }
-
+/// `remap:`, checked against a witness of every filter shape (including
+/// `#` matching zero levels): no topic the pipe takes may become invalid.
+fn remap(
+    ctx: &mut Ctx,
+    key: &Text,
+    scope: &Scope,
+    raw: &RawPipe,
+    filters: &[(String, QoS)],
+    exclude: &[String],
+) -> Remap {
     let mut rules = Vec::new();
     let mut rule_locs = Vec::new();
     for r in raw.remap.iter().flatten() {
@@ -80,9 +127,7 @@ pub(crate) fn compile_pipe(
         }
     }
     let remap = Remap::new(rules);
-    // A remap must not turn any topic the pipe takes into an invalid one:
-    // try a witness of every filter shape (including `#` matching zero levels).
-    for (f, _) in &filters {
+    for (f, _) in filters {
         for w in witnesses(f) {
             if exclude.iter().any(|e| crate::topic::matches(e, &w)) {
                 continue;
@@ -102,60 +147,70 @@ pub(crate) fn compile_pipe(
             }
         }
     }
+    remap
+}
 
-    let qos = match &raw.qos {
-        None => QosRule::Max(QoS::ExactlyOnce),
-        Some(q) => match (&q.value.max, &q.value.force) {
-            (Some(m), None) => QosRule::Max(qos_value(
-                ctx,
-                &Some(m.clone()),
-                scope,
-                "qos.max",
-                QoS::ExactlyOnce,
-            )),
-            (None, Some(f)) => QosRule::Force(qos_value(
-                ctx,
-                &Some(f.clone()),
-                scope,
-                "qos.force",
-                QoS::ExactlyOnce,
-            )),
-            (Some(_), Some(f)) => {
-                ctx.err(
-                    &f.referenced,
-                    scope,
-                    "qos: set either `max` or `force`, not both",
-                );
-                QosRule::Max(QoS::ExactlyOnce)
-            }
-            (None, None) => {
-                ctx.err(
-                    &q.referenced,
-                    scope,
-                    "qos: needs `max: N` (cap) or `force: N` (always N)",
-                );
-                QosRule::Max(QoS::ExactlyOnce)
-            }
-        },
+/// `qos: {max: N}` or `{force: N}`.
+fn qos_rule(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> QosRule {
+    let Some(q) = &raw.qos else {
+        return QosRule::Max(QoS::ExactlyOnce);
     };
+    match (&q.value.max, &q.value.force) {
+        (Some(m), None) => QosRule::Max(qos_value(
+            ctx,
+            &Some(m.clone()),
+            scope,
+            "qos.max",
+            QoS::ExactlyOnce,
+        )),
+        (None, Some(f)) => QosRule::Force(qos_value(
+            ctx,
+            &Some(f.clone()),
+            scope,
+            "qos.force",
+            QoS::ExactlyOnce,
+        )),
+        (Some(_), Some(f)) => {
+            ctx.err(
+                &f.referenced,
+                scope,
+                "qos: set either `max` or `force`, not both",
+            );
+            QosRule::Max(QoS::ExactlyOnce)
+        }
+        (None, None) => {
+            ctx.err(
+                &q.referenced,
+                scope,
+                "qos: needs `max: N` (cap) or `force: N` (always N)",
+            );
+            QosRule::Max(QoS::ExactlyOnce)
+        }
+    }
+}
 
-    let retain = match &raw.retain {
-        None => RetainRule::Keep,
-        Some(t) => match ctx.text(t, scope, "retain").as_deref() {
-            Some("keep") | None => RetainRule::Keep,
-            Some("clear") => RetainRule::Clear,
-            Some(other) => {
-                ctx.err(
-                    &t.referenced,
-                    scope,
-                    format!("retain: expected `keep` or `clear`, got `{other}`"),
-                );
-                RetainRule::Keep
-            }
-        },
+/// `retain: keep | clear`.
+fn retain_rule(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> RetainRule {
+    let Some(t) = &raw.retain else {
+        return RetainRule::Keep;
     };
+    match ctx.text(t, scope, "retain").as_deref() {
+        Some("keep") | None => RetainRule::Keep,
+        Some("clear") => RetainRule::Clear,
+        Some(other) => {
+            ctx.err(
+                &t.referenced,
+                scope,
+                format!("retain: expected `keep` or `clear`, got `{other}`"),
+            );
+            RetainRule::Keep
+        }
+    }
+}
 
-    let max_payload = raw.max_payload.as_ref().map(|t| {
+/// `max_payload:`.
+fn max_payload(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> Option<usize> {
+    raw.max_payload.as_ref().map(|t| {
         let n = ctx.size(
             &Some(t.clone()),
             scope,
@@ -170,32 +225,37 @@ pub(crate) fn compile_pipe(
             );
         }
         usize::try_from(n).unwrap_or(usize::MAX)
-    });
+    })
+}
 
-    let rate_limit = raw.rate_limit.as_ref().and_then(|r| {
-        let Some(ps) = &r.value.per_second else {
-            ctx.err(&r.referenced, scope, "rate_limit: needs `per_second: N`");
-            return None;
-        };
-        let per_second = ctx.int(
-            &Some(ps.clone()),
-            scope,
-            "rate_limit.per_second",
-            1,
-            1,
-            u32::MAX.into(),
-        ) as u32;
-        let burst = ctx.int(
-            &r.value.burst,
-            scope,
-            "rate_limit.burst",
-            per_second.into(),
-            1,
-            u32::MAX.into(),
-        ) as u32;
-        Some(RateLimitPlan { per_second, burst })
-    });
+/// `rate_limit: {per_second, burst}`.
+fn rate_limit(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> Option<RateLimitPlan> {
+    let r = raw.rate_limit.as_ref()?;
+    let Some(ps) = &r.value.per_second else {
+        ctx.err(&r.referenced, scope, "rate_limit: needs `per_second: N`");
+        return None;
+    };
+    let per_second = ctx.int(
+        &Some(ps.clone()),
+        scope,
+        "rate_limit.per_second",
+        1,
+        1,
+        u32::MAX.into(),
+    ) as u32;
+    let burst = ctx.int(
+        &r.value.burst,
+        scope,
+        "rate_limit.burst",
+        per_second.into(),
+        1,
+        u32::MAX.into(),
+    ) as u32;
+    Some(RateLimitPlan { per_second, burst })
+}
 
+/// `queue: {size, when_full}` (the QoS 0 buffer).
+fn queue(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> QueuePlan {
     let q = raw.queue.as_ref().map(|q| &q.value);
     let size_text = q.and_then(|q| q.size.clone());
     let size = ctx.int(
@@ -218,31 +278,93 @@ pub(crate) fn compile_pipe(
                 Some("drop_oldest") | None => DropPolicy::DropOldest,
                 Some("drop_newest") => DropPolicy::DropNewest,
                 Some(other) => {
-                    ctx.err(&t.referenced, scope, format!("queue.when_full: expected `drop_oldest` or `drop_newest`, got `{other}`"));
+                    ctx.err(
+                    &t.referenced,
+                    scope,
+                    format!("queue.when_full: expected `drop_oldest` or `drop_newest`, got `{other}`"),
+                );
                     DropPolicy::DropOldest
                 }
             }
         }
     };
-    let loop_check = ctx.boolean(&raw.loop_check, scope, "loop_check", true);
+    QueuePlan { size, when_full }
+}
 
-    if ctx.errors.len() != errors_before {
-        return None;
+/// One of `choices` (the first is the default) for the text field `field`.
+fn choice<'a>(
+    ctx: &mut Ctx,
+    t: &Option<Text>,
+    scope: &Scope,
+    field: &str,
+    choices: &[&'a str],
+) -> &'a str {
+    let first = choices.first().copied().unwrap_or_default();
+    let Some(t) = t else { return first };
+    let Some(value) = ctx.text(t, scope, field) else {
+        return first;
+    };
+    match choices.iter().find(|c| **c == value) {
+        Some(c) => c,
+        None => {
+            let list: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
+            ctx.err(
+                &t.referenced,
+                scope,
+                format!("{field}: expected {}, got `{value}`", list.join(" or ")),
+            );
+            first
+        }
     }
-    Some(PipePlan {
-        name: key.value.clone(),
-        from: from?,
-        to: to?,
-        filters,
-        exclude,
-        remap,
-        qos,
-        retain,
-        max_payload,
-        rate_limit,
-        queue: QueuePlan { size, when_full },
-        loop_check,
-    })
+}
+
+/// `delivery:`, `qos0:` and `spool: {max_bytes, when_full}`.
+fn delivery(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> DeliveryPlan {
+    let mode = choice(
+        ctx,
+        &raw.delivery,
+        scope,
+        "delivery",
+        &["spool", "end_to_end"],
+    );
+    let qos0 = choice(ctx, &raw.qos0, scope, "qos0", &["memory", "spool"]);
+    let spool = raw.spool.as_ref().map(|s| &s.value);
+    let max_text = spool.and_then(|s| s.max_bytes.clone());
+    let max_bytes = max_text.as_ref().map(|t| {
+        let n = ctx.size(&Some(t.clone()), scope, "spool.max_bytes", 0);
+        if n == 0 {
+            ctx.err(&t.referenced, scope, "spool.max_bytes: must be above 0");
+        }
+        n
+    });
+    let when_full = choice(
+        ctx,
+        &spool.and_then(|s| s.when_full.clone()),
+        scope,
+        "spool.when_full",
+        &["block", "drop_oldest"],
+    );
+    if mode == "end_to_end"
+        && let Some(t) = raw.qos0.as_ref().filter(|_| qos0 == "spool")
+    {
+        ctx.err(
+            &t.referenced,
+            scope,
+            "qos0: `spool` needs `delivery: spool`",
+        );
+    }
+    match mode {
+        "end_to_end" => DeliveryPlan::EndToEnd,
+        _ => DeliveryPlan::Spool(SpoolPlan {
+            qos0: qos0 == "spool",
+            max_bytes,
+            when_full: if when_full == "drop_oldest" {
+                SpoolFullPolicy::DropOldest
+            } else {
+                SpoolFullPolicy::Block
+            },
+        }),
+    }
 }
 
 fn broker_ref(

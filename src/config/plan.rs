@@ -289,6 +289,38 @@ pub struct PipePlan {
     pub queue: QueuePlan,
     /// Whether the static loop check covers this pipe (false = rely on runtime loop protection).
     pub loop_check: bool,
+    /// How the pipe takes responsibility for a message.
+    pub delivery: DeliveryPlan,
+}
+
+/// `delivery:` of a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPlan {
+    /// `end_to_end`: the source is acknowledged after the destination.
+    EndToEnd,
+    /// `spool` (default): the source is acknowledged once the message is
+    /// durable in the pipe's spool.
+    Spool(SpoolPlan),
+}
+
+/// A spooled pipe's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolPlan {
+    /// `qos0: spool` (true) or `memory` (false, default).
+    pub qos0: bool,
+    /// `spool.max_bytes`; `None` = bounded by `storage.max_bytes` only.
+    pub max_bytes: Option<u64>,
+    /// `spool.when_full`.
+    pub when_full: SpoolFullPolicy,
+}
+
+/// `spool.when_full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolFullPolicy {
+    /// Withhold the source's acknowledgements (default).
+    Block,
+    /// Drop the oldest spooled messages (counted).
+    DropOldest,
 }
 
 impl PartialEq for PipePlan {
@@ -305,6 +337,7 @@ impl PartialEq for PipePlan {
             && self.max_payload == other.max_payload
             && self.rate_limit == other.rate_limit
             && self.queue == other.queue
+            && self.delivery == other.delivery
             && self.loop_check == other.loop_check
     }
 }

@@ -33,6 +33,7 @@ pub mod ratelimit;
 mod reasons;
 pub(crate) mod remote;
 pub mod server;
+pub mod spool;
 pub mod status;
 pub(crate) mod statuspage;
 
@@ -60,14 +61,20 @@ pub enum MetricsError {
     OtherRecorder,
 }
 
-/// The exporter configuration: the forward-latency histogram gets real
-/// Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
+/// The exporter configuration: the forward-latency and spool-fsync
+/// histograms get real Prometheus buckets ([`LATENCY_BUCKETS_SECONDS`]).
 pub fn builder() -> Result<PrometheusBuilder, MetricsError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(PIPE_FORWARD_LATENCY_SECONDS.to_owned()),
             LATENCY_BUCKETS_SECONDS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PIPE_SPOOL_FSYNC_SECONDS.to_owned()),
+                LATENCY_BUCKETS_SECONDS,
+            )
+        })
         .map_err(MetricsError::Build)
 }
 
@@ -110,6 +117,10 @@ pub fn describe_all() {
             "Messages dropped on purpose, by reason.",
         ),
         (PIPE_STALLS, "Stall episodes detected by the watchdog."),
+        (
+            PIPE_SPOOL_DAMAGED_RECORDS,
+            "Damaged spool records found and skipped.",
+        ),
         (
             REMOTE_CONNECTION_ATTEMPTS,
             "Connection attempts per endpoint.",
@@ -188,6 +199,28 @@ pub fn describe_all() {
             "Size of the pipe's queue (queue.size).",
         ),
         (PIPE_STALLED, "1 while the pipe is stalled."),
+        (
+            PIPE_SPOOL_MESSAGES,
+            "Spooled messages not yet acknowledged by the destination.",
+        ),
+        (PIPE_SPOOL_BYTES, "Encoded bytes of the spooled messages."),
+        (
+            PIPE_SPOOL_OLDEST_AGE_SECONDS,
+            "Age of the oldest spooled message.",
+        ),
+        (
+            PIPE_SPOOL_DISK_BYTES,
+            "Bytes the pipe's spool tables take on disk.",
+        ),
+        (
+            PIPE_SPOOL_RECOVERED_RECORDS,
+            "Spool records found intact when the spool was opened.",
+        ),
+        (STORE_DISK_USED_BYTES, "Bytes the store's files take."),
+        (
+            STORE_DISK_FREE_BYTES,
+            "Bytes free on the store's file system.",
+        ),
         (REMOTE_CONNECTED, "1 while connected to the broker."),
         (REMOTE_ENDPOINT_ACTIVE, "1 for the endpoint in use."),
         (
@@ -226,6 +259,11 @@ pub fn describe_all() {
         PIPE_FORWARD_LATENCY_SECONDS,
         Unit::Seconds,
         "Source receive to destination acknowledgement."
+    );
+    describe_histogram!(
+        PIPE_SPOOL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Spool write to durable, per group commit the pipe waited for."
     );
     gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
     // Process-wide counters exist from the start (at 0), not only after

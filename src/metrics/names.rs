@@ -40,6 +40,24 @@ pub const PIPE_FORWARD_LATENCY_SECONDS: &str = "mqbridge_pipe_forward_latency_se
 pub const PIPE_STALLS: &str = "mqbridge_pipe_stalls_total";
 /// Gauge `{pipe}`: 1 while the watchdog considers the pipe stalled.
 pub const PIPE_STALLED: &str = "mqbridge_pipe_stalled";
+/// Gauge `{pipe}`: spooled messages not yet acknowledged by the destination.
+pub const PIPE_SPOOL_MESSAGES: &str = "mqbridge_pipe_spool_messages";
+/// Gauge `{pipe}`: their encoded bytes.
+pub const PIPE_SPOOL_BYTES: &str = "mqbridge_pipe_spool_bytes";
+/// Gauge `{pipe}`: age of the oldest spooled message.
+pub const PIPE_SPOOL_OLDEST_AGE_SECONDS: &str = "mqbridge_pipe_spool_oldest_age_seconds";
+/// Gauge `{pipe}`: bytes the spool's tables take on disk.
+pub const PIPE_SPOOL_DISK_BYTES: &str = "mqbridge_pipe_spool_disk_bytes";
+/// Gauge `{pipe}`: records found intact when the spool was opened.
+pub const PIPE_SPOOL_RECOVERED_RECORDS: &str = "mqbridge_pipe_spool_recovered_records";
+/// Counter `{pipe}`: damaged records found and skipped.
+pub const PIPE_SPOOL_DAMAGED_RECORDS: &str = "mqbridge_pipe_spool_damaged_records_total";
+/// Histogram `{pipe}`: spool write to durable (one per group commit waited for).
+pub const PIPE_SPOOL_FSYNC_SECONDS: &str = "mqbridge_pipe_spool_fsync_seconds";
+/// Gauge: bytes the store's files take.
+pub const STORE_DISK_USED_BYTES: &str = "mqbridge_store_disk_used_bytes";
+/// Gauge: bytes free on the store's file system.
+pub const STORE_DISK_FREE_BYTES: &str = "mqbridge_store_disk_free_bytes";
 
 // --- remote brokers ----------------------------------------------------------
 

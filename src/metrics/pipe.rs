@@ -99,6 +99,8 @@ pub struct PipeMetrics {
     queue_depth: Gauge,
     queue_capacity: Gauge,
     latency: Histogram,
+    fsync: Histogram,
+    last_fsync: Arc<Mutex<LatencySample>>,
     stalls: Counter,
     stalled: Gauge,
     /// Last latency totals seen by [`PipeMetrics::observe_latency`]. A std
@@ -122,6 +124,8 @@ impl PipeMetrics {
             queue_depth: gauge!(PIPE_QUEUE_DEPTH_MESSAGES, LABEL_PIPE => p.clone()),
             queue_capacity: gauge!(PIPE_QUEUE_CAPACITY_MESSAGES, LABEL_PIPE => p.clone()),
             latency: histogram!(PIPE_FORWARD_LATENCY_SECONDS, LABEL_PIPE => p.clone()),
+            fsync: histogram!(PIPE_SPOOL_FSYNC_SECONDS, LABEL_PIPE => p.clone()),
+            last_fsync: Arc::default(),
             stalls: counter!(PIPE_STALLS, LABEL_PIPE => p.clone()),
             stalled: gauge!(PIPE_STALLED, LABEL_PIPE => p),
             last_latency: Arc::default(),
@@ -195,22 +199,13 @@ impl PipeMetrics {
     /// the previous call is recorded, bucket for bucket, with the exact count
     /// and (within the bucket ranges) the exact sum. See [`synthesize`].
     pub fn observe_latency(&self, total: &LatencySample) {
-        let mut last = self
-            .last_latency
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let deltas: Vec<u64> = total
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v.saturating_sub(last.buckets.get(i).copied().unwrap_or(0)))
-            .collect();
-        let sum = total.sum.saturating_sub(last.sum).as_secs_f64();
-        for (value, count) in synthesize(&deltas, sum) {
-            self.latency
-                .record_many(value, usize::try_from(count).unwrap_or(usize::MAX));
-        }
-        *last = total.clone();
+        record_delta(&self.latency, &self.last_latency, total);
+    }
+
+    /// Like [`PipeMetrics::observe_latency`], for the spool's write → durable
+    /// times (`mqbridge_pipe_spool_fsync_seconds`).
+    pub fn observe_fsync(&self, total: &LatencySample) {
+        record_delta(&self.fsync, &self.last_fsync, total);
     }
 
     /// A stall episode started (counted once per episode).
@@ -223,6 +218,22 @@ impl PipeMetrics {
     pub fn stall_ended(&self) {
         self.stalled.set(0.0);
     }
+}
+
+/// Records into `histogram` what `total` gained since `last` (then `last = total`).
+fn record_delta(histogram: &Histogram, last: &Mutex<LatencySample>, total: &LatencySample) {
+    let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    let deltas: Vec<u64> = total
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v.saturating_sub(last.buckets.get(i).copied().unwrap_or(0)))
+        .collect();
+    let sum = total.sum.saturating_sub(last.sum).as_secs_f64();
+    for (value, count) in synthesize(&deltas, sum) {
+        histogram.record_many(value, usize::try_from(count).unwrap_or(usize::MAX));
+    }
+    *last = total.clone();
 }
 
 #[cfg(test)]

@@ -67,11 +67,14 @@ pub enum DropReason {
     /// A reload removed or changed the pipe, and it still held the message
     /// when its drain deadline passed (acknowledged upstream, not forwarded).
     Reload,
+    /// The pipe's spool was full with `when_full: drop_oldest` (an old
+    /// record made room), or a message could never fit its bound.
+    SpoolFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Excluded,
         DropReason::Oversize,
         DropReason::QueueFull,
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::Remap,
         DropReason::Rejected,
         DropReason::Reload,
+        DropReason::SpoolFull,
     ];
 
     /// The metric label value.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::Remap => "remap",
             DropReason::Rejected => "rejected",
             DropReason::Reload => "reload",
+            DropReason::SpoolFull => "spool_full",
         }
     }
 }

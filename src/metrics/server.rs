@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::health::{BrokerStatus, PipeStatus};
+use super::spool::{SpoolReport, SpoolView};
 use super::status::StatusBoard;
 use super::statuspage::{self, Rates, Scrape};
 
@@ -41,6 +42,9 @@ pub struct ServerState {
     pub board: Arc<StatusBoard>,
     /// Run before rendering `/metrics`; `None` when everything is recorded live.
     pub collect: Option<Collector>,
+    /// The spools (`/spool.json`, and their state in `/readyz`); `None`
+    /// when the process has none.
+    pub spools: Option<SpoolView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,8 +61,13 @@ struct HealthBody {
 struct ReadyBody {
     status: &'static str,
     reasons: Vec<String>,
+    /// Spools at or above 80 % of their bound (the bridge stays ready).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     brokers: Vec<BrokerStatus>,
     pipes: Vec<PipeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spool: Option<SpoolReport>,
 }
 
 /// The handlers' state: the caller's plus the status page's rate history.
@@ -105,6 +114,7 @@ fn app_router(app: App) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/status.json", get(status_json))
+        .route("/spool.json", get(spool_json))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -162,6 +172,17 @@ async fn status_json(State(app): State<App>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Json(app.status()))
 }
 
+fn spool_report(s: &ServerState) -> SpoolReport {
+    s.spools.as_ref().map(|v| (v.0)()).unwrap_or_default()
+}
+
+async fn spool_json(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(spool_report(&app.s)),
+    )
+}
+
 async fn status_page(State(app): State<App>) -> impl IntoResponse {
     (
         [
@@ -193,13 +214,19 @@ async fn readyz(State(app): State<App>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let spool = s.spools.as_ref().map(|v| (v.0)());
     (
         code,
         Json(ReadyBody {
             status: if r.ready { "ready" } else { "not_ready" },
             reasons: r.reasons,
+            warnings: spool
+                .as_ref()
+                .map(SpoolReport::warnings)
+                .unwrap_or_default(),
             brokers: r.brokers,
             pipes: r.pipes,
+            spool,
         }),
     )
 }

@@ -1,23 +1,48 @@
 //! The hand-over point between a source's dispatcher and one pipe's worker.
 //!
-//! Two queues: messages that carry an upstream acknowledgement (bounded by
-//! the dispatcher's pending limit, never dropped here) and messages that do
-//! not (source QoS 0: the bounded [`DropQueue`] with the pipe's policy). The
-//! worker takes them in arrival order across both.
+//! `delivery: end_to_end`: two queues in memory, messages that carry an
+//! upstream acknowledgement (bounded by the dispatcher's pending limit,
+//! never dropped here) and messages that do not (source QoS 0: the bounded
+//! [`DropQueue`] with the pipe's policy). The worker takes them in arrival
+//! order across both, and its completions go back to the dispatcher.
+//!
+//! `delivery: spool` ([`SpoolStage`]): a message with an upstream
+//! acknowledgement (and QoS 0 with `qos0: spool`) is written to the pipe's
+//! [`Spool`]; its hand-off part completes once the write is durable (the
+//! committer task), so the source is acknowledged then. The worker forwards
+//! from the spool in order; its completions carry spool sequence numbers and
+//! go to the acker task, which advances the spool's cursor. When the spool is
+//! full with `when_full: block`, messages wait in memory (`blocked`) with
+//! their hand-off parts open, so the dispatcher's pending window fills and
+//! the source keeps the backlog.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
-use crate::protocol::Message;
+use crate::protocol::{Message, QoS};
+use crate::spool::{Appended, Record, Spool, now_ms};
 
 use super::handoff::Seq;
 use super::loopguard::BrokerSet;
 use super::queue::{DropQueue, WhenFull};
 use super::stats::{DropReason, PipeStats};
+
+/// The spool side of an inbox in `delivery: spool` mode.
+#[derive(Debug)]
+pub(crate) struct SpoolStage {
+    /// The pipe's spool (shared with later instances of the pipe).
+    pub spool: Arc<Spool>,
+    /// `qos0: spool`: QoS 0 goes through the spool too.
+    pub qos0: bool,
+    /// Hand-off parts to complete once what was written is durable.
+    pub commit: mpsc::UnboundedSender<Seq>,
+    /// The dispatcher's completions (for parts released without a write).
+    pub done: mpsc::UnboundedSender<Seq>,
+}
 
 /// One message on its way through a pipe.
 #[derive(Debug)]
@@ -56,6 +81,8 @@ struct State {
     next_order: u64,
     acked: VecDeque<Item>,
     lossy: DropQueue<Item>,
+    /// Spool mode: waiting for room in a full spool (`block`).
+    blocked: VecDeque<Item>,
     closed: bool,
 }
 
@@ -66,6 +93,7 @@ pub(crate) struct Inbox {
     state: Mutex<State>,
     notify: Notify,
     stats: Arc<PipeStats>,
+    stage: Option<SpoolStage>,
 }
 
 impl Inbox {
@@ -75,11 +103,33 @@ impl Inbox {
                 next_order: 0,
                 acked: VecDeque::new(),
                 lossy: DropQueue::new(size, when_full),
+                blocked: VecDeque::new(),
                 closed: false,
             }),
             notify: Notify::new(),
             stats,
+            stage: None,
         }
+    }
+
+    /// An inbox in `delivery: spool` mode.
+    pub(crate) fn spooled(
+        size: usize,
+        when_full: WhenFull,
+        stats: Arc<PipeStats>,
+        stage: SpoolStage,
+    ) -> Self {
+        stats.spooled.store(stage.spool.depth(), Ordering::Relaxed);
+        let mut inbox = Inbox::new(size, when_full, stats);
+        inbox.stage = Some(stage);
+        inbox
+    }
+
+    /// Whether `item` goes through the spool.
+    fn spools(&self, item: &Item) -> bool {
+        self.stage
+            .as_ref()
+            .is_some_and(|s| item.seq.is_some() || (s.qos0 && item.msg.qos == QoS::AtMostOnce))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -94,6 +144,9 @@ impl Inbox {
     /// The depth gauge is moved by deltas, not set: during a reload the old
     /// and the new inbox of a changed pipe share the pipe's counters.
     pub(crate) fn push(&self, mut item: Item) {
+        if self.spools(&item) {
+            return self.push_spooled(item);
+        }
         let mut st = self.lock();
         item.order = st.next_order;
         st.next_order += 1;
@@ -110,8 +163,146 @@ impl Inbox {
         self.notify.notify_one();
     }
 
-    /// Takes the oldest item across both queues.
+    /// Spool mode: writes `item` (or, with a full `block` spool, queues it
+    /// behind the others waiting for room).
+    fn push_spooled(&self, item: Item) {
+        let mut st = self.lock();
+        if st.blocked.is_empty() {
+            match self.write(&item) {
+                Some(true) => {
+                    drop(st);
+                    self.notify.notify_one();
+                    return;
+                }
+                Some(false) => return,
+                None => {}
+            }
+        }
+        st.blocked.push_back(item);
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes one item to the spool: `Some(true)` written, `Some(false)`
+    /// dropped (counted; its part completed), `None` full (`block`).
+    fn write(&self, item: &Item) -> Option<bool> {
+        let stage = self.stage.as_ref()?;
+        let rec = Record {
+            msg: item.msg.clone(),
+            received_ms: now_ms()
+                .saturating_sub(u64::try_from(item.received_at.elapsed().as_millis()).unwrap_or(0)),
+            visited: item.visited.bits(),
+        };
+        let outcome = match stage.spool.append(&rec) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                // The store failed (I/O): keep the part open, so the source
+                // is never acknowledged for what is not on disk.
+                if let Some(suppressed) =
+                    crate::metrics::ratelimit::allow(&format!("spool-write:{}", stage.spool.name()))
+                {
+                    tracing::error!(error = %err, suppressed, "spool write failed; the message stays unacknowledged at its source");
+                }
+                return Some(false);
+            }
+        };
+        self.stats
+            .spooled
+            .store(stage.spool.depth(), Ordering::Relaxed);
+        match outcome {
+            Appended::Written { dropped, .. } => {
+                for _ in 0..dropped {
+                    self.stats.drop_one(DropReason::SpoolFull);
+                }
+                if let Some(seq) = item.seq {
+                    let _ = stage.commit.send(seq);
+                }
+                Some(true)
+            }
+            Appended::Full if item.seq.is_some() => None,
+            Appended::Full | Appended::Refused { .. } => {
+                let dropped = match outcome {
+                    Appended::Refused { dropped } => dropped,
+                    _ => 0,
+                };
+                for _ in 0..=dropped {
+                    self.stats.drop_one(DropReason::SpoolFull);
+                }
+                if let Some(seq) = item.seq {
+                    let _ = stage.done.send(seq);
+                }
+                Some(false)
+            }
+        }
+    }
+
+    /// Spool mode: the destination acknowledged spool record `seq`; writes
+    /// what waited for the room this made.
+    pub(crate) fn spool_ack(&self, seq: u64) {
+        let Some(stage) = &self.stage else { return };
+        if let Err(err) = stage.spool.ack(seq) {
+            tracing::error!(error = %err, "spool: recording an acknowledgement failed");
+        }
+        self.stats
+            .spooled
+            .store(stage.spool.depth(), Ordering::Relaxed);
+        let mut st = self.lock();
+        let mut wrote = false;
+        while let Some(item) = st.blocked.front() {
+            match self.write(item) {
+                None => break,
+                Some(w) => {
+                    wrote |= w;
+                    st.blocked.pop_front();
+                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        drop(st);
+        if wrote {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The next spooled record as an item (its `seq` is the spool's).
+    fn pop_spooled(&self) -> Option<Item> {
+        let stage = self.stage.as_ref()?;
+        match stage.spool.next() {
+            Ok(Some((seq, rec))) => {
+                let age = now_ms().saturating_sub(rec.received_ms);
+                let now = Instant::now();
+                let received_at = now
+                    .checked_sub(std::time::Duration::from_millis(age))
+                    .unwrap_or(now);
+                Some(Item::new(
+                    rec.msg,
+                    Some(seq),
+                    BrokerSet::from_bits(rec.visited),
+                    received_at,
+                ))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(error = %err, "spool read failed");
+                None
+            }
+        }
+    }
+
+    /// Takes the oldest item: in spool mode the spool first (it holds the
+    /// acknowledged messages in order), then QoS 0 from memory.
     pub(crate) fn pop(&self) -> Option<Item> {
+        if self.stage.is_some() {
+            if !self.lock().closed
+                && let Some(item) = self.pop_spooled()
+            {
+                return Some(item);
+            }
+            let item = self.lock().lossy.pop();
+            if item.is_some() {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            }
+            return item;
+        }
         let mut st = self.lock();
         let take_acked = match (st.acked.front(), st.lossy.front()) {
             (Some(a), Some(l)) => a.order < l.order,
@@ -130,8 +321,20 @@ impl Inbox {
     }
 
     /// Takes every waiting item (a retired pipe releasing what it holds).
+    /// In spool mode, what waited for room in a full spool is released here
+    /// (its parts completed, counted as dropped `reload`), and the spool's
+    /// records stay on disk.
     pub(crate) fn take_all(&self) -> Vec<Item> {
         let mut st = self.lock();
+        if let Some(stage) = &self.stage {
+            for item in st.blocked.drain(..) {
+                self.stats.drop_one(DropReason::Reload);
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                if let Some(seq) = item.seq {
+                    let _ = stage.done.send(seq);
+                }
+            }
+        }
         let mut items: Vec<Item> = st.acked.drain(..).collect();
         while let Some(i) = st.lossy.pop() {
             items.push(i);
@@ -143,9 +346,12 @@ impl Inbox {
     }
 
     /// Whether an item is waiting.
+    /// In spool mode a closed inbox offers no more spooled records: they
+    /// stay on disk for the next start (or the pipe's next instance).
     pub(crate) fn has_items(&self) -> bool {
         let st = self.lock();
-        !st.acked.is_empty() || !st.lossy.is_empty()
+        let spooled = !st.closed && self.stage.as_ref().is_some_and(|s| s.spool.has_unsent());
+        spooled || !st.acked.is_empty() || !st.lossy.is_empty()
     }
 
     /// No more items will be pushed; the worker ends once it has drained.
@@ -157,7 +363,7 @@ impl Inbox {
     /// Closed and empty.
     pub(crate) fn is_finished(&self) -> bool {
         let st = self.lock();
-        st.closed && st.acked.is_empty() && st.lossy.is_empty()
+        st.closed && st.acked.is_empty() && st.lossy.is_empty() && st.blocked.is_empty()
     }
 
     /// Resolves after the next `push` or `close` (or at once if one happened

@@ -41,6 +41,16 @@ impl BrokerSet {
     /// The empty set.
     pub const EMPTY: BrokerSet = BrokerSet(0);
 
+    /// The set as plain bits (to store it with a spooled record).
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// A set from [`BrokerSet::bits`].
+    pub fn from_bits(bits: u64) -> BrokerSet {
+        BrokerSet(bits)
+    }
+
     /// This set plus `b`.
     pub fn with(self, b: BrokerIx) -> BrokerSet {
         match u32::try_from(b).ok().and_then(|b| 1u64.checked_shl(b)) {

@@ -26,7 +26,7 @@ mod subs;
 mod worker;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,11 +37,13 @@ use tracing::Instrument;
 
 use crate::link::{Delivery, Link};
 use crate::protocol::QoS;
+use crate::spool::{Spool, SpoolBoard, WhenFull as SpoolWhenFull};
+use crate::store::Store;
 use crate::topic::FilterTrie;
 
 use dispatch::{Control, Dispatcher, Route};
 use handoff::Seq;
-use inbox::Inbox;
+use inbox::{Inbox, SpoolStage};
 use loopguard::{BrokerIx, LoopGuard};
 use queue::WhenFull;
 use ratelimit::TokenBucket;
@@ -90,11 +92,50 @@ pub struct PipeSpec {
     pub rate_limit: Option<(u32, u32)>,
     /// Publishes in flight to the destination, at most.
     pub inflight: usize,
+    /// End-to-end or spooled.
+    pub delivery: DeliveryMode,
 }
 
-/// Misconfiguration of [`start`] (a bug in the caller: the plan is checked).
+/// How a pipe takes responsibility for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// The source is acknowledged once the destination acknowledged (no
+    /// local state).
+    EndToEnd,
+    /// The source is acknowledged once the message is durable in the pipe's
+    /// spool; the worker forwards from the spool.
+    Spool(SpoolSpec),
+}
+
+/// The spool settings of a pipe in spool mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolSpec {
+    /// `qos0: spool`: QoS 0 messages go through the spool too.
+    pub qos0: bool,
+    /// `spool.max_bytes`; `None` = only `storage.max_bytes` bounds it.
+    pub max_bytes: Option<u64>,
+    /// What a full spool does.
+    pub when_full: SpoolWhenFull,
+}
+
+/// Misconfiguration of [`start`] (a bug in the caller: the plan is checked),
+/// or a spool that cannot be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipeError {
+    /// A pipe in spool mode, but the runtime has no store.
+    #[error("pipe {pipe}: spool delivery needs a store")]
+    NoStore {
+        /// The pipe.
+        pipe: String,
+    },
+    /// The pipe's spool could not be opened.
+    #[error("pipe {pipe}: cannot open its spool: {error}")]
+    Spool {
+        /// The pipe.
+        pipe: String,
+        /// Why.
+        error: String,
+    },
     /// A pipe names a broker index that does not exist.
     #[error("pipe {pipe}: unknown broker index {index}")]
     UnknownBroker {
@@ -137,6 +178,20 @@ struct Instance {
     retire: CancellationToken,
 }
 
+/// What [`Pipes::update`] tells one source's dispatcher and subscriber.
+#[derive(Default)]
+struct Step {
+    remove: Vec<String>,
+    routes: Vec<Route>,
+    filters: Vec<(String, Vec<(String, QoS)>)>,
+}
+
+/// A removed or changed instance, as its successor sees it.
+struct Predecessor {
+    finished: CancellationToken,
+    stats: Arc<PipeStats>,
+}
+
 /// The running pipes. Brokers and pipes can be added and removed while
 /// running ([`Pipes::add_broker`], [`Pipes::update`], [`Pipes::remove_broker`]).
 #[derive(Debug)]
@@ -151,6 +206,15 @@ pub struct Pipes {
     tasks: TaskTracker,
     /// Subscription changes queued or in progress, over all sources.
     pending: Arc<watch::Sender<usize>>,
+    /// The store the spools live in (`None`: spool mode is refused).
+    store: Option<Store>,
+    /// Every open spool by pipe name, running or not (a removed pipe's
+    /// spool stays on disk and keeps counting against `storage.max_bytes`).
+    spools: BTreeMap<String, Arc<Spool>>,
+    /// Bytes of every open spool (for `storage.max_bytes`).
+    spool_total: Arc<AtomicU64>,
+    /// The spools as the status endpoints see them.
+    board: SpoolBoard,
 }
 
 impl Default for Pipes {
@@ -185,7 +249,68 @@ impl Pipes {
             abort: CancellationToken::new(),
             tasks,
             pending: Arc::new(watch::channel(0usize).0),
+            store: None,
+            spools: BTreeMap::new(),
+            spool_total: Arc::new(AtomicU64::new(0)),
+            board: SpoolBoard::default(),
         }
+    }
+
+    /// No brokers, no pipes; spooled pipes keep their spools in `store`.
+    /// Spools found in the store that no pipe names yet are opened too
+    /// (their bytes count against `storage.max_bytes`); see
+    /// [`Pipes::orphaned_spools`].
+    pub fn with_store(store: Store) -> Result<Self, PipeError> {
+        let mut pipes = Pipes::new();
+        for name in crate::spool::spool_names(&store) {
+            let spool = Spool::open(
+                &store,
+                &name,
+                None,
+                SpoolWhenFull::Block,
+                pipes.spool_total.clone(),
+            )
+            .map_err(|e| PipeError::Spool {
+                pipe: name.clone(),
+                error: e.to_string(),
+            })?;
+            pipes.spools.insert(name, Arc::new(spool));
+        }
+        pipes.store = Some(store);
+        pipes.publish_spools();
+        Ok(pipes)
+    }
+
+    /// The spools as the status endpoints see them (kept current).
+    pub fn spool_board(&self) -> SpoolBoard {
+        self.board.clone()
+    }
+
+    fn publish_spools(&self) {
+        self.board.set(
+            self.spools()
+                .into_iter()
+                .map(|(_, s, used)| (s, used))
+                .collect(),
+        );
+    }
+
+    /// Every spool with whether a running pipe uses it (false: orphaned,
+    /// kept until `mqbridge spool --drop`).
+    pub fn spools(&self) -> Vec<(String, Arc<Spool>, bool)> {
+        self.spools
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone(), self.running.contains_key(n)))
+            .collect()
+    }
+
+    /// Spools no running pipe uses.
+    pub fn orphaned_spools(&self) -> Vec<String> {
+        self.spools()
+            .into_iter()
+            .filter(|(_, _, used)| !used)
+            .map(|(n, _, _)| n)
+            .collect()
     }
 
     /// Adds a broker and starts its dispatcher (with no routes yet); returns
@@ -252,6 +377,8 @@ impl Pipes {
     /// as dropped `reload`); `add` start. A pipe in both is restarted with
     /// its new settings: its counters carry on, and the new instance starts
     /// once the old one has ended. Pipes not named keep running untouched.
+    /// A spooled pipe keeps its spool across the change (the new instance
+    /// sends what is unacknowledged again); a removed one leaves it on disk.
     ///
     /// Subscribes only new filters and unsubscribes only filters no pipe
     /// uses any more, in the background. The returned future resolves once
@@ -262,7 +389,28 @@ impl Pipes {
         add: Vec<PipeSpec>,
         drain: Duration,
     ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, PipeError> {
-        for s in &add {
+        self.check(&add)?;
+        let mut steps: BTreeMap<BrokerIx, Step> = BTreeMap::new();
+        let remove = self.with_restarts(remove, &add);
+        let mut predecessors = self.retire(&remove, drain, &mut steps);
+        for spec in add {
+            let predecessor = predecessors.remove(&spec.name);
+            self.start_instance(spec, predecessor, &mut steps);
+        }
+        // Loop-guard flags first: they must hold before the routes go live.
+        self.update_flags();
+        self.publish_spools();
+        let applied = self.send_steps(steps);
+        Ok(async move {
+            for t in applied {
+                t.cancelled().await;
+            }
+        })
+    }
+
+    /// Every broker `add` names exists, and every spooled pipe's spool opens.
+    fn check(&mut self, add: &[PipeSpec]) -> Result<(), PipeError> {
+        for s in add {
             for index in [s.source, s.dest] {
                 if !self.sources.contains_key(&index) {
                     return Err(PipeError::UnknownBroker {
@@ -271,23 +419,35 @@ impl Pipes {
                     });
                 }
             }
+            if let DeliveryMode::Spool(spec) = &s.delivery {
+                self.open_spool(&s.name, spec)?;
+            }
         }
-        #[derive(Default)]
-        struct Step {
-            remove: Vec<String>,
-            routes: Vec<Route>,
-            filters: Vec<(String, Vec<(String, QoS)>)>,
-        }
-        let mut steps: BTreeMap<BrokerIx, Step> = BTreeMap::new();
-        let mut predecessors = BTreeMap::new();
-        // A running pipe added again is a change: never two live instances.
+        Ok(())
+    }
+
+    /// `remove` plus every running pipe added again (a change: never two
+    /// live instances of one pipe).
+    fn with_restarts(&self, remove: &[String], add: &[PipeSpec]) -> Vec<String> {
         let mut remove = remove.to_vec();
-        for s in &add {
+        for s in add {
             if self.running.contains_key(&s.name) && !remove.contains(&s.name) {
                 remove.push(s.name.clone());
             }
         }
-        for name in &remove {
+        remove
+    }
+
+    /// Stops routing to the pipes in `remove` and arms their drain
+    /// deadlines. Returns each one's end token and counters (for a successor).
+    fn retire(
+        &mut self,
+        remove: &[String],
+        drain: Duration,
+        steps: &mut BTreeMap<BrokerIx, Step>,
+    ) -> BTreeMap<String, Predecessor> {
+        let mut predecessors = BTreeMap::new();
+        for name in remove {
             let Some(old) = self.running.remove(name) else {
                 continue;
             };
@@ -309,72 +469,166 @@ impl Pipes {
                     }
                 }
             });
-            predecessors.insert(name.clone(), (old.finished.clone(), old.stats.clone()));
+            predecessors.insert(
+                name.clone(),
+                Predecessor {
+                    finished: old.finished.clone(),
+                    stats: old.stats.clone(),
+                },
+            );
             self.retiring.push((name.clone(), old));
         }
         self.retiring.retain(|(_, i)| !i.finished.is_cancelled());
-        for spec in add {
-            let (after, stats) = match predecessors.remove(&spec.name) {
-                Some((finished, stats)) => (Some(finished), stats),
-                None => (None, Arc::new(PipeStats::default())),
-            };
-            let (Some(src), Some(dst)) =
-                (self.sources.get(&spec.source), self.sources.get(&spec.dest))
-            else {
-                continue; // checked above
-            };
-            let inbox = Arc::new(Inbox::new(spec.queue_size, spec.when_full, stats.clone()));
-            let finished = CancellationToken::new();
-            let retire = CancellationToken::new();
-            let worker = Worker {
-                name: spec.name.clone(),
-                inbox: inbox.clone(),
-                link: dst.link.clone(),
-                stats: stats.clone(),
-                done: src.done.clone(),
-                guard: (self.guard.clone(), spec.dest),
-                dest_is_source: dst.is_source.clone(),
-                window: spec.inflight,
-                rate: spec.rate_limit.map(|(per_second, burst)| {
-                    TokenBucket::new(
-                        f64::from(per_second),
-                        burst,
-                        tokio::time::Instant::now().into_std(),
-                    )
-                }),
-                abort: self.abort.clone(),
-                after,
-                retire: retire.clone(),
-                _finished: finished.clone().drop_guard(),
-            };
-            self.tasks.spawn(
-                worker
-                    .run()
-                    .instrument(tracing::info_span!("pipe", pipe = %spec.name)),
-            );
-            let step = steps.entry(spec.source).or_default();
-            step.filters.push((spec.name.clone(), spec.filters.clone()));
-            step.routes.push(Route {
-                name: spec.name.clone(),
-                filters: spec.filters,
+        predecessors
+    }
+
+    /// Starts one pipe instance: its inbox (with the spool stage in spool
+    /// mode), its worker, and its route in the source's step.
+    fn start_instance(
+        &mut self,
+        spec: PipeSpec,
+        predecessor: Option<Predecessor>,
+        steps: &mut BTreeMap<BrokerIx, Step>,
+    ) {
+        let (after, stats) = match predecessor {
+            Some(p) => (Some(p.finished), p.stats),
+            None => (None, Arc::new(PipeStats::default())),
+        };
+        let (Some(src), Some(dst)) = (self.sources.get(&spec.source), self.sources.get(&spec.dest))
+        else {
+            return; // checked by `check`
+        };
+        let finished = CancellationToken::new();
+        let retire = CancellationToken::new();
+        let (inbox, done) = match &spec.delivery {
+            DeliveryMode::EndToEnd => (
+                Arc::new(Inbox::new(spec.queue_size, spec.when_full, stats.clone())),
+                src.done.clone(),
+            ),
+            DeliveryMode::Spool(s) => {
+                let Some(spool) = self.spools.get(&spec.name).cloned() else {
+                    return; // opened by `check`
+                };
+                let skipped = spool.rewind();
+                tracing::debug!(pipe = %spec.name, unacknowledged = skipped, "spool: forwarding resumes at the oldest unacknowledged record");
+                self.spool_stage(&spec, s.qos0, spool, src.done.clone(), &stats, &retire)
+            }
+        };
+        let worker = Worker {
+            name: spec.name.clone(),
+            inbox: inbox.clone(),
+            link: dst.link.clone(),
+            stats: stats.clone(),
+            done,
+            guard: (self.guard.clone(), spec.dest),
+            dest_is_source: dst.is_source.clone(),
+            window: spec.inflight,
+            rate: spec.rate_limit.map(|(per_second, burst)| {
+                TokenBucket::new(
+                    f64::from(per_second),
+                    burst,
+                    tokio::time::Instant::now().into_std(),
+                )
+            }),
+            abort: self.abort.clone(),
+            after,
+            retire: retire.clone(),
+            _finished: finished.clone().drop_guard(),
+        };
+        self.tasks.spawn(
+            worker
+                .run()
+                .instrument(tracing::info_span!("pipe", pipe = %spec.name)),
+        );
+        let step = steps.entry(spec.source).or_default();
+        step.filters.push((spec.name.clone(), spec.filters.clone()));
+        step.routes.push(Route {
+            name: spec.name.clone(),
+            filters: spec.filters,
+            dest: spec.dest,
+            rules: spec.rules,
+            inbox,
+            stats: stats.clone(),
+        });
+        self.running.insert(
+            spec.name,
+            Instance {
+                source: spec.source,
                 dest: spec.dest,
-                rules: spec.rules,
-                inbox,
-                stats: stats.clone(),
-            });
-            self.running.insert(
-                spec.name,
-                Instance {
-                    source: spec.source,
-                    dest: spec.dest,
-                    stats,
-                    finished,
-                    retire,
-                },
+                stats,
+                finished,
+                retire,
+            },
+        );
+    }
+
+    /// A spooled inbox with its two helper tasks: the committer (a written
+    /// part completes towards the source once durable) and the acker (the
+    /// worker's completions, spool sequence numbers, advance the cursor).
+    /// Returns the inbox and the worker's completion sender.
+    fn spool_stage(
+        &self,
+        spec: &PipeSpec,
+        qos0: bool,
+        spool: Arc<Spool>,
+        dispatcher: mpsc::UnboundedSender<Seq>,
+        stats: &Arc<PipeStats>,
+        retire: &CancellationToken,
+    ) -> (Arc<Inbox>, mpsc::UnboundedSender<Seq>) {
+        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::spooled(
+            spec.queue_size,
+            spec.when_full,
+            stats.clone(),
+            SpoolStage {
+                spool,
+                qos0,
+                commit: commit_tx,
+                done: dispatcher.clone(),
+            },
+        ));
+        let span = tracing::info_span!("spool", pipe = %spec.name);
+        if let Some(store) = self.store.clone() {
+            self.tasks.spawn(
+                committer(store, commit_rx, dispatcher, stats.clone()).instrument(span.clone()),
             );
         }
-        // Loop-guard flags first: they must hold before the routes go live.
-        self.update_flags();
+        self.tasks
+            .spawn(acker(inbox.clone(), ack_rx, retire.clone()).instrument(span));
+        (inbox, ack_tx)
+    }
+
+    /// Opens (once) the spool of pipe `name` ahead of [`Pipes::update`]
+    /// (so a store error stops a start before any connection is made).
+    pub fn open_spool(&mut self, name: &str, spec: &SpoolSpec) -> Result<Arc<Spool>, PipeError> {
+        if let Some(s) = self.spools.get(name) {
+            s.set_limits(spec.max_bytes, spec.when_full);
+            return Ok(s.clone());
+        }
+        let store = self.store.clone().ok_or_else(|| PipeError::NoStore {
+            pipe: name.to_owned(),
+        })?;
+        let spool = Spool::open(
+            &store,
+            name,
+            spec.max_bytes,
+            spec.when_full,
+            self.spool_total.clone(),
+        )
+        .map_err(|e| PipeError::Spool {
+            pipe: name.to_owned(),
+            error: e.to_string(),
+        })?;
+        let spool = Arc::new(spool);
+        self.spools.insert(name.to_owned(), spool.clone());
+        Ok(spool)
+    }
+
+    /// Tells each affected dispatcher its new routes and each subscriber its
+    /// subscription change. Returns one token per dispatcher, cancelled once
+    /// it routes by the new table.
+    fn send_steps(&mut self, steps: BTreeMap<BrokerIx, Step>) -> Vec<CancellationToken> {
         let mut applied = Vec::new();
         for (ix, step) in steps {
             let Some(src) = self.sources.get_mut(&ix) else {
@@ -402,11 +656,7 @@ impl Pipes {
                 self.pending.send_modify(|n| *n = n.saturating_sub(1));
             }
         }
-        Ok(async move {
-            for t in applied {
-                t.cancelled().await;
-            }
-        })
+        applied
     }
 
     /// Sets each broker's loop-guard flags from the pipes running or draining.
@@ -512,6 +762,46 @@ impl Pipes {
         self.abort.cancel();
         self.tasks.wait().await;
         busy
+    }
+}
+
+/// Completes hand-off parts towards the source once what was written for
+/// them is durable: one `durable()` wait serves every part queued meanwhile
+/// (group commit). A failed sync leaves the parts open (the source keeps the
+/// messages and redelivers them).
+async fn committer(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Seq>,
+    done: mpsc::UnboundedSender<Seq>,
+    stats: Arc<PipeStats>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let started = std::time::Instant::now();
+        match store.durable().await {
+            Ok(()) => {
+                stats.fsync.observe(started.elapsed());
+                for seq in batch.drain(..) {
+                    let _ = done.send(seq);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, messages = batch.len(), "spool: sync failed; these messages stay unacknowledged at their source");
+                batch.clear();
+            }
+        }
+    }
+}
+
+/// Applies the worker's completions (spool sequence numbers) to the spool.
+/// After the instance was retired, completions are ignored: the worker
+/// releases what it held without forwarding it, and those records must
+/// stay in the spool for the pipe's next instance.
+async fn acker(inbox: Arc<Inbox>, mut rx: mpsc::UnboundedReceiver<Seq>, retire: CancellationToken) {
+    while let Some(seq) = rx.recv().await {
+        if !retire.is_cancelled() {
+            inbox.spool_ack(seq);
+        }
     }
 }
 

@@ -90,6 +90,14 @@ pub struct PipeStats {
     pub queue_depth: AtomicU64,
     /// `mqbridge_pipe_forward_latency_seconds`: source receive → destination ack.
     pub latency: LatencyHistogram,
+    /// Spool mode: records in the pipe's spool not yet acknowledged by the
+    /// destination (`mqbridge_pipe_spool_messages` reads the spool itself;
+    /// this copy lets the watchdog and the status board count the backlog
+    /// as pending work).
+    pub spooled: AtomicU64,
+    /// `mqbridge_pipe_spool_fsync_seconds`: spool mode, write → durable
+    /// (one observation per group commit the pipe waited for).
+    pub fsync: LatencyHistogram,
 }
 
 impl PipeStats {
@@ -126,6 +134,7 @@ impl PipeStats {
             dropped: DropReason::ALL.map(|r| (r, self.dropped(r))).to_vec(),
             inflight: self.inflight.load(Ordering::Relaxed),
             queue_depth: self.queue_depth.load(Ordering::Relaxed),
+            spooled: self.spooled.load(Ordering::Relaxed),
             latency_count: self.latency.count(),
         }
     }
@@ -146,6 +155,8 @@ pub struct StatsSnapshot {
     pub inflight: u64,
     /// Messages queued.
     pub queue_depth: u64,
+    /// Messages in the spool, not yet acknowledged by the destination.
+    pub spooled: u64,
     /// Latency observations.
     pub latency_count: u64,
 }

@@ -105,6 +105,7 @@ fn spec(name: &str, source: usize, dest: usize, filter: &str) -> PipeSpec {
         when_full: WhenFull::DropOldest,
         rate_limit: None,
         inflight: 10,
+        delivery: super::DeliveryMode::EndToEnd,
     }
 }
 

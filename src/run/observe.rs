@@ -28,6 +28,7 @@ use crate::link::{Link, LinkState};
 use crate::metrics::health::{Action, BrokerKind, PipeProgress, PipeState, PipeStatus};
 use crate::metrics::pipe::LatencySample;
 use crate::metrics::server::{self, Collector, ServerState};
+use crate::metrics::spool::SpoolView;
 use crate::metrics::status::StatusBoard;
 use crate::metrics::{
     BuiltinBrokerMetrics, DropReason, MetricsError, PipeMetrics, PipeSample, RemoteBrokerMetrics,
@@ -81,6 +82,7 @@ pub struct Observability {
     control: ObservabilityControl,
     prometheus: Option<(PrometheusHandle, TcpListener)>,
     stall_rx: watch::Receiver<Duration>,
+    spools: Option<SpoolView>,
 }
 
 impl std::fmt::Debug for Observability {
@@ -123,6 +125,7 @@ impl Observability {
             },
             prometheus,
             stall_rx,
+            spools: None,
         })
     }
 
@@ -144,6 +147,11 @@ impl Observability {
     /// Registers the running pipes (`stats` from the pipe runtime).
     pub fn pipes(&mut self, plan: &Plan, stats: &[(String, Arc<PipeStats>)]) {
         self.control.set_pipes(plan, stats);
+    }
+
+    /// Registers the spools (metrics, `/readyz`, `/spool.json`).
+    pub fn spools(&mut self, view: SpoolView) {
+        self.spools = Some(view);
     }
 
     /// Spawns the watchdog and the HTTP endpoint.
@@ -182,7 +190,11 @@ impl Observability {
         if let Some((prometheus, listener)) = self.prometheus {
             addr = listener.local_addr().ok();
             let registry = control.registry.clone();
+            let spools = self.spools.clone();
             let collect = Collector(Arc::new(move || {
+                if let Some(v) = &spools {
+                    (v.0)().observe();
+                }
                 let r = lock(&registry);
                 for p in r.pipes.values() {
                     observe_pipe(&p.watched.metrics, &p.stats);
@@ -195,6 +207,7 @@ impl Observability {
                 prometheus,
                 board: control.board.clone(),
                 collect: Some(collect),
+                spools: self.spools,
             };
             let stop = token.clone();
             tracker.spawn(async move {
@@ -350,7 +363,7 @@ impl ObservabilityControl {
                     // On the board (`/readyz`, the status page) from now on,
                     // not only after the watchdog's next round.
                     let s = st.snapshot();
-                    let pending = s.inflight + s.queue_depth;
+                    let pending = s.queue_depth + s.inflight.max(s.spooled);
                     self.board.set_pipe(PipeStatus {
                         name: name.clone(),
                         destination: p.to.clone(),
@@ -379,7 +392,7 @@ impl ObservabilityControl {
                             let s = probe_stats.snapshot();
                             PipeProgress {
                                 forwarded: s.forwarded,
-                                pending: s.inflight + s.queue_depth,
+                                pending: s.queue_depth + s.inflight.max(s.spooled),
                             }
                         }),
                     },
@@ -437,5 +450,9 @@ fn observe_pipe(metrics: &PipeMetrics, s: &PipeStats) {
     metrics.observe_latency(&LatencySample {
         buckets: s.latency.buckets(),
         sum: s.latency.sum(),
+    });
+    metrics.observe_fsync(&LatencySample {
+        buckets: s.fsync.buckets(),
+        sum: s.fsync.sum(),
     });
 }

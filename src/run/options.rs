@@ -3,12 +3,16 @@
 
 use crate::broker::{self, BrokerOptions};
 use crate::client::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
-use crate::config::plan::{BuiltInPlan, DropPolicy, PipePlan, QosRule, RemotePlan, RetainRule};
-use crate::pipe::PipeSpec;
+use crate::config::plan::{
+    BuiltInPlan, DeliveryPlan, DropPolicy, PipePlan, QosRule, RemotePlan, RetainRule,
+    SpoolFullPolicy,
+};
 use crate::pipe::loopguard::BrokerIx;
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
+use crate::pipe::{DeliveryMode, PipeSpec, SpoolSpec};
 use crate::protocol::{Message, QoS};
+use crate::spool::WhenFull as SpoolWhenFull;
 
 /// Maps a pipe's plan onto the runtime's spec, with its brokers' indices
 /// and the destination's publish window.
@@ -35,6 +39,22 @@ pub(super) fn pipe_spec(p: &PipePlan, source: BrokerIx, dest: BrokerIx, window: 
         },
         rate_limit: p.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
         inflight: window,
+        delivery: spool_spec(p).map_or(DeliveryMode::EndToEnd, DeliveryMode::Spool),
+    }
+}
+
+/// A spooled pipe's spool settings; `None` for `delivery: end_to_end`.
+pub(super) fn spool_spec(p: &PipePlan) -> Option<SpoolSpec> {
+    match p.delivery {
+        DeliveryPlan::EndToEnd => None,
+        DeliveryPlan::Spool(s) => Some(SpoolSpec {
+            qos0: s.qos0,
+            max_bytes: s.max_bytes,
+            when_full: match s.when_full {
+                SpoolFullPolicy::Block => SpoolWhenFull::Block,
+                SpoolFullPolicy::DropOldest => SpoolWhenFull::DropOldest,
+            },
+        }),
     }
 }
 

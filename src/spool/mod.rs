@@ -1,0 +1,510 @@
+//! The per-pipe disk spool (store-and-forward).
+//!
+//! Each pipe in `delivery: spool` mode has one keyspace `spool.<pipe>` in the
+//! [`Store`]: keys are big-endian sequence numbers (so key order is arrival
+//! order), values are [`record`]s with their own CRC. The acknowledged cursor
+//! lives in the `spool-meta` keyspace and moves in the same write batch that
+//! deletes the acknowledged records, so after a crash the spool resumes
+//! exactly at its first unacknowledged record.
+//!
+//! [`book`] is the pure bookkeeping; this module does the disk side, keeps a
+//! bounded cache of recent records so a spool that keeps up never reads
+//! back from disk, and enforces the byte bounds (`spool.max_bytes` per pipe,
+//! `storage.max_bytes` over every spool in the store).
+
+pub mod book;
+pub mod record;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::store::{Keyspace, Store, StoreError};
+
+pub use crate::metrics::spool::{SpoolReport, SpoolRow, StoreRow};
+
+pub use book::{Book, SpoolSeq};
+pub use record::{Record, RecordError};
+
+/// Prefix of a spool's keyspace name; the pipe's name follows.
+pub const KEYSPACE_PREFIX: &str = "spool.";
+/// The keyspace holding every spool's acknowledged cursor (key: pipe name).
+pub const META_KEYSPACE: &str = "spool-meta";
+/// Records kept in memory beyond what is on disk, per spool: a spool that
+/// keeps up is forwarded from this cache; a backlog is read back from disk.
+const CACHE_RECORDS: usize = 4096;
+
+/// What a full spool does with the next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Take nothing more (the pipe withholds the source's acknowledgements,
+    /// so the source keeps the backlog).
+    #[default]
+    Block,
+    /// Drop the oldest records until the new one fits (counted as dropped
+    /// `spool_full`).
+    DropOldest,
+}
+
+/// Why a spool operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// The store failed (I/O error, disk full at the OS level).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pipe's name cannot name a keyspace.
+    #[error("pipe name `{0}` cannot name a spool")]
+    Name(String),
+}
+
+impl From<fjall::Error> for SpoolError {
+    fn from(e: fjall::Error) -> Self {
+        SpoolError::Store(e.into())
+    }
+}
+
+/// What [`Spool::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written with this sequence number, after dropping `dropped` old
+    /// records to make room.
+    Written {
+        /// The record's sequence number.
+        seq: SpoolSeq,
+        /// Old records dropped for it (`drop_oldest`).
+        dropped: u64,
+    },
+    /// Full and `block`: nothing written; try again after acks.
+    Full,
+    /// Larger than the bound itself, or full with nothing left to drop:
+    /// the message is dropped (counted as `spool_full`).
+    Refused {
+        /// Old records dropped before giving up.
+        dropped: u64,
+    },
+}
+
+/// A spool's numbers, for metrics, `/spool.json` and `mqbridge spool`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SpoolSnapshot {
+    /// Records written and not acknowledged by the destination.
+    pub depth: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Age of the oldest one, in seconds (0 when empty).
+    pub oldest_age_seconds: f64,
+    /// The pipe's bound (`spool.max_bytes`, else `storage.max_bytes`).
+    pub max_bytes: u64,
+    /// Records found intact at open.
+    pub recovered: u64,
+    /// Records found damaged (at open or on read) and skipped.
+    pub damaged: u64,
+}
+
+/// The milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[derive(Debug)]
+struct State {
+    book: Book,
+    /// `spool.max_bytes`; `None`: only `storage.max_bytes`.
+    max_bytes: Option<u64>,
+    when_full: WhenFull,
+    /// Recent records, contiguous by sequence number, ending at the head.
+    cache: VecDeque<(SpoolSeq, Record)>,
+}
+
+/// One pipe's spool. Shared by the pipe's producer side (the dispatcher) and
+/// its worker; the std `Mutex` is held for bookkeeping and the store's short
+/// synchronous calls, never across an `.await`.
+pub struct Spool {
+    name: String,
+    store: Store,
+    ks: Keyspace,
+    meta: Keyspace,
+    /// Bytes of every spool in the store (for `storage.max_bytes`).
+    total: Arc<AtomicU64>,
+    state: Mutex<State>,
+    recovered: AtomicU64,
+    damaged: AtomicU64,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keyspace name of `pipe`'s spool.
+pub fn keyspace_name(pipe: &str) -> String {
+    format!("{KEYSPACE_PREFIX}{pipe}")
+}
+
+/// The pipe names of every spool in `store` (running or orphaned).
+pub fn spool_names(store: &Store) -> Vec<String> {
+    store
+        .keyspace_names()
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(KEYSPACE_PREFIX).map(str::to_owned))
+        .collect()
+}
+
+/// Deletes `pipe`'s spool and its cursor (`mqbridge spool --drop`).
+/// Returns whether there was one.
+pub fn drop_spool(store: &Store, pipe: &str) -> Result<bool, SpoolError> {
+    let name = keyspace_name(pipe);
+    if !store.db().keyspace_exists(&name) {
+        return Ok(false);
+    }
+    let ks = store.keyspace(&name)?;
+    store.db().delete_keyspace(ks)?;
+    store.keyspace(META_KEYSPACE)?.remove(pipe.as_bytes())?;
+    store.sync_now()?;
+    Ok(true)
+}
+
+fn key(seq: SpoolSeq) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<SpoolSeq> {
+    Some(SpoolSeq::from_be_bytes(key.try_into().ok()?))
+}
+
+impl Spool {
+    /// Opens (creating) `pipe`'s spool and recovers it: resumes at the
+    /// persisted cursor, registers every intact record after it, deletes
+    /// (and counts) damaged ones.
+    pub fn open(
+        store: &Store,
+        pipe: &str,
+        max_bytes: Option<u64>,
+        when_full: WhenFull,
+        total: Arc<AtomicU64>,
+    ) -> Result<Spool, SpoolError> {
+        let name = keyspace_name(pipe);
+        if name.len() > 255 {
+            return Err(SpoolError::Name(pipe.to_owned()));
+        }
+        let ks = store.keyspace(&name)?;
+        let meta = store.keyspace(META_KEYSPACE)?;
+        let cursor = meta
+            .get(pipe.as_bytes())?
+            .and_then(|v| seq_of(&v))
+            .unwrap_or(0);
+        let mut book = Book::new(cursor);
+        let (mut recovered, mut damaged) = (0u64, 0u64);
+        let mut bad = Vec::new();
+        for guard in ks.range(key(cursor)..) {
+            let (k, v) = guard.into_inner()?;
+            match (seq_of(&k), record::decode(&v)) {
+                (Some(seq), Ok(rec)) => {
+                    book.recover(seq, v.len() as u64, rec.received_ms);
+                    recovered += 1;
+                }
+                (_, Err(_)) | (None, _) => {
+                    damaged += 1;
+                    bad.push(k);
+                }
+            }
+        }
+        for k in bad {
+            ks.remove(k)?;
+        }
+        total.fetch_add(book.bytes(), Ordering::Relaxed);
+        if recovered > 0 || damaged > 0 {
+            tracing::info!(pipe = %pipe, recovered, damaged, cursor, "spool recovered");
+        }
+        if damaged > 0 {
+            tracing::warn!(pipe = %pipe, damaged, "spool: damaged records skipped at open");
+        }
+        Ok(Spool {
+            name: pipe.to_owned(),
+            store: store.clone(),
+            ks,
+            meta,
+            total,
+            state: Mutex::new(State {
+                book,
+                max_bytes,
+                when_full,
+                cache: VecDeque::new(),
+            }),
+            recovered: AtomicU64::new(recovered),
+            damaged: AtomicU64::new(damaged),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Poisoned only if a thread panicked mid-operation; the book is
+        // still consistent with what reached the store.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Changes the bound and the full policy (a reload).
+    pub fn set_limits(&self, max_bytes: Option<u64>, when_full: WhenFull) {
+        let mut st = self.lock();
+        st.max_bytes = max_bytes;
+        st.when_full = when_full;
+    }
+
+    fn sub_total(&self, n: u64) {
+        let _ = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
+    }
+
+    /// The pipe's byte bound.
+    pub fn max_bytes(&self) -> u64 {
+        self.bound(&self.lock())
+    }
+
+    fn bound(&self, st: &State) -> u64 {
+        st.max_bytes.unwrap_or(u64::MAX).min(self.store.max_bytes())
+    }
+
+    fn fits(&self, st: &State, n: u64) -> bool {
+        st.book.bytes() + n <= self.bound(st)
+            && self.total.load(Ordering::Relaxed) + n <= self.store.max_bytes()
+    }
+
+    /// Writes `rec` (not yet durable: await [`Store::durable`] before
+    /// acknowledging its source).
+    pub fn append(&self, rec: &Record) -> Result<Appended, SpoolError> {
+        let bytes = record::encode(rec);
+        let n = bytes.len() as u64;
+        let mut st = self.lock();
+        let mut dropped = 0;
+        while !self.fits(&st, n) {
+            if st.when_full == WhenFull::Block {
+                return Ok(if n > self.bound(&st) {
+                    Appended::Refused { dropped }
+                } else {
+                    Appended::Full
+                });
+            }
+            if !self.drop_one(&mut st)? {
+                return Ok(Appended::Refused { dropped });
+            }
+            dropped += 1;
+        }
+        let seq = st.book.append(n, rec.received_ms);
+        self.ks.insert(key(seq), bytes)?;
+        self.total.fetch_add(n, Ordering::Relaxed);
+        // The cache stays one contiguous run that starts at the next record
+        // to send; once a record is left out, disk serves the rest.
+        let contiguous = match st.cache.back() {
+            Some((s, _)) => *s + 1 == seq,
+            None => st.book.first_unsent() == Some(seq),
+        };
+        if contiguous && st.cache.len() < CACHE_RECORDS {
+            st.cache.push_back((seq, rec.clone()));
+        }
+        Ok(Appended::Written { seq, dropped })
+    }
+
+    /// Drops the oldest live record; false when there is none.
+    fn drop_one(&self, st: &mut State) -> Result<bool, SpoolError> {
+        let before = st.book.bytes();
+        let Some((_, range)) = st.book.drop_oldest() else {
+            return Ok(false);
+        };
+        self.sub_total(before - st.book.bytes());
+        self.delete(range)?;
+        Ok(true)
+    }
+
+    /// Deletes `range` and records the new cursor, in one batch.
+    fn delete(&self, range: std::ops::Range<SpoolSeq>) -> Result<(), SpoolError> {
+        let mut batch = self.store.db().batch();
+        for seq in range.clone() {
+            batch.remove(&self.ks, key(seq));
+        }
+        batch.insert(&self.meta, self.name.as_bytes(), key(range.end));
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// The next record to send, in order (from the cache, else from disk);
+    /// `None` when everything live was handed out. A damaged record is
+    /// skipped, counted and deleted.
+    pub fn next(&self) -> Result<Option<(SpoolSeq, Record)>, SpoolError> {
+        let mut st = self.lock();
+        loop {
+            let Some(seq) = st.book.next_to_send() else {
+                return Ok(None);
+            };
+            while st.cache.front().is_some_and(|(s, _)| *s < seq) {
+                st.cache.pop_front();
+            }
+            if let Some((s, _)) = st.cache.front()
+                && *s == seq
+                && let Some((_, rec)) = st.cache.pop_front()
+            {
+                return Ok(Some((seq, rec)));
+            }
+            let decoded = match self.ks.get(key(seq))? {
+                Some(v) => record::decode(&v),
+                None => Err(RecordError::Truncated),
+            };
+            match decoded {
+                Ok(rec) => return Ok(Some((seq, rec))),
+                Err(err) => {
+                    self.damaged.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) =
+                        crate::metrics::ratelimit::allow(&format!("spool-damaged:{}", self.name))
+                    {
+                        tracing::warn!(pipe = %self.name, seq, error = %err, suppressed, "spool: damaged record skipped");
+                    }
+                    self.ack_locked(&mut st, seq)?;
+                }
+            }
+        }
+    }
+
+    /// Records written and not acknowledged.
+    pub fn depth(&self) -> u64 {
+        self.lock().book.depth()
+    }
+
+    /// Whether a record waits to be sent.
+    pub fn has_unsent(&self) -> bool {
+        self.lock().book.has_unsent()
+    }
+
+    /// Records waiting to be sent.
+    pub fn unsent(&self) -> u64 {
+        self.lock().book.unsent()
+    }
+
+    /// Sends everything unacknowledged again, from the oldest (a new
+    /// instance of the pipe after a reload). Returns how many.
+    pub fn rewind(&self) -> u64 {
+        let mut st = self.lock();
+        st.book.rewind();
+        st.cache.clear();
+        st.book.unsent()
+    }
+
+    /// The destination acknowledged `seq` (or the pipe gave it up).
+    pub fn ack(&self, seq: SpoolSeq) -> Result<(), SpoolError> {
+        let mut st = self.lock();
+        self.ack_locked(&mut st, seq)
+    }
+
+    fn ack_locked(&self, st: &mut State, seq: SpoolSeq) -> Result<(), SpoolError> {
+        let before = st.book.bytes();
+        let range = st.book.ack(seq);
+        self.sub_total(before - st.book.bytes());
+        if let Some(range) = range {
+            self.delete(range)?;
+        }
+        Ok(())
+    }
+
+    /// The spool's numbers at `now_ms`.
+    pub fn snapshot(&self, now_ms: u64) -> SpoolSnapshot {
+        let st = self.lock();
+        SpoolSnapshot {
+            depth: st.book.depth(),
+            bytes: st.book.bytes(),
+            oldest_age_seconds: st.book.oldest_age_ms(now_ms) as f64 / 1000.0,
+            max_bytes: self.bound(&st),
+            recovered: self.recovered.load(Ordering::Relaxed),
+            damaged: self.damaged.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes the spool's keyspace takes on disk (tables; the shared
+    /// journal is counted store-wide).
+    pub fn disk_bytes(&self) -> u64 {
+        self.ks.disk_space()
+    }
+
+    /// The spool as the status endpoints show it.
+    pub fn row(&self, orphaned: bool, now_ms: u64) -> SpoolRow {
+        let s = self.snapshot(now_ms);
+        SpoolRow {
+            pipe: self.name.clone(),
+            orphaned,
+            depth: s.depth,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+            oldest_age_seconds: s.oldest_age_seconds,
+            disk_bytes: self.disk_bytes(),
+            recovered: s.recovered,
+            damaged: s.damaged,
+        }
+    }
+}
+
+/// The spools of a running bridge, shared with the observability layer.
+/// The std `Mutex` is held only to copy the list.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolBoard(Arc<Mutex<Vec<BoardEntry>>>);
+
+/// A spool and whether a running pipe uses it.
+type BoardEntry = (Arc<Spool>, bool);
+
+impl SpoolBoard {
+    /// Replaces the list: each spool with whether a running pipe uses it.
+    pub fn set(&self, spools: Vec<(Arc<Spool>, bool)>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = spools;
+    }
+
+    /// Every spool's row at `now_ms`, by pipe name.
+    pub fn rows(&self, now_ms: u64) -> Vec<SpoolRow> {
+        let spools = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut rows: Vec<SpoolRow> = spools
+            .iter()
+            .map(|(s, used)| s.row(!used, now_ms))
+            .collect();
+        rows.sort_by(|a, b| a.pipe.cmp(&b.pipe));
+        rows
+    }
+}
+
+/// The store's disk use and the free space of its file system.
+pub fn store_row(store: &Store) -> StoreRow {
+    StoreRow {
+        used_bytes: store.db().disk_space().unwrap_or(0),
+        free_bytes: fs4::available_space(store.dir()).unwrap_or(0),
+    }
+}
+
+/// Reads every spool from a store no bridge runs on (the `mqbridge spool`
+/// view when no bridge answers): opening recovers each spool read-only in
+/// effect (damaged records found are deleted, as a start would).
+pub fn inspect(store: &Store) -> Result<SpoolReport, SpoolError> {
+    let total = Arc::new(AtomicU64::new(0));
+    let mut spools = Vec::new();
+    for name in spool_names(store) {
+        let spool = Spool::open(store, &name, None, WhenFull::Block, total.clone())?;
+        spools.push(spool.row(false, now_ms()));
+    }
+    Ok(SpoolReport {
+        spools,
+        store: store_row(store),
+    })
+}
+
+#[cfg(test)]
+mod tests;
