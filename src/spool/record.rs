@@ -6,13 +6,16 @@
 //! `crc32 u32 | version u8 | flags u8 | received_ms u64 | visited u64 |
 //!  topic_len u32 | topic | payload_len u32 | payload | props_len u32 | props`
 //! where `flags` = qos (bits 0–1) | retain (bit 2) | has properties (bit 3),
-//! and `props` = `n u32` user properties as `(len u32, bytes)` pairs, then
-//! the content type as `present u8 (len u32, bytes)?`. The CRC covers
+//! and `props` = `n u32` user properties as `(len u32, bytes)` pairs, the
+//! content type, the payload format indicator (`u8`: 0 unset, 1 bytes,
+//! 2 UTF-8), the message expiry interval, the response topic, the
+//! correlation data (each optional field as `present u8 (len u32, bytes)?`),
+//! then `n u32` subscription identifiers as `u32`s. The CRC covers
 //! everything after itself.
 
 use bytes::Bytes;
 
-use crate::protocol::{Message, MessageProperties, QoS};
+use crate::protocol::{Message, MessageProperties, PropertyFields, QoS};
 
 const VERSION: u8 = 1;
 const RETAIN: u8 = 1 << 2;
@@ -72,22 +75,7 @@ pub fn encode(rec: &Record) -> Vec<u8> {
     put_bytes(&mut out, &m.payload);
     let mut props = Vec::new();
     if let Some(p) = &m.properties {
-        props.extend_from_slice(
-            &u32::try_from(p.user_properties.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
-        for (k, v) in &p.user_properties {
-            put_bytes(&mut props, k.as_bytes());
-            put_bytes(&mut props, v.as_bytes());
-        }
-        match &p.content_type {
-            Some(ct) => {
-                props.push(1);
-                put_bytes(&mut props, ct.as_bytes());
-            }
-            None => props.push(0),
-        }
+        encode_properties(&mut props, p);
     }
     put_bytes(&mut out, &props);
     let crc = crc32fast::hash(out.get(4..).unwrap_or_default());
@@ -95,6 +83,75 @@ pub fn encode(rec: &Record) -> Vec<u8> {
         head.copy_from_slice(&crc.to_le_bytes());
     }
     out
+}
+
+fn put_opt_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => {
+            out.push(1);
+            put_bytes(out, b);
+        }
+        None => out.push(0),
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// The MQTT 5 properties, every field in a fixed order (see the module doc).
+fn encode_properties(out: &mut Vec<u8>, p: &MessageProperties) {
+    put_len(out, p.user_properties.len());
+    for (k, v) in &p.user_properties {
+        put_bytes(out, k.as_bytes());
+        put_bytes(out, v.as_bytes());
+    }
+    put_opt_bytes(out, p.content_type.as_deref().map(str::as_bytes));
+    out.push(match p.payload_is_utf8 {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+    put_opt_bytes(
+        out,
+        p.message_expiry_interval
+            .map(u32::to_le_bytes)
+            .as_ref()
+            .map(|b| &b[..]),
+    );
+    put_opt_bytes(out, p.response_topic.as_deref().map(str::as_bytes));
+    put_opt_bytes(out, p.correlation_data.as_deref());
+    put_len(out, p.subscription_identifiers.len());
+    for id in &p.subscription_identifiers {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+fn decode_properties(p: &mut Reader<'_>) -> Result<MessageProperties, RecordError> {
+    let mut f = PropertyFields::default();
+    for _ in 0..p.u32()? {
+        f.user_properties
+            .push((p.string("user property")?, p.string("user property")?));
+    }
+    f.content_type = p.opt(|p| p.string("content type"))?;
+    f.payload_is_utf8 = match p.u8()? {
+        0 => None,
+        1 => Some(false),
+        2 => Some(true),
+        _ => return Err(RecordError::Field("payload format indicator")),
+    };
+    f.message_expiry_interval = p.opt(|p| {
+        let b = p.bytes()?;
+        Ok(u32::from_le_bytes(
+            b.try_into().map_err(|_| RecordError::Field("message expiry"))?,
+        ))
+    })?;
+    f.response_topic = p.opt(|p| p.string("response topic"))?;
+    f.correlation_data = p.opt(|p| Ok(Bytes::copy_from_slice(p.bytes()?)))?;
+    for _ in 0..p.u32()? {
+        f.subscription_identifiers.push(p.u32()?);
+    }
+    Ok(f.into())
 }
 
 /// A bounds-checked reader over a byte slice.
@@ -128,6 +185,17 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.u32()?).map_err(|_| RecordError::Truncated)?;
         self.take(n)
     }
+    /// A presence byte, then the value when present.
+    fn opt<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, RecordError>,
+    ) -> Result<Option<T>, RecordError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            _ => Err(RecordError::Field("presence flag")),
+        }
+    }
     fn string(&mut self, field: &'static str) -> Result<String, RecordError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| RecordError::Field(field))
     }
@@ -152,19 +220,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     let payload = Bytes::copy_from_slice(r.bytes()?);
     let mut p = Reader(r.bytes()?);
     let properties = if flags & HAS_PROPS != 0 {
-        let n = p.u32()?;
-        let mut user_properties = Vec::new();
-        for _ in 0..n {
-            user_properties.push((p.string("user property")?, p.string("user property")?));
-        }
-        let content_type = match p.u8()? {
-            0 => None,
-            _ => Some(p.string("content type")?),
-        };
-        Some(MessageProperties {
-            user_properties,
-            content_type,
-        })
+        Some(decode_properties(&mut p)?)
     } else {
         None
     };
@@ -184,10 +240,18 @@ mod tests {
 
     fn sample() -> Record {
         let mut msg = Message::new("a/b", &b"hello"[..], QoS::AtLeastOnce, true);
-        msg.properties = Some(MessageProperties {
-            user_properties: vec![("k".into(), "v".into())],
-            content_type: Some("text/plain".into()),
-        });
+        msg.properties = Some(
+            PropertyFields {
+                payload_is_utf8: Some(true),
+                message_expiry_interval: Some(60),
+                content_type: Some("text/plain".into()),
+                response_topic: Some("reply/here".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+                user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+                subscription_identifiers: vec![7, 9],
+            }
+            .into(),
+        );
         Record {
             msg,
             received_ms: 1_700_000_000_000,
