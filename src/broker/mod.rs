@@ -332,16 +332,14 @@ impl Broker {
             journal,
             session_expiry: opts.session_expiry,
         };
-        let router = router::spawn(
-            &tracker,
-            name.clone(),
-            security.clone(),
-            limits.clone(),
-            counters.clone(),
-            opts.sys_interval,
-            persistence,
-            shutdown.clone(),
-        );
+        let config = router::RouterConfig {
+            name: name.clone(),
+            security: security.clone(),
+            limits: limits.clone(),
+            counters: counters.clone(),
+            sys_interval: opts.sys_interval,
+        };
+        let router = router::spawn(&tracker, config, persistence, shutdown.clone());
         let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
         let handshakes = Arc::new(handshake::Budget::new(
             opts.limits.max_pending_handshakes,

@@ -178,7 +178,7 @@ pub(crate) fn compile_builtin(
             &key.referenced,
             scope,
             format!(
-                "session_expiry is not set and {} listens on the network: persistent sessions of clients that never come back are kept (with their queued messages) forever; set e.g. `session_expiry: 7d`, or `never` to keep them on purpose",
+                "session_expiry is not set and {} listens on the network: persistent sessions of clients that never come back are kept (with their queued messages) forever; set e.g. `session_expiry: 168h`, or `never` to keep them on purpose",
                 l.addr
             ),
         );

@@ -344,6 +344,49 @@ fn regex_remaps_that_map_back_are_a_loop() {
 }
 
 #[test]
+fn builtin_session_expiry_defaults_to_never_with_a_warning_on_the_network() {
+    let expiry = |listen: &str,
+                  field: &str|
+     -> Result<(Option<std::time::Duration>, Vec<String>), Vec<String>> {
+        let yaml = format!("brokers:\n  edge: {{type: builtin, listen: ['{listen}']{field}}}\n");
+        match load(&yaml) {
+            Ok((plan, warnings)) => match &plan.brokers["edge"].kind {
+                BrokerKind::BuiltIn(b) => Ok((
+                    b.session_expiry,
+                    warnings.iter().map(|w| w.to_string()).collect(),
+                )),
+                BrokerKind::Remote(_) => panic!("edge is built-in"),
+            },
+            Err(e) => Err(e.errors.iter().map(|d| d.to_string()).collect()),
+        }
+    };
+    let local = "tcp://127.0.0.1:0";
+    let (d, w) = expiry(local, "").expect("valid");
+    assert_eq!(d, None);
+    assert!(!w.iter().any(|w| w.contains("session_expiry")), "{w:?}");
+    let (d, w) = expiry("tcp://0.0.0.0:1883", "").expect("valid");
+    assert_eq!(d, None);
+    assert!(
+        w.iter().any(|w| w.contains("session_expiry is not set")),
+        "{w:?}"
+    );
+    let (d, w) = expiry("tcp://0.0.0.0:1883", ", session_expiry: 168h").expect("valid");
+    assert_eq!(d, Some(std::time::Duration::from_secs(7 * 86_400)));
+    assert!(!w.iter().any(|w| w.contains("session_expiry")), "{w:?}");
+    let (d, w) = expiry("tcp://0.0.0.0:1883", ", session_expiry: never").expect("valid");
+    assert_eq!(d, None);
+    assert!(!w.iter().any(|w| w.contains("session_expiry")), "{w:?}");
+    let e = expiry(local, ", session_expiry: 10ms").unwrap_err();
+    assert!(
+        e[0].contains("session_expiry: must be at least 1s"),
+        "{e:?}"
+    );
+    let remote = "brokers:\n  cloud: {type: remote, endpoints: ['mqtt://127.0.0.1:1883'], session_expiry: 1h}\n";
+    let e = errors(remote);
+    assert!(e.iter().any(|m| m.contains("session_expiry")), "{e:?}");
+}
+
+#[test]
 fn builtin_sys_interval_defaults_to_10s_and_can_be_turned_off() {
     let interval = |field: &str| -> Result<Option<std::time::Duration>, Vec<String>> {
         let yaml =

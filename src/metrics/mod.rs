@@ -164,6 +164,14 @@ pub fn describe_all() {
             "Client QoS 1/2 publishes ever held back (ack withheld) by a full bridge link session.",
         ),
         (
+            BROKER_RECORDS_DAMAGED_TOTAL,
+            "Stored records found damaged at start (logged and skipped).",
+        ),
+        (
+            BROKER_SESSIONS_EXPIRED_TOTAL,
+            "Persistent sessions removed by session_expiry.",
+        ),
+        (
             BROKER_SUBSCRIPTIONS_REFUSED,
             "Subscription filters refused (SUBACK 0x80) for a limit, by reason.",
         ),
@@ -238,6 +246,18 @@ pub fn describe_all() {
         (
             BROKER_PUBLISHES_HELD_BACK,
             "Client QoS 1/2 publishes held back now (ack withheld) by a full bridge link session.",
+        ),
+        (
+            BROKER_PERSISTED_SESSIONS,
+            "Persistent sessions kept in the store.",
+        ),
+        (
+            BROKER_STORED_MESSAGES,
+            "QoS 1/2 messages of persistent sessions kept in the store.",
+        ),
+        (
+            BROKER_RETAINED_STORED,
+            "Retained messages kept in the store.",
         ),
         (BROKER_SESSIONS, "Sessions held."),
         (BROKER_SUBSCRIPTIONS, "Subscriptions held."),

@@ -186,7 +186,8 @@ impl Store {
     /// Resolves once everything written before the call is as durable as
     /// the fsync policy promises: with `batch`, on disk (one sync serves
     /// every caller waiting at the time: group commit); with an interval or
-    /// `never`, at once.
+    /// `never`, handed to the operating system at once (a process crash
+    /// loses nothing, a power loss may).
     pub async fn durable(&self) -> Result<(), StoreError> {
         match self.inner.fsync {
             FsyncPolicy::Batch => {
@@ -203,7 +204,11 @@ impl Store {
                     _ => Ok(()),
                 }
             }
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+            // Handed to the OS (a write, no fsync): a crash of this
+            // process then loses nothing; a power loss may.
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                Ok(self.inner.db.persist(fjall::PersistMode::Buffer)?)
+            }
         }
     }
 

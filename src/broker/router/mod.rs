@@ -209,17 +209,35 @@ impl RouterHandle {
     }
 }
 
+/// What the router is started with (besides its persistent state).
+#[derive(Debug)]
+pub(crate) struct RouterConfig {
+    /// Broker name (log field).
+    pub name: String,
+    /// Passwords and ACL.
+    pub security: Arc<Security>,
+    /// Resource limits.
+    pub limits: Arc<Limits>,
+    /// Counters and gauges.
+    pub counters: Arc<Counters>,
+    /// `$SYS` interval; `None` = off.
+    pub sys_interval: Option<Duration>,
+}
+
 /// Starts the router task.
 pub(crate) fn spawn(
     tracker: &TaskTracker,
-    name: String,
-    security: Arc<Security>,
-    limits: Arc<Limits>,
-    counters: Arc<Counters>,
-    sys_interval: Option<Duration>,
+    config: RouterConfig,
     persistence: Persistence,
     shutdown: CancellationToken,
 ) -> RouterHandle {
+    let RouterConfig {
+        name,
+        security,
+        limits,
+        counters,
+        sys_interval,
+    } = config;
     let (tx, rx) = mpsc::channel(INBOX);
     let Persistence {
         journal,
