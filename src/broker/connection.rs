@@ -25,7 +25,7 @@ use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
 use super::{Limits, Security};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{
-    CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
+    CodecError, Keepalive, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
 };
 use crate::topic;
 
@@ -419,8 +419,8 @@ impl Reader<'_> {
     ) -> End {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
-        let keepalive = (self.client.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
+        let keepalive = Keepalive::from_secs(self.client.keep_alive);
+        let keepalive = keepalive.is_enabled().then(|| keepalive.dead_after());
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keepalive.unwrap_or(far);
         let mut chunk = READ_MIN;

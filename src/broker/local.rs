@@ -125,11 +125,6 @@ fn closing(batch: &[Out]) -> Option<End> {
     })
 }
 
-/// Packs (QoS, packet id) into an ack token id.
-fn token_id(qos: QoS, pkid: u16) -> u64 {
-    (u64::from(qos.as_u8()) << 16) | u64::from(pkid)
-}
-
 impl LocalLink {
     async fn run(mut self) {
         let mut retry = RETRY_MIN;
@@ -249,6 +244,8 @@ impl LocalLink {
         let stop = out_rx.stop_token();
         let mut ready: VecDeque<Out> = VecDeque::new();
         let mut batch = Vec::new();
+        // Arrival sequence of this attachment's deliveries (`AckToken::id`).
+        let mut next_id: u64 = 0;
         let end = loop {
             tokio::select! {
                 // Always drain the outlet (its size is bounded by the router's
@@ -287,8 +284,9 @@ impl LocalLink {
                                 let ack = if message.qos == QoS::AtMostOnce {
                                     AckHandle::none()
                                 } else {
-                                    let id = token_id(message.qos, pkid);
-                                    AckHandle::new(AckToken { generation: conn, id }, self.ack_tx.clone())
+                                    let token = AckToken { generation: conn, id: next_id, pkid, qos: message.qos };
+                                    next_id += 1;
+                                    AckHandle::new(token, self.ack_tx.clone())
                                 };
                                 permit.send(Delivery { message, ack });
                                 break;
@@ -332,8 +330,8 @@ async fn disconnect(router: &RouterHandle, conn: ConnId) {
 
 /// Completes a delivery in the session: PUBACK, or PUBREC then PUBCOMP.
 async fn ack(router: &RouterHandle, conn: u64, token: AckToken) -> bool {
-    let pkid = (token.id & 0xffff) as u16;
-    let kinds: &[Ack] = if token.id >> 16 == u64::from(QoS::ExactlyOnce.as_u8()) {
+    let pkid = token.pkid;
+    let kinds: &[Ack] = if token.qos == QoS::ExactlyOnce {
         &[Ack::PubRec, Ack::PubComp]
     } else {
         &[Ack::PubAck]

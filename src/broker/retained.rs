@@ -16,12 +16,12 @@ impl Retained {
     /// `msg.topic`. The stored copy keeps retain=1 and DUP off.
     pub fn store(&mut self, msg: &Message) {
         if msg.payload.is_empty() {
-            self.by_topic.remove(&msg.topic);
+            self.by_topic.remove(msg.topic.as_str());
         } else {
             let mut m = msg.clone();
             m.retain = true;
             m.dup = false;
-            self.by_topic.insert(m.topic.clone(), m);
+            self.by_topic.insert(m.topic.as_str().to_owned(), m);
         }
     }
 

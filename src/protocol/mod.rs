@@ -16,7 +16,7 @@ pub use codec::{
 };
 pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
-pub use message::{AckToken, Message, MessageProperties, QoS};
+pub use message::{AckToken, Message, MessageProperties, QoS, Topic};
 pub use session::{
     AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
 };
