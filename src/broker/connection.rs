@@ -26,6 +26,7 @@ use super::{Limits, Security};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{
     CodecError, Keepalive, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
+    publish_from_message,
 };
 use crate::topic;
 
@@ -621,6 +622,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Ca
                 Out::Packet(p) => {
                     written += 1;
                     if let Err(e) = encode(&p, &mut out, MQTT_MAX_PACKET_SIZE) {
+                        debug!(error = %e, "outgoing packet dropped");
+                    }
+                }
+                // Only in-process links are sent messages as such; encode
+                // one all the same should a network session ever get it.
+                Out::Publish(b) => {
+                    written += 1;
+                    let (message, pkid) = *b;
+                    let packet = Packet::Publish(publish_from_message(&message, pkid, false));
+                    if let Err(e) = encode(&packet, &mut out, MQTT_MAX_PACKET_SIZE) {
                         debug!(error = %e, "outgoing packet dropped");
                     }
                 }

@@ -121,7 +121,7 @@ fn closing(batch: &[Out]) -> Option<End> {
     batch.iter().find_map(|o| match o {
         Out::Close => Some(End::Lost),
         Out::Replaced => Some(End::Final),
-        Out::Packet(_) => None,
+        Out::Packet(_) | Out::Publish(_) => None,
     })
 }
 
@@ -275,12 +275,22 @@ impl LocalLink {
                         match item {
                             Out::Close => { closed = Some(End::Lost); break; }
                             Out::Replaced => { closed = Some(End::Final); break; }
-                            Out::Packet(packet) => {
+                            item @ (Out::Packet(_) | Out::Publish(_)) => {
                                 out_rx.written(1);
-                                // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
-                                let Packet::Publish(p) = *packet else { continue };
-                                let pkid = p.pkid;
-                                let message = message_from_publish(p);
+                                let (message, pkid) = match item {
+                                    // As the router's session handed it over.
+                                    Out::Publish(b) => *b,
+                                    // A resend after a re-attach (DUP), built as a packet.
+                                    Out::Packet(packet) => match *packet {
+                                        Packet::Publish(p) => {
+                                            let pkid = p.pkid;
+                                            (message_from_publish(p), pkid)
+                                        }
+                                        // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
+                                        _ => continue,
+                                    },
+                                    Out::Close | Out::Replaced => continue,
+                                };
                                 let ack = if message.qos == QoS::AtMostOnce {
                                     AckHandle::none()
                                 } else {

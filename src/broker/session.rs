@@ -10,7 +10,7 @@ use super::outlet::Outlet;
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
 use crate::protocol::v4::Packet;
-use crate::protocol::{Incoming, Message, Outgoing, QoS};
+use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
 
 /// Id of one network connection or local link (its "generation").
 pub(crate) type ConnId = u64;
@@ -116,6 +116,28 @@ impl Session {
         }
     }
 
+    /// Starts the flow of `msg` and hands it to the connection, if any: an
+    /// in-process link gets the message itself (no PUBLISH encoded here and
+    /// decoded there), a network client the PUBLISH.
+    fn start(&mut self, msg: Message, counters: &Counters) -> Result<(), Full<()>> {
+        if !self.is_link() {
+            let (packet, _) = self.outgoing.publish(msg, ())?;
+            self.send(packet, counters);
+            return Ok(());
+        }
+        let (pkid, mut message, _) = self.outgoing.publish_message(msg, ())?;
+        // A new flow, as a fresh PUBLISH would say (resends go as packets).
+        message.dup = false;
+        if let Some(conn) = &self.conn {
+            counters.msgs_out.fetch_add(1, Relaxed);
+            counters
+                .bytes_out
+                .fetch_add(message.payload.len() as u64, Relaxed);
+            conn.outlet.send_publish(message, pkid);
+        }
+        Ok(())
+    }
+
     /// Sends a control packet (SUBACK, acks) if connected. A client that
     /// keeps publishing but never reads would pile up acks: past `hard_cap`
     /// unwritten packets its connection is aborted.
@@ -141,15 +163,12 @@ impl Session {
                 counters.dropped(DropReason::QueueFull, 1);
                 return;
             }
-            if let Ok((packet, _)) = self.outgoing.publish(msg, ()) {
-                self.send(packet, counters);
-            }
+            let _ = self.start(msg, counters);
             return;
         }
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
-            match self.outgoing.publish(msg, ()) {
-                Ok((packet, _)) => self.send(packet, counters),
-                Err(full) => self.enqueue(full.message, limits, counters),
+            if let Err(full) = self.start(msg, counters) {
+                self.enqueue(full.message, limits, counters);
             }
         } else {
             self.enqueue(msg, limits, counters);
@@ -192,8 +211,8 @@ impl Session {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
-            match self.outgoing.publish(msg, ()) {
-                Ok((packet, _)) => self.send(packet, counters),
+            match self.start(msg, counters) {
+                Ok(()) => {}
                 Err(full) => {
                     self.queue.push_front(full.message);
                     counters.queued.fetch_add(1, Relaxed);
@@ -248,10 +267,14 @@ mod tests {
                 break;
             }
             for o in buf.drain(..) {
-                if let Out::Packet(b) = o
-                    && let Packet::Publish(p) = *b
-                {
-                    out.push(String::from_utf8_lossy(&p.payload).into_owned());
+                match o {
+                    Out::Packet(b) => {
+                        if let Packet::Publish(p) = *b {
+                            out.push(String::from_utf8_lossy(&p.payload).into_owned());
+                        }
+                    }
+                    Out::Publish(b) => out.push(String::from_utf8_lossy(&b.0.payload).into_owned()),
+                    Out::Close | Out::Replaced => {}
                 }
             }
         }

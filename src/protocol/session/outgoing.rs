@@ -112,9 +112,24 @@ impl<T> Outgoing<T> {
     /// sends it on the next connection (possibly with DUP set, which is
     /// harmless).
     pub fn publish(&mut self, message: Message, token: T) -> Result<(Packet, Option<T>), Full<T>> {
+        let (pkid, message, qos0) = self.publish_message(message, token)?;
+        Ok((
+            Packet::Publish(publish_from_message(&message, pkid, false)),
+            qos0,
+        ))
+    }
+
+    /// As [`Outgoing::publish`], without building the PUBLISH: the packet id
+    /// given to the flow (0 for QoS 0) and the message to hand over (sharing
+    /// topic and payload with the copy kept for a resend), for a receiver in
+    /// the same process that takes the message itself.
+    pub fn publish_message(
+        &mut self,
+        message: Message,
+        token: T,
+    ) -> Result<(u16, Message, Option<T>), Full<T>> {
         if message.qos == QoS::AtMostOnce {
-            let publish = publish_from_message(&message, 0, false);
-            return Ok((Packet::Publish(publish), Some(token)));
+            return Ok((0, message, Some(token)));
         }
         if !self.has_room() {
             return Err(Full { message, token });
@@ -122,20 +137,19 @@ impl<T> Outgoing<T> {
         let Some(pkid) = self.ids.allocate() else {
             return Err(Full { message, token });
         };
-        let publish = publish_from_message(&message, pkid, false);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_pkid.insert(pkid, seq);
         self.flows.insert(
             seq,
             Flow {
-                message,
+                message: message.clone(),
                 pkid,
                 stage: Stage::AwaitAck,
                 token,
             },
         );
-        Ok((Packet::Publish(publish), None))
+        Ok((pkid, message, None))
     }
 
     fn flow_mut(
