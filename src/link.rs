@@ -61,8 +61,8 @@ pub enum LinkRequest {
     Publish {
         /// The message to send.
         message: Message,
-        /// Completion; dropped receiver means the caller no longer cares.
-        done: oneshot::Sender<Result<(), LinkError>>,
+        /// Completion; a receiver that is gone means the caller no longer cares.
+        done: PublishDone,
     },
     /// Subscribe to filters; kept and restored whenever the broker has no session.
     Subscribe {
@@ -80,6 +80,66 @@ pub enum LinkRequest {
     },
     /// Disconnect gracefully (DISCONNECT, so no will), then close.
     Shutdown,
+}
+
+/// A finished publish as a pipe's worker receives it: the tag it gave
+/// [`Link::publish_tagged`] and the outcome.
+pub type Completion = (u64, Result<(), LinkError>);
+
+/// How the owner of a link reports that a publish is finished: to the one
+/// waiter of [`Link::publish`], or as a tagged [`Completion`] on a channel
+/// that all of a caller's publishes share ([`Link::publish_tagged`]: no
+/// channel or future per message, and the caller takes completions in
+/// batches). Dropped without a result, it reports [`LinkError::Closed`].
+#[derive(Debug)]
+pub struct PublishDone(Option<DoneTo>);
+
+#[derive(Debug)]
+enum DoneTo {
+    Oneshot(oneshot::Sender<Result<(), LinkError>>),
+    Tagged {
+        tag: u64,
+        to: mpsc::UnboundedSender<Completion>,
+    },
+}
+
+impl PublishDone {
+    /// Completion to one waiter.
+    pub fn oneshot(tx: oneshot::Sender<Result<(), LinkError>>) -> Self {
+        PublishDone(Some(DoneTo::Oneshot(tx)))
+    }
+
+    /// Completion as `(tag, result)` on a shared channel.
+    pub fn tagged(tag: u64, to: mpsc::UnboundedSender<Completion>) -> Self {
+        PublishDone(Some(DoneTo::Tagged { tag, to }))
+    }
+
+    /// Reports the outcome. `Err` gives it back when nobody listens any more
+    /// (like `oneshot::Sender::send`); callers may ignore that.
+    pub fn send(mut self, result: Result<(), LinkError>) -> Result<(), Result<(), LinkError>> {
+        match self.0.take() {
+            Some(DoneTo::Oneshot(tx)) => tx.send(result),
+            Some(DoneTo::Tagged { tag, to }) => to.send((tag, result)).map_err(|e| e.0.1),
+            None => Err(result),
+        }
+    }
+}
+
+impl PublishDone {
+    /// Drops without reporting anything.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PublishDone {
+    fn drop(&mut self) {
+        // A oneshot receiver sees the drop itself; a tagged caller counts
+        // its publishes, so it must hear of every one.
+        if let Some(DoneTo::Tagged { tag, to }) = self.0.take() {
+            let _ = to.send((tag, Err(LinkError::Closed)));
+        }
+    }
 }
 
 /// Handle to acknowledge one incoming QoS 1/2 message. The owner sends the
@@ -167,10 +227,40 @@ impl Link {
     pub async fn publish(&self, message: Message) -> Result<PublishAck, LinkError> {
         let (done, rx) = oneshot::channel();
         self.requests
-            .send(LinkRequest::Publish { message, done })
+            .send(LinkRequest::Publish {
+                message,
+                done: PublishDone::oneshot(done),
+            })
             .await
             .map_err(|_| LinkError::Closed)?;
         Ok(PublishAck { rx })
+    }
+
+    /// Queues `message` for publishing like [`Link::publish`], but reports
+    /// the acknowledgement as `(tag, result)` on `to` (the channel all of the
+    /// caller's publishes share). Exactly one completion arrives per queued
+    /// publish, `Err(Closed)` included. `Err` here: the link is closed and
+    /// nothing was queued (no completion follows).
+    pub async fn publish_tagged(
+        &self,
+        message: Message,
+        tag: u64,
+        to: &mpsc::UnboundedSender<Completion>,
+    ) -> Result<(), LinkError> {
+        let request = LinkRequest::Publish {
+            message,
+            done: PublishDone::tagged(tag, to.clone()),
+        };
+        match self.requests.send(request).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(request)) => {
+                if let LinkRequest::Publish { done, .. } = request {
+                    // Not queued: the caller learns it from this `Err`.
+                    done.disarm();
+                }
+                Err(LinkError::Closed)
+            }
+        }
     }
 
     /// Subscribes and waits for the SUBACK; returns the granted QoS per filter.
@@ -217,5 +307,65 @@ impl PublishAck {
     /// Waits for the acknowledgement.
     pub async fn wait(self) -> Result<(), LinkError> {
         self.rx.await.map_err(|_| LinkError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> (Link, mpsc::Receiver<LinkRequest>) {
+        let (tx, rx) = mpsc::channel(4);
+        let (_state_tx, state_rx) = watch::channel(LinkState::Closed);
+        (Link::new("t", tx, state_rx), rx)
+    }
+
+    fn done_of(req: Option<LinkRequest>) -> PublishDone {
+        match req {
+            Some(LinkRequest::Publish { done, .. }) => done,
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tagged_publishes_complete_on_one_channel_and_a_dropped_one_reports_closed() {
+        let (link, mut owner) = link();
+        let (to, mut completions) = mpsc::unbounded_channel();
+        let m = Message::new("t", b"x".to_vec(), QoS::AtLeastOnce, false);
+        link.publish_tagged(m.clone(), 7, &to).await.unwrap();
+        link.publish_tagged(m.clone(), 8, &to).await.unwrap();
+        let first = done_of(owner.recv().await);
+        let second = done_of(owner.recv().await);
+        // Out of order, as acks can be.
+        second.send(Ok(())).unwrap();
+        drop(first);
+        assert_eq!(completions.recv().await, Some((8, Ok(()))));
+        assert_eq!(completions.recv().await, Some((7, Err(LinkError::Closed))));
+        assert!(
+            completions.try_recv().is_err(),
+            "exactly one completion each"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_link_refuses_a_tagged_publish_without_a_completion() {
+        let (link, owner) = link();
+        drop(owner);
+        let (to, mut completions) = mpsc::unbounded_channel();
+        let m = Message::new("t", b"x".to_vec(), QoS::AtMostOnce, false);
+        assert_eq!(link.publish_tagged(m, 1, &to).await, Err(LinkError::Closed));
+        drop(to);
+        assert_eq!(completions.recv().await, None, "no completion follows");
+    }
+
+    #[tokio::test]
+    async fn a_oneshot_publish_still_resolves() {
+        let (link, mut owner) = link();
+        let m = Message::new("t", b"x".to_vec(), QoS::AtMostOnce, false);
+        let ack = link.publish(m).await.unwrap();
+        done_of(owner.recv().await)
+            .send(Err(LinkError::Rejected("no".into())))
+            .unwrap();
+        assert_eq!(ack.wait().await, Err(LinkError::Rejected("no".into())));
     }
 }

@@ -73,6 +73,35 @@ async fn local_link_subscribe_publish_and_ack() {
     assert!(r.is_err());
 }
 
+/// A message from one in-process link reaches another as it is: the topic
+/// the subscriber gets is the publisher's (one shared allocation), not a
+/// copy decoded from a PUBLISH the broker encoded for it.
+#[tokio::test]
+async fn local_link_hands_the_message_itself_to_a_local_subscriber() {
+    let b = TestBroker::start().await;
+    let (sub, mut deliveries) = b.broker.link("lm-sub", false);
+    within(sub.subscribe(vec![("lm/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .unwrap();
+    let (publ, _rx) = b.broker.link("lm-pub", false);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let sent = Message::new("lm/a", "x", qos, false);
+        let topic = sent.topic.clone();
+        within(within(publ.publish(sent)).await.unwrap().wait())
+            .await
+            .unwrap();
+        let d = within(deliveries.recv()).await.unwrap();
+        assert_eq!((d.message.topic.as_str(), d.message.qos), ("lm/a", qos));
+        assert!(!d.message.dup);
+        assert!(
+            d.message.topic.is_shared_with(&topic),
+            "QoS {qos:?}: the subscriber got a copy of the topic"
+        );
+        assert_eq!(d.ack.is_required(), qos != QoS::AtMostOnce);
+        d.ack.ack();
+    }
+}
+
 #[tokio::test]
 async fn rumqttc_client_round_trip() {
     let b = TestBroker::start().await;

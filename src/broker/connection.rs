@@ -25,7 +25,8 @@ use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
 use super::{Limits, Security};
 use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use crate::protocol::{
-    CodecError, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
+    CodecError, Keepalive, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
+    publish_from_message,
 };
 use crate::topic;
 
@@ -419,8 +420,8 @@ impl Reader<'_> {
     ) -> End {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
-        let keepalive = (self.client.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(self.client.keep_alive) * 1500));
+        let keepalive = Keepalive::from_secs(self.client.keep_alive);
+        let keepalive = keepalive.is_enabled().then(|| keepalive.dead_after());
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keepalive.unwrap_or(far);
         let mut chunk = READ_MIN;
@@ -621,6 +622,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Ca
                 Out::Packet(p) => {
                     written += 1;
                     if let Err(e) = encode(&p, &mut out, MQTT_MAX_PACKET_SIZE) {
+                        debug!(error = %e, "outgoing packet dropped");
+                    }
+                }
+                // Only in-process links are sent messages as such; encode
+                // one all the same should a network session ever get it.
+                Out::Publish(b) => {
+                    written += 1;
+                    let (message, pkid) = *b;
+                    let packet = Packet::Publish(publish_from_message(&message, pkid, false));
+                    if let Err(e) = encode(&packet, &mut out, MQTT_MAX_PACKET_SIZE) {
                         debug!(error = %e, "outgoing packet dropped");
                     }
                 }

@@ -121,13 +121,8 @@ fn closing(batch: &[Out]) -> Option<End> {
     batch.iter().find_map(|o| match o {
         Out::Close => Some(End::Lost),
         Out::Replaced => Some(End::Final),
-        Out::Packet(_) => None,
+        Out::Packet(_) | Out::Publish(_) => None,
     })
-}
-
-/// Packs (QoS, packet id) into an ack token id.
-fn token_id(qos: QoS, pkid: u16) -> u64 {
-    (u64::from(qos.as_u8()) << 16) | u64::from(pkid)
 }
 
 impl LocalLink {
@@ -249,6 +244,8 @@ impl LocalLink {
         let stop = out_rx.stop_token();
         let mut ready: VecDeque<Out> = VecDeque::new();
         let mut batch = Vec::new();
+        // Arrival sequence of this attachment's deliveries (`AckToken::id`).
+        let mut next_id: u64 = 0;
         let end = loop {
             tokio::select! {
                 // Always drain the outlet (its size is bounded by the router's
@@ -278,17 +275,28 @@ impl LocalLink {
                         match item {
                             Out::Close => { closed = Some(End::Lost); break; }
                             Out::Replaced => { closed = Some(End::Final); break; }
-                            Out::Packet(packet) => {
+                            item @ (Out::Packet(_) | Out::Publish(_)) => {
                                 out_rx.written(1);
-                                // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
-                                let Packet::Publish(p) = *packet else { continue };
-                                let pkid = p.pkid;
-                                let message = message_from_publish(p);
+                                let (message, pkid) = match item {
+                                    // As the router's session handed it over.
+                                    Out::Publish(b) => *b,
+                                    // A resend after a re-attach (DUP), built as a packet.
+                                    Out::Packet(packet) => match *packet {
+                                        Packet::Publish(p) => {
+                                            let pkid = p.pkid;
+                                            (message_from_publish(p), pkid)
+                                        }
+                                        // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
+                                        _ => continue,
+                                    },
+                                    Out::Close | Out::Replaced => continue,
+                                };
                                 let ack = if message.qos == QoS::AtMostOnce {
                                     AckHandle::none()
                                 } else {
-                                    let id = token_id(message.qos, pkid);
-                                    AckHandle::new(AckToken { generation: conn, id }, self.ack_tx.clone())
+                                    let token = AckToken { generation: conn, id: next_id, pkid, qos: message.qos };
+                                    next_id += 1;
+                                    AckHandle::new(token, self.ack_tx.clone())
                                 };
                                 permit.send(Delivery { message, ack });
                                 break;
@@ -332,8 +340,8 @@ async fn disconnect(router: &RouterHandle, conn: ConnId) {
 
 /// Completes a delivery in the session: PUBACK, or PUBREC then PUBCOMP.
 async fn ack(router: &RouterHandle, conn: u64, token: AckToken) -> bool {
-    let pkid = (token.id & 0xffff) as u16;
-    let kinds: &[Ack] = if token.id >> 16 == u64::from(QoS::ExactlyOnce.as_u8()) {
+    let pkid = token.pkid;
+    let kinds: &[Ack] = if token.qos == QoS::ExactlyOnce {
         &[Ack::PubRec, Ack::PubComp]
     } else {
         &[Ack::PubAck]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::protocol::Message;
 use crate::protocol::v4::Packet;
 
 /// What the router sends to a connection.
@@ -17,6 +18,9 @@ pub(crate) enum Out {
     /// A packet to write (boxed: channel blocks and batches hold many slots,
     /// and 10,000 idle connections must stay small).
     Packet(Box<Packet>),
+    /// A PUBLISH to an in-process link, as the message itself and its
+    /// packet id (0 for QoS 0): nothing to encode and decode again.
+    Publish(Box<(Message, u16)>),
     /// Write what is queued, then close (takeover of a network session,
     /// a link held down, broker shutdown). A local link closed this way
     /// re-attaches.
@@ -109,6 +113,21 @@ impl Outlet {
     pub fn send(&self, packet: Packet) -> bool {
         self.pending.fetch_add(1, Relaxed);
         if self.tx.send(Out::Packet(Box::new(packet))).is_err() {
+            self.pending.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Hands a PUBLISH to an in-process link as the message itself;
+    /// false if the link is gone.
+    pub fn send_publish(&self, message: Message, pkid: u16) -> bool {
+        self.pending.fetch_add(1, Relaxed);
+        if self
+            .tx
+            .send(Out::Publish(Box::new((message, pkid))))
+            .is_err()
+        {
             self.pending.fetch_sub(1, Relaxed);
             return false;
         }

@@ -19,12 +19,14 @@ impl Retained {
     pub fn store(&mut self, msg: &Message) {
         let dollar = msg.topic.starts_with('$');
         let had = if msg.payload.is_empty() {
-            self.by_topic.remove(&msg.topic).is_some()
+            self.by_topic.remove(msg.topic.as_str()).is_some()
         } else {
             let mut m = msg.clone();
             m.retain = true;
             m.dup = false;
-            self.by_topic.insert(m.topic.clone(), m).is_some()
+            self.by_topic
+                .insert(m.topic.as_str().to_owned(), m)
+                .is_some()
         };
         let has = !msg.payload.is_empty();
         if dollar && had != has {

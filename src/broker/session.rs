@@ -14,7 +14,16 @@ use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
 use crate::protocol::session::ProtocolViolation;
 use crate::protocol::v4::Packet;
-use crate::protocol::{Incoming, Message, Outgoing, QoS};
+use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
+
+/// Our QoS of a codec QoS.
+fn msg_qos(q: rumqttc::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
 
 /// Id of one network connection or local link (its "generation").
 pub(crate) type ConnId = u64;
@@ -223,13 +232,44 @@ impl Session {
 
     /// Records a stored QoS 2 PUBLISH going out under its packet id, so a
     /// restart resends it under the same id (exactly once).
-    fn note_sent(&mut self, packet: &Packet, seq: Option<u64>, journal: &mut Journal) {
-        if let (Some(sid), Some(seq), Packet::Publish(p)) = (self.stored, seq, packet)
-            && p.qos == rumqttc::mqttbytes::QoS::ExactlyOnce
-        {
-            self.qos2_seq.insert(p.pkid, seq);
+    /// Starts the flow of `msg` (stored as `seq`) and hands it to the
+    /// connection, if any: an in-process link gets the message itself (no
+    /// PUBLISH encoded here and decoded there), a network client the PUBLISH.
+    fn start(
+        &mut self,
+        msg: Message,
+        seq: Option<u64>,
+        counters: &Counters,
+        journal: &mut Journal,
+    ) -> Result<(), Full<Option<u64>>> {
+        if !self.is_link() {
+            let (packet, _) = self.outgoing.publish(msg, seq)?;
+            if let Packet::Publish(p) = &packet {
+                self.note_flow(p.pkid, msg_qos(p.qos), seq, journal);
+            }
+            self.send(packet, counters);
+            return Ok(());
+        }
+        let (pkid, mut message, _) = self.outgoing.publish_message(msg, seq)?;
+        // A new flow, as a fresh PUBLISH would say (resends go as packets).
+        message.dup = false;
+        self.note_flow(pkid, message.qos, seq, journal);
+        if let Some(conn) = &self.conn {
+            counters.msgs_out.fetch_add(1, Relaxed);
+            counters
+                .bytes_out
+                .fetch_add(message.payload.len() as u64, Relaxed);
+            conn.outlet.send_publish(message, pkid);
+        }
+        Ok(())
+    }
+
+    /// A stored QoS 2 flow started under `pkid`: remember where it stands.
+    fn note_flow(&mut self, pkid: u16, qos: QoS, seq: Option<u64>, journal: &mut Journal) {
+        if let (Some(sid), Some(seq), QoS::ExactlyOnce) = (self.stored, seq, qos) {
+            self.qos2_seq.insert(pkid, seq);
             let flow = Flow {
-                pkid: p.pkid,
+                pkid,
                 released: false,
             };
             journal.put_flow(sid, seq, flow);
@@ -329,19 +369,13 @@ impl Session {
                 counters.dropped(DropReason::QueueFull, 1);
                 return false;
             }
-            if let Ok((packet, _)) = self.outgoing.publish(msg, None) {
-                self.send(packet, counters);
-            }
+            let _ = self.start(msg, None, counters, journal);
             return false;
         }
         let seq = self.store(&msg, journal);
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
-            match self.outgoing.publish(msg, seq) {
-                Ok((packet, _)) => {
-                    self.note_sent(&packet, seq, journal);
-                    self.send(packet, counters);
-                }
-                Err(full) => self.enqueue(full.message, full.token, limits, counters, journal),
+            if let Err(full) = self.start(msg, seq, counters, journal) {
+                self.enqueue(full.message, full.token, limits, counters, journal);
             }
         } else {
             self.enqueue(msg, seq, limits, counters, journal);
@@ -397,11 +431,8 @@ impl Session {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
-            match self.outgoing.publish(next.message, next.seq) {
-                Ok((packet, _)) => {
-                    self.note_sent(&packet, next.seq, journal);
-                    self.send(packet, counters);
-                }
+            match self.start(next.message, next.seq, counters, journal) {
+                Ok(()) => {}
                 Err(full) => {
                     self.queue.push_front(Queued {
                         message: full.message,
@@ -466,10 +497,14 @@ mod tests {
                 break;
             }
             for o in buf.drain(..) {
-                if let Out::Packet(b) = o
-                    && let Packet::Publish(p) = *b
-                {
-                    out.push(String::from_utf8_lossy(&p.payload).into_owned());
+                match o {
+                    Out::Packet(b) => {
+                        if let Packet::Publish(p) = *b {
+                            out.push(String::from_utf8_lossy(&p.payload).into_owned());
+                        }
+                    }
+                    Out::Publish(b) => out.push(String::from_utf8_lossy(&b.0.payload).into_owned()),
+                    Out::Close | Out::Replaced => {}
                 }
             }
         }

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 
 use super::transport::BoxStream;
 use super::{ClientError, Endpoint, Stage};
-use crate::link::LinkError;
+use crate::link::{LinkError, PublishDone};
 use crate::protocol::packet_name;
 use crate::protocol::{Framed, Keepalive, Message, QoS, publish_from_message};
 
@@ -24,7 +24,7 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) enum Done {
     /// A pipe waits for this.
-    Caller(oneshot::Sender<Result<(), LinkError>>),
+    Caller(PublishDone),
     /// Internal publish (birth message); nobody waits.
     Internal,
 }
@@ -115,13 +115,20 @@ impl Conn {
     /// is a dead link too) and completes the flushed QoS 0 publishes.
     pub(super) async fn flush(&mut self) -> Result<(), ClientError> {
         if self.framed.pending_write() > 0 {
-            timeout(self.write_timeout(), self.framed.flush())
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    endpoint: self.endpoint.url(),
-                    stage: Stage::Write,
-                })?
-                .map_err(|e| codec_error(&self.endpoint, e))?;
+            // Usually the stream takes it all at once: then no timer is
+            // armed. If it cannot, the timed flush continues: `Framed::flush`
+            // is cancel safe (what was written is gone from the buffer).
+            let at_once = self.framed.flush().now_or_never();
+            match at_once {
+                Some(done) => done.map_err(|e| codec_error(&self.endpoint, e))?,
+                None => timeout(self.write_timeout(), self.framed.flush())
+                    .await
+                    .map_err(|_| ClientError::Timeout {
+                        endpoint: self.endpoint.url(),
+                        stage: Stage::Write,
+                    })?
+                    .map_err(|e| codec_error(&self.endpoint, e))?,
+            }
             self.last_sent = Instant::now();
         }
         for done in self.written.drain(..) {

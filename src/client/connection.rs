@@ -4,7 +4,7 @@
 //! probes the primary while on a secondary endpoint.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -15,7 +15,7 @@ use super::failover::ProbeVerdict;
 use super::task::{End, Task};
 use super::transport::BoxStream;
 use super::{ClientError, ClientEvent, Endpoint};
-use crate::link::{AckHandle, Delivery};
+use crate::link::{AckHandle, AckToken, Delivery};
 use crate::protocol::packet_name;
 use crate::protocol::{Framed, IncomingAction};
 
@@ -27,6 +27,10 @@ const DRAIN_BUDGET: usize = 512;
 /// than this wait to be written, so large payloads are not all copied into
 /// the write buffer at once.
 const DRAIN_MAX_PENDING_BYTES: usize = 256 * 1024;
+
+/// Under a flood, shutdown and the keepalive timer are checked directly
+/// every this many turns of the serve loop (see its `select!`).
+const CHECK_EVERY: u32 = 32;
 
 type Probe = Pin<Box<dyn Future<Output = bool> + Send>>;
 
@@ -79,8 +83,23 @@ impl Task {
         let mut probe: Option<Probe> = None;
         // Local handles, so the futures below borrow them and not `self`.
         let deliveries = self.deliveries.clone();
-        let shutdown = self.shutdown.clone();
+        // These three live across turns and are polled by reference: a
+        // cancellation token or a `Notify` registers its waiter once, and
+        // the keepalive timer is re-armed only when it must fire earlier
+        // (firing early is harmless: `on_timer` looks at the clock).
+        let mut shutdown = pin!(self.shutdown.clone().cancelled_owned());
         let reconnect = self.opts.reconnect.clone();
+        let mut reconnect = pin!(async move {
+            match &reconnect {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut timer = pin!(sleep_until(Instant::now()));
+        let mut armed: Option<Instant> = None;
+        // Whether reading was paused when the timer was armed.
+        let mut armed_paused = false;
+        let mut turn: u32 = 0;
         loop {
             if self.requests_closed && self.is_idle() {
                 conn.disconnect(self.opts.will.as_ref()).await;
@@ -91,31 +110,61 @@ impl Task {
                 _ => None,
             };
             let paused = self.pending_delivery.is_some();
-            let wake = match (conn.next_keepalive(paused), probe_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // While the timer is armed, the keepalive deadlines only move
+            // later (every packet sent or received pushes them out), so they
+            // are recomputed once it fired, when reading pauses or resumes,
+            // or when a probe of the primary is due.
+            if armed.is_none() || paused != armed_paused || probe_at.is_some() {
+                let wake = match (conn.next_keepalive(paused), probe_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(at) = wake
+                    && armed.is_none_or(|armed| at < armed)
+                {
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
+                }
+                armed_paused = paused;
+            }
+            // Biased, hot branches first: a wake-up for a packet, an ack or
+            // a request does not poll the rarely ready ones. Under a flood
+            // (a hot branch always ready) they cannot starve: every
+            // `CHECK_EVERY` turns shutdown and a due timer are checked
+            // directly, and a flood is handled in bounded turns.
+            turn = turn.wrapping_add(1);
+            let check = turn.is_multiple_of(CHECK_EVERY);
+            if check && self.shutdown.is_cancelled() {
+                return self.end_with(End::Shutdown, &mut conn).await;
+            }
             let step: Option<End> = tokio::select! {
-                // Cancel safety of each branch: `cancelled` and `mpsc::recv`
-                // are cancel safe; `read_packet` keeps partial input in its
-                // own buffer; `reserve` loses only its queue position; the
-                // sleep is rebuilt each turn; the probe future is kept in
-                // `probe` and polled by reference.
-                _ = shutdown.cancelled() => Some(End::Shutdown),
-                // `notified` is cancel safe (a missed notification is only
-                // a missed reconnect; the watchdog asks again).
-                () = async {
-                    match &reconnect {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => Some(End::Lost(ClientError::ReconnectRequested { endpoint: ep.url() })),
+                biased;
+                // Cancel safety of each branch: `mpsc::recv` is cancel safe;
+                // `read_packet` keeps partial input in its own buffer;
+                // `reserve` loses only its queue position; the timer, the
+                // probe, `shutdown` and `reconnect` live across turns and are
+                // polled by reference (no notification is missed between two
+                // turns).
                 r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
                         conn.last_received = Instant::now();
                         self.on_packet(packet, &mut conn)
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
+                },
+                Some(token) = self.acks_rx.recv() => {
+                    self.on_ack(token, &mut conn);
+                    None
+                }
+                // Guard: no new publishes while the inflight window is full;
+                // requests then wait in the bounded channel (backpressure).
+                req = self.requests.recv(), if self.can_take() => match req {
+                    Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
+                    // Every `Link` was dropped: finish what is in flight, then close.
+                    None => {
+                        self.requests_closed = true;
+                        None
+                    }
                 },
                 permit = deliveries.reserve(), if paused => {
                     // Reading resumes: silence while paused was ours, not the broker's.
@@ -129,29 +178,24 @@ impl Task {
                     }
                     None
                 }
-                Some(token) = self.acks_rx.recv() => {
-                    for p in self.incoming.ack(token) {
-                        conn.queue(&p);
-                    }
-                    None
-                }
-                // Guard: no new publishes while the inflight window is full;
-                // requests then wait in the bounded channel (backpressure).
-                req = self.requests.recv(), if self.can_take() => match req {
-                    Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
-                    // Every `Link` was dropped: finish what is in flight, then close.
-                    None => {
-                        self.requests_closed = true;
-                        None
-                    }
-                },
-                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
                     self.on_timer(&mut conn, &mut probe, paused)
                 }
                 ok = probe_done(&mut probe) => {
                     probe = None;
                     self.on_probe(ok)
                 }
+                () = &mut shutdown => Some(End::Shutdown),
+                () = &mut reconnect => Some(End::Lost(ClientError::ReconnectRequested { endpoint: ep.url() })),
+            };
+            // A flood keeps the branches above ready: run a due timer anyway.
+            let step = match step {
+                None if check && armed.is_some_and(|at| at <= Instant::now()) => {
+                    armed = None;
+                    self.on_timer(&mut conn, &mut probe, paused)
+                }
+                step => step,
             };
             // Take everything else that is ready, so one flush (one system
             // call) carries the replies to a whole burst.
@@ -162,17 +206,7 @@ impl Task {
             match step {
                 None => {}
                 Some(End::Lost(e)) => return End::Lost(e),
-                Some(end) => {
-                    // Acks the pipes sent just before: let them out first, so
-                    // the broker does not redeliver what was handled.
-                    while let Ok(token) = self.acks_rx.try_recv() {
-                        for p in self.incoming.ack(token) {
-                            conn.queue(&p);
-                        }
-                    }
-                    conn.disconnect(self.opts.will.as_ref()).await;
-                    return end;
-                }
+                Some(end) => return self.end_with(end, &mut conn).await,
             }
             if let Some(m) = &self.opts.metrics {
                 m.set_inflight(self.outgoing.len() as u64);
@@ -181,6 +215,17 @@ impl Task {
                 return End::Lost(e);
             }
         }
+    }
+
+    /// Ends the connection on purpose (shutdown, fail-back): the acks the
+    /// pipes sent just before go out first, so the broker does not
+    /// redeliver what was handled; then DISCONNECT.
+    async fn end_with(&mut self, end: End, conn: &mut Conn) -> End {
+        while let Ok(token) = self.acks_rx.try_recv() {
+            self.on_ack(token, conn);
+        }
+        conn.disconnect(self.opts.will.as_ref()).await;
+        end
     }
 
     /// After one `select!` event, handles what is already waiting without
@@ -216,9 +261,7 @@ impl Task {
                     break;
                 };
                 budget -= 1;
-                for p in self.incoming.ack(token) {
-                    conn.queue(&p);
-                }
+                self.on_ack(token, conn);
             }
             while budget > 0
                 && self.can_take()
@@ -244,6 +287,12 @@ impl Task {
                 return None;
             }
         }
+    }
+
+    /// A pipe is done with an incoming message: queue the PUBACK/PUBREC
+    /// that may go out now (in arrival order).
+    fn on_ack(&mut self, token: AckToken, conn: &mut Conn) {
+        self.incoming.ack_each(token, |p| conn.queue(&p));
     }
 
     fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {

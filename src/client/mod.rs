@@ -276,7 +276,9 @@ pub fn spawn(
         attempt: 1,
     });
     let link = Link::new(opts.name.clone(), req_tx, state_rx);
-    let span = tracing::info_span!("client", broker = %opts.name);
+    // Debug level: entered on every poll of the connection task, an info
+    // span costs ~1k instructions per message; its events name the broker.
+    let span = tracing::debug_span!("client", broker = %opts.name);
     let task = task::Task::new(opts, shutdown, req_rx, del_tx, state_tx);
     tracker.spawn(task.run().instrument(span));
     (link, del_rx)

@@ -432,7 +432,7 @@ impl Task {
         connect.keep_alive = u16::try_from(secs).unwrap_or(u16::MAX);
         connect.clean_session = o.clean_session;
         connect.last_will = o.will.as_ref().map(|w| LastWill {
-            topic: w.topic.clone(),
+            topic: w.topic.as_str().to_owned(),
             message: w.payload.clone(),
             qos: w.qos.into(),
             retain: w.retain,

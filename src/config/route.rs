@@ -55,7 +55,7 @@ pub fn decide(pipe: &PipePlan, topic: &str) -> Decision {
                 .rule_for(topic)
                 .and_then(|i| pipe.remap.rules.get(i))
                 .map(|r| r.describe()),
-            topic: out,
+            topic: out.into_owned(),
         },
         Err(e) => Decision::RemapFailed {
             filter: filter.clone(),

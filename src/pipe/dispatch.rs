@@ -11,6 +11,7 @@
 //! (or, at its drain deadline, releases) every part it holds, so the join
 //! acknowledges each message upstream exactly once.
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{AckHandle, Delivery};
-use crate::protocol::QoS;
+use crate::protocol::{Message, QoS};
 use crate::topic::FilterTrie;
 
 use super::handoff::{HandOff, Seq};
@@ -30,6 +31,10 @@ use super::stats::{DropReason, PipeStats};
 
 /// Deliveries taken per wake-up beyond the first.
 const BATCH: usize = 64;
+/// Pipe completions taken per wake-up.
+const COMPLETION_BATCH: usize = 256;
+/// Under a flood the tokens are checked directly every this many turns.
+const CHECK_EVERY: u32 = 32;
 
 /// The dispatcher's view of one pipe.
 pub(crate) struct Route {
@@ -92,16 +97,38 @@ impl Dispatcher {
     pub(crate) async fn run(mut self) {
         let mut handoff: HandOff<AckHandle> = HandOff::new();
         let mut stopping = false;
-        let mut matched: Vec<(usize, QoS)> = Vec::new();
+        let mut scratch = Scratch::default();
+        let mut completed: Vec<Seq> = Vec::with_capacity(COMPLETION_BATCH);
+        // Polled by reference across turns (each token registers its waiter
+        // once), and last: a wake-up for a delivery or a completion does not
+        // poll them. They cannot starve under a flood: both are also
+        // checked directly every `CHECK_EVERY` turns.
+        let mut abort = pin!(self.abort.clone().cancelled_owned());
+        let mut intake = pin!(self.intake.clone().cancelled_owned());
+        let mut turn: u32 = 0;
         loop {
+            turn = turn.wrapping_add(1);
+            if turn.is_multiple_of(CHECK_EVERY) {
+                // Shutdown deadline: whatever is not acked is redelivered later.
+                if self.abort.is_cancelled() {
+                    break;
+                }
+                // Shutdown begins: stop taking, keep acking what completes.
+                if !stopping && self.intake.is_cancelled() {
+                    stopping = true;
+                    self.close_inboxes();
+                }
+            }
             tokio::select! {
                 biased;
-                // Shutdown deadline: whatever is not acked is redelivered later.
-                () = self.abort.cancelled() => break,
-                // A pipe finished its part of a message.
-                Some(seq) = self.done.recv() => {
-                    if let Err(err) = handoff.complete(seq) {
-                        tracing::error!(broker = %self.source_name, error = %err, "hand-off bookkeeping error");
+                // Pipes finished their parts of messages: all that is ready
+                // in one go, then one release (acks upstream in a batch).
+                // (0 means every sender is gone: the branch is off for this turn.)
+                1..=usize::MAX = self.done.recv_many(&mut completed, COMPLETION_BATCH) => {
+                    for seq in completed.drain(..) {
+                        if let Err(err) = handoff.complete(seq) {
+                            tracing::error!(broker = %self.source_name, error = %err, "hand-off bookkeeping error");
+                        }
                     }
                     release(&mut handoff);
                 }
@@ -116,17 +143,12 @@ impl Dispatcher {
                         self.close_inboxes();
                     }
                 },
-                // Shutdown begins: stop taking, keep acking what completes.
-                () = self.intake.cancelled(), if !stopping => {
-                    stopping = true;
-                    self.close_inboxes();
-                }
                 // Guarded: only while the pending window has room (backpressure
                 // to the source, whose broker then holds the backlog).
                 d = self.deliveries.recv(), if !stopping && handoff.len() < self.max_pending => {
                     match d {
                         Some(d) => {
-                            self.dispatch(d, &mut handoff, &mut matched);
+                            self.dispatch(d, &mut handoff, &mut scratch);
                             // Take what else is ready in one go (bounded, so
                             // completions are not starved).
                             for _ in 0..BATCH {
@@ -134,7 +156,7 @@ impl Dispatcher {
                                     break;
                                 }
                                 match self.deliveries.try_recv() {
-                                    Ok(d) => self.dispatch(d, &mut handoff, &mut matched),
+                                    Ok(d) => self.dispatch(d, &mut handoff, &mut scratch),
                                     Err(_) => break,
                                 }
                             }
@@ -146,6 +168,11 @@ impl Dispatcher {
                         }
                     }
                 }
+                () = &mut intake, if !stopping => {
+                    stopping = true;
+                    self.close_inboxes();
+                }
+                () = &mut abort => break,
             }
             if stopping && handoff.is_empty() {
                 break;
@@ -190,8 +217,9 @@ impl Dispatcher {
         &mut self,
         delivery: Delivery,
         handoff: &mut HandOff<AckHandle>,
-        matched: &mut Vec<(usize, QoS)>,
+        scratch: &mut Scratch,
     ) {
+        let Scratch { matched, copies } = scratch;
         let Delivery { message, ack } = delivery;
         let now = Instant::now();
         matched.clear();
@@ -211,7 +239,7 @@ impl Dispatcher {
         } else {
             None
         };
-        let mut copies = Vec::with_capacity(matched.len());
+        copies.clear();
         for &(ix, filter_qos) in matched.iter() {
             let Some(route) = self.routes.get(ix) else {
                 continue;
@@ -247,7 +275,7 @@ impl Dispatcher {
             .is_required()
             .then(|| handoff.admit(ack, u32::try_from(copies.len()).unwrap_or(u32::MAX)));
         let visited = visited_in.unwrap_or(BrokerSet::EMPTY).with(self.source);
-        for (ix, copy) in copies {
+        for (ix, copy) in copies.drain(..) {
             if let Some(route) = self.routes.get(ix) {
                 route.inbox.push(Item::new(copy, seq, visited, now));
             }
@@ -258,9 +286,16 @@ impl Dispatcher {
     }
 }
 
+/// Buffers `dispatch` reuses from one message to the next.
+#[derive(Default)]
+struct Scratch {
+    /// (route index, highest matching filter QoS) per matched pipe.
+    matched: Vec<(usize, QoS)>,
+    /// (route index, the copy to queue) per forwarding pipe.
+    copies: Vec<(usize, Message)>,
+}
+
 /// Acknowledges upstream, in arrival order, every message all pipes are done with.
 fn release(handoff: &mut HandOff<AckHandle>) {
-    for ack in handoff.drain_ready() {
-        ack.ack();
-    }
+    handoff.drain_ready_with(AckHandle::ack);
 }

@@ -57,7 +57,7 @@ impl<H> HandOff<H> {
 
     /// Admits a message with `parts` outstanding pipe completions and returns
     /// its sequence number. With `parts == 0` it is complete at once (call
-    /// [`HandOff::drain_ready`]).
+    /// [`HandOff::drain_ready_with`]).
     pub fn admit(&mut self, handle: H, parts: u32) -> Seq {
         let seq = self.front_seq + self.entries.len() as Seq;
         self.entries.push_back(Entry {
@@ -86,15 +86,22 @@ impl<H> HandOff<H> {
 
     /// Removes and returns, in arrival order, the handles of every complete
     /// message at the front (stopping at the first incomplete one).
+    #[cfg(test)]
     pub fn drain_ready(&mut self) -> Vec<H> {
         let mut out = Vec::new();
+        self.drain_ready_with(|h| out.push(h));
+        out
+    }
+
+    /// As [`HandOff::drain_ready`], handing each handle to `f` instead of
+    /// collecting them (no allocation on the per-message path).
+    pub fn drain_ready_with(&mut self, mut f: impl FnMut(H)) {
         while self.entries.front().is_some_and(|e| e.remaining == 0) {
             if let Some(e) = self.entries.pop_front() {
-                out.push(e.handle);
+                f(e.handle);
                 self.front_seq += 1;
             }
         }
-        out
     }
 
     /// Messages admitted and not yet released.

@@ -148,6 +148,7 @@ impl Inbox {
             return self.push_spooled(item);
         }
         let mut st = self.lock();
+        let was_empty = st.acked.is_empty() && st.lossy.is_empty();
         item.order = st.next_order;
         st.next_order += 1;
         if item.seq.is_some() {
@@ -160,7 +161,12 @@ impl Inbox {
             self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         }
         drop(st);
-        self.notify.notify_one();
+        // Only the first item wakes the worker: it takes items until the
+        // inbox is empty before it waits again, so a wake-up per item would
+        // only cost it an empty turn.
+        if was_empty {
+            self.notify.notify_one();
+        }
     }
 
     /// Spool mode: writes `item` (or, with a full `block` spool, queues it
@@ -366,9 +372,57 @@ impl Inbox {
         st.closed && st.acked.is_empty() && st.lossy.is_empty() && st.blocked.is_empty()
     }
 
-    /// Resolves after the next `push` or `close` (or at once if one happened
-    /// since the last wait: `Notify` keeps one permit).
+    /// Resolves after the next `push` into an empty inbox or `close` (or at
+    /// once if one happened since the last wait: `Notify` keeps one permit).
+    /// The consumer must take items until [`Inbox::pop`] returns `None`
+    /// before it waits here.
     pub(crate) async fn changed(&self) {
         self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::protocol::QoS;
+
+    fn item(seq: Option<Seq>) -> Item {
+        let msg = Message::new("t", b"x".to_vec(), QoS::AtLeastOnce, false);
+        Item::new(msg, seq, BrokerSet::EMPTY, Instant::now())
+    }
+
+    #[test]
+    fn only_a_push_into_an_empty_inbox_wakes_the_worker() {
+        let inbox = Inbox::new(10, WhenFull::DropOldest, Arc::new(PipeStats::default()));
+        assert!(
+            inbox.changed().now_or_never().is_none(),
+            "nothing pushed yet"
+        );
+        inbox.push(item(Some(0)));
+        inbox.push(item(None));
+        inbox.push(item(Some(1)));
+        assert!(
+            inbox.changed().now_or_never().is_some(),
+            "the first push woke"
+        );
+        assert!(
+            inbox.changed().now_or_never().is_none(),
+            "pushes into a non-empty inbox do not (no empty turns)"
+        );
+        let orders: Vec<u64> = std::iter::from_fn(|| inbox.pop())
+            .map(|i| i.order)
+            .collect();
+        assert_eq!(orders, vec![0, 1, 2], "arrival order across both queues");
+        inbox.push(item(Some(2)));
+        assert!(
+            inbox.changed().now_or_never().is_some(),
+            "empty again: wakes"
+        );
+        assert!(inbox.pop().is_some());
+        inbox.close();
+        assert!(inbox.changed().now_or_never().is_some(), "close wakes");
+        assert!(inbox.is_finished());
     }
 }

@@ -353,7 +353,9 @@ impl Pipes {
         self.tasks.spawn(
             dispatcher
                 .run()
-                .instrument(tracing::info_span!("source", broker = %broker.name)),
+                // Debug level: a span entered on every poll costs more than
+                // routing a message; events carry `broker`/`pipe` themselves.
+                .instrument(tracing::debug_span!("source", broker = %broker.name)),
         );
         self.sources.insert(
             ix,
@@ -538,7 +540,7 @@ impl Pipes {
         self.tasks.spawn(
             worker
                 .run()
-                .instrument(tracing::info_span!("pipe", pipe = %spec.name)),
+                .instrument(tracing::debug_span!("pipe", pipe = %spec.name)),
         );
         let step = steps.entry(spec.source).or_default();
         step.filters.push((spec.name.clone(), spec.filters.clone()));

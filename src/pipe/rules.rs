@@ -1,7 +1,9 @@
 //! Per-pipe message rules: exclusions, max payload, remap, QoS and retain.
 //! Pure: a message in, the forwarded copy or a drop reason out.
 
-use crate::protocol::{Message, QoS};
+use std::borrow::Cow;
+
+use crate::protocol::{Message, QoS, Topic};
 use crate::topic::{FilterTrie, Remap, RemapError};
 
 use super::stats::DropReason;
@@ -92,10 +94,17 @@ impl PipeRules {
         if self.max_payload.is_some_and(|max| msg.payload.len() > max) {
             return Err(Dropped::because(DropReason::Oversize));
         }
-        let topic = self.remap.apply(&msg.topic).map_err(|e| Dropped {
-            reason: DropReason::Remap,
-            error: Some(e),
-        })?;
+        let topic = match self.remap.apply(&msg.topic) {
+            // No rule applied: the copy shares the original topic.
+            Ok(Cow::Borrowed(_)) => msg.topic.clone(),
+            Ok(Cow::Owned(rewritten)) => Topic::from(rewritten),
+            Err(e) => {
+                return Err(Dropped {
+                    reason: DropReason::Remap,
+                    error: Some(e),
+                });
+            }
+        };
         let incoming = msg.qos.min(filter_qos);
         let qos = match self.qos {
             QosPolicy::Max(cap) => incoming.min(cap),
@@ -131,6 +140,26 @@ mod tests {
         assert_eq!(out.qos, QoS::ExactlyOnce);
         assert!(out.retain);
         assert!(!out.dup);
+    }
+
+    #[test]
+    fn a_copy_shares_the_topic_unless_remapped() {
+        let m = msg("t/1", b"x", QoS::AtLeastOnce, false);
+        let out = PipeRules::pass_through()
+            .apply(&m, QoS::AtLeastOnce)
+            .unwrap();
+        assert!(out.topic.is_shared_with(&m.topic));
+        let remapped = PipeRules::new(
+            &[],
+            Remap::new(vec![RemapRule::prefix(Some("t/"), Some("u/"))]),
+            QosPolicy::Max(QoS::ExactlyOnce),
+            false,
+            None,
+        )
+        .apply(&m, QoS::AtLeastOnce)
+        .unwrap();
+        assert_eq!(remapped.topic, "u/1");
+        assert!(!remapped.topic.is_shared_with(&m.topic));
     }
 
     #[test]

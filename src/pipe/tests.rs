@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
 use super::*;
@@ -54,7 +54,7 @@ fn fake(name: &str) -> (BrokerLink, Fake) {
     )
 }
 
-type Done = oneshot::Sender<Result<(), LinkError>>;
+type Done = crate::link::PublishDone;
 
 impl Fake {
     async fn deliver(&mut self, topic: &str, payload: &str, qos: QoS) -> u64 {
@@ -63,7 +63,15 @@ impl Fake {
         let ack = if qos == QoS::AtMostOnce {
             AckHandle::none()
         } else {
-            AckHandle::new(AckToken { generation: 1, id }, self.ack_tx.clone())
+            AckHandle::new(
+                AckToken {
+                    generation: 1,
+                    id,
+                    pkid: 1,
+                    qos,
+                },
+                self.ack_tx.clone(),
+            )
         };
         let message = Message::new(topic, payload.as_bytes().to_vec(), qos, false);
         self.del

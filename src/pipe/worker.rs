@@ -9,17 +9,16 @@
 //! that no longer exists. The successor of a changed pipe starts once its
 //! predecessor has ended (`after`), so the pipe's messages stay in order.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::link::{Link, LinkError};
+use crate::link::{Completion, Link, LinkError};
 
 use super::handoff::Seq;
 use super::inbox::Inbox;
@@ -62,28 +61,49 @@ pub(crate) struct Worker {
     pub _finished: DropGuard,
 }
 
+/// Publishes handed to the link and not yet finished, by tag.
+type Inflight = HashMap<u64, Sent, foldhash::fast::RandomState>;
+
+/// Completions taken per wake-up.
+const COMPLETION_BATCH: usize = 256;
+/// Under a flood the tokens are checked directly every this many turns.
+const CHECK_EVERY: u32 = 32;
+
 impl Worker {
     pub(crate) async fn run(mut self) {
-        // Parts handed to the link and not yet complete.
-        let mut outstanding: BTreeSet<Seq> = BTreeSet::new();
+        // Publishes handed to the link and not yet finished, by tag (our
+        // own counter, so a fast hash).
+        let mut inflight: Inflight = HashMap::default();
+        // The link reports every finished publish here, tagged; one channel
+        // for the pipe, no future or channel per message.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+        let mut finished: Vec<Completion> = Vec::with_capacity(COMPLETION_BATCH);
+        let mut next_tag: u64 = 0;
+        // Polled by reference across turns, so each token registers its
+        // waiter once, not on every turn of the loop.
+        let mut abort = pin!(self.abort.clone().cancelled_owned());
+        let mut retire = pin!(self.retire.clone().cancelled_owned());
         if let Some(previous) = self.after.take() {
             tokio::select! {
                 () = previous.cancelled() => {}
-                () = self.abort.cancelled() => return,
-                () = self.retire.cancelled() => return self.release(&outstanding),
+                () = &mut abort => return,
+                () = &mut retire => return self.release(&inflight),
             }
         }
         let window = self.window.max(1);
-        let mut inflight = FuturesUnordered::new();
         let mut rate_wait: Option<tokio::time::Instant> = None;
+        let mut turn: u32 = 0;
         loop {
             // Fill the window from the inbox.
-            while inflight.len() < window && rate_wait.is_none() && self.inbox.has_items() {
-                if let Some(bucket) = self.rate.as_mut()
-                    && let Err(wait) = bucket.try_take(tokio::time::Instant::now().into_std())
-                {
-                    rate_wait = Some(tokio::time::Instant::now() + wait);
-                    break;
+            while inflight.len() < window && rate_wait.is_none() {
+                if let Some(bucket) = self.rate.as_mut() {
+                    if !self.inbox.has_items() {
+                        break;
+                    }
+                    if let Err(wait) = bucket.try_take(tokio::time::Instant::now().into_std()) {
+                        rate_wait = Some(tokio::time::Instant::now() + wait);
+                        break;
+                    }
                 }
                 let Some(item) = self.inbox.pop() else { break };
                 if self.dest_is_source.load(Ordering::Relaxed) {
@@ -97,55 +117,66 @@ impl Worker {
                         Instant::now(),
                     );
                 }
-                let sent = Sent {
-                    seq: item.seq,
-                    bytes: item.msg.payload.len() as u64,
-                    received_at: item.received_at,
-                };
+                let tag = next_tag;
+                next_tag += 1;
+                // Recorded before the link has it, so a retire while the
+                // link's request queue is full still releases this part.
+                inflight.insert(
+                    tag,
+                    Sent {
+                        seq: item.seq,
+                        bytes: item.msg.payload.len() as u64,
+                        received_at: item.received_at,
+                    },
+                );
+                self.stats.inflight.fetch_add(1, Ordering::Relaxed);
                 // Cancel safety: if aborted while the link's request queue is
                 // full, the message is simply not sent and not acked upstream.
-                if let Some(seq) = sent.seq {
-                    outstanding.insert(seq);
-                }
-                let publish = tokio::select! {
-                    r = self.link.publish(item.msg) => r,
-                    () = self.abort.cancelled() => return,
-                    () = self.retire.cancelled() => {
+                let queued = tokio::select! {
+                    biased;
+                    r = self.link.publish_tagged(item.msg, tag, &done_tx) => r,
+                    () = &mut abort => return,
+                    () = &mut retire => {
                         self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
-                        return self.release(&outstanding);
+                        return self.release(&inflight);
                     }
                 };
-                match publish {
-                    Ok(ack) => {
-                        self.stats.inflight.fetch_add(1, Ordering::Relaxed);
-                        inflight.push(async move { (ack.wait().await, sent) });
-                    }
-                    Err(err) => {
-                        tracing::warn!(pipe = %self.name, error = %err, "destination link closed; pipe stops");
-                        return;
-                    }
+                if let Err(err) = queued {
+                    self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(pipe = %self.name, error = %err, "destination link closed; pipe stops");
+                    return;
                 }
             }
-            if self.inbox.is_finished() && inflight.is_empty() {
+            if inflight.is_empty() && self.inbox.is_finished() {
                 return;
+            }
+            // Polled last below, so a wake-up for a completion or new work
+            // does not poll the tokens; checked directly every
+            // `CHECK_EVERY` turns, so a flood cannot starve them.
+            turn = turn.wrapping_add(1);
+            if turn.is_multiple_of(CHECK_EVERY) {
+                if self.abort.is_cancelled() {
+                    return;
+                }
+                if self.retire.is_cancelled() {
+                    self.stats
+                        .inflight
+                        .fetch_sub(inflight.len() as u64, Ordering::Relaxed);
+                    return self.release(&inflight);
+                }
             }
             tokio::select! {
                 biased;
-                // Deadline of a shutdown drain passed: stop; unacked messages are redelivered.
-                () = self.abort.cancelled() => return,
-                // Drain deadline of a removed/changed pipe passed: release
-                // what is left (the publishes stay with the link).
-                () = self.retire.cancelled() => {
-                    self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
-                    return self.release(&outstanding);
-                }
-                // A publish was acknowledged (or failed): frees a window slot.
-                Some((result, sent)) = inflight.next(), if !inflight.is_empty() => {
-                    self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(seq) = sent.seq {
-                        outstanding.remove(&seq);
+                // Publishes were acknowledged (or failed): frees window slots.
+                // `recv_many` is cancel safe; the channel never closes (we
+                // hold a sender).
+                _ = done_rx.recv_many(&mut finished, COMPLETION_BATCH), if !inflight.is_empty() => {
+                    for (tag, result) in finished.drain(..) {
+                        if let Some(sent) = inflight.remove(&tag) {
+                            self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+                            self.finish(result, sent);
+                        }
                     }
-                    self.finish(result, sent);
                 }
                 // The rate limit has a token again.
                 () = tokio::time::sleep_until(rate_wait.unwrap_or_else(tokio::time::Instant::now)), if rate_wait.is_some() => {
@@ -153,6 +184,14 @@ impl Worker {
                 }
                 // New work (or close) in the inbox while the window has room.
                 () = self.inbox.changed(), if inflight.len() < window && rate_wait.is_none() => {}
+                // Deadline of a shutdown drain passed: stop; unacked messages are redelivered.
+                () = &mut abort => return,
+                // Drain deadline of a removed/changed pipe passed: release
+                // what is left (the publishes stay with the link).
+                () = &mut retire => {
+                    self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
+                    return self.release(&inflight);
+                }
             }
         }
     }
@@ -187,11 +226,14 @@ impl Worker {
     }
 
     /// Completes every part this retired pipe still holds — in flight
-    /// (`outstanding`) or queued — as dropped (reason `reload`).
-    fn release(&self, outstanding: &BTreeSet<Seq>) {
+    /// (`inflight`) or queued — as dropped (reason `reload`).
+    fn release(&self, inflight: &Inflight) {
         let queued = self.inbox.take_all();
+        let mut outstanding: Vec<Seq> = inflight.values().filter_map(|s| s.seq).collect();
+        // Arrival order, as the hand-off join releases them.
+        outstanding.sort_unstable();
         let n = outstanding.len() + queued.len();
-        for &seq in outstanding {
+        for seq in outstanding {
             self.stats.drop_one(DropReason::Reload);
             self.complete(Some(seq));
         }

@@ -288,7 +288,7 @@ pub fn publish_from_message(message: &Message, pkid: u16, dup: bool) -> Publish 
         dup: dup && !qos0,
         qos: message.qos.into(),
         retain: message.retain,
-        topic: message.topic.clone(),
+        topic: message.topic.as_str().to_owned(),
         pkid: if qos0 { 0 } else { pkid },
         payload: message.payload.clone(),
     }
@@ -300,7 +300,7 @@ pub fn publish_from_message(message: &Message, pkid: u16, dup: bool) -> Publish 
 /// topics.
 pub fn message_from_publish(publish: Publish) -> Message {
     Message {
-        topic: publish.topic,
+        topic: publish.topic.into(),
         payload: publish.payload,
         qos: publish.qos.into(),
         retain: publish.retain,

@@ -1,6 +1,11 @@
 //! The internal message type: what pipes, the client core and the broker
 //! pass around. Codec types from `rumqttc` never leave `protocol::codec`.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// MQTT quality of service.
@@ -35,8 +40,10 @@ impl QoS {
 /// An application message, independent of protocol version and codec.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// Topic name (never contains wildcards once accepted from the wire).
-    pub topic: String,
+    /// Topic name (never contains wildcards once accepted from the wire);
+    /// shared, so a copy of the message for another pipe or a resend does
+    /// not copy the topic.
+    pub topic: Topic,
     /// Payload bytes; cheap to clone.
     pub payload: Bytes,
     /// Quality of service of this delivery.
@@ -47,6 +54,97 @@ pub struct Message {
     pub dup: bool,
     /// MQTT 5 properties, carried opaquely; `None` on 3.1.1 links.
     pub properties: Option<MessageProperties>,
+}
+
+/// A topic name, shared: cloning it is a reference count, not a copy. Reads
+/// as a `&str` (`Deref`), compares with `str` and `String`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// The topic as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `self` and `other` are clones of one shared topic (one
+    /// allocation), not merely equal.
+    pub fn is_shared_with(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Topic {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Topic {
+    fn from(s: &str) -> Self {
+        Topic(Arc::from(s))
+    }
+}
+
+impl From<String> for Topic {
+    fn from(s: String) -> Self {
+        Topic(Arc::from(s))
+    }
+}
+
+impl From<&String> for Topic {
+    fn from(s: &String) -> Self {
+        Topic(Arc::from(s.as_str()))
+    }
+}
+
+impl From<Topic> for String {
+    fn from(t: Topic) -> Self {
+        t.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Topic {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Topic {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Topic {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The MQTT 5 properties of an application message (spec 3.3.2.3), as a
@@ -122,12 +220,7 @@ impl std::ops::DerefMut for MessageProperties {
 
 impl Message {
     /// A message with DUP off and no properties.
-    pub fn new(
-        topic: impl Into<String>,
-        payload: impl Into<Bytes>,
-        qos: QoS,
-        retain: bool,
-    ) -> Self {
+    pub fn new(topic: impl Into<Topic>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Self {
         Message {
             topic: topic.into(),
             payload: payload.into(),
@@ -146,7 +239,11 @@ pub struct AckToken {
     /// Connection generation the message arrived on; acks from an older
     /// generation are ignored (the broker redelivers on the new connection).
     pub generation: u64,
-    /// Chosen by the owner to find the message again: the client session's
-    /// arrival sequence number, a local link's `qos << 16 | pkid`.
+    /// Arrival sequence number of the delivery within its generation
+    /// (increasing from 0), for every owner.
     pub id: u64,
+    /// The packet id the owner acknowledges (PUBACK/PUBREC) for it.
+    pub pkid: u16,
+    /// The QoS it was delivered at (1 or 2): which acknowledgement is due.
+    pub qos: QoS,
 }

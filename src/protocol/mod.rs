@@ -30,7 +30,7 @@ pub use codec::{
 };
 pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
 pub use keepalive::Keepalive;
-pub use message::{AckToken, Message, MessageProperties, PropertyFields, QoS};
+pub use message::{AckToken, Message, MessageProperties, PropertyFields, QoS, Topic};
 pub use session::{
     AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
 };

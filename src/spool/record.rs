@@ -143,7 +143,8 @@ fn decode_properties(p: &mut Reader<'_>) -> Result<MessageProperties, RecordErro
     f.message_expiry_interval = p.opt(|p| {
         let b = p.bytes()?;
         Ok(u32::from_le_bytes(
-            b.try_into().map_err(|_| RecordError::Field("message expiry"))?,
+            b.try_into()
+                .map_err(|_| RecordError::Field("message expiry"))?,
         ))
     })?;
     f.response_topic = p.opt(|p| p.string("response topic"))?;

@@ -14,6 +14,7 @@
 //! empty level (topic `a/`), the slash is kept (`cloud/`): the empty level
 //! was in the source topic, so it is kept in the result.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use regex::Regex;
@@ -463,8 +464,9 @@ impl Remap {
     }
 
     /// Rewrites `topic` with the first rule that applies, or returns it
-    /// unchanged. Errors when that rule produced an invalid topic name.
-    pub fn apply(&self, topic: &str) -> Result<String, RemapError> {
+    /// unchanged: borrowed, so a topic no rule touches is never copied.
+    /// Errors when that rule produced an invalid topic name.
+    pub fn apply<'t>(&self, topic: &'t str) -> Result<Cow<'t, str>, RemapError> {
         for (index, rule) in self.rules.iter().enumerate() {
             let kind = rule.kind();
             let out = match rule.rewrite(topic) {
@@ -479,7 +481,7 @@ impl Remap {
                 }
             };
             return match validate_topic_name(&out) {
-                Ok(()) => Ok(out),
+                Ok(()) => Ok(Cow::Owned(out)),
                 Err(reason) => Err(RemapError::InvalidOutput {
                     index,
                     kind,
@@ -488,7 +490,7 @@ impl Remap {
                 }),
             };
         }
-        Ok(topic.to_owned())
+        Ok(Cow::Borrowed(topic))
     }
 
     /// Index of the rule that would rewrite `topic`, if any.
@@ -650,6 +652,26 @@ mod tests {
         assert_eq!(r.rule_for("a/b"), Some(0));
         assert_eq!(r.rule_for("b"), None);
         assert_eq!(Remap::default().apply("x/y").unwrap(), "x/y");
+    }
+
+    #[test]
+    fn a_remap_that_does_not_apply_borrows_the_topic() {
+        let r = Remap::new(vec![
+            RemapRule::prefix(Some("a/"), Some("b/")),
+            RemapRule::template("x/+", "y/{1}").unwrap(),
+            RemapRule::regex("r/(.*)", "s/$1").unwrap(),
+        ]);
+        for topic in ["other/1", "x/1/2", "q"] {
+            assert!(
+                matches!(r.apply(topic), Ok(Cow::Borrowed(t)) if t == topic),
+                "{topic}"
+            );
+        }
+        assert!(matches!(
+            Remap::default().apply("t"),
+            Ok(Cow::Borrowed("t"))
+        ));
+        assert!(matches!(r.apply("a/1"), Ok(Cow::Owned(t)) if t == "b/1"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub(crate) enum Waiter {
     /// A network client's publish: its PUBACK/PUBREC.
     Publisher(ConnId, AckToken),
     /// A local link's publish.
-    Local(oneshot::Sender<Result<(), LinkError>>),
+    Local(PublishDone),
 }
 
 /// Starts the committer: for every batch of epochs received, one

@@ -27,7 +27,7 @@ use super::session::{Attached, ConnId, Origin, Session, SessionKey};
 use super::stats::{Counters, SubRefuseReason};
 use super::sys;
 use super::{Limits, Security};
-use crate::link::{AckToken, LinkError};
+use crate::link::{AckToken, LinkError, PublishDone};
 use crate::protocol::v4::{
     ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
@@ -136,7 +136,7 @@ pub(crate) enum Event {
         /// The message.
         message: Message,
         /// Completion.
-        done: oneshot::Sender<Result<(), LinkError>>,
+        done: PublishDone,
     },
     /// PUBACK/PUBREC/PUBCOMP from a subscriber.
     Ack {

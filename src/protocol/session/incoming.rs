@@ -141,6 +141,12 @@ impl Incoming {
             token: Some(AckToken {
                 generation: self.generation,
                 id,
+                pkid,
+                qos: if exactly_once {
+                    QoS::ExactlyOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
             }),
         }
     }
@@ -150,29 +156,35 @@ impl Incoming {
     /// while an earlier message is unacked). Tokens of an older generation,
     /// unknown ids and repeated acks are ignored (empty result).
     pub fn ack(&mut self, token: AckToken) -> Vec<Packet> {
+        let mut out = Vec::new();
+        self.ack_each(token, |p| out.push(p));
+        out
+    }
+
+    /// As [`Incoming::ack`], handing each packet to `send` in order instead
+    /// of collecting them (no allocation per ack).
+    pub fn ack_each(&mut self, token: AckToken, mut send: impl FnMut(Packet)) {
         if token.generation != self.generation {
-            return Vec::new();
+            return;
         }
         // `pending` is sorted by id: ids are handed out increasing.
         let Ok(index) = self.pending.binary_search_by_key(&token.id, |p| p.id) else {
-            return Vec::new();
+            return;
         };
         if let Some(p) = self.pending.get_mut(index) {
             p.acked = true;
         }
-        let mut out = Vec::new();
         while self.pending.front().is_some_and(|p| p.acked) {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
             if p.exactly_once {
                 self.qos2.insert(p.pkid, Qos2::Received);
-                out.push(Packet::PubRec(PubRec::new(p.pkid)));
+                send(Packet::PubRec(PubRec::new(p.pkid)));
             } else {
-                out.push(Packet::PubAck(PubAck::new(p.pkid)));
+                send(Packet::PubAck(PubAck::new(p.pkid)));
             }
         }
-        out
     }
 
     /// PUBREL received: releases the QoS 2 packet id and returns the PUBCOMP.

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use rumqttc::mqttbytes::v4::{Packet, PubRel, Publish};
+use rumqttc::mqttbytes::v4::{Packet, PubRel};
 
 use super::packet_id::PacketIds;
 use super::{AckKind, ProtocolViolation};
-use crate::protocol::codec::{message_from_publish, publish_from_message};
+use crate::protocol::codec::publish_from_message;
 use crate::protocol::message::{Message, QoS};
 
 /// The inflight window is full (or, with a window of 65,535, no packet id is
@@ -37,9 +37,13 @@ enum Stage {
     AwaitComp,
 }
 
+/// The message is kept, not its encoded PUBLISH: it shares topic and
+/// payload with the caller's copy, and the packet is built again only for a
+/// resend.
 #[derive(Debug)]
 struct Flow<T> {
-    publish: Publish,
+    message: Message,
+    pkid: u16,
     stage: Stage,
     token: T,
 }
@@ -58,7 +62,9 @@ pub struct Outgoing<T> {
     ids: PacketIds,
     reserved: HashSet<u16>,
     flows: BTreeMap<u64, Flow<T>>,
-    by_pkid: HashMap<u16, u64>,
+    /// Packet id → flow sequence; looked up on every ack, so a fast
+    /// (non-DoS-resistant) hash: the peer picks none of the keys.
+    by_pkid: HashMap<u16, u64, foldhash::fast::RandomState>,
     next_seq: u64,
 }
 
@@ -71,7 +77,7 @@ impl<T> Outgoing<T> {
             ids: PacketIds::new(),
             reserved: HashSet::new(),
             flows: BTreeMap::new(),
-            by_pkid: HashMap::new(),
+            by_pkid: HashMap::default(),
             next_seq: 0,
         }
     }
@@ -106,9 +112,24 @@ impl<T> Outgoing<T> {
     /// sends it on the next connection (possibly with DUP set, which is
     /// harmless).
     pub fn publish(&mut self, message: Message, token: T) -> Result<(Packet, Option<T>), Full<T>> {
+        let (pkid, message, qos0) = self.publish_message(message, token)?;
+        Ok((
+            Packet::Publish(publish_from_message(&message, pkid, false)),
+            qos0,
+        ))
+    }
+
+    /// As [`Outgoing::publish`], without building the PUBLISH: the packet id
+    /// given to the flow (0 for QoS 0) and the message to hand over (sharing
+    /// topic and payload with the copy kept for a resend), for a receiver in
+    /// the same process that takes the message itself.
+    pub fn publish_message(
+        &mut self,
+        message: Message,
+        token: T,
+    ) -> Result<(u16, Message, Option<T>), Full<T>> {
         if message.qos == QoS::AtMostOnce {
-            let publish = publish_from_message(&message, 0, false);
-            return Ok((Packet::Publish(publish), Some(token)));
+            return Ok((0, message, Some(token)));
         }
         if !self.has_room() {
             return Err(Full { message, token });
@@ -116,19 +137,19 @@ impl<T> Outgoing<T> {
         let Some(pkid) = self.ids.allocate() else {
             return Err(Full { message, token });
         };
-        let publish = publish_from_message(&message, pkid, false);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_pkid.insert(pkid, seq);
         self.flows.insert(
             seq,
             Flow {
-                publish: publish.clone(),
+                message: message.clone(),
+                pkid,
                 stage: Stage::AwaitAck,
                 token,
             },
         );
-        Ok((Packet::Publish(publish), None))
+        Ok((pkid, message, None))
     }
 
     fn flow_mut(
@@ -153,7 +174,7 @@ impl<T> Outgoing<T> {
     pub fn on_puback(&mut self, pkid: u16) -> Result<T, ProtocolViolation> {
         let kind = AckKind::PubAck;
         let (seq, flow) = self.flow_mut(kind, pkid)?;
-        if flow.publish.qos != rumqttc::mqttbytes::QoS::AtLeastOnce {
+        if flow.message.qos != QoS::AtLeastOnce {
             return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
         }
         self.finish(seq, pkid)
@@ -165,7 +186,7 @@ impl<T> Outgoing<T> {
     pub fn on_pubrec(&mut self, pkid: u16) -> Result<Packet, ProtocolViolation> {
         let kind = AckKind::PubRec;
         let (_, flow) = self.flow_mut(kind, pkid)?;
-        if flow.publish.qos != rumqttc::mqttbytes::QoS::ExactlyOnce {
+        if flow.message.qos != QoS::ExactlyOnce {
             return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
         }
         flow.stage = Stage::AwaitComp;
@@ -202,15 +223,13 @@ impl<T> Outgoing<T> {
                 if session_present {
                     match flow.stage {
                         Stage::AwaitAck => {
-                            flow.publish.dup = true;
-                            Packet::Publish(flow.publish.clone())
+                            Packet::Publish(publish_from_message(&flow.message, flow.pkid, true))
                         }
-                        Stage::AwaitComp => Packet::PubRel(PubRel::new(flow.publish.pkid)),
+                        Stage::AwaitComp => Packet::PubRel(PubRel::new(flow.pkid)),
                     }
                 } else {
                     flow.stage = Stage::AwaitAck;
-                    flow.publish.dup = false;
-                    Packet::Publish(flow.publish.clone())
+                    Packet::Publish(publish_from_message(&flow.message, flow.pkid, false))
                 }
             })
             .collect()
@@ -227,7 +246,7 @@ impl<T> Outgoing<T> {
         flows
             .into_values()
             .map(|f| {
-                let mut message = message_from_publish(f.publish);
+                let mut message = f.message;
                 message.dup = false;
                 (message, f.token)
             })
@@ -247,7 +266,6 @@ impl<T> Outgoing<T> {
         if message.qos == QoS::AtMostOnce || !self.ids.claim(pkid) {
             return Err(Full { message, token });
         }
-        let publish = publish_from_message(&message, pkid, false);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.by_pkid.insert(pkid, seq);
@@ -259,7 +277,8 @@ impl<T> Outgoing<T> {
         self.flows.insert(
             seq,
             Flow {
-                publish,
+                message,
+                pkid,
                 stage,
                 token,
             },

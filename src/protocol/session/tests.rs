@@ -346,7 +346,9 @@ fn incoming_message_fields_are_kept() {
         t,
         AckToken {
             generation: 0,
-            id: 0
+            id: 0,
+            pkid: 3,
+            qos: QoS::AtLeastOnce,
         }
     );
 }
