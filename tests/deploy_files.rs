@@ -622,6 +622,13 @@ fn systemd_unit_is_hardened_reloads_with_sighup_and_verifies() {
     assert_eq!(get("Service", "DynamicUser"), "yes");
     assert_eq!(get("Service", "User"), "mqbridge");
     assert_eq!(get("Service", "StateDirectory"), "mqbridge");
+    // The store must live in the state directory (ProtectSystem=strict
+    // leaves /etc, next to the config, read-only).
+    assert!(
+        text.lines()
+            .any(|l| l.trim() == "Environment=MQBRIDGE_DATA_DIR=/var/lib/mqbridge/store"),
+        "the unit must put the store under its StateDirectory"
+    );
     assert_eq!(get("Service", "WorkingDirectory"), "/var/lib/mqbridge");
     assert_eq!(get("Service", "ProtectSystem"), "strict");
     assert_eq!(get("Service", "NoNewPrivileges"), "yes");

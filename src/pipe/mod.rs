@@ -590,7 +590,7 @@ impl Pipes {
                 done: dispatcher.clone(),
             },
         ));
-        let span = tracing::info_span!("spool", pipe = %spec.name);
+        let span = tracing::debug_span!("spool", pipe = %spec.name);
         if let Some(store) = self.store.clone() {
             self.tasks.spawn(
                 committer(store, commit_rx, dispatcher, stats.clone()).instrument(span.clone()),
