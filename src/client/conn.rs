@@ -1,5 +1,5 @@
-//! One live connection to a remote broker (the framed stream, keepalive
-//! bookkeeping, the QoS 0 completions awaiting a flush) and the plain pieces
+//! One live connection to a remote broker (the framed stream, the write
+//! timeout, the QoS 0 completions awaiting a flush) and the plain pieces
 //! the connection task and its serve loop share.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
 
+use super::session::Output;
 use super::transport::BoxStream;
 use super::{ClientError, Endpoint, Stage};
 use crate::link::{LinkError, PublishDone};
@@ -60,16 +61,14 @@ pub(crate) fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// One live connection: the framed stream plus keepalive bookkeeping.
+/// One live connection: the framed stream and what waits for its flush.
 pub(crate) struct Conn {
     pub(super) framed: Framed<BoxStream>,
     pub(super) endpoint: Endpoint,
     /// QoS 0 completions, resolved once their PUBLISH is flushed.
     pub(crate) written: Vec<Done>,
+    /// Bounds a write (see [`Conn::write_timeout`]).
     pub(super) keepalive: Keepalive,
-    pub(super) last_sent: Instant,
-    pub(super) last_received: Instant,
-    pub(super) ping_outstanding: bool,
     pub(super) metrics: Option<crate::metrics::RemoteBrokerMetrics>,
 }
 
@@ -77,18 +76,14 @@ impl Conn {
     pub(super) fn new(
         framed: Framed<BoxStream>,
         endpoint: Endpoint,
-        keepalive: Duration,
+        keepalive: Keepalive,
         metrics: Option<crate::metrics::RemoteBrokerMetrics>,
     ) -> Self {
-        let now = Instant::now();
         Conn {
             framed,
             endpoint,
             written: Vec::new(),
-            keepalive: Keepalive::new(keepalive),
-            last_sent: now,
-            last_received: now,
-            ping_outstanding: false,
+            keepalive,
             metrics,
         }
     }
@@ -112,9 +107,11 @@ impl Conn {
     }
 
     /// Writes out what is queued (bounded in time: a peer that stops reading
-    /// is a dead link too) and completes the flushed QoS 0 publishes.
-    pub(super) async fn flush(&mut self) -> Result<(), ClientError> {
-        if self.framed.pending_write() > 0 {
+    /// is a dead link too) and completes the flushed QoS 0 publishes. True
+    /// when something was written.
+    pub(super) async fn flush(&mut self) -> Result<bool, ClientError> {
+        let wrote = self.framed.pending_write() > 0;
+        if wrote {
             // Usually the stream takes it all at once: then no timer is
             // armed. If it cannot, the timed flush continues: `Framed::flush`
             // is cancel safe (what was written is gone from the buffer).
@@ -129,12 +126,11 @@ impl Conn {
                     })?
                     .map_err(|e| codec_error(&self.endpoint, e))?,
             }
-            self.last_sent = Instant::now();
         }
         for done in self.written.drain(..) {
             done.complete(Ok(()));
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// DISCONNECT (so the broker drops our will), then close the stream.
@@ -157,23 +153,20 @@ impl Conn {
             done.complete(Ok(()));
         }
     }
+}
 
-    /// When the next keepalive action is due: a PINGREQ after `interval` of
-    /// silence in either direction, death after 1.5 × interval without input.
-    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
-    /// the broker keeps us; silence from it then proves nothing.
-    pub(super) fn next_keepalive(&self, paused: bool) -> Option<Instant> {
-        if !self.keepalive.is_enabled() {
-            return None;
-        }
-        if paused {
-            return Some(self.last_sent + self.keepalive.interval);
-        }
-        let dead = self.last_received + self.keepalive.dead_after();
-        if self.ping_outstanding {
-            return Some(dead);
-        }
-        let ping = self.last_sent.min(self.last_received) + self.keepalive.interval;
-        Some(ping.min(dead))
+/// The session's outputs on a live connection: packets are queued for the
+/// next flush, QoS 0 completions wait for it.
+impl Output<Done> for Conn {
+    fn send(&mut self, packet: &Packet) {
+        self.queue(packet);
+    }
+
+    fn complete_after_flush(&mut self, done: Done) {
+        self.written.push(done);
+    }
+
+    fn complete(&mut self, done: Done, result: Result<(), LinkError>) {
+        done.complete(result);
     }
 }

@@ -1,12 +1,14 @@
-//! The serve loop of one established connection: reads packets, takes link
-//! requests (while the inflight window has room), turns application acks into
-//! PUBACK/PUBREC in arrival order, pings when idle, detects a dead link, and
-//! probes the primary while on a secondary endpoint.
+//! The IO driver of one established connection: reads frames and feeds them
+//! to the [`ClientSession`](super::session::ClientSession), takes link
+//! requests (while the inflight window has room) and application acks into
+//! it, writes what it queues, forwards its deliveries to the channel, runs
+//! its keepalive timer, and probes the primary while on a secondary endpoint.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 
 use rumqttc::mqttbytes::v4::Packet;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
@@ -16,8 +18,7 @@ use super::task::{End, Task};
 use super::transport::BoxStream;
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, AckToken, Delivery};
-use crate::protocol::packet_name;
-use crate::protocol::{Framed, IncomingAction};
+use crate::protocol::{Framed, Keepalive};
 
 /// Most packets, acks and requests handled after one wake-up before the
 /// flush (see [`Task::drain_ready`]); bounds the time between flushes and
@@ -53,28 +54,16 @@ impl Task {
         let mut conn = Conn::new(
             framed,
             ep.clone(),
-            self.opts.keepalive,
+            Keepalive::new(self.opts.keepalive),
             self.opts.metrics.clone(),
         );
-        if !session_present {
-            self.incoming.clear_session();
-        }
-        // Resend (DUP) or re-publish what is unacknowledged, in order, then
-        // what queued up while we were away, then subscriptions, then birth.
-        for p in self.outgoing.resume(session_present) {
-            conn.queue(&p);
-        }
-        while let Some((message, done)) = self.qos0_backlog.pop_front() {
-            self.publish(message, done, Some(&mut conn));
-        }
-        for p in self.subs.connected(session_present, &mut self.outgoing) {
-            conn.queue(&p);
-        }
-        if let Some(birth) = self.opts.birth.clone() {
-            self.publish(birth, Done::Internal, Some(&mut conn));
-        }
-        if let Err(e) = conn.flush().await {
-            return End::Lost(e);
+        let birth = self.opts.birth.clone().map(|m| (m, Done::Internal));
+        self.session
+            .connected(ep.url(), session_present, birth, now_std(), &mut conn);
+        match conn.flush().await {
+            Ok(true) => self.session.sent(now_std()),
+            Ok(false) => {}
+            Err(e) => return End::Lost(e),
         }
 
         // `self.pending_delivery`: a delivery the bounded channel had no room
@@ -115,7 +104,10 @@ impl Task {
             // are recomputed once it fired, when reading pauses or resumes,
             // or when a probe of the primary is due.
             if armed.is_none() || paused != armed_paused || probe_at.is_some() {
-                let wake = match (conn.next_keepalive(paused), probe_at) {
+                let wake = match (
+                    self.session.next_keepalive(paused).map(Instant::from_std),
+                    probe_at,
+                ) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -147,7 +139,7 @@ impl Task {
                 // turns).
                 r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
-                        conn.last_received = Instant::now();
+                        self.session.received(now_std());
                         self.on_packet(packet, &mut conn)
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
@@ -159,7 +151,7 @@ impl Task {
                 // Guard: no new publishes while the inflight window is full;
                 // requests then wait in the bounded channel (backpressure).
                 req = self.requests.recv(), if self.can_take() => match req {
-                    Some(req) => (!self.take_request(req, Some(&mut conn))).then_some(End::Shutdown),
+                    Some(req) => (!self.take_request(req, &mut conn)).then_some(End::Shutdown),
                     // Every `Link` was dropped: finish what is in flight, then close.
                     None => {
                         self.requests_closed = true;
@@ -168,7 +160,7 @@ impl Task {
                 },
                 permit = deliveries.reserve(), if paused => {
                     // Reading resumes: silence while paused was ours, not the broker's.
-                    conn.last_received = Instant::now();
+                    self.session.received(now_std());
                     match (permit, self.pending_delivery.take()) {
                         (Ok(permit), Some(d)) => permit.send(d),
                         // The receiver is gone: nobody will handle it; ack so
@@ -209,10 +201,12 @@ impl Task {
                 Some(end) => return self.end_with(end, &mut conn).await,
             }
             if let Some(m) = &self.opts.metrics {
-                m.set_inflight(self.outgoing.len() as u64);
+                m.set_inflight(self.session.inflight() as u64);
             }
-            if let Err(e) = conn.flush().await {
-                return End::Lost(e);
+            match conn.flush().await {
+                Ok(true) => self.session.sent(now_std()),
+                Ok(false) => {}
+                Err(e) => return End::Lost(e),
             }
         }
     }
@@ -254,7 +248,7 @@ impl Task {
                 }
             }
             if read_any {
-                conn.last_received = Instant::now();
+                self.session.received(now_std());
             }
             while budget > 0 {
                 let Ok(token) = self.acks_rx.try_recv() else {
@@ -270,7 +264,7 @@ impl Task {
                 match self.requests.try_recv() {
                     Ok(req) => {
                         budget -= 1;
-                        if !self.take_request(req, Some(conn)) {
+                        if !self.take_request(req, conn) {
                             return Some(End::Shutdown);
                         }
                     }
@@ -292,76 +286,28 @@ impl Task {
     /// A pipe is done with an incoming message: queue the PUBACK/PUBREC
     /// that may go out now (in arrival order).
     fn on_ack(&mut self, token: AckToken, conn: &mut Conn) {
-        self.incoming.ack_each(token, |p| conn.queue(&p));
+        self.session.on_ack(token, conn);
     }
 
     fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
         if let (Packet::Publish(p), Some(m)) = (&packet, &self.opts.metrics) {
             m.message_in(p.payload.len());
         }
-        match packet {
-            Packet::Publish(publish) => match self.incoming.on_publish(publish, now_std()) {
-                IncomingAction::Deliver { message, token } => {
-                    let ack = token
-                        .map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
-                    match self.deliveries.try_send(Delivery { message, ack }) {
-                        Ok(()) => {}
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(d)) => {
-                            self.pending_delivery = Some(d)
-                        }
-                        Err(tokio::sync::mpsc::error::TrySendError::Closed(d)) => d.ack.ack(),
-                    }
-                }
-                IncomingAction::Duplicate { resend } => {
-                    if let Some(p) = resend {
-                        conn.queue(&p);
-                    }
-                }
-            },
-            Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
-                Ok(flow) => self.flow_done(flow, conn),
-                Err(v) => {
-                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
-                }
-            },
-            Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
-                Ok(rel) => conn.queue(&rel),
-                Err(v) => {
-                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
-                }
-            },
-            Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
-                Ok(flow) => self.flow_done(flow, conn),
-                Err(v) => {
-                    crate::warn_limited!(format!("unexpected-ack:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, violation = %v, "ignored")
-                }
-            },
-            Packet::PubRel(rel) => {
-                let comp = self.incoming.on_pubrel(rel.pkid);
-                conn.queue(&comp);
-            }
-            Packet::SubAck(ack) => {
-                let pkid = ack.pkid;
-                if !self.subs.on_suback(ack, &mut self.outgoing) {
-                    crate::warn_limited!(format!("unknown-suback:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, pkid, "SUBACK for unknown packet id ignored");
-                }
-                for p in self.subs.take_packets(&mut self.outgoing) {
-                    conn.queue(&p);
+        match self.session.on_packet(packet, now_std(), conn) {
+            Ok(None) => {}
+            Ok(Some((message, token))) => {
+                let ack =
+                    token.map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
+                match self.deliveries.try_send(Delivery { message, ack }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(d)) => self.pending_delivery = Some(d),
+                    Err(TrySendError::Closed(d)) => d.ack.ack(),
                 }
             }
-            Packet::UnsubAck(ack) => {
-                if !self.subs.on_unsuback(ack.pkid, &mut self.outgoing) {
-                    crate::warn_limited!(format!("unknown-unsuback:{}", self.opts.name), broker = %self.opts.name, endpoint = %conn.endpoint, pkid = ack.pkid, "UNSUBACK for unknown packet id ignored");
-                }
-                for p in self.subs.take_packets(&mut self.outgoing) {
-                    conn.queue(&p);
-                }
-            }
-            Packet::PingResp => conn.ping_outstanding = false,
-            other => {
+            Err(unexpected) => {
                 return Some(End::Lost(ClientError::Protocol {
                     endpoint: conn.endpoint.url(),
-                    reason: format!("unexpected {} from broker", packet_name(&other)),
+                    reason: unexpected.to_string(),
                 }));
             }
         }
@@ -375,21 +321,10 @@ impl Task {
         paused: bool,
     ) -> Option<End> {
         let now = Instant::now();
-        if paused && conn.keepalive.is_enabled() {
-            if now >= conn.last_sent + conn.keepalive.interval {
-                conn.queue(&Packet::PingReq);
-            }
-        } else if conn.keepalive.is_enabled() {
-            if now >= conn.last_received + conn.keepalive.dead_after() {
-                return Some(End::Lost(ClientError::KeepaliveTimeout {
-                    endpoint: conn.endpoint.url(),
-                }));
-            }
-            let ping_at = conn.last_sent.min(conn.last_received) + conn.keepalive.interval;
-            if !conn.ping_outstanding && now >= ping_at {
-                conn.queue(&Packet::PingReq);
-                conn.ping_outstanding = true;
-            }
+        if self.session.on_timer(now.into_std(), paused, conn).is_err() {
+            return Some(End::Lost(ClientError::KeepaliveTimeout {
+                endpoint: conn.endpoint.url(),
+            }));
         }
         if probe.is_none()
             && let Some(due) = self.failover.probe_due()

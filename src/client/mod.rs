@@ -12,6 +12,7 @@ mod connection;
 pub(crate) mod failover;
 pub(crate) mod options;
 pub(crate) mod recovery;
+mod session;
 mod subs;
 mod task;
 mod tls_error;

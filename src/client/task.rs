@@ -1,10 +1,11 @@
 //! The connection task of one remote broker: dial → CONNECT → serve the link
 //! until the connection ends → backoff / failover / failback → again, until
-//! shutdown. Protocol state (outgoing and incoming QoS flows, subscriptions)
-//! lives here across connections; the per-connection loop is in
-//! [`super::connection`], over the live [`super::conn::Conn`].
+//! shutdown. The protocol state (outgoing and incoming QoS flows,
+//! subscriptions, QoS 0 backlog, keepalive) is the pure
+//! [`super::session::ClientSession`], kept here across connections; this task
+//! and the per-connection IO loop in [`super::connection`] (over the live
+//! [`super::conn::Conn`]) only move frames and channel messages to and from it.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
@@ -14,27 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
-use super::conn::{Conn, Done, codec_error, now_std};
+use super::conn::{Done, codec_error, now_std};
 use super::failover::Failover;
 use super::recovery::{RecoveryWait, Step};
-use super::subs::{SubOp, Subs};
+use super::session::{ClientSession, Output, SessionConfig};
 use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
-use crate::protocol::{
-    Framed, Incoming, Message, Outgoing, QoS, filter_is_valid, packet_name, topic_name_is_valid,
-};
-
-/// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
-/// flow counts against the QoS 2 limit.
-#[derive(Debug)]
-pub(crate) struct Flow {
-    pub(crate) done: Done,
-    pub(crate) exactly_once: bool,
-}
-
-/// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
-const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
+use crate::protocol::{Framed, Keepalive, packet_name};
 
 /// Why the serve loop of one connection ended.
 #[derive(Debug)]
@@ -56,20 +44,12 @@ pub(crate) struct Task {
     pub(crate) acks_tx: mpsc::UnboundedSender<AckToken>,
     pub(crate) acks_rx: mpsc::UnboundedReceiver<AckToken>,
     pub(crate) state: watch::Sender<LinkState>,
-    pub(crate) outgoing: Outgoing<Flow>,
-    /// QoS 2 flows in `outgoing` (limited by `ClientOptions::inflight_qos2`).
-    pub(crate) qos2_inflight: usize,
-    /// A QoS 2 publish waiting for the QoS 2 limit; while it waits no other
-    /// request is taken (order is kept).
-    pub(crate) stashed: Option<(Message, Done)>,
+    /// The protocol state (flows, subscriptions, QoS 0 backlog, keepalive).
+    pub(crate) session: ClientSession<Done>,
     /// Every `Link` was dropped: finish what is in flight, then close.
     pub(crate) requests_closed: bool,
-    /// QoS 0 publishes accepted while disconnected (bounded by the window).
-    pub(crate) qos0_backlog: VecDeque<(Message, Done)>,
-    pub(crate) incoming: Incoming,
     /// An incoming message the delivery channel had no room for yet.
     pub(crate) pending_delivery: Option<Delivery>,
-    pub(crate) subs: Subs,
     pub(crate) failover: Failover,
     dialer: Option<Dialer>,
 }
@@ -88,8 +68,13 @@ impl Task {
             Backoff::new(&opts.backoff),
             opts.failback.clone(),
         );
+        let session = ClientSession::new(
+            session_config(&opts),
+            Keepalive::new(opts.keepalive),
+            now_std(),
+        );
         Task {
-            outgoing: Outgoing::new(opts.inflight.max(1)),
+            session,
             opts,
             shutdown,
             requests,
@@ -97,13 +82,8 @@ impl Task {
             acks_tx,
             acks_rx,
             state,
-            qos0_backlog: VecDeque::new(),
-            qos2_inflight: 0,
-            stashed: None,
             requests_closed: false,
-            incoming: Incoming::new(),
             pending_delivery: None,
-            subs: Subs::default(),
             failover,
             dialer: None,
         }
@@ -183,8 +163,7 @@ impl Task {
                         session_present,
                     });
                     let end = self.serve(framed, &ep, session_present).await;
-                    self.incoming.reset_connection();
-                    self.subs.disconnected(&mut self.outgoing);
+                    self.session.disconnected();
                     end
                 }
                 Err(e) => End::Lost(e),
@@ -267,6 +246,8 @@ impl Task {
         o.max_packet_size = new.max_packet_size;
         o.will = new.will;
         o.birth = new.birth;
+        self.session
+            .set_limits(Keepalive::new(o.keepalive), o.max_packet_size);
         self.failover = Failover::new(
             o.endpoints.len(),
             Backoff::new(&o.backoff),
@@ -303,7 +284,7 @@ impl Task {
                 }
                 Step::Wait { until } => Instant::from_std(until),
             };
-            let room = self.can_take() && self.qos0_backlog.len() < self.outgoing.window();
+            let room = self.can_take() && self.session.backlog_has_room();
             tokio::select! {
                 // Cancel safety: every branch is cancel safe (`cancelled`,
                 // a fresh `sleep_until` each turn, `notified` (a missed
@@ -332,15 +313,15 @@ impl Task {
                 }
                 req = self.requests.recv(), if room => match req {
                     Some(req) => {
-                        if !self.take_request(req, None) {
+                        if !self.take_request(req, &mut Offline) {
                             return false;
                         }
                     }
                     None => self.requests_closed = true,
                 },
-                // Tokens of a previous connection: `Incoming` ignores them.
+                // Tokens of a previous connection: the session ignores them.
                 Some(token) = self.acks_rx.recv() => {
-                    let _ = self.incoming.ack(token);
+                    self.session.on_ack(token, &mut Offline);
                 }
             }
         }
@@ -444,137 +425,32 @@ impl Task {
         Packet::Connect(connect)
     }
 
-    /// Handles one request. `conn` is the live connection, if any (packets
-    /// are queued there; the serve loop flushes). Returns false on `Shutdown`.
-    pub(crate) fn take_request(&mut self, req: LinkRequest, conn: Option<&mut Conn>) -> bool {
+    /// Hands one request to the session; what it sends goes to `out` (the
+    /// live connection, or [`Offline`]). Returns false on `Shutdown`.
+    pub(crate) fn take_request(&mut self, req: LinkRequest, out: &mut impl Output<Done>) -> bool {
         match req {
             LinkRequest::Publish { message, done } => {
-                if let Err(e) = self.check_publish(&message) {
-                    let _ = done.send(Err(e));
-                    return true;
-                }
-                let done = Done::Caller(done);
-                match conn {
-                    Some(conn) => self.publish(message, done, Some(conn)),
-                    None if message.qos == QoS::AtMostOnce => {
-                        self.qos0_backlog.push_back((message, done));
-                    }
-                    // Kept in `Outgoing`; `resume` sends it on the next connection.
-                    None => self.publish(message, done, None),
-                }
+                self.session
+                    .publish_request(message, Done::Caller(done), out);
             }
-            LinkRequest::Subscribe { filters, done } => {
-                if let Some((f, _)) = filters.iter().find(|(f, _)| !filter_is_valid(f)) {
-                    let _ = done.send(Err(LinkError::Rejected(format!("invalid filter {f:?}"))));
-                } else if filters.is_empty() {
-                    let _ = done.send(Ok(Vec::new()));
-                } else {
-                    self.subs.push(SubOp::Subscribe {
-                        filters,
-                        done: Some(done),
-                    });
-                    if let Some(conn) = conn {
-                        for p in self.subs.take_packets(&mut self.outgoing) {
-                            conn.queue(&p);
-                        }
-                    }
-                }
-            }
+            LinkRequest::Subscribe { filters, done } => self.session.subscribe(filters, done, out),
             LinkRequest::Unsubscribe { filters, done } => {
-                if filters.is_empty() {
-                    let _ = done.send(Ok(()));
-                } else {
-                    self.subs.push(SubOp::Unsubscribe { filters, done });
-                    if let Some(conn) = conn {
-                        for p in self.subs.take_packets(&mut self.outgoing) {
-                            conn.queue(&p);
-                        }
-                    }
-                }
+                self.session.unsubscribe(filters, done, out);
             }
             LinkRequest::Shutdown => return false,
         }
         true
     }
 
-    /// Rejects what can never be sent: an invalid topic, or a packet over the
-    /// maximum size (it would otherwise be retried forever).
-    fn check_publish(&self, m: &Message) -> Result<(), LinkError> {
-        if !topic_name_is_valid(&m.topic) {
-            return Err(LinkError::Rejected(format!(
-                "invalid topic name {:?}",
-                m.topic
-            )));
-        }
-        let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len();
-        if size > self.opts.max_packet_size {
-            return Err(LinkError::Rejected(format!(
-                "PUBLISH of {size} bytes exceeds max_packet_size {}",
-                self.opts.max_packet_size
-            )));
-        }
-        Ok(())
-    }
-
     /// Whether a new request may be taken: room in the inflight window, no
     /// QoS 2 publish waiting for its limit, and somebody left to send one.
     pub(crate) fn can_take(&self) -> bool {
-        self.outgoing.has_room() && self.stashed.is_none() && !self.requests_closed
+        self.session.can_take() && !self.requests_closed
     }
 
     /// Nothing left to deliver to the broker.
     pub(crate) fn is_idle(&self) -> bool {
-        self.outgoing.is_empty() && self.stashed.is_none() && self.qos0_backlog.is_empty()
-    }
-
-    /// Starts a publish; with a connection the PUBLISH is queued on it, without
-    /// one a QoS 1/2 flow waits in `Outgoing` for `resume`. A QoS 2 publish
-    /// over the QoS 2 limit is stashed until a QoS 2 flow completes.
-    pub(crate) fn publish(&mut self, message: Message, done: Done, conn: Option<&mut Conn>) {
-        let exactly_once = message.qos == QoS::ExactlyOnce;
-        if exactly_once && self.qos2_inflight >= self.opts.inflight_qos2.max(1) {
-            self.stashed = Some((message, done));
-            return;
-        }
-        match self.outgoing.publish(message, Flow { done, exactly_once }) {
-            Ok((packet, qos0)) => {
-                if exactly_once {
-                    self.qos2_inflight += 1;
-                }
-                if let Some(conn) = conn {
-                    conn.queue(&packet);
-                    if let Some(flow) = qos0 {
-                        conn.written.push(flow.done);
-                    }
-                } else if let Some(flow) = qos0 {
-                    // Only reached for QoS 0 without a connection (not routed
-                    // here by `take_request`): nothing was sent.
-                    flow.done.complete(Err(LinkError::Closed));
-                }
-            }
-            Err(full) => {
-                // The `select!` guard keeps this from happening for callers;
-                // an internal publish (birth) may hit it.
-                crate::warn_limited!(format!("inflight-full:{}", self.opts.name), broker = %self.opts.name, topic = %full.message.topic, "inflight window full, publish refused");
-                full.token
-                    .done
-                    .complete(Err(LinkError::Rejected("inflight window full".into())));
-            }
-        }
-    }
-
-    /// A QoS 1/2 flow completed (PUBACK/PUBCOMP): resolve it, and release a
-    /// stashed QoS 2 publish if the limit allows now.
-    pub(crate) fn flow_done(&mut self, flow: Flow, conn: &mut Conn) {
-        if flow.exactly_once {
-            self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
-        }
-        flow.done.complete(Ok(()));
-        if self.qos2_inflight < self.opts.inflight_qos2.max(1)
-            && let Some((message, done)) = self.stashed.take()
-        {
-            self.publish(message, done, Some(conn));
-        }
+        self.session.is_idle()
     }
 
     /// Fails everything still pending and marks the link closed.
@@ -594,18 +470,34 @@ impl Task {
                 LinkRequest::Shutdown => {}
             }
         }
-        for (_, flow) in self.outgoing.drain() {
-            flow.done.complete(Err(LinkError::Closed));
-        }
-        self.qos2_inflight = 0;
-        if let Some((_, done)) = self.stashed.take() {
-            done.complete(Err(LinkError::Closed));
-        }
-        for (_, done) in self.qos0_backlog.drain(..) {
-            done.complete(Err(LinkError::Closed));
-        }
-        self.subs.close();
+        self.session.close(&mut Offline);
         self.state.send_replace(LinkState::Closed);
+    }
+}
+
+/// The session's outputs while no connection is up: nothing can be sent
+/// (the session queues instead), completions resolve at once.
+pub(crate) struct Offline;
+
+impl Output<Done> for Offline {
+    fn send(&mut self, _packet: &Packet) {}
+
+    fn complete_after_flush(&mut self, done: Done) {
+        done.complete(Err(LinkError::Closed));
+    }
+
+    fn complete(&mut self, done: Done, result: Result<(), LinkError>) {
+        done.complete(result);
+    }
+}
+
+/// The session's limits from the client options.
+fn session_config(o: &ClientOptions) -> SessionConfig {
+    SessionConfig {
+        name: o.name.clone(),
+        inflight: o.inflight,
+        inflight_qos2: o.inflight_qos2,
+        max_packet_size: o.max_packet_size,
     }
 }
 

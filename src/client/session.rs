@@ -1,0 +1,784 @@
+//! The protocol state of one remote-broker client, kept across connections:
+//! outgoing QoS flows (and the QoS 2 limit), incoming QoS flows, the
+//! subscriptions to restore, the QoS 0 backlog taken while disconnected, and
+//! the keepalive bookkeeping of the live connection.
+//!
+//! Pure and synchronous (sans-IO): methods take a decoded packet or a request
+//! plus `now`, and hand what must be sent and which publishes completed to an
+//! [`Output`]; what the application must see comes back as a return value.
+//! The IO driver ([`super::connection`]) reads and writes frames, feeds the
+//! session and forwards its outputs. Generic over the publish completion `D`
+//! so tests use plain values.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+
+use super::subs::{SubDone, SubOp, Subs, UnsubDone};
+use crate::link::{AckToken, LinkError};
+use crate::protocol::{
+    Incoming, IncomingAction, Keepalive, Message, Outgoing, QoS, filter_is_valid, packet_name,
+    topic_name_is_valid,
+};
+
+/// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
+const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
+
+/// What the session hands to the IO driver while it handles an input.
+pub(crate) trait Output<D> {
+    /// Queue `packet` for the next flush.
+    fn send(&mut self, packet: &Packet);
+    /// A QoS 0 publish was queued: complete `done` once it is flushed.
+    fn complete_after_flush(&mut self, done: D);
+    /// A publish completed now (acknowledged, rejected or failed).
+    fn complete(&mut self, done: D, result: Result<(), LinkError>);
+}
+
+/// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
+/// flow counts against the QoS 2 limit.
+#[derive(Debug)]
+pub(crate) struct Flow<D> {
+    pub(crate) done: D,
+    pub(crate) exactly_once: bool,
+}
+
+/// A packet from the broker the session cannot take: the connection is lost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected {0} from broker")]
+pub(crate) struct Unexpected(pub(crate) &'static str);
+
+/// The broker was silent for 1.5 × keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepaliveDead;
+
+/// Limits and names the session needs from the client options.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    /// Broker name (logs).
+    pub(crate) name: String,
+    /// Outgoing QoS 1/2 window.
+    pub(crate) inflight: usize,
+    /// QoS 2 flows allowed in the window at once.
+    pub(crate) inflight_qos2: usize,
+    /// Largest packet the broker takes.
+    pub(crate) max_packet_size: usize,
+}
+
+/// Keepalive bookkeeping of the live connection.
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    keepalive: Keepalive,
+    last_sent: Instant,
+    last_received: Instant,
+    ping_outstanding: bool,
+}
+
+/// The protocol state of one client, across connections.
+pub(crate) struct ClientSession<D> {
+    name: String,
+    max_packet_size: usize,
+    qos2_limit: usize,
+    outgoing: Outgoing<Flow<D>>,
+    /// QoS 2 flows in `outgoing` (limited by `qos2_limit`).
+    qos2_inflight: usize,
+    /// A QoS 2 publish waiting for the QoS 2 limit; while it waits no other
+    /// request is taken (order is kept).
+    stashed: Option<(Message, D)>,
+    /// QoS 0 publishes accepted while disconnected (bounded by the window).
+    qos0_backlog: VecDeque<(Message, D)>,
+    incoming: Incoming,
+    subs: Subs,
+    /// Endpoint of the live connection (logs); `None` while disconnected.
+    endpoint: Option<String>,
+    live: Liveness,
+}
+
+impl<D> ClientSession<D> {
+    pub(crate) fn new(config: SessionConfig, keepalive: Keepalive, now: Instant) -> Self {
+        ClientSession {
+            name: config.name,
+            max_packet_size: config.max_packet_size,
+            qos2_limit: config.inflight_qos2.max(1),
+            outgoing: Outgoing::new(config.inflight.max(1)),
+            qos2_inflight: 0,
+            stashed: None,
+            qos0_backlog: VecDeque::new(),
+            incoming: Incoming::new(),
+            subs: Subs::default(),
+            endpoint: None,
+            live: Liveness {
+                keepalive,
+                last_sent: now,
+                last_received: now,
+                ping_outstanding: false,
+            },
+        }
+    }
+
+    /// Replacement settings from a reload (they hold from the next
+    /// connection on; the flows are kept).
+    pub(crate) fn set_limits(&mut self, keepalive: Keepalive, max_packet_size: usize) {
+        self.live.keepalive = keepalive;
+        self.max_packet_size = max_packet_size;
+    }
+
+    /// Whether a new request may be taken: room in the inflight window and no
+    /// QoS 2 publish waiting for its limit.
+    pub(crate) fn can_take(&self) -> bool {
+        self.outgoing.has_room() && self.stashed.is_none()
+    }
+
+    /// Whether another QoS 0 publish may wait for the next connection.
+    pub(crate) fn backlog_has_room(&self) -> bool {
+        self.qos0_backlog.len() < self.outgoing.window()
+    }
+
+    /// Nothing left to deliver to the broker.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outgoing.is_empty() && self.stashed.is_none() && self.qos0_backlog.is_empty()
+    }
+
+    /// QoS 1/2 flows in flight.
+    pub(crate) fn inflight(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.endpoint.is_some()
+    }
+
+    /// A connection was accepted (CONNACK): resend (DUP) or re-publish what is
+    /// unacknowledged, in order, then what queued up while we were away, then
+    /// subscriptions (restored when the broker has no session), then `birth`.
+    pub(crate) fn connected(
+        &mut self,
+        endpoint: String,
+        session_present: bool,
+        birth: Option<(Message, D)>,
+        now: Instant,
+        out: &mut impl Output<D>,
+    ) {
+        self.endpoint = Some(endpoint);
+        self.live.last_sent = now;
+        self.live.last_received = now;
+        self.live.ping_outstanding = false;
+        if !session_present {
+            self.incoming.clear_session();
+        }
+        for p in self.outgoing.resume(session_present) {
+            out.send(&p);
+        }
+        while let Some((message, done)) = self.qos0_backlog.pop_front() {
+            self.publish(message, done, out);
+        }
+        for p in self.subs.connected(session_present, &mut self.outgoing) {
+            out.send(&p);
+        }
+        if let Some((message, done)) = birth {
+            self.publish(message, done, out);
+        }
+    }
+
+    /// The connection ended: in-flight flows wait for the next one.
+    pub(crate) fn disconnected(&mut self) {
+        self.endpoint = None;
+        self.incoming.reset_connection();
+        self.subs.disconnected(&mut self.outgoing);
+    }
+
+    /// A publish request. Connected: the PUBLISH is sent. Disconnected: QoS 0
+    /// waits in the backlog, QoS 1/2 in `Outgoing` for the next connection.
+    pub(crate) fn publish_request(&mut self, message: Message, done: D, out: &mut impl Output<D>) {
+        if let Err(e) = self.check_publish(&message) {
+            out.complete(done, Err(e));
+            return;
+        }
+        if !self.is_connected() && message.qos == QoS::AtMostOnce {
+            self.qos0_backlog.push_back((message, done));
+        } else {
+            self.publish(message, done, out);
+        }
+    }
+
+    /// A subscribe request (restored on every connection without a session).
+    pub(crate) fn subscribe(
+        &mut self,
+        filters: Vec<(String, QoS)>,
+        done: SubDone,
+        out: &mut impl Output<D>,
+    ) {
+        if let Some((f, _)) = filters.iter().find(|(f, _)| !filter_is_valid(f)) {
+            let _ = done.send(Err(LinkError::Rejected(format!("invalid filter {f:?}"))));
+        } else if filters.is_empty() {
+            let _ = done.send(Ok(Vec::new()));
+        } else {
+            self.subs.push(SubOp::Subscribe {
+                filters,
+                done: Some(done),
+            });
+            self.send_sub_packets(out);
+        }
+    }
+
+    /// An unsubscribe request.
+    pub(crate) fn unsubscribe(
+        &mut self,
+        filters: Vec<String>,
+        done: UnsubDone,
+        out: &mut impl Output<D>,
+    ) {
+        if filters.is_empty() {
+            let _ = done.send(Ok(()));
+        } else {
+            self.subs.push(SubOp::Unsubscribe { filters, done });
+            self.send_sub_packets(out);
+        }
+    }
+
+    fn send_sub_packets(&mut self, out: &mut impl Output<D>) {
+        if self.is_connected() {
+            for p in self.subs.take_packets(&mut self.outgoing) {
+                out.send(&p);
+            }
+        }
+    }
+
+    /// Rejects what can never be sent: an invalid topic, or a packet over the
+    /// maximum size (it would otherwise be retried forever).
+    fn check_publish(&self, m: &Message) -> Result<(), LinkError> {
+        if !topic_name_is_valid(&m.topic) {
+            return Err(LinkError::Rejected(format!(
+                "invalid topic name {:?}",
+                m.topic
+            )));
+        }
+        let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len();
+        if size > self.max_packet_size {
+            return Err(LinkError::Rejected(format!(
+                "PUBLISH of {size} bytes exceeds max_packet_size {}",
+                self.max_packet_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts a publish; connected, the PUBLISH is sent, otherwise a QoS 1/2
+    /// flow waits in `Outgoing` for [`ClientSession::connected`]. A QoS 2
+    /// publish over the QoS 2 limit is stashed until a QoS 2 flow completes.
+    fn publish(&mut self, message: Message, done: D, out: &mut impl Output<D>) {
+        let exactly_once = message.qos == QoS::ExactlyOnce;
+        if exactly_once && self.qos2_inflight >= self.qos2_limit {
+            self.stashed = Some((message, done));
+            return;
+        }
+        match self.outgoing.publish(message, Flow { done, exactly_once }) {
+            Ok((packet, qos0)) => {
+                if exactly_once {
+                    self.qos2_inflight += 1;
+                }
+                if self.is_connected() {
+                    out.send(&packet);
+                    if let Some(flow) = qos0 {
+                        out.complete_after_flush(flow.done);
+                    }
+                } else if let Some(flow) = qos0 {
+                    // Not reached through `publish_request` (QoS 0 waits in
+                    // the backlog while disconnected): nothing was sent.
+                    out.complete(flow.done, Err(LinkError::Closed));
+                }
+            }
+            Err(full) => {
+                // The driver's guard keeps this from happening for callers;
+                // an internal publish (birth) may hit it.
+                crate::warn_limited!(format!("inflight-full:{}", self.name), broker = %self.name, topic = %full.message.topic, "inflight window full, publish refused");
+                out.complete(
+                    full.token.done,
+                    Err(LinkError::Rejected("inflight window full".into())),
+                );
+            }
+        }
+    }
+
+    /// A QoS 1/2 flow completed (PUBACK/PUBCOMP): resolve it, and release a
+    /// stashed QoS 2 publish if the limit allows now.
+    fn flow_done(&mut self, flow: Flow<D>, out: &mut impl Output<D>) {
+        if flow.exactly_once {
+            self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
+        }
+        out.complete(flow.done, Ok(()));
+        if self.qos2_inflight < self.qos2_limit
+            && let Some((message, done)) = self.stashed.take()
+        {
+            self.publish(message, done, out);
+        }
+    }
+
+    /// The application is done with an incoming message: send the
+    /// PUBACK/PUBREC that may go out now (in arrival order). Tokens of an
+    /// earlier connection are ignored.
+    pub(crate) fn on_ack(&mut self, token: AckToken, out: &mut impl Output<D>) {
+        if self.is_connected() {
+            self.incoming.ack_each(token, |p| out.send(&p));
+        } else {
+            let _ = self.incoming.ack(token);
+        }
+    }
+
+    /// Input arrived (any packet): the broker is alive.
+    pub(crate) fn received(&mut self, now: Instant) {
+        self.live.last_received = now;
+    }
+
+    /// Output was written to the socket.
+    pub(crate) fn sent(&mut self, now: Instant) {
+        self.live.last_sent = now;
+    }
+
+    /// A packet from the broker. Returns the message to hand to the
+    /// application, if any (with its ack token for QoS 1/2).
+    pub(crate) fn on_packet(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+        out: &mut impl Output<D>,
+    ) -> Result<Option<(Message, Option<AckToken>)>, Unexpected> {
+        match packet {
+            Packet::Publish(publish) => return Ok(self.on_publish(publish, now, out)),
+            Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
+                Ok(flow) => self.flow_done(flow, out),
+                Err(v) => self.unexpected_ack(&v),
+            },
+            Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
+                Ok(rel) => out.send(&rel),
+                Err(v) => self.unexpected_ack(&v),
+            },
+            Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
+                Ok(flow) => self.flow_done(flow, out),
+                Err(v) => self.unexpected_ack(&v),
+            },
+            Packet::PubRel(rel) => out.send(&self.incoming.on_pubrel(rel.pkid)),
+            Packet::SubAck(ack) => {
+                let pkid = ack.pkid;
+                if !self.subs.on_suback(ack, &mut self.outgoing) {
+                    crate::warn_limited!(format!("unknown-suback:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), pkid, "SUBACK for unknown packet id ignored");
+                }
+                self.send_sub_packets(out);
+            }
+            Packet::UnsubAck(ack) => {
+                if !self.subs.on_unsuback(ack.pkid, &mut self.outgoing) {
+                    crate::warn_limited!(format!("unknown-unsuback:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), pkid = ack.pkid, "UNSUBACK for unknown packet id ignored");
+                }
+                self.send_sub_packets(out);
+            }
+            Packet::PingResp => self.live.ping_outstanding = false,
+            other => return Err(Unexpected(packet_name(&other))),
+        }
+        Ok(None)
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        now: Instant,
+        out: &mut impl Output<D>,
+    ) -> Option<(Message, Option<AckToken>)> {
+        match self.incoming.on_publish(publish, now) {
+            IncomingAction::Deliver { message, token } => Some((message, token)),
+            IncomingAction::Duplicate { resend } => {
+                if let Some(p) = resend {
+                    out.send(&p);
+                }
+                None
+            }
+        }
+    }
+
+    fn endpoint(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or("")
+    }
+
+    fn unexpected_ack(&self, v: &impl std::fmt::Display) {
+        crate::warn_limited!(format!("unexpected-ack:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), violation = %v, "ignored");
+    }
+
+    /// When the next keepalive action is due: a PINGREQ after `interval` of
+    /// silence in either direction, death after 1.5 × interval without input.
+    /// While reading is `paused` (backpressure) only our PINGREQs are due, so
+    /// the broker keeps us; silence from it then proves nothing.
+    pub(crate) fn next_keepalive(&self, paused: bool) -> Option<Instant> {
+        let l = &self.live;
+        if !l.keepalive.is_enabled() {
+            return None;
+        }
+        if paused {
+            return Some(l.last_sent + l.keepalive.interval);
+        }
+        let dead = l.last_received + l.keepalive.dead_after();
+        if l.ping_outstanding {
+            return Some(dead);
+        }
+        let ping = l.last_sent.min(l.last_received) + l.keepalive.interval;
+        Some(ping.min(dead))
+    }
+
+    /// The keepalive timer fired (possibly early): send a PINGREQ if one is
+    /// due, or declare the link dead.
+    pub(crate) fn on_timer(
+        &mut self,
+        now: Instant,
+        paused: bool,
+        out: &mut impl Output<D>,
+    ) -> Result<(), KeepaliveDead> {
+        let l = &mut self.live;
+        if !l.keepalive.is_enabled() {
+            return Ok(());
+        }
+        if paused {
+            if now >= l.last_sent + l.keepalive.interval {
+                out.send(&Packet::PingReq);
+            }
+            return Ok(());
+        }
+        if now >= l.last_received + l.keepalive.dead_after() {
+            return Err(KeepaliveDead);
+        }
+        let ping_at = l.last_sent.min(l.last_received) + l.keepalive.interval;
+        if !l.ping_outstanding && now >= ping_at {
+            out.send(&Packet::PingReq);
+            l.ping_outstanding = true;
+        }
+        Ok(())
+    }
+
+    /// Fails everything still pending (the link closes).
+    pub(crate) fn close(&mut self, out: &mut impl Output<D>) {
+        for (_, flow) in self.outgoing.drain() {
+            out.complete(flow.done, Err(LinkError::Closed));
+        }
+        self.qos2_inflight = 0;
+        if let Some((_, done)) = self.stashed.take() {
+            out.complete(done, Err(LinkError::Closed));
+        }
+        for (_, done) in self.qos0_backlog.drain(..) {
+            out.complete(done, Err(LinkError::Closed));
+        }
+        self.subs.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rumqttc::mqttbytes::QoS as W;
+    use rumqttc::mqttbytes::v4::{PubAck, PubComp, PubRec, SubAck, SubscribeReasonCode};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// Records what the session hands out; completions are plain numbers.
+    #[derive(Default)]
+    struct Rec {
+        sent: Vec<Packet>,
+        after_flush: Vec<u32>,
+        completed: Vec<(u32, Result<(), LinkError>)>,
+    }
+
+    impl Output<u32> for Rec {
+        fn send(&mut self, packet: &Packet) {
+            self.sent.push(packet.clone());
+        }
+        fn complete_after_flush(&mut self, done: u32) {
+            self.after_flush.push(done);
+        }
+        fn complete(&mut self, done: u32, result: Result<(), LinkError>) {
+            self.completed.push((done, result));
+        }
+    }
+
+    impl Rec {
+        fn take(&mut self) -> Vec<Packet> {
+            std::mem::take(&mut self.sent)
+        }
+    }
+
+    fn session(keepalive_secs: u16, t0: Instant) -> ClientSession<u32> {
+        ClientSession::new(
+            SessionConfig {
+                name: "b".into(),
+                inflight: 10,
+                inflight_qos2: 1,
+                max_packet_size: 1024,
+            },
+            Keepalive::from_secs(keepalive_secs),
+            t0,
+        )
+    }
+
+    fn msg(topic: &str, qos: QoS) -> Message {
+        Message::new(topic, Bytes::from_static(b"p"), qos, false)
+    }
+
+    /// (topic, pkid, dup) of each PUBLISH in `packets`.
+    fn publishes(packets: &[Packet]) -> Vec<(String, u16, bool)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.topic.clone(), p.pkid, p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn connect(s: &mut ClientSession<u32>, present: bool, now: Instant, out: &mut Rec) {
+        s.connected("mqtt://b:1883".into(), present, None, now, out);
+    }
+
+    #[test]
+    fn reconnect_resends_unacknowledged_publishes_with_dup_in_order() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        for (i, topic) in ["a", "b", "c"].into_iter().enumerate() {
+            s.publish_request(msg(topic, QoS::AtLeastOnce), i as u32, &mut out);
+        }
+        let first = publishes(&out.take());
+        assert_eq!(first.iter().map(|p| p.2).collect::<Vec<_>>(), [false; 3]);
+        // "b" is acknowledged; the connection drops before "a" and "c" are.
+        assert_eq!(
+            s.on_packet(Packet::PubAck(PubAck::new(first[1].1)), t0, &mut out),
+            Ok(None)
+        );
+        assert_eq!(out.completed, vec![(1, Ok(()))]);
+        s.disconnected();
+        // Requests while away wait for the next connection, unsent.
+        s.publish_request(msg("d", QoS::AtLeastOnce), 3, &mut out);
+        s.publish_request(msg("q0", QoS::AtMostOnce), 4, &mut out);
+        assert!(out.sent.is_empty());
+        assert!(!s.is_idle());
+
+        connect(&mut s, true, t0, &mut out);
+        let again = publishes(&out.take());
+        let topics: Vec<&str> = again.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(topics, ["a", "c", "d", "q0"]);
+        // Resent flows keep their packet ids and carry DUP. A QoS 1 flow
+        // taken while away is in `Outgoing` too and resumes with it (DUP, as
+        // before the split); the QoS 0 backlog is new.
+        assert_eq!(again[0], ("a".into(), first[0].1, true));
+        assert_eq!(again[1], ("c".into(), first[2].1, true));
+        assert!(again[2].2);
+        assert!(!again[3].2);
+        // The QoS 0 backlog completes once flushed.
+        assert_eq!(out.after_flush, vec![4]);
+    }
+
+    #[test]
+    fn puback_completes_the_publish_it_names() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        s.publish_request(msg("a", QoS::AtLeastOnce), 10, &mut out);
+        s.publish_request(msg("b", QoS::AtLeastOnce), 20, &mut out);
+        let sent = publishes(&out.take());
+        assert_eq!(s.inflight(), 2);
+        s.on_packet(Packet::PubAck(PubAck::new(sent[1].1)), t0, &mut out)
+            .unwrap();
+        assert_eq!(out.completed, vec![(20, Ok(()))]);
+        // An ack for an id not in flight is ignored, nothing completes.
+        s.on_packet(Packet::PubAck(PubAck::new(sent[1].1)), t0, &mut out)
+            .unwrap();
+        assert_eq!(out.completed.len(), 1);
+        s.on_packet(Packet::PubAck(PubAck::new(sent[0].1)), t0, &mut out)
+            .unwrap();
+        assert_eq!(out.completed, vec![(20, Ok(())), (10, Ok(()))]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn qos2_limit_stashes_until_pubcomp_then_sends() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        s.publish_request(msg("x", QoS::ExactlyOnce), 1, &mut out);
+        s.publish_request(msg("y", QoS::ExactlyOnce), 2, &mut out);
+        let sent = publishes(&out.take());
+        assert_eq!(sent.len(), 1, "the limit is one QoS 2 flow");
+        assert!(!s.can_take(), "nothing is taken while one waits");
+        s.on_packet(Packet::PubRec(PubRec::new(sent[0].1)), t0, &mut out)
+            .unwrap();
+        assert!(matches!(out.take().as_slice(), [Packet::PubRel(_)]));
+        s.on_packet(Packet::PubComp(PubComp::new(sent[0].1)), t0, &mut out)
+            .unwrap();
+        assert_eq!(out.completed, vec![(1, Ok(()))]);
+        assert_eq!(publishes(&out.take())[0].0, "y");
+        assert!(s.can_take());
+    }
+
+    #[test]
+    fn keepalive_pings_after_the_interval_and_is_dead_after_one_and_a_half() {
+        let t0 = Instant::now();
+        let mut s = session(10, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        let sec = Duration::from_secs(1);
+        assert_eq!(s.next_keepalive(false), Some(t0 + 10 * sec));
+        // Early wake-up: nothing due.
+        assert_eq!(s.on_timer(t0 + 9 * sec, false, &mut out), Ok(()));
+        assert!(out.sent.is_empty());
+        assert_eq!(s.on_timer(t0 + 10 * sec, false, &mut out), Ok(()));
+        assert_eq!(out.take(), vec![Packet::PingReq]);
+        // One PINGREQ outstanding at a time; next due is death at 15 s.
+        assert_eq!(s.next_keepalive(false), Some(t0 + 15 * sec));
+        assert_eq!(s.on_timer(t0 + 12 * sec, false, &mut out), Ok(()));
+        assert!(out.sent.is_empty());
+        assert_eq!(
+            s.on_timer(t0 + 15 * sec, false, &mut out),
+            Err(KeepaliveDead)
+        );
+
+        // A PINGRESP in time keeps the link; the next ping counts from there.
+        let mut s = session(10, t0);
+        connect(&mut s, false, t0, &mut out);
+        s.on_timer(t0 + 10 * sec, false, &mut out).unwrap();
+        s.sent(t0 + 10 * sec);
+        s.received(t0 + 11 * sec);
+        s.on_packet(Packet::PingResp, t0 + 11 * sec, &mut out)
+            .unwrap();
+        assert_eq!(s.next_keepalive(false), Some(t0 + 20 * sec));
+        assert_eq!(s.on_timer(t0 + 16 * sec, false, &mut out), Ok(()));
+    }
+
+    #[test]
+    fn paused_reading_only_pings_and_never_declares_death() {
+        let t0 = Instant::now();
+        let mut s = session(10, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        let at = t0 + Duration::from_secs(60);
+        assert_eq!(s.on_timer(at, true, &mut out), Ok(()));
+        assert_eq!(out.take(), vec![Packet::PingReq]);
+        s.sent(at);
+        assert_eq!(s.next_keepalive(true), Some(at + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn keepalive_zero_never_pings() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        assert_eq!(s.next_keepalive(false), None);
+        let late = t0 + Duration::from_secs(3600);
+        assert_eq!(s.on_timer(late, false, &mut out), Ok(()));
+        assert!(out.sent.is_empty());
+    }
+
+    fn subscribes(packets: &[Packet]) -> Vec<(u16, Vec<String>)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Subscribe(s) => {
+                    Some((s.pkid, s.filters.iter().map(|f| f.path.clone()).collect()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subscriptions_are_restored_only_when_the_broker_has_no_session() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        let (tx, mut rx) = oneshot::channel();
+        s.subscribe(vec![("a/#".into(), QoS::AtLeastOnce)], tx, &mut out);
+        let subs = subscribes(&out.take());
+        assert_eq!(subs.len(), 1);
+        let ack = SubAck::new(
+            subs[0].0,
+            vec![SubscribeReasonCode::Success(W::AtLeastOnce)],
+        );
+        s.on_packet(Packet::SubAck(ack), t0, &mut out).unwrap();
+        assert_eq!(rx.try_recv(), Ok(Ok(vec![Some(QoS::AtLeastOnce)])));
+
+        s.disconnected();
+        connect(&mut s, true, t0, &mut out);
+        assert!(subscribes(&out.take()).is_empty(), "the broker kept them");
+        s.disconnected();
+        connect(&mut s, false, t0, &mut out);
+        let restored = subscribes(&out.take());
+        assert_eq!(restored.len(), 1);
+        assert_eq!(restored[0].1, vec!["a/#".to_string()]);
+    }
+
+    #[test]
+    fn incoming_qos1_is_reported_and_acked_in_arrival_order() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        let mut tokens = Vec::new();
+        for pkid in [7, 8] {
+            let mut p = Publish::new("t", W::AtLeastOnce, vec![1u8]);
+            p.pkid = pkid;
+            let (message, token) = s
+                .on_packet(Packet::Publish(p), t0, &mut out)
+                .unwrap()
+                .expect("delivered");
+            assert_eq!(message.topic.as_str(), "t");
+            tokens.push(token.expect("QoS 1 carries a token"));
+        }
+        // The second is done first: its PUBACK waits for the first.
+        s.on_ack(tokens[1], &mut out);
+        assert!(out.sent.is_empty());
+        s.on_ack(tokens[0], &mut out);
+        let acked: Vec<u16> = out
+            .take()
+            .iter()
+            .filter_map(|p| match p {
+                Packet::PubAck(a) => Some(a.pkid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acked, [7, 8]);
+    }
+
+    #[test]
+    fn packets_a_client_never_gets_end_the_connection_and_bad_publishes_are_rejected() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect(&mut s, false, t0, &mut out);
+        assert_eq!(
+            s.on_packet(Packet::PingReq, t0, &mut out),
+            Err(Unexpected("PINGREQ"))
+        );
+        s.publish_request(msg("a/+", QoS::AtLeastOnce), 1, &mut out);
+        let big = Message::new("t", Bytes::from(vec![0u8; 2000]), QoS::AtMostOnce, false);
+        s.publish_request(big, 2, &mut out);
+        assert!(out.sent.is_empty());
+        assert!(matches!(out.completed[0], (1, Err(LinkError::Rejected(_)))));
+        assert!(matches!(out.completed[1], (2, Err(LinkError::Rejected(_)))));
+    }
+
+    #[test]
+    fn close_fails_everything_pending() {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        s.publish_request(msg("q1", QoS::AtLeastOnce), 1, &mut out);
+        s.publish_request(msg("q0", QoS::AtMostOnce), 2, &mut out);
+        s.close(&mut out);
+        assert_eq!(
+            out.completed,
+            vec![(1, Err(LinkError::Closed)), (2, Err(LinkError::Closed))]
+        );
+        assert!(s.is_idle());
+    }
+}
