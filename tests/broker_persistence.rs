@@ -455,3 +455,44 @@ async fn session_expiry_removes_abandoned_sessions_and_their_messages() {
     assert!(!present, "the expired session is not restored");
     s.ping().await;
 }
+
+/// A stored session's SUBACK/UNSUBACK comes only once the change is on
+/// disk: a kill -9 right after it (no acknowledged publish in between to
+/// sync it) keeps the new subscription and the removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_change_survives_kill_9_right_after_its_ack() {
+    let mut bridge = Bridge::new("", "pipes: {}\n");
+    bridge.start().await;
+    let addr = bridge.edge;
+    let mut u = Raw::connect(addr, "k9-unsub", false).await;
+    u.subscribe(&[("k9/off", QoS::AtLeastOnce)]).await;
+    // Everything so far on disk (an acknowledged publish syncs it).
+    let mut publ = Raw::connect(addr, "k9-pub", true).await;
+    publish_retained(&mut publ, "k9/sync", "x", 1).await;
+    u.unsubscribe(&["k9/off"]).await;
+    let mut s = Raw::connect(addr, "k9-sub", false).await;
+    s.subscribe(&[("k9/on", QoS::AtLeastOnce)]).await;
+    bridge.kill9();
+    drop((u, s, publ));
+    bridge.start().await;
+
+    let (mut s, present) = Raw::connect_present(addr, "k9-sub", false).await;
+    assert!(present, "the subscriber's session is stored");
+    let (mut u, present) = Raw::connect_present(addr, "k9-unsub", false).await;
+    assert!(present);
+    let mut publ = Raw::connect(addr, "k9-pub", true).await;
+    publ.publish("k9/off", "off", QoS::AtLeastOnce, false, 2)
+        .await;
+    assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(2)));
+    publ.publish("k9/on", "on", QoS::AtLeastOnce, false, 3)
+        .await;
+    assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(3)));
+    let m = s.next_publish().await;
+    assert_eq!(
+        &m.payload[..],
+        b"on",
+        "the subscription made before the kill holds"
+    );
+    // Nothing on the removed subscription: the next packet is the PINGRESP.
+    u.ping().await;
+}
