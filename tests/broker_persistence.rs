@@ -455,3 +455,102 @@ async fn session_expiry_removes_abandoned_sessions_and_their_messages() {
     assert!(!present, "the expired session is not restored");
     s.ping().await;
 }
+
+/// A stored session's SUBACK/UNSUBACK comes only once the change is on
+/// disk: a kill -9 right after it (no acknowledged publish in between to
+/// sync it) keeps the new subscription and the removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_change_survives_kill_9_right_after_its_ack() {
+    let mut bridge = Bridge::new("", "pipes: {}\n");
+    bridge.start().await;
+    let addr = bridge.edge;
+    let mut u = Raw::connect(addr, "k9-unsub", false).await;
+    u.subscribe(&[("k9/off", QoS::AtLeastOnce)]).await;
+    // Everything so far on disk (an acknowledged publish syncs it).
+    let mut publ = Raw::connect(addr, "k9-pub", true).await;
+    publish_retained(&mut publ, "k9/sync", "x", 1).await;
+    u.unsubscribe(&["k9/off"]).await;
+    let mut s = Raw::connect(addr, "k9-sub", false).await;
+    s.subscribe(&[("k9/on", QoS::AtLeastOnce)]).await;
+    bridge.kill9();
+    drop((u, s, publ));
+    bridge.start().await;
+
+    let (mut s, present) = Raw::connect_present(addr, "k9-sub", false).await;
+    assert!(present, "the subscriber's session is stored");
+    let (mut u, present) = Raw::connect_present(addr, "k9-unsub", false).await;
+    assert!(present);
+    let mut publ = Raw::connect(addr, "k9-pub", true).await;
+    publ.publish("k9/off", "off", QoS::AtLeastOnce, false, 2)
+        .await;
+    assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(2)));
+    publ.publish("k9/on", "on", QoS::AtLeastOnce, false, 3)
+        .await;
+    assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(3)));
+    let m = s.next_publish().await;
+    assert_eq!(
+        &m.payload[..],
+        b"on",
+        "the subscription made before the kill holds"
+    );
+    // Nothing on the removed subscription: the next packet is the PINGRESP.
+    u.ping().await;
+}
+
+/// `storage.max_bytes` bounds the broker's stored messages too: once a
+/// persistent session's queue fills the store, a QoS 1 publish for it is
+/// not acknowledged and the connection is closed (counted); every publish
+/// that was acknowledged is delivered, and once the subscriber drains its
+/// queue publishes are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_publishes_for_stored_sessions_and_loses_nothing() {
+    let mut bridge = Bridge::new("", "pipes: {}\nstorage:\n  max_bytes: 16KiB\n");
+    bridge.start().await;
+    let addr = bridge.edge;
+    let mut sub = Raw::connect(addr, "full-sub", false).await;
+    sub.subscribe(&[("full/t", QoS::AtLeastOnce)]).await;
+    drop(sub);
+    let payload = "x".repeat(1024);
+    let mut publ = Raw::connect(addr, "full-pub", true).await;
+    let mut acked = 0u16;
+    loop {
+        assert!(acked < 64, "the store never filled up");
+        let pkid = acked + 1;
+        publ.publish("full/t", &payload, QoS::AtLeastOnce, false, pkid)
+            .await;
+        match within(publ.framed.read_packet()).await {
+            Ok(Packet::PubAck(a)) => {
+                assert_eq!(a.pkid, pkid);
+                acked += 1;
+            }
+            Ok(other) => panic!("expected PUBACK or a close, got {other:?}"),
+            // Refused: no PUBACK, the connection is closed.
+            Err(_) => break,
+        }
+    }
+    assert!(
+        acked >= 8,
+        "room for about 16 KiB of messages, took {acked}"
+    );
+    metric_becomes(
+        bridge.metrics,
+        "mqbridge_broker_publishes_refused_store_full_total{broker=\"edge\"}",
+        1.0,
+    )
+    .await;
+    // Every acknowledged message is delivered; acking them frees the store.
+    let (mut sub, present) = Raw::connect_present(addr, "full-sub", false).await;
+    assert!(present);
+    for _ in 0..acked {
+        let m = sub.next_publish().await;
+        assert_eq!(m.payload.len(), 1024);
+        sub.puback(m.pkid).await;
+    }
+    sub.ping().await;
+    let mut publ = Raw::connect(addr, "full-pub", true).await;
+    publ.publish("full/t", "again", QoS::AtLeastOnce, false, 1)
+        .await;
+    assert_eq!(publ.next().await, Packet::PubAck(PubAck::new(1)));
+    let m = sub.next_publish().await;
+    assert_eq!(&m.payload[..], b"again");
+}

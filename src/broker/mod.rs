@@ -322,13 +322,14 @@ impl Broker {
         let counters = Arc::new(stats::Counters::default());
         let tracker = TaskTracker::new();
         let limits = Arc::new(opts.limits.clone());
-        let journal = match &opts.store {
+        let mut journal = match &opts.store {
             Some(store) => persist::Journal::open(store, &name, counters.clone())
                 .map_err(|e| BrokerError::Store(name.clone(), e))?,
             None => persist::Journal::disabled(counters.clone()),
         };
+        let loaded = journal.load(&name);
         let persistence = router::Persistence {
-            loaded: journal.load(&name),
+            loaded,
             journal,
             session_expiry: opts.session_expiry,
         };

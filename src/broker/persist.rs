@@ -59,6 +59,9 @@ pub(crate) struct Journal {
     /// Changes of the current batch: key → new value (`None`: delete).
     pending: BTreeMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
     counters: Arc<Counters>,
+    /// Bytes of each stored message by (session, seq), counted against
+    /// `storage.max_bytes` (the store's [`Store::used`]).
+    sizes: HashMap<(u64, u64), u64>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -77,6 +80,7 @@ impl Journal {
             open: None,
             pending: BTreeMap::new(),
             counters,
+            sizes: HashMap::new(),
         }
     }
 
@@ -93,6 +97,7 @@ impl Journal {
             }),
             pending: BTreeMap::new(),
             counters,
+            sizes: HashMap::new(),
         })
     }
 
@@ -104,6 +109,28 @@ impl Journal {
     /// The store, to wait for durability.
     pub fn store(&self) -> Option<&Store> {
         self.open.as_ref().map(|o| &o.store)
+    }
+
+    /// Whether storing `n` more bytes would pass `storage.max_bytes`
+    /// (never without a store).
+    pub fn would_overflow(&self, n: u64) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.store.would_overflow(n))
+    }
+
+    /// Counts (`Some(bytes)`) or uncounts (`None`) message `(sid, seq)`
+    /// against `storage.max_bytes`.
+    fn account(&mut self, sid: u64, seq: u64, bytes: Option<u64>) {
+        let Some(open) = &self.open else { return };
+        let used = open.store.used();
+        if let Some(old) = self.sizes.remove(&(sid, seq)) {
+            sub_used(used, old);
+        }
+        if let Some(n) = bytes {
+            self.sizes.insert((sid, seq), n);
+            used.fetch_add(n, Relaxed);
+        }
     }
 
     fn set(&mut self, ks: Ks, key: &[u8], value: Option<Vec<u8>>) {
@@ -126,11 +153,10 @@ impl Journal {
     /// Stores message `seq` of session `sid`.
     pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message) {
         if self.open.is_some() {
-            self.set(
-                Ks::Messages,
-                &record::seq_key(sid, seq),
-                Some(record::encode_message(m)),
-            );
+            let key = record::seq_key(sid, seq);
+            let value = record::encode_message(m);
+            self.account(sid, seq, Some((key.len() + value.len()) as u64));
+            self.set(Ks::Messages, &key, Some(value));
             self.counters.stored_messages.fetch_add(1, Relaxed);
         }
     }
@@ -141,6 +167,7 @@ impl Journal {
             let key = record::seq_key(sid, seq);
             self.set(Ks::Messages, &key, None);
             self.set(Ks::Flows, &key, None);
+            self.account(sid, seq, None);
             self.counters.stored_messages.fetch_sub(1, Relaxed);
         }
     }
@@ -179,6 +206,17 @@ impl Journal {
     pub fn remove_session(&mut self, sid: u64, messages: u64) {
         if self.open.is_none() {
             return;
+        }
+        let mut freed = 0;
+        self.sizes.retain(|&(s, _), n| {
+            let keep = s != sid;
+            if !keep {
+                freed += *n;
+            }
+            keep
+        });
+        if let Some(open) = &self.open {
+            sub_used(open.store.used(), freed);
         }
         // Pending writes of this session must reach the keyspaces before the
         // scan below can see (and delete) them.
@@ -230,7 +268,7 @@ impl Journal {
     /// Everything stored, for the router to rebuild its state from. Damaged
     /// records (and messages of a session that is gone) are logged,
     /// counted, deleted and skipped.
-    pub fn load(&self, broker: &str) -> Loaded {
+    pub fn load(&mut self, broker: &str) -> Loaded {
         let mut loaded = Loaded::default();
         let Some(open) = &self.open else {
             return loaded;
@@ -260,6 +298,8 @@ impl Journal {
             }
         }
         let mut flows = HashMap::new();
+        // Sizes of the messages kept, counted against `storage.max_bytes`.
+        let mut sizes = Vec::new();
         for (key, value) in scan(open, Ks::Flows) {
             match record::split_key(&key).and_then(|k| Ok((k, record::decode_flow(&value)?))) {
                 Ok((k, flow)) => {
@@ -273,7 +313,10 @@ impl Journal {
                 record::split_key(&key).and_then(|k| Ok((k, record::decode_message(&value)?)));
             match parsed {
                 Ok(((sid, seq), m)) => match loaded.sessions.get_mut(&sid) {
-                    Some(s) => s.messages.push((seq, m, flows.remove(&(sid, seq)))),
+                    Some(s) => {
+                        sizes.push(((sid, seq), (key.len() + value.len()) as u64));
+                        s.messages.push((seq, m, flows.remove(&(sid, seq))));
+                    }
                     None => orphans.push((Ks::Messages, key.to_vec())),
                 },
                 Err(e) => note(Ks::Messages, &key, e),
@@ -318,8 +361,16 @@ impl Journal {
         self.counters
             .records_damaged
             .fetch_add(loaded.damaged, Relaxed);
+        for ((sid, seq), n) in sizes {
+            self.account(sid, seq, Some(n));
+        }
         loaded
     }
+}
+
+/// Takes `n` bytes off the store's `used` (never below zero).
+fn sub_used(used: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = used.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(n)));
 }
 
 /// Every (key, value) of one keyspace; unreadable entries are logged and skipped.

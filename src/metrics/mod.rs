@@ -172,6 +172,10 @@ pub fn describe_all() {
             "Persistent sessions removed by session_expiry.",
         ),
         (
+            BROKER_PUBLISHES_REFUSED_STORE_FULL_TOTAL,
+            "Client QoS 1/2 publishes refused (unacknowledged, connection closed): storage.max_bytes reached.",
+        ),
+        (
             BROKER_SUBSCRIPTIONS_REFUSED,
             "Subscription filters refused (SUBACK 0x80) for a limit, by reason.",
         ),

@@ -125,6 +125,11 @@ impl Inbox {
         inbox
     }
 
+    /// Whether this inbox is in `delivery: spool` mode.
+    pub(crate) fn is_spooled(&self) -> bool {
+        self.stage.is_some()
+    }
+
     /// Whether `item` goes through the spool.
     fn spools(&self, item: &Item) -> bool {
         self.stage

@@ -211,7 +211,8 @@ pub struct Pipes {
     /// Every open spool by pipe name, running or not (a removed pipe's
     /// spool stays on disk and keeps counting against `storage.max_bytes`).
     spools: BTreeMap<String, Arc<Spool>>,
-    /// Bytes of every open spool (for `storage.max_bytes`).
+    /// Bytes of every open spool and stored broker message (the store's
+    /// counter, for `storage.max_bytes`).
     spool_total: Arc<AtomicU64>,
     /// The spools as the status endpoints see them.
     board: SpoolBoard,
@@ -262,6 +263,8 @@ impl Pipes {
     /// [`Pipes::orphaned_spools`].
     pub fn with_store(store: Store) -> Result<Self, PipeError> {
         let mut pipes = Pipes::new();
+        // One bound for the spools and the built-in brokers' messages.
+        pipes.spool_total = store.used().clone();
         for name in crate::spool::spool_names(&store) {
             let spool = Spool::open(
                 &store,

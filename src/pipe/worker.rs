@@ -6,7 +6,8 @@
 //! delivers what it holds and ends. If its drain deadline passes first,
 //! `retire` is cancelled and it releases every part it still holds (counted
 //! as dropped, reason `reload`), so the source is never wedged by a pipe
-//! that no longer exists. The successor of a changed pipe starts once its
+//! that no longer exists; in spool mode the records in flight stay in the
+//! spool (not dropped: a later instance sends them). The successor of a changed pipe starts once its
 //! predecessor has ended (`after`), so the pipe's messages stay in order.
 
 use std::collections::HashMap;
@@ -226,20 +227,26 @@ impl Worker {
     }
 
     /// Completes every part this retired pipe still holds — in flight
-    /// (`inflight`) or queued — as dropped (reason `reload`).
+    /// (`inflight`) or queued — as dropped (reason `reload`). In spool mode
+    /// what is in flight is a spool record: it stays on disk for the pipe's
+    /// next instance, so it is neither completed nor counted as dropped.
     fn release(&self, inflight: &Inflight) {
         let queued = self.inbox.take_all();
-        let mut outstanding: Vec<Seq> = inflight.values().filter_map(|s| s.seq).collect();
-        // Arrival order, as the hand-off join releases them.
-        outstanding.sort_unstable();
-        let n = outstanding.len() + queued.len();
-        for seq in outstanding {
-            self.stats.drop_one(DropReason::Reload);
-            self.complete(Some(seq));
-        }
+        let outstanding: Vec<Seq> = inflight.values().filter_map(|s| s.seq).collect();
+        let held = outstanding.len();
+        let kept = release_inflight(
+            self.inbox.is_spooled(),
+            outstanding,
+            &self.stats,
+            &self.done,
+        );
+        let n = queued.len() + held - kept;
         for item in queued {
             self.stats.drop_one(DropReason::Reload);
             self.complete(item.seq);
+        }
+        if kept > 0 {
+            tracing::info!(pipe = %self.name, messages = kept, "pipe removed by a reload did not drain in time; its spooled messages stay in the spool");
         }
         if n > 0 {
             tracing::warn!(pipe = %self.name, messages = n, "pipe removed by a reload did not drain in time; its remaining messages are released to the source unforwarded");
@@ -251,5 +258,46 @@ impl Worker {
             // The dispatcher may be gone (shutdown deadline); then nothing is acked.
             let _ = self.done.send(seq);
         }
+    }
+}
+
+/// Releases a retired pipe's in-flight parts `outstanding`: each completed
+/// towards the source (`done`) and counted as dropped `reload`, unless the
+/// inbox is `spooled` (they are spool records, kept). How many were kept.
+fn release_inflight(
+    spooled: bool,
+    mut outstanding: Vec<Seq>,
+    stats: &PipeStats,
+    done: &mpsc::UnboundedSender<Seq>,
+) -> usize {
+    if spooled {
+        return outstanding.len();
+    }
+    // Arrival order, as the hand-off join releases them.
+    outstanding.sort_unstable();
+    for seq in outstanding {
+        stats.drop_one(DropReason::Reload);
+        // The dispatcher may be gone (shutdown deadline); then nothing is acked.
+        let _ = done.send(seq);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retired_spool_pipe_keeps_its_in_flight_records_uncounted() {
+        let stats = PipeStats::default();
+        let (done, mut completed) = mpsc::unbounded_channel();
+        assert_eq!(release_inflight(true, vec![4, 2], &stats, &done), 2);
+        assert_eq!(stats.dropped(DropReason::Reload), 0, "nothing is lost");
+        assert!(completed.try_recv().is_err(), "no part completed");
+
+        assert_eq!(release_inflight(false, vec![4, 2], &stats, &done), 0);
+        assert_eq!(stats.dropped(DropReason::Reload), 2);
+        assert_eq!(completed.try_recv().ok(), Some(2), "in arrival order");
+        assert_eq!(completed.try_recv().ok(), Some(4));
     }
 }

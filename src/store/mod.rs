@@ -13,6 +13,7 @@
 //! blocks, and it runs on the store's own thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -86,6 +87,9 @@ struct Inner {
     dir: PathBuf,
     fsync: FsyncPolicy,
     max_bytes: u64,
+    /// Bytes counted against `max_bytes`: every spool's records and the
+    /// built-in brokers' stored messages.
+    used: Arc<AtomicU64>,
     sync: Arc<Syncer>,
     /// The sync thread; joined on drop of the last handle.
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -139,6 +143,7 @@ impl Store {
                 dir: plan.dir.clone(),
                 fsync: plan.fsync,
                 max_bytes: plan.max_bytes,
+                used: Arc::new(AtomicU64::new(0)),
                 sync,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -158,6 +163,17 @@ impl Store {
     /// `storage.max_bytes`.
     pub fn max_bytes(&self) -> u64 {
         self.inner.max_bytes
+    }
+
+    /// The bytes counted against `storage.max_bytes` (spool records and
+    /// brokers' stored messages), shared by every writer of this store.
+    pub fn used(&self) -> &Arc<AtomicU64> {
+        &self.inner.used
+    }
+
+    /// Whether `n` more bytes would pass `storage.max_bytes`.
+    pub fn would_overflow(&self, n: u64) -> bool {
+        self.inner.used.load(Ordering::Relaxed).saturating_add(n) > self.inner.max_bytes
     }
 
     /// The underlying database (for batches across keyspaces).

@@ -1,7 +1,8 @@
 //! Acknowledgements held back until the store has the message on disk.
 //!
 //! A QoS 1/2 publish that a persistent session stored is acknowledged
-//! (PUBACK/PUBREC, or a link's `done`) only once durable. The router never
+//! (PUBACK/PUBREC, or a link's `done`) only once durable; so is a stored
+//! session's SUBACK/UNSUBACK (its subscriptions changed). The router never
 //! waits: the writes of one wake-up form an *epoch*, committed as one batch
 //! at its end; the committer task waits for the store's group commit of
 //! every epoch it was told about (many epochs per sync while one is under
@@ -21,6 +22,13 @@ pub(crate) enum Waiter {
     Publisher(ConnId, AckToken),
     /// A local link's publish.
     Local(PublishDone),
+    /// A network client's SUBACK/UNSUBACK (its stored session's record
+    /// changed), then the retained messages of the new subscriptions.
+    Control {
+        conn: ConnId,
+        packet: Packet,
+        retained: Vec<(String, QoS)>,
+    },
 }
 
 /// Starts the committer: for every batch of epochs received, one
@@ -67,6 +75,17 @@ impl Router {
             Waiter::Local(done) => {
                 let _ = done.send(Ok(()));
             }
+            Waiter::Control {
+                conn,
+                packet,
+                retained,
+            } => {
+                let cap = self.hard_cap;
+                if let Some(session) = self.session_of(conn) {
+                    session.send_control(packet, cap);
+                    self.send_retained(conn, retained);
+                }
+            }
         }
     }
 
@@ -111,7 +130,7 @@ impl Router {
                 break;
             };
             match waiter {
-                Waiter::Publisher(conn, _) => {
+                Waiter::Publisher(conn, _) | Waiter::Control { conn, .. } => {
                     if let Some(att) = self.session_of(conn).and_then(|s| s.conn.as_ref()) {
                         att.outlet.abort();
                     }

@@ -419,7 +419,11 @@ impl Router {
                 conn,
                 publish,
                 route,
-            } => self.publish(conn, publish, route),
+            } => {
+                if !(route && self.refuse_if_store_full(conn, &publish)) {
+                    self.publish(conn, publish, route);
+                }
+            }
             Event::LocalPublish {
                 conn,
                 message,

@@ -43,6 +43,45 @@ impl Router {
         full
     }
 
+    /// Whether a client's QoS 1/2 publish on `topic` (about `bytes` to
+    /// store) would be stored for a persistent session while the store has
+    /// no room under `storage.max_bytes` (spools and stored messages).
+    pub(super) fn store_full_for(&mut self, topic: &str, qos: QoS, bytes: u64) -> bool {
+        if qos == QoS::AtMostOnce || !self.journal.would_overflow(bytes) {
+            return false;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.subs
+            .for_each_match(topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+        let full = scratch.iter().any(|&(sid, granted)| {
+            granted != QoS::AtMostOnce
+                && self.sessions.get(&sid).is_some_and(|s| s.stored.is_some())
+        });
+        self.scratch = scratch;
+        full
+    }
+
+    /// Refuses a client's QoS 1/2 `publish` that a persistent session would
+    /// have to store while the store is full: not acknowledged (nor marked
+    /// received, so its resend is routed), the connection closed, counted.
+    /// Checked before the publish enters the session's incoming state.
+    pub(super) fn refuse_if_store_full(&mut self, conn: ConnId, publish: &Publish) -> bool {
+        let bytes = (publish.topic.len() + publish.payload.len()) as u64;
+        if !self.store_full_for(&publish.topic, publish.qos.into(), bytes) {
+            return false;
+        }
+        self.counters.store_full.fetch_add(1, Relaxed);
+        let name = self.name.clone();
+        if let Some(session) = self.session_of(conn) {
+            crate::warn_limited!(format!("store-full:{name}"), broker = %name, client_id = %session.client_id, "storage.max_bytes reached: QoS 1/2 publish for a persistent session not acknowledged, connection closed");
+            if let Some(att) = &session.conn {
+                att.outlet.abort();
+            }
+        }
+        true
+    }
+
     pub(super) fn park(&mut self, conn: ConnId, message: Message, token: AckToken) {
         let Some(session) = self.session_of(conn) else {
             return;

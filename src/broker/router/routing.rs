@@ -185,6 +185,8 @@ impl Router {
             accepted.push((filter, qos));
         }
         count_trie_nodes(&self.counters, &self.subs);
+        session.save(&mut self.journal);
+        let stored = session.stored.is_some();
         match reply {
             Reply::Packet(pkid) => {
                 let codes = granted
@@ -194,14 +196,36 @@ impl Router {
                         None => SubscribeReasonCode::Failure,
                     })
                     .collect();
-                session.send_control(Packet::SubAck(SubAck::new(pkid, codes)), self.hard_cap);
+                // A stored session's SUBACK waits until the subscription is
+                // on disk; its retained messages follow the SUBACK.
+                let waiter = Waiter::Control {
+                    conn,
+                    packet: Packet::SubAck(SubAck::new(pkid, codes)),
+                    retained: accepted,
+                };
+                self.release(waiter, stored);
             }
             Reply::Local(done) => {
                 let _ = done.send(Ok(granted));
+                self.send_retained(conn, accepted);
             }
         }
-        // Retained messages after the SUBACK, retain=1, QoS min(stored, granted).
+    }
+
+    /// Retained messages for the new subscriptions `accepted` of `conn`'s
+    /// session (after its SUBACK), retain=1, QoS min(stored, granted); a
+    /// filter unsubscribed in the meantime gets none.
+    pub(super) fn send_retained(&mut self, conn: ConnId, accepted: Vec<(String, QoS)>) {
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         for (filter, qos) in accepted {
+            if !session.subscriptions.contains_key(&filter) {
+                continue;
+            }
             for m in self.retained.matching(&filter) {
                 if !may_read(&self.security, session, &m.topic) {
                     continue;
@@ -211,7 +235,6 @@ impl Router {
                 session.deliver(m, &self.limits, &self.counters, &mut self.journal);
             }
         }
-        session.save(&mut self.journal);
     }
 
     pub(super) fn unsubscribe(&mut self, conn: ConnId, filters: Vec<String>, reply: Reply<()>) {
@@ -232,9 +255,16 @@ impl Router {
         }
         count_trie_nodes(&self.counters, &self.subs);
         session.save(&mut self.journal);
+        let stored = session.stored.is_some();
         match reply {
             Reply::Packet(pkid) => {
-                session.send_control(Packet::UnsubAck(UnsubAck::new(pkid)), self.hard_cap)
+                // Like a SUBACK: once the removal is on disk.
+                let waiter = Waiter::Control {
+                    conn,
+                    packet: Packet::UnsubAck(UnsubAck::new(pkid)),
+                    retained: Vec::new(),
+                };
+                self.release(waiter, stored);
             }
             Reply::Local(done) => {
                 let _ = done.send(Ok(()));
