@@ -123,7 +123,8 @@ impl Router {
 
     /// The writes up to `through` may not be on disk: never acknowledge
     /// them. A network publisher's connection is closed (it sends them
-    /// again when it reconnects); a link's publish fails (the pipe retries).
+    /// again when it reconnects); a link's publish fails as `Rejected`, which the pipe
+    /// counts as a dropped `rejected` message (not retried: a known gap).
     fn fail_through(&mut self, through: u64, e: &StoreError) {
         while self.waiting.front().is_some_and(|(ep, _)| *ep <= through) {
             let Some((_, waiter)) = self.waiting.pop_front() else {
