@@ -123,8 +123,10 @@ impl Router {
 
     /// The writes up to `through` may not be on disk: never acknowledge
     /// them. A network publisher's connection is closed (it sends them
-    /// again when it reconnects); a link's publish fails as `Rejected`, which the pipe
-    /// counts as a dropped `rejected` message (not retried: a known gap).
+    /// again when it reconnects); a link's publish fails as `Closed`, so the
+    /// pipe neither counts it forwarded nor acknowledges its source: it stays
+    /// with the source (or in the pipe's spool) and is sent again after a
+    /// restart. (`Rejected` would have been a counted drop: a loss.)
     fn fail_through(&mut self, through: u64, e: &StoreError) {
         while self.waiting.front().is_some_and(|(ep, _)| *ep <= through) {
             let Some((_, waiter)) = self.waiting.pop_front() else {
@@ -137,7 +139,8 @@ impl Router {
                     }
                 }
                 Waiter::Local(done) => {
-                    let _ = done.send(Err(LinkError::Rejected(format!("not stored: {e}"))));
+                    tracing::debug!(error = %e, "a pipe's publish was not stored");
+                    let _ = done.send(Err(LinkError::Closed));
                 }
             }
         }
