@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, OutletRx, outlet};
+use super::outlet::{Gate, Out, OutletRx, Stop, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle};
 use super::session::{ConnId, Origin};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
@@ -150,7 +150,7 @@ struct Accepted<S> {
     conn: ConnId,
     parked: Gate,
     /// Cancelled when the writer stops (or the router aborts the connection).
-    stop: CancellationToken,
+    stop: Stop,
     /// The `max_connections` permit, held until the connection ends.
     permit: OwnedSemaphorePermit,
 }
@@ -416,7 +416,7 @@ impl Reader<'_> {
         &mut self,
         rd: &mut R,
         buf: &mut BytesMut,
-        stop: &CancellationToken,
+        stop: &Stop,
     ) -> End {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
@@ -603,7 +603,7 @@ impl Reader<'_> {
 /// Drains the outlet into the socket, many packets per write. Stops on
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Stop) {
     let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;
