@@ -328,6 +328,58 @@ mod tests {
     use futures_util::FutureExt;
 
     #[tokio::test]
+    async fn queue_wakes_the_receiver_ends_with_the_last_sender_and_fails_without_receiver() {
+        let (tx, mut rx) = outlet();
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let n = rx.recv_many(&mut buf, 8).await;
+            (rx, buf, n)
+        });
+        tokio::task::yield_now().await;
+        assert!(tx2.send(Packet::PingResp));
+        let (mut rx, buf, n) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!((n, buf.len()), (1, 1));
+        assert_eq!(tx.pending(), 1);
+        rx.written(1);
+        assert_eq!(tx.pending(), 0);
+        // Items queued before the senders went are still received, then 0.
+        tx.close();
+        drop(tx);
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), Some(1));
+        assert!(matches!(buf[0], Out::Close));
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), None, "tx2 alive");
+        drop(tx2);
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), Some(0));
+        let (tx, rx) = outlet();
+        drop(rx);
+        assert!(!tx.send(Packet::PingResp));
+        assert_eq!(tx.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_wakes_the_stop() {
+        let (tx, rx) = outlet();
+        let stop = rx.stop_token();
+        assert!(stop.cancelled().now_or_never().is_none());
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        tx.abort();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(stop.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn gate_blocks_at_the_bound_and_opens_on_release() {
         let gate = Gate::default();
         gate.add();
