@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, OutletRx, outlet};
+use super::outlet::{Gate, Out, OutletRx, Stop, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle};
 use super::session::{ConnId, Origin};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
@@ -49,10 +49,14 @@ pub(crate) struct Context {
     pub cert_cn_as_username: bool,
 }
 
-/// Read buffer bounds: idle connections keep a small buffer (10,000 idle
-/// clients must stay cheap), busy ones grow it for batching.
+/// Read buffer bounds: idle connections hold none between reads (10,000
+/// idle clients must stay cheap) and take a small one when bytes come,
+/// busy ones grow it for batching.
 const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
+/// Bytes an idle connection reads on the stack before it allocates its
+/// read buffer (a PINGREQ, an ack or a small PUBLISH fit).
+const FIRST_READ: usize = 64;
 /// Packets the writer takes per wake-up (one `write` for all of them).
 const WRITE_BATCH: usize = 256;
 /// Time allowed for a TLS close_notify / FIN at the end.
@@ -150,7 +154,7 @@ struct Accepted<S> {
     conn: ConnId,
     parked: Gate,
     /// Cancelled when the writer stops (or the router aborts the connection).
-    stop: CancellationToken,
+    stop: Stop,
     /// The `max_connections` permit, held until the connection ends.
     permit: OwnedSemaphorePermit,
 }
@@ -402,6 +406,24 @@ async fn read_one<R: AsyncRead + Unpin>(
     }
 }
 
+/// Reads into `buf`. When it holds no memory (an idle connection), reads
+/// up to [`FIRST_READ`] bytes on the stack first and only then allocates
+/// `chunk` for them. Cancel safe: no bytes are read unless it completes.
+async fn read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> std::io::Result<usize> {
+    if buf.capacity() > buf.len() {
+        return rd.read_buf(buf).await;
+    }
+    let mut first = [0u8; FIRST_READ];
+    let n = rd.read(&mut first).await?;
+    buf.reserve(chunk.max(n));
+    buf.extend_from_slice(&first[..n]);
+    Ok(n)
+}
+
 struct Reader<'a> {
     ctx: &'a Context,
     peer: SocketAddr,
@@ -416,7 +438,7 @@ impl Reader<'_> {
         &mut self,
         rd: &mut R,
         buf: &mut BytesMut,
-        stop: &CancellationToken,
+        stop: &Stop,
     ) -> End {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
@@ -440,10 +462,17 @@ impl Reader<'_> {
                     Err(e) => return self.violation(e.to_string()),
                 }
             }
-            if buf.is_empty() && buf.capacity() > 2 * chunk.max(READ_MIN) {
-                *buf = BytesMut::with_capacity(chunk);
+            if buf.is_empty() && chunk == READ_MIN {
+                // Nothing half-read and not busy: hold no buffer while
+                // waiting (an idle client waits for hours); `read_some`
+                // allocates it when bytes come.
+                *buf = BytesMut::new();
+            } else {
+                if buf.is_empty() && buf.capacity() > 2 * chunk {
+                    *buf = BytesMut::with_capacity(chunk);
+                }
+                buf.reserve(chunk);
             }
-            buf.reserve(chunk);
             if self.parked.get() >= MAX_PARKED {
                 // The client ignores its inflight window while a link session
                 // pushes back: stop reading it (TCP backpressure) until the
@@ -465,7 +494,7 @@ impl Reader<'_> {
                 _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into()),
                 _ = tokio::time::sleep_until(deadline) => return End::Abrupt("keepalive timeout".into()),
                 // Cancel safe: if another branch wins, no bytes were read.
-                r = rd.read_buf(buf) => r,
+                r = read_some(rd, buf, chunk) => r,
             };
             match read {
                 Ok(0) => return End::Abrupt("connection closed by peer".into()),
@@ -603,7 +632,7 @@ impl Reader<'_> {
 /// Drains the outlet into the socket, many packets per write. Stops on
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: CancellationToken) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Stop) {
     let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;

@@ -1,13 +1,24 @@
-//! The router's way out to one connection (or local link): an unbounded
-//! channel of packets plus a shared count of packets not yet written. The
-//! router never blocks on a slow consumer; it bounds what it hands over
-//! instead: QoS 1/2 by the inflight window, QoS 0 by `pending()`.
+//! The router's way out to one connection (or local link): a queue of
+//! packets plus a shared count of packets not yet written. The router never
+//! blocks on a slow consumer; it bounds what it hands over instead: QoS 1/2
+//! by the inflight window, QoS 0 by `pending()`.
+//!
+//! Everything a connection's two sides share lives in one allocation (issue
+//! 10: 10,000 idle clients must stay cheap): the queue is a `VecDeque`
+//! behind a mutex that allocates nothing until the first packet (a tokio
+//! mpsc allocates a block of slots up front), the receiver's waker is
+//! stored only while it waits, and the stop flag and the parked count sit
+//! next to it instead of in allocations of their own. One lock per packet,
+//! as the mpsc's one atomic push per packet; no allocation per packet
+//! beyond the box each `Out` already carries (the queue keeps its capacity).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::protocol::Message;
 use crate::protocol::v4::Packet;
@@ -15,7 +26,7 @@ use crate::protocol::v4::Packet;
 /// What the router sends to a connection.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// A packet to write (boxed: channel blocks and batches hold many slots,
+    /// A packet to write (boxed: queues and batches hold many slots,
     /// and 10,000 idle connections must stay small).
     Packet(Box<Packet>),
     /// A PUBLISH to an in-process link, as the message itself and its
@@ -30,15 +41,44 @@ pub(crate) enum Out {
     Replaced,
 }
 
+/// What both sides of an outlet share (one allocation per connection).
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Packets handed over and not yet written.
+    pending: AtomicUsize,
+    /// The client's publishes parked unacknowledged by the router.
+    parked: AtomicUsize,
+    parked_changed: Notify,
+    /// Set by [`Stop::cancel`]; `stopped` wakes whoever waits for it.
+    stop: AtomicBool,
+    stopped: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    /// The receiver's waker while it waits for an item.
+    waker: Option<Waker>,
+    /// Live [`Outlet`]s: the receiver sees the end once none is left.
+    senders: usize,
+    /// The [`OutletRx`] was dropped: sends fail.
+    closed: bool,
+}
+
+impl Shared {
+    /// The queue; a panic while it was held leaves it consistent (every
+    /// critical section is a push, a drain or a flag), so poison is ignored.
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Sending side, held by the router (and the connection's reader for its
 /// own replies such as PINGRESP).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Outlet {
-    tx: mpsc::UnboundedSender<Out>,
-    pending: Arc<AtomicUsize>,
-    /// Stops the connection at once (reader and writer), queued data or not.
-    stop: CancellationToken,
-    /// The client's publishes parked unacknowledged by the router.
+    /// Holds the shared state (a `Gate` is a view of it).
     parked: Gate,
 }
 
@@ -48,31 +88,30 @@ pub(crate) struct Outlet {
 /// inflight window cannot make the broker buffer without bound.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Gate {
-    count: Arc<AtomicUsize>,
-    changed: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 impl Gate {
     /// Publishes parked now.
     pub fn get(&self) -> usize {
-        self.count.load(Relaxed)
+        self.shared.parked.load(Relaxed)
     }
 
     /// One more publish parked.
     pub fn add(&self) {
-        self.count.fetch_add(1, Relaxed);
+        self.shared.parked.fetch_add(1, Relaxed);
     }
 
     /// `n` parked publishes released (or dropped); wakes the reader.
     pub fn sub(&self, n: usize) {
-        self.count.fetch_sub(n, Relaxed);
-        self.changed.notify_waiters();
+        self.shared.parked.fetch_sub(n, Relaxed);
+        self.shared.parked_changed.notify_waiters();
     }
 
     /// Waits while `bound` or more publishes are parked.
     pub async fn below(&self, bound: usize) {
         loop {
-            let changed = self.changed.notified();
+            let changed = self.shared.parked_changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so a `sub` in between is not missed.
             changed.as_mut().enable();
@@ -84,36 +123,120 @@ impl Gate {
     }
 }
 
+/// Stops a connection at once (reader and writer), queued data or not.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    shared: Arc<Shared>,
+}
+
+impl Stop {
+    /// Stops; wakes every [`Stop::cancelled`].
+    pub fn cancel(&self) {
+        self.shared.stop.store(true, SeqCst);
+        self.shared.stopped.notify_waiters();
+    }
+
+    /// Whether [`Stop::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.stop.load(SeqCst)
+    }
+
+    /// Completes once [`Stop::cancel`] was called (at once if it was).
+    pub async fn cancelled(&self) {
+        loop {
+            let stopped = self.shared.stopped.notified();
+            tokio::pin!(stopped);
+            // Registered before the check, so a `cancel` in between is not missed.
+            stopped.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            stopped.await;
+        }
+    }
+}
+
 /// Receiving side, held by the connection's writer (or the local link task).
 #[derive(Debug)]
 pub(crate) struct OutletRx {
-    rx: mpsc::UnboundedReceiver<Out>,
-    pending: Arc<AtomicUsize>,
-    stop: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 /// A new outlet pair.
 pub(crate) fn outlet() -> (Outlet, OutletRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(AtomicUsize::new(0));
-    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared::default());
+    shared.queue().senders = 1;
     (
         Outlet {
-            tx,
-            pending: pending.clone(),
-            stop: stop.clone(),
-            parked: Gate::default(),
+            parked: Gate {
+                shared: shared.clone(),
+            },
         },
-        OutletRx { rx, pending, stop },
+        OutletRx { shared },
     )
 }
 
+impl Clone for Outlet {
+    fn clone(&self) -> Self {
+        self.shared().queue().senders += 1;
+        Outlet {
+            parked: self.parked.clone(),
+        }
+    }
+}
+
+impl Drop for Outlet {
+    fn drop(&mut self) {
+        let waker = {
+            let mut q = self.shared().queue();
+            q.senders -= 1;
+            if q.senders == 0 { q.waker.take() } else { None }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for OutletRx {
+    fn drop(&mut self) {
+        // Queued items go now, as an mpsc receiver's do.
+        let items = {
+            let mut q = self.shared.queue();
+            q.closed = true;
+            q.waker = None;
+            std::mem::take(&mut q.items)
+        };
+        drop(items);
+    }
+}
+
 impl Outlet {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.parked.shared
+    }
+
+    /// Queues `item`; false if the receiver is gone.
+    fn push(&self, item: Out) -> bool {
+        let waker = {
+            let mut q = self.shared().queue();
+            if q.closed {
+                return false;
+            }
+            q.items.push_back(item);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Hands `packet` to the connection; false if it is gone.
     pub fn send(&self, packet: Packet) -> bool {
-        self.pending.fetch_add(1, Relaxed);
-        if self.tx.send(Out::Packet(Box::new(packet))).is_err() {
-            self.pending.fetch_sub(1, Relaxed);
+        self.shared().pending.fetch_add(1, Relaxed);
+        if !self.push(Out::Packet(Box::new(packet))) {
+            self.shared().pending.fetch_sub(1, Relaxed);
             return false;
         }
         true
@@ -122,13 +245,9 @@ impl Outlet {
     /// Hands a PUBLISH to an in-process link as the message itself;
     /// false if the link is gone.
     pub fn send_publish(&self, message: Message, pkid: u16) -> bool {
-        self.pending.fetch_add(1, Relaxed);
-        if self
-            .tx
-            .send(Out::Publish(Box::new((message, pkid))))
-            .is_err()
-        {
-            self.pending.fetch_sub(1, Relaxed);
+        self.shared().pending.fetch_add(1, Relaxed);
+        if !self.push(Out::Publish(Box::new((message, pkid)))) {
+            self.shared().pending.fetch_sub(1, Relaxed);
             return false;
         }
         true
@@ -136,23 +255,25 @@ impl Outlet {
 
     /// Asks the connection to flush and close.
     pub fn close(&self) {
-        let _ = self.tx.send(Out::Close);
+        self.push(Out::Close);
     }
 
     /// Tells a local link that another link took its session over.
     pub fn replaced(&self) {
-        let _ = self.tx.send(Out::Replaced);
+        self.push(Out::Replaced);
     }
 
     /// Stops the connection now: a client that does not read its socket
     /// must not make the broker buffer without bound.
     pub fn abort(&self) {
-        self.stop.cancel();
+        let shared = self.shared();
+        shared.stop.store(true, SeqCst);
+        shared.stopped.notify_waiters();
     }
 
     /// Packets handed over and not yet written.
     pub fn pending(&self) -> usize {
-        self.pending.load(Relaxed)
+        self.shared().pending.load(Relaxed)
     }
 
     /// The count of this connection's parked publishes.
@@ -162,19 +283,42 @@ impl Outlet {
 }
 
 impl OutletRx {
-    /// Receives up to `limit` items; 0 when every sender is gone.
+    /// Receives up to `limit` items into `buf`; 0 when every sender is gone
+    /// and nothing is left (or `limit` is 0). Cancel safe: items are taken
+    /// only when the call completes.
     pub async fn recv_many(&mut self, buf: &mut Vec<Out>, limit: usize) -> usize {
-        self.rx.recv_many(buf, limit).await
+        if limit == 0 {
+            return 0;
+        }
+        poll_fn(|cx| {
+            let mut q = self.shared.queue();
+            if !q.items.is_empty() {
+                let n = q.items.len().min(limit);
+                buf.extend(q.items.drain(..n));
+                return Poll::Ready(n);
+            }
+            if q.senders == 0 {
+                return Poll::Ready(0);
+            }
+            match &mut q.waker {
+                Some(w) => w.clone_from(cx.waker()),
+                None => q.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
-    /// The connection's stop token (cancelled by [`Outlet::abort`]).
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+    /// The connection's stop (cancelled by [`Outlet::abort`]).
+    pub fn stop_token(&self) -> Stop {
+        Stop {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Marks `n` packets as written.
     pub fn written(&self, n: usize) {
-        self.pending.fetch_sub(n, Relaxed);
+        self.shared.pending.fetch_sub(n, Relaxed);
     }
 }
 
@@ -182,6 +326,58 @@ impl OutletRx {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn queue_wakes_the_receiver_ends_with_the_last_sender_and_fails_without_receiver() {
+        let (tx, mut rx) = outlet();
+        let tx2 = tx.clone();
+        let waiting = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let n = rx.recv_many(&mut buf, 8).await;
+            (rx, buf, n)
+        });
+        tokio::task::yield_now().await;
+        assert!(tx2.send(Packet::PingResp));
+        let (mut rx, buf, n) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!((n, buf.len()), (1, 1));
+        assert_eq!(tx.pending(), 1);
+        rx.written(1);
+        assert_eq!(tx.pending(), 0);
+        // Items queued before the senders went are still received, then 0.
+        tx.close();
+        drop(tx);
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), Some(1));
+        assert!(matches!(buf[0], Out::Close));
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), None, "tx2 alive");
+        drop(tx2);
+        assert_eq!(rx.recv_many(&mut buf, 8).now_or_never(), Some(0));
+        let (tx, rx) = outlet();
+        drop(rx);
+        assert!(!tx.send(Packet::PingResp));
+        assert_eq!(tx.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_wakes_the_stop() {
+        let (tx, rx) = outlet();
+        let stop = rx.stop_token();
+        assert!(stop.cancelled().now_or_never().is_none());
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        tx.abort();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(stop.is_cancelled());
+    }
 
     #[tokio::test]
     async fn gate_blocks_at_the_bound_and_opens_on_release() {
