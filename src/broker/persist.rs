@@ -338,7 +338,11 @@ impl Journal {
         for (key, value) in scan(open, Ks::Retained) {
             match record::decode_message(&value) {
                 Ok(m) if m.topic.as_bytes() == &key[..] => loaded.retained.push(m),
-                Ok(_) => note(Ks::Retained, &key, RecordError::Malformed),
+                Ok(_) => note(
+                    Ks::Retained,
+                    &key,
+                    RecordError::Malformed("retained topic differs from its key"),
+                ),
                 Err(e) => note(Ks::Retained, &key, e),
             }
         }

@@ -7,127 +7,23 @@
 //! sessions by session id, messages by `(session id, sequence)`, QoS 2
 //! states by `(session id, sequence)` or `(session id, packet id)`.
 
-use bytes::Bytes;
-
 use crate::protocol::{Message, QoS};
-
-/// The record format written today.
-pub(crate) const VERSION: u8 = 1;
-
-/// Why a stored record could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum RecordError {
-    /// Shorter than its header or than a length it announces.
-    #[error("record truncated")]
-    Truncated,
-    /// Written by a format this build does not know.
-    #[error("unknown record version {0}")]
-    Version(u8),
-    /// The checksum does not match the body.
-    #[error("record checksum mismatch")]
-    Checksum,
-    /// A field holds a value no writer produces (bad QoS, bad UTF-8, bad kind).
-    #[error("malformed record")]
-    Malformed,
-}
-
-/// Wraps `body` with the version byte and its CRC.
-fn seal(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(VERSION);
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-/// Checks version and CRC; returns the body.
-fn open(bytes: &[u8]) -> Result<&[u8], RecordError> {
-    let (&version, rest) = bytes.split_first().ok_or(RecordError::Truncated)?;
-    if version != VERSION {
-        return Err(RecordError::Version(version));
-    }
-    let (crc, body) = rest.split_at_checked(4).ok_or(RecordError::Truncated)?;
-    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| RecordError::Truncated)?);
-    if crc32fast::hash(body) != crc {
-        return Err(RecordError::Checksum);
-    }
-    Ok(body)
-}
-
-/// A cursor over a record body.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(RecordError::Truncated)?;
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, RecordError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u64(&mut self) -> Result<u64, RecordError> {
-        let b = self.take(8)?;
-        let mut a = [0; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], RecordError> {
-        let b = self.take(4)?;
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        self.take(len)
-    }
-    fn string(&mut self) -> Result<String, RecordError> {
-        let b = self.bytes()?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| RecordError::Malformed)
-    }
-    fn qos(&mut self) -> Result<QoS, RecordError> {
-        QoS::from_u8(self.u8()?).ok_or(RecordError::Malformed)
-    }
-    fn end(&self) -> Result<(), RecordError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(RecordError::Malformed)
-        }
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Lengths come from MQTT packets (bounded by max_packet_size, far below 4 GiB).
-    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(b);
-}
+pub(crate) use crate::store::record::RecordError;
+use crate::store::record::{Reader, open, put_bytes, put_message, put_opt_bytes, seal};
 
 /// A stored message (queued for a session, or retained).
 pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
-    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 10);
-    body.push(m.qos.as_u8());
-    body.push(u8::from(m.retain));
-    put_bytes(&mut body, m.topic.as_bytes());
-    put_bytes(&mut body, &m.payload);
+    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 16);
+    put_message(&mut body, m);
     seal(&body)
 }
 
 /// Reads a record of [`encode_message`].
 pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message, RecordError> {
     let mut r = Reader(open(bytes)?);
-    let qos = r.qos()?;
-    let retain = match r.u8()? {
-        0 => false,
-        1 => true,
-        _ => return Err(RecordError::Malformed),
-    };
-    let topic = r.string()?;
-    let payload = Bytes::copy_from_slice(r.bytes()?);
+    let m = r.message()?;
     r.end()?;
-    Ok(Message::new(topic, payload, qos, retain))
+    Ok(m)
 }
 
 /// Which namespace a stored session belongs to (see `SessionKey`).
@@ -163,13 +59,7 @@ pub(crate) fn encode_session(s: &StoredSession) -> Vec<u8> {
         Kind::Link => 1,
     });
     put_bytes(&mut body, s.client_id.as_bytes());
-    match &s.username {
-        Some(u) => {
-            body.push(1);
-            put_bytes(&mut body, u.as_bytes());
-        }
-        None => body.push(0),
-    }
+    put_opt_bytes(&mut body, s.username.as_deref().map(str::as_bytes));
     match s.disconnected_at {
         Some(t) => {
             body.push(1);
@@ -195,24 +85,14 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
     let kind = match r.u8()? {
         0 => Kind::Network,
         1 => Kind::Link,
-        _ => return Err(RecordError::Malformed),
+        _ => return Err(RecordError::Malformed("session kind")),
     };
-    let client_id = r.string()?;
-    let username = match r.u8()? {
-        0 => None,
-        1 => Some(r.string()?),
-        _ => return Err(RecordError::Malformed),
-    };
-    let disconnected_at = match r.u8()? {
-        0 => None,
-        1 => Some(r.u64()?),
-        _ => return Err(RecordError::Malformed),
-    };
-    let n = r.take(4)?;
-    let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+    let client_id = r.string("client id")?;
+    let username = r.opt(|r| r.string("username"))?;
+    let disconnected_at = r.opt(Reader::u64)?;
     let mut subscriptions = Vec::new();
-    for _ in 0..n {
-        let filter = r.string()?;
+    for _ in 0..r.u32()? {
+        let filter = r.string("filter")?;
         subscriptions.push((filter, r.qos()?));
     }
     r.end()?;
@@ -246,14 +126,10 @@ pub(crate) fn encode_flow(f: Flow) -> Vec<u8> {
 pub(crate) fn decode_flow(bytes: &[u8]) -> Result<Flow, RecordError> {
     let mut r = Reader(open(bytes)?);
     let pkid = r.u16()?;
-    let released = match r.u8()? {
-        0 => false,
-        1 => true,
-        _ => return Err(RecordError::Malformed),
-    };
+    let released = r.flag("released")?;
     r.end()?;
     if pkid == 0 {
-        return Err(RecordError::Malformed);
+        return Err(RecordError::Malformed("packet id 0"));
     }
     Ok(Flow { pkid, released })
 }
@@ -297,7 +173,7 @@ pub(crate) fn split_key(key: &[u8]) -> Result<(u64, u64), RecordError> {
     let rest = match key.len() {
         16 => r.u64()?,
         10 => u64::from(r.u16()?),
-        _ => return Err(RecordError::Malformed),
+        _ => return Err(RecordError::Malformed("key length")),
     };
     Ok((sid, rest))
 }

@@ -12,6 +12,8 @@
 //! buffer); callers on the runtime may call them directly. Only the sync
 //! blocks, and it runs on the store's own thread.
 
+pub mod record;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
