@@ -10,7 +10,7 @@ use std::fmt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use crate::protocol::AckToken;
-use crate::protocol::{Message, QoS};
+use crate::protocol::{Message, QoS, SubscribeOptions};
 
 /// Why a link operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,8 +66,8 @@ pub enum LinkRequest {
     },
     /// Subscribe to filters; kept and restored whenever the broker has no session.
     Subscribe {
-        /// (filter, maximum QoS) pairs.
-        filters: Vec<(String, QoS)>,
+        /// Filters with their maximum QoS and MQTT 5 subscription options.
+        filters: Vec<(String, SubscribeOptions)>,
         /// Completion with the granted QoS per filter (`None` = refused, 0x80).
         done: oneshot::Sender<Result<Vec<Option<QoS>>, LinkError>>,
     },
@@ -267,6 +267,20 @@ impl Link {
     pub async fn subscribe(
         &self,
         filters: Vec<(String, QoS)>,
+    ) -> Result<Vec<Option<QoS>>, LinkError> {
+        let filters = filters
+            .into_iter()
+            .map(|(f, q)| (f, SubscribeOptions::qos(q)))
+            .collect();
+        self.subscribe_with(filters).await
+    }
+
+    /// Subscribes with MQTT 5 subscription options per filter (a 3.1.1 peer
+    /// gets only the QoS) and waits for the SUBACK; returns the granted QoS
+    /// per filter.
+    pub async fn subscribe_with(
+        &self,
+        filters: Vec<(String, SubscribeOptions)>,
     ) -> Result<Vec<Option<QoS>>, LinkError> {
         let (done, rx) = oneshot::channel();
         self.requests

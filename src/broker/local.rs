@@ -376,9 +376,9 @@ async fn request(
         LinkRequest::Subscribe { filters, done } => {
             let filters: Vec<(String, Option<QoS>)> = filters
                 .into_iter()
-                .map(|(f, q)| {
+                .map(|(f, o)| {
                     let ok = topic::validate_filter(&f).is_ok();
-                    (f, ok.then_some(q))
+                    (f, ok.then_some(o.qos))
                 })
                 .collect();
             // The router grants every valid filter to a link.

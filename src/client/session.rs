@@ -18,8 +18,8 @@ use rumqttc::mqttbytes::v4::{Packet, Publish};
 use super::subs::{SubDone, SubOp, Subs, UnsubDone};
 use crate::link::{AckToken, LinkError};
 use crate::protocol::{
-    Incoming, IncomingAction, Keepalive, Message, Outgoing, QoS, filter_is_valid, packet_name,
-    topic_name_is_valid,
+    Incoming, IncomingAction, Keepalive, Message, Outgoing, QoS, SubscribeOptions, filter_is_valid,
+    packet_name, topic_name_is_valid,
 };
 
 /// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
@@ -204,7 +204,7 @@ impl<D> ClientSession<D> {
     /// A subscribe request (restored on every connection without a session).
     pub(crate) fn subscribe(
         &mut self,
-        filters: Vec<(String, QoS)>,
+        filters: Vec<(String, SubscribeOptions)>,
         done: SubDone,
         out: &mut impl Output<D>,
     ) {
@@ -697,7 +697,7 @@ mod tests {
         let mut out = Rec::default();
         connect(&mut s, false, t0, &mut out);
         let (tx, mut rx) = oneshot::channel();
-        s.subscribe(vec![("a/#".into(), QoS::AtLeastOnce)], tx, &mut out);
+        s.subscribe(vec![("a/#".into(), QoS::AtLeastOnce.into())], tx, &mut out);
         let subs = subscribes(&out.take());
         assert_eq!(subs.len(), 1);
         let ack = SubAck::new(

@@ -10,7 +10,7 @@ use rumqttc::mqttbytes::v4::{
 use tokio::sync::oneshot;
 
 use crate::link::LinkError;
-use crate::protocol::{Outgoing, QoS};
+use crate::protocol::{Outgoing, QoS, SubscribeOptions};
 
 /// Filters per SUBSCRIBE when restoring a session (keeps packets small).
 const RESTORE_CHUNK: usize = 50;
@@ -25,8 +25,8 @@ pub type UnsubDone = oneshot::Sender<Result<(), LinkError>>;
 pub enum SubOp {
     /// SUBSCRIBE; `done` is `None` for an internal restore.
     Subscribe {
-        /// Filters with their requested QoS.
-        filters: Vec<(String, QoS)>,
+        /// Filters with their requested QoS and options.
+        filters: Vec<(String, SubscribeOptions)>,
         /// The caller's completion.
         done: Option<SubDone>,
     },
@@ -46,7 +46,7 @@ impl SubOp {
                 pkid,
                 filters: filters
                     .iter()
-                    .map(|(f, q)| SubscribeFilter::new(f.clone(), (*q).into()))
+                    .map(|(f, o)| SubscribeFilter::new(f.clone(), o.qos.into()))
                     .collect(),
             }),
             SubOp::Unsubscribe { filters, .. } => Packet::Unsubscribe(Unsubscribe {
@@ -77,7 +77,7 @@ impl SubOp {
 #[derive(Debug, Default)]
 pub struct Subs {
     /// Filters the broker granted (restored whenever it has no session).
-    active: Vec<(String, QoS)>,
+    active: Vec<(String, SubscribeOptions)>,
     /// Requests not sent on the current connection yet, in order.
     queued: VecDeque<SubOp>,
     /// Requests sent and waiting for SUBACK/UNSUBACK, by packet id.
@@ -89,7 +89,7 @@ pub struct Subs {
 impl Subs {
     /// Filters currently subscribed (as granted).
     #[cfg(test)]
-    pub fn active(&self) -> &[(String, QoS)] {
+    pub fn active(&self) -> &[(String, SubscribeOptions)] {
         &self.active
     }
 
@@ -221,7 +221,10 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         (
             SubOp::Subscribe {
-                filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
+                filters: filters
+                    .iter()
+                    .map(|(f, q)| (f.to_string(), SubscribeOptions::qos(*q)))
+                    .collect(),
                 done: Some(tx),
             },
             rx,
@@ -257,7 +260,10 @@ mod tests {
             rx.try_recv().ok(),
             Some(Ok(vec![Some(QoS::AtLeastOnce), None]))
         );
-        assert_eq!(s.active(), &[("a/#".to_string(), QoS::AtLeastOnce)]);
+        assert_eq!(
+            s.active(),
+            &[("a/#".to_string(), SubscribeOptions::qos(QoS::AtLeastOnce))]
+        );
         // Resumed session: nothing to resend.
         s.disconnected(&mut ids);
         assert!(s.connected(true, &mut ids).is_empty());

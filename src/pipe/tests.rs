@@ -87,7 +87,7 @@ impl Fake {
             match timeout(WAIT, self.req.recv()).await.ok()?? {
                 LinkRequest::Publish { message, done } => return Some((message, done)),
                 LinkRequest::Subscribe { filters, done } => {
-                    let _ = done.send(Ok(filters.iter().map(|(_, q)| Some(*q)).collect()));
+                    let _ = done.send(Ok(filters.iter().map(|(_, o)| Some(o.qos)).collect()));
                 }
                 LinkRequest::Unsubscribe { done, .. } => {
                     let _ = done.send(Ok(()));

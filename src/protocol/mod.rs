@@ -20,6 +20,7 @@ pub mod quota;
 pub mod reason;
 pub mod session;
 pub mod shared;
+pub mod subscription;
 pub mod v5;
 pub mod version;
 pub mod websocket;
@@ -34,6 +35,7 @@ pub use message::{AckToken, Message, MessageProperties, PropertyFields, QoS, Top
 pub use session::{
     AckKind, Full, Incoming, IncomingAction, Outgoing, PacketIds, ProtocolViolation,
 };
+pub use subscription::{RetainHandling, SubscribeOptions};
 
 /// rumqttc's wire QoS (used inside `v4` packets); converts from/to [`QoS`].
 pub use rumqttc::mqttbytes::QoS as WireQoS;
