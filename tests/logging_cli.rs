@@ -208,6 +208,13 @@ fn json_logs_carry_fields_and_metrics_answer() {
             .any(|l| l.contains(r#""message":"bridge stopped""#)),
         "{rest:?}"
     );
+    // The store engine's routine info lines are filtered by default.
+    let engine = seen
+        .iter()
+        .chain(&rest)
+        .filter(|l| l.contains("Recovering database") || l.contains(r#""target":"fjall"#))
+        .collect::<Vec<_>>();
+    assert!(engine.is_empty(), "store engine noise: {engine:?}");
 }
 
 #[test]

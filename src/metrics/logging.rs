@@ -55,8 +55,11 @@ pub fn filter_directive(level: &str, rust_log: Option<&str>) -> String {
 /// they get unless the directive names them itself. rustls warns for every
 /// client that connects by IP address ("Illegal SNI extension: ignoring IP
 /// address presented as hostname"); its real failures reach us as errors
-/// and are logged by the listener or the client.
-pub const LIBRARY_DEFAULTS: &[(&str, &str)] = &[("rustls", "error")];
+/// and are logged by the listener or the client. The store's engine (fjall,
+/// lsm-tree) logs its routine work at info ("Recovering database at ...");
+/// what matters of it (records recovered or dropped) we log ourselves.
+pub const LIBRARY_DEFAULTS: &[(&str, &str)] =
+    &[("rustls", "error"), ("fjall", "warn"), ("lsm_tree", "warn")];
 
 /// `directive` plus [`LIBRARY_DEFAULTS`] for every library it does not name
 /// (so `RUST_LOG=rustls=debug` still shows rustls' debug logs).
@@ -195,15 +198,21 @@ mod tests {
 
     #[test]
     fn library_noise_is_filtered_unless_asked_for() {
-        assert_eq!(with_library_defaults("info"), "info,rustls=error");
+        assert_eq!(
+            with_library_defaults("info"),
+            "info,rustls=error,fjall=warn,lsm_tree=warn"
+        );
         assert_eq!(
             with_library_defaults("mqbridge=debug,warn"),
-            "mqbridge=debug,warn,rustls=error"
+            "mqbridge=debug,warn,rustls=error,fjall=warn,lsm_tree=warn"
         );
-        assert_eq!(with_library_defaults("rustls=debug"), "rustls=debug");
+        assert_eq!(
+            with_library_defaults("rustls=debug,fjall=info,lsm_tree=debug"),
+            "rustls=debug,fjall=info,lsm_tree=debug"
+        );
         assert_eq!(
             with_library_defaults("info,rustls::server=trace"),
-            "info,rustls::server=trace"
+            "info,rustls::server=trace,fjall=warn,lsm_tree=warn"
         );
         assert!(build_filter(&with_library_defaults("debug")).is_ok());
     }
