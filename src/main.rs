@@ -153,7 +153,10 @@ enum Command {
 
 fn main() -> ExitCode {
     return_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return command_line_error(e),
+    };
     let out = Report::new(cli.log_format);
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         out.failure("logging could not be set up", &e);
@@ -362,6 +365,60 @@ fn man() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused (or `--help`/`--version`): as clap prints it,
+/// or, when JSON output was asked for (`--log-format json` or
+/// `MQBRIDGE_LOG_FORMAT=json`), as one JSON error object, so scripts that
+/// parse JSON never meet a plain-text line. Exit code as clap's (2 for usage).
+fn command_line_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational
+        || !json_requested(
+            std::env::args_os().skip(1),
+            std::env::var_os("MQBRIDGE_LOG_FORMAT"),
+        )
+    {
+        let _ = e.print();
+    } else {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned();
+        Report::new(LogFormat::Json).failure("command line invalid", &first);
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// Whether the raw arguments or the environment ask for JSON output (read
+/// by hand because clap refused the command line).
+fn json_requested(
+    args: impl Iterator<Item = std::ffi::OsString>,
+    env: Option<std::ffi::OsString>,
+) -> bool {
+    let mut json = env.is_some_and(|v| v.eq_ignore_ascii_case("json"));
+    let mut next_is_format = false;
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        if next_is_format {
+            json = arg.eq_ignore_ascii_case("json");
+            next_is_format = false;
+        } else if arg == "--log-format" {
+            next_is_format = true;
+        } else if let Some(v) = arg.strip_prefix("--log-format=") {
+            json = v.eq_ignore_ascii_case("json");
+        }
+    }
+    json
 }
 
 /// Where the command's own messages on stderr go (config errors and
@@ -709,4 +766,31 @@ async fn recv_hup(hup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
 #[cfg(not(unix))]
 async fn recv_hup(_: &mut Option<()>) -> Option<()> {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> impl Iterator<Item = std::ffi::OsString> {
+        a.iter()
+            .map(std::ffi::OsString::from)
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn json_is_requested_by_flag_or_environment() {
+        assert!(json_requested(
+            args(&["--log-format", "json", "run", "--bogus"]),
+            None
+        ));
+        assert!(json_requested(args(&["run", "--log-format=JSON"]), None));
+        assert!(json_requested(args(&["run"]), Some("json".into())));
+        assert!(!json_requested(
+            args(&["--log-format", "json", "--log-format", "text"]),
+            None
+        ));
+        assert!(!json_requested(args(&["run", "--bogus"]), None));
+    }
 }

@@ -74,6 +74,46 @@ fn json_lines(stderr: &[u8]) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn json_format_covers_command_line_errors() {
+    for (args, env) in [
+        (vec!["--log-format", "json", "run", "--no-such-flag"], None),
+        (vec!["run", "--no-such-flag"], Some("json")),
+        (vec!["--log-format=json", "no-such-command"], None),
+    ] {
+        let mut cmd = mqbridge();
+        cmd.args(&args).env_remove("RUST_LOG");
+        match env {
+            Some(v) => cmd.env("MQBRIDGE_LOG_FORMAT", v),
+            None => cmd.env_remove("MQBRIDGE_LOG_FORMAT"),
+        };
+        let out = cmd.output().expect("spawn mqbridge");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: usage errors exit 2");
+        let lines = json_lines(&out.stderr);
+        assert_eq!(lines.len(), 1, "{args:?}: one JSON object: {lines:#?}");
+        assert_eq!(lines[0]["level"], "ERROR", "{}", lines[0]);
+        assert_eq!(lines[0]["message"], "command line invalid", "{}", lines[0]);
+        let error = lines[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("no-such"),
+            "{args:?}: the error names what is wrong: {}",
+            lines[0]
+        );
+    }
+    // Text format (the default) keeps clap's own message and usage.
+    let out = mqbridge()
+        .args(["run", "--no-such-flag"])
+        .env_remove("MQBRIDGE_LOG_FORMAT")
+        .output()
+        .expect("spawn mqbridge");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--no-such-flag") && text.contains("Usage:"),
+        "{text}"
+    );
+}
+
+#[test]
 fn json_format_covers_config_errors_and_refused_levels() {
     let cfg = config_file(
         "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\npipes:\n  up: {from: edge, to: nowhere, topics: [a/#]}\n  up2: {from: edge, to: edge, topics: ['bad/#/x']}\n",
