@@ -147,6 +147,18 @@ fn every_field_fixture_resolves_as_written() {
     assert_eq!(p.filters[1], ("alarms/+".to_string(), QoS::AtLeastOnce));
     assert_eq!(p.qos, QosRule::Force(QoS::AtLeastOnce));
     assert_eq!(p.retain, RetainRule::Clear);
+    assert_eq!(
+        p.properties,
+        config::PropertiesPlan {
+            remap_response_topic: true,
+            remove: vec!["debug".into()],
+            add: vec![("site".into(), "1".into())],
+            hops: Some(config::HopPlan {
+                property: "hops".into(),
+                max_hops: 4
+            }),
+        }
+    );
     assert_eq!(p.max_payload, Some(256 * 1024));
     assert_eq!(p.queue.when_full, DropPolicy::DropNewest);
     assert_eq!(

@@ -9,7 +9,7 @@ use super::brokers::compile_broker;
 use super::ctx::{Ctx, LoadOptions};
 use super::error::{ConfigErrors, Diagnostic, Scope, Warning};
 use super::graph;
-use super::pipes::compile_pipe;
+use super::pipes::{compile_pipe, warn_retain_as_published_on_3_1_1};
 use super::plan::{BrokerKind, BrokerPlan, MetricsPlan, Plan, WatchdogPlan};
 use super::raw::{RawConfig, defaults};
 use super::storage::compile_storage;
@@ -218,6 +218,8 @@ fn compile(ctx: &mut Ctx, raw: &RawConfig) -> (Plan, Vec<Diagnostic>) {
             }
         }
     }
+
+    warn_retain_as_published_on_3_1_1(ctx, raw);
 
     let shutdown_timeout = ctx.duration(
         &raw.shutdown_timeout,

@@ -4,10 +4,10 @@ use super::ctx::Ctx;
 use super::error::Scope;
 use super::graph::witnesses;
 use super::plan::{
-    DeliveryPlan, DropPolicy, PipePlan, QosRule, QueuePlan, RateLimitPlan, RetainRule,
-    SpoolFullPolicy, SpoolPlan,
+    DeliveryPlan, DropPolicy, HopPlan, PipePlan, PropertiesPlan, QosRule, QueuePlan, RateLimitPlan,
+    RetainRule, SpoolFullPolicy, SpoolPlan,
 };
-use super::raw::{OrMap, RawPipe, RawRemapRule, Text, defaults};
+use super::raw::{OrMap, RawConfig, RawPipe, RawRemapRule, Text, defaults};
 use crate::protocol::QoS;
 use crate::topic::{Remap, RemapRule, validate_filter};
 
@@ -33,6 +33,7 @@ pub(crate) fn compile_pipe(
     let remap = remap(ctx, key, scope, raw, &filters, &exclude);
     let qos = qos_rule(ctx, scope, raw);
     let retain = retain_rule(ctx, scope, raw);
+    let properties = properties(ctx, scope, raw);
     let max_payload = max_payload(ctx, scope, raw);
     let rate_limit = rate_limit(ctx, scope, raw);
     let queue = queue(ctx, scope, raw);
@@ -50,6 +51,7 @@ pub(crate) fn compile_pipe(
         remap,
         qos,
         retain,
+        properties,
         max_payload,
         rate_limit,
         queue,
@@ -189,21 +191,150 @@ fn qos_rule(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> QosRule {
     }
 }
 
-/// `retain: keep | clear`.
+/// `retain: keep | clear | as_published`.
 fn retain_rule(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> RetainRule {
-    let Some(t) = &raw.retain else {
-        return RetainRule::Keep;
+    match choice(
+        ctx,
+        &raw.retain,
+        scope,
+        "retain",
+        &["keep", "clear", "as_published"],
+    ) {
+        "clear" => RetainRule::Clear,
+        "as_published" => RetainRule::AsPublished,
+        _ => RetainRule::Keep,
+    }
+}
+
+/// `response_topic:`, `user_properties:` and `loop_guard:` (MQTT 5 properties).
+fn properties(ctx: &mut Ctx, scope: &Scope, raw: &RawPipe) -> PropertiesPlan {
+    let remap_response_topic = choice(
+        ctx,
+        &raw.response_topic,
+        scope,
+        "response_topic",
+        &["keep", "remap"],
+    ) == "remap";
+    let mut remove = Vec::new();
+    let mut add = Vec::new();
+    if let Some(u) = &raw.user_properties {
+        for t in u.value.remove.iter().flatten() {
+            if let Some(name) = property_text(ctx, t, scope, "user_properties.remove", true) {
+                remove.push(name);
+            }
+        }
+        for (k, v) in u.value.add.iter().flat_map(|a| &a.value.0) {
+            let name = property_text(ctx, k, scope, "user_properties.add", true);
+            let value = property_text(ctx, v, scope, "user_properties.add", false);
+            if let (Some(name), Some(value)) = (name, value) {
+                add.push((name, value));
+            }
+        }
+    }
+    let hops = raw
+        .loop_guard
+        .as_ref()
+        .and_then(|g| loop_guard(ctx, scope, &g.value, &remove, &add));
+    PropertiesPlan {
+        remap_response_topic,
+        remove,
+        add,
+        hops,
+    }
+}
+
+/// `loop_guard: {hop_property, max_hops}`; `None` when a field is wrong
+/// (errors recorded). The hop property must not be one `user_properties`
+/// removes or adds.
+fn loop_guard(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    g: &super::raw::RawLoopGuard,
+    remove: &[String],
+    add: &[(String, String)],
+) -> Option<HopPlan> {
+    let property = match &g.hop_property {
+        None => Some(defaults::HOP_PROPERTY.to_owned()),
+        Some(t) => property_text(ctx, t, scope, "loop_guard.hop_property", true).filter(|name| {
+            let clash = remove.contains(name) || add.iter().any(|(n, _)| n == name);
+            if clash {
+                ctx.err(
+                    &t.referenced,
+                    scope,
+                    format!("loop_guard.hop_property: `{name}` is also in `user_properties`; the hop count must be the bridge's alone"),
+                );
+            }
+            !clash
+        }),
     };
-    match ctx.text(t, scope, "retain").as_deref() {
-        Some("keep") | None => RetainRule::Keep,
-        Some("clear") => RetainRule::Clear,
-        Some(other) => {
-            ctx.err(
-                &t.referenced,
-                scope,
-                format!("retain: expected `keep` or `clear`, got `{other}`"),
+    let max_hops = ctx.int(
+        &g.max_hops,
+        scope,
+        "loop_guard.max_hops",
+        defaults::MAX_HOPS.into(),
+        1,
+        1000,
+    ) as u32;
+    Some(HopPlan {
+        property: property?,
+        max_hops,
+    })
+}
+
+/// A user property name or value: an MQTT UTF-8 string (at most 65,535
+/// bytes, no NUL); a name must not be empty.
+fn property_text(
+    ctx: &mut Ctx,
+    t: &Text,
+    scope: &Scope,
+    field: &str,
+    is_name: bool,
+) -> Option<String> {
+    let v = ctx.text(t, scope, field)?;
+    let problem = if is_name && v.is_empty() {
+        Some("a name must not be empty")
+    } else if v.len() > 65_535 || v.contains('\0') {
+        Some("must be at most 65,535 bytes without NUL")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => {
+            ctx.err(&t.referenced, scope, format!("{field}: `{v}`: {p}"));
+            None
+        }
+        None => Some(v),
+    }
+}
+
+/// Warns about every pipe with `retain: as_published` whose source is a
+/// remote broker configured `protocol: 3.1.1` (or 3.1): a 3.1.1 broker
+/// clears the retain flag on messages it forwards live, and has no option
+/// to keep it.
+pub(crate) fn warn_retain_as_published_on_3_1_1(ctx: &mut Ctx, raw: &RawConfig) {
+    let (Some(pipes), Some(brokers)) = (&raw.pipes, &raw.brokers) else {
+        return;
+    };
+    for (key, rp) in &pipes.value.0 {
+        let (Some(retain), Some(from)) = (&rp.retain, &rp.from) else {
+            continue;
+        };
+        if retain.value.trim() != "as_published" {
+            continue;
+        }
+        let protocol = brokers
+            .value
+            .0
+            .iter()
+            .find(|(name, _)| name.value == from.value)
+            .and_then(|(_, b)| b.protocol.as_ref())
+            .map(|p| p.value.trim());
+        if let Some(v @ ("3.1.1" | "3.1" | "4" | "3")) = protocol {
+            ctx.warn(
+                &retain.referenced,
+                &Scope::Pipe(key.value.clone()),
+                format!("retain: `as_published` needs an MQTT 5 source, but broker \"{}\" is `protocol: {v}`: it clears the retain flag of live messages, so only retained messages sent at subscribe arrive with it", from.value),
             );
-            RetainRule::Keep
         }
     }
 }
@@ -520,3 +651,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     prev.last().copied().unwrap_or(0)
 }
+
+#[cfg(test)]
+mod property_tests;

@@ -281,6 +281,8 @@ pub struct PipePlan {
     pub qos: QosRule,
     /// Retain flag of the forwarded message.
     pub retain: RetainRule,
+    /// What the pipe does with MQTT 5 properties.
+    pub properties: PropertiesPlan,
     /// Larger payloads are dropped (and counted); `None` = no limit.
     pub max_payload: Option<usize>,
     /// Optional rate limit.
@@ -334,6 +336,7 @@ impl PartialEq for PipePlan {
             && rules(&self.remap) == rules(&other.remap)
             && self.qos == other.qos
             && self.retain == other.retain
+            && self.properties == other.properties
             && self.max_payload == other.max_payload
             && self.rate_limit == other.rate_limit
             && self.queue == other.queue
@@ -358,6 +361,32 @@ pub enum RetainRule {
     Keep,
     /// Always clear it.
     Clear,
+    /// Subscribe with MQTT 5 Retain As Published, so the flag arrives as
+    /// the publisher set it, and keep it.
+    AsPublished,
+}
+
+/// A pipe's MQTT 5 property options (`response_topic`, `user_properties`,
+/// `loop_guard`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PropertiesPlan {
+    /// `response_topic: remap` (true) or `keep` (false, default).
+    pub remap_response_topic: bool,
+    /// `user_properties.remove`: names whose every pair is removed.
+    pub remove: Vec<String>,
+    /// `user_properties.add`: pairs appended, in file order.
+    pub add: Vec<(String, String)>,
+    /// `loop_guard`: the hop-count property and its limit.
+    pub hops: Option<HopPlan>,
+}
+
+/// `loop_guard:` of a pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopPlan {
+    /// `hop_property`.
+    pub property: String,
+    /// `max_hops`.
+    pub max_hops: u32,
 }
 
 /// A token-bucket rate limit.

@@ -21,6 +21,10 @@ pub type Text = Spanned<String>;
 pub mod defaults {
     use super::Duration;
 
+    /// A pipe's `loop_guard.hop_property`.
+    pub const HOP_PROPERTY: &str = "mqbridge-hops";
+    /// A pipe's `loop_guard.max_hops`.
+    pub const MAX_HOPS: u32 = 8;
     /// `shutdown_timeout`.
     pub fn shutdown_timeout() -> Duration {
         Duration::from_secs(10)
@@ -453,9 +457,18 @@ pub struct RawPipe {
     /// `{max: N}` or `{force: N}`.
     #[serde(default)]
     pub qos: Option<Spanned<RawQos>>,
-    /// `keep` or `clear`.
+    /// `keep`, `clear` or `as_published`.
     #[serde(default)]
     pub retain: Option<Text>,
+    /// `keep` (default) or `remap`: the MQTT 5 response topic.
+    #[serde(default)]
+    pub response_topic: Option<Text>,
+    /// MQTT 5 user properties to remove and add.
+    #[serde(default)]
+    pub user_properties: Option<Spanned<RawUserProperties>>,
+    /// Hop-count loop guard across chains of bridges.
+    #[serde(default)]
+    pub loop_guard: Option<Spanned<RawLoopGuard>>,
     /// Largest payload forwarded.
     #[serde(default)]
     pub max_payload: Option<Text>,
@@ -477,6 +490,30 @@ pub struct RawPipe {
     /// Spool bound and full policy.
     #[serde(default)]
     pub spool: Option<Spanned<RawSpool>>,
+}
+
+/// A pipe's `user_properties:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUserProperties {
+    /// Pairs appended after the message's own, in file order.
+    #[serde(default)]
+    pub add: Option<Spanned<Entries<Text>>>,
+    /// Names whose every pair is removed.
+    #[serde(default)]
+    pub remove: Option<Vec<Text>>,
+}
+
+/// A pipe's `loop_guard:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoopGuard {
+    /// Name of the hop-count user property.
+    #[serde(default)]
+    pub hop_property: Option<Text>,
+    /// Hops at which a message is dropped.
+    #[serde(default)]
+    pub max_hops: Option<Text>,
 }
 
 /// A pipe's `spool:`.

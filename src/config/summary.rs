@@ -101,8 +101,24 @@ pub fn describe(plan: &Plan) -> String {
             QosRule::Max(_) => {}
             QosRule::Force(q) => notes.push(format!("qos forced to {}", q.as_u8())),
         }
-        if p.retain == RetainRule::Clear {
-            notes.push("retain cleared".into());
+        match p.retain {
+            RetainRule::Keep => {}
+            RetainRule::Clear => notes.push("retain cleared".into()),
+            RetainRule::AsPublished => notes.push("retain as published".into()),
+        }
+        let props = &p.properties;
+        if props.remap_response_topic {
+            notes.push("response topic remapped".into());
+        }
+        if !props.remove.is_empty() || !props.add.is_empty() {
+            notes.push(format!(
+                "user properties -{} +{}",
+                props.remove.len(),
+                props.add.len()
+            ));
+        }
+        if let Some(h) = &props.hops {
+            notes.push(format!("hop limit {} ({})", h.max_hops, h.property));
         }
         if let Some(m) = p.max_payload {
             notes.push(format!("max payload {}", format_size(m as u64)));

@@ -70,11 +70,14 @@ pub enum DropReason {
     /// The pipe's spool was full with `when_full: drop_oldest` (an old
     /// record made room), or a message could never fit its bound.
     SpoolFull,
+    /// The message's MQTT 5 expiry interval passed while it was in the
+    /// bridge (queued, spooled or waiting for a restart), before it was sent.
+    Expired,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Excluded,
         DropReason::Oversize,
         DropReason::QueueFull,
@@ -83,6 +86,7 @@ impl DropReason {
         DropReason::Rejected,
         DropReason::Reload,
         DropReason::SpoolFull,
+        DropReason::Expired,
     ];
 
     /// The metric label value.
@@ -96,6 +100,7 @@ impl DropReason {
             DropReason::Rejected => "rejected",
             DropReason::Reload => "reload",
             DropReason::SpoolFull => "spool_full",
+            DropReason::Expired => "expired",
         }
     }
 }

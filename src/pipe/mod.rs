@@ -16,6 +16,7 @@
 pub(crate) mod handoff;
 pub(crate) mod inbox;
 pub mod loopguard;
+pub mod properties;
 pub mod queue;
 pub(crate) mod ratelimit;
 pub(crate) mod rules;
@@ -49,7 +50,7 @@ use queue::WhenFull;
 use ratelimit::TokenBucket;
 use rules::PipeRules;
 use stats::PipeStats;
-use subs::{SubOp, SubTable};
+use subs::{PipeSub, SubOp, SubTable};
 use worker::Worker;
 
 /// Default for [`BrokerLink::max_pending`].
@@ -82,8 +83,12 @@ pub struct PipeSpec {
     pub dest: BrokerIx,
     /// Subscription filters with their QoS.
     pub filters: Vec<(String, QoS)>,
-    /// Exclusions, remap, QoS, retain, payload limit.
+    /// Exclusions, remap, QoS, retain, payload limit, properties.
     pub rules: PipeRules,
+    /// `retain: as_published`: subscribe with the MQTT 5 option Retain As
+    /// Published, so the retain flag arrives (and is forwarded) as the
+    /// publisher set it (a 3.1.1 source ignores it).
+    pub retain_as_published: bool,
     /// Capacity of the QoS 0 queue.
     pub queue_size: usize,
     /// What the full QoS 0 queue drops.
@@ -181,9 +186,11 @@ struct Instance {
 /// What [`Pipes::update`] tells one source's dispatcher and subscriber.
 #[derive(Default)]
 struct Step {
+    /// The source's subscriptions carry no local after this step.
+    no_local: bool,
     remove: Vec<String>,
     routes: Vec<Route>,
-    filters: Vec<(String, Vec<(String, QoS)>)>,
+    filters: Vec<subs::PipeFilters>,
 }
 
 /// A removed or changed instance, as its successor sees it.
@@ -404,6 +411,7 @@ impl Pipes {
         }
         // Loop-guard flags first: they must hold before the routes go live.
         self.update_flags();
+        self.no_local_steps(&mut steps);
         self.publish_spools();
         let applied = self.send_steps(steps);
         Ok(async move {
@@ -546,7 +554,18 @@ impl Pipes {
                 .instrument(tracing::debug_span!("pipe", pipe = %spec.name)),
         );
         let step = steps.entry(spec.source).or_default();
-        step.filters.push((spec.name.clone(), spec.filters.clone()));
+        let subs = spec
+            .filters
+            .iter()
+            .map(|(f, qos)| {
+                let sub = PipeSub {
+                    qos: *qos,
+                    retain_as_published: spec.retain_as_published,
+                };
+                (f.clone(), sub)
+            })
+            .collect();
+        step.filters.push((spec.name.clone(), subs));
         step.routes.push(Route {
             name: spec.name.clone(),
             filters: spec.filters,
@@ -641,7 +660,7 @@ impl Pipes {
             };
             let token = CancellationToken::new();
             applied.push(token.clone());
-            let change = src.subs.change(&step.remove, &step.filters);
+            let change = src.subs.change(&step.remove, &step.filters, step.no_local);
             // Dropped unprocessed if the dispatcher is gone: then the token
             // is cancelled too, and nobody waits forever.
             let _ = src.control.send(Control::Update {
@@ -677,6 +696,20 @@ impl Pipes {
                 .store(live().any(|i| i.source == *ix), Ordering::Relaxed);
             src.is_dest
                 .store(live().any(|i| i.dest == *ix), Ordering::Relaxed);
+        }
+    }
+
+    /// Sets each step's no local, and adds a step for every source whose
+    /// no local flips without a pipe of its own changing (its filters are
+    /// subscribed again with the new option).
+    fn no_local_steps(&self, steps: &mut BTreeMap<BrokerIx, Step>) {
+        let pipes: Vec<(BrokerIx, BrokerIx)> =
+            self.running.values().map(|i| (i.source, i.dest)).collect();
+        for (ix, src) in &self.sources {
+            let no_local = subs::no_local_is_safe(*ix, &pipes);
+            if no_local != src.subs.no_local() || steps.contains_key(ix) {
+                steps.entry(*ix).or_default().no_local = no_local;
+            }
         }
     }
 

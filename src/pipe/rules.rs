@@ -1,11 +1,13 @@
-//! Per-pipe message rules: exclusions, max payload, remap, QoS and retain.
-//! Pure: a message in, the forwarded copy or a drop reason out.
+//! Per-pipe message rules: exclusions, max payload, remap, QoS, retain and
+//! the MQTT 5 properties ([`PropertyRules`]). Pure: a message in, the
+//! forwarded copy or a drop reason out.
 
 use std::borrow::Cow;
 
 use crate::protocol::{Message, QoS, Topic};
 use crate::topic::{FilterTrie, Remap, RemapError};
 
+use super::properties::PropertyRules;
 use super::stats::DropReason;
 
 /// The QoS of forwarded copies.
@@ -44,6 +46,7 @@ pub struct PipeRules {
     qos: QosPolicy,
     clear_retain: bool,
     max_payload: Option<usize>,
+    properties: PropertyRules,
 }
 
 impl PipeRules {
@@ -66,7 +69,15 @@ impl PipeRules {
             qos,
             clear_retain,
             max_payload,
+            properties: PropertyRules::default(),
         }
+    }
+
+    /// The same rules with these property options (the default passes
+    /// every property but the subscription identifiers unchanged).
+    pub fn with_properties(mut self, properties: PropertyRules) -> Self {
+        self.properties = properties;
+        self
     }
 
     /// Rules that forward everything unchanged.
@@ -105,6 +116,10 @@ impl PipeRules {
                 });
             }
         };
+        let properties = self
+            .properties
+            .apply(msg.properties.as_ref(), &self.remap)
+            .map_err(|_| Dropped::because(DropReason::Loop))?;
         let incoming = msg.qos.min(filter_qos);
         let qos = match self.qos {
             QosPolicy::Max(cap) => incoming.min(cap),
@@ -116,7 +131,7 @@ impl PipeRules {
             qos,
             retain: msg.retain && !self.clear_retain,
             dup: false,
-            properties: msg.properties.clone(),
+            properties,
         })
     }
 }
@@ -160,6 +175,36 @@ mod tests {
         .unwrap();
         assert_eq!(remapped.topic, "u/1");
         assert!(!remapped.topic.is_shared_with(&m.topic));
+    }
+
+    #[test]
+    fn properties_pass_without_the_subscription_ids_and_hop_limit_drops_as_loop() {
+        use crate::protocol::{MessageProperties, PropertyFields};
+        let mut m = msg("t", b"x", QoS::AtLeastOnce, false);
+        let fields = PropertyFields {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into()), ("h".into(), "2".into())],
+            subscription_identifiers: vec![7],
+            ..Default::default()
+        };
+        m.properties = Some(MessageProperties::from(fields.clone()));
+        let out = PipeRules::pass_through()
+            .apply(&m, QoS::AtLeastOnce)
+            .unwrap();
+        let want = PropertyFields {
+            subscription_identifiers: vec![],
+            ..fields
+        };
+        assert_eq!(out.properties, Some(MessageProperties::from(want)));
+        let limited = PipeRules::pass_through().with_properties(PropertyRules {
+            hops: Some(super::super::properties::HopLimit {
+                property: "h".into(),
+                max_hops: 2,
+            }),
+            ..Default::default()
+        });
+        let e = limited.apply(&m, QoS::AtLeastOnce).unwrap_err();
+        assert_eq!(e.reason, DropReason::Loop);
     }
 
     #[test]

@@ -97,6 +97,22 @@ impl Fake {
         }
     }
 
+    /// The next subscribe request's filters and options (granted).
+    async fn next_subscribe(&mut self) -> Option<Vec<(String, crate::protocol::SubscribeOptions)>> {
+        loop {
+            match timeout(WAIT, self.req.recv()).await.ok()?? {
+                LinkRequest::Subscribe { filters, done } => {
+                    let _ = done.send(Ok(filters.iter().map(|(_, o)| Some(o.qos)).collect()));
+                    return Some(filters);
+                }
+                LinkRequest::Unsubscribe { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                LinkRequest::Publish { .. } | LinkRequest::Shutdown => return None,
+            }
+        }
+    }
+
     async fn next_ack(&mut self) -> Option<u64> {
         timeout(WAIT, self.acks.recv()).await.ok()?.map(|t| t.id)
     }
@@ -109,6 +125,7 @@ fn spec(name: &str, source: usize, dest: usize, filter: &str) -> PipeSpec {
         dest,
         filters: vec![(filter.into(), QoS::ExactlyOnce)],
         rules: PipeRules::pass_through(),
+        retain_as_published: false,
         queue_size: 100,
         when_full: WhenFull::DropOldest,
         rate_limit: None,
@@ -512,4 +529,115 @@ async fn a_changed_pipe_restarts_after_the_old_instance_drained() {
     d2.send(Ok(())).unwrap();
     assert_eq!(fa.next_ack().await, Some(m2));
     assert_eq!(pipes.pipe_stats("ab").unwrap().snapshot().forwarded, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mirror_subscribes_with_no_local_and_retain_as_published() {
+    let (a, mut fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let mut ab = spec("ab", 0, 1, "up/#");
+    ab.retain_as_published = true;
+    // Only a → b at first: a is no destination, nothing to guard.
+    let mut pipes = start(vec![a, b], vec![ab]).unwrap();
+    let subs = fa.next_subscribe().await.expect("subscribed");
+    assert_eq!(subs.len(), 1);
+    assert!(!subs[0].1.no_local);
+    assert!(subs[0].1.retain_as_published, "retain: as_published");
+    // b → a makes the two a mirror: both sides subscribe with no local,
+    // a's filter again although no pipe from a changed.
+    let change = pipes
+        .update(
+            &[],
+            vec![spec("ba", 1, 0, "down/#")],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    change.await;
+    let subs = fb.next_subscribe().await.expect("b subscribed");
+    assert_eq!(subs[0].0, "down/#");
+    assert!(subs[0].1.no_local);
+    assert!(!subs[0].1.retain_as_published);
+    let subs = fa.next_subscribe().await.expect("a subscribed again");
+    assert_eq!(subs[0].0, "up/#");
+    assert!(subs[0].1.no_local && subs[0].1.retain_as_published);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_through_a_broker_keeps_its_own_publishes_coming_back() {
+    let (a, _fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let (c, _fc) = fake("c");
+    let _pipes = start(
+        vec![a, b, c],
+        vec![
+            spec("ab", 0, 1, "t/#"),
+            spec("ba", 1, 0, "u/#"),
+            spec("bc", 1, 2, "t/#"),
+        ],
+    )
+    .unwrap();
+    let subs = fb.next_subscribe().await.expect("subscribed");
+    assert!(
+        subs.iter().all(|(_, o)| !o.no_local),
+        "a → b → c needs our publishes at b: {subs:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_message_is_acked_upstream_counted_and_not_sent() {
+    use crate::protocol::{MessageProperties, PropertyFields};
+    let (a, fa) = fake("a");
+    let (b, mut fb) = fake("b");
+    let pipes = start(vec![a, b], vec![spec("ab", 0, 1, "#")]).unwrap();
+    let with_expiry = |topic: &str, secs: u32| {
+        let mut m = Message::new(topic, b"x".to_vec(), QoS::AtLeastOnce, false);
+        m.properties = Some(MessageProperties::from(PropertyFields {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        }));
+        m
+    };
+    let (ack_tx, mut acks) = mpsc::unbounded_channel();
+    for (id, m) in [(1, with_expiry("dead", 0)), (2, with_expiry("live", 60))] {
+        let token = AckToken {
+            generation: 1,
+            id,
+            pkid: 1,
+            qos: QoS::AtLeastOnce,
+        };
+        fa.del
+            .send(Delivery {
+                message: m,
+                ack: AckHandle::new(token, ack_tx.clone()),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        timeout(WAIT, acks.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(|t| t.id),
+        Some(1),
+        "the expired message is done with: acked, not redelivered"
+    );
+    let (m, done) = fb.next_publish().await.expect("the live one");
+    assert_eq!(m.topic, "live");
+    let left = m
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval);
+    assert!(left.is_some_and(|s| (59..=60).contains(&s)), "{left:?}");
+    done.send(Ok(())).unwrap();
+    assert_eq!(
+        timeout(WAIT, acks.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(|t| t.id),
+        Some(2)
+    );
+    let s = pipes.pipe_stats("ab").unwrap().snapshot();
+    assert_eq!((s.dropped(DropReason::Expired), s.forwarded), (1, 1));
 }

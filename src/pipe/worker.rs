@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::link::{Completion, Link, LinkError};
+use crate::protocol::expiry;
 
 use super::handoff::Seq;
 use super::inbox::Inbox;
@@ -106,7 +107,17 @@ impl Worker {
                         break;
                     }
                 }
-                let Some(item) = self.inbox.pop() else { break };
+                let Some(mut item) = self.inbox.pop() else {
+                    break;
+                };
+                // The time spent in the bridge comes off the message's
+                // lifetime; one that has none left is not sent.
+                if expiry::age(&mut item.msg, item.received_at, Instant::now()).is_err() {
+                    self.stats.drop_one(DropReason::Expired);
+                    tracing::debug!(pipe = %self.name, "message expired in the bridge; dropped");
+                    self.complete(item.seq);
+                    continue;
+                }
                 if self.dest_is_source.load(Ordering::Relaxed) {
                     let (guard, dest) = &self.guard;
                     let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());

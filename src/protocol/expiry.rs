@@ -44,6 +44,30 @@ impl Expiry {
     }
 }
 
+/// A message whose Message Expiry Interval passed before it could be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("message expired before it was sent")]
+pub struct Expired;
+
+/// Ages `message`, which arrived at `received`, to `now`: its Message Expiry
+/// Interval becomes what is left of it (rounded up to a whole second), or
+/// [`Expired`] when nothing is left (the caller drops it). A message without
+/// an interval is left as it is.
+pub fn age(message: &mut Message, received: Instant, now: Instant) -> Result<(), Expired> {
+    let Some(expiry) = Expiry::of(message, received) else {
+        return Ok(());
+    };
+    match expiry.remaining(now) {
+        Remaining::Expired => Err(Expired),
+        Remaining::Seconds(left) => {
+            if let Some(p) = message.properties.as_mut() {
+                p.message_expiry_interval = Some(left);
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -103,7 +127,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn age_rewrites_the_interval_and_touches_nothing_else() {
+        let t0 = Instant::now();
+        let mut m = with_expiry(Some(60));
+        if let Some(p) = m.properties.as_mut() {
+            p.content_type = Some("text/plain".into());
+            p.user_properties = vec![("a".into(), "1".into())];
+        }
+        let mut want = m.clone();
+        age(&mut m, t0, t0 + Duration::from_millis(20_500)).expect("alive");
+        if let Some(p) = want.properties.as_mut() {
+            p.message_expiry_interval = Some(40);
+        }
+        assert_eq!(m, want);
+        assert_eq!(
+            age(&mut m, t0, t0 + Duration::from_secs(60)),
+            Err(Expired),
+            "nothing left"
+        );
+        let mut plain = Message::new("t", "p", QoS::AtMostOnce, false);
+        age(&mut plain, t0, t0 + Duration::from_secs(1 << 20)).expect("no interval: never");
+        assert_eq!(plain.properties, None);
+    }
+
     proptest! {
+        /// What is left is the lifetime minus the time held, rounded up to
+        /// a whole second; at or past the lifetime the message is expired.
+        #[test]
+        fn age_reduces_by_the_time_held(secs in 1u32..100_000, held_ms in 0u64..200_000_000) {
+            let t0 = Instant::now();
+            let mut m = with_expiry(Some(secs));
+            let now = t0 + Duration::from_millis(held_ms);
+            let out = age(&mut m, t0, now);
+            let lifetime_ms = u64::from(secs) * 1000;
+            if held_ms >= lifetime_ms {
+                prop_assert_eq!(out, Err(Expired));
+            } else {
+                prop_assert_eq!(out, Ok(()));
+                let left = m.properties.as_ref().and_then(|p| p.message_expiry_interval).unwrap_or(0);
+                prop_assert_eq!(u64::from(left), (lifetime_ms - held_ms).div_ceil(1000));
+            }
+        }
+
         /// The remaining interval never grows, never exceeds the original,
         /// and reaches Expired exactly at the deadline.
         #[test]

@@ -8,6 +8,7 @@ use crate::config::plan::{
     SpoolFullPolicy,
 };
 use crate::pipe::loopguard::BrokerIx;
+use crate::pipe::properties::{HopLimit, PropertyRules, ResponseTopic};
 use crate::pipe::queue::WhenFull;
 use crate::pipe::rules::{PipeRules, QosPolicy};
 use crate::pipe::{DeliveryMode, PipeSpec, SpoolSpec};
@@ -31,7 +32,9 @@ pub(super) fn pipe_spec(p: &PipePlan, source: BrokerIx, dest: BrokerIx, window: 
             },
             p.retain == RetainRule::Clear,
             p.max_payload,
-        ),
+        )
+        .with_properties(property_rules(p)),
+        retain_as_published: p.retain == RetainRule::AsPublished,
         queue_size: p.queue.size,
         when_full: match p.queue.when_full {
             DropPolicy::DropOldest => WhenFull::DropOldest,
@@ -40,6 +43,24 @@ pub(super) fn pipe_spec(p: &PipePlan, source: BrokerIx, dest: BrokerIx, window: 
         rate_limit: p.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
         inflight: window,
         delivery: spool_spec(p).map_or(DeliveryMode::EndToEnd, DeliveryMode::Spool),
+    }
+}
+
+/// A pipe's MQTT 5 property options.
+fn property_rules(p: &PipePlan) -> PropertyRules {
+    let props = &p.properties;
+    PropertyRules {
+        response_topic: if props.remap_response_topic {
+            ResponseTopic::Remap
+        } else {
+            ResponseTopic::Keep
+        },
+        remove: props.remove.clone(),
+        add: props.add.clone(),
+        hops: props.hops.as_ref().map(|h| HopLimit {
+            property: h.property.clone(),
+            max_hops: h.max_hops,
+        }),
     }
 }
 
