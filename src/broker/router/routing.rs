@@ -164,8 +164,14 @@ impl Router {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (filter, qos) in filters {
-            let qos = qos.filter(|_| {
-                match subscription_limit(&self.limits, session, &self.subs, &filter) {
+            let qos = qos.filter(|_| shared::valid(&filter)).filter(|_| {
+                let limit = if shared::is_shared(&filter) {
+                    let main_nodes = self.subs.node_count();
+                    self.shared.limit(&self.limits, session, &filter, main_nodes)
+                } else {
+                    subscription_limit(&self.limits, session, &self.subs, &filter)
+                };
+                match limit {
                     Some(reason) => {
                         self.counters.sub_refused(reason);
                         crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80): limit");
@@ -176,12 +182,16 @@ impl Router {
             });
             granted.push(qos);
             let Some(qos) = qos else { continue };
-            if session.subscriptions.insert(filter.clone(), qos).is_some() {
-                self.subs.remove(&filter, |v| v.0 == sid);
-            } else {
+            let replaced = session.subscriptions.insert(filter.clone(), qos).is_some();
+            if !replaced {
                 self.counters.subscriptions.fetch_add(1, Relaxed);
             }
-            self.subs.insert(&filter, (sid, qos));
+            if !self.shared.join(&filter, sid) {
+                if replaced {
+                    self.subs.remove(&filter, |v| v.0 == sid);
+                }
+                self.subs.insert(&filter, (sid, qos));
+            }
             accepted.push((filter, qos));
         }
         count_trie_nodes(&self.counters, &self.subs);
@@ -223,7 +233,7 @@ impl Router {
             return;
         };
         for (filter, qos) in accepted {
-            if !session.subscriptions.contains_key(&filter) {
+            if !session.subscriptions.contains_key(&filter) || !shared::sends_retained(&filter) {
                 continue;
             }
             for m in self.retained.matching(&filter) {
@@ -249,7 +259,9 @@ impl Router {
         };
         for filter in &filters {
             if session.subscriptions.remove(filter).is_some() {
-                self.subs.remove(filter, |v| v.0 == sid);
+                if !self.shared.leave(filter, sid) {
+                    self.subs.remove(filter, |v| v.0 == sid);
+                }
                 self.counters.subscriptions.fetch_sub(1, Relaxed);
             }
         }
@@ -273,7 +285,8 @@ impl Router {
     }
 
     /// Routes one message: retained store first, then one copy per matching
-    /// session at the highest granted QoS (MQTT-3.3.5-1), QoS min(published,
+    /// session at the highest granted QoS (MQTT-3.3.5-1) and one per matching
+    /// share group ([`shared`]), QoS min(published,
     /// granted), retain=0 for these established subscriptions. True when a
     /// QoS 1/2 copy (or the retained message) went to the store: the
     /// publisher's acknowledgement then waits for durability.
@@ -321,6 +334,6 @@ impl Router {
             }
         }
         self.scratch = scratch;
-        stored
+        stored | self.route_shared(&message)
     }
 }
