@@ -219,6 +219,8 @@ fn compile(ctx: &mut Ctx, raw: &RawConfig) -> (Plan, Vec<Diagnostic>) {
         }
     }
 
+    super::scaleout::check_client_ids(ctx, raw, &brokers, &pipes, &pipe_keys);
+
     let shutdown_timeout = ctx.duration(
         &raw.shutdown_timeout,
         &top,
