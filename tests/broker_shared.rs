@@ -20,7 +20,7 @@ use common::mosquitto::{MosqSub, mosquitto_pub, require_bin};
 use common::wait::{wait_until, within};
 use mqbridge::config::{FsyncPolicy, StoragePlan};
 use mqbridge::protocol::QoS;
-use mqbridge::protocol::v4::SubscribeReasonCode;
+use mqbridge::protocol::v4::{Packet, SubscribeReasonCode};
 use mqbridge::store::Store;
 use tokio::io::AsyncWriteExt;
 
@@ -310,4 +310,124 @@ async fn a_group_of_persistent_sessions_survives_a_restart() {
         r.ping().await;
     }
     assert!(seen.missing(4).is_empty() && seen.duplicates() == 0);
+}
+
+/// In-process links (pipes on the built-in broker) join share groups like
+/// network clients: two links and a 3.1.1 client split the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_network_clients_share_one_group() {
+    let b = TestBroker::start().await;
+    let mut links = Vec::new();
+    for id in ["share-link-1", "share-link-2"] {
+        let (link, rx) = b.broker.link(id, true);
+        let granted = within(link.subscribe(vec![("$share/g/l/#".into(), QoS::AtLeastOnce)]))
+            .await
+            .expect("subscribed");
+        assert_eq!(granted, [Some(QoS::AtLeastOnce)]);
+        links.push((link, rx));
+    }
+    let mut net = Sub::start(b.addr.port(), "share-net", "$share/g/l/#", 1, false).await;
+    b.wait_subscriptions(3).await;
+    publish_many(b.addr.port(), &seq_msgs("l/t", 0..30), 1, false).await;
+    let mut seen = SeqCount::default();
+    for (_, rx) in &mut links {
+        for _ in 0..10 {
+            let d = within(rx.recv()).await.expect("a delivery");
+            seen.add(&String::from_utf8_lossy(&d.message.payload));
+            d.ack.ack();
+        }
+    }
+    for p in take(&mut net, 10).await {
+        seen.add(&p);
+    }
+    assert!(seen.missing(30).is_empty() && seen.duplicates() == 0);
+}
+
+/// A share group whose only member is a full in-process link pushes back
+/// like a plain link subscription: the publisher's PUBACK is withheld until
+/// the link has room, nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_link_member_holds_the_publisher_back_instead_of_dropping() {
+    let b = TestBroker::start_with(|o| {
+        o.limits.max_inflight = 2;
+        o.limits.max_queued_messages = 3;
+    })
+    .await;
+    let (link, mut rx) = b.broker.link("share-bp", false);
+    within(link.subscribe(vec![("$share/g/bp/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .expect("subscribed");
+    let mut publ = Raw::connect(b.addr, "share-bp-pub", true).await;
+    for i in 1..=10u16 {
+        publ.publish("bp/t", &i.to_string(), QoS::AtLeastOnce, false, i)
+            .await;
+    }
+    // Window (2) + queue (3): five acknowledged, the rest held back.
+    for _ in 0..5 {
+        assert!(matches!(
+            publ.next().await,
+            mqbridge::protocol::v4::Packet::PubAck(_)
+        ));
+    }
+    publ.ping().await;
+    assert_eq!(b.broker.stats().held_back, 5);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let d = within(rx.recv()).await.expect("delivery");
+        got.push(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack.ack();
+    }
+    let want: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every message, in order");
+    assert_eq!(b.broker.stats().dropped_queue_full, 0);
+}
+
+/// `storage.max_bytes` holds for a share group's persistent member as for
+/// a plain persistent subscriber: once its stored queue fills the store, a
+/// QoS 1 publish for the group is refused (not acknowledged, connection
+/// closed, counted), and every acknowledged one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_publishes_for_a_stored_member() {
+    let store = Store::open(&StoragePlan {
+        dir: common::data_dir(),
+        fsync: FsyncPolicy::Batch,
+        max_bytes: 16 * 1024,
+    })
+    .expect("open store");
+    let b = TestBroker::start_with(|o| o.store = Some(store)).await;
+    let mut member = Raw::connect(b.addr, "full-member", false).await;
+    member
+        .subscribe(&[("$share/g/full/t", QoS::AtLeastOnce)])
+        .await;
+    drop(member);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    let payload = "x".repeat(1024);
+    let mut publ = Raw::connect(b.addr, "full-pub", true).await;
+    let mut acked = 0u16;
+    loop {
+        assert!(acked < 64, "the store never filled up");
+        let pkid = acked + 1;
+        publ.publish("full/t", &payload, QoS::AtLeastOnce, false, pkid)
+            .await;
+        match within(publ.framed.read_packet()).await {
+            Ok(Packet::PubAck(a)) => {
+                assert_eq!(a.pkid, pkid);
+                acked += 1;
+            }
+            Ok(other) => panic!("expected PUBACK or a close, got {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        acked >= 8,
+        "room for about 16 KiB of messages, took {acked}"
+    );
+    assert_eq!(b.broker.stats().store_full, 1);
+    let (mut member, present) = Raw::connect_present(b.addr, "full-member", false).await;
+    assert!(present);
+    for _ in 0..acked {
+        let m = member.next_publish().await;
+        member.puback(m.pkid).await;
+    }
+    member.ping().await;
 }

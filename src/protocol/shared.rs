@@ -118,6 +118,11 @@ impl<M: Clone + Eq> Group<M> {
         }
     }
 
+    /// The members in join order.
+    pub fn members(&self) -> &[M] {
+        &self.members
+    }
+
     /// Members.
     pub fn len(&self) -> usize {
         self.members.len()

@@ -157,6 +157,56 @@ impl Router {
         stored
     }
 
+    /// Whether a QoS 1/2 message on `topic` would overflow a local link
+    /// session's queue through a share group: a matching group has no
+    /// connected member with room, and one of its members is a full link
+    /// session (the publisher is then held back, see [`Router::link_full`]).
+    pub(super) fn shared_link_full(&self, topic: &str) -> bool {
+        let (sessions, limits) = (&self.sessions, &*self.limits);
+        let room = |sid: &SessionId| {
+            sessions
+                .get(sid)
+                .is_some_and(|s| s.conn.is_some() && !s.would_drop(limits))
+        };
+        let full_link = |sid: &SessionId| {
+            sessions
+                .get(sid)
+                .is_some_and(|s| s.is_link() && s.would_drop(limits))
+        };
+        self.any_group(topic, |g| {
+            !g.members.members().iter().any(room) && g.members.members().iter().any(full_link)
+        })
+    }
+
+    /// Whether a matching share group of `topic` has a member whose session
+    /// is stored (a QoS 1/2 copy may go to the store, see
+    /// [`Router::store_full_for`]).
+    pub(super) fn shared_stores(&self, topic: &str) -> bool {
+        let sessions = &self.sessions;
+        self.any_group(topic, |g| {
+            g.members.members().iter().any(|sid| {
+                sessions.get(sid).is_some_and(|s| {
+                    s.stored.is_some()
+                        && s.subscriptions
+                            .get(&g.subscribed)
+                            .is_some_and(|q| *q != QoS::AtMostOnce)
+                })
+            })
+        })
+    }
+
+    /// Whether `pred` holds for a share group whose filter matches `topic`.
+    fn any_group(&self, topic: &str, pred: impl Fn(&ShareGroup) -> bool) -> bool {
+        if self.shared.groups.is_empty() {
+            return false;
+        }
+        let mut hit = false;
+        self.shared.trie.for_each_match(topic, |_, gid| {
+            hit = hit || self.shared.groups.get(gid).is_some_and(&pred);
+        });
+        hit
+    }
+
     /// Delivers `message` to the member of group `gid` the policy picks
     /// (never `except`); true when the copy was stored.
     fn deliver_shared(
