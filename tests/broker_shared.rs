@@ -267,9 +267,14 @@ async fn shared_filters_count_against_the_subscription_limits() {
         .subscribe(&[
             ("$share/g/a/b", QoS::AtLeastOnce),
             ("$share/h/c/d/e", QoS::AtLeastOnce),
+            ("x/y/z", QoS::AtLeastOnce),
+            ("x/y", QoS::AtLeastOnce),
         ])
         .await;
-    assert_eq!(success(&codes), [true, false]);
+    // One node index over both kinds: the shared filter's 2 nodes leave
+    // room for 2 more, shared or plain.
+    assert_eq!(success(&codes), [true, false, false, true]);
+    assert_eq!(b.broker.stats().trie_nodes, 4);
 }
 
 /// A group of persistent members survives a restart of the broker on its

@@ -18,12 +18,14 @@ pub(super) fn may_read(security: &Security, session: &Session, topic: &str) -> b
 
 /// The limit a network client's new subscription to `filter` would break,
 /// if any. Replacing an existing subscription breaks none; in-process links
-/// (pipes, configured by the operator) are never limited.
+/// (pipes, configured by the operator) are never limited. `other_nodes`:
+/// the share groups' trie, which counts against the same node limit.
 pub(super) fn subscription_limit<T>(
     limits: &Limits,
     session: &Session,
     subs: &FilterTrie<T>,
     filter: &str,
+    other_nodes: usize,
 ) -> Option<SubRefuseReason> {
     if matches!(session.origin, Origin::Local) || session.subscriptions.contains_key(filter) {
         return None;
@@ -31,15 +33,18 @@ pub(super) fn subscription_limit<T>(
     if session.subscriptions.len() >= limits.max_subscriptions_per_client {
         return Some(SubRefuseReason::SubscriptionsPerClient);
     }
-    if subs.node_count() + subs.nodes_needed(filter) > limits.max_trie_nodes {
+    if subs.node_count() + other_nodes + subs.nodes_needed(filter) > limits.max_trie_nodes {
         return Some(SubRefuseReason::TrieNodes);
     }
     None
 }
 
-/// Publishes the trie's size to the `trie_nodes` gauge.
-pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>) {
-    counters.trie_nodes.store(subs.node_count() as u64, Relaxed);
+/// Publishes the trie's size, with the share groups' `shared_nodes`, to
+/// the `trie_nodes` gauge.
+pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>, shared_nodes: usize) {
+    counters
+        .trie_nodes
+        .store((subs.node_count() + shared_nodes) as u64, Relaxed);
 }
 
 impl Router {
@@ -169,7 +174,8 @@ impl Router {
                     let main_nodes = self.subs.node_count();
                     self.shared.limit(&self.limits, session, &filter, main_nodes)
                 } else {
-                    subscription_limit(&self.limits, session, &self.subs, &filter)
+                    let shared_nodes = self.shared.node_count();
+                    subscription_limit(&self.limits, session, &self.subs, &filter, shared_nodes)
                 };
                 match limit {
                     Some(reason) => {
@@ -194,7 +200,7 @@ impl Router {
             }
             accepted.push((filter, qos));
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
         match reply {
@@ -265,7 +271,7 @@ impl Router {
                 self.counters.subscriptions.fetch_sub(1, Relaxed);
             }
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
         match reply {

@@ -170,7 +170,7 @@ impl Router {
                 self.subs.remove(filter, |v| v.0 == sid);
             }
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         self.counters
             .subscriptions
             .fetch_sub(s.subscriptions.len() as u64, Relaxed);
@@ -241,7 +241,7 @@ impl Router {
             self.counters.persisted_sessions.fetch_add(1, Relaxed);
             self.next_session = self.next_session.max(sid + 1);
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         if sessions > 0 || retained > 0 || loaded.damaged > 0 {
             info!(broker = %self.name, sessions, retained, damaged = loaded.damaged, "persistent state restored");
         }

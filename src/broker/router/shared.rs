@@ -96,6 +96,11 @@ impl Shared {
         true
     }
 
+    /// Nodes of the share groups' trie.
+    pub(super) fn node_count(&self) -> usize {
+        self.trie.node_count()
+    }
+
     /// The limit a network client's new shared subscription to `filter`
     /// would break, if any (see `routing::subscription_limit`): trie nodes
     /// count the main trie's `main_nodes` and the groups' trie.
