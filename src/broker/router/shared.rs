@@ -157,7 +157,7 @@ impl Router {
         gids.dedup();
         let mut stored = false;
         for gid in gids {
-            stored |= self.deliver_shared(gid, message.clone(), None);
+            stored |= self.deliver_shared(gid, message.clone(), None) == Some(true);
         }
         stored
     }
@@ -213,16 +213,15 @@ impl Router {
     }
 
     /// Delivers `message` to the member of group `gid` the policy picks
-    /// (never `except`); true when the copy was stored.
+    /// (never `except`): whether the copy was stored, `None` when no member
+    /// could take it.
     fn deliver_shared(
         &mut self,
         gid: GroupId,
         mut message: Message,
         except: Option<SessionId>,
-    ) -> bool {
-        let Some(group) = self.shared.groups.get_mut(&gid) else {
-            return false;
-        };
+    ) -> Option<bool> {
+        let group = self.shared.groups.get_mut(&gid)?;
         let (sessions, security, limits) = (&self.sessions, &*self.security, &*self.limits);
         let readable = |sid: &SessionId| {
             Some(*sid) != except
@@ -240,26 +239,19 @@ impl Router {
             .pick(room)
             .or_else(|| group.members.pick(connected))
             .or_else(|| group.members.pick(readable));
-        let Some(sid) = picked else {
-            return false;
-        };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return false;
-        };
-        let Some(&granted) = session.subscriptions.get(&group.subscribed) else {
-            return false;
-        };
+        let session = self.sessions.get_mut(&picked?)?;
+        let granted = *session.subscriptions.get(&group.subscribed)?;
         message.qos = message.qos.min(granted);
         message.retain = false;
         message.dup = false;
-        session.deliver(message, &self.limits, &self.counters, &mut self.journal)
+        Some(session.deliver(message, &self.limits, &self.counters, &mut self.journal))
     }
 
     /// Session `s` (`sid`) is being removed and has left its groups: its
     /// QoS 1/2 messages not yet received by its client, and its queued
     /// ones, that match one of its shared subscriptions go to another member
-    /// of that group. Returns how many were handed on.
-    pub(super) fn redeliver_shared(&mut self, sid: SessionId, s: &mut Session) -> u64 {
+    /// of that group (counted when one took it).
+    pub(super) fn redeliver_shared(&mut self, sid: SessionId, s: &mut Session) {
         let groups: Vec<(GroupId, String)> = s
             .subscriptions
             .keys()
@@ -272,7 +264,7 @@ impl Router {
             })
             .collect();
         if groups.is_empty() {
-            return 0;
+            return;
         }
         let mut orphans: Vec<Message> = s
             .outgoing
@@ -293,13 +285,13 @@ impl Router {
             else {
                 continue;
             };
-            self.deliver_shared(gid, message, Some(sid));
-            handed += 1;
+            if self.deliver_shared(gid, message, Some(sid)).is_some() {
+                handed += 1;
+            }
         }
         if handed > 0 {
             self.counters.shared_redelivered.fetch_add(handed, Relaxed);
             debug!(broker = %self.name, client_id = %s.client_id, handed, "shared subscription member gone: unacknowledged messages handed to other members");
         }
-        handed
     }
 }
