@@ -573,7 +573,8 @@ impl Reader<'_> {
                                     self.client.username.as_deref(),
                                     &self.client.client_id,
                                     Op::Read,
-                                    &f.path,
+                                    // A shared subscription reads its filter's topics.
+                                    crate::protocol::shared::topic_filter(&f.path),
                                 )
                             });
                         let qos = ok.then(|| QoS::from(f.qos));

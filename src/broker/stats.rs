@@ -93,6 +93,7 @@ pub(crate) struct Counters {
     pub retained_stored: AtomicU64,
     pub records_damaged: AtomicU64,
     pub sessions_expired: AtomicU64,
+    pub shared_redelivered: AtomicU64,
     pub store_full: AtomicU64,
 }
 
@@ -166,6 +167,7 @@ impl Counters {
             retained_stored: self.retained_stored.load(Relaxed),
             records_damaged: self.records_damaged.load(Relaxed),
             sessions_expired: self.sessions_expired.load(Relaxed),
+            shared_redelivered: self.shared_redelivered.load(Relaxed),
             store_full: self.store_full.load(Relaxed),
         }
     }

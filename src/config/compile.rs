@@ -220,6 +220,7 @@ fn compile(ctx: &mut Ctx, raw: &RawConfig) -> (Plan, Vec<Diagnostic>) {
     }
 
     warn_retain_as_published_on_3_1_1(ctx, raw);
+    super::scaleout::check_client_ids(ctx, raw, &brokers, &pipes, &pipe_keys);
 
     let shutdown_timeout = ctx.duration(
         &raw.shutdown_timeout,

@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::plan::{PipePlan, Plan};
 use super::route::{Arrival, Decision, Router, decide};
+use crate::protocol::shared::topic_filter;
 use crate::topic::{RemapRule, validate_topic_name};
 
 /// Sample text for a `+` level or a level under `#`.
@@ -124,7 +125,7 @@ pub fn meet(a: &str, b: &str) -> Option<String> {
 fn pattern_pool(plan: &Plan) -> Vec<String> {
     let mut pool: Vec<String> = Vec::new();
     for p in plan.pipes.values() {
-        pool.extend(p.filters.iter().map(|(f, _)| f.clone()));
+        pool.extend(p.filters.iter().map(|(f, _)| topic_filter(f).to_owned()));
         pool.extend(p.exclude.iter().cloned());
         for r in &p.remap.rules {
             if let RemapRule::Template { filter, template } = r {
@@ -270,7 +271,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
     // Self-loops first, so that the loop pass does not report them again.
     for pipe in plan.pipes.values().filter(|p| p.from == p.to) {
         'filters: for (filter, _) in &pipe.filters {
-            for w in filter_witnesses(filter, &pool) {
+            for w in filter_witnesses(topic_filter(filter), &pool) {
                 if let Decision::Forwarded { topic, .. } = decide(pipe, &w)
                     && matches!(decide(pipe, &topic), Decision::Forwarded { .. })
                 {
@@ -289,7 +290,7 @@ pub fn analyze(plan: &Plan) -> Analysis {
     }
     for pipe in plan.pipes.values() {
         for (filter, _) in &pipe.filters {
-            for w in filter_witnesses(filter, &pool) {
+            for w in filter_witnesses(topic_filter(filter), &pool) {
                 if pipe.loop_check {
                     let root = router.trace(&pipe.from, &w, &checked, &mut budget);
                     let mut path = Vec::new();

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod raw;
 mod remote;
 pub mod route;
+mod scaleout;
 mod storage;
 pub mod summary;
 pub mod units;

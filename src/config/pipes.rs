@@ -95,7 +95,8 @@ fn topics(ctx: &mut Ctx, key: &Text, scope: &Scope, raw: &RawPipe) -> Vec<(Strin
             continue;
         };
         let q = qos_value(ctx, &qos, scope, "topics.qos", QoS::ExactlyOnce);
-        if let Some(f) = filter(ctx, &text, scope, "topics") {
+        let plain = |ctx: &mut Ctx| filter(ctx, &text, scope, "topics");
+        if let Some(f) = super::scaleout::topic_entry(ctx, &text, scope, plain) {
             if filters.iter().any(|(g, _)| *g == f) {
                 ctx.warn(
                     &text.referenced,
@@ -130,7 +131,7 @@ fn remap(
     }
     let remap = Remap::new(rules);
     for (f, _) in filters {
-        for w in witnesses(f) {
+        for w in witnesses(super::scaleout::topic_filter(f)) {
             if exclude.iter().any(|e| crate::topic::matches(e, &w)) {
                 continue;
             }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::plan::{PipePlan, Plan};
+use crate::protocol::shared::topic_filter;
 use crate::topic::matches;
 
 /// Longest path followed (a config with a longer chain of brokers is cut off
@@ -41,7 +42,11 @@ pub enum Decision {
 
 /// What `pipe` does with `topic` (pure; the same logic the pipes run).
 pub fn decide(pipe: &PipePlan, topic: &str) -> Decision {
-    let Some((filter, _)) = pipe.filters.iter().find(|(f, _)| matches(f, topic)) else {
+    let Some((filter, _)) = pipe
+        .filters
+        .iter()
+        .find(|(f, _)| matches(topic_filter(f), topic))
+    else {
         return Decision::NoMatch;
     };
     if let Some(e) = pipe.exclude.iter().find(|e| matches(e, topic)) {

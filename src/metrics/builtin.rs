@@ -52,6 +52,7 @@ pub struct BuiltinBrokerMetrics {
     retained_stored: Gauge,
     records_damaged: Counter,
     sessions_expired: Counter,
+    shared_redelivered: Counter,
     store_full: Counter,
 }
 
@@ -88,6 +89,7 @@ impl BuiltinBrokerMetrics {
             retained_stored: gauge!(BROKER_RETAINED_STORED, LABEL_BROKER => b.clone()),
             records_damaged: counter!(BROKER_RECORDS_DAMAGED_TOTAL, LABEL_BROKER => b.clone()),
             sessions_expired: counter!(BROKER_SESSIONS_EXPIRED_TOTAL, LABEL_BROKER => b.clone()),
+            shared_redelivered: counter!(BROKER_SHARED_REDELIVERED_TOTAL, LABEL_BROKER => b.clone()),
             store_full: counter!(BROKER_PUBLISHES_REFUSED_STORE_FULL_TOTAL, LABEL_BROKER => b),
         }
     }
@@ -140,6 +142,7 @@ impl BuiltinBrokerMetrics {
         self.retained_stored.set(s.retained_stored as f64);
         self.records_damaged.absolute(s.records_damaged);
         self.sessions_expired.absolute(s.sessions_expired);
+        self.shared_redelivered.absolute(s.shared_redelivered);
         self.store_full.absolute(s.store_full);
     }
 }
@@ -218,6 +221,9 @@ pub struct BrokerStats {
     pub records_damaged: u64,
     /// Counter: persistent sessions removed by `session_expiry`.
     pub sessions_expired: u64,
+    /// Counter: QoS 1/2 messages of a removed shared-subscription member
+    /// handed to another member of its share group.
+    pub shared_redelivered: u64,
     /// Counter: client QoS 1/2 publishes refused (not acknowledged, the
     /// connection closed) because `storage.max_bytes` was reached.
     pub store_full: u64,

@@ -172,6 +172,10 @@ pub fn describe_all() {
             "Persistent sessions removed by session_expiry.",
         ),
         (
+            BROKER_SHARED_REDELIVERED_TOTAL,
+            "Unacknowledged messages of a removed shared-subscription member handed to another member.",
+        ),
+        (
             BROKER_PUBLISHES_REFUSED_STORE_FULL_TOTAL,
             "Client QoS 1/2 publishes refused (unacknowledged, connection closed): storage.max_bytes reached.",
         ),

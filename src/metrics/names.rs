@@ -137,6 +137,9 @@ pub const BROKER_RETAINED_STORED: &str = "mqbridge_broker_retained_stored";
 pub const BROKER_RECORDS_DAMAGED_TOTAL: &str = "mqbridge_broker_records_damaged_total";
 /// Counter `{broker}`: persistent sessions removed by `session_expiry`.
 pub const BROKER_SESSIONS_EXPIRED_TOTAL: &str = "mqbridge_broker_sessions_expired_total";
+/// Counter `{broker}`: QoS 1/2 messages of a removed shared-subscription
+/// member handed to another member of its share group.
+pub const BROKER_SHARED_REDELIVERED_TOTAL: &str = "mqbridge_broker_shared_redelivered_total";
 /// Counter `{broker}`: client QoS 1/2 publishes refused because the store
 /// reached `storage.max_bytes` (not acknowledged; the connection closed).
 pub const BROKER_PUBLISHES_REFUSED_STORE_FULL_TOTAL: &str =

@@ -206,7 +206,8 @@ impl Dispatcher {
         let mut trie = FilterTrie::new();
         for (ix, r) in self.routes.iter().enumerate() {
             for (filter, qos) in &r.filters {
-                trie.insert(filter, (ix, *qos));
+                // A shared subscription's messages match its filter.
+                trie.insert(crate::protocol::shared::topic_filter(filter), (ix, *qos));
             }
         }
         self.trie = trie;

@@ -1,17 +1,11 @@
 //! Shared subscriptions (spec 4.8.2): parsing `$share/{group}/{filter}`
 //! and the distribution policy of one group, as a pure data structure.
 //!
-//! Distribution policy: each message goes to one member, chosen round
-//! robin among the members that are connected and have send quota left
-//! (a member whose Receive Maximum is used up is skipped, not waited for).
-//! The group remembers which member holds each unacknowledged message;
-//! when a member leaves (disconnects or unsubscribes) its unacknowledged
-//! messages are handed back for redelivery to the other members, so a
-//! crashed consumer loses nothing. With no eligible member a message waits
-//! (the caller queues it). Works for 3.1.1 clients too, as in Mosquitto.
-
-use std::collections::HashMap;
-use std::hash::Hash;
+//! Distribution policy (the router applies it, see `docs/protocol.md`):
+//! each message goes to one member, round robin; the router says at each
+//! pick which members may take it (connected with room first, then any
+//! connected, then a persistent member that is away). Works for 3.1.1
+//! clients too, as in Mosquitto.
 
 use super::codec::filter_is_valid;
 
@@ -64,44 +58,72 @@ pub fn parse(filter: &str) -> Result<Option<SharedFilter<'_>>, SharedFilterError
     }))
 }
 
-/// One share group's members and who holds which unacknowledged message.
-/// `M` names a member (a session), `K` a message (whatever the caller
-/// uses to find it again).
-#[derive(Debug, Clone)]
-pub struct Group<M, K> {
-    /// Members in join order; `true` when connected.
-    members: Vec<(M, bool)>,
-    /// Index in `members` to try first next time.
-    next: usize,
-    /// Unacknowledged message → the member it was sent to.
-    holder: HashMap<K, M>,
+/// Whether `filter` is a shared subscription (valid or not).
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with(PREFIX)
 }
 
-impl<M: Clone + Eq + Hash, K: Clone + Eq + Hash> Default for Group<M, K> {
+/// The filter to match topics and check permissions with: the filter after
+/// the share name for a valid `$share/{group}/{filter}`, else `filter` itself.
+pub fn topic_filter(filter: &str) -> &str {
+    match parse(filter) {
+        Ok(Some(shared)) => shared.filter,
+        _ => filter,
+    }
+}
+
+/// The members of one share group and whose turn is next. `M` names a
+/// member (a session); whether a member can take a message now (connected,
+/// room in its queue, allowed to read) is the caller's to say at each pick.
+#[derive(Debug, Clone)]
+pub struct Group<M> {
+    /// Members in join order.
+    members: Vec<M>,
+    /// Index in `members` to try first next time.
+    next: usize,
+}
+
+impl<M> Default for Group<M> {
     fn default() -> Self {
         Group {
             members: Vec::new(),
             next: 0,
-            holder: HashMap::new(),
         }
     }
 }
 
-impl<M: Clone + Eq + Hash, K: Clone + Eq + Hash> Group<M, K> {
+impl<M: Clone + Eq> Group<M> {
     /// An empty group.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// `member` subscribed, or reconnected.
+    /// `member` subscribed (again: no change).
     pub fn join(&mut self, member: M) {
-        match self.members.iter_mut().find(|(m, _)| *m == member) {
-            Some((_, connected)) => *connected = true,
-            None => self.members.push((member, true)),
+        if !self.members.contains(&member) {
+            self.members.push(member);
         }
     }
 
-    /// Members (connected or not).
+    /// `member` unsubscribed, or its session ended.
+    pub fn leave(&mut self, member: &M) {
+        if let Some(i) = self.members.iter().position(|m| m == member) {
+            self.members.remove(i);
+            if i < self.next {
+                self.next -= 1;
+            }
+            if self.next >= self.members.len() {
+                self.next = 0;
+            }
+        }
+    }
+
+    /// The members in join order.
+    pub fn members(&self) -> &[M] {
+        &self.members
+    }
+
+    /// Members.
     pub fn len(&self) -> usize {
         self.members.len()
     }
@@ -111,64 +133,23 @@ impl<M: Clone + Eq + Hash, K: Clone + Eq + Hash> Group<M, K> {
         self.members.is_empty()
     }
 
-    /// The member to send the next message to: the next connected member,
-    /// round robin, for which `has_quota` is true; `None` when there is none
-    /// (queue the message and try again when a member acks or joins).
-    pub fn pick(&mut self, has_quota: impl Fn(&M) -> bool) -> Option<M> {
+    /// The member to send the next message to: the next member, round
+    /// robin, for which `eligible` is true; `None` when there is none (the
+    /// turn does not move).
+    pub fn pick(&mut self, eligible: impl Fn(&M) -> bool) -> Option<M> {
         let n = self.members.len();
         (0..n)
             .map(|i| (self.next + i) % n)
-            .find(|&i| self.members[i].1 && has_quota(&self.members[i].0))
+            .find(|&i| eligible(&self.members[i]))
             .map(|i| {
                 self.next = (i + 1) % n;
-                self.members[i].0.clone()
+                self.members[i].clone()
             })
-    }
-
-    /// `message` was sent to `member` at QoS>0 and awaits its ack.
-    pub fn sent(&mut self, message: K, member: M) {
-        self.holder.insert(message, member);
-    }
-
-    /// `message` was acknowledged (or expired): nothing to redeliver.
-    pub fn acked(&mut self, message: &K) {
-        self.holder.remove(message);
-    }
-
-    /// `member` disconnected (`stays: true`, it keeps its place for when it
-    /// reconnects) or unsubscribed (`stays: false`). Returns the messages
-    /// it had not acknowledged, to redeliver through [`Group::pick`].
-    pub fn leave(&mut self, member: &M, stays: bool) -> Vec<K> {
-        if stays {
-            if let Some((_, connected)) = self.members.iter_mut().find(|(m, _)| m == member) {
-                *connected = false;
-            }
-        } else if let Some(i) = self.members.iter().position(|(m, _)| m == member) {
-            self.members.remove(i);
-            if i < self.next {
-                self.next -= 1;
-            }
-            if self.next >= self.members.len() {
-                self.next = 0;
-            }
-        }
-        let orphans: Vec<K> = self
-            .holder
-            .iter()
-            .filter(|(_, m)| *m == member)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &orphans {
-            self.holder.remove(k);
-        }
-        orphans
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -202,75 +183,70 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_skips_disconnected_and_full_members() {
-        let mut g: Group<&str, u32> = Group::new();
+    fn topic_filter_strips_a_valid_share_prefix_only() {
+        assert_eq!(topic_filter("$share/g/a/#"), "a/#");
+        assert_eq!(topic_filter("a/#"), "a/#");
+        assert_eq!(topic_filter("$share/g"), "$share/g");
+    }
+
+    #[test]
+    fn round_robin_skips_ineligible_members() {
+        let mut g: Group<&str> = Group::new();
         g.join("a");
         g.join("b");
         g.join("c");
+        g.join("b");
+        assert_eq!(g.len(), 3);
         let all = |_: &&str| true;
         assert_eq!(
             [g.pick(all), g.pick(all), g.pick(all), g.pick(all)],
             [Some("a"), Some("b"), Some("c"), Some("a")]
         );
-        assert!(g.leave(&"b", true).is_empty());
-        assert_eq!([g.pick(all), g.pick(all)], [Some("c"), Some("a")]);
-        assert_eq!(g.pick(|m| *m != "c" && *m != "a"), None);
-        g.join("b");
-        assert_eq!(g.pick(|m| *m != "c"), Some("b"));
+        assert_eq!([g.pick(|m| *m != "b"), g.pick(all)], [Some("c"), Some("a")]);
+        assert_eq!(g.pick(|_| false), None);
+        assert_eq!(g.pick(all), Some("b"));
     }
 
     #[test]
-    fn unacked_messages_of_a_leaving_member_go_to_another() {
-        let mut g: Group<&str, u32> = Group::new();
-        g.join("a");
-        g.join("b");
-        for msg in 1..=4 {
-            let m = g.pick(|_| true).expect("member");
-            g.sent(msg, m);
+    fn leaving_keeps_the_turn_order() {
+        let mut g: Group<u8> = Group::new();
+        for m in 0..4 {
+            g.join(m);
         }
-        g.acked(&1); // a had 1 and 3; b had 2 and 4.
-        let mut orphans = g.leave(&"a", false);
-        orphans.sort();
-        assert_eq!(orphans, [3]);
-        assert_eq!(g.len(), 1);
-        for msg in orphans {
-            let m = g.pick(|_| true).expect("member");
-            assert_eq!(m, "b");
-            g.sent(msg, m);
-        }
-        let mut left = g.leave(&"b", false);
-        left.sort();
-        assert_eq!(left, [2, 3, 4]);
+        assert_eq!(g.pick(|_| true), Some(0));
+        assert_eq!(g.pick(|_| true), Some(1));
+        // Next is 2; 0 (before it) leaves: 2 is still next.
+        g.leave(&0);
+        assert_eq!(g.pick(|_| true), Some(2));
+        // Next is 3, the last; it leaves: the turn wraps to 1.
+        g.leave(&3);
+        assert_eq!(g.pick(|_| true), Some(1));
+        g.leave(&1);
+        g.leave(&2);
         assert!(g.is_empty() && g.pick(|_| true).is_none());
     }
 
     proptest! {
-        /// With all members connected and unlimited quota, n picks visit
-        /// every member once per round; and every message sent is either
-        /// acked or handed back exactly once when its member leaves.
+        /// With every member eligible, n picks visit every member once per
+        /// round; after one leaves, it is never picked again.
         #[test]
-        fn fair_and_loses_nothing(members in 1usize..6, msgs in 1u32..60, leaver in 0usize..6) {
-            let mut g: Group<usize, u32> = Group::new();
+        fn fair_and_forgets_a_leaver(members in 1usize..6, msgs in 1u32..60, leaver in 0usize..6) {
+            let mut g: Group<usize> = Group::new();
             for m in 0..members {
                 g.join(m);
             }
             let mut counts = vec![0u32; members];
-            let mut held: HashMap<u32, usize> = HashMap::new();
-            for msg in 0..msgs {
+            for _ in 0..msgs {
                 let m = g.pick(|_| true).expect("member");
                 counts[m] += 1;
-                g.sent(msg, m);
-                held.insert(msg, m);
             }
             let (lo, hi) = (counts.iter().min().copied(), counts.iter().max().copied());
             prop_assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1));
             let leaver = leaver % members;
-            let back: HashSet<u32> = g.leave(&leaver, false).into_iter().collect();
-            let want: HashSet<u32> = held.iter().filter(|(_, m)| **m == leaver).map(|(k, _)| *k).collect();
-            prop_assert_eq!(back, want);
-            prop_assert!(g.leave(&leaver, false).is_empty());
-            if members > 1 {
-                prop_assert!(g.pick(|_| true).is_some_and(|m| m != leaver));
+            g.leave(&leaver);
+            prop_assert_eq!(g.len(), members - 1);
+            for _ in 0..members * 2 {
+                prop_assert!(g.pick(|_| true) != Some(leaver));
             }
         }
     }

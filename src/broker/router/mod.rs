@@ -7,7 +7,8 @@
 //! (publishes, acknowledgements, subscriptions, fan-out) and [`parked`]
 //! (publishes held back while a link session is full); [`durable`] holds
 //! back the acknowledgements of publishes stored for persistent sessions
-//! until the store's group commit has them on disk.
+//! until the store's group commit has them on disk; [`shared`] holds the
+//! share groups of shared subscriptions.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -51,6 +52,7 @@ mod durable;
 mod parked;
 mod routing;
 mod sessions;
+mod shared;
 
 use durable::Waiter;
 
@@ -256,6 +258,7 @@ pub(crate) fn spawn(
         holds: HashMap::new(),
         by_conn: HashMap::new(),
         subs: FilterTrie::new(),
+        shared: shared::Shared::default(),
         retained: Retained::default(),
         next_session: 0,
         scratch: Vec::new(),
@@ -316,8 +319,10 @@ struct Router {
     /// Links held down by a fault drill (by link id), until the token is cancelled.
     holds: HashMap<String, CancellationToken>,
     by_conn: HashMap<ConnId, SessionId>,
-    /// Every subscription: filter → (session, granted QoS).
+    /// Every subscription but the shared ones: filter → (session, granted QoS).
     subs: FilterTrie<(SessionId, QoS)>,
+    /// Shared subscriptions' groups ([`shared`]).
+    shared: shared::Shared,
     retained: Retained,
     next_session: SessionId,
     /// Reused buffer of matching subscriptions.

@@ -40,7 +40,7 @@ impl Router {
                     .is_some_and(|s| s.origin == Origin::Local && s.would_drop(&self.limits))
         });
         self.scratch = scratch;
-        full
+        full || self.shared_link_full(topic)
     }
 
     /// Whether a client's QoS 1/2 publish on `topic` (about `bytes` to
@@ -59,7 +59,7 @@ impl Router {
                 && self.sessions.get(&sid).is_some_and(|s| s.stored.is_some())
         });
         self.scratch = scratch;
-        full
+        full || self.shared_stores(topic)
     }
 
     /// Refuses a client's QoS 1/2 `publish` that a persistent session would

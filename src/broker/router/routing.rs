@@ -18,12 +18,14 @@ pub(super) fn may_read(security: &Security, session: &Session, topic: &str) -> b
 
 /// The limit a network client's new subscription to `filter` would break,
 /// if any. Replacing an existing subscription breaks none; in-process links
-/// (pipes, configured by the operator) are never limited.
+/// (pipes, configured by the operator) are never limited. `other_nodes`:
+/// the share groups' trie, which counts against the same node limit.
 pub(super) fn subscription_limit<T>(
     limits: &Limits,
     session: &Session,
     subs: &FilterTrie<T>,
     filter: &str,
+    other_nodes: usize,
 ) -> Option<SubRefuseReason> {
     if matches!(session.origin, Origin::Local) || session.subscriptions.contains_key(filter) {
         return None;
@@ -31,15 +33,18 @@ pub(super) fn subscription_limit<T>(
     if session.subscriptions.len() >= limits.max_subscriptions_per_client {
         return Some(SubRefuseReason::SubscriptionsPerClient);
     }
-    if subs.node_count() + subs.nodes_needed(filter) > limits.max_trie_nodes {
+    if subs.node_count() + other_nodes + subs.nodes_needed(filter) > limits.max_trie_nodes {
         return Some(SubRefuseReason::TrieNodes);
     }
     None
 }
 
-/// Publishes the trie's size to the `trie_nodes` gauge.
-pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>) {
-    counters.trie_nodes.store(subs.node_count() as u64, Relaxed);
+/// Publishes the trie's size, with the share groups' `shared_nodes`, to
+/// the `trie_nodes` gauge.
+pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>, shared_nodes: usize) {
+    counters
+        .trie_nodes
+        .store((subs.node_count() + shared_nodes) as u64, Relaxed);
 }
 
 impl Router {
@@ -164,8 +169,15 @@ impl Router {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
         for (filter, qos) in filters {
-            let qos = qos.filter(|_| {
-                match subscription_limit(&self.limits, session, &self.subs, &filter) {
+            let qos = qos.filter(|_| shared::valid(&filter)).filter(|_| {
+                let limit = if shared::is_shared(&filter) {
+                    let main_nodes = self.subs.node_count();
+                    self.shared.limit(&self.limits, session, &filter, main_nodes)
+                } else {
+                    let shared_nodes = self.shared.node_count();
+                    subscription_limit(&self.limits, session, &self.subs, &filter, shared_nodes)
+                };
+                match limit {
                     Some(reason) => {
                         self.counters.sub_refused(reason);
                         crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80): limit");
@@ -176,15 +188,19 @@ impl Router {
             });
             granted.push(qos);
             let Some(qos) = qos else { continue };
-            if session.subscriptions.insert(filter.clone(), qos).is_some() {
-                self.subs.remove(&filter, |v| v.0 == sid);
-            } else {
+            let replaced = session.subscriptions.insert(filter.clone(), qos).is_some();
+            if !replaced {
                 self.counters.subscriptions.fetch_add(1, Relaxed);
             }
-            self.subs.insert(&filter, (sid, qos));
+            if !self.shared.join(&filter, sid) {
+                if replaced {
+                    self.subs.remove(&filter, |v| v.0 == sid);
+                }
+                self.subs.insert(&filter, (sid, qos));
+            }
             accepted.push((filter, qos));
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
         match reply {
@@ -223,7 +239,7 @@ impl Router {
             return;
         };
         for (filter, qos) in accepted {
-            if !session.subscriptions.contains_key(&filter) {
+            if !session.subscriptions.contains_key(&filter) || !shared::sends_retained(&filter) {
                 continue;
             }
             for m in self.retained.matching(&filter) {
@@ -249,11 +265,13 @@ impl Router {
         };
         for filter in &filters {
             if session.subscriptions.remove(filter).is_some() {
-                self.subs.remove(filter, |v| v.0 == sid);
+                if !self.shared.leave(filter, sid) {
+                    self.subs.remove(filter, |v| v.0 == sid);
+                }
                 self.counters.subscriptions.fetch_sub(1, Relaxed);
             }
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
         match reply {
@@ -273,7 +291,8 @@ impl Router {
     }
 
     /// Routes one message: retained store first, then one copy per matching
-    /// session at the highest granted QoS (MQTT-3.3.5-1), QoS min(published,
+    /// session at the highest granted QoS (MQTT-3.3.5-1) and one per matching
+    /// share group ([`shared`]), QoS min(published,
     /// granted), retain=0 for these established subscriptions. True when a
     /// QoS 1/2 copy (or the retained message) went to the store: the
     /// publisher's acknowledgement then waits for durability.
@@ -321,6 +340,6 @@ impl Router {
             }
         }
         self.scratch = scratch;
-        stored
+        stored | self.route_shared(&message)
     }
 }

@@ -166,12 +166,15 @@ impl Router {
         };
         self.by_client.remove(&s.key());
         for filter in s.subscriptions.keys() {
-            self.subs.remove(filter, |v| v.0 == sid);
+            if !self.shared.leave(filter, sid) {
+                self.subs.remove(filter, |v| v.0 == sid);
+            }
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         self.counters
             .subscriptions
             .fetch_sub(s.subscriptions.len() as u64, Relaxed);
+        self.redeliver_shared(sid, &mut s);
         s.discard(&self.counters);
         if let Some(stored) = s.stored {
             self.journal.remove_session(stored, s.stored_messages);
@@ -225,7 +228,9 @@ impl Router {
         for (sid, stored) in loaded.sessions {
             let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
             for (filter, qos) in &session.subscriptions {
-                self.subs.insert(filter, (sid, *qos));
+                if !self.shared.join(filter, sid) {
+                    self.subs.insert(filter, (sid, *qos));
+                }
             }
             self.counters
                 .subscriptions
@@ -236,7 +241,7 @@ impl Router {
             self.counters.persisted_sessions.fetch_add(1, Relaxed);
             self.next_session = self.next_session.max(sid + 1);
         }
-        count_trie_nodes(&self.counters, &self.subs);
+        count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         if sessions > 0 || retained > 0 || loaded.damaged > 0 {
             info!(broker = %self.name, sessions, retained, damaged = loaded.damaged, "persistent state restored");
         }

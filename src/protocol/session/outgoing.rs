@@ -253,6 +253,15 @@ impl<T> Outgoing<T> {
             .collect()
     }
 
+    /// Like [`Outgoing::drain`], but returns only the messages the peer has
+    /// not acknowledged receiving (no PUBACK/PUBREC yet): the ones another
+    /// receiver must get when this one is gone. QoS 2 flows past PUBREC are
+    /// dropped (the peer has the message).
+    pub fn drain_unreceived(&mut self) -> Vec<(Message, T)> {
+        self.flows.retain(|_, f| f.stage == Stage::AwaitAck);
+        self.drain()
+    }
+
     /// Puts back a QoS 1/2 flow that was in flight before a restart, under
     /// its original packet id (`released`: PUBREC was received, PUBREL is
     /// owed). Gives the message back when the id is taken or invalid.

@@ -187,6 +187,29 @@ fn drain_returns_everything_in_order_and_frees_ids() {
 }
 
 #[test]
+fn drain_unreceived_keeps_only_flows_the_peer_has_not_acknowledged() {
+    let mut out = Outgoing::new(4);
+    let (p1, _) = out.publish(msg("q1", QoS::AtLeastOnce), 1).unwrap();
+    out.publish(msg("q2-sent", QoS::ExactlyOnce), 2).unwrap();
+    let (p3, _) = out
+        .publish(msg("q2-received", QoS::ExactlyOnce), 3)
+        .unwrap();
+    out.publish(msg("q1-pending", QoS::AtLeastOnce), 4).unwrap();
+    assert_eq!(out.on_puback(pkid_of(&p1)).unwrap(), 1);
+    out.on_pubrec(pkid_of(&p3)).unwrap();
+    let got: Vec<(String, i32)> = out
+        .drain_unreceived()
+        .into_iter()
+        .map(|(m, t)| (m.topic.as_str().to_owned(), t))
+        .collect();
+    assert_eq!(
+        got,
+        [("q2-sent".to_owned(), 2), ("q1-pending".to_owned(), 4)]
+    );
+    assert!(out.is_empty() && out.has_room());
+}
+
+#[test]
 fn reserved_ids_never_collide_with_publishes() {
     let mut out: Outgoing<()> = Outgoing::new(10);
     let sub = out.reserve_id().unwrap();
