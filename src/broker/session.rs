@@ -12,9 +12,13 @@ use super::persist::{Journal, LoadedSession};
 use super::record::{Flow, Kind, StoredSession};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
-use crate::protocol::session::ProtocolViolation;
+use crate::protocol::reason::ReasonCode;
+use crate::protocol::session::{ProtocolViolation, Resend};
 use crate::protocol::v4::Packet;
-use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
+use crate::protocol::{Full, Incoming, Message, Outgoing, QoS, SubscribeOptions};
+use rumqttc::v5::mqttbytes::v5::{
+    Packet as P5, PubAck as PubAck5, PubAckReason, PubRec as PubRec5, PubRecReason,
+};
 
 /// Our QoS of a codec QoS.
 fn msg_qos(q: rumqttc::mqttbytes::QoS) -> QoS {
@@ -35,6 +39,45 @@ pub(crate) struct Attached {
     pub id: ConnId,
     /// Where packets for the client go.
     pub outlet: Outlet,
+    /// What an MQTT 5 client negotiated; `None` for 3.x and local links.
+    pub v5: Option<V5Attached>,
+}
+
+/// What an MQTT 5 connection negotiated that the session acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct V5Attached {
+    /// Session Expiry Interval in force (seconds; 0: ends with the connection).
+    pub session_expiry: u32,
+    /// The client's Receive Maximum: QoS 1/2 PUBLISHes in flight to it.
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    pub max_packet: u32,
+}
+
+/// One subscription of a session: the options asked for (granted QoS
+/// included) and its MQTT 5 subscription identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Subscription {
+    /// Granted QoS, no local, retain as published, retain handling.
+    pub options: SubscribeOptions,
+    /// Subscription identifier, added to the messages it delivers.
+    pub id: Option<u32>,
+}
+
+impl Subscription {
+    /// A subscription with `options` and no identifier.
+    pub fn from_options(options: SubscribeOptions) -> Self {
+        Subscription { options, id: None }
+    }
+}
+
+impl From<QoS> for Subscription {
+    fn from(qos: QoS) -> Self {
+        Subscription {
+            options: SubscribeOptions::qos(qos),
+            id: None,
+        }
+    }
 }
 
 /// Who is attached to a session.
@@ -86,8 +129,15 @@ pub(crate) struct Session {
     pub client_id: String,
     /// Clean session: discarded when the connection ends.
     pub clean: bool,
-    /// Filter → granted QoS (mirrors the router's trie).
-    pub subscriptions: HashMap<String, QoS>,
+    /// Filter → subscription (mirrors the router's trie).
+    pub subscriptions: HashMap<String, Subscription>,
+    /// The MQTT 5 Session Expiry Interval (seconds; `u32::MAX`: never);
+    /// `None` for a 3.x or link session, which the broker's
+    /// `session_expiry` governs.
+    pub expiry: Option<u32>,
+    /// Reason codes owed on the PUBACK/PUBREC of refused MQTT 5 publishes,
+    /// by packet id (empty for everyone else).
+    ack_reasons: HashMap<u16, ReasonCode>,
     /// QoS 1/2 flows towards the client; the token is the message's
     /// sequence number in the store, if stored.
     pub outgoing: Outgoing<Option<u64>>,
@@ -105,6 +155,9 @@ pub(crate) struct Session {
     pub stored: Option<u64>,
     /// Next message sequence number in the store.
     next_seq: u64,
+    /// `max_inflight`: the window towards a client, lowered to an MQTT 5
+    /// client's Receive Maximum while it is attached.
+    limits_window: u16,
     /// Messages of this session in the store.
     pub stored_messages: u64,
     /// Stored QoS 2 flows in flight: packet id → sequence number.
@@ -120,6 +173,8 @@ impl Session {
             client_id,
             clean,
             subscriptions: HashMap::new(),
+            expiry: None,
+            ack_reasons: HashMap::new(),
             outgoing: Outgoing::new(usize::from(limits.max_inflight)),
             incoming: Incoming::new(),
             queue: VecDeque::new(),
@@ -127,6 +182,7 @@ impl Session {
             origin,
             stored: None,
             next_seq: 0,
+            limits_window: limits.max_inflight,
             stored_messages: 0,
             qos2_seq: HashMap::new(),
             disconnected_at: None,
@@ -153,6 +209,7 @@ impl Session {
         };
         let mut s = Session::new(record.client_id, false, origin, limits);
         s.subscriptions = record.subscriptions.into_iter().collect();
+        s.expiry = record.expiry;
         s.stored = Some(sid);
         s.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
         for (seq, message, flow) in loaded.messages {
@@ -190,18 +247,19 @@ impl Session {
             Origin::Local => (Kind::Link, None),
             Origin::Network { username } => (Kind::Network, username.clone()),
         };
-        let mut subscriptions: Vec<(String, QoS)> = self
+        let mut subscriptions: Vec<(String, Subscription)> = self
             .subscriptions
             .iter()
-            .map(|(f, q)| (f.clone(), *q))
+            .map(|(f, sub)| (f.clone(), *sub))
             .collect();
-        subscriptions.sort();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         StoredSession {
             kind,
             client_id: self.client_id.clone(),
             username,
             subscriptions,
             disconnected_at: self.disconnected_at,
+            expiry: self.expiry,
         }
     }
 
@@ -242,7 +300,7 @@ impl Session {
         counters: &Counters,
         journal: &mut Journal,
     ) -> Result<(), Full<Option<u64>>> {
-        if !self.is_link() {
+        if !self.is_link() && !self.is_v5() {
             let (packet, _) = self.outgoing.publish(msg, seq)?;
             if let Packet::Publish(p) = &packet {
                 self.note_flow(p.pkid, msg_qos(p.qos), seq, journal);
@@ -254,13 +312,7 @@ impl Session {
         // A new flow, as a fresh PUBLISH would say (resends go as packets).
         message.dup = false;
         self.note_flow(pkid, message.qos, seq, journal);
-        if let Some(conn) = &self.conn {
-            counters.msgs_out.fetch_add(1, Relaxed);
-            counters
-                .bytes_out
-                .fetch_add(message.payload.len() as u64, Relaxed);
-            conn.outlet.send_publish(message, pkid);
-        }
+        self.send_message(message, pkid, counters);
         Ok(())
     }
 
@@ -320,6 +372,19 @@ impl Session {
         SessionKey::of(&self.origin, &self.client_id)
     }
 
+    /// Whether the attached connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.v5.is_some())
+    }
+
+    /// Remembers the reason code to put on the PUBACK/PUBREC of `pkid`
+    /// (an MQTT 5 publish that was refused); nothing for 3.x.
+    pub fn owe_reason(&mut self, pkid: u16, code: ReasonCode) {
+        if self.is_v5() && pkid != 0 {
+            self.ack_reasons.insert(pkid, code);
+        }
+    }
+
     /// Whether an in-process link owns this session.
     pub fn is_link(&self) -> bool {
         self.origin == Origin::Local
@@ -340,14 +405,65 @@ impl Session {
     /// Sends a control packet (SUBACK, acks) if connected. A client that
     /// keeps publishing but never reads would pile up acks: past `hard_cap`
     /// unwritten packets its connection is aborted.
-    pub fn send_control(&self, packet: Packet, hard_cap: usize) {
+    pub fn send_control(&mut self, packet: Packet, hard_cap: usize) {
+        let reason = match &packet {
+            Packet::PubAck(a) if !self.ack_reasons.is_empty() => {
+                self.ack_reasons.remove(&a.pkid).map(|r| (a.pkid, r, true))
+            }
+            Packet::PubRec(r) if !self.ack_reasons.is_empty() => {
+                self.ack_reasons.remove(&r.pkid).map(|c| (r.pkid, c, false))
+            }
+            _ => None,
+        };
         if let Some(conn) = &self.conn {
             if conn.outlet.pending() >= hard_cap {
                 crate::warn_limited!("client-not-reading", client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
                 conn.outlet.abort();
                 return;
             }
-            conn.outlet.send(packet);
+            match reason {
+                Some((pkid, code, true)) => {
+                    let mut ack = PubAck5::new(pkid, None);
+                    ack.reason =
+                        PubAckReason::try_from(code).unwrap_or(PubAckReason::UnspecifiedError);
+                    conn.outlet.send_v5(P5::PubAck(ack));
+                }
+                Some((pkid, code, false)) => {
+                    let mut rec = PubRec5::new(pkid, None);
+                    rec.reason =
+                        PubRecReason::try_from(code).unwrap_or(PubRecReason::UnspecifiedError);
+                    conn.outlet.send_v5(P5::PubRec(rec));
+                }
+                None => {
+                    conn.outlet.send(packet);
+                }
+            }
+        }
+    }
+
+    /// Sends an MQTT 5 control packet (SUBACK, UNSUBACK with reason codes)
+    /// if connected, bounded as [`Session::send_control`].
+    pub fn send_control_v5(&self, packet: P5, hard_cap: usize) {
+        if let Some(conn) = &self.conn {
+            if conn.outlet.pending() >= hard_cap {
+                crate::warn_limited!("client-not-reading", client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
+                conn.outlet.abort();
+                return;
+            }
+            conn.outlet.send_v5(packet);
+        }
+    }
+
+    /// Hands `message` under `pkid` to the connection as the message itself
+    /// (an in-process link, or an MQTT 5 client whose writer encodes its
+    /// properties).
+    fn send_message(&self, message: Message, pkid: u16, counters: &Counters) {
+        if let Some(conn) = &self.conn {
+            counters.msgs_out.fetch_add(1, Relaxed);
+            counters
+                .bytes_out
+                .fetch_add(message.payload.len() as u64, Relaxed);
+            conn.outlet.send_publish(message, pkid);
         }
     }
 
@@ -454,10 +570,28 @@ impl Session {
         counters: &Counters,
         journal: &mut Journal,
     ) {
+        let window = match &conn.v5 {
+            Some(v5) => usize::from(v5.receive_maximum).min(usize::from(self.limits_window)),
+            None => usize::from(self.limits_window),
+        };
+        self.outgoing.set_window(window);
+        self.ack_reasons.clear();
         self.conn = Some(conn);
         self.disconnected_at = None;
-        for packet in self.outgoing.resume(session_present) {
-            self.send(packet, counters);
+        if self.is_v5() {
+            for resend in self.outgoing.resume_messages(session_present) {
+                match resend {
+                    Resend::Publish { message, pkid } => self.send_message(message, pkid, counters),
+                    Resend::PubRel(pkid) => self.send(
+                        Packet::PubRel(crate::protocol::v4::PubRel::new(pkid)),
+                        counters,
+                    ),
+                }
+            }
+        } else {
+            for packet in self.outgoing.resume(session_present) {
+                self.send(packet, counters);
+            }
         }
         self.pump(counters, journal);
     }
@@ -504,7 +638,7 @@ mod tests {
                         }
                     }
                     Out::Publish(b) => out.push(String::from_utf8_lossy(&b.0.payload).into_owned()),
-                    Out::Close | Out::Replaced => {}
+                    Out::V5(_) | Out::Close | Out::Replaced => {}
                 }
             }
         }
@@ -518,7 +652,16 @@ mod tests {
         let l = limits(2, OverflowPolicy::DropOldest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+        );
         for n in 0..6 {
             s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
         }
@@ -544,7 +687,16 @@ mod tests {
         assert_eq!(s.queue.len(), 1);
         assert_eq!(counters.snapshot().dropped_queue_full, 1);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, true, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            true,
+            &counters,
+            &mut j,
+        );
         assert_eq!(drain_payloads(&mut rx), ["1"]);
         assert_eq!(counters.snapshot().queued, 0);
     }
@@ -558,7 +710,16 @@ mod tests {
         // Away with an empty queue: queued, not dropped.
         assert!(!s.would_drop(&l));
         let (tx, _rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+        );
         for n in 0..4 {
             assert!(!s.would_drop(&l), "message {n} fits");
             s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
@@ -570,7 +731,16 @@ mod tests {
         let l0 = limits(0, OverflowPolicy::DropOldest);
         let mut z = Session::new("z".into(), false, Origin::Local, &l0);
         let (tx, _rx0) = outlet();
-        z.attach(Attached { id: 2, outlet: tx }, false, &counters, &mut j);
+        z.attach(
+            Attached {
+                id: 2,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+        );
         assert!(!z.would_drop(&l0));
         z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters, &mut j);
         z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters, &mut j);
