@@ -890,3 +890,33 @@ async fn v5_session_options_survive_restart() {
         Some(vec![42])
     );
 }
+
+/// Message expiry [MQTT-3.3.2-6]: a message queued for an offline session
+/// goes out with the interval it has left, never more than was sent.
+#[tokio::test]
+async fn mqtt_3_3_2_6_queued_message_expiry_is_reduced() {
+    let b = TestBroker::start().await;
+    let mut p = props();
+    p.session_expiry_interval = Some(300);
+    let (mut c, _) = Raw5::connect_with(b.addr, "me-sub", true, Some(p.clone()), None).await;
+    c.subscribe(vec![filter("me/#", Q5::AtLeastOnce)], None)
+        .await;
+    drop(c);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    let mut publ = Raw5::connect(b.addr, "me-pub").await;
+    let expiring = Some(PublishProperties {
+        message_expiry_interval: Some(30),
+        ..Default::default()
+    });
+    publ.publish("me/x", b"q", Q5::AtLeastOnce, false, expiring)
+        .await;
+    wait_until(|| b.broker.stats().queued == 1).await;
+    let (mut c, ack) = Raw5::connect_with(b.addr, "me-sub", false, Some(p), None).await;
+    assert!(ack.session_present);
+    let got = c.next_publish().await;
+    let left = got
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("expiry kept");
+    assert!((1..=30).contains(&left), "{left}");
+}

@@ -6,12 +6,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::outlet::Outlet;
 use super::persist::{Journal, LoadedSession};
 use super::record::{Flow, Kind, StoredSession};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
+use crate::protocol::expiry::{Expiry, Remaining};
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::session::{ProtocolViolation, Resend};
 use crate::protocol::v4::Packet;
@@ -120,6 +122,9 @@ pub(crate) struct Queued {
     pub message: Message,
     /// Its sequence number in the store, if stored.
     pub seq: Option<u64>,
+    /// When its MQTT 5 Message Expiry Interval ends (from when it was
+    /// queued); `None`: it never expires.
+    pub expiry: Option<Expiry>,
 }
 
 /// One session.
@@ -228,9 +233,13 @@ impl Session {
                 }),
             };
             if let Err(full) = restored {
+                // The interval counts again from the restart (the time the
+                // broker was down is not known to the queue).
+                let expiry = Expiry::of(&full.message, Instant::now());
                 s.queue.push_back(Queued {
                     message: full.message,
                     seq: full.token,
+                    expiry,
                 });
                 counters.queued.fetch_add(1, Relaxed);
             }
@@ -478,6 +487,7 @@ impl Session {
         limits: &Limits,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) -> bool {
         if msg.qos == QoS::AtMostOnce {
             let Some(conn) = &self.conn else { return false };
@@ -491,10 +501,10 @@ impl Session {
         let seq = self.store(&msg, journal);
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
             if let Err(full) = self.start(msg, seq, counters, journal) {
-                self.enqueue(full.message, full.token, limits, counters, journal);
+                self.enqueue(full.message, full.token, limits, counters, journal, now);
             }
         } else {
-            self.enqueue(msg, seq, limits, counters, journal);
+            self.enqueue(msg, seq, limits, counters, journal, now);
         }
         seq.is_some()
     }
@@ -513,6 +523,7 @@ impl Session {
         limits: &Limits,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) {
         if self.queue.len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
@@ -533,26 +544,48 @@ impl Session {
                 return;
             }
         }
-        self.queue.push_back(Queued { message, seq });
+        let expiry = Expiry::of(&message, now);
+        self.queue.push_back(Queued {
+            message,
+            seq,
+            expiry,
+        });
         counters.queued.fetch_add(1, Relaxed);
     }
 
-    /// Moves queued messages into the inflight window while there is room.
-    pub fn pump(&mut self, counters: &Counters, journal: &mut Journal) {
+    /// Moves queued messages into the inflight window while there is room;
+    /// a message whose expiry interval passed at `now` is dropped
+    /// (counted), one still alive goes out with the interval it has left
+    /// [MQTT-3.3.2-5, MQTT-3.3.2-6].
+    pub fn pump(&mut self, counters: &Counters, journal: &mut Journal, now: Instant) {
         if self.conn.is_none() {
             return;
         }
         while self.outgoing.has_room() {
-            let Some(next) = self.queue.pop_front() else {
+            let Some(mut next) = self.queue.pop_front() else {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
+            match next.expiry.map(|e| e.remaining(now)) {
+                Some(Remaining::Expired) => {
+                    counters.dropped(DropReason::Expired, 1);
+                    self.forget(next.seq, journal);
+                    continue;
+                }
+                Some(Remaining::Seconds(left)) => {
+                    if let Some(p) = next.message.properties.as_mut() {
+                        p.message_expiry_interval = Some(left);
+                    }
+                }
+                None => {}
+            }
             match self.start(next.message, next.seq, counters, journal) {
                 Ok(()) => {}
                 Err(full) => {
                     self.queue.push_front(Queued {
                         message: full.message,
                         seq: full.token,
+                        expiry: next.expiry,
                     });
                     counters.queued.fetch_add(1, Relaxed);
                     break;
@@ -569,6 +602,7 @@ impl Session {
         session_present: bool,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) {
         let window = match &conn.v5 {
             Some(v5) => usize::from(v5.receive_maximum).min(usize::from(self.limits_window)),
@@ -593,7 +627,7 @@ impl Session {
                 self.send(packet, counters);
             }
         }
-        self.pump(counters, journal);
+        self.pump(counters, journal, now);
     }
 
     /// Drops everything the session holds (gauges follow).
@@ -661,9 +695,16 @@ mod tests {
             false,
             &counters,
             &mut j,
+            Instant::now(),
         );
         for n in 0..6 {
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
+            s.deliver(
+                msg(n, QoS::AtLeastOnce),
+                &l,
+                &counters,
+                &mut j,
+                Instant::now(),
+            );
         }
         assert_eq!(drain_payloads(&mut rx), ["0", "1"]);
         assert_eq!(s.queue.len(), 2);
@@ -671,7 +712,7 @@ mod tests {
         assert_eq!(counters.snapshot().queued, 2);
         // PUBACK frees a slot: the oldest surviving queued message goes out.
         s.outgoing.on_puback(1).unwrap();
-        s.pump(&counters, &mut j);
+        s.pump(&counters, &mut j, Instant::now());
         assert_eq!(drain_payloads(&mut rx), ["4"]);
     }
 
@@ -681,9 +722,27 @@ mod tests {
         let mut j = Journal::disabled(Default::default());
         let l = limits(1, OverflowPolicy::DropNewest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
-        s.deliver(msg(0, QoS::AtMostOnce), &l, &counters, &mut j);
-        s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters, &mut j);
-        s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters, &mut j);
+        s.deliver(
+            msg(0, QoS::AtMostOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        s.deliver(
+            msg(1, QoS::ExactlyOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        s.deliver(
+            msg(2, QoS::ExactlyOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert_eq!(s.queue.len(), 1);
         assert_eq!(counters.snapshot().dropped_queue_full, 1);
         let (tx, mut rx) = outlet();
@@ -696,6 +755,7 @@ mod tests {
             true,
             &counters,
             &mut j,
+            Instant::now(),
         );
         assert_eq!(drain_payloads(&mut rx), ["1"]);
         assert_eq!(counters.snapshot().queued, 0);
@@ -719,10 +779,17 @@ mod tests {
             false,
             &counters,
             &mut j,
+            Instant::now(),
         );
         for n in 0..4 {
             assert!(!s.would_drop(&l), "message {n} fits");
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
+            s.deliver(
+                msg(n, QoS::AtLeastOnce),
+                &l,
+                &counters,
+                &mut j,
+                Instant::now(),
+            );
         }
         // Window (2) and queue (2) full.
         assert!(s.would_drop(&l));
@@ -740,10 +807,87 @@ mod tests {
             false,
             &counters,
             &mut j,
+            Instant::now(),
         );
         assert!(!z.would_drop(&l0));
-        z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters, &mut j);
-        z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters, &mut j);
+        z.deliver(
+            msg(0, QoS::AtLeastOnce),
+            &l0,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        z.deliver(
+            msg(1, QoS::AtLeastOnce),
+            &l0,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert!(z.would_drop(&l0));
+    }
+
+    fn expiring(n: u32, secs: u32) -> Message {
+        let mut m = msg(n, QoS::AtLeastOnce);
+        m.properties = Some(crate::protocol::MessageProperties::from(
+            crate::protocol::PropertyFields {
+                message_expiry_interval: Some(secs),
+                ..Default::default()
+            },
+        ));
+        m
+    }
+
+    fn drain_expiry(rx: &mut crate::broker::outlet::OutletRx) -> Vec<(String, Option<u32>)> {
+        use futures_util::FutureExt;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(n) = rx.recv_many(&mut buf, 100).now_or_never() {
+            if n == 0 {
+                break;
+            }
+            for o in buf.drain(..) {
+                if let Out::Publish(b) = o {
+                    let m = b.0;
+                    let left = m.properties.and_then(|p| p.message_expiry_interval);
+                    out.push((String::from_utf8_lossy(&m.payload).into_owned(), left));
+                }
+            }
+        }
+        out
+    }
+
+    /// MQTT-3.3.2-5/-6: a queued message is sent with the interval it has
+    /// left, and dropped (counted) once it has none.
+    #[test]
+    fn queued_messages_expire_and_go_out_with_the_interval_left() {
+        let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
+        let l = limits(10, OverflowPolicy::DropOldest);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
+        let t0 = Instant::now();
+        s.deliver(expiring(0, 5), &l, &counters, &mut j, t0);
+        s.deliver(expiring(1, 60), &l, &counters, &mut j, t0);
+        s.deliver(msg(2, QoS::AtLeastOnce), &l, &counters, &mut j, t0);
+        assert_eq!(s.queue.len(), 3, "away: all queued");
+        let (tx, mut rx) = outlet();
+        let later = t0 + std::time::Duration::from_secs(10);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            true,
+            &counters,
+            &mut j,
+            later,
+        );
+        assert_eq!(
+            drain_expiry(&mut rx),
+            [("1".to_string(), Some(50)), ("2".to_string(), None)]
+        );
+        assert_eq!(counters.snapshot().dropped_expired, 1);
+        assert_eq!(counters.snapshot().queued, 0);
     }
 }

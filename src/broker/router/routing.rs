@@ -153,7 +153,7 @@ impl Router {
         match result {
             Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
             Ok(None) => {
-                session.pump(&counters, journal);
+                session.pump(&counters, journal, Instant::now());
                 // Room in a link session: parked publishes first, before
                 // newer ones in this batch take it.
                 if local && !self.parked.is_empty() {
@@ -265,6 +265,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let now = Instant::now();
         for (filter, sub) in accepted {
             if !session.subscriptions.contains_key(&filter) {
                 continue;
@@ -276,7 +277,7 @@ impl Router {
                 let mut m = m.clone();
                 m.qos = m.qos.min(sub.options.qos);
                 set_subscription_ids(&mut m, sub.id.into_iter().collect());
-                session.deliver(m, &self.limits, &self.counters, &mut self.journal);
+                session.deliver(m, &self.limits, &self.counters, &mut self.journal, now);
             }
         }
     }
@@ -372,6 +373,7 @@ impl Router {
             scratch
                 .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.options.qos.cmp(&a.1.options.qos)));
         }
+        let now = Instant::now();
         let mut i = 0;
         while let Some(&(sid, best)) = scratch.get(i) {
             let mut ids: Vec<u32> = Vec::new();
@@ -393,7 +395,7 @@ impl Router {
                 m.retain = message.retain && best.options.retain_as_published;
                 m.dup = false;
                 set_subscription_ids(&mut m, ids);
-                stored |= session.deliver(m, &self.limits, &self.counters, &mut self.journal);
+                stored |= session.deliver(m, &self.limits, &self.counters, &mut self.journal, now);
             }
         }
         self.scratch = scratch;

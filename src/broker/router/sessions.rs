@@ -93,6 +93,7 @@ impl Router {
             session_present,
             &self.counters,
             &mut self.journal,
+            Instant::now(),
         );
         session.save(&mut self.journal);
         let link = session.is_link();
