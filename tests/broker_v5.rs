@@ -920,3 +920,25 @@ async fn mqtt_3_3_2_6_queued_message_expiry_is_reduced() {
         .expect("expiry kept");
     assert!((1..=30).contains(&left), "{left}");
 }
+
+/// [MQTT-3.1.4-3] a second connection with the same client id takes the
+/// session over: the first is told DISCONNECT 0x8E and closed.
+#[tokio::test]
+async fn mqtt_3_1_4_3_session_taken_over_0x8e() {
+    let b = TestBroker::start().await;
+    let mut first = Raw5::connect(b.addr, "to").await;
+    let _second = Raw5::connect(b.addr, "to").await;
+    first
+        .expect_disconnect(DisconnectReasonCode::SessionTakenOver)
+        .await;
+}
+
+/// A broker shutting down tells its MQTT 5 clients 0x8B.
+#[tokio::test]
+async fn server_shutting_down_0x8b() {
+    let b = TestBroker::start().await;
+    let mut c = Raw5::connect(b.addr, "sd").await;
+    b.token.cancel();
+    c.expect_disconnect(DisconnectReasonCode::ServerShuttingDown)
+        .await;
+}

@@ -139,10 +139,15 @@ pub(crate) async fn run<S>(
         (rd, buf, stop, permit, own, reader)
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
-    if let (End::Abrupt(_, Some(code)), Some(own)) = (&end, &own) {
+    let told = match &end {
+        End::Abrupt(_, Some(code)) => Some(*code),
+        End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+        _ => None,
+    };
+    if let (Some(code), Some(own)) = (told, &own) {
         // MQTT 5: say why before closing [MQTT-4.13.1-1]; the writer
         // flushes it and stops (within the grace time).
-        own.send_v5(disconnect(*code, reader.client.v5.as_deref()));
+        own.send_v5(disconnect(code, reader.client.v5.as_deref()));
         own.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop.cancelled()).await;
     }

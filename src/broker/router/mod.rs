@@ -411,6 +411,15 @@ impl Router {
         self.flush();
         for s in self.sessions.values() {
             if let Some(c) = &s.conn {
+                if c.v5.is_some() {
+                    // MQTT 5 clients are told why [MQTT-4.13.1-1].
+                    c.outlet
+                        .send_v5(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(
+                        rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown,
+                        ),
+                    ));
+                }
                 c.outlet.close();
             }
         }

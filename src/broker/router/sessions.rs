@@ -161,6 +161,17 @@ impl Router {
             (true, Takeover::Closed) => att.outlet.close(),
             // Network: at once, not after queued packets (the old client may
             // not be reading).
+            // An MQTT 5 client is told 0x8E first [MQTT-3.1.4-3] when its
+            // connection has nothing unwritten (else it may not be reading).
+            (false, Takeover::Replaced) if att.v5.is_some() && att.outlet.pending() == 0 => {
+                att.outlet
+                    .send_v5(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(
+                        rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                        ),
+                    ));
+                att.outlet.close();
+            }
             (false, _) => {
                 att.outlet.abort();
                 att.outlet.close();
