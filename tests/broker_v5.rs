@@ -499,13 +499,16 @@ async fn mqtt_3_3_4_7_outbound_receive_maximum_honoured() {
     assert_eq!(&sub.next_publish().await.payload[..], b"1");
 }
 
-/// [MQTT-3.1.2-24] a PUBLISH larger than the client's Maximum Packet Size
-/// is not sent to it (dropped, counted); the next one that fits is.
+/// [MQTT-3.1.2-24, MQTT-3.1.2-25] a PUBLISH larger than the client's
+/// Maximum Packet Size is not sent to it (dropped, counted, as if
+/// delivered: it holds no inflight slot); the next one that fits is.
 #[tokio::test]
 async fn mqtt_3_1_2_24_oversized_packet_dropped_for_that_client() {
     let b = TestBroker::start().await;
     let mut p = props();
     p.max_packet_size = Some(64);
+    // One in flight at a time: a dropped QoS 1 message must not hold it.
+    p.receive_maximum = Some(1);
     let (mut small, _) = Raw5::connect_with(b.addr, "mps-small", true, Some(p), None).await;
     small
         .subscribe(vec![filter("mps/#", Q5::AtLeastOnce)], None)

@@ -31,6 +31,18 @@ fn msg_qos(q: rumqttc::mqttbytes::QoS) -> QoS {
     }
 }
 
+/// The size of `message`'s MQTT 5 PUBLISH with its full topic name (an
+/// alias only makes it smaller) and a packet id.
+fn v5_publish_size(message: &Message) -> u64 {
+    use crate::protocol::convert::{TopicForm, v5_publish_from_message};
+    let expiry = message
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval);
+    let publish = v5_publish_from_message(message, 1, false, TopicForm::Name, expiry);
+    P5::Publish(publish).size() as u64
+}
+
 /// Id of one network connection or local link (its "generation").
 pub(crate) type ConnId = u64;
 
@@ -309,6 +321,15 @@ impl Session {
         counters: &Counters,
         journal: &mut Journal,
     ) -> Result<(), Full<Option<u64>>> {
+        if let Some(max) = self.conn.as_ref().and_then(|c| c.v5).map(|v| v.max_packet)
+            && v5_publish_size(&msg) > u64::from(max)
+        {
+            // Never sent to this client, as if delivered [MQTT-3.1.2-25]:
+            // it must not hold a window slot waiting for an ack.
+            counters.dropped(DropReason::TooLarge, 1);
+            self.forget(seq, journal);
+            return Ok(());
+        }
         if !self.is_link() && !self.is_v5() {
             let (packet, _) = self.outgoing.publish(msg, seq)?;
             if let Packet::Publish(p) = &packet {
