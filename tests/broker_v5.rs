@@ -405,7 +405,7 @@ async fn mqtt_4_12_0_1_unknown_authentication_method_0x8c() {
 async fn acl_denial_is_0x87_on_puback_and_suback() {
     let dir = tempfile::tempdir().unwrap();
     let acl = dir.path().join("acl");
-    std::fs::write(&acl, "topic read open/#\n").unwrap();
+    std::fs::write(&acl, "topic read open/#\ntopic readwrite free/#\n").unwrap();
     let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
     let mut c = Raw5::connect(b.addr, "acl5").await;
     let ack = c
@@ -442,6 +442,28 @@ async fn acl_denial_is_0x87_on_puback_and_suback() {
         other => panic!("{other:?}"),
     }
     wait_until(|| b.broker.stats().dropped_acl == 2).await;
+    // The failing PUBREC ended that QoS 2 flow: its packet id is free for a
+    // new message, which is not taken for a duplicate.
+    c.subscribe(vec![filter("free/#", Q5::AtMostOnce)], None)
+        .await;
+    let mut again = v5p::Publish::new("free/x", Q5::ExactlyOnce, b"yes".to_vec(), None);
+    again.pkid = pkid;
+    c.send(P5::Publish(again)).await;
+    match c.next().await {
+        P5::PubRec(a) => assert_eq!(ReasonCode::from(a.reason), ReasonCode::Success),
+        other => panic!("{other:?}"),
+    }
+    c.send(P5::PubRel(v5p::PubRel::new(pkid, None))).await;
+    // The delivery and the PUBCOMP, in either order.
+    let (mut delivered, mut completed) = (None, false);
+    while delivered.is_none() || !completed {
+        match c.next().await {
+            P5::PubComp(_) => completed = true,
+            P5::Publish(p) => delivered = Some(p.payload),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(delivered.as_deref(), Some(&b"yes"[..]));
 }
 
 /// max_connections refuses an MQTT 5 client with 0x97 (quota exceeded).

@@ -299,11 +299,11 @@ where
     let parked = out.parked().clone();
     let stop = out_rx.stop_token();
     let v5_out = client.v5.as_ref().map(|v| {
-        V5Out::new(
+        Box::new(V5Out::new(
             v.negotiated.connack.clone(),
             v.negotiated.outgoing_alias_maximum,
             v.quota.clone(),
-        )
+        ))
     });
     let wire = Wire {
         v5: v5_out,
@@ -1015,7 +1015,8 @@ impl Reader<'_> {
 /// How a connection's writer encodes: 3.1.1 packets as they are, or
 /// through an MQTT 5 connection's [`V5Out`].
 struct Wire {
-    v5: Option<V5Out>,
+    /// Boxed: 3.x connections (most idle clients) carry only the pointer.
+    v5: Option<Box<V5Out>>,
     /// The client's Maximum Packet Size (MQTT 5): larger packets are not
     /// sent [MQTT-3.1.2-24].
     max_packet: usize,

@@ -459,6 +459,10 @@ impl Session {
                     conn.outlet.send_v5(P5::PubAck(ack));
                 }
                 Some((pkid, code, false)) => {
+                    // A PUBREC with a failure code ends the QoS 2 flow: no
+                    // PUBREL follows, and the client may reuse the id for a
+                    // new message, which must not pass for a duplicate.
+                    let _ = self.incoming.on_pubrel(pkid);
                     let mut rec = PubRec5::new(pkid, None);
                     rec.reason =
                         PubRecReason::try_from(code).unwrap_or(PubRecReason::UnspecifiedError);

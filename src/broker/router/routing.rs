@@ -77,8 +77,10 @@ impl Router {
         // redelivery after a restart is known as a duplicate.
         // It must be on disk before the PUBREC, like the message.
         let mut marked = false;
+        // A refused one is not: its failing PUBREC ends the flow.
         if let (IncomingAction::Deliver { message, .. }, Some(stored)) = (&action, session.stored)
             && message.qos == QoS::ExactlyOnce
+            && route
         {
             self.journal.put_incoming(stored, pkid);
             marked = true;
