@@ -74,9 +74,9 @@ fn broker_port(bridge: &JsonLogRun, name: &str) -> u16 {
     }
 }
 
-/// An MQTT 5 CONNECT (protocol level 5), which the broker refuses.
-const CONNECT_V5: &[u8] = &[
-    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'a',
+/// A CONNECT of protocol level 6, which the broker refuses (CONNACK 0x84).
+const CONNECT_V6: &[u8] = &[
+    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 60, 0, 0, 1, b'a',
 ];
 /// A PINGREQ as the first packet.
 const PINGREQ_FIRST: &[u8] = &[0xC0, 0x00];
@@ -114,7 +114,7 @@ fn malformed_packets_and_bad_connects_do_not_flood_the_log() {
     let start = Instant::now();
     for i in 0..FLOOD {
         let bytes = match i % 3 {
-            0 => CONNECT_V5,
+            0 => CONNECT_V6,
             1 => PINGREQ_FIRST,
             _ => RESERVED_TYPE,
         };
@@ -149,7 +149,7 @@ fn malformed_packets_and_bad_connects_do_not_flood_the_log() {
             Instant::now() < deadline,
             "no \"bad CONNECT\" line with a suppressed count"
         );
-        hostile(port, CONNECT_V5);
+        hostile(port, CONNECT_V6);
         let got = loop {
             match bridge.lines.recv_timeout(Duration::from_millis(500)) {
                 Ok(line) => {

@@ -16,17 +16,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck as ConnAck5, ConnectReturnCode as Code5, Disconnect as Disconnect5,
+    DisconnectProperties, DisconnectReasonCode, Packet as P5,
+};
+
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, OutletRx, Stop, outlet};
+use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle};
-use super::session::{ConnId, Origin};
+use super::session::{ConnId, Origin, Subscription, V5Attached};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
+use super::v5conn::{self, ConnectInfo, V5Conn};
+use super::wire::{V5Out, connack_code};
 use super::{Limits, Security};
-use crate::protocol::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use crate::protocol::negotiate::ServerLimits;
+use crate::protocol::reason::ReasonCode;
+use crate::protocol::v4::{ConnAck, ConnectReturnCode, Packet};
+use crate::protocol::v5::{Sender, V5Error};
+use crate::protocol::version::{ProtocolVersion, VersionError, connect_version};
 use crate::protocol::{
-    CodecError, Keepalive, MQTT_MAX_PACKET_SIZE, Message, QoS, decode, encode, packet_name,
-    publish_from_message,
+    CodecError, Keepalive, MQTT_MAX_PACKET_SIZE, Message, QoS, SubscribeOptions, decode, encode,
+    packet_name, publish_from_message,
 };
 use crate::topic;
 
@@ -47,6 +58,9 @@ pub(crate) struct Context {
     pub tracker: TaskTracker,
     /// TLS listener: the client certificate CN is the username.
     pub cert_cn_as_username: bool,
+    /// What an MQTT 5 CONNECT is negotiated against (built from `limits`
+    /// and the persistence options).
+    pub server: Arc<ServerLimits>,
 }
 
 /// Read buffer bounds: idle connections hold none between reads (10,000
@@ -72,14 +86,18 @@ pub(crate) fn next_conn_id() -> ConnId {
 /// Why the reader stopped.
 #[derive(Debug)]
 enum End {
-    /// DISCONNECT received: no will.
-    Graceful,
+    /// DISCONNECT received: no will, unless an MQTT 5 client asked for it
+    /// (0x04); `session_expiry` is an MQTT 5 client's new interval.
+    Graceful {
+        will: bool,
+        session_expiry: Option<u32>,
+    },
     /// Broker shutdown: no will (the broker is going away, not the client).
     Shutdown,
-    /// Socket closed, IO error, keepalive timeout, takeover, protocol violation: will.
-    Abrupt(String),
+    /// Socket closed, IO error, keepalive timeout, takeover, protocol
+    /// violation: will. An MQTT 5 client is told `code` in a DISCONNECT.
+    Abrupt(String, Option<ReasonCode>),
 }
-
 /// Serves one accepted (and, for TLS, handshaken) connection: the CONNECT
 /// ([`accept`]), then the read loop until the connection ends.
 pub(crate) async fn run<S>(
@@ -97,7 +115,7 @@ pub(crate) async fn run<S>(
     // keeps for hours holds only the read loop.
     // In a block: a local moved out of still holds its place in the future
     // until its scope ends.
-    let (mut rd, mut buf, stop, _permit, mut reader) = {
+    let (mut rd, mut buf, stop, _permit, own, mut reader) = {
         let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
             return;
         };
@@ -109,6 +127,7 @@ pub(crate) async fn run<S>(
             parked,
             stop,
             permit,
+            own,
         } = accepted;
         let reader = Reader {
             ctx: &ctx,
@@ -117,9 +136,22 @@ pub(crate) async fn run<S>(
             client,
             parked,
         };
-        (rd, buf, stop, permit, reader)
+        (rd, buf, stop, permit, own, reader)
     };
     let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
+    let told = match &end {
+        End::Abrupt(_, Some(code)) => Some(*code),
+        End::Shutdown => Some(ReasonCode::ServerShuttingDown),
+        _ => None,
+    };
+    if let (Some(code), Some(own)) = (told, &own) {
+        // MQTT 5: say why before closing [MQTT-4.13.1-1]; the writer
+        // flushes it and stops (within the grace time).
+        own.send_v5(disconnect(code, reader.client.v5.as_deref()));
+        own.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop.cancelled()).await;
+    }
+    drop(own);
     stop.cancel();
     let Reader { client, conn, .. } = reader;
     // Boxed, as the handshake: the will and the last event to the router
@@ -127,22 +159,60 @@ pub(crate) async fn run<S>(
     Box::pin(finish(&ctx, peer, conn, client, end)).await;
 }
 
-/// The end of a connection: the will (after an abrupt end, if allowed) and
-/// the router told.
+/// A server DISCONNECT with `code` (and, when the client allows problem
+/// information, the code's name as reason string).
+fn disconnect(code: ReasonCode, v5: Option<&V5Conn>) -> P5 {
+    let reason_code =
+        DisconnectReasonCode::try_from(code).unwrap_or(DisconnectReasonCode::UnspecifiedError);
+    let properties =
+        v5.filter(|v| v.negotiated.problem_information)
+            .map(|_| DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{code:?}")),
+                user_properties: Vec::new(),
+                server_reference: None,
+            });
+    P5::Disconnect(Disconnect5 {
+        reason_code,
+        properties,
+    })
+}
+
+/// The end of a connection: the will (after an abrupt end or an MQTT 5
+/// DISCONNECT 0x04, if allowed) and the router told.
 async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Client, end: End) {
-    let will = match &end {
-        End::Abrupt(_) => client.will.take().filter(|w| will_allowed(ctx, &client, w)),
-        End::Graceful | End::Shutdown => None,
+    let publish_will = match &end {
+        End::Abrupt(..) => true,
+        End::Graceful { will, .. } => *will,
+        End::Shutdown => false,
+    };
+    let will = if publish_will {
+        client
+            .will
+            .take()
+            .filter(|w| will_allowed(ctx, &client, &w.message))
+    } else {
+        None
+    };
+    let session_expiry = match &end {
+        End::Graceful { session_expiry, .. } => *session_expiry,
+        _ => None,
     };
     match &end {
-        End::Abrupt(reason) => {
+        End::Abrupt(reason, _) => {
             info!(broker = %ctx.broker, %peer, client_id = %client.client_id, reason = %reason, will = will.is_some(), "client disconnected")
         }
         _ => {
-            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, "client disconnected")
+            info!(broker = %ctx.broker, %peer, client_id = %client.client_id, will = will.is_some(), "client disconnected")
         }
     }
-    ctx.router.send(Event::Disconnected { conn, will }).await;
+    ctx.router
+        .send(Event::Disconnected {
+            conn,
+            will: will.map(|w| (w.message, w.delay)),
+            session_expiry,
+        })
+        .await;
 }
 
 /// A connection whose CONNECT was accepted and answered.
@@ -157,6 +227,8 @@ struct Accepted<S> {
     stop: Stop,
     /// The `max_connections` permit, held until the connection ends.
     permit: OwnedSemaphorePermit,
+    /// An MQTT 5 connection's own way to its writer (its DISCONNECT).
+    own: Option<Outlet>,
 }
 
 /// The handshake: reads and checks the CONNECT within what is left of
@@ -176,7 +248,7 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(READ_MIN);
     let max = ctx.limits.max_packet_size;
-    let connect = match handshake.bound(read_one(&mut rd, &mut buf, max)).await {
+    let connect = match handshake.bound(read_connect(&mut rd, &mut buf, max)).await {
         Err(cut) => {
             if let Some(reason) = cut.refuse_reason() {
                 ctx.counters.refused(reason);
@@ -184,22 +256,18 @@ where
             }
             return None;
         }
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return None,
-        Ok(Ok(Some(other))) => {
-            ctx.counters.refused(RefuseReason::Protocol);
-            crate::warn_limited!(format!("first-not-connect:{}", ctx.broker), broker = %ctx.broker, %peer, packet = ?packet_name(&other), "first packet is not CONNECT, closed");
-            return None;
-        }
         Ok(Err(e)) => {
             ctx.counters.refused(RefuseReason::Protocol);
-            if e.is_unsupported_protocol_version() {
-                refuse(&mut wr, ConnectReturnCode::RefusedProtocolVersion).await;
+            if let Some((version, code3, code5)) = e.answer() {
+                refuse(&mut wr, version, code3, code5).await;
             }
             crate::warn_limited!(format!("bad-connect:{}", ctx.broker), broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
             return None;
         }
     };
+    let version = connect.version;
     let client = match handshake
         .bound(accept_connect(&mut wr, connect, cert_cn, peer, ctx))
         .await
@@ -215,8 +283,14 @@ where
     };
     let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
         ctx.counters.refused(RefuseReason::Limit);
-        refuse(&mut wr, ConnectReturnCode::ServiceUnavailable).await;
-        crate::warn_limited!(format!("max-connections:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, "max_connections reached, CONNECT refused (0x03)");
+        refuse(
+            &mut wr,
+            version,
+            ConnectReturnCode::ServiceUnavailable,
+            Code5::QuotaExceeded,
+        )
+        .await;
+        crate::warn_limited!(format!("max-connections:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, "max_connections reached, CONNECT refused (0x03, MQTT 5: 0x97)");
         return None;
     };
     drop(handshake);
@@ -224,8 +298,33 @@ where
     let (out, out_rx) = outlet();
     let parked = out.parked().clone();
     let stop = out_rx.stop_token();
-    ctx.tracker.spawn(write_loop(wr, out_rx, stop.clone()));
+    let v5_out = client.v5.as_ref().map(|v| {
+        Box::new(V5Out::new(
+            v.negotiated.connack.clone(),
+            v.negotiated.outgoing_alias_maximum,
+            v.quota.clone(),
+        ))
+    });
+    let wire = Wire {
+        v5: v5_out,
+        max_packet: client.v5.as_ref().map_or(MQTT_MAX_PACKET_SIZE, |v| {
+            usize::try_from(v.negotiated.max_outgoing_packet).unwrap_or(usize::MAX)
+        }),
+        alias_max: client
+            .v5
+            .as_ref()
+            .map_or(0, |v| v.negotiated.outgoing_alias_maximum),
+        counters: ctx.counters.clone(),
+    };
+    ctx.tracker
+        .spawn(write_loop(wr, out_rx, stop.clone(), wire));
     let (reply, session_present) = oneshot::channel();
+    let v5 = client.v5.as_ref().map(|v| V5Attached {
+        session_expiry: v.negotiated.session_expiry,
+        receive_maximum: v.negotiated.send_quota,
+        max_packet: v.negotiated.max_outgoing_packet,
+    });
+    let own = client.v5.is_some().then(|| out.clone());
     ctx.router
         .send(Event::Connect {
             conn,
@@ -235,6 +334,7 @@ where
             origin: Origin::Network {
                 username: client.username.clone(),
             },
+            v5,
             reply,
         })
         .await;
@@ -252,7 +352,7 @@ where
             return None;
         }
     };
-    info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, "client connected");
+    info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, protocol = ?version, "client connected");
     Some(Accepted {
         rd,
         buf,
@@ -261,16 +361,20 @@ where
         parked,
         stop,
         permit,
+        own,
     })
 }
 
 /// The accepted client.
 struct Client {
     client_id: String,
+    /// Clean session (3.x) / clean start (5).
     clean: bool,
     username: Option<String>,
     keep_alive: u16,
-    will: Option<Message>,
+    will: Option<v5conn::Will>,
+    /// The read side of an MQTT 5 connection; `None` for 3.1/3.1.1.
+    v5: Option<Box<V5Conn>>,
 }
 
 fn will_allowed(ctx: &Context, client: &Client, will: &Message) -> bool {
@@ -296,39 +400,69 @@ fn is_sys(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
-/// Checks client id and credentials; answers refusals itself.
+/// Checks client id, MQTT 5 negotiation and credentials; answers
+/// refusals itself (in the client's version).
 async fn accept_connect<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    connect: Connect,
+    connect: ConnectInfo,
     cert_cn: Option<String>,
     peer: SocketAddr,
     ctx: &Context,
 ) -> Option<Client> {
-    let client_id = if connect.client_id.is_empty() {
-        if !connect.clean_session {
-            ctx.counters.refused(RefuseReason::Protocol);
-            refuse(wr, ConnectReturnCode::BadClientId).await;
-            crate::warn_limited!(format!("empty-client-id:{}", ctx.broker), broker = %ctx.broker, %peer, "empty client id without clean session refused (0x02)");
-            return None;
+    let version = connect.version;
+    let v5 = match version {
+        ProtocolVersion::V5 => {
+            let request = crate::protocol::negotiate::ConnectRequest {
+                client_id: &connect.client_id,
+                keep_alive: connect.keep_alive,
+                properties: connect.properties.as_ref(),
+            };
+            let assign = || format!("mqb-{:016x}", rand::random::<u64>());
+            match crate::protocol::negotiate::negotiate(&ctx.server, request, assign) {
+                Ok(n) => Some(Box::new(V5Conn::new(n, ctx.server.receive_maximum))),
+                Err(code) => {
+                    ctx.counters.refused(RefuseReason::Auth);
+                    let code5 = code5_of(code);
+                    refuse(wr, version, ConnectReturnCode::NotAuthorized, code5).await;
+                    crate::warn_limited!(format!("connect-refused:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %connect.client_id, code = ?code, "CONNECT refused");
+                    return None;
+                }
+            }
         }
-        format!("mqb-{:016x}", rand::random::<u64>())
-    } else {
-        connect.client_id
+        _ => None,
+    };
+    let client_id = match &v5 {
+        Some(v) => v.negotiated.client_id.clone(),
+        None if connect.client_id.is_empty() => {
+            if !connect.clean_start {
+                ctx.counters.refused(RefuseReason::Protocol);
+                refuse(
+                    wr,
+                    version,
+                    ConnectReturnCode::BadClientId,
+                    Code5::ClientIdentifierNotValid,
+                )
+                .await;
+                crate::warn_limited!(format!("empty-client-id:{}", ctx.broker), broker = %ctx.broker, %peer, "empty client id without clean session refused (0x02)");
+                return None;
+            }
+            format!("mqb-{:016x}", rand::random::<u64>())
+        }
+        None => connect.client_id,
     };
     let sec = &ctx.security;
     let (username, code) = match (ctx.cert_cn_as_username, cert_cn, connect.login) {
         (true, Some(cn), _) => (Some(cn), ConnectReturnCode::Success),
-        (_, _, Some(login)) => {
+        (_, _, Some((user, password))) => {
             let ok = match &sec.passwords {
                 // PBKDF2 is deliberately slow: keep it off the async workers.
                 Some(_) => {
                     let sec = sec.clone();
-                    let user = login.username.clone();
-                    let password = login.password;
+                    let name = user.clone();
                     tokio::task::spawn_blocking(move || {
                         sec.passwords
                             .as_ref()
-                            .is_some_and(|p| p.verify(&user, password.as_bytes()))
+                            .is_some_and(|p| p.verify(&name, password.as_bytes()))
                     })
                     .await
                     .unwrap_or(false)
@@ -340,40 +474,73 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
                 (false, true) => ConnectReturnCode::BadUserNamePassword,
                 (false, false) => ConnectReturnCode::NotAuthorized,
             };
-            (Some(login.username), code)
+            (Some(user), code)
         }
         (_, _, None) if sec.allow_anonymous => (None, ConnectReturnCode::Success),
         (_, _, None) => (None, ConnectReturnCode::NotAuthorized),
     };
     if code != ConnectReturnCode::Success {
         ctx.counters.refused(RefuseReason::Auth);
-        refuse(wr, code).await;
+        refuse(wr, version, code, connack_code(code)).await;
         // Per connection attempt: rate-limited (one per broker per 10 s).
         crate::warn_limited!(format!("connect-refused:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client_id, user = ?username, code = ?code, "CONNECT refused");
         return None;
     }
-    let will = connect
-        .last_will
-        .map(|w| Message::new(w.topic, w.message, QoS::from(w.qos), w.retain));
     Some(Client {
         client_id,
-        clean: connect.clean_session,
+        clean: connect.clean_start,
         username,
-        keep_alive: connect.keep_alive,
-        will,
+        keep_alive: v5
+            .as_ref()
+            .map_or(connect.keep_alive, |v| v.negotiated.keep_alive),
+        will: connect.will,
+        v5,
     })
 }
 
-/// Writes a refusing CONNACK, best effort.
-async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
+/// The CONNACK code of a refusal by reason code (0x80 for one a CONNACK
+/// cannot carry).
+fn code5_of(code: ReasonCode) -> Code5 {
+    match code {
+        ReasonCode::BadAuthenticationMethod => Code5::BadAuthenticationMethod,
+        ReasonCode::MalformedPacket => Code5::MalformedPacket,
+        ReasonCode::ProtocolError => Code5::ProtocolError,
+        ReasonCode::UnsupportedProtocolVersion => Code5::UnsupportedProtocolVersion,
+        ReasonCode::PacketTooLarge => Code5::PacketTooLarge,
+        ReasonCode::TopicNameInvalid => Code5::TopicNameInvalid,
+        ReasonCode::PayloadFormatInvalid => Code5::PayloadFormatInvalid,
+        ReasonCode::NotAuthorized => Code5::NotAuthorized,
+        ReasonCode::QuotaExceeded => Code5::QuotaExceeded,
+        _ => Code5::UnspecifiedError,
+    }
+}
+
+/// Writes a refusing CONNACK in the client's version, best effort.
+async fn refuse<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    version: ProtocolVersion,
+    code3: ConnectReturnCode,
+    code5: Code5,
+) {
     let mut out = BytesMut::new();
-    if encode(
-        &Packet::ConnAck(ConnAck::new(code, false)),
-        &mut out,
-        MQTT_MAX_PACKET_SIZE,
-    )
-    .is_ok()
-    {
+    let encoded = match version {
+        ProtocolVersion::V5 => {
+            let ack = P5::ConnAck(ConnAck5 {
+                session_present: false,
+                code: code5,
+                properties: None,
+            });
+            crate::protocol::v5::encode(&ack, &mut out, MQTT_MAX_PACKET_SIZE, Sender::Server)
+                .is_ok()
+        }
+        _ => encode(
+            &Packet::ConnAck(ConnAck::new(code3, false)),
+            &mut out,
+            MQTT_MAX_PACKET_SIZE,
+        )
+        .is_ok(),
+    };
+    if encoded {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             let _ = wr.write_all(&out).await;
             let _ = wr.flush().await;
@@ -383,24 +550,82 @@ async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
     }
 }
 
-/// Reads until one packet is decoded; `None` on a clean EOF before any byte.
-async fn read_one<R: AsyncRead + Unpin>(
+/// Why the first packet is not a CONNECT we take.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// Not a CONNECT, an unknown protocol name, a level we do not speak.
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    /// A bad 3.1/3.1.1 CONNECT.
+    #[error(transparent)]
+    V3(#[from] CodecError),
+    /// A bad MQTT 5 CONNECT.
+    #[error(transparent)]
+    V5(#[from] V5Error),
+}
+
+impl ConnectError {
+    /// The CONNACK to answer with before closing, if any: 0x01 to a 3.x
+    /// client asking for a level we do not speak, 0x84 to level 5 and
+    /// above [MQTT-3.1.2-2]; a malformed v5 CONNECT gets its reason code.
+    fn answer(&self) -> Option<(ProtocolVersion, ConnectReturnCode, Code5)> {
+        let v3 = ConnectReturnCode::RefusedProtocolVersion;
+        match self {
+            ConnectError::Version(VersionError::UnsupportedLevel(l)) if *l >= 5 => {
+                Some((ProtocolVersion::V5, v3, Code5::UnsupportedProtocolVersion))
+            }
+            ConnectError::Version(VersionError::UnsupportedLevel(_)) => Some((
+                ProtocolVersion::V3_1_1,
+                v3,
+                Code5::UnsupportedProtocolVersion,
+            )),
+            ConnectError::V3(e) if e.is_unsupported_protocol_version() => Some((
+                ProtocolVersion::V3_1_1,
+                v3,
+                Code5::UnsupportedProtocolVersion,
+            )),
+            ConnectError::V5(e) => Some((ProtocolVersion::V5, v3, code5_of(e.reason_code()))),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the CONNECT: its version from the first bytes, then the packet
+/// with that version's codec. `None` on a clean EOF before any byte.
+async fn read_connect<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     max: usize,
-) -> Result<Option<Packet>, CodecError> {
+) -> Result<Option<ConnectInfo>, ConnectError> {
     loop {
-        if let Some(p) = decode(buf, max)? {
-            return Ok(Some(p));
+        if let Some(version) = connect_version(buf)? {
+            let decoded = match version {
+                ProtocolVersion::V5 => {
+                    match crate::protocol::v5::decode(buf, max, Sender::Client)? {
+                        Some(P5::Connect(c, will, login)) => Some(ConnectInfo::v5(c, will, login)),
+                        Some(_) => return Err(VersionError::NotConnect.into()),
+                        None => None,
+                    }
+                }
+                _ => match decode(buf, max)? {
+                    Some(Packet::Connect(c)) => Some(ConnectInfo::v3(c, version)),
+                    Some(_) => return Err(VersionError::NotConnect.into()),
+                    None => None,
+                },
+            };
+            if decoded.is_some() {
+                return Ok(decoded);
+            }
         }
         buf.reserve(READ_MIN);
-        if rd.read_buf(buf).await? == 0 {
+        if rd.read_buf(buf).await.map_err(CodecError::from)? == 0 {
             return if buf.is_empty() {
                 Ok(None)
             } else {
                 Err(CodecError::ClosedMidPacket {
                     buffered: buf.len(),
-                })
+                }
+                .into())
             };
         }
     }
@@ -449,17 +674,26 @@ impl Reader<'_> {
         let mut chunk = READ_MIN;
         loop {
             loop {
-                match decode(buf, max) {
-                    Ok(Some(packet)) => match self.handle(packet) {
-                        Ok(event) => {
-                            if !self.ctx.router.send(event).await {
-                                return End::Shutdown;
-                            }
+                let handled = if self.client.v5.is_some() {
+                    match crate::protocol::v5::decode(buf, max, Sender::Client) {
+                        Ok(Some(packet)) => self.handle_v5(packet),
+                        Ok(None) => break,
+                        Err(e) => return self.violation(e.to_string(), Some(e.reason_code())),
+                    }
+                } else {
+                    match decode(buf, max) {
+                        Ok(Some(packet)) => self.handle(packet),
+                        Ok(None) => break,
+                        Err(e) => return self.violation(e.to_string(), None),
+                    }
+                };
+                match handled {
+                    Ok(event) => {
+                        if !self.ctx.router.send(event).await {
+                            return End::Shutdown;
                         }
-                        Err(end) => return end,
-                    },
-                    Ok(None) => break,
-                    Err(e) => return self.violation(e.to_string()),
+                    }
+                    Err(end) => return end,
                 }
             }
             if buf.is_empty() && chunk == READ_MIN {
@@ -479,7 +713,7 @@ impl Reader<'_> {
                 // router released some of its publishes.
                 tokio::select! {
                     _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                    _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into()),
+                    _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
                     _ = self.parked.below(MAX_PARKED) => {}
                 }
                 // We did not read: the client's silence is ours.
@@ -491,13 +725,13 @@ impl Reader<'_> {
                 // Broker shutdown: close without will.
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
                 // The writer stopped (takeover, write error): close with will.
-                _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into()),
-                _ = tokio::time::sleep_until(deadline) => return End::Abrupt("keepalive timeout".into()),
+                _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
+                _ = tokio::time::sleep_until(deadline) => return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout)),
                 // Cancel safe: if another branch wins, no bytes were read.
                 r = read_some(rd, buf, chunk) => r,
             };
             match read {
-                Ok(0) => return End::Abrupt("connection closed by peer".into()),
+                Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
                 Ok(n) => {
                     if n >= chunk {
                         chunk = (chunk * 2).min(READ_MAX);
@@ -508,15 +742,22 @@ impl Reader<'_> {
                         deadline = Instant::now() + k;
                     }
                 }
-                Err(e) => return End::Abrupt(format!("read error: {e}")),
+                Err(e) => return End::Abrupt(format!("read error: {e}"), None),
             }
         }
     }
 
-    fn violation(&self, reason: String) -> End {
+    /// Closes for a protocol violation; an MQTT 5 client is told `code`
+    /// (0x82 protocol error when none is more precise).
+    fn violation(&self, reason: String, code: Option<ReasonCode>) -> End {
         self.ctx.counters.refused(RefuseReason::Protocol);
         crate::warn_limited!(format!("protocol-violation:{}", self.ctx.broker), broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, error = %reason, "protocol violation, connection closed");
-        End::Abrupt(format!("protocol violation: {reason}"))
+        let code = self
+            .client
+            .v5
+            .is_some()
+            .then(|| code.unwrap_or(ReasonCode::ProtocolError));
+        End::Abrupt(format!("protocol violation: {reason}"), code)
     }
 
     /// Handles one packet: the event to hand the router, or how the
@@ -526,34 +767,12 @@ impl Reader<'_> {
         let conn = self.conn;
         match packet {
             Packet::Publish(publish) => {
-                let levels = topic::level_count(&publish.topic);
-                if levels > self.ctx.limits.max_topic_levels {
-                    // As Mosquitto: such a topic cannot be routed; close.
-                    return Err(self.violation(format!(
-                        "topic name has {levels} levels, more than max_topic_levels ({})",
-                        self.ctx.limits.max_topic_levels
-                    )));
-                }
-                let mut route = true;
-                if is_sys(&publish.topic) {
-                    self.ctx.counters.dropped(DropReason::SysTopic, 1);
-                    route = false;
-                } else if self.ctx.security.acl.as_ref().is_some_and(|acl| {
-                    !acl.check(
-                        self.client.username.as_deref(),
-                        &self.client.client_id,
-                        Op::Write,
-                        &publish.topic,
-                    )
-                }) {
-                    self.ctx.counters.dropped(DropReason::Acl, 1);
-                    debug!(broker = %self.ctx.broker, client_id = %self.client.client_id, "publish denied by ACL");
-                    route = false;
-                }
+                let refused = self.check_publish(&publish.topic)?;
                 Ok(Event::Publish {
                     conn,
                     publish,
-                    route,
+                    properties: None,
+                    refused,
                 })
             }
             Packet::PubAck(a) => Ok(self.ack(Ack::PubAck, a.pkid)),
@@ -566,19 +785,11 @@ impl Reader<'_> {
                     .into_iter()
                     .enumerate()
                     .map(|(i, f)| {
-                        let ok = self.within_limits(i, &f.path)
-                            && topic::validate_filter(&f.path).is_ok()
-                            && self.ctx.security.acl.as_ref().is_none_or(|acl| {
-                                acl.check(
-                                    self.client.username.as_deref(),
-                                    &self.client.client_id,
-                                    Op::Read,
-                                    // A shared subscription reads its filter's topics.
-                                    crate::protocol::shared::topic_filter(&f.path),
-                                )
-                            });
-                        let qos = ok.then(|| QoS::from(f.qos));
-                        (f.path, qos)
+                        let options = SubscribeOptions::qos(QoS::from(f.qos));
+                        let checked = self
+                            .check_filter(i, &f.path)
+                            .map(|()| Subscription { options, id: None });
+                        (f.path, checked)
                     })
                     .collect();
                 Ok(Event::Subscribe {
@@ -593,16 +804,23 @@ impl Reader<'_> {
                 reply: Reply::Packet(u.pkid),
             }),
             Packet::PingReq => Ok(Event::Ping { conn }),
-            Packet::Disconnect => Err(End::Graceful),
-            Packet::Connect(_) => Err(self.violation("second CONNECT".into())),
-            other => Err(self.violation(format!("{} is not sent by clients", packet_name(&other)))),
+            Packet::Disconnect => Err(End::Graceful {
+                will: false,
+                session_expiry: None,
+            }),
+            Packet::Connect(_) => Err(self.violation("second CONNECT".into(), None)),
+            other => Err(self.violation(
+                format!("{} is not sent by clients", packet_name(&other)),
+                None,
+            )),
         }
     }
 
-    /// Whether the `index`-th filter of a SUBSCRIBE is within the per-packet
-    /// and level limits (counted when not). The per-client and trie limits
-    /// are the router's: it holds the sessions and the trie.
-    fn within_limits(&self, index: usize, filter: &str) -> bool {
+    /// Whether the `index`-th filter of a SUBSCRIBE may be subscribed:
+    /// within the per-packet and level limits (counted when not; 0x97),
+    /// valid (0x8F), allowed by the ACL (0x87). The per-client and trie
+    /// limits are the router's: it holds the sessions and the trie.
+    fn check_filter(&self, index: usize, filter: &str) -> Result<(), ReasonCode> {
         let limits = &self.ctx.limits;
         let refused = if index >= limits.max_filters_per_subscribe {
             Some(SubRefuseReason::FiltersPerSubscribe)
@@ -611,14 +829,179 @@ impl Reader<'_> {
         } else {
             None
         };
-        match refused {
-            Some(reason) => {
-                self.ctx.counters.sub_refused(reason);
-                crate::warn_limited!(format!("subscription-limit:{}", self.ctx.broker), broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, ?reason, "subscription refused (0x80): limit");
-                false
-            }
-            None => true,
+        if let Some(reason) = refused {
+            self.ctx.counters.sub_refused(reason);
+            crate::warn_limited!(format!("subscription-limit:{}", self.ctx.broker), broker = %self.ctx.broker, peer = %self.peer, client_id = %self.client.client_id, ?reason, "subscription refused (0x80, MQTT 5: 0x97): limit");
+            return Err(ReasonCode::QuotaExceeded);
         }
+        if topic::validate_filter(filter).is_err() {
+            return Err(ReasonCode::TopicFilterInvalid);
+        }
+        let allowed = self.ctx.security.acl.as_ref().is_none_or(|acl| {
+            acl.check(
+                self.client.username.as_deref(),
+                &self.client.client_id,
+                Op::Read,
+                // A shared subscription reads its filter's topics.
+                crate::protocol::shared::topic_filter(filter),
+            )
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(ReasonCode::NotAuthorized)
+        }
+    }
+
+    /// The checks of a published topic name: too many levels closes the
+    /// connection (as Mosquitto: it cannot be routed); `$SYS` and ACL
+    /// denials are acknowledged and dropped (counted), an MQTT 5 client
+    /// is told 0x87 in its PUBACK/PUBREC.
+    fn check_publish(&self, topic_name: &str) -> Result<Option<ReasonCode>, End> {
+        let levels = topic::level_count(topic_name);
+        if levels > self.ctx.limits.max_topic_levels {
+            return Err(self.violation(
+                format!(
+                    "topic name has {levels} levels, more than max_topic_levels ({})",
+                    self.ctx.limits.max_topic_levels
+                ),
+                Some(ReasonCode::TopicNameInvalid),
+            ));
+        }
+        if is_sys(topic_name) {
+            self.ctx.counters.dropped(DropReason::SysTopic, 1);
+            return Ok(Some(ReasonCode::NotAuthorized));
+        }
+        if self.ctx.security.acl.as_ref().is_some_and(|acl| {
+            !acl.check(
+                self.client.username.as_deref(),
+                &self.client.client_id,
+                Op::Write,
+                topic_name,
+            )
+        }) {
+            self.ctx.counters.dropped(DropReason::Acl, 1);
+            debug!(broker = %self.ctx.broker, client_id = %self.client.client_id, "publish denied by ACL");
+            return Ok(Some(ReasonCode::NotAuthorized));
+        }
+        Ok(None)
+    }
+
+    /// Handles one MQTT 5 packet, as [`Reader::handle`].
+    fn handle_v5(&mut self, packet: P5) -> Result<Event, End> {
+        let conn = self.conn;
+        match packet {
+            P5::Publish(p) => self.publish_v5(p),
+            P5::PubAck(a) => Ok(self.ack(Ack::PubAck, a.pkid)),
+            P5::PubRec(a) => Ok(self.ack(Ack::PubRec, a.pkid)),
+            P5::PubComp(a) => Ok(self.ack(Ack::PubComp, a.pkid)),
+            P5::PubRel(r) => Ok(Event::PubRel { conn, pkid: r.pkid }),
+            P5::Subscribe(s) => {
+                let id = s
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.id)
+                    .and_then(|id| u32::try_from(id).ok());
+                let filters = s
+                    .filters
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let options = v5conn::options_of(&f);
+                        let checked = self
+                            .check_filter(i, &f.path)
+                            .map(|()| Subscription { options, id });
+                        (f.path, checked)
+                    })
+                    .collect();
+                Ok(Event::Subscribe {
+                    conn,
+                    filters,
+                    reply: Reply::Packet(s.pkid),
+                })
+            }
+            P5::Unsubscribe(u) => Ok(Event::Unsubscribe {
+                conn,
+                filters: u.filters,
+                reply: Reply::Packet(u.pkid),
+            }),
+            P5::PingReq(_) => Ok(Event::Ping { conn }),
+            P5::Disconnect(d) => {
+                let asked = d.properties.and_then(|p| p.session_expiry_interval);
+                let max = self.ctx.server.max_session_expiry;
+                let Some(v5) = self.client.v5.as_mut() else {
+                    return Err(self.violation("DISCONNECT".into(), None));
+                };
+                match v5.session_expiry_on_disconnect(asked, max) {
+                    Ok(expiry) => Err(End::Graceful {
+                        will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                        session_expiry: Some(expiry),
+                    }),
+                    Err(code) => Err(self.violation(
+                        "DISCONNECT raises a session expiry interval of 0".into(),
+                        Some(code),
+                    )),
+                }
+            }
+            // No authentication method is ever accepted, so there is no
+            // exchange an AUTH could continue [MQTT-4.12.0-1].
+            P5::Auth(_) => Err(self.violation(
+                "AUTH without an authentication method".into(),
+                Some(ReasonCode::ProtocolError),
+            )),
+            P5::Connect(..) => {
+                Err(self.violation("second CONNECT".into(), Some(ReasonCode::ProtocolError)))
+            }
+            other => Err(self.violation(
+                format!("{:?} is not sent by clients", v5conn::name(&other)),
+                Some(ReasonCode::ProtocolError),
+            )),
+        }
+    }
+
+    /// An MQTT 5 PUBLISH: topic alias, receive maximum, payload format,
+    /// then the same checks as 3.1.1.
+    fn publish_v5(&mut self, p: rumqttc::v5::mqttbytes::v5::Publish) -> Result<Event, End> {
+        let conn = self.conn;
+        let pkid = p.pkid;
+        let inbound = crate::protocol::convert::message_from_v5_publish(p);
+        let mut message = inbound.message;
+        let Some(v5) = self.client.v5.as_mut() else {
+            return Err(self.violation("PUBLISH".into(), None));
+        };
+        let topic_name = match v5.aliases.resolve(&message.topic, inbound.topic_alias) {
+            Ok(t) => t,
+            Err(e) => {
+                let code = e.reason_code();
+                return Err(self.violation(e.to_string(), Some(code)));
+            }
+        };
+        if message.qos != QoS::AtMostOnce && !v5.quota.received(pkid) {
+            let max = self.ctx.server.receive_maximum;
+            return Err(self.violation(
+                format!("more than the receive maximum of {max} QoS 1/2 publishes in flight"),
+                Some(ReasonCode::ReceiveMaximumExceeded),
+            ));
+        }
+        message.topic = topic_name.into();
+        let mut refused = self.check_publish(&message.topic)?;
+        if !crate::protocol::convert::payload_format_valid(&message) {
+            if message.qos == QoS::AtMostOnce {
+                return Err(self.violation(
+                    "payload format indicator 1 with a payload that is not UTF-8".into(),
+                    Some(ReasonCode::PayloadFormatInvalid),
+                ));
+            }
+            refused = Some(ReasonCode::PayloadFormatInvalid);
+        }
+        let properties = message.properties.take();
+        let publish = publish_from_message(&message, pkid, message.dup);
+        Ok(Event::Publish {
+            conn,
+            publish,
+            properties,
+            refused,
+        })
     }
 
     fn ack(&self, kind: Ack, pkid: u16) -> Event {
@@ -630,10 +1013,77 @@ impl Reader<'_> {
     }
 }
 
+/// How a connection's writer encodes: 3.1.1 packets as they are, or
+/// through an MQTT 5 connection's [`V5Out`].
+struct Wire {
+    /// Boxed: 3.x connections (most idle clients) carry only the pointer.
+    v5: Option<Box<V5Out>>,
+    /// The client's Maximum Packet Size (MQTT 5): larger packets are not
+    /// sent [MQTT-3.1.2-24].
+    max_packet: usize,
+    /// The client's Topic Alias Maximum.
+    alias_max: u16,
+    counters: Arc<Counters>,
+}
+
+impl Wire {
+    /// Encodes `item` at the end of `out`; false when the connection
+    /// closes after it (`Close`, `Replaced`, a DISCONNECT).
+    fn encode(&mut self, item: Out, out: &mut BytesMut) -> bool {
+        if matches!(item, Out::Close | Out::Replaced) {
+            return false;
+        }
+        let Some(v5) = self.v5.as_mut() else {
+            let packet = match item {
+                Out::Packet(p) => *p,
+                // Only in-process links are sent messages as such; encode
+                // one all the same should a network session ever get it.
+                Out::Publish(b) => {
+                    let (message, pkid) = *b;
+                    Packet::Publish(publish_from_message(&message, pkid, message.dup))
+                }
+                // Never sent to a 3.x connection.
+                Out::V5(_) | Out::Close | Out::Replaced => return true,
+            };
+            if let Err(e) = encode(&packet, out, MQTT_MAX_PACKET_SIZE) {
+                debug!(error = %e, "outgoing packet dropped");
+            }
+            return true;
+        };
+        let Some(packet) = v5.packet(item) else {
+            return true;
+        };
+        // Nothing goes after a DISCONNECT [MQTT-3.14.4-1].
+        let last = matches!(packet, P5::Disconnect(_));
+        match crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server) {
+            Ok(()) => {}
+            Err(V5Error::OutgoingTooLarge { size, max }) => {
+                // Dropped for this client as if delivered [MQTT-3.1.2-25];
+                // its alias (if it set one) never reached the client.
+                if matches!(packet, P5::Publish(_)) {
+                    self.counters.dropped(DropReason::TooLarge, 1);
+                    v5.forget_aliases(self.alias_max);
+                }
+                debug!(
+                    size,
+                    max, "packet over the client's maximum packet size dropped"
+                );
+            }
+            Err(e) => debug!(error = %e, "outgoing packet dropped"),
+        }
+        !last
+    }
+}
+
 /// Drains the outlet into the socket, many packets per write. Stops on
 /// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
 /// reader ends too.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: Stop) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: OutletRx,
+    stop: Stop,
+    mut wire: Wire,
+) {
     let mut batch = Vec::new();
     let mut out = BytesMut::new();
     let mut close = false;
@@ -648,24 +1098,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: OutletRx, stop: St
         }
         let mut written = 0;
         for item in batch.drain(..) {
-            match item {
-                Out::Packet(p) => {
-                    written += 1;
-                    if let Err(e) = encode(&p, &mut out, MQTT_MAX_PACKET_SIZE) {
-                        debug!(error = %e, "outgoing packet dropped");
-                    }
-                }
-                // Only in-process links are sent messages as such; encode
-                // one all the same should a network session ever get it.
-                Out::Publish(b) => {
-                    written += 1;
-                    let (message, pkid) = *b;
-                    let packet = Packet::Publish(publish_from_message(&message, pkid, false));
-                    if let Err(e) = encode(&packet, &mut out, MQTT_MAX_PACKET_SIZE) {
-                        debug!(error = %e, "outgoing packet dropped");
-                    }
-                }
-                Out::Close | Out::Replaced => close = true,
+            if close {
+                // After a Close or a DISCONNECT: dropped unwritten.
+                continue;
+            }
+            if wire.encode(item, &mut out) {
+                written += 1;
+            } else {
+                close = true;
             }
         }
         let result = tokio::select! {

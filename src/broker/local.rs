@@ -21,10 +21,11 @@ use tracing::{debug, info, warn};
 use super::connection::next_conn_id;
 use super::outlet::{Out, OutletRx, outlet};
 use super::router::{Ack, ConnectRefused, Event, Reply, RouterHandle};
-use super::session::{ConnId, Origin};
+use super::session::{ConnId, Origin, Subscription};
 use crate::link::{AckHandle, AckToken, Delivery, Link, LinkError, LinkRequest, LinkState};
+use crate::protocol::reason::ReasonCode;
 use crate::protocol::v4::Packet;
-use crate::protocol::{QoS, message_from_publish};
+use crate::protocol::{QoS, SubscribeOptions, message_from_publish};
 use crate::topic;
 
 /// Pending pipe requests per link (backpressure on `Link::publish`).
@@ -86,9 +87,9 @@ struct LocalLink {
     requests: mpsc::Receiver<LinkRequest>,
     ack_tx: mpsc::UnboundedSender<AckToken>,
     ack_rx: mpsc::UnboundedReceiver<AckToken>,
-    /// The link's subscriptions (valid filters), restored on a re-attach
-    /// that finds no session.
-    subscriptions: BTreeMap<String, QoS>,
+    /// The link's subscriptions (valid filters) with their options,
+    /// restored on a re-attach that finds no session.
+    subscriptions: BTreeMap<String, SubscribeOptions>,
     /// The broker's shutdown: no more re-attaching.
     shutdown: CancellationToken,
 }
@@ -121,7 +122,7 @@ fn closing(batch: &[Out]) -> Option<End> {
     batch.iter().find_map(|o| match o {
         Out::Close => Some(End::Lost),
         Out::Replaced => Some(End::Final),
-        Out::Packet(_) | Out::Publish(_) => None,
+        Out::Packet(_) | Out::Publish(_) | Out::V5(_) => None,
     })
 }
 
@@ -203,6 +204,7 @@ impl LocalLink {
             clean: self.clean,
             outlet: out,
             origin: Origin::Local,
+            v5: None,
             reply,
         };
         if !self.router.send(connect).await {
@@ -220,7 +222,7 @@ impl LocalLink {
             let filters = self
                 .subscriptions
                 .iter()
-                .map(|(f, q)| (f.clone(), Some(*q)))
+                .map(|(f, o)| (f.clone(), Ok(Subscription::from_options(*o))))
                 .collect();
             let restore = Event::Subscribe {
                 conn,
@@ -275,6 +277,8 @@ impl LocalLink {
                         match item {
                             Out::Close => { closed = Some(End::Lost); break; }
                             Out::Replaced => { closed = Some(End::Final); break; }
+                            // Never sent to a link.
+                            Out::V5(_) => out_rx.written(1),
                             item @ (Out::Packet(_) | Out::Publish(_)) => {
                                 out_rx.written(1);
                                 let (message, pkid) = match item {
@@ -289,7 +293,7 @@ impl LocalLink {
                                         // PUBREL of a QoS 2 flow: nothing to hand to the pipe.
                                         _ => continue,
                                     },
-                                    Out::Close | Out::Replaced => continue,
+                                    Out::Close | Out::Replaced | Out::V5(_) => continue,
                                 };
                                 let ack = if message.qos == QoS::AtMostOnce {
                                     AckHandle::none()
@@ -335,7 +339,13 @@ impl LocalLink {
 
 /// Ends an attachment gracefully (no will, session kept if persistent).
 async fn disconnect(router: &RouterHandle, conn: ConnId) {
-    router.send(Event::Disconnected { conn, will: None }).await;
+    router
+        .send(Event::Disconnected {
+            conn,
+            will: None,
+            session_expiry: None,
+        })
+        .await;
 }
 
 /// Completes a delivery in the session: PUBACK, or PUBREC then PUBCOMP.
@@ -357,7 +367,7 @@ async fn ack(router: &RouterHandle, conn: u64, token: AckToken) -> bool {
 /// Hands one pipe request to the router; records (un)subscriptions.
 async fn request(
     router: &RouterHandle,
-    subscriptions: &mut BTreeMap<String, QoS>,
+    subscriptions: &mut BTreeMap<String, SubscribeOptions>,
     conn: u64,
     req: LinkRequest,
 ) -> bool {
@@ -374,17 +384,22 @@ async fn request(
             }
         }
         LinkRequest::Subscribe { filters, done } => {
-            let filters: Vec<(String, Option<QoS>)> = filters
+            // The options go with the filter (no local, retain as
+            // published, retain handling), as a v5 client's would.
+            let filters: Vec<(String, Result<Subscription, ReasonCode>)> = filters
                 .into_iter()
                 .map(|(f, o)| {
-                    let ok = topic::validate_filter(&f).is_ok();
-                    (f, ok.then_some(o.qos))
+                    let checked = match topic::validate_filter(&f) {
+                        Ok(_) => Ok(Subscription::from_options(o)),
+                        Err(_) => Err(ReasonCode::TopicFilterInvalid),
+                    };
+                    (f, checked)
                 })
                 .collect();
             // The router grants every valid filter to a link.
-            for (f, q) in &filters {
-                if let Some(q) = q {
-                    subscriptions.insert(f.clone(), *q);
+            for (f, sub) in &filters {
+                if let Ok(sub) = sub {
+                    subscriptions.insert(f.clone(), sub.options);
                 }
             }
             Event::Subscribe {

@@ -31,7 +31,9 @@ mod session;
 mod stats;
 mod sys;
 mod tls;
+mod v5conn;
 mod websocket;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -205,6 +207,30 @@ impl Default for Limits {
     }
 }
 
+/// Topic aliases an MQTT 5 client may set on its PUBLISHes to us.
+pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+
+/// What MQTT 5 clients are told and held to: our Receive Maximum is
+/// `max_inflight` (the same window as towards them), our Maximum Packet
+/// Size `max_packet_size`, the longest Session Expiry Interval the
+/// broker's `session_expiry` (none: any). No enhanced authentication
+/// method is accepted (0x8C). Retain, wildcards, subscription identifiers
+/// and shared subscriptions are available.
+pub(crate) fn server_limits(
+    limits: &Limits,
+    session_expiry: Option<Duration>,
+) -> crate::protocol::negotiate::ServerLimits {
+    crate::protocol::negotiate::ServerLimits {
+        receive_maximum: limits.max_inflight.max(1),
+        maximum_packet_size: u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX),
+        topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
+        max_session_expiry: session_expiry.map_or(u32::MAX, |d| {
+            u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)
+        }),
+        ..Default::default()
+    }
+}
+
 /// Errors starting a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -348,6 +374,7 @@ impl Broker {
             opts.limits.handshake_timeout,
             counters.clone(),
         ));
+        let server = Arc::new(server_limits(&opts.limits, opts.session_expiry));
         let mut addrs = Vec::new();
         for (configured, listener, transport, tls) in bound {
             let addr = listener.local_addr().map_err(|error| BrokerError::Bind {
@@ -367,6 +394,7 @@ impl Broker {
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 cert_cn_as_username: tls.as_ref().is_some_and(|t| t.cert_cn_as_username),
+                server: server.clone(),
             };
             tracker.spawn(listener::run(listener, transport, ctx));
         }

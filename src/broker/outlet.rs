@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::Message;
 use crate::protocol::v4::Packet;
+use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
 
 /// What the router sends to a connection.
 #[derive(Debug)]
@@ -32,6 +33,10 @@ pub(crate) enum Out {
     /// A PUBLISH to an in-process link, as the message itself and its
     /// packet id (0 for QoS 0): nothing to encode and decode again.
     Publish(Box<(Message, u16)>),
+    /// An MQTT 5 packet with what only v5 can say (a reason code, an
+    /// UNSUBACK's per-filter codes, a DISCONNECT); only ever sent to a v5
+    /// connection.
+    V5(Box<V5Packet>),
     /// Write what is queued, then close (takeover of a network session,
     /// a link held down, broker shutdown). A local link closed this way
     /// re-attaches.
@@ -247,6 +252,16 @@ impl Outlet {
     pub fn send_publish(&self, message: Message, pkid: u16) -> bool {
         self.shared().pending.fetch_add(1, Relaxed);
         if !self.push(Out::Publish(Box::new((message, pkid)))) {
+            self.shared().pending.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Hands an MQTT 5 packet to a v5 connection; false if it is gone.
+    pub fn send_v5(&self, packet: V5Packet) -> bool {
+        self.shared().pending.fetch_add(1, Relaxed);
+        if !self.push(Out::V5(Box::new(packet))) {
             self.shared().pending.fetch_sub(1, Relaxed);
             return false;
         }

@@ -7,7 +7,8 @@
 //! sessions by session id, messages by `(session id, sequence)`, QoS 2
 //! states by `(session id, sequence)` or `(session id, packet id)`.
 
-use crate::protocol::{Message, QoS};
+use super::session::Subscription;
+use crate::protocol::{Message, RetainHandling, SubscribeOptions};
 pub(crate) use crate::store::record::RecordError;
 use crate::store::record::{Reader, open, put_bytes, put_message, put_opt_bytes, seal};
 
@@ -44,8 +45,10 @@ pub(crate) struct StoredSession {
     pub client_id: String,
     /// Username of the last connection (the read ACL's subject).
     pub username: Option<String>,
-    /// Filter → granted QoS.
-    pub subscriptions: Vec<(String, QoS)>,
+    /// Filter → subscription options and identifier.
+    pub subscriptions: Vec<(String, Subscription)>,
+    /// MQTT 5 Session Expiry Interval (`None`: a 3.x or link session).
+    pub expiry: Option<u32>,
     /// Unix seconds of the disconnect; `None` while connected (a crash
     /// while connected restarts the expiry clock at the next start).
     pub disconnected_at: Option<u64>,
@@ -72,10 +75,19 @@ pub(crate) fn encode_session(s: &StoredSession) -> Vec<u8> {
             .unwrap_or(u32::MAX)
             .to_be_bytes(),
     );
-    for (filter, qos) in &s.subscriptions {
+    for (filter, sub) in &s.subscriptions {
         put_bytes(&mut body, filter.as_bytes());
-        body.push(qos.as_u8());
+        body.push(sub.options.qos.as_u8());
     }
+    // Session format 2: MQTT 5 subscription options and identifiers (in
+    // the order of the filters) and the session expiry interval. A format
+    // 1 record ends before this byte and still loads (3.1.1 options).
+    body.push(SESSION_FORMAT);
+    for (_, sub) in &s.subscriptions {
+        body.push(options_byte(&sub.options));
+        put_opt_u32(&mut body, sub.id);
+    }
+    put_opt_u32(&mut body, s.expiry);
     seal(&body)
 }
 
@@ -93,7 +105,19 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
     let mut subscriptions = Vec::new();
     for _ in 0..r.u32()? {
         let filter = r.string("filter")?;
-        subscriptions.push((filter, r.qos()?));
+        subscriptions.push((filter, Subscription::from(r.qos()?)));
+    }
+    let mut expiry = None;
+    if !r.0.is_empty() {
+        if r.u8()? != SESSION_FORMAT {
+            return Err(RecordError::Malformed("session format"));
+        }
+        for (_, sub) in &mut subscriptions {
+            let qos = sub.options.qos;
+            sub.options = options_of_byte(r.u8()?, qos)?;
+            sub.id = r.opt(Reader::u32)?;
+        }
+        expiry = r.opt(Reader::u32)?;
     }
     r.end()?;
     Ok(StoredSession {
@@ -102,6 +126,48 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
         username,
         subscriptions,
         disconnected_at,
+        expiry,
+    })
+}
+
+/// The session record format written today (format 1 had no byte for it).
+const SESSION_FORMAT: u8 = 2;
+
+fn put_opt_u32(out: &mut Vec<u8>, v: Option<u32>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+/// No local (bit 0), retain as published (bit 1), retain handling (bits 2-3).
+fn options_byte(o: &SubscribeOptions) -> u8 {
+    let rh = match o.retain_handling {
+        RetainHandling::SendAtSubscribe => 0,
+        RetainHandling::SendIfNew => 1,
+        RetainHandling::DoNotSend => 2,
+    };
+    u8::from(o.no_local) | u8::from(o.retain_as_published) << 1 | rh << 2
+}
+
+fn options_of_byte(b: u8, qos: crate::protocol::QoS) -> Result<SubscribeOptions, RecordError> {
+    let retain_handling = match (b >> 2) & 3 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return Err(RecordError::Malformed("retain handling")),
+    };
+    if b >> 4 != 0 {
+        return Err(RecordError::Malformed("subscription options"));
+    }
+    Ok(SubscribeOptions {
+        qos,
+        no_local: b & 1 != 0,
+        retain_as_published: b & 2 != 0,
+        retain_handling,
     })
 }
 
@@ -189,7 +255,34 @@ pub(crate) fn parse_session_key(key: &[u8]) -> Result<u64, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::QoS;
     use proptest::prelude::*;
+
+    fn subscription() -> impl Strategy<Value = Subscription> {
+        let rh = prop_oneof![
+            Just(RetainHandling::SendAtSubscribe),
+            Just(RetainHandling::SendIfNew),
+            Just(RetainHandling::DoNotSend)
+        ];
+        (
+            qos(),
+            any::<bool>(),
+            any::<bool>(),
+            rh,
+            proptest::option::of(1u32..268_435_455),
+        )
+            .prop_map(
+                |(qos, no_local, retain_as_published, retain_handling, id)| Subscription {
+                    options: SubscribeOptions {
+                        qos,
+                        no_local,
+                        retain_as_published,
+                        retain_handling,
+                    },
+                    id,
+                },
+            )
+    }
 
     fn qos() -> impl Strategy<Value = QoS> {
         prop_oneof![
@@ -211,8 +304,8 @@ mod tests {
         }
 
         #[test]
-        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", qos()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>()) {
-            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at };
+        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", subscription()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>(), expiry in proptest::option::of(any::<u32>())) {
+            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at, expiry };
             prop_assert_eq!(decode_session(&encode_session(&s)).expect("decode"), s);
         }
 
@@ -232,6 +325,30 @@ mod tests {
             let _ = decode_session(&flipped);
             let _ = decode_flow(&flipped[..cut]);
         }
+    }
+
+    /// A session record written before MQTT 5 (format 1: filters and QoS,
+    /// nothing after) still loads, with 3.1.1 options.
+    #[test]
+    fn format_1_session_records_still_load() {
+        let mut body = vec![0u8];
+        put_bytes(&mut body, b"old-client");
+        put_opt_bytes(&mut body, None);
+        body.push(0);
+        body.extend_from_slice(&1u32.to_be_bytes());
+        put_bytes(&mut body, b"a/#");
+        body.push(1);
+        let s = decode_session(&seal(&body)).expect("format 1 loads");
+        assert_eq!(s.client_id, "old-client");
+        assert_eq!(
+            s.subscriptions,
+            [("a/#".to_string(), Subscription::from(QoS::AtLeastOnce))]
+        );
+        assert_eq!(s.expiry, None);
+        // Unknown option bits are refused, not guessed.
+        let mut bad = body.clone();
+        bad.extend_from_slice(&[SESSION_FORMAT, 0x40, 0, 0]);
+        assert!(decode_session(&seal(&bad)).is_err());
     }
 
     #[test]

@@ -6,15 +6,21 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::outlet::Outlet;
 use super::persist::{Journal, LoadedSession};
 use super::record::{Flow, Kind, StoredSession};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
-use crate::protocol::session::ProtocolViolation;
+use crate::protocol::expiry::{Expiry, Remaining};
+use crate::protocol::reason::ReasonCode;
+use crate::protocol::session::{ProtocolViolation, Resend};
 use crate::protocol::v4::Packet;
-use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
+use crate::protocol::{Full, Incoming, Message, Outgoing, QoS, SubscribeOptions};
+use rumqttc::v5::mqttbytes::v5::{
+    Packet as P5, PubAck as PubAck5, PubAckReason, PubRec as PubRec5, PubRecReason,
+};
 
 /// Our QoS of a codec QoS.
 fn msg_qos(q: rumqttc::mqttbytes::QoS) -> QoS {
@@ -23,6 +29,18 @@ fn msg_qos(q: rumqttc::mqttbytes::QoS) -> QoS {
         rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
         rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
     }
+}
+
+/// The size of `message`'s MQTT 5 PUBLISH with its full topic name (an
+/// alias only makes it smaller) and a packet id.
+fn v5_publish_size(message: &Message) -> u64 {
+    use crate::protocol::convert::{TopicForm, v5_publish_from_message};
+    let expiry = message
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval);
+    let publish = v5_publish_from_message(message, 1, false, TopicForm::Name, expiry);
+    P5::Publish(publish).size() as u64
 }
 
 /// Id of one network connection or local link (its "generation").
@@ -35,6 +53,45 @@ pub(crate) struct Attached {
     pub id: ConnId,
     /// Where packets for the client go.
     pub outlet: Outlet,
+    /// What an MQTT 5 client negotiated; `None` for 3.x and local links.
+    pub v5: Option<V5Attached>,
+}
+
+/// What an MQTT 5 connection negotiated that the session acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct V5Attached {
+    /// Session Expiry Interval in force (seconds; 0: ends with the connection).
+    pub session_expiry: u32,
+    /// The client's Receive Maximum: QoS 1/2 PUBLISHes in flight to it.
+    pub receive_maximum: u16,
+    /// The client's Maximum Packet Size.
+    pub max_packet: u32,
+}
+
+/// One subscription of a session: the options asked for (granted QoS
+/// included) and its MQTT 5 subscription identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Subscription {
+    /// Granted QoS, no local, retain as published, retain handling.
+    pub options: SubscribeOptions,
+    /// Subscription identifier, added to the messages it delivers.
+    pub id: Option<u32>,
+}
+
+impl Subscription {
+    /// A subscription with `options` and no identifier.
+    pub fn from_options(options: SubscribeOptions) -> Self {
+        Subscription { options, id: None }
+    }
+}
+
+impl From<QoS> for Subscription {
+    fn from(qos: QoS) -> Self {
+        Subscription {
+            options: SubscribeOptions::qos(qos),
+            id: None,
+        }
+    }
 }
 
 /// Who is attached to a session.
@@ -77,6 +134,9 @@ pub(crate) struct Queued {
     pub message: Message,
     /// Its sequence number in the store, if stored.
     pub seq: Option<u64>,
+    /// When its MQTT 5 Message Expiry Interval ends (from when it was
+    /// queued); `None`: it never expires.
+    pub expiry: Option<Expiry>,
 }
 
 /// One session.
@@ -86,8 +146,15 @@ pub(crate) struct Session {
     pub client_id: String,
     /// Clean session: discarded when the connection ends.
     pub clean: bool,
-    /// Filter → granted QoS (mirrors the router's trie).
-    pub subscriptions: HashMap<String, QoS>,
+    /// Filter → subscription (mirrors the router's trie).
+    pub subscriptions: HashMap<String, Subscription>,
+    /// The MQTT 5 Session Expiry Interval (seconds; `u32::MAX`: never);
+    /// `None` for a 3.x or link session, which the broker's
+    /// `session_expiry` governs.
+    pub expiry: Option<u32>,
+    /// Reason codes owed on the PUBACK/PUBREC of refused MQTT 5 publishes,
+    /// by packet id (empty for everyone else).
+    ack_reasons: HashMap<u16, ReasonCode>,
     /// QoS 1/2 flows towards the client; the token is the message's
     /// sequence number in the store, if stored.
     pub outgoing: Outgoing<Option<u64>>,
@@ -105,6 +172,9 @@ pub(crate) struct Session {
     pub stored: Option<u64>,
     /// Next message sequence number in the store.
     next_seq: u64,
+    /// `max_inflight`: the window towards a client, lowered to an MQTT 5
+    /// client's Receive Maximum while it is attached.
+    limits_window: u16,
     /// Messages of this session in the store.
     pub stored_messages: u64,
     /// Stored QoS 2 flows in flight: packet id → sequence number.
@@ -120,6 +190,8 @@ impl Session {
             client_id,
             clean,
             subscriptions: HashMap::new(),
+            expiry: None,
+            ack_reasons: HashMap::new(),
             outgoing: Outgoing::new(usize::from(limits.max_inflight)),
             incoming: Incoming::new(),
             queue: VecDeque::new(),
@@ -127,6 +199,7 @@ impl Session {
             origin,
             stored: None,
             next_seq: 0,
+            limits_window: limits.max_inflight,
             stored_messages: 0,
             qos2_seq: HashMap::new(),
             disconnected_at: None,
@@ -153,6 +226,7 @@ impl Session {
         };
         let mut s = Session::new(record.client_id, false, origin, limits);
         s.subscriptions = record.subscriptions.into_iter().collect();
+        s.expiry = record.expiry;
         s.stored = Some(sid);
         s.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
         for (seq, message, flow) in loaded.messages {
@@ -171,9 +245,13 @@ impl Session {
                 }),
             };
             if let Err(full) = restored {
+                // The interval counts again from the restart (the time the
+                // broker was down is not known to the queue).
+                let expiry = Expiry::of(&full.message, Instant::now());
                 s.queue.push_back(Queued {
                     message: full.message,
                     seq: full.token,
+                    expiry,
                 });
                 counters.queued.fetch_add(1, Relaxed);
             }
@@ -190,18 +268,19 @@ impl Session {
             Origin::Local => (Kind::Link, None),
             Origin::Network { username } => (Kind::Network, username.clone()),
         };
-        let mut subscriptions: Vec<(String, QoS)> = self
+        let mut subscriptions: Vec<(String, Subscription)> = self
             .subscriptions
             .iter()
-            .map(|(f, q)| (f.clone(), *q))
+            .map(|(f, sub)| (f.clone(), *sub))
             .collect();
-        subscriptions.sort();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         StoredSession {
             kind,
             client_id: self.client_id.clone(),
             username,
             subscriptions,
             disconnected_at: self.disconnected_at,
+            expiry: self.expiry,
         }
     }
 
@@ -242,7 +321,16 @@ impl Session {
         counters: &Counters,
         journal: &mut Journal,
     ) -> Result<(), Full<Option<u64>>> {
-        if !self.is_link() {
+        if let Some(max) = self.conn.as_ref().and_then(|c| c.v5).map(|v| v.max_packet)
+            && v5_publish_size(&msg) > u64::from(max)
+        {
+            // Never sent to this client, as if delivered [MQTT-3.1.2-25]:
+            // it must not hold a window slot waiting for an ack.
+            counters.dropped(DropReason::TooLarge, 1);
+            self.forget(seq, journal);
+            return Ok(());
+        }
+        if !self.is_link() && !self.is_v5() {
             let (packet, _) = self.outgoing.publish(msg, seq)?;
             if let Packet::Publish(p) = &packet {
                 self.note_flow(p.pkid, msg_qos(p.qos), seq, journal);
@@ -254,13 +342,7 @@ impl Session {
         // A new flow, as a fresh PUBLISH would say (resends go as packets).
         message.dup = false;
         self.note_flow(pkid, message.qos, seq, journal);
-        if let Some(conn) = &self.conn {
-            counters.msgs_out.fetch_add(1, Relaxed);
-            counters
-                .bytes_out
-                .fetch_add(message.payload.len() as u64, Relaxed);
-            conn.outlet.send_publish(message, pkid);
-        }
+        self.send_message(message, pkid, counters);
         Ok(())
     }
 
@@ -320,6 +402,19 @@ impl Session {
         SessionKey::of(&self.origin, &self.client_id)
     }
 
+    /// Whether the attached connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.v5.is_some())
+    }
+
+    /// Remembers the reason code to put on the PUBACK/PUBREC of `pkid`
+    /// (an MQTT 5 publish that was refused); nothing for 3.x.
+    pub fn owe_reason(&mut self, pkid: u16, code: ReasonCode) {
+        if self.is_v5() && pkid != 0 {
+            self.ack_reasons.insert(pkid, code);
+        }
+    }
+
     /// Whether an in-process link owns this session.
     pub fn is_link(&self) -> bool {
         self.origin == Origin::Local
@@ -340,14 +435,69 @@ impl Session {
     /// Sends a control packet (SUBACK, acks) if connected. A client that
     /// keeps publishing but never reads would pile up acks: past `hard_cap`
     /// unwritten packets its connection is aborted.
-    pub fn send_control(&self, packet: Packet, hard_cap: usize) {
+    pub fn send_control(&mut self, packet: Packet, hard_cap: usize) {
+        let reason = match &packet {
+            Packet::PubAck(a) if !self.ack_reasons.is_empty() => {
+                self.ack_reasons.remove(&a.pkid).map(|r| (a.pkid, r, true))
+            }
+            Packet::PubRec(r) if !self.ack_reasons.is_empty() => {
+                self.ack_reasons.remove(&r.pkid).map(|c| (r.pkid, c, false))
+            }
+            _ => None,
+        };
         if let Some(conn) = &self.conn {
             if conn.outlet.pending() >= hard_cap {
                 crate::warn_limited!("client-not-reading", client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
                 conn.outlet.abort();
                 return;
             }
-            conn.outlet.send(packet);
+            match reason {
+                Some((pkid, code, true)) => {
+                    let mut ack = PubAck5::new(pkid, None);
+                    ack.reason =
+                        PubAckReason::try_from(code).unwrap_or(PubAckReason::UnspecifiedError);
+                    conn.outlet.send_v5(P5::PubAck(ack));
+                }
+                Some((pkid, code, false)) => {
+                    // A PUBREC with a failure code ends the QoS 2 flow: no
+                    // PUBREL follows, and the client may reuse the id for a
+                    // new message, which must not pass for a duplicate.
+                    let _ = self.incoming.on_pubrel(pkid);
+                    let mut rec = PubRec5::new(pkid, None);
+                    rec.reason =
+                        PubRecReason::try_from(code).unwrap_or(PubRecReason::UnspecifiedError);
+                    conn.outlet.send_v5(P5::PubRec(rec));
+                }
+                None => {
+                    conn.outlet.send(packet);
+                }
+            }
+        }
+    }
+
+    /// Sends an MQTT 5 control packet (SUBACK, UNSUBACK with reason codes)
+    /// if connected, bounded as [`Session::send_control`].
+    pub fn send_control_v5(&self, packet: P5, hard_cap: usize) {
+        if let Some(conn) = &self.conn {
+            if conn.outlet.pending() >= hard_cap {
+                crate::warn_limited!("client-not-reading", client_id = %self.client_id, pending = conn.outlet.pending(), "client does not read its socket, connection aborted");
+                conn.outlet.abort();
+                return;
+            }
+            conn.outlet.send_v5(packet);
+        }
+    }
+
+    /// Hands `message` under `pkid` to the connection as the message itself
+    /// (an in-process link, or an MQTT 5 client whose writer encodes its
+    /// properties).
+    fn send_message(&self, message: Message, pkid: u16, counters: &Counters) {
+        if let Some(conn) = &self.conn {
+            counters.msgs_out.fetch_add(1, Relaxed);
+            counters
+                .bytes_out
+                .fetch_add(message.payload.len() as u64, Relaxed);
+            conn.outlet.send_publish(message, pkid);
         }
     }
 
@@ -362,6 +512,7 @@ impl Session {
         limits: &Limits,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) -> bool {
         if msg.qos == QoS::AtMostOnce {
             let Some(conn) = &self.conn else { return false };
@@ -375,10 +526,10 @@ impl Session {
         let seq = self.store(&msg, journal);
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
             if let Err(full) = self.start(msg, seq, counters, journal) {
-                self.enqueue(full.message, full.token, limits, counters, journal);
+                self.enqueue(full.message, full.token, limits, counters, journal, now);
             }
         } else {
-            self.enqueue(msg, seq, limits, counters, journal);
+            self.enqueue(msg, seq, limits, counters, journal, now);
         }
         seq.is_some()
     }
@@ -397,6 +548,7 @@ impl Session {
         limits: &Limits,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) {
         if self.queue.len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
@@ -417,26 +569,48 @@ impl Session {
                 return;
             }
         }
-        self.queue.push_back(Queued { message, seq });
+        let expiry = Expiry::of(&message, now);
+        self.queue.push_back(Queued {
+            message,
+            seq,
+            expiry,
+        });
         counters.queued.fetch_add(1, Relaxed);
     }
 
-    /// Moves queued messages into the inflight window while there is room.
-    pub fn pump(&mut self, counters: &Counters, journal: &mut Journal) {
+    /// Moves queued messages into the inflight window while there is room;
+    /// a message whose expiry interval passed at `now` is dropped
+    /// (counted), one still alive goes out with the interval it has left
+    /// [MQTT-3.3.2-5, MQTT-3.3.2-6].
+    pub fn pump(&mut self, counters: &Counters, journal: &mut Journal, now: Instant) {
         if self.conn.is_none() {
             return;
         }
         while self.outgoing.has_room() {
-            let Some(next) = self.queue.pop_front() else {
+            let Some(mut next) = self.queue.pop_front() else {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
+            match next.expiry.map(|e| e.remaining(now)) {
+                Some(Remaining::Expired) => {
+                    counters.dropped(DropReason::Expired, 1);
+                    self.forget(next.seq, journal);
+                    continue;
+                }
+                Some(Remaining::Seconds(left)) => {
+                    if let Some(p) = next.message.properties.as_mut() {
+                        p.message_expiry_interval = Some(left);
+                    }
+                }
+                None => {}
+            }
             match self.start(next.message, next.seq, counters, journal) {
                 Ok(()) => {}
                 Err(full) => {
                     self.queue.push_front(Queued {
                         message: full.message,
                         seq: full.token,
+                        expiry: next.expiry,
                     });
                     counters.queued.fetch_add(1, Relaxed);
                     break;
@@ -453,13 +627,32 @@ impl Session {
         session_present: bool,
         counters: &Counters,
         journal: &mut Journal,
+        now: Instant,
     ) {
+        let window = match &conn.v5 {
+            Some(v5) => usize::from(v5.receive_maximum).min(usize::from(self.limits_window)),
+            None => usize::from(self.limits_window),
+        };
+        self.outgoing.set_window(window);
+        self.ack_reasons.clear();
         self.conn = Some(conn);
         self.disconnected_at = None;
-        for packet in self.outgoing.resume(session_present) {
-            self.send(packet, counters);
+        if self.is_v5() {
+            for resend in self.outgoing.resume_messages(session_present) {
+                match resend {
+                    Resend::Publish { message, pkid } => self.send_message(message, pkid, counters),
+                    Resend::PubRel(pkid) => self.send(
+                        Packet::PubRel(crate::protocol::v4::PubRel::new(pkid)),
+                        counters,
+                    ),
+                }
+            }
+        } else {
+            for packet in self.outgoing.resume(session_present) {
+                self.send(packet, counters);
+            }
         }
-        self.pump(counters, journal);
+        self.pump(counters, journal, now);
     }
 
     /// Drops everything the session holds (gauges follow).
@@ -504,7 +697,7 @@ mod tests {
                         }
                     }
                     Out::Publish(b) => out.push(String::from_utf8_lossy(&b.0.payload).into_owned()),
-                    Out::Close | Out::Replaced => {}
+                    Out::V5(_) | Out::Close | Out::Replaced => {}
                 }
             }
         }
@@ -518,9 +711,25 @@ mod tests {
         let l = limits(2, OverflowPolicy::DropOldest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         for n in 0..6 {
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
+            s.deliver(
+                msg(n, QoS::AtLeastOnce),
+                &l,
+                &counters,
+                &mut j,
+                Instant::now(),
+            );
         }
         assert_eq!(drain_payloads(&mut rx), ["0", "1"]);
         assert_eq!(s.queue.len(), 2);
@@ -528,7 +737,7 @@ mod tests {
         assert_eq!(counters.snapshot().queued, 2);
         // PUBACK frees a slot: the oldest surviving queued message goes out.
         s.outgoing.on_puback(1).unwrap();
-        s.pump(&counters, &mut j);
+        s.pump(&counters, &mut j, Instant::now());
         assert_eq!(drain_payloads(&mut rx), ["4"]);
     }
 
@@ -538,13 +747,41 @@ mod tests {
         let mut j = Journal::disabled(Default::default());
         let l = limits(1, OverflowPolicy::DropNewest);
         let mut s = Session::new("c".into(), false, Origin::Local, &l);
-        s.deliver(msg(0, QoS::AtMostOnce), &l, &counters, &mut j);
-        s.deliver(msg(1, QoS::ExactlyOnce), &l, &counters, &mut j);
-        s.deliver(msg(2, QoS::ExactlyOnce), &l, &counters, &mut j);
+        s.deliver(
+            msg(0, QoS::AtMostOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        s.deliver(
+            msg(1, QoS::ExactlyOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        s.deliver(
+            msg(2, QoS::ExactlyOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert_eq!(s.queue.len(), 1);
         assert_eq!(counters.snapshot().dropped_queue_full, 1);
         let (tx, mut rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, true, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            true,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert_eq!(drain_payloads(&mut rx), ["1"]);
         assert_eq!(counters.snapshot().queued, 0);
     }
@@ -558,10 +795,26 @@ mod tests {
         // Away with an empty queue: queued, not dropped.
         assert!(!s.would_drop(&l));
         let (tx, _rx) = outlet();
-        s.attach(Attached { id: 1, outlet: tx }, false, &counters, &mut j);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         for n in 0..4 {
             assert!(!s.would_drop(&l), "message {n} fits");
-            s.deliver(msg(n, QoS::AtLeastOnce), &l, &counters, &mut j);
+            s.deliver(
+                msg(n, QoS::AtLeastOnce),
+                &l,
+                &counters,
+                &mut j,
+                Instant::now(),
+            );
         }
         // Window (2) and queue (2) full.
         assert!(s.would_drop(&l));
@@ -570,10 +823,96 @@ mod tests {
         let l0 = limits(0, OverflowPolicy::DropOldest);
         let mut z = Session::new("z".into(), false, Origin::Local, &l0);
         let (tx, _rx0) = outlet();
-        z.attach(Attached { id: 2, outlet: tx }, false, &counters, &mut j);
+        z.attach(
+            Attached {
+                id: 2,
+                outlet: tx,
+                v5: None,
+            },
+            false,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert!(!z.would_drop(&l0));
-        z.deliver(msg(0, QoS::AtLeastOnce), &l0, &counters, &mut j);
-        z.deliver(msg(1, QoS::AtLeastOnce), &l0, &counters, &mut j);
+        z.deliver(
+            msg(0, QoS::AtLeastOnce),
+            &l0,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        z.deliver(
+            msg(1, QoS::AtLeastOnce),
+            &l0,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
         assert!(z.would_drop(&l0));
+    }
+
+    fn expiring(n: u32, secs: u32) -> Message {
+        let mut m = msg(n, QoS::AtLeastOnce);
+        m.properties = Some(crate::protocol::MessageProperties::from(
+            crate::protocol::PropertyFields {
+                message_expiry_interval: Some(secs),
+                ..Default::default()
+            },
+        ));
+        m
+    }
+
+    fn drain_expiry(rx: &mut crate::broker::outlet::OutletRx) -> Vec<(String, Option<u32>)> {
+        use futures_util::FutureExt;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(n) = rx.recv_many(&mut buf, 100).now_or_never() {
+            if n == 0 {
+                break;
+            }
+            for o in buf.drain(..) {
+                if let Out::Publish(b) = o {
+                    let m = b.0;
+                    let left = m.properties.and_then(|p| p.message_expiry_interval);
+                    out.push((String::from_utf8_lossy(&m.payload).into_owned(), left));
+                }
+            }
+        }
+        out
+    }
+
+    /// MQTT-3.3.2-5/-6: a queued message is sent with the interval it has
+    /// left, and dropped (counted) once it has none.
+    #[test]
+    fn queued_messages_expire_and_go_out_with_the_interval_left() {
+        let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
+        let l = limits(10, OverflowPolicy::DropOldest);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
+        let t0 = Instant::now();
+        s.deliver(expiring(0, 5), &l, &counters, &mut j, t0);
+        s.deliver(expiring(1, 60), &l, &counters, &mut j, t0);
+        s.deliver(msg(2, QoS::AtLeastOnce), &l, &counters, &mut j, t0);
+        assert_eq!(s.queue.len(), 3, "away: all queued");
+        let (tx, mut rx) = outlet();
+        let later = t0 + std::time::Duration::from_secs(10);
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: None,
+            },
+            true,
+            &counters,
+            &mut j,
+            later,
+        );
+        assert_eq!(
+            drain_expiry(&mut rx),
+            [("1".to_string(), Some(50)), ("2".to_string(), None)]
+        );
+        assert_eq!(counters.snapshot().dropped_expired, 1);
+        assert_eq!(counters.snapshot().queued, 0);
     }
 }

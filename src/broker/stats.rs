@@ -54,6 +54,10 @@ pub enum DropReason {
     SysTopic,
     /// A session queue was full (`max_queued_messages`).
     QueueFull,
+    /// Larger than an MQTT 5 client's Maximum Packet Size: not sent to it.
+    TooLarge,
+    /// Its MQTT 5 Message Expiry Interval passed while it was queued.
+    Expired,
 }
 
 /// Live counters (monotonic) and gauges (up/down).
@@ -86,6 +90,8 @@ pub(crate) struct Counters {
     pub dropped_acl: AtomicU64,
     pub dropped_sys: AtomicU64,
     pub dropped_queue_full: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub dropped_expired: AtomicU64,
     pub held_back: AtomicU64,
     pub held_back_total: AtomicU64,
     pub persisted_sessions: AtomicU64,
@@ -127,6 +133,8 @@ impl Counters {
             DropReason::Acl => &self.dropped_acl,
             DropReason::SysTopic => &self.dropped_sys,
             DropReason::QueueFull => &self.dropped_queue_full,
+            DropReason::TooLarge => &self.dropped_too_large,
+            DropReason::Expired => &self.dropped_expired,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -160,6 +168,8 @@ impl Counters {
             dropped_acl: self.dropped_acl.load(Relaxed),
             dropped_sys: self.dropped_sys.load(Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            dropped_too_large: self.dropped_too_large.load(Relaxed),
+            dropped_expired: self.dropped_expired.load(Relaxed),
             held_back: self.held_back.load(Relaxed),
             held_back_total: self.held_back_total.load(Relaxed),
             persisted_sessions: self.persisted_sessions.load(Relaxed),

@@ -25,7 +25,8 @@ pub const SUBSCRIBE_REFUSE_REASONS: [&str; 4] = [
     "trie_nodes",
 ];
 /// `reason` labels of dropped messages, in [`BuiltinBrokerMetrics`] order.
-pub const BROKER_DROP_REASONS: [&str; 3] = ["acl", "sys_topic", "queue_full"];
+pub const BROKER_DROP_REASONS: [&str; 5] =
+    ["acl", "sys_topic", "queue_full", "too_large", "expired"];
 
 /// Metric handles of one built-in broker, created once.
 #[derive(Debug, Clone)]
@@ -131,7 +132,13 @@ impl BuiltinBrokerMetrics {
         }
         self.trie_nodes.set(s.trie_nodes as f64);
         self.handshakes_pending.set(s.handshakes_pending as f64);
-        let dropped = [s.dropped_acl, s.dropped_sys, s.dropped_queue_full];
+        let dropped = [
+            s.dropped_acl,
+            s.dropped_sys,
+            s.dropped_queue_full,
+            s.dropped_too_large,
+            s.dropped_expired,
+        ];
         for (c, v) in self.dropped.iter().zip(dropped) {
             c.absolute(v);
         }
@@ -206,6 +213,11 @@ pub struct BrokerStats {
     pub dropped_sys: u64,
     /// Counter: messages dropped at a full session queue.
     pub dropped_queue_full: u64,
+    /// Counter: messages not sent to an MQTT 5 client because they exceed
+    /// its Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Counter: queued messages whose MQTT 5 Message Expiry Interval passed.
+    pub dropped_expired: u64,
     /// Gauge: QoS 1/2 client publishes held back now, unacknowledged, while
     /// a local link session they go to is full (end-to-end backpressure).
     pub held_back: u64,

@@ -44,7 +44,7 @@ mod proptests;
 mod tests;
 
 pub use incoming::{Incoming, IncomingAction};
-pub use outgoing::{Full, Outgoing};
+pub use outgoing::{Full, Outgoing, Resend};
 pub use packet_id::PacketIds;
 
 /// An acknowledgement from the peer that does not fit our state. MQTT 3.1.1

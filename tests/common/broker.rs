@@ -327,3 +327,192 @@ impl TestBroker {
         wait_until(|| self.broker.stats().subscriptions >= n).await;
     }
 }
+
+/// A client speaking raw MQTT 5 packets through our v5 codec adapter
+/// (for what the CLI tools cannot express: exact properties, acks held
+/// back, hostile packets).
+pub struct Raw5 {
+    stream: TcpStream,
+    buf: bytes::BytesMut,
+    next_pkid: u16,
+}
+
+pub use mqbridge::protocol::v5::packets as v5p;
+
+impl Raw5 {
+    pub async fn open(addr: SocketAddr) -> Raw5 {
+        let stream = within(TcpStream::connect(addr)).await.expect("connect");
+        Raw5 {
+            stream,
+            buf: bytes::BytesMut::new(),
+            next_pkid: 1,
+        }
+    }
+
+    /// Connects with `properties` (clean start); the CONNACK.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        id: &str,
+        clean_start: bool,
+        properties: Option<v5p::ConnectProperties>,
+        will: Option<v5p::LastWill>,
+    ) -> (Raw5, v5p::ConnAck) {
+        let mut c = Raw5::open(addr).await;
+        let connect = v5p::Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_start,
+            properties,
+        };
+        c.send(v5p::Packet::Connect(connect, will, None)).await;
+        match c.next().await {
+            v5p::Packet::ConnAck(a) => (c, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects (clean start, no properties) and asserts success.
+    pub async fn connect(addr: SocketAddr, id: &str) -> Raw5 {
+        let (c, ack) = Raw5::connect_with(addr, id, true, None, None).await;
+        assert_eq!(ack.code, v5p::ConnectReturnCode::Success, "{ack:?}");
+        c
+    }
+
+    pub async fn send(&mut self, p: v5p::Packet) {
+        let mut out = bytes::BytesMut::new();
+        mqbridge::protocol::v5::encode(
+            &p,
+            &mut out,
+            usize::MAX,
+            mqbridge::protocol::v5::Sender::Client,
+        )
+        .expect("encodes");
+        self.send_bytes(&out).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        within(self.stream.write_all(bytes)).await.expect("write");
+    }
+
+    /// The next packet; panics on a close or a timeout.
+    pub async fn next(&mut self) -> v5p::Packet {
+        self.try_next().await.expect("connection closed")
+    }
+
+    /// The next packet, `None` when the broker closed the connection.
+    pub async fn try_next(&mut self) -> Option<v5p::Packet> {
+        loop {
+            if let Some(p) = mqbridge::protocol::v5::decode(
+                &mut self.buf,
+                usize::MAX,
+                mqbridge::protocol::v5::Sender::Server,
+            )
+            .expect("valid packet from the broker")
+            {
+                return Some(p);
+            }
+            let n = within(self.stream.read_buf(&mut self.buf))
+                .await
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next PUBLISH, skipping PINGRESPs.
+    pub async fn next_publish(&mut self) -> v5p::Publish {
+        loop {
+            match self.next().await {
+                v5p::Packet::Publish(p) => return p,
+                v5p::Packet::PingResp(_) => {}
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    /// PINGREQ → PINGRESP: everything sent before has been routed; any
+    /// PUBLISH arriving first is returned (a flow-control test's proof),
+    /// PUBACK/PUBCOMP of this client's own publishes skipped.
+    pub async fn ping_collect(&mut self) -> Vec<v5p::Publish> {
+        self.send(v5p::Packet::PingReq(v5p::PingReq)).await;
+        let mut got = Vec::new();
+        loop {
+            match self.next().await {
+                v5p::Packet::PingResp(_) => return got,
+                v5p::Packet::Publish(p) => got.push(p),
+                // Acks of what this client published.
+                v5p::Packet::PubAck(_) | v5p::Packet::PubComp(_) => {}
+                other => panic!("expected PINGRESP, got {other:?}"),
+            }
+        }
+    }
+
+    /// SUBSCRIBE with `filters` and an optional subscription identifier;
+    /// the SUBACK.
+    pub async fn subscribe(&mut self, filters: Vec<v5p::Filter>, id: Option<usize>) -> v5p::SubAck {
+        let pkid = self.pkid();
+        let properties = id.map(|id| v5p::SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        });
+        self.send(v5p::Packet::Subscribe(v5p::Subscribe {
+            pkid,
+            filters,
+            properties,
+        }))
+        .await;
+        match self.next().await {
+            v5p::Packet::SubAck(a) => {
+                assert_eq!(a.pkid, pkid);
+                a
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// A PUBLISH of `topic` at `qos` with `properties` (packet id chosen).
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        properties: Option<v5p::PublishProperties>,
+    ) -> u16 {
+        let mut p = v5p::Publish::new(topic, qos, payload.to_vec(), properties);
+        p.retain = retain;
+        let pkid = if qos == rumqttc::v5::mqttbytes::QoS::AtMostOnce {
+            0
+        } else {
+            self.pkid()
+        };
+        p.pkid = pkid;
+        self.send(v5p::Packet::Publish(p)).await;
+        pkid
+    }
+
+    /// Asserts the broker sends DISCONNECT with `code` and closes.
+    pub async fn expect_disconnect(&mut self, code: v5p::DisconnectReasonCode) {
+        loop {
+            match self.try_next().await {
+                Some(v5p::Packet::Disconnect(d)) => {
+                    assert_eq!(d.reason_code, code, "{d:?}");
+                    assert!(self.try_next().await.is_none(), "closed after DISCONNECT");
+                    return;
+                }
+                Some(
+                    v5p::Packet::PingResp(_) | v5p::Packet::PubAck(_) | v5p::Packet::PubRec(_),
+                ) => {}
+                Some(other) => panic!("expected DISCONNECT {code:?}, got {other:?}"),
+                None => panic!("closed without DISCONNECT {code:?}"),
+            }
+        }
+    }
+
+    fn pkid(&mut self) -> u16 {
+        let p = self.next_pkid;
+        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+        p
+    }
+}

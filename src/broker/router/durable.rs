@@ -26,9 +26,18 @@ pub(crate) enum Waiter {
     /// changed), then the retained messages of the new subscriptions.
     Control {
         conn: ConnId,
-        packet: Packet,
-        retained: Vec<(String, QoS)>,
+        packet: Control,
+        retained: Vec<(String, Subscription)>,
     },
+}
+
+/// A SUBACK/UNSUBACK in the version of the client's connection.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// To a 3.1/3.1.1 client.
+    V3(Packet),
+    /// To an MQTT 5 client (reason codes per filter).
+    V5(Box<rumqttc::v5::mqttbytes::v5::Packet>),
 }
 
 /// Starts the committer: for every batch of epochs received, one
@@ -82,7 +91,10 @@ impl Router {
             } => {
                 let cap = self.hard_cap;
                 if let Some(session) = self.session_of(conn) {
-                    session.send_control(packet, cap);
+                    match packet {
+                        Control::V3(p) => session.send_control(p, cap),
+                        Control::V5(p) => session.send_control_v5(*p, cap),
+                    }
                     self.send_retained(conn, retained);
                 }
             }

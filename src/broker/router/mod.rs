@@ -24,15 +24,16 @@ use super::acl::Op;
 use super::outlet::Outlet;
 use super::persist::{Journal, Loaded};
 use super::retained::Retained;
-use super::session::{Attached, ConnId, Origin, Session, SessionKey};
+use super::session::{Attached, ConnId, Origin, Session, SessionKey, Subscription, V5Attached};
 use super::stats::{Counters, SubRefuseReason};
 use super::sys;
 use super::{Limits, Security};
 use crate::link::{AckToken, LinkError, PublishDone};
+use crate::protocol::reason::ReasonCode;
 use crate::protocol::v4::{
     ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
-use crate::protocol::{IncomingAction, Message, QoS, WireQoS};
+use crate::protocol::{IncomingAction, Message, MessageProperties, QoS, WireQoS};
 use crate::topic::FilterTrie;
 
 /// Capacity of the router's inbox: publishers wait (backpressure) when the
@@ -41,6 +42,8 @@ const INBOX: usize = 4096;
 /// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
 /// leave unread before its connection is aborted.
 const HARD_CAP_SLACK: usize = 1024;
+/// How often session expiry and will delays are checked.
+const LIFETIME_TICK: Duration = Duration::from_secs(1);
 /// Events handled per wake-up.
 const BATCH: usize = 256;
 /// Un-acknowledged publishes the router may hold parked for one network
@@ -107,6 +110,8 @@ pub(crate) enum Event {
         outlet: Outlet,
         /// Network client (CONNACK sent, ACL applies) or local link.
         origin: Origin,
+        /// What an MQTT 5 client negotiated (`None`: 3.x or a link).
+        v5: Option<V5Attached>,
         /// Receives `session_present`, or the refusal.
         reply: oneshot::Sender<Result<bool, ConnectRefused>>,
     },
@@ -121,15 +126,18 @@ pub(crate) enum Event {
         /// Whether the link session exists.
         reply: oneshot::Sender<bool>,
     },
-    /// A PUBLISH from a network client; `route` is false for a publish the
-    /// ACL denied or to `$SYS` (acknowledged, not routed).
+    /// A PUBLISH from a network client; `refused` is set for a publish the
+    /// ACL denied, to `$SYS`, or (MQTT 5) with an invalid UTF-8 payload:
+    /// acknowledged (with that reason code to an MQTT 5 client), not routed.
     Publish {
         /// Connection.
         conn: ConnId,
         /// The packet.
         publish: Publish,
-        /// Route it (false: only acknowledge).
-        route: bool,
+        /// Its MQTT 5 properties (`None` from 3.x or when there are none).
+        properties: Option<MessageProperties>,
+        /// Why it is not routed, if it is not.
+        refused: Option<ReasonCode>,
     },
     /// A publish from a local link; `done` once routed.
     LocalPublish {
@@ -156,13 +164,14 @@ pub(crate) enum Event {
         /// Packet id.
         pkid: u16,
     },
-    /// SUBSCRIBE: filters with the QoS to grant (`None`: refuse with 0x80,
-    /// already decided for invalid filters and ACL denials).
+    /// SUBSCRIBE: filters with the subscription asked for, or the reason
+    /// code refusing it (0x80 to 3.x), already decided for limits of the
+    /// packet, invalid filters and ACL denials.
     Subscribe {
         /// Connection.
         conn: ConnId,
-        /// (filter, granted).
-        filters: Vec<(String, Option<QoS>)>,
+        /// (filter, subscription or refusal).
+        filters: Vec<(String, Result<Subscription, ReasonCode>)>,
         /// Where the SUBACK goes.
         reply: Reply<Vec<Option<QoS>>>,
     },
@@ -189,12 +198,16 @@ pub(crate) enum Event {
         /// Whether the sync succeeded.
         result: Result<(), crate::store::StoreError>,
     },
-    /// The connection ended; `will` is published (it was checked against the ACL).
+    /// The connection ended; `will` is published (it was checked against
+    /// the ACL) after its delay, unless the session resumes first.
     Disconnected {
         /// Connection.
         conn: ConnId,
-        /// The will to publish, if the end was not graceful.
-        will: Option<Message>,
+        /// The will to publish and its MQTT 5 Will Delay Interval.
+        will: Option<(Message, Duration)>,
+        /// An MQTT 5 client's Session Expiry Interval from its DISCONNECT
+        /// (or its CONNECT's when the DISCONNECT set none).
+        session_expiry: Option<u32>,
     },
 }
 
@@ -262,6 +275,7 @@ pub(crate) fn spawn(
         retained: Retained::default(),
         next_session: 0,
         scratch: Vec::new(),
+        wills: HashMap::new(),
         parked: BTreeMap::new(),
         started: Instant::now(),
         hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
@@ -319,14 +333,18 @@ struct Router {
     /// Links held down by a fault drill (by link id), until the token is cancelled.
     holds: HashMap<String, CancellationToken>,
     by_conn: HashMap<ConnId, SessionId>,
-    /// Every subscription but the shared ones: filter → (session, granted QoS).
-    subs: FilterTrie<(SessionId, QoS)>,
+    /// Every subscription but the shared ones: filter → (session, options and identifier).
+    subs: FilterTrie<(SessionId, Subscription)>,
     /// Shared subscriptions' groups ([`shared`]).
     shared: shared::Shared,
     retained: Retained,
     next_session: SessionId,
     /// Reused buffer of matching subscriptions.
-    scratch: Vec<(SessionId, QoS)>,
+    scratch: Vec<(SessionId, Subscription)>,
+    /// Wills waiting for their Will Delay Interval (MQTT 5), by session:
+    /// published at the deadline or when the session ends, dropped when
+    /// the client comes back first [MQTT-3.1.3-9].
+    wills: HashMap<SessionId, (Instant, Message)>,
     /// Per publishing connection, in arrival order: QoS 1/2 publishes waiting
     /// for room in a full local link session (end-to-end backpressure: not
     /// acknowledged, so the publisher's own inflight window fills). Bounded
@@ -359,14 +377,14 @@ impl Router {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        // Never fires without `session_expiry`.
-        let mut expiry_tick = self.session_expiry.map(|d| {
-            let mut i = tokio::time::interval(
-                (d / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)),
-            );
+        // Every second: MQTT 5 sessions carry their own expiry interval
+        // and wills their delay (one pass over the sessions: cheap next to
+        // the traffic of that many clients).
+        let mut expiry_tick = {
+            let mut i = tokio::time::interval(LIFETIME_TICK);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+            Some(i)
+        };
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
@@ -387,7 +405,10 @@ impl Router {
                 }
                 // Never fires when `$SYS` is off.
                 _ = tick(sys_tick.as_mut()) => self.publish_sys(),
-                _ = tick(expiry_tick.as_mut()) => self.expire_sessions(super::persist::unix_now()),
+                _ = tick(expiry_tick.as_mut()) => {
+                    self.expire_sessions(super::persist::unix_now());
+                    self.publish_due_wills(Instant::now());
+                }
             }
             // What this wake-up changed goes to the store as one batch.
             self.flush();
@@ -395,6 +416,15 @@ impl Router {
         self.flush();
         for s in self.sessions.values() {
             if let Some(c) = &s.conn {
+                if c.v5.is_some() {
+                    // MQTT 5 clients are told why [MQTT-4.13.1-1].
+                    c.outlet
+                        .send_v5(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(
+                        rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerShuttingDown,
+                        ),
+                    ));
+                }
                 c.outlet.close();
             }
         }
@@ -406,7 +436,7 @@ impl Router {
     fn publish_sys(&mut self) {
         let stats = self.counters.snapshot();
         for msg in sys::messages(&stats, self.started.elapsed()) {
-            self.route(msg, false);
+            self.route(msg, false, None);
         }
     }
 
@@ -418,15 +448,24 @@ impl Router {
                 clean,
                 outlet,
                 origin,
+                v5,
                 reply,
-            } => self.connect(conn, client_id, clean, outlet, origin, reply),
+            } => {
+                let attached = Attached {
+                    id: conn,
+                    outlet,
+                    v5,
+                };
+                self.connect(attached, client_id, clean, origin, reply)
+            }
             Event::Publish {
                 conn,
                 publish,
-                route,
+                properties,
+                refused,
             } => {
-                if !(route && self.refuse_if_store_full(conn, &publish)) {
-                    self.publish(conn, publish, route);
+                if !(refused.is_none() && self.refuse_if_store_full(conn, &publish)) {
+                    self.publish(conn, publish, properties, refused);
                 }
             }
             Event::LocalPublish {
@@ -434,8 +473,8 @@ impl Router {
                 message,
                 done,
             } => {
-                if self.by_conn.contains_key(&conn) {
-                    let stored = self.route(message, true);
+                if let Some(&sid) = self.by_conn.get(&conn) {
+                    let stored = self.route(message, true, Some(sid));
                     self.release(Waiter::Local(done), stored);
                 } else {
                     let _ = done.send(Err(LinkError::Closed));
@@ -465,7 +504,11 @@ impl Router {
                 filters,
                 reply,
             } => self.unsubscribe(conn, filters, reply),
-            Event::Disconnected { conn, will } => self.disconnected(conn, will),
+            Event::Disconnected {
+                conn,
+                will,
+                session_expiry,
+            } => self.disconnected(conn, will, session_expiry),
             Event::Durable { through, result } => self.durable(through, result),
             Event::HoldLink {
                 client_id,

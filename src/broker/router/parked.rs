@@ -31,9 +31,9 @@ impl Router {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         self.subs
-            .for_each_match(topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+            .for_each_match(topic, |_, &(sid, sub)| scratch.push((sid, sub)));
         let full = scratch.iter().any(|&(sid, granted)| {
-            granted != QoS::AtMostOnce
+            granted.options.qos != QoS::AtMostOnce
                 && self
                     .sessions
                     .get(&sid)
@@ -53,9 +53,9 @@ impl Router {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         self.subs
-            .for_each_match(topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+            .for_each_match(topic, |_, &(sid, sub)| scratch.push((sid, sub)));
         let full = scratch.iter().any(|&(sid, granted)| {
-            granted != QoS::AtMostOnce
+            granted.options.qos != QoS::AtMostOnce
                 && self.sessions.get(&sid).is_some_and(|s| s.stored.is_some())
         });
         self.scratch = scratch;
@@ -113,7 +113,8 @@ impl Router {
                     break;
                 }
                 released += 1;
-                let stored = self.route(next.message, true);
+                let from = self.by_conn.get(&conn).copied();
+                let stored = self.route(next.message, true, from);
                 self.release(Waiter::Publisher(conn, next.token), stored);
             }
             if self.parked.get(&conn).is_some_and(VecDeque::is_empty) {

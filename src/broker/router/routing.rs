@@ -2,7 +2,12 @@
 //! UNSUBSCRIBE, and fan-out through the trie.
 
 use super::*;
-use durable::Waiter;
+use crate::protocol::{PropertyFields, RetainHandling};
+use durable::{Control, Waiter};
+use rumqttc::v5::mqttbytes::v5::{
+    Packet as P5, SubAck as SubAck5, SubscribeReasonCode as SubscribeReasonCode5,
+    UnsubAck as UnsubAck5, UnsubAckReason,
+};
 
 /// Whether `session` may receive a message on `topic`: the ACL's read
 /// check per delivery (as Mosquitto does), so a `deny` narrower than the
@@ -48,22 +53,39 @@ pub(super) fn count_trie_nodes<T>(counters: &Counters, subs: &FilterTrie<T>, sha
 }
 
 impl Router {
-    pub(super) fn publish(&mut self, conn: ConnId, publish: Publish, route: bool) {
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        publish: Publish,
+        properties: Option<MessageProperties>,
+        refused: Option<ReasonCode>,
+    ) {
         let cap = self.hard_cap;
         let pkid = publish.pkid;
+        let route = refused.is_none();
         let Some(&sid) = self.by_conn.get(&conn) else {
             return;
         };
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let action = session.incoming.on_publish(publish, Instant::now());
+        let mut action = session.incoming.on_publish(publish, Instant::now());
+        if let IncomingAction::Deliver { message, .. } = &mut action {
+            message.properties = properties;
+        }
+        if let Some(code) = refused
+            && matches!(action, IncomingAction::Deliver { token: Some(_), .. })
+        {
+            session.owe_reason(pkid, code);
+        }
         // A QoS 2 id is remembered (stored) with the message it routes, so a
         // redelivery after a restart is known as a duplicate.
         // It must be on disk before the PUBREC, like the message.
         let mut marked = false;
+        // A refused one is not: its failing PUBREC ends the flow.
         if let (IncomingAction::Deliver { message, .. }, Some(stored)) = (&action, session.stored)
             && message.qos == QoS::ExactlyOnce
+            && route
         {
             self.journal.put_incoming(stored, pkid);
             marked = true;
@@ -84,11 +106,11 @@ impl Router {
                     // before the broker had a store.
                     self.ack_publisher(conn, token);
                     if route {
-                        self.route(message, true);
+                        self.route(message, true, Some(sid));
                     }
                     return;
                 }
-                let stored = route && self.route(message, true);
+                let stored = route && self.route(message, true, Some(sid));
                 self.release(Waiter::Publisher(conn, token), stored || marked);
             }
             IncomingAction::Deliver {
@@ -96,7 +118,7 @@ impl Router {
                 token: None,
             } => {
                 if route {
-                    self.route(message, true);
+                    self.route(message, true, Some(sid));
                 }
             }
             IncomingAction::Duplicate { resend } => {
@@ -138,7 +160,7 @@ impl Router {
         match result {
             Ok(Some(pubrel)) => session.send_control(pubrel, hard_cap),
             Ok(None) => {
-                session.pump(&counters, journal);
+                session.pump(&counters, journal, Instant::now());
                 // Room in a link session: parked publishes first, before
                 // newer ones in this batch take it.
                 if local && !self.parked.is_empty() {
@@ -154,7 +176,7 @@ impl Router {
     pub(super) fn subscribe(
         &mut self,
         conn: ConnId,
-        filters: Vec<(String, Option<QoS>)>,
+        filters: Vec<(String, Result<Subscription, ReasonCode>)>,
         reply: Reply<Vec<Option<QoS>>>,
     ) {
         let Some(&sid) = self.by_conn.get(&conn) else {
@@ -168,78 +190,111 @@ impl Router {
         };
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted = Vec::new();
-        for (filter, qos) in filters {
-            let qos = qos.filter(|_| shared::valid(&filter)).filter(|_| {
-                let limit = if shared::is_shared(&filter) {
-                    let main_nodes = self.subs.node_count();
-                    self.shared.limit(&self.limits, session, &filter, main_nodes)
-                } else {
-                    let shared_nodes = self.shared.node_count();
-                    subscription_limit(&self.limits, session, &self.subs, &filter, shared_nodes)
-                };
-                match limit {
+        for (filter, asked) in filters {
+            let asked = asked
+                .and_then(|sub| {
+                    if shared::valid(&filter) {
+                        Ok(sub)
+                    } else {
+                        Err(ReasonCode::TopicFilterInvalid)
+                    }
+                })
+                .and_then(|sub| {
+                    let limit = if shared::is_shared(&filter) {
+                        let main_nodes = self.subs.node_count();
+                        self.shared.limit(&self.limits, session, &filter, main_nodes)
+                    } else {
+                        let shared_nodes = self.shared.node_count();
+                        subscription_limit(&self.limits, session, &self.subs, &filter, shared_nodes)
+                    };
+                    match limit {
                     Some(reason) => {
                         self.counters.sub_refused(reason);
-                        crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80): limit");
-                        false
+                        crate::warn_limited!(format!("subscription-limit:{}", self.name), broker = %self.name, client_id = %session.client_id, ?reason, "subscription refused (0x80, MQTT 5: 0x97): limit");
+                        Err(ReasonCode::QuotaExceeded)
                     }
-                    None => true,
+                    None => Ok(sub),
                 }
             });
-            granted.push(qos);
-            let Some(qos) = qos else { continue };
-            let replaced = session.subscriptions.insert(filter.clone(), qos).is_some();
-            if !replaced {
+            granted.push(asked);
+            let Ok(sub) = asked else { continue };
+            let existed = session.subscriptions.insert(filter.clone(), sub).is_some();
+            if !existed {
                 self.counters.subscriptions.fetch_add(1, Relaxed);
             }
             if !self.shared.join(&filter, sid) {
-                if replaced {
+                if existed {
                     self.subs.remove(&filter, |v| v.0 == sid);
                 }
-                self.subs.insert(&filter, (sid, qos));
+                self.subs.insert(&filter, (sid, sub));
             }
-            accepted.push((filter, qos));
+            // Retain handling [MQTT-3.3.1-9, MQTT-3.3.1-10, MQTT-3.3.1-11];
+            // never on a shared subscription (MQTT 5 3.8.4).
+            let send_retained = shared::sends_retained(&filter)
+                && match sub.options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                accepted.push((filter, sub));
+            }
         }
         count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
+        let v5 = session.is_v5();
         match reply {
             Reply::Packet(pkid) => {
-                let codes = granted
-                    .iter()
-                    .map(|g| match g {
-                        Some(q) => SubscribeReasonCode::Success(WireQoS::from(*q)),
-                        None => SubscribeReasonCode::Failure,
-                    })
-                    .collect();
+                let packet = if v5 {
+                    Control::V5(Box::new(P5::SubAck(SubAck5 {
+                        pkid,
+                        return_codes: granted.iter().map(suback_code_v5).collect(),
+                        properties: None,
+                    })))
+                } else {
+                    let codes = granted
+                        .iter()
+                        .map(|g| match g {
+                            Ok(sub) => SubscribeReasonCode::Success(WireQoS::from(sub.options.qos)),
+                            Err(_) => SubscribeReasonCode::Failure,
+                        })
+                        .collect();
+                    Control::V3(Packet::SubAck(SubAck::new(pkid, codes)))
+                };
                 // A stored session's SUBACK waits until the subscription is
                 // on disk; its retained messages follow the SUBACK.
                 let waiter = Waiter::Control {
                     conn,
-                    packet: Packet::SubAck(SubAck::new(pkid, codes)),
+                    packet,
                     retained: accepted,
                 };
                 self.release(waiter, stored);
             }
             Reply::Local(done) => {
-                let _ = done.send(Ok(granted));
+                let _ = done.send(Ok(granted
+                    .iter()
+                    .map(|g| g.as_ref().ok().map(|sub| sub.options.qos))
+                    .collect()));
                 self.send_retained(conn, accepted);
             }
         }
     }
 
     /// Retained messages for the new subscriptions `accepted` of `conn`'s
-    /// session (after its SUBACK), retain=1, QoS min(stored, granted); a
-    /// filter unsubscribed in the meantime gets none.
-    pub(super) fn send_retained(&mut self, conn: ConnId, accepted: Vec<(String, QoS)>) {
+    /// session (after its SUBACK), retain=1, QoS min(stored, granted), with
+    /// the subscription's identifier; a filter unsubscribed in the
+    /// meantime gets none.
+    pub(super) fn send_retained(&mut self, conn: ConnId, accepted: Vec<(String, Subscription)>) {
         let Some(&sid) = self.by_conn.get(&conn) else {
             return;
         };
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        for (filter, qos) in accepted {
-            if !session.subscriptions.contains_key(&filter) || !shared::sends_retained(&filter) {
+        let now = Instant::now();
+        for (filter, sub) in accepted {
+            if !session.subscriptions.contains_key(&filter) {
                 continue;
             }
             for m in self.retained.matching(&filter) {
@@ -247,8 +302,9 @@ impl Router {
                     continue;
                 }
                 let mut m = m.clone();
-                m.qos = m.qos.min(qos);
-                session.deliver(m, &self.limits, &self.counters, &mut self.journal);
+                m.qos = m.qos.min(sub.options.qos);
+                set_subscription_ids(&mut m, sub.id.into_iter().collect());
+                session.deliver(m, &self.limits, &self.counters, &mut self.journal, now);
             }
         }
     }
@@ -263,23 +319,37 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        let mut reasons = Vec::with_capacity(filters.len());
         for filter in &filters {
             if session.subscriptions.remove(filter).is_some() {
                 if !self.shared.leave(filter, sid) {
                     self.subs.remove(filter, |v| v.0 == sid);
                 }
                 self.counters.subscriptions.fetch_sub(1, Relaxed);
+                reasons.push(UnsubAckReason::Success);
+            } else {
+                reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
         }
         count_trie_nodes(&self.counters, &self.subs, self.shared.node_count());
         session.save(&mut self.journal);
         let stored = session.stored.is_some();
+        let v5 = session.is_v5();
         match reply {
             Reply::Packet(pkid) => {
+                let packet = if v5 {
+                    Control::V5(Box::new(P5::UnsubAck(UnsubAck5 {
+                        pkid,
+                        reasons,
+                        properties: None,
+                    })))
+                } else {
+                    Control::V3(Packet::UnsubAck(UnsubAck::new(pkid)))
+                };
                 // Like a SUBACK: once the removal is on disk.
                 let waiter = Waiter::Control {
                     conn,
-                    packet: Packet::UnsubAck(UnsubAck::new(pkid)),
+                    packet,
                     retained: Vec::new(),
                 };
                 self.release(waiter, stored);
@@ -292,11 +362,13 @@ impl Router {
 
     /// Routes one message: retained store first, then one copy per matching
     /// session at the highest granted QoS (MQTT-3.3.5-1) and one per matching
-    /// share group ([`shared`]), QoS min(published,
-    /// granted), retain=0 for these established subscriptions. True when a
-    /// QoS 1/2 copy (or the retained message) went to the store: the
-    /// publisher's acknowledgement then waits for durability.
-    pub(super) fn route(&mut self, message: Message, count: bool) -> bool {
+    /// share group ([`shared`]), QoS min(published, granted), retain as
+    /// published only where the subscription asks (MQTT 5), every matching
+    /// subscription identifier; a subscription with no local gets nothing
+    /// its own session (`from`) published. True when a QoS 1/2 copy (or the
+    /// retained message) went to the store: the publisher's acknowledgement
+    /// then waits for durability.
+    pub(super) fn route(&mut self, message: Message, count: bool, from: Option<SessionId>) -> bool {
         let mut stored = false;
         if count {
             self.counters.msgs_in.fetch_add(1, Relaxed);
@@ -320,26 +392,79 @@ impl Router {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        self.subs
-            .for_each_match(&message.topic, |_, &(sid, qos)| scratch.push((sid, qos)));
+        self.subs.for_each_match(&message.topic, |_, &(sid, sub)| {
+            // No local [MQTT-3.8.3-3].
+            if !(sub.options.no_local && from == Some(sid)) {
+                scratch.push((sid, sub));
+            }
+        });
         if scratch.len() > 1 {
-            // Highest QoS first within a session, then keep the first of each.
-            scratch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            scratch.dedup_by_key(|e| e.0);
+            // Highest QoS first within a session.
+            scratch
+                .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.options.qos.cmp(&a.1.options.qos)));
         }
-        for &(sid, granted) in &scratch {
+        let now = Instant::now();
+        let mut i = 0;
+        while let Some(&(sid, best)) = scratch.get(i) {
+            let mut ids: Vec<u32> = Vec::new();
+            let mut j = i;
+            while let Some(&(other, sub)) = scratch.get(j) {
+                if other != sid {
+                    break;
+                }
+                ids.extend(sub.id);
+                j += 1;
+            }
+            i = j;
             if let Some(session) = self.sessions.get_mut(&sid) {
                 if !may_read(&self.security, session, &message.topic) {
                     continue;
                 }
                 let mut m = message.clone();
-                m.qos = m.qos.min(granted);
-                m.retain = false;
+                m.qos = m.qos.min(best.options.qos);
+                m.retain = message.retain && best.options.retain_as_published;
                 m.dup = false;
-                stored |= session.deliver(m, &self.limits, &self.counters, &mut self.journal);
+                set_subscription_ids(&mut m, ids);
+                stored |= session.deliver(m, &self.limits, &self.counters, &mut self.journal, now);
             }
         }
         self.scratch = scratch;
         stored | self.route_shared(&message)
+    }
+}
+
+/// Puts the subscription identifiers of the delivering subscriptions on a
+/// message, replacing any it carried [MQTT-3.3.4-3, MQTT-3.3.4-4].
+pub(super) fn set_subscription_ids(m: &mut Message, ids: Vec<u32>) {
+    match &mut m.properties {
+        Some(p) => {
+            if !(ids.is_empty() && p.subscription_identifiers.is_empty()) {
+                p.subscription_identifiers = ids;
+            }
+            if p.is_empty() {
+                m.properties = None;
+            }
+        }
+        None if ids.is_empty() => {}
+        None => {
+            m.properties = Some(MessageProperties::from(PropertyFields {
+                subscription_identifiers: ids,
+                ..Default::default()
+            }));
+        }
+    }
+}
+
+/// The v5 SUBACK code of one filter's outcome.
+fn suback_code_v5(g: &Result<Subscription, ReasonCode>) -> SubscribeReasonCode5 {
+    match g {
+        Ok(sub) => SubscribeReasonCode5::Success(sub.options.qos.into()),
+        Err(ReasonCode::NotAuthorized) => SubscribeReasonCode5::NotAuthorized,
+        Err(ReasonCode::TopicFilterInvalid) => SubscribeReasonCode5::TopicFilterInvalid,
+        Err(ReasonCode::QuotaExceeded) => SubscribeReasonCode5::QuotaExceeded,
+        Err(ReasonCode::SharedSubscriptionsNotSupported) => {
+            SubscribeReasonCode5::SharedSubscriptionsNotSupported
+        }
+        Err(_) => SubscribeReasonCode5::Unspecified,
     }
 }

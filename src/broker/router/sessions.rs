@@ -5,15 +5,27 @@ use super::*;
 use crate::broker::persist::{expired, unix_now};
 
 impl Router {
+    /// A CONNECT (or a link's attach) of the connection `attached`.
     pub(super) fn connect(
         &mut self,
-        conn: ConnId,
+        attached: Attached,
         client_id: String,
         clean: bool,
-        outlet: Outlet,
         origin: Origin,
         reply: oneshot::Sender<Result<bool, ConnectRefused>>,
     ) {
+        let Attached {
+            id: conn,
+            outlet,
+            v5,
+        } = attached;
+        // MQTT 5: clean start discards an old session; the session then
+        // ends with the connection only when its expiry interval is 0.
+        // 3.x: clean session does both.
+        let ends_with_connection = match v5 {
+            Some(v) => v.session_expiry == 0,
+            None => clean,
+        };
         if let Err(refused) = self.admit(&client_id, &origin, &outlet) {
             let _ = reply.send(Err(refused));
             return;
@@ -40,8 +52,13 @@ impl Router {
             None => {
                 let sid = self.next_session;
                 self.next_session += 1;
-                let mut session = Session::new(client_id, clean, origin.clone(), &self.limits);
-                if !clean && self.journal.enabled() {
+                let mut session = Session::new(
+                    client_id,
+                    ends_with_connection,
+                    origin.clone(),
+                    &self.limits,
+                );
+                if !ends_with_connection && self.journal.enabled() {
                     session.stored = Some(sid);
                     self.counters.persisted_sessions.fetch_add(1, Relaxed);
                 }
@@ -51,9 +68,14 @@ impl Router {
                 sid
             }
         };
+        // The client is back in time: its delayed will is not published
+        // [MQTT-3.1.3-9].
+        self.wills.remove(&sid);
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        session.clean = ends_with_connection;
+        session.expiry = v5.map(|v| v.session_expiry);
         if matches!(origin, Origin::Network { .. }) {
             outlet.send(Packet::ConnAck(ConnAck::new(
                 ConnectReturnCode::Success,
@@ -63,10 +85,15 @@ impl Router {
         session.origin = origin;
         session.incoming.reset_connection();
         session.attach(
-            Attached { id: conn, outlet },
+            Attached {
+                id: conn,
+                outlet,
+                v5,
+            },
             session_present,
             &self.counters,
             &mut self.journal,
+            Instant::now(),
         );
         session.save(&mut self.journal);
         let link = session.is_link();
@@ -134,6 +161,17 @@ impl Router {
             (true, Takeover::Closed) => att.outlet.close(),
             // Network: at once, not after queued packets (the old client may
             // not be reading).
+            // An MQTT 5 client is told 0x8E first [MQTT-3.1.4-3] when its
+            // connection has nothing unwritten (else it may not be reading).
+            (false, Takeover::Replaced) if att.v5.is_some() && att.outlet.pending() == 0 => {
+                att.outlet
+                    .send_v5(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(
+                        rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                        ),
+                    ));
+                att.outlet.close();
+            }
             (false, _) => {
                 att.outlet.abort();
                 att.outlet.close();
@@ -164,6 +202,10 @@ impl Router {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        // A will still delayed goes when its session ends [MQTT-3.1.3-9].
+        if let Some((_, will)) = self.wills.remove(&sid) {
+            self.route(will, true, None);
+        }
         self.by_client.remove(&s.key());
         for filter in s.subscriptions.keys() {
             if !self.shared.leave(filter, sid) {
@@ -185,29 +227,62 @@ impl Router {
         shrink(&mut self.by_client);
     }
 
-    pub(super) fn disconnected(&mut self, conn: ConnId, will: Option<Message>) {
+    pub(super) fn disconnected(
+        &mut self,
+        conn: ConnId,
+        will: Option<(Message, Duration)>,
+        session_expiry: Option<u32>,
+    ) {
         // Never acknowledged: a persistent client sends them again.
         forget_parked(&mut self.parked, &self.counters, conn);
         let sid = self.by_conn.remove(&conn);
         shrink(&mut self.by_conn);
+        let mut will = will;
         if let Some(sid) = sid {
             let (link, clean) = match self.sessions.get_mut(&sid) {
                 Some(s) => {
                     s.conn = None;
                     s.disconnected_at = Some(unix_now());
+                    if let Some(expiry) = session_expiry {
+                        s.expiry = Some(expiry);
+                        s.clean = expiry == 0;
+                    }
                     s.save(&mut self.journal);
                     (s.is_link(), s.clean)
                 }
                 None => (false, false),
             };
             self.connected_gauge(link).fetch_sub(1, Relaxed);
+            // A will with a delay waits while the session lives.
+            if !clean && let Some((message, delay)) = will.take_if(|(_, d)| !d.is_zero()) {
+                self.wills.insert(sid, (Instant::now() + delay, message));
+            }
             if clean {
                 self.remove_session(sid);
             }
         }
-        if let Some(will) = will {
+        if let Some((will, _)) = will {
             debug!(broker = %self.name, topic = %will.topic, "publishing will");
-            self.route(will, true);
+            self.route(will, true, None);
+        }
+    }
+
+    /// Publishes the delayed wills due at `now`.
+    pub(super) fn publish_due_wills(&mut self, now: Instant) {
+        if self.wills.is_empty() {
+            return;
+        }
+        let due: Vec<SessionId> = self
+            .wills
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(&sid, _)| sid)
+            .collect();
+        for sid in due {
+            if let Some((_, will)) = self.wills.remove(&sid) {
+                debug!(broker = %self.name, topic = %will.topic, "publishing delayed will");
+                self.route(will, true, None);
+            }
         }
     }
 
@@ -227,9 +302,9 @@ impl Router {
         let sessions = loaded.sessions.len();
         for (sid, stored) in loaded.sessions {
             let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
-            for (filter, qos) in &session.subscriptions {
+            for (filter, sub) in &session.subscriptions {
                 if !self.shared.join(filter, sid) {
-                    self.subs.insert(filter, (sid, *qos));
+                    self.subs.insert(filter, (sid, *sub));
                 }
             }
             self.counters
@@ -248,15 +323,21 @@ impl Router {
         self.expire_sessions(now);
     }
 
-    /// Removes the persistent network sessions away for `session_expiry`
-    /// at `now` (unix seconds), with everything they hold. Link sessions
-    /// never expire.
+    /// Removes the persistent network sessions away for their expiry at
+    /// `now` (unix seconds), with everything they hold: an MQTT 5 session's
+    /// own interval (already capped by `session_expiry`; `u32::MAX`: never
+    /// spec 3.1.2.11.2), else `session_expiry`. Link sessions never expire.
     pub(super) fn expire_sessions(&mut self, now: u64) {
-        let expiry = self.session_expiry;
+        let server = self.session_expiry;
         let gone: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| {
+                let expiry = match s.expiry {
+                    Some(u32::MAX) => None,
+                    Some(secs) => Some(Duration::from_secs(u64::from(secs))),
+                    None => server,
+                };
                 !s.is_link()
                     && !s.clean
                     && s.conn.is_none()

@@ -194,7 +194,7 @@ impl Router {
                     s.stored.is_some()
                         && s.subscriptions
                             .get(&g.subscribed)
-                            .is_some_and(|q| *q != QoS::AtMostOnce)
+                            .is_some_and(|sub| sub.options.qos != QoS::AtMostOnce)
                 })
             })
         })
@@ -240,11 +240,18 @@ impl Router {
             .or_else(|| group.members.pick(connected))
             .or_else(|| group.members.pick(readable));
         let session = self.sessions.get_mut(&picked?)?;
-        let granted = *session.subscriptions.get(&group.subscribed)?;
-        message.qos = message.qos.min(granted);
-        message.retain = false;
+        let sub = *session.subscriptions.get(&group.subscribed)?;
+        message.qos = message.qos.min(sub.options.qos);
+        message.retain = message.retain && sub.options.retain_as_published;
         message.dup = false;
-        Some(session.deliver(message, &self.limits, &self.counters, &mut self.journal))
+        super::routing::set_subscription_ids(&mut message, sub.id.into_iter().collect());
+        Some(session.deliver(
+            message,
+            &self.limits,
+            &self.counters,
+            &mut self.journal,
+            Instant::now(),
+        ))
     }
 
     /// Session `s` (`sid`) is being removed and has left its groups: its

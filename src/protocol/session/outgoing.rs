@@ -28,6 +28,20 @@ impl<T> fmt::Debug for Full<T> {
     }
 }
 
+/// What [`Outgoing::resume_messages`] asks to send again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resend {
+    /// The message again under its packet id.
+    Publish {
+        /// The message, DUP set for a resend to a session that was kept.
+        message: Message,
+        /// Its packet id.
+        pkid: u16,
+    },
+    /// PUBREL of a QoS 2 flow past PUBREC.
+    PubRel(u16),
+}
+
 /// Where an outgoing QoS 1/2 flow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -85,6 +99,13 @@ impl<T> Outgoing<T> {
     /// The inflight window.
     pub fn window(&self) -> usize {
         self.window
+    }
+
+    /// Changes the inflight window (clamped to 1..=65,535), e.g. to an MQTT 5
+    /// peer's Receive Maximum on a new connection. Flows already in flight
+    /// stay; no new one starts until they fall below the window.
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.clamp(1, usize::from(u16::MAX));
     }
 
     /// Whether a QoS 1/2 publish would be accepted now (use as a `select!` guard).
@@ -217,19 +238,37 @@ impl<T> Outgoing<T> {
     /// delivered them already, so across a lost session QoS 2 degrades to
     /// at-least-once (a duplicate is possible, a loss is not).
     pub fn resume(&mut self, session_present: bool) -> Vec<Packet> {
+        self.resume_messages(session_present)
+            .into_iter()
+            .map(|r| match r {
+                Resend::Publish { message, pkid } => {
+                    Packet::Publish(publish_from_message(&message, pkid, message.dup))
+                }
+                Resend::PubRel(pkid) => Packet::PubRel(PubRel::new(pkid)),
+            })
+            .collect()
+    }
+
+    /// As [`Outgoing::resume`], with the messages themselves (DUP set on
+    /// the message as the PUBLISH would carry it), for a connection that
+    /// sends more than a 3.1.1 PUBLISH holds (MQTT 5 properties).
+    pub fn resume_messages(&mut self, session_present: bool) -> Vec<Resend> {
         self.flows
             .values_mut()
             .map(|flow| {
-                if session_present {
-                    match flow.stage {
-                        Stage::AwaitAck => {
-                            Packet::Publish(publish_from_message(&flow.message, flow.pkid, true))
-                        }
-                        Stage::AwaitComp => Packet::PubRel(PubRel::new(flow.pkid)),
-                    }
-                } else {
+                if !session_present {
                     flow.stage = Stage::AwaitAck;
-                    Packet::Publish(publish_from_message(&flow.message, flow.pkid, false))
+                }
+                match flow.stage {
+                    Stage::AwaitAck => {
+                        let mut message = flow.message.clone();
+                        message.dup = session_present && message.qos != QoS::AtMostOnce;
+                        Resend::Publish {
+                            message,
+                            pkid: flow.pkid,
+                        }
+                    }
+                    Stage::AwaitComp => Resend::PubRel(flow.pkid),
                 }
             })
             .collect()
