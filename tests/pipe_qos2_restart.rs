@@ -14,6 +14,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::bridge::{SeqCount, Sub, publish_many, remote, seq_msgs, unique};
@@ -66,6 +67,40 @@ async fn spool_becomes(addr: SocketAddr, n: u64) {
     assert!(reached.is_ok(), "the spool never held {n}; last {last:?}");
 }
 
+/// Starts the bridge with its info log appended to `log` (to see what each
+/// start restored).
+fn spawn_logging(cfg: &Path, log: &Path) -> BridgeProcess {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let child = common::process::mqbridge()
+        .args(["run", "--log-level", "info", "--config"])
+        .arg(cfg)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn mqbridge");
+    BridgeProcess(child)
+}
+
+/// The `flows=` count of every "QoS 2 flows restored" line in `log`.
+fn restored_flows(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .expect("read log")
+        .lines()
+        .filter(|l| l.contains("QoS 2 flows restored"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("flows="))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_reaches_the_destination_exactly_once_across_kill_9() {
     let a = Mosquitto::start_with(BROKER_CONF);
@@ -102,8 +137,9 @@ async fn qos2_reaches_the_destination_exactly_once_across_kill_9() {
 
     tokio::task::block_in_place(|| b.start_again());
     let mut seen = SeqCount::default();
+    let log = dir.path().join("bridge.log");
     for k in 1..=KILLS {
-        let mut bridge = BridgeProcess::spawn(&cfg);
+        let mut bridge = spawn_logging(&cfg, &log);
         let want = (N * k / (KILLS + 1)) as usize;
         sub.collect_seq(&mut seen, want, N, WAIT).await;
         bridge.kill9();
@@ -112,8 +148,9 @@ async fn qos2_reaches_the_destination_exactly_once_across_kill_9() {
             seen.unique(),
             seen.duplicates()
         );
+        assert_eq!(seen.duplicates(), 0, "duplicates before kill -9 #{k}");
     }
-    let mut bridge = BridgeProcess::spawn(&cfg);
+    let mut bridge = spawn_logging(&cfg, &log);
     sub.collect_seq(&mut seen, N as usize, N, WAIT).await;
     // Everything acknowledged by B: nothing is left to send again.
     spool_becomes(addr, 0).await;
@@ -134,6 +171,13 @@ async fn qos2_reaches_the_destination_exactly_once_across_kill_9() {
         seen.duplicates()
     );
     assert!(seen.missing(N).is_empty(), "lost {:?}", seen.missing(N));
+    // The kills did hit QoS 2 flows in progress: restarts found them.
+    let restored = restored_flows(&log);
+    println!("flows restored at each start: {restored:?}");
+    assert!(
+        restored.iter().any(|n| *n > 0),
+        "no start found a QoS 2 flow in progress: {restored:?}"
+    );
     assert!(
         twice.is_empty(),
         "{} duplicates (sequence, copies): {:?}",
