@@ -505,6 +505,9 @@ impl Output<Done> for Offline {
     fn send_when_durable(&mut self, _packet: &Packet) {}
 }
 
+/// Stored `(key, value)` pairs.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// With a store and a persistent session, opens the broker's keyspace of
 /// stored QoS 2 flows and puts what it holds back into `session` (before
 /// anything is sent). Damaged records are skipped, counted in the log and
@@ -516,13 +519,15 @@ fn restore_durable(
 ) -> Option<(Store, Keyspace)> {
     let store = opts.store.as_ref().filter(|_| !opts.clean_session)?;
     let broker = &opts.name;
-    let read = || -> Result<(Keyspace, Vec<(Vec<u8>, Vec<u8>)>), StoreError> {
+    let read = || -> Result<(Keyspace, Entries), StoreError> {
         let ks = store.keyspace(&durable::keyspace_name(broker))?;
-        let mut entries = Vec::new();
-        for guard in ks.iter() {
-            let (k, v) = guard.into_inner()?;
-            entries.push((k.to_vec(), v.to_vec()));
-        }
+        let entries = ks
+            .iter()
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect::<Result<Entries, StoreError>>()?;
         Ok((ks, entries))
     };
     let (ks, entries) = match read() {
