@@ -140,6 +140,27 @@ impl Conn {
         }
     }
 
+    /// A graceful end: one more (bounded) wait for the store, so what the
+    /// gate holds — acknowledgements towards a source included — goes out
+    /// before DISCONNECT. Without it (or if the wait fails) it is dropped:
+    /// the flows are resent on the next connection.
+    pub(super) async fn settle_gate(&mut self) {
+        if !self.gate.is_closed() || self.gate.failed.is_some() {
+            return;
+        }
+        let Some((store, _)) = &self.gate.keyspace else {
+            return;
+        };
+        let store = store.clone();
+        if let Ok(Ok(())) = timeout(DISCONNECT_TIMEOUT, store.durable()).await {
+            let mut held = std::mem::take(&mut self.gate.waiting);
+            held.append(&mut self.gate.next);
+            for p in &held {
+                self.queue(p);
+            }
+        }
+    }
+
     /// The sync the gate waited for has resolved: what it held goes out.
     pub(crate) fn release_gate(&mut self) {
         let waiting = std::mem::take(&mut self.gate.waiting);

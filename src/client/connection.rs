@@ -239,6 +239,7 @@ impl Task {
         while let Ok(token) = self.acks_rx.try_recv() {
             self.on_ack(token, conn);
         }
+        conn.settle_gate().await;
         conn.disconnect(self.opts.will.as_ref()).await;
         end
     }
