@@ -100,7 +100,25 @@ enum DoneTo {
     Tagged {
         tag: u64,
         to: mpsc::UnboundedSender<Completion>,
+        origin: Option<Origin>,
     },
+}
+
+/// Where a publish comes from, for a destination client that keeps its
+/// QoS 2 flows on disk: the spooled pipe and the spool record's sequence
+/// number. After a restart the pipe sends its unacknowledged records again
+/// with the same origin, and the client continues the flow it already holds
+/// for it (same packet id) instead of publishing the message a second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The pipe's name.
+    pub pipe: std::sync::Arc<str>,
+    /// The spool record's sequence number.
+    pub seq: u64,
+    /// The pipe's acknowledged spool cursor as written to the store when
+    /// the publish was made: records below it are never sent again, so the
+    /// client may forget what it kept for them.
+    pub floor: u64,
 }
 
 impl PublishDone {
@@ -111,7 +129,29 @@ impl PublishDone {
 
     /// Completion as `(tag, result)` on a shared channel.
     pub fn tagged(tag: u64, to: mpsc::UnboundedSender<Completion>) -> Self {
-        PublishDone(Some(DoneTo::Tagged { tag, to }))
+        PublishDone(Some(DoneTo::Tagged {
+            tag,
+            to,
+            origin: None,
+        }))
+    }
+
+    /// Completion as `(tag, result)` on a shared channel, for a publish
+    /// from `origin` (see [`Origin`]).
+    pub fn tagged_from(tag: u64, to: mpsc::UnboundedSender<Completion>, origin: Origin) -> Self {
+        PublishDone(Some(DoneTo::Tagged {
+            tag,
+            to,
+            origin: Some(origin),
+        }))
+    }
+
+    /// Where the publish comes from, if its caller said.
+    pub fn origin(&self) -> Option<&Origin> {
+        match &self.0 {
+            Some(DoneTo::Tagged { origin, .. }) => origin.as_ref(),
+            _ => None,
+        }
     }
 
     /// Reports the outcome. `Err` gives it back when nobody listens any more
@@ -119,7 +159,7 @@ impl PublishDone {
     pub fn send(mut self, result: Result<(), LinkError>) -> Result<(), Result<(), LinkError>> {
         match self.0.take() {
             Some(DoneTo::Oneshot(tx)) => tx.send(result),
-            Some(DoneTo::Tagged { tag, to }) => to.send((tag, result)).map_err(|e| e.0.1),
+            Some(DoneTo::Tagged { tag, to, .. }) => to.send((tag, result)).map_err(|e| e.0.1),
             None => Err(result),
         }
     }
@@ -136,7 +176,7 @@ impl Drop for PublishDone {
     fn drop(&mut self) {
         // A oneshot receiver sees the drop itself; a tagged caller counts
         // its publishes, so it must hear of every one.
-        if let Some(DoneTo::Tagged { tag, to }) = self.0.take() {
+        if let Some(DoneTo::Tagged { tag, to, .. }) = self.0.take() {
             let _ = to.send((tag, Err(LinkError::Closed)));
         }
     }
@@ -247,10 +287,24 @@ impl Link {
         tag: u64,
         to: &mpsc::UnboundedSender<Completion>,
     ) -> Result<(), LinkError> {
-        let request = LinkRequest::Publish {
-            message,
-            done: PublishDone::tagged(tag, to.clone()),
+        self.publish_tagged_from(message, tag, None, to).await
+    }
+
+    /// As [`Link::publish_tagged`], naming where the message comes from
+    /// (a spooled pipe's record), so a client that keeps its QoS 2 flows on
+    /// disk continues the flow it holds for it after a restart.
+    pub async fn publish_tagged_from(
+        &self,
+        message: Message,
+        tag: u64,
+        origin: Option<Origin>,
+        to: &mpsc::UnboundedSender<Completion>,
+    ) -> Result<(), LinkError> {
+        let done = match origin {
+            Some(origin) => PublishDone::tagged_from(tag, to.clone(), origin),
+            None => PublishDone::tagged(tag, to.clone()),
         };
+        let request = LinkRequest::Publish { message, done };
         match self.requests.send(request).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(request)) => {

@@ -269,6 +269,7 @@ async fn start_broker(
     match &bp.kind {
         BrokerKind::Remote(r) => {
             let mut opts = client_options(name, r);
+            opts.store = Some(store.clone());
             obs.remote(name, r, &mut opts);
             let slot = SettingsSlot::default();
             opts.settings = Some(slot.clone());

@@ -9,12 +9,14 @@ use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, timeout};
 
+use super::durable::Write;
 use super::session::Output;
 use super::transport::BoxStream;
 use super::{ClientError, Endpoint, Stage};
 use crate::link::{LinkError, PublishDone};
 use crate::protocol::packet_name;
 use crate::protocol::{Framed, Keepalive, Message, QoS, publish_from_message};
+use crate::store::{Keyspace, Store, StoreError};
 
 /// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +72,55 @@ pub(crate) struct Conn {
     /// Bounds a write (see [`Conn::write_timeout`]).
     pub(super) keepalive: Keepalive,
     pub(super) metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+    /// Packets held back until the stored QoS 2 flows are durable.
+    pub(super) gate: Gate,
+}
+
+/// Where stored QoS 2 flows are written, and the packets that wait for it
+/// (see [`super::durable`]): a packet that must not reach the wire before a
+/// record is durable waits here, and so does everything sent after it
+/// (order is kept). The serve loop runs one `Store::durable` at a time.
+#[derive(Default)]
+pub(crate) struct Gate {
+    /// The store and the broker's keyspace of flows (`None`: not kept).
+    pub(crate) keyspace: Option<(Store, Keyspace)>,
+    /// Written before the sync in progress started: go out when it ends.
+    pub(crate) waiting: Vec<Packet>,
+    /// Queued since: need the next sync.
+    pub(crate) next: Vec<Packet>,
+    /// A write failed: the connection ends (the flows are written again and
+    /// resent on the next one).
+    pub(crate) failed: Option<StoreError>,
+}
+
+impl Gate {
+    fn is_closed(&self) -> bool {
+        !self.waiting.is_empty() || !self.next.is_empty()
+    }
+
+    /// The next sync to wait for, if packets wait for one and none runs:
+    /// what waited so far goes out once it resolves.
+    pub(crate) fn start_sync(&mut self) -> Option<Sync> {
+        if !self.waiting.is_empty() || self.next.is_empty() {
+            return None;
+        }
+        let (store, _) = self.keyspace.as_ref()?;
+        self.waiting = std::mem::take(&mut self.next);
+        let store = store.clone();
+        Some(Box::pin(async move { store.durable().await }))
+    }
+}
+
+/// A running `Store::durable`.
+pub(crate) type Sync =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// Awaits the sync if one runs; pending forever otherwise.
+pub(crate) async fn sync_done(sync: &mut Option<Sync>) -> Result<(), StoreError> {
+    match sync {
+        Some(s) => s.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Conn {
@@ -85,6 +136,36 @@ impl Conn {
             written: Vec::new(),
             keepalive,
             metrics,
+            gate: Gate::default(),
+        }
+    }
+
+    /// A graceful end: one more (bounded) wait for the store, so what the
+    /// gate holds — acknowledgements towards a source included — goes out
+    /// before DISCONNECT. Without it (or if the wait fails) it is dropped:
+    /// the flows are resent on the next connection.
+    pub(super) async fn settle_gate(&mut self) {
+        if !self.gate.is_closed() || self.gate.failed.is_some() {
+            return;
+        }
+        let Some((store, _)) = &self.gate.keyspace else {
+            return;
+        };
+        let store = store.clone();
+        if let Ok(Ok(())) = timeout(DISCONNECT_TIMEOUT, store.durable()).await {
+            let mut held = std::mem::take(&mut self.gate.waiting);
+            held.append(&mut self.gate.next);
+            for p in &held {
+                self.queue(p);
+            }
+        }
+    }
+
+    /// The sync the gate waited for has resolved: what it held goes out.
+    pub(crate) fn release_gate(&mut self) {
+        let waiting = std::mem::take(&mut self.gate.waiting);
+        for p in &waiting {
+            self.queue(p);
         }
     }
 
@@ -159,7 +240,32 @@ impl Conn {
 /// next flush, QoS 0 completions wait for it.
 impl Output<Done> for Conn {
     fn send(&mut self, packet: &Packet) {
-        self.queue(packet);
+        if self.gate.is_closed() {
+            self.gate.next.push(packet.clone());
+        } else {
+            self.queue(packet);
+        }
+    }
+
+    fn persist(&mut self, write: Write) {
+        let Some((_, ks)) = &self.gate.keyspace else {
+            return;
+        };
+        let result = match write {
+            Write::Put(k, v) => ks.insert(k, v),
+            Write::Delete(k) => ks.remove(k),
+        };
+        if let Err(e) = result {
+            self.gate.failed.get_or_insert(e.into());
+        }
+    }
+
+    fn send_when_durable(&mut self, packet: &Packet) {
+        if self.gate.keyspace.is_some() {
+            self.gate.next.push(packet.clone());
+        } else {
+            self.send(packet);
+        }
     }
 
     fn complete_after_flush(&mut self, done: Done) {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
-use super::conn::{Conn, Done, codec_error, now_std};
+use super::conn::{Conn, Done, Sync, codec_error, now_std, sync_done};
 use super::failover::ProbeVerdict;
 use super::task::{End, Task};
 use super::transport::BoxStream;
@@ -57,6 +57,7 @@ impl Task {
             Keepalive::new(self.opts.keepalive),
             self.opts.metrics.clone(),
         );
+        conn.gate.keyspace = self.durable.clone();
         let birth = self.opts.birth.clone().map(|m| (m, Done::Internal));
         self.session
             .connected(ep.url(), session_present, birth, now_std(), &mut conn);
@@ -89,7 +90,15 @@ impl Task {
         // Whether reading was paused when the timer was armed.
         let mut armed_paused = false;
         let mut turn: u32 = 0;
+        // The store sync the gated packets wait for (one at a time).
+        let mut sync: Option<Sync> = None;
         loop {
+            if let Some(e) = conn.gate.failed.take() {
+                return End::Lost(store_failed(ep, e));
+            }
+            if sync.is_none() {
+                sync = conn.gate.start_sync();
+            }
             if self.requests_closed && self.is_idle() {
                 conn.disconnect(self.opts.will.as_ref()).await;
                 return End::Shutdown;
@@ -131,12 +140,24 @@ impl Task {
             }
             let step: Option<End> = tokio::select! {
                 biased;
-                // Cancel safety of each branch: `mpsc::recv` is cancel safe;
+                // Cancel safety of each branch: the store sync is polled by
+                // reference and lives across turns; `mpsc::recv` is cancel safe;
                 // `read_packet` keeps partial input in its own buffer;
                 // `reserve` loses only its queue position; the timer, the
                 // probe, `shutdown` and `reconnect` live across turns and are
                 // polled by reference (no notification is missed between two
                 // turns).
+                // Stored QoS 2 flows are durable: their packets go out.
+                r = sync_done(&mut sync), if sync.is_some() => {
+                    sync = None;
+                    match r {
+                        Ok(()) => {
+                            conn.release_gate();
+                            None
+                        }
+                        Err(e) => Some(End::Lost(store_failed(ep, e))),
+                    }
+                }
                 r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
                         self.session.received(now_std());
@@ -218,6 +239,7 @@ impl Task {
         while let Ok(token) = self.acks_rx.try_recv() {
             self.on_ack(token, conn);
         }
+        conn.settle_gate().await;
         conn.disconnect(self.opts.will.as_ref()).await;
         end
     }
@@ -361,5 +383,15 @@ impl Task {
                 None
             }
         }
+    }
+}
+
+/// A store write or sync for the stored QoS 2 flows failed: the connection
+/// ends, so nothing whose record is not on disk reaches the wire; the next
+/// connection writes every flow again before resending.
+fn store_failed(ep: &Endpoint, e: crate::store::StoreError) -> ClientError {
+    ClientError::Io {
+        endpoint: ep.url(),
+        source: std::io::Error::other(e),
     }
 }

@@ -9,6 +9,9 @@
 pub mod backoff;
 mod conn;
 mod connection;
+mod durable;
+#[cfg(test)]
+mod durable_tests;
 pub(crate) mod failover;
 pub(crate) mod options;
 pub(crate) mod recovery;

@@ -218,6 +218,11 @@ pub struct ClientOptions {
     /// rotation, new endpoints, TLS files…), taken before the next dial;
     /// trigger it with [`ClientOptions::reconnect`]'s `notify_one`.
     pub settings: Option<SettingsSlot>,
+    /// The store: with a persistent session (`clean_session: false`), the
+    /// QoS 2 flows of spooled pipes are kept there, so they reach this
+    /// broker exactly once across a restart of mqbridge
+    /// (see `client/durable.rs`). `None`: kept in memory only.
+    pub store: Option<crate::store::Store>,
 }
 
 /// Where a reload puts new [`ClientOptions`] for a running client. Only the
@@ -260,6 +265,7 @@ impl ClientOptions {
             reconnect: None,
             metrics: None,
             settings: None,
+            store: None,
         }
     }
 

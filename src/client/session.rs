@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use rumqttc::mqttbytes::v4::{Packet, Publish};
 
+use super::durable::{Ledger, Match, Restore, Write};
 use super::subs::{SubDone, SubOp, Subs, UnsubDone};
-use crate::link::{AckToken, LinkError};
+use crate::link::{AckToken, LinkError, Origin};
 use crate::protocol::{
     Incoming, IncomingAction, Keepalive, Message, Outgoing, QoS, SubscribeOptions, filter_is_valid,
     packet_name, topic_name_is_valid,
@@ -33,6 +34,12 @@ pub(crate) trait Output<D> {
     fn complete_after_flush(&mut self, done: D);
     /// A publish completed now (acknowledged, rejected or failed).
     fn complete(&mut self, done: D, result: Result<(), LinkError>);
+    /// Apply a change to the stored QoS 2 flows now ([`super::durable`]).
+    /// Only called while connected.
+    fn persist(&mut self, write: Write);
+    /// Queue `packet` to go out once everything persisted so far is
+    /// durable; packets sent after it wait behind it, so order is kept.
+    fn send_when_durable(&mut self, packet: &Packet);
 }
 
 /// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
@@ -85,8 +92,12 @@ pub(crate) struct ClientSession<D> {
     /// A QoS 2 publish waiting for the QoS 2 limit; while it waits no other
     /// request is taken (order is kept).
     stashed: Option<(Message, D)>,
+    /// The origin of the stashed publish, if its caller named one.
+    stashed_origin: Option<Origin>,
     /// QoS 0 publishes accepted while disconnected (bounded by the window).
     qos0_backlog: VecDeque<(Message, D)>,
+    /// QoS 2 flows of spooled pipes kept on disk (`None`: not kept).
+    ledger: Option<Ledger>,
     incoming: Incoming,
     subs: Subs,
     /// Endpoint of the live connection (logs); `None` while disconnected.
@@ -103,7 +114,9 @@ impl<D> ClientSession<D> {
             outgoing: Outgoing::new(config.inflight.max(1)),
             qos2_inflight: 0,
             stashed: None,
+            stashed_origin: None,
             qos0_backlog: VecDeque::new(),
+            ledger: None,
             incoming: Incoming::new(),
             subs: Subs::default(),
             endpoint: None,
@@ -114,6 +127,28 @@ impl<D> ClientSession<D> {
                 ping_outstanding: false,
             },
         }
+    }
+
+    /// Keeps spooled pipes' QoS 2 flows on disk from now on, starting with
+    /// the flows found there at start: they go back into the window under
+    /// their packet ids, in publish order, each completing `detached()`
+    /// until the pipe that sent it asks for it again. Call before the first
+    /// connection.
+    pub(crate) fn restore_durable(&mut self, found: Restore, mut detached: impl FnMut() -> D) {
+        for f in found.flows {
+            let flow = Flow {
+                done: detached(),
+                exactly_once: true,
+            };
+            if self
+                .outgoing
+                .restore(f.message, f.pkid, f.released, flow)
+                .is_ok()
+            {
+                self.qos2_inflight += 1;
+            }
+        }
+        self.ledger = Some(found.ledger);
     }
 
     /// Replacement settings from a reload (they hold from the next
@@ -166,8 +201,23 @@ impl<D> ClientSession<D> {
         if !session_present {
             self.incoming.clear_session();
         }
+        // Stored flows: their records are written again first, and what
+        // is resent waits until they are durable.
+        let gate = match &mut self.ledger {
+            Some(l) if l.live() > 0 => {
+                for w in l.resume(session_present) {
+                    out.persist(w);
+                }
+                true
+            }
+            _ => false,
+        };
         for p in self.outgoing.resume(session_present) {
-            out.send(&p);
+            if gate {
+                out.send_when_durable(&p);
+            } else {
+                out.send(&p);
+            }
         }
         while let Some((message, done)) = self.qos0_backlog.pop_front() {
             self.publish(message, done, out);
@@ -187,17 +237,67 @@ impl<D> ClientSession<D> {
         self.subs.disconnected(&mut self.outgoing);
     }
 
+    /// A publish request with no origin (tests).
+    #[cfg(test)]
+    pub(crate) fn publish_request(&mut self, message: Message, done: D, out: &mut impl Output<D>) {
+        self.publish_request_from(message, None, done, out);
+    }
+
     /// A publish request. Connected: the PUBLISH is sent. Disconnected: QoS 0
     /// waits in the backlog, QoS 1/2 in `Outgoing` for the next connection.
-    pub(crate) fn publish_request(&mut self, message: Message, done: D, out: &mut impl Output<D>) {
+    /// `origin` names a spooled pipe's record: with the QoS 2 flows kept on
+    /// disk, a flow already held for it is continued instead of publishing
+    /// the message again.
+    pub(crate) fn publish_request_from(
+        &mut self,
+        message: Message,
+        origin: Option<Origin>,
+        done: D,
+        out: &mut impl Output<D>,
+    ) {
         if let Err(e) = self.check_publish(&message) {
             out.complete(done, Err(e));
             return;
         }
+        let origin = origin.filter(|_| message.qos == QoS::ExactlyOnce && self.ledger.is_some());
+        let done = match &origin {
+            Some(o) => match self.attach(o, done, out) {
+                Some(done) => done,
+                None => return,
+            },
+            None => done,
+        };
         if !self.is_connected() && message.qos == QoS::AtMostOnce {
             self.qos0_backlog.push_back((message, done));
         } else {
-            self.publish(message, done, out);
+            self.publish_from(message, origin, done, out);
+        }
+    }
+
+    /// A QoS 2 publish from `origin`: forgets completion marks below the
+    /// pipe's cursor, then continues the flow held for it (the caller's
+    /// completion replaces the one it had), or completes at once if it was
+    /// delivered already. Gives `done` back when there is nothing to attach to.
+    fn attach(&mut self, origin: &Origin, done: D, out: &mut impl Output<D>) -> Option<D> {
+        let ledger = self.ledger.as_mut()?;
+        if self.endpoint.is_some() {
+            for w in ledger.collect(origin) {
+                out.persist(w);
+            }
+        }
+        match ledger.lookup(origin) {
+            Match::Live(pkid) => match self.outgoing.token_mut(pkid) {
+                Some(flow) => {
+                    flow.done = done;
+                    None
+                }
+                None => Some(done),
+            },
+            Match::Completed => {
+                out.complete(done, Ok(()));
+                None
+            }
+            Match::New => Some(done),
         }
     }
 
@@ -267,18 +367,46 @@ impl<D> ClientSession<D> {
     /// flow waits in `Outgoing` for [`ClientSession::connected`]. A QoS 2
     /// publish over the QoS 2 limit is stashed until a QoS 2 flow completes.
     fn publish(&mut self, message: Message, done: D, out: &mut impl Output<D>) {
+        self.publish_from(message, None, done, out);
+    }
+
+    /// As [`ClientSession::publish`]; a QoS 2 flow from `origin` is kept on
+    /// disk (the ledger is set), and its PUBLISH waits until its record is
+    /// durable.
+    fn publish_from(
+        &mut self,
+        message: Message,
+        origin: Option<Origin>,
+        done: D,
+        out: &mut impl Output<D>,
+    ) {
         let exactly_once = message.qos == QoS::ExactlyOnce;
         if exactly_once && self.qos2_inflight >= self.qos2_limit {
             self.stashed = Some((message, done));
+            self.stashed_origin = origin;
             return;
         }
+        let kept = origin.map(|o| (o, message.clone()));
         match self.outgoing.publish(message, Flow { done, exactly_once }) {
             Ok((packet, qos0)) => {
                 if exactly_once {
                     self.qos2_inflight += 1;
                 }
+                let record = match (&packet, kept, &mut self.ledger) {
+                    (Packet::Publish(p), Some((o, m)), Some(l)) => {
+                        Some(l.published(p.pkid, &o, &m))
+                    }
+                    _ => None,
+                };
                 if self.is_connected() {
-                    out.send(&packet);
+                    // While disconnected the record is written by `connected`.
+                    match record {
+                        Some(w) => {
+                            out.persist(w);
+                            out.send_when_durable(&packet);
+                        }
+                        None => out.send(&packet),
+                    }
                     if let Some(flow) = qos0 {
                         out.complete_after_flush(flow.done);
                     }
@@ -310,7 +438,8 @@ impl<D> ClientSession<D> {
         if self.qos2_inflight < self.qos2_limit
             && let Some((message, done)) = self.stashed.take()
         {
-            self.publish(message, done, out);
+            let origin = self.stashed_origin.take();
+            self.publish_from(message, origin, done, out);
         }
     }
 
@@ -350,11 +479,24 @@ impl<D> ClientSession<D> {
                 Err(v) => self.unexpected_ack(&v),
             },
             Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
-                Ok(rel) => out.send(&rel),
+                // A stored flow: "PUBREC received" is on disk before the PUBREL.
+                Ok(rel) => match self.ledger.as_mut().and_then(|l| l.released(rec.pkid)) {
+                    Some(w) => {
+                        out.persist(w);
+                        out.send_when_durable(&rel);
+                    }
+                    None => out.send(&rel),
+                },
                 Err(v) => self.unexpected_ack(&v),
             },
             Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
-                Ok(flow) => self.flow_done(flow, out),
+                Ok(flow) => {
+                    // Written before the pipe hears of it (and moves its cursor).
+                    if let Some(w) = self.ledger.as_mut().and_then(|l| l.completed(comp.pkid)) {
+                        out.persist(w);
+                    }
+                    self.flow_done(flow, out);
+                }
                 Err(v) => self.unexpected_ack(&v),
             },
             Packet::PubRel(rel) => out.send(&self.incoming.on_pubrel(rel.pkid)),
@@ -460,6 +602,7 @@ impl<D> ClientSession<D> {
         if let Some((_, done)) = self.stashed.take() {
             out.complete(done, Err(LinkError::Closed));
         }
+        self.stashed_origin = None;
         for (_, done) in self.qos0_backlog.drain(..) {
             out.complete(done, Err(LinkError::Closed));
         }
@@ -495,6 +638,11 @@ mod tests {
         }
         fn complete(&mut self, done: u32, result: Result<(), LinkError>) {
             self.completed.push((done, result));
+        }
+        // No flows are stored here (see `durable_tests` for those).
+        fn persist(&mut self, _write: Write) {}
+        fn send_when_durable(&mut self, packet: &Packet) {
+            self.sent.push(packet.clone());
         }
     }
 

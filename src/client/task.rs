@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::conn::{Done, codec_error, now_std};
+use super::durable::{self, Ledger, Write};
 use super::failover::Failover;
 use super::recovery::{RecoveryWait, Step};
 use super::session::{ClientSession, Output, SessionConfig};
@@ -23,6 +24,7 @@ use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
 use crate::protocol::{Framed, Keepalive, packet_name};
+use crate::store::{Keyspace, Store, StoreError};
 
 /// Why the serve loop of one connection ended.
 #[derive(Debug)]
@@ -52,6 +54,9 @@ pub(crate) struct Task {
     pub(crate) pending_delivery: Option<Delivery>,
     pub(crate) failover: Failover,
     dialer: Option<Dialer>,
+    /// The store and keyspace of this broker's stored QoS 2 flows
+    /// (`None`: not kept; see [`super::durable`]).
+    pub(crate) durable: Option<(Store, Keyspace)>,
 }
 
 impl Task {
@@ -68,12 +73,14 @@ impl Task {
             Backoff::new(&opts.backoff),
             opts.failback.clone(),
         );
-        let session = ClientSession::new(
+        let mut session = ClientSession::new(
             session_config(&opts),
             Keepalive::new(opts.keepalive),
             now_std(),
         );
+        let durable = restore_durable(&opts, &mut session);
         Task {
+            durable,
             session,
             opts,
             shutdown,
@@ -430,8 +437,9 @@ impl Task {
     pub(crate) fn take_request(&mut self, req: LinkRequest, out: &mut impl Output<Done>) -> bool {
         match req {
             LinkRequest::Publish { message, done } => {
+                let origin = done.origin().cloned();
                 self.session
-                    .publish_request(message, Done::Caller(done), out);
+                    .publish_request_from(message, origin, Done::Caller(done), out);
             }
             LinkRequest::Subscribe { filters, done } => self.session.subscribe(filters, done, out),
             LinkRequest::Unsubscribe { filters, done } => {
@@ -489,6 +497,62 @@ impl Output<Done> for Offline {
     fn complete(&mut self, done: Done, result: Result<(), LinkError>) {
         done.complete(result);
     }
+
+    // The session persists only while connected: a flow started offline
+    // is written by `ClientSession::connected` before it is sent.
+    fn persist(&mut self, _write: Write) {}
+
+    fn send_when_durable(&mut self, _packet: &Packet) {}
+}
+
+/// Stored `(key, value)` pairs.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// With a store and a persistent session, opens the broker's keyspace of
+/// stored QoS 2 flows and puts what it holds back into `session` (before
+/// anything is sent). Damaged records are skipped, counted in the log and
+/// deleted. Without (or when the keyspace cannot be read), the flows are
+/// kept in memory only: QoS 2 is then at least once across a restart.
+fn restore_durable(
+    opts: &ClientOptions,
+    session: &mut ClientSession<Done>,
+) -> Option<(Store, Keyspace)> {
+    let store = opts.store.as_ref().filter(|_| !opts.clean_session)?;
+    let broker = &opts.name;
+    let read = || -> Result<(Keyspace, Entries), StoreError> {
+        let ks = store.keyspace(&durable::keyspace_name(broker))?;
+        let entries = ks
+            .iter()
+            .map(|guard| {
+                let (k, v) = guard.into_inner()?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect::<Result<Entries, StoreError>>()?;
+        Ok((ks, entries))
+    };
+    let (ks, entries) = match read() {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(broker = %broker, error = %e, "cannot read the stored QoS 2 flows; QoS 2 is at least once across a restart");
+            return None;
+        }
+    };
+    let found = Ledger::restore(entries);
+    let damaged = found.damaged.len();
+    for k in &found.damaged {
+        if let Err(e) = ks.remove(k.as_slice()) {
+            tracing::warn!(broker = %broker, error = %e, "cannot delete a damaged QoS 2 flow record");
+        }
+    }
+    if damaged > 0 {
+        warn!(broker = %broker, damaged, "damaged QoS 2 flow records skipped");
+    }
+    let (flows, marks) = (found.flows.len(), found.ledger.marks());
+    if flows > 0 || marks > 0 {
+        info!(broker = %broker, flows, completed = marks, "QoS 2 flows restored");
+    }
+    session.restore_durable(found, || Done::Internal);
+    Some((store.clone(), ks))
 }
 
 /// The session's limits from the client options.

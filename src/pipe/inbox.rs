@@ -130,6 +130,11 @@ impl Inbox {
         self.stage.is_some()
     }
 
+    /// Spool mode: the spool's acknowledged cursor (see [`Spool::cursor`]).
+    pub(crate) fn spool_cursor(&self) -> Option<u64> {
+        self.stage.as_ref().map(|s| s.spool.cursor())
+    }
+
     /// Whether `item` goes through the spool.
     fn spools(&self, item: &Item) -> bool {
         self.stage

@@ -19,11 +19,11 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::link::{Completion, Link, LinkError};
-use crate::protocol::expiry;
+use crate::link::{Completion, Link, LinkError, Origin};
+use crate::protocol::{QoS, expiry};
 
 use super::handoff::Seq;
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Item};
 use super::loopguard::{BrokerIx, LoopGuard};
 use super::ratelimit::TokenBucket;
 use super::stats::{DropReason, PipeStats};
@@ -93,6 +93,7 @@ impl Worker {
             }
         }
         let window = self.window.max(1);
+        let pipe: Arc<str> = self.name.as_str().into();
         let mut rate_wait: Option<tokio::time::Instant> = None;
         let mut turn: u32 = 0;
         loop {
@@ -129,6 +130,7 @@ impl Worker {
                         Instant::now(),
                     );
                 }
+                let origin = origin(&pipe, &self.inbox, &item);
                 let tag = next_tag;
                 next_tag += 1;
                 // Recorded before the link has it, so a retire while the
@@ -146,7 +148,7 @@ impl Worker {
                 // full, the message is simply not sent and not acked upstream.
                 let queued = tokio::select! {
                     biased;
-                    r = self.link.publish_tagged(item.msg, tag, &done_tx) => r,
+                    r = self.link.publish_tagged_from(item.msg, tag, origin, &done_tx) => r,
                     () = &mut abort => return,
                     () = &mut retire => {
                         self.stats.inflight.fetch_sub(inflight.len() as u64, Ordering::Relaxed);
@@ -270,6 +272,21 @@ impl Worker {
             let _ = self.done.send(seq);
         }
     }
+}
+
+/// Spool mode, QoS 2: where the record comes from, so a destination client
+/// that keeps its QoS 2 flows on disk continues the flow it already holds
+/// for it after a restart instead of publishing it again. QoS 0/1 and
+/// `end_to_end` carry none.
+fn origin(pipe: &Arc<str>, inbox: &Inbox, item: &Item) -> Option<Origin> {
+    if item.msg.qos != QoS::ExactlyOnce {
+        return None;
+    }
+    Some(Origin {
+        pipe: pipe.clone(),
+        seq: item.seq?,
+        floor: inbox.spool_cursor()?,
+    })
 }
 
 /// Releases a retired pipe's in-flight parts `outstanding`: each completed

@@ -376,6 +376,14 @@ impl Spool {
         }
     }
 
+    /// The acknowledged cursor: every record below it is deleted and never
+    /// sent again. The batch that moved it was written before it moved
+    /// (under the same lock), so what a caller writes after reading it
+    /// lands in the store's journal after that batch.
+    pub fn cursor(&self) -> SpoolSeq {
+        self.lock().book.cursor()
+    }
+
     /// Records written and not acknowledged.
     pub fn depth(&self) -> u64 {
         self.lock().book.depth()

@@ -334,6 +334,13 @@ impl<T> Outgoing<T> {
         Ok(())
     }
 
+    /// The token of the flow under `pkid` (e.g. to hand a restored flow's
+    /// completion to whoever asks for it again).
+    pub fn token_mut(&mut self, pkid: u16) -> Option<&mut T> {
+        let seq = self.by_pkid.get(&pkid)?;
+        self.flows.get_mut(seq).map(|f| &mut f.token)
+    }
+
     /// A packet id for a SUBSCRIBE/UNSUBSCRIBE, never one in flight;
     /// `None` when all ids are in use. Give it back with [`Outgoing::release_id`].
     pub fn reserve_id(&mut self) -> Option<u16> {
