@@ -12,7 +12,26 @@
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
-use super::options::FailbackOptions;
+use super::options::{Endpoint, FailbackOptions};
+
+/// The index of the endpoint an MQTT 5 server reference names, if it names
+/// one of ours: the reference is a space-separated list of `host` or
+/// `host:port` (`[v6]:port` too); a bare host matches on the host alone.
+pub(crate) fn referenced_endpoint(reference: &str, endpoints: &[Endpoint]) -> Option<usize> {
+    reference.split_whitespace().find_map(|entry| {
+        let (host, port) = match entry.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => match p.parse::<u16>() {
+                Ok(port) => (h, Some(port)),
+                Err(_) => (entry, None),
+            },
+            _ => (entry, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoints
+            .iter()
+            .position(|e| e.host.eq_ignore_ascii_case(host) && port.is_none_or(|p| p == e.port))
+    })
+}
 
 /// What to do after a failure: wait `delay`, then dial `endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
