@@ -166,6 +166,26 @@ mod tests {
     use super::*;
     use crate::client::options::BackoffOptions;
 
+    #[test]
+    fn a_server_reference_names_one_of_our_endpoints_or_none() {
+        let eps = [
+            Endpoint::tcp("a.example", 1883),
+            Endpoint::tcp("b.example", 1883),
+            Endpoint::tcp("b.example", 8883),
+            Endpoint::tcp("::1", 1883),
+        ];
+        assert_eq!(referenced_endpoint("b.example:8883", &eps), Some(2));
+        assert_eq!(referenced_endpoint("B.EXAMPLE", &eps), Some(1));
+        assert_eq!(
+            referenced_endpoint("x.example c.example a.example:1883", &eps),
+            Some(0)
+        );
+        assert_eq!(referenced_endpoint("[::1]:1883", &eps), Some(3));
+        assert_eq!(referenced_endpoint("a.example:9999", &eps), None);
+        assert_eq!(referenced_endpoint("elsewhere", &eps), None);
+        assert_eq!(referenced_endpoint("", &eps), None);
+    }
+
     fn pool(count: usize, probes_required: u32) -> Failover {
         let backoff = Backoff::new(&BackoffOptions {
             min: Duration::from_millis(100),

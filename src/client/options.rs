@@ -225,7 +225,7 @@ pub struct ClientOptions {
 }
 
 /// Where a reload puts new [`ClientOptions`] for a running client. Only the
-/// connection settings are taken from it (endpoints, client id, credentials,
+/// connection settings are taken from it (endpoints, protocol, client id, credentials,
 /// keepalive, clean session, TLS, backoff, failback, connect timeout, packet
 /// size, will and birth); the session (inflight window, subscriptions) stays.
 pub type SettingsSlot = Arc<Mutex<Option<ClientOptions>>>;
