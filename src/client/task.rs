@@ -484,8 +484,10 @@ impl Task {
             .map_err(|_| timeout(Stage::SendConnect))?
             .map_err(protocol)?;
         if v5 {
-            // A 3.1.1 server answers CONNACK 0x01 in the 3.1.1 format (two
-            // bytes of body: a v5 CONNACK has at least three).
+            // A 3.1.1 server answers in the 3.1.1 CONNACK format (two bytes
+            // of body: a v5 CONNACK has at least three): 0x01, or, from a
+            // lenient one that ignored the level, anything else. Either way
+            // it speaks 3.1.1: fall back.
             let head = timeout_at(deadline, framed.peek(4))
                 .await
                 .map_err(|_| timeout(Stage::Connack))?
@@ -500,7 +502,7 @@ impl Task {
                         endpoint: ep.url(),
                         reason,
                     },
-                    fallback: code == 1,
+                    fallback: true,
                 });
             }
         }
