@@ -519,7 +519,7 @@ async fn a_full_store_refuses_publishes_for_stored_sessions_and_loses_nothing() 
         publ.publish("full/t", &payload, QoS::AtLeastOnce, false, pkid)
             .await;
         match within(publ.framed.read_packet()).await {
-            Ok(Packet::PubAck(a)) => {
+            Ok(mqbridge::protocol::version::Packet::V3(Packet::PubAck(a))) => {
                 assert_eq!(a.pkid, pkid);
                 acked += 1;
             }

@@ -14,6 +14,7 @@ use common::client::{CLIENT_WAIT as WAIT, TestClient};
 use common::mosquitto::{Mosquitto, password_file};
 use mqbridge::client::{self, ClientEvent, ClientOptions, Endpoint, ErrorKind, Stage};
 use mqbridge::link::LinkState;
+use mqbridge::protocol::version::{ProtocolChoice, ProtocolVersion};
 use mqbridge::protocol::{Message, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -21,9 +22,12 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Test options: fast backoff and probes, short timeouts.
+/// Test options: fast backoff and probes, short timeouts. These tests pin
+/// MQTT 3.1.1 (their fake servers speak it and their byte fixtures are
+/// 3.1.1 packets); `client_v5.rs` covers the MQTT 5 client.
 fn options(name: &str, endpoints: Vec<Endpoint>) -> ClientOptions {
     let mut o = ClientOptions::new(name, endpoints, unique(name));
+    o.protocol = ProtocolChoice::Only(ProtocolVersion::V3_1_1);
     o.backoff.min = Duration::from_millis(50);
     o.backoff.max = Duration::from_millis(400);
     o.backoff.stable_after = Duration::from_secs(2);

@@ -12,10 +12,15 @@ use tokio::time::{Instant, timeout};
 use super::durable::Write;
 use super::session::Output;
 use super::transport::BoxStream;
+use super::wire::Wire;
 use super::{ClientError, Endpoint, Stage};
 use crate::link::{LinkError, PublishDone};
-use crate::protocol::packet_name;
-use crate::protocol::{Framed, Keepalive, Message, QoS, publish_from_message};
+use crate::protocol::reason::ReasonCode;
+use crate::protocol::version::{AnyCodecError, ProtocolVersion};
+use crate::protocol::{
+    Framed, Keepalive, Message, MessageProperties, QoS, SubscribeOptions, packet_name,
+    publish_from_message,
+};
 use crate::store::{Keyspace, Store, StoreError};
 
 /// Write timeout when keepalive is off (with keepalive: 1.5 × keepalive).
@@ -42,11 +47,11 @@ impl Done {
 }
 
 /// Maps a codec error on `ep` to a client error naming the endpoint.
-pub(crate) fn codec_error(ep: &Endpoint, e: crate::protocol::CodecError) -> ClientError {
+pub(crate) fn codec_error(ep: &Endpoint, e: AnyCodecError) -> ClientError {
     use crate::protocol::CodecError;
     match e {
-        CodecError::Closed => ClientError::Closed { endpoint: ep.url() },
-        CodecError::Io(source) => ClientError::Io {
+        AnyCodecError::V3(CodecError::Closed) => ClientError::Closed { endpoint: ep.url() },
+        AnyCodecError::V3(CodecError::Io(source)) => ClientError::Io {
             endpoint: ep.url(),
             source,
         },
@@ -66,6 +71,8 @@ pub(crate) fn now_std() -> std::time::Instant {
 /// One live connection: the framed stream and what waits for its flush.
 pub(crate) struct Conn {
     pub(super) framed: Framed<BoxStream>,
+    /// The connection's version: how the session's packets go out.
+    pub(super) wire: Wire,
     pub(super) endpoint: Endpoint,
     /// QoS 0 completions, resolved once their PUBLISH is flushed.
     pub(crate) written: Vec<Done>,
@@ -85,9 +92,9 @@ pub(crate) struct Gate {
     /// The store and the broker's keyspace of flows (`None`: not kept).
     pub(crate) keyspace: Option<(Store, Keyspace)>,
     /// Written before the sync in progress started: go out when it ends.
-    pub(crate) waiting: Vec<Packet>,
+    pub(crate) waiting: Vec<Held>,
     /// Queued since: need the next sync.
-    pub(crate) next: Vec<Packet>,
+    pub(crate) next: Vec<Held>,
     /// A write failed: the connection ends (the flows are written again and
     /// resent on the next one).
     pub(crate) failed: Option<StoreError>,
@@ -111,6 +118,28 @@ impl Gate {
     }
 }
 
+/// A packet the gate holds, with what MQTT 5 sends along with it (a
+/// PUBLISH's properties, a SUBSCRIBE's options).
+pub(crate) struct Held {
+    packet: Packet,
+    properties: Option<MessageProperties>,
+    options: Vec<SubscribeOptions>,
+}
+
+impl Held {
+    fn new(
+        packet: &Packet,
+        properties: Option<&MessageProperties>,
+        options: &[SubscribeOptions],
+    ) -> Held {
+        Held {
+            packet: packet.clone(),
+            properties: properties.cloned(),
+            options: options.to_vec(),
+        }
+    }
+}
+
 /// A running `Store::durable`.
 pub(crate) type Sync =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
@@ -126,12 +155,14 @@ pub(crate) async fn sync_done(sync: &mut Option<Sync>) -> Result<(), StoreError>
 impl Conn {
     pub(super) fn new(
         framed: Framed<BoxStream>,
+        wire: Wire,
         endpoint: Endpoint,
         keepalive: Keepalive,
         metrics: Option<crate::metrics::RemoteBrokerMetrics>,
     ) -> Self {
         Conn {
             framed,
+            wire,
             endpoint,
             written: Vec::new(),
             keepalive,
@@ -155,8 +186,8 @@ impl Conn {
         if let Ok(Ok(())) = timeout(DISCONNECT_TIMEOUT, store.durable()).await {
             let mut held = std::mem::take(&mut self.gate.waiting);
             held.append(&mut self.gate.next);
-            for p in &held {
-                self.queue(p);
+            for h in &held {
+                self.queue_held(h);
             }
         }
     }
@@ -164,15 +195,57 @@ impl Conn {
     /// The sync the gate waited for has resolved: what it held goes out.
     pub(crate) fn release_gate(&mut self) {
         let waiting = std::mem::take(&mut self.gate.waiting);
-        for p in &waiting {
-            self.queue(p);
+        for h in &waiting {
+            self.queue_held(h);
         }
     }
 
     /// Queues a packet for the next flush. An encoding error concerns only
     /// that packet (checked before it got here), so it is logged, not fatal.
     pub(crate) fn queue(&mut self, packet: &Packet) {
-        if let Err(e) = self.framed.queue(packet) {
+        self.queue_with(packet, None, &[]);
+    }
+
+    /// Queues a packet of the session: as it is on 3.1/3.1.1, through the
+    /// [`Wire`] (with the PUBLISH's properties or the SUBSCRIBE's options)
+    /// on MQTT 5.
+    /// Queues a packet of the session, or holds it behind the gate's
+    /// packets while they wait for the store (order is kept).
+    fn hold_or_queue(
+        &mut self,
+        packet: &Packet,
+        properties: Option<&MessageProperties>,
+        options: &[SubscribeOptions],
+    ) {
+        if self.gate.is_closed() {
+            self.gate.next.push(Held::new(packet, properties, options));
+        } else {
+            self.queue_with(packet, properties, options);
+        }
+    }
+
+    /// Queues what the gate held.
+    fn queue_held(&mut self, h: &Held) {
+        self.queue_with(&h.packet, h.properties.as_ref(), &h.options);
+    }
+
+    fn queue_with(
+        &mut self,
+        packet: &Packet,
+        properties: Option<&MessageProperties>,
+        options: &[SubscribeOptions],
+    ) {
+        let queued = if self.wire.version() != ProtocolVersion::V5 {
+            self.framed.queue_v3(packet)
+        } else {
+            let p = match packet {
+                Packet::Publish(p) => self.wire.publish(p, properties),
+                Packet::Subscribe(s) => self.wire.subscribe(s, options),
+                other => self.wire.packet(other),
+            };
+            self.framed.queue(&p)
+        };
+        if let Err(e) = queued {
             crate::warn_limited!(format!("cannot-encode:{}", self.endpoint), endpoint = %self.endpoint, packet = packet_name(packet), error = %e, "cannot encode packet");
         } else if let (Packet::Publish(p), Some(m)) = (packet, &self.metrics) {
             m.message_out(p.payload.len());
@@ -214,17 +287,29 @@ impl Conn {
         Ok(wrote)
     }
 
-    /// DISCONNECT (so the broker drops our will), then close the stream.
-    /// The will itself (the `offline` status) is published first, at QoS 0
-    /// and outside the session state: the broker handles it before the
-    /// DISCONNECT, and it is never resent on a later connection.
+    /// DISCONNECT, then close the stream. On 3.1.1 the broker drops our
+    /// will on DISCONNECT, so the will itself (the `offline` status) is
+    /// published first, at QoS 0 and outside the session state: the broker
+    /// handles it before the DISCONNECT, and it is never resent on a later
+    /// connection. On MQTT 5 the DISCONNECT says 0x04 (disconnect with will
+    /// message) instead and the broker publishes the will itself; without a
+    /// will it says 0x00 (normal).
     pub(super) async fn disconnect(&mut self, will: Option<&Message>) {
-        if let Some(will) = will {
-            let mut m = will.clone();
-            m.qos = QoS::AtMostOnce;
-            self.queue(&Packet::Publish(publish_from_message(&m, 0, false)));
+        if self.wire.version() == ProtocolVersion::V5 {
+            let code = match will {
+                Some(_) => ReasonCode::DisconnectWithWill,
+                None => ReasonCode::Success,
+            };
+            let packet = self.wire.disconnect(code);
+            let _ = self.framed.queue(&packet);
+        } else {
+            if let Some(will) = will {
+                let mut m = will.clone();
+                m.qos = QoS::AtMostOnce;
+                self.queue(&Packet::Publish(publish_from_message(&m, 0, false)));
+            }
+            self.queue(&Packet::Disconnect);
         }
-        self.queue(&Packet::Disconnect);
         let _ = timeout(DISCONNECT_TIMEOUT, async {
             let _ = self.framed.flush().await;
             let _ = self.framed.get_mut().shutdown().await;
@@ -240,11 +325,7 @@ impl Conn {
 /// next flush, QoS 0 completions wait for it.
 impl Output<Done> for Conn {
     fn send(&mut self, packet: &Packet) {
-        if self.gate.is_closed() {
-            self.gate.next.push(packet.clone());
-        } else {
-            self.queue(packet);
-        }
+        self.hold_or_queue(packet, None, &[]);
     }
 
     fn persist(&mut self, write: Write) {
@@ -260,12 +341,20 @@ impl Output<Done> for Conn {
         }
     }
 
-    fn send_when_durable(&mut self, packet: &Packet) {
+    fn send_when_durable(&mut self, packet: &Packet, properties: Option<&MessageProperties>) {
         if self.gate.keyspace.is_some() {
-            self.gate.next.push(packet.clone());
+            self.gate.next.push(Held::new(packet, properties, &[]));
         } else {
-            self.send(packet);
+            self.hold_or_queue(packet, properties, &[]);
         }
+    }
+
+    fn send_publish(&mut self, packet: &Packet, properties: Option<&MessageProperties>) {
+        self.hold_or_queue(packet, properties, &[]);
+    }
+
+    fn send_subscribe(&mut self, packet: &Packet, options: &[SubscribeOptions]) {
+        self.hold_or_queue(packet, None, options);
     }
 
     fn complete_after_flush(&mut self, done: Done) {

@@ -7,18 +7,20 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 
-use rumqttc::mqttbytes::v4::Packet;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info};
 
 use super::conn::{Conn, Done, Sync, codec_error, now_std, sync_done};
 use super::failover::ProbeVerdict;
+use super::session::QuotaExceeded;
 use super::task::{End, Task};
 use super::transport::BoxStream;
+use super::wire::{FromBroker, Grant, Wire};
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, AckToken, Delivery};
-use crate::protocol::{Framed, Keepalive};
+use crate::protocol::version::{Packet, ProtocolVersion};
+use crate::protocol::{Framed, Keepalive, Message};
 
 /// Most packets, acks and requests handled after one wake-up before the
 /// flush (see [`Task::drain_ready`]); bounds the time between flushes and
@@ -48,19 +50,24 @@ impl Task {
     pub(crate) async fn serve(
         &mut self,
         framed: Framed<BoxStream>,
+        wire: Wire,
+        grant: Grant,
         ep: &Endpoint,
-        session_present: bool,
     ) -> End {
+        // The broker's server keep alive replaces ours [MQTT-3.2.2-21].
+        let keepalive = Keepalive::new(grant.keepalive.unwrap_or(self.opts.keepalive));
+        let v5 = wire.version() == ProtocolVersion::V5;
         let mut conn = Conn::new(
             framed,
+            wire,
             ep.clone(),
-            Keepalive::new(self.opts.keepalive),
+            keepalive,
             self.opts.metrics.clone(),
         );
         conn.gate.keyspace = self.durable.clone();
         let birth = self.opts.birth.clone().map(|m| (m, Done::Internal));
         self.session
-            .connected(ep.url(), session_present, birth, now_std(), &mut conn);
+            .connected(ep.url(), grant, v5, birth, now_std(), &mut conn);
         match conn.flush().await {
             Ok(true) => self.session.sent(now_std()),
             Ok(false) => {}
@@ -312,28 +319,63 @@ impl Task {
     }
 
     fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
-        if let (Packet::Publish(p), Some(m)) = (&packet, &self.opts.metrics) {
-            m.message_in(p.payload.len());
-        }
-        match self.session.on_packet(packet, now_std(), conn) {
-            Ok(None) => {}
-            Ok(Some((message, token))) => {
-                let ack =
-                    token.map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
-                match self.deliveries.try_send(Delivery { message, ack }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(d)) => self.pending_delivery = Some(d),
-                    Err(TrySendError::Closed(d)) => d.ack.ack(),
+        let lost = |endpoint: &Endpoint, reason: String| {
+            Some(End::Lost(ClientError::Protocol {
+                endpoint: endpoint.url(),
+                reason,
+            }))
+        };
+        let from = match conn.wire.incoming(packet) {
+            Ok(from) => from,
+            Err(e) => return lost(&conn.endpoint, e.to_string()),
+        };
+        match from {
+            FromBroker::Publish(p, props) => {
+                if let Some(m) = &self.opts.metrics {
+                    m.message_in(p.payload.len());
+                }
+                let delivery = self.session.on_publish(p, props, now_std(), conn);
+                self.deliver(delivery);
+            }
+            FromBroker::Packet(p) => match self.session.on_packet(p, now_std(), conn) {
+                Ok(delivery) => self.deliver(delivery),
+                Err(unexpected) => return lost(&conn.endpoint, unexpected.to_string()),
+            },
+            FromBroker::Refused { kind, pkid, code } => {
+                if let Err(QuotaExceeded) = self.session.on_refused(kind, pkid, code, conn) {
+                    return Some(End::Lost(ClientError::QuotaExceeded {
+                        endpoint: conn.endpoint.url(),
+                    }));
                 }
             }
-            Err(unexpected) => {
-                return Some(End::Lost(ClientError::Protocol {
+            FromBroker::Disconnect {
+                code,
+                server_reference,
+                reason_string,
+            } => {
+                return Some(End::Lost(ClientError::ServerDisconnect {
                     endpoint: conn.endpoint.url(),
-                    reason: unexpected.to_string(),
+                    code,
+                    server_reference,
+                    reason: reason_string,
                 }));
             }
         }
         None
+    }
+
+    /// Hands an incoming message to the pipes (or keeps it while the
+    /// channel is full: reading pauses).
+    fn deliver(&mut self, delivery: Option<(Message, Option<AckToken>)>) {
+        let Some((message, token)) = delivery else {
+            return;
+        };
+        let ack = token.map_or_else(AckHandle::none, |t| AckHandle::new(t, self.acks_tx.clone()));
+        match self.deliveries.try_send(Delivery { message, ack }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(d)) => self.pending_delivery = Some(d),
+            Err(TrySendError::Closed(d)) => d.ack.ack(),
+        }
     }
 
     fn on_timer(

@@ -32,6 +32,12 @@ impl Output<u32> for Rec {
     fn send(&mut self, packet: &Packet) {
         self.log.push(Out::Sent(packet.clone()));
     }
+    fn send_publish(&mut self, packet: &Packet, _: Option<&crate::protocol::MessageProperties>) {
+        self.log.push(Out::Sent(packet.clone()));
+    }
+    fn send_subscribe(&mut self, packet: &Packet, _: &[crate::protocol::SubscribeOptions]) {
+        self.log.push(Out::Sent(packet.clone()));
+    }
     fn complete_after_flush(&mut self, done: u32) {
         self.log.push(Out::Completed(done, Ok(())));
     }
@@ -45,7 +51,11 @@ impl Output<u32> for Rec {
         };
         self.log.push(Out::Persisted);
     }
-    fn send_when_durable(&mut self, packet: &Packet) {
+    fn send_when_durable(
+        &mut self,
+        packet: &Packet,
+        _: Option<&crate::protocol::MessageProperties>,
+    ) {
         self.log.push(Out::Gated(packet.clone()));
     }
 }
@@ -77,7 +87,14 @@ fn restart(disk: &BTreeMap<Vec<u8>, Vec<u8>>) -> ClientSession<u32> {
 }
 
 fn connect(s: &mut ClientSession<u32>, present: bool, out: &mut Rec) {
-    s.connected("mqtt://b:1883".into(), present, None, Instant::now(), out);
+    s.connected(
+        "mqtt://b:1883".into(),
+        super::wire::Grant::v3(present),
+        false,
+        None,
+        Instant::now(),
+        out,
+    );
 }
 
 fn origin(seq: u64, floor: u64) -> Origin {

@@ -12,7 +12,26 @@
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
-use super::options::FailbackOptions;
+use super::options::{Endpoint, FailbackOptions};
+
+/// The index of the endpoint an MQTT 5 server reference names, if it names
+/// one of ours: the reference is a space-separated list of `host` or
+/// `host:port` (`[v6]:port` too); a bare host matches on the host alone.
+pub(crate) fn referenced_endpoint(reference: &str, endpoints: &[Endpoint]) -> Option<usize> {
+    reference.split_whitespace().find_map(|entry| {
+        let (host, port) = match entry.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => match p.parse::<u16>() {
+                Ok(port) => (h, Some(port)),
+                Err(_) => (entry, None),
+            },
+            _ => (entry, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoints
+            .iter()
+            .position(|e| e.host.eq_ignore_ascii_case(host) && port.is_none_or(|p| p == e.port))
+    })
+}
 
 /// What to do after a failure: wait `delay`, then dial `endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +165,26 @@ impl Failover {
 mod tests {
     use super::*;
     use crate::client::options::BackoffOptions;
+
+    #[test]
+    fn a_server_reference_names_one_of_our_endpoints_or_none() {
+        let eps = [
+            Endpoint::tcp("a.example", 1883),
+            Endpoint::tcp("b.example", 1883),
+            Endpoint::tcp("b.example", 8883),
+            Endpoint::tcp("::1", 1883),
+        ];
+        assert_eq!(referenced_endpoint("b.example:8883", &eps), Some(2));
+        assert_eq!(referenced_endpoint("B.EXAMPLE", &eps), Some(1));
+        assert_eq!(
+            referenced_endpoint("x.example c.example a.example:1883", &eps),
+            Some(0)
+        );
+        assert_eq!(referenced_endpoint("[::1]:1883", &eps), Some(3));
+        assert_eq!(referenced_endpoint("a.example:9999", &eps), None);
+        assert_eq!(referenced_endpoint("elsewhere", &eps), None);
+        assert_eq!(referenced_endpoint("", &eps), None);
+    }
 
     fn pool(count: usize, probes_required: u32) -> Failover {
         let backoff = Backoff::new(&BackoffOptions {

@@ -1,5 +1,6 @@
 //! The client core: one task per remote broker that dials its endpoints
-//! (TCP/TLS), speaks MQTT 3.1.1 through the shared protocol state machines,
+//! (TCP/TLS), speaks MQTT 5, 3.1.1 or 3.1 (5 by default, falling back to
+//! 3.1.1; see [`wire`]) through the shared protocol state machines,
 //! reconnects with backoff, fails over and fails back, and serves a [`Link`].
 //!
 //! Entry point: [`spawn`]. Pure parts: [`backoff`] and [`failover`].
@@ -20,6 +21,7 @@ mod subs;
 mod task;
 mod tls_error;
 pub(crate) mod transport;
+pub(crate) mod wire;
 
 use std::io;
 
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::link::{Delivery, Link, LinkState};
+use crate::protocol::reason::ReasonCode;
 
 pub use options::{
     BackoffOptions, ClientOptions, Endpoint, FailbackOptions, SettingsSlot, TlsOptions,
@@ -118,6 +121,29 @@ pub enum ClientError {
         /// Endpoint URL.
         endpoint: String,
     },
+    /// The broker ended the connection with an MQTT 5 DISCONNECT (0x8B
+    /// server shutting down, 0x9C use another server...). A server
+    /// reference naming one of our endpoints is dialed next.
+    #[error("{endpoint}: broker disconnected: {code:?} ({:#04x}){}{}", code.as_u8(),
+        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+        server_reference.as_deref().map(|r| format!(", server reference {r}")).unwrap_or_default())]
+    ServerDisconnect {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The DISCONNECT's reason code.
+        code: ReasonCode,
+        /// Its server reference, if any.
+        server_reference: Option<String>,
+        /// Its reason string, if any.
+        reason: Option<String>,
+    },
+    /// The broker answered a PUBLISH with 0x97 (quota exceeded): we drop
+    /// the connection and send the message again after the backoff.
+    #[error("{endpoint}: broker quota exceeded (0x97), backing off")]
+    QuotaExceeded {
+        /// Endpoint URL.
+        endpoint: String,
+    },
 }
 
 /// The step of a connection that ran out of time ([`ClientError::Timeout`]).
@@ -177,6 +203,10 @@ pub enum ErrorKind {
     ReconnectRequested,
     /// [`ClientError::KeepaliveTimeout`]: no answer within the keepalive allowance.
     KeepaliveTimeout,
+    /// [`ClientError::ServerDisconnect`]: the broker sent DISCONNECT.
+    ServerDisconnect(ReasonCode),
+    /// [`ClientError::QuotaExceeded`]: the broker's quota ran out (0x97).
+    QuotaExceeded,
 }
 
 impl ClientError {
@@ -194,6 +224,18 @@ impl ClientError {
             ClientError::Closed { .. } => ErrorKind::Closed,
             ClientError::ReconnectRequested { .. } => ErrorKind::ReconnectRequested,
             ClientError::KeepaliveTimeout { .. } => ErrorKind::KeepaliveTimeout,
+            ClientError::ServerDisconnect { code, .. } => ErrorKind::ServerDisconnect(*code),
+            ClientError::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
+        }
+    }
+
+    /// The server reference of a DISCONNECT (another server to use).
+    pub fn server_reference(&self) -> Option<&str> {
+        match self {
+            ClientError::ServerDisconnect {
+                server_reference, ..
+            } => server_reference.as_deref(),
+            _ => None,
         }
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast};
 
 use super::ClientEvent;
 use crate::protocol::Message;
+use crate::protocol::version::ProtocolChoice;
 
 /// One network endpoint of a remote broker, in priority order within
 /// [`ClientOptions::endpoints`] (index 0 is the primary).
@@ -162,6 +163,9 @@ pub struct ClientOptions {
     pub name: String,
     /// Endpoints in priority order; index 0 is the primary. Must not be empty.
     pub endpoints: Vec<Endpoint>,
+    /// The MQTT version to speak: by default 5, falling back to 3.1.1 on an
+    /// endpoint that refuses it (remembered per endpoint for the process).
+    pub protocol: ProtocolChoice,
     /// MQTT client id used on every endpoint.
     pub client_id: String,
     /// Optional user name.
@@ -226,7 +230,7 @@ pub struct ClientOptions {
 }
 
 /// Where a reload puts new [`ClientOptions`] for a running client. Only the
-/// connection settings are taken from it (endpoints, client id, credentials,
+/// connection settings are taken from it (endpoints, protocol, client id, credentials,
 /// keepalive, clean session, TLS, backoff, failback, connect timeout, packet
 /// size, will and birth); the session (inflight window, subscriptions) stays.
 pub type SettingsSlot = Arc<Mutex<Option<ClientOptions>>>;
@@ -244,6 +248,7 @@ impl ClientOptions {
         ClientOptions {
             name: name.into(),
             endpoints,
+            protocol: ProtocolChoice::Auto,
             client_id: client_id.into(),
             username: None,
             password: None,

@@ -3,6 +3,12 @@
 //! subscriptions to restore, the QoS 0 backlog taken while disconnected, and
 //! the keepalive bookkeeping of the live connection.
 //!
+//! On an MQTT 5 connection the session also honours what the broker granted
+//! in its CONNACK ([`Grant`]: receive maximum bounds the window, maximum
+//! packet size, maximum QoS, retain available, server keep alive), hands
+//! PUBLISH and SUBSCRIBE out with their properties and options, and acts on
+//! failure reason codes in PUBACK/PUBREC ([`ClientSession::on_refused`]).
+//!
 //! Pure and synchronous (sans-IO): methods take a decoded packet or a request
 //! plus `now`, and hand what must be sent and which publishes completed to an
 //! [`Output`]; what the application must see comes back as a return value.
@@ -17,19 +23,43 @@ use rumqttc::mqttbytes::v4::{Packet, Publish};
 
 use super::durable::{Ledger, Match, Restore, Write};
 use super::subs::{SubDone, SubOp, Subs, UnsubDone};
+use super::wire::Grant;
 use crate::link::{AckToken, LinkError, Origin};
+use crate::protocol::reason::ReasonCode;
 use crate::protocol::{
-    Incoming, IncomingAction, Keepalive, Message, Outgoing, QoS, SubscribeOptions, filter_is_valid,
-    packet_name, topic_name_is_valid,
+    AckKind, Incoming, IncomingAction, Keepalive, Message, MessageProperties, Outgoing, QoS,
+    SubscribeOptions, filter_is_valid, packet_name, topic_name_is_valid,
 };
 
 /// Bytes of fixed header, topic length and packet id around a PUBLISH payload.
 const PUBLISH_OVERHEAD: usize = 5 + 2 + 2;
 
+/// An upper bound of the bytes `p` takes in an MQTT 5 PUBLISH (property
+/// length, identifiers, length prefixes), to refuse what a broker's
+/// maximum packet size would never take before it is sent.
+fn properties_size(p: &MessageProperties) -> usize {
+    let string = |s: &Option<String>| s.as_ref().map_or(0, |s| 3 + s.len());
+    4 + p.payload_is_utf8.map_or(0, |_| 2)
+        + p.message_expiry_interval.map_or(0, |_| 5)
+        + string(&p.content_type)
+        + string(&p.response_topic)
+        + p.correlation_data.as_ref().map_or(0, |d| 3 + d.len())
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| 5 + k.len() + v.len())
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * 5
+        + 3
+}
+
 /// What the session hands to the IO driver while it handles an input.
 pub(crate) trait Output<D> {
     /// Queue `packet` for the next flush.
     fn send(&mut self, packet: &Packet);
+    /// Queue `packet`, a PUBLISH, with its message's properties (sent on MQTT 5).
+    fn send_publish(&mut self, packet: &Packet, properties: Option<&MessageProperties>);
+    /// Queue `packet`, a SUBSCRIBE, with each filter's options (sent on MQTT 5).
+    fn send_subscribe(&mut self, packet: &Packet, options: &[SubscribeOptions]);
     /// A QoS 0 publish was queued: complete `done` once it is flushed.
     fn complete_after_flush(&mut self, done: D);
     /// A publish completed now (acknowledged, rejected or failed).
@@ -39,7 +69,7 @@ pub(crate) trait Output<D> {
     fn persist(&mut self, write: Write);
     /// Queue `packet` to go out once everything persisted so far is
     /// durable; packets sent after it wait behind it, so order is kept.
-    fn send_when_durable(&mut self, packet: &Packet);
+    fn send_when_durable(&mut self, packet: &Packet, properties: Option<&MessageProperties>);
 }
 
 /// What `Outgoing` keeps per QoS 1/2 flow: the completion, and whether the
@@ -54,6 +84,11 @@ pub(crate) struct Flow<D> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected {0} from broker")]
 pub(crate) struct Unexpected(pub(crate) &'static str);
+
+/// A PUBACK/PUBREC with 0x97 (quota exceeded): the message stays in flight
+/// and the connection is dropped, so it goes again after the backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuotaExceeded;
 
 /// The broker was silent for 1.5 × keepalive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +120,14 @@ struct Liveness {
 pub(crate) struct ClientSession<D> {
     name: String,
     max_packet_size: usize,
+    /// The configured window; a broker's receive maximum may lower it per connection.
+    window: usize,
+    /// The configured keepalive; a broker's server keep alive may replace it per connection.
+    keepalive: Keepalive,
+    /// What the broker of the live (or last) connection granted.
+    grant: Grant,
+    /// Whether the live (or last) connection carries message properties (MQTT 5).
+    properties_on_wire: bool,
     qos2_limit: usize,
     outgoing: Outgoing<Flow<D>>,
     /// QoS 2 flows in `outgoing` (limited by `qos2_limit`).
@@ -110,6 +153,10 @@ impl<D> ClientSession<D> {
         ClientSession {
             name: config.name,
             max_packet_size: config.max_packet_size,
+            window: config.inflight.max(1),
+            keepalive,
+            grant: Grant::v3(false),
+            properties_on_wire: false,
             qos2_limit: config.inflight_qos2.max(1),
             outgoing: Outgoing::new(config.inflight.max(1)),
             qos2_inflight: 0,
@@ -154,6 +201,7 @@ impl<D> ClientSession<D> {
     /// Replacement settings from a reload (they hold from the next
     /// connection on; the flows are kept).
     pub(crate) fn set_limits(&mut self, keepalive: Keepalive, max_packet_size: usize) {
+        self.keepalive = keepalive;
         self.live.keepalive = keepalive;
         self.max_packet_size = max_packet_size;
     }
@@ -186,14 +234,24 @@ impl<D> ClientSession<D> {
     /// A connection was accepted (CONNACK): resend (DUP) or re-publish what is
     /// unacknowledged, in order, then what queued up while we were away, then
     /// subscriptions (restored when the broker has no session), then `birth`.
+    ///
+    /// `grant` is what the broker's CONNACK allowed ([`Grant::v3`] on 3.1.1);
+    /// `properties_on_wire` whether the connection speaks MQTT 5.
     pub(crate) fn connected(
         &mut self,
         endpoint: String,
-        session_present: bool,
+        grant: Grant,
+        properties_on_wire: bool,
         birth: Option<(Message, D)>,
         now: Instant,
         out: &mut impl Output<D>,
     ) {
+        let session_present = grant.session_present;
+        self.outgoing
+            .set_window(self.window.min(usize::from(grant.receive_maximum)));
+        self.live.keepalive = grant.keepalive.map_or(self.keepalive, Keepalive::new);
+        self.grant = grant;
+        self.properties_on_wire = properties_on_wire;
         self.endpoint = Some(endpoint);
         self.live.last_sent = now;
         self.live.last_received = now;
@@ -214,16 +272,16 @@ impl<D> ClientSession<D> {
         };
         for p in self.outgoing.resume(session_present) {
             if gate {
-                out.send_when_durable(&p);
+                self.send_when_durable(&p, out);
             } else {
-                out.send(&p);
+                self.send(&p, out);
             }
         }
         while let Some((message, done)) = self.qos0_backlog.pop_front() {
             self.publish(message, done, out);
         }
         for p in self.subs.connected(session_present, &mut self.outgoing) {
-            out.send(&p);
+            self.send(&p, out);
         }
         if let Some((message, done)) = birth {
             self.publish(message, done, out);
@@ -339,9 +397,46 @@ impl<D> ClientSession<D> {
     fn send_sub_packets(&mut self, out: &mut impl Output<D>) {
         if self.is_connected() {
             for p in self.subs.take_packets(&mut self.outgoing) {
-                out.send(&p);
+                self.send(&p, out);
             }
         }
+    }
+
+    /// Sends a packet of the flows: a PUBLISH with its message's properties,
+    /// a SUBSCRIBE with its options, anything else as it is.
+    fn send(&self, p: &Packet, out: &mut impl Output<D>) {
+        match p {
+            Packet::Publish(publish) => {
+                let props = self
+                    .outgoing
+                    .message(publish.pkid)
+                    .and_then(|m| m.properties.as_ref());
+                out.send_publish(p, props);
+            }
+            Packet::Subscribe(sub) => out.send_subscribe(p, &self.subs.options(sub.pkid)),
+            other => out.send(other),
+        }
+    }
+
+    /// Like [`ClientSession::send`], once everything persisted so far is durable.
+    fn send_when_durable(&self, p: &Packet, out: &mut impl Output<D>) {
+        let props = match p {
+            Packet::Publish(publish) => self
+                .outgoing
+                .message(publish.pkid)
+                .and_then(|m| m.properties.as_ref()),
+            _ => None,
+        };
+        out.send_when_durable(p, props);
+    }
+
+    /// The largest PUBLISH the broker takes: ours, or less if it said so.
+    fn packet_limit(&self) -> usize {
+        let granted = self
+            .grant
+            .max_packet_size
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        self.max_packet_size.min(granted)
     }
 
     /// Rejects what can never be sent: an invalid topic, or a packet over the
@@ -353,11 +448,15 @@ impl<D> ClientSession<D> {
                 m.topic
             )));
         }
-        let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len();
-        if size > self.max_packet_size {
+        let props = match (&m.properties, self.properties_on_wire) {
+            (Some(p), true) => properties_size(p),
+            _ => 0,
+        };
+        let size = PUBLISH_OVERHEAD + m.topic.len() + m.payload.len() + props;
+        let limit = self.packet_limit();
+        if size > limit {
             return Err(LinkError::Rejected(format!(
-                "PUBLISH of {size} bytes exceeds max_packet_size {}",
-                self.max_packet_size
+                "PUBLISH of {size} bytes exceeds the maximum packet size {limit}"
             )));
         }
         Ok(())
@@ -375,11 +474,12 @@ impl<D> ClientSession<D> {
     /// durable.
     fn publish_from(
         &mut self,
-        message: Message,
+        mut message: Message,
         origin: Option<Origin>,
         done: D,
         out: &mut impl Output<D>,
     ) {
+        self.fit_grant(&mut message);
         let exactly_once = message.qos == QoS::ExactlyOnce;
         if exactly_once && self.qos2_inflight >= self.qos2_limit {
             self.stashed = Some((message, done));
@@ -387,6 +487,11 @@ impl<D> ClientSession<D> {
             return;
         }
         let kept = origin.map(|o| (o, message.clone()));
+        // QoS 0 keeps no flow to find the properties in later.
+        let qos0_props = match message.qos {
+            QoS::AtMostOnce => message.properties.clone(),
+            _ => None,
+        };
         match self.outgoing.publish(message, Flow { done, exactly_once }) {
             Ok((packet, qos0)) => {
                 if exactly_once {
@@ -403,9 +508,10 @@ impl<D> ClientSession<D> {
                     match record {
                         Some(w) => {
                             out.persist(w);
-                            out.send_when_durable(&packet);
+                            self.send_when_durable(&packet, out);
                         }
-                        None => out.send(&packet),
+                        None if qos0.is_some() => out.send_publish(&packet, qos0_props.as_ref()),
+                        None => self.send(&packet, out),
                     }
                     if let Some(flow) = qos0 {
                         out.complete_after_flush(flow.done);
@@ -428,13 +534,82 @@ impl<D> ClientSession<D> {
         }
     }
 
+    /// Fits a message to what the broker granted: QoS lowered to its
+    /// maximum QoS [MQTT-3.2.2-11], the retain flag cleared when it has no
+    /// retained messages [MQTT-3.2.2-14] (both logged, rate-limited).
+    fn fit_grant(&self, message: &mut Message) {
+        if message.qos > self.grant.max_qos {
+            crate::warn_limited!(format!("max-qos:{}", self.name), broker = %self.name, topic = %message.topic, max_qos = ?self.grant.max_qos, "broker's maximum QoS is lower: publishing at it");
+            message.qos = self.grant.max_qos;
+        }
+        if message.retain && !self.grant.retain_available {
+            crate::warn_limited!(format!("retain-unavailable:{}", self.name), broker = %self.name, topic = %message.topic, "broker has no retained messages: publishing without retain");
+            message.retain = false;
+        }
+    }
+
+    /// A PUBACK or PUBREC with a failure reason code (MQTT 5). 0x97 (quota
+    /// exceeded) leaves the message in flight and returns
+    /// [`QuotaExceeded`]: the caller drops the connection and the message
+    /// goes again after the backoff. Any other code ends the flow with
+    /// `LinkError::Rejected` (a counted drop, never a retry loop).
+    pub(crate) fn on_refused(
+        &mut self,
+        kind: AckKind,
+        pkid: u16,
+        code: ReasonCode,
+        out: &mut impl Output<D>,
+    ) -> Result<(), QuotaExceeded> {
+        if code == ReasonCode::QuotaExceeded {
+            return Err(QuotaExceeded);
+        }
+        let topic = self
+            .outgoing
+            .message(pkid)
+            .map(|m| m.topic.to_string())
+            .unwrap_or_default();
+        let flow = match kind {
+            // A refused PUBREC ends a QoS 2 flow: no PUBREL follows.
+            AckKind::PubRec => self
+                .outgoing
+                .on_pubrec(pkid)
+                .and_then(|_| self.outgoing.on_pubcomp(pkid)),
+            _ => self.outgoing.on_puback(pkid),
+        };
+        match flow {
+            Ok(flow) => {
+                crate::warn_limited!(format!("refused:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), topic = %topic, reason = ?code, "broker refused a message: dropped");
+                self.flow_finished(
+                    flow,
+                    Err(LinkError::Rejected(format!(
+                        "{kind} {:#04x} ({code:?})",
+                        code.as_u8()
+                    ))),
+                    out,
+                );
+            }
+            Err(v) => self.unexpected_ack(&v),
+        }
+        Ok(())
+    }
+
     /// A QoS 1/2 flow completed (PUBACK/PUBCOMP): resolve it, and release a
     /// stashed QoS 2 publish if the limit allows now.
     fn flow_done(&mut self, flow: Flow<D>, out: &mut impl Output<D>) {
+        self.flow_finished(flow, Ok(()), out);
+    }
+
+    /// A QoS 1/2 flow ended with `result`; as [`ClientSession::flow_done`].
+    fn flow_finished(
+        &mut self,
+        flow: Flow<D>,
+        result: Result<(), LinkError>,
+        out: &mut impl Output<D>,
+    ) {
         if flow.exactly_once {
             self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
         }
-        out.complete(flow.done, Ok(()));
+        out.complete(flow.done, result);
         if self.qos2_inflight < self.qos2_limit
             && let Some((message, done)) = self.stashed.take()
         {
@@ -473,7 +648,7 @@ impl<D> ClientSession<D> {
         out: &mut impl Output<D>,
     ) -> Result<Option<(Message, Option<AckToken>)>, Unexpected> {
         match packet {
-            Packet::Publish(publish) => return Ok(self.on_publish(publish, now, out)),
+            Packet::Publish(publish) => return Ok(self.on_publish(publish, None, now, out)),
             Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
                 Ok(flow) => self.flow_done(flow, out),
                 Err(v) => self.unexpected_ack(&v),
@@ -483,7 +658,7 @@ impl<D> ClientSession<D> {
                 Ok(rel) => match self.ledger.as_mut().and_then(|l| l.released(rec.pkid)) {
                     Some(w) => {
                         out.persist(w);
-                        out.send_when_durable(&rel);
+                        out.send_when_durable(&rel, None);
                     }
                     None => out.send(&rel),
                 },
@@ -519,17 +694,23 @@ impl<D> ClientSession<D> {
         Ok(None)
     }
 
-    fn on_publish(
+    /// A PUBLISH from the broker with its MQTT 5 properties, if any.
+    /// Returns the message to hand to the application, if any.
+    pub(crate) fn on_publish(
         &mut self,
         publish: Publish,
+        properties: Option<MessageProperties>,
         now: Instant,
         out: &mut impl Output<D>,
     ) -> Option<(Message, Option<AckToken>)> {
         match self.incoming.on_publish(publish, now) {
-            IncomingAction::Deliver { message, token } => Some((message, token)),
+            IncomingAction::Deliver { mut message, token } => {
+                message.properties = properties;
+                Some((message, token))
+            }
             IncomingAction::Duplicate { resend } => {
                 if let Some(p) = resend {
-                    out.send(&p);
+                    self.send(&p, out);
                 }
                 None
             }
@@ -611,7 +792,7 @@ impl<D> ClientSession<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -623,15 +804,27 @@ mod tests {
 
     /// Records what the session hands out; completions are plain numbers.
     #[derive(Default)]
-    struct Rec {
-        sent: Vec<Packet>,
-        after_flush: Vec<u32>,
-        completed: Vec<(u32, Result<(), LinkError>)>,
+    pub(super) struct Rec {
+        pub(super) sent: Vec<Packet>,
+        /// Properties of each PUBLISH sent, in order.
+        pub(super) properties: Vec<Option<MessageProperties>>,
+        /// Options of each SUBSCRIBE sent, in order.
+        pub(super) options: Vec<Vec<SubscribeOptions>>,
+        pub(super) after_flush: Vec<u32>,
+        pub(super) completed: Vec<(u32, Result<(), LinkError>)>,
     }
 
     impl Output<u32> for Rec {
         fn send(&mut self, packet: &Packet) {
             self.sent.push(packet.clone());
+        }
+        fn send_publish(&mut self, packet: &Packet, properties: Option<&MessageProperties>) {
+            self.sent.push(packet.clone());
+            self.properties.push(properties.cloned());
+        }
+        fn send_subscribe(&mut self, packet: &Packet, options: &[SubscribeOptions]) {
+            self.sent.push(packet.clone());
+            self.options.push(options.to_vec());
         }
         fn complete_after_flush(&mut self, done: u32) {
             self.after_flush.push(done);
@@ -641,18 +834,18 @@ mod tests {
         }
         // No flows are stored here (see `durable_tests` for those).
         fn persist(&mut self, _write: Write) {}
-        fn send_when_durable(&mut self, packet: &Packet) {
+        fn send_when_durable(&mut self, packet: &Packet, _: Option<&MessageProperties>) {
             self.sent.push(packet.clone());
         }
     }
 
     impl Rec {
-        fn take(&mut self) -> Vec<Packet> {
+        pub(super) fn take(&mut self) -> Vec<Packet> {
             std::mem::take(&mut self.sent)
         }
     }
 
-    fn session(keepalive_secs: u16, t0: Instant) -> ClientSession<u32> {
+    pub(super) fn session(keepalive_secs: u16, t0: Instant) -> ClientSession<u32> {
         ClientSession::new(
             SessionConfig {
                 name: "b".into(),
@@ -665,7 +858,7 @@ mod tests {
         )
     }
 
-    fn msg(topic: &str, qos: QoS) -> Message {
+    pub(super) fn msg(topic: &str, qos: QoS) -> Message {
         Message::new(topic, Bytes::from_static(b"p"), qos, false)
     }
 
@@ -680,8 +873,15 @@ mod tests {
             .collect()
     }
 
-    fn connect(s: &mut ClientSession<u32>, present: bool, now: Instant, out: &mut Rec) {
-        s.connected("mqtt://b:1883".into(), present, None, now, out);
+    pub(super) fn connect(s: &mut ClientSession<u32>, present: bool, now: Instant, out: &mut Rec) {
+        s.connected(
+            "mqtt://b:1883".into(),
+            Grant::v3(present),
+            false,
+            None,
+            now,
+            out,
+        );
     }
 
     #[test]
@@ -930,3 +1130,7 @@ mod tests {
         assert!(s.is_idle());
     }
 }
+
+#[cfg(test)]
+#[path = "session_v5_tests.rs"]
+mod v5_tests;

@@ -136,6 +136,17 @@ impl Subs {
         out
     }
 
+    /// The options of each filter of the SUBSCRIBE in flight as `pkid`
+    /// (empty for an UNSUBSCRIBE or an unknown id), for an MQTT 5 SUBSCRIBE.
+    pub fn options(&self, pkid: u16) -> Vec<SubscribeOptions> {
+        match self.inflight.get(&pkid) {
+            Some((_, SubOp::Subscribe { filters, .. })) => {
+                filters.iter().map(|(_, o)| *o).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// SUBACK received. Unknown ids are logged by the caller (returns false).
     pub fn on_suback<T>(&mut self, ack: SubAck, ids: &mut Outgoing<T>) -> bool {
         let Some((_, op)) = self.inflight.remove(&ack.pkid) else {

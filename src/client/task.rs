@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
+use rumqttc::v5::mqttbytes::v5 as p5;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -18,12 +21,17 @@ use super::backoff::Backoff;
 use super::conn::{Done, codec_error, now_std};
 use super::durable::{self, Ledger, Write};
 use super::failover::Failover;
+use super::failover::referenced_endpoint;
 use super::recovery::{RecoveryWait, Step};
 use super::session::{ClientSession, Output, SessionConfig};
 use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
+use super::wire::{ConnectSpec, Grant, Wire, grant_from_connack, v5_connect};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
-use crate::protocol::{Framed, Keepalive, packet_name};
+use crate::protocol::reason::ReasonCode;
+use crate::protocol::v5::Sender;
+use crate::protocol::version::{self, ProtocolChoice, ProtocolVersion};
+use crate::protocol::{Framed, Keepalive, MessageProperties, SubscribeOptions, packet_name};
 use crate::store::{Keyspace, Store, StoreError};
 
 /// Why the serve loop of one connection ended.
@@ -35,6 +43,31 @@ pub(crate) enum End {
     Lost(ClientError),
     /// Enough good probes of the primary: leave this secondary.
     FailBack,
+}
+
+/// An accepted connection: the stream, how the session's packets go out on
+/// it, and what the broker granted.
+pub(crate) struct Connected {
+    pub(crate) framed: Framed<BoxStream>,
+    pub(crate) wire: Wire,
+    pub(crate) grant: Grant,
+}
+
+/// A connect attempt that failed; `fallback` when an MQTT 5 CONNECT was
+/// refused in a way that asks for 3.1.1 (CONNACK 0x01 in the 3.1.1 format,
+/// v5 reason 0x84, or the connection closed right after the CONNECT).
+struct Failed {
+    error: ClientError,
+    fallback: bool,
+}
+
+impl From<ClientError> for Failed {
+    fn from(error: ClientError) -> Self {
+        Failed {
+            error,
+            fallback: false,
+        }
+    }
 }
 
 /// Everything one broker connection keeps across reconnects.
@@ -57,6 +90,12 @@ pub(crate) struct Task {
     /// The store and keyspace of this broker's stored QoS 2 flows
     /// (`None`: not kept; see [`super::durable`]).
     pub(crate) durable: Option<(Store, Keyspace)>,
+    /// Endpoints (URLs) that refused MQTT 5: spoken to in 3.1.1 from then
+    /// on, for the life of the process (with `protocol` left to default).
+    v3_only: HashSet<String>,
+    /// The client identifier the broker assigned (we sent an empty one),
+    /// kept for the life of the session.
+    assigned_client_id: Option<String>,
 }
 
 impl Task {
@@ -93,6 +132,8 @@ impl Task {
             pending_delivery: None,
             failover,
             dialer: None,
+            v3_only: HashSet::new(),
+            assigned_client_id: None,
         }
     }
 
@@ -156,7 +197,12 @@ impl Task {
             };
             let mut was_up = false;
             let end = match connected {
-                Ok((framed, session_present)) => {
+                Ok(Connected {
+                    framed,
+                    wire,
+                    grant,
+                }) => {
+                    let session_present = grant.session_present;
                     was_up = true;
                     attempt = 0;
                     self.failover.connected(now_std());
@@ -169,7 +215,7 @@ impl Task {
                         endpoint: url.clone(),
                         session_present,
                     });
-                    let end = self.serve(framed, &ep, session_present).await;
+                    let end = self.serve(framed, wire, grant, &ep).await;
                     self.session.disconnected();
                     end
                 }
@@ -190,7 +236,13 @@ impl Task {
                         kind,
                         reason,
                     });
-                    let retry = self.failover.failed(now_std());
+                    let mut retry = self.failover.failed(now_std());
+                    if let Some(reference) = err.server_reference()
+                        && let Some(index) = referenced_endpoint(reference, &self.opts.endpoints)
+                    {
+                        info!(broker = %broker, endpoint = %url, server_reference = %reference, "broker names another of our endpoints");
+                        retry.endpoint = self.failover.answered(index);
+                    }
                     delay = retry.delay;
                     if retry.is_failover()
                         && let Some(to) = self.endpoint(retry.endpoint)
@@ -241,6 +293,7 @@ impl Task {
         }
         let o = &mut self.opts;
         o.endpoints = new.endpoints;
+        o.protocol = new.protocol;
         o.client_id = new.client_id;
         o.username = new.username;
         o.password = new.password;
@@ -354,8 +407,43 @@ impl Task {
         })
     }
 
-    /// Dials, sends CONNECT, waits for CONNACK, all within the connect timeout.
-    async fn connect(&mut self, ep: &Endpoint) -> Result<(Framed<BoxStream>, bool), ClientError> {
+    /// Connects to `ep` in the version `protocol` asks for: MQTT 5 by
+    /// default, falling back to 3.1.1 (at once, in the same attempt) when
+    /// the endpoint refuses it; the endpoint is then remembered as 3.1.1-only.
+    async fn connect(&mut self, ep: &Endpoint) -> Result<Connected, ClientError> {
+        let url = ep.url();
+        let version = match self.opts.protocol {
+            ProtocolChoice::Only(v) => v,
+            ProtocolChoice::Auto if self.v3_only.contains(&url) => ProtocolVersion::V3_1_1,
+            ProtocolChoice::Auto => ProtocolVersion::V5,
+        };
+        match self.connect_as(ep, version).await {
+            Ok(c) => Ok(c),
+            Err(Failed {
+                error,
+                fallback: true,
+            }) if self.opts.protocol == ProtocolChoice::Auto => {
+                if self.v3_only.is_empty() {
+                    warn!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; speaking MQTT 3.1.1 to this endpoint from now on");
+                } else {
+                    info!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; falling back to 3.1.1");
+                }
+                self.v3_only.insert(url);
+                self.connect_as(ep, ProtocolVersion::V3_1_1)
+                    .await
+                    .map_err(|f| f.error)
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    /// Dials, sends CONNECT in `version`, waits for CONNACK, all within the
+    /// connect timeout.
+    async fn connect_as(
+        &mut self,
+        ep: &Endpoint,
+        version: ProtocolVersion,
+    ) -> Result<Connected, Failed> {
         let dialer = match &self.dialer {
             Some(d) => d.clone(),
             None => {
@@ -388,36 +476,137 @@ impl Task {
                 })
             })??;
         let max = self.opts.max_packet_size;
-        let mut framed = Framed::new(stream, max, max);
-        let protocol = |e: crate::protocol::CodecError| codec_error(ep, e);
-        timeout_at(deadline, framed.write_packet(&self.connect_packet()))
+        let mut framed = Framed::with_version(stream, max, max, version, Sender::Client);
+        let v5 = version == ProtocolVersion::V5;
+        // A v5 CONNECT the peer does not understand often just closes the
+        // connection: that asks for the fallback too.
+        let protocol = |e: version::AnyCodecError| {
+            let error = codec_error(ep, e);
+            let fallback =
+                v5 && matches!(error, ClientError::Closed { .. } | ClientError::Io { .. });
+            Failed { error, fallback }
+        };
+        timeout_at(deadline, framed.write_packet(&self.connect_packet(version)))
             .await
             .map_err(|_| timeout(Stage::SendConnect))?
             .map_err(protocol)?;
+        if v5 {
+            // A 3.1.1 server answers in the 3.1.1 CONNACK format (two bytes
+            // of body: a v5 CONNACK has at least three): 0x01, or, from a
+            // lenient one that ignored the level, anything else. Either way
+            // it speaks 3.1.1: fall back.
+            let head = timeout_at(deadline, framed.peek(4))
+                .await
+                .map_err(|_| timeout(Stage::Connack))?
+                .map_err(protocol)?;
+            if let [0x20, 0x02, _, code, ..] = *head {
+                let reason = match code {
+                    1 => "unacceptable protocol version (0x01, MQTT 3.1.1 CONNACK)".to_owned(),
+                    other => format!("3.1.1 CONNACK {other:#04x} to an MQTT 5 CONNECT"),
+                };
+                return Err(Failed {
+                    error: ClientError::Refused {
+                        endpoint: ep.url(),
+                        reason,
+                    },
+                    fallback: true,
+                });
+            }
+        }
         let packet = timeout_at(deadline, framed.read_packet())
             .await
             .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
-        match packet {
-            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
-                Ok((framed, ack.session_present))
-            }
-            Packet::ConnAck(ack) => Err(ClientError::Refused {
+        let grant = self.accept_connack(ep, packet)?;
+        let wire = Wire::new(version, grant.topic_alias_maximum);
+        if let Some(m) = grant.max_packet_size {
+            framed.set_max_outgoing(max.min(usize::try_from(m).unwrap_or(usize::MAX)));
+        }
+        Ok(Connected {
+            framed,
+            wire,
+            grant,
+        })
+    }
+
+    /// What the broker's CONNACK granted, or why it refused us.
+    fn accept_connack(&mut self, ep: &Endpoint, packet: version::Packet) -> Result<Grant, Failed> {
+        let refused = |reason: String, fallback| Failed {
+            error: ClientError::Refused {
                 endpoint: ep.url(),
-                reason: connack_reason(ack.code).into(),
-            }),
-            other => Err(ClientError::Protocol {
+                reason,
+            },
+            fallback,
+        };
+        match packet {
+            version::Packet::V3(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                Ok(Grant::v3(ack.session_present))
+            }
+            version::Packet::V3(Packet::ConnAck(ack)) => {
+                Err(refused(connack_reason(ack.code).into(), false))
+            }
+            version::Packet::V5(p) => match *p {
+                p5::Packet::ConnAck(ack) => match grant_from_connack(ack) {
+                    Ok(grant) => {
+                        if let Some(id) = &grant.assigned_client_id {
+                            info!(broker = %self.opts.name, client_id = %id, "broker assigned our client id");
+                            self.assigned_client_id = Some(id.clone());
+                        }
+                        if let Some(expiry) = grant.session_expiry {
+                            tracing::debug!(broker = %self.opts.name, session_expiry_s = expiry, "broker set the session expiry");
+                        }
+                        Ok(grant)
+                    }
+                    Err(r) => {
+                        let fallback = r.code == ReasonCode::UnsupportedProtocolVersion;
+                        let mut reason = format!("{:?} ({:#04x})", r.code, r.code.as_u8());
+                        if let Some(s) = r.reason_string {
+                            reason = format!("{reason}: {s}");
+                        }
+                        if let Some(s) = r.server_reference {
+                            reason = format!("{reason}, server reference {s}");
+                        }
+                        Err(refused(reason, fallback))
+                    }
+                },
+                other => Err(ClientError::Protocol {
+                    endpoint: ep.url(),
+                    reason: format!("expected CONNACK, got {other:?}"),
+                }
+                .into()),
+            },
+            version::Packet::V3(other) => Err(ClientError::Protocol {
                 endpoint: ep.url(),
                 reason: format!("expected CONNACK, got {}", packet_name(&other)),
-            }),
+            }
+            .into()),
         }
     }
 
-    fn connect_packet(&self) -> Packet {
+    fn connect_packet(&self, version: ProtocolVersion) -> version::Packet {
         let o = &self.opts;
         let secs = o.keepalive.as_secs() + u64::from(o.keepalive.subsec_nanos() > 0);
-        let mut connect = rumqttc::mqttbytes::v4::Connect::new(o.client_id.clone());
-        connect.keep_alive = u16::try_from(secs).unwrap_or(u16::MAX);
+        let keep_alive = u16::try_from(secs).unwrap_or(u16::MAX);
+        // An empty configured id asks the broker for one; once it assigned
+        // one, we keep using it (our session lives under it).
+        let client_id = match (&self.assigned_client_id, o.client_id.is_empty()) {
+            (Some(id), true) => id.as_str(),
+            _ => o.client_id.as_str(),
+        };
+        if version == ProtocolVersion::V5 {
+            return v5_connect(&ConnectSpec {
+                client_id,
+                keepalive_secs: keep_alive,
+                clean_session: o.clean_session,
+                receive_maximum: u16::try_from(o.inflight).unwrap_or(u16::MAX),
+                max_packet_size: o.max_packet_size,
+                username: o.username.as_deref(),
+                password: o.password.as_deref(),
+                will: o.will.as_ref(),
+            });
+        }
+        let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
+        connect.keep_alive = keep_alive;
         connect.clean_session = o.clean_session;
         connect.last_will = o.will.as_ref().map(|w| LastWill {
             topic: w.topic.as_str().to_owned(),
@@ -429,7 +618,7 @@ impl Task {
             username: u.clone(),
             password: o.password.clone().unwrap_or_default(),
         });
-        Packet::Connect(connect)
+        version::Packet::V3(Packet::Connect(connect))
     }
 
     /// Hands one request to the session; what it sends goes to `out` (the
@@ -490,6 +679,10 @@ pub(crate) struct Offline;
 impl Output<Done> for Offline {
     fn send(&mut self, _packet: &Packet) {}
 
+    fn send_publish(&mut self, _packet: &Packet, _properties: Option<&MessageProperties>) {}
+
+    fn send_subscribe(&mut self, _packet: &Packet, _options: &[SubscribeOptions]) {}
+
     fn complete_after_flush(&mut self, done: Done) {
         done.complete(Err(LinkError::Closed));
     }
@@ -502,7 +695,12 @@ impl Output<Done> for Offline {
     // is written by `ClientSession::connected` before it is sent.
     fn persist(&mut self, _write: Write) {}
 
-    fn send_when_durable(&mut self, _packet: &Packet) {}
+    fn send_when_durable(
+        &mut self,
+        _packet: &Packet,
+        _: Option<&crate::protocol::MessageProperties>,
+    ) {
+    }
 }
 
 /// Stored `(key, value)` pairs.

@@ -53,11 +53,13 @@ pub enum BrokerKind {
     BuiltIn(BuiltInPlan),
 }
 
-/// A remote broker: one MQTT 3.1.1 client connection with failover over `endpoints`.
+/// A remote broker: one MQTT client connection (5, 3.1.1 or 3.1) with failover over `endpoints`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemotePlan {
     /// Endpoints in priority order; the first is the primary (non-empty).
     pub endpoints: Vec<EndpointPlan>,
+    /// The MQTT version to speak (`protocol:`; default: 5, falling back to 3.1.1).
+    pub protocol: crate::protocol::version::ProtocolChoice,
     /// MQTT client id (default `mqbridge-<config stem>-<broker name>`, stable across restarts).
     pub client_id: String,
     /// Username for CONNECT.

@@ -222,7 +222,7 @@ pub struct RawBroker {
     /// Endpoint URLs in priority order (a single string is a one-element list).
     #[serde(default)]
     pub endpoints: Option<Spanned<TextList>>,
-    /// MQTT version (`3.1.1`).
+    /// MQTT version: `5`, `3.1.1` or `3.1` (absent: 5, falling back to 3.1.1).
     #[serde(default)]
     pub protocol: Option<Text>,
     /// Client id.

@@ -1,21 +1,86 @@
 //! Compiling a `type: remote` broker.
 
+use std::time::Duration;
+
 use super::broker_fields::{packet_size, positive_duration, reject_fields};
 use super::certs::CertUse;
 use super::client_id::{default_client_id, host_variables, unstable_look};
 use super::ctx::Ctx;
 use super::error::Scope;
-use super::plan::{BackoffPlan, FailbackPlan, RemotePlan, StatusPlan, TlsPlan};
+use super::plan::{BackoffPlan, EndpointPlan, FailbackPlan, RemotePlan, StatusPlan, TlsPlan};
 use super::raw::{RawBroker, Text, TextList, defaults};
 use super::urls::parse_endpoint;
+use crate::protocol::version::{ProtocolChoice, ProtocolVersion};
 use crate::topic::validate_topic_name;
 
+/// Compiles a `type: remote` broker: a recipe of named steps, each
+/// reporting its own errors (with file, line and column) into `ctx`.
 pub(crate) fn compile_remote(
     ctx: &mut Ctx,
     key: &Text,
     scope: &Scope,
     raw: &RawBroker,
 ) -> RemotePlan {
+    reject_builtin_fields(ctx, scope, raw);
+    let endpoints = compile_endpoints(ctx, key, scope, raw);
+    let protocol = compile_protocol(ctx, scope, raw);
+    let client_id = compile_client_id(ctx, key, scope, raw);
+    let (username, password) = compile_credentials(ctx, scope, raw);
+    let keepalive = compile_keepalive(ctx, scope, raw);
+    let clean_session = ctx.boolean(&raw.clean_session, scope, "clean_session", false);
+    if !clean_session && let Some(t) = &raw.client_id {
+        warn_unstable_client_id(ctx, scope, t, &client_id);
+    }
+    let tls = compile_endpoint_tls(ctx, scope, raw, &endpoints);
+    let reconnect = compile_reconnect(ctx, key, scope, raw);
+    let failback = compile_failback(ctx, scope, raw);
+    let connect_timeout = positive_duration(
+        ctx,
+        &raw.connect_timeout,
+        scope,
+        "connect_timeout",
+        defaults::connect_timeout(),
+    );
+    let max_packet_size = packet_size(
+        ctx,
+        &raw.max_packet_size,
+        scope,
+        "max_packet_size",
+        defaults::max_packet_size(),
+    );
+    let inflight = ctx.int(
+        &raw.inflight,
+        scope,
+        "inflight",
+        defaults::inflight().into(),
+        1,
+        u16::MAX.into(),
+    ) as u16;
+    let status = compile_status(ctx, scope, raw, &client_id);
+    let required = ctx.boolean(&raw.required, scope, "required", true);
+    let ws_headers = compile_ws_headers(ctx, scope, raw, &endpoints);
+    RemotePlan {
+        endpoints,
+        protocol,
+        client_id,
+        username,
+        password,
+        keepalive,
+        clean_session,
+        tls,
+        ws_headers,
+        reconnect,
+        failback,
+        connect_timeout,
+        max_packet_size,
+        inflight,
+        status,
+        required,
+    }
+}
+
+/// Fields only a built-in broker takes.
+fn reject_builtin_fields(ctx: &mut Ctx, scope: &Scope, raw: &RawBroker) {
     reject_fields(
         ctx,
         scope,
@@ -38,7 +103,15 @@ pub(crate) fn compile_remote(
         ],
         "builtin",
     );
+}
 
+/// `endpoints:`, in priority order (non-empty when there is no error).
+fn compile_endpoints(
+    ctx: &mut Ctx,
+    key: &Text,
+    scope: &Scope,
+    raw: &RawBroker,
+) -> Vec<EndpointPlan> {
     let mut endpoints = Vec::new();
     match &raw.endpoints {
         None => ctx.err(
@@ -61,50 +134,64 @@ pub(crate) fn compile_remote(
             }
         }
     }
+    endpoints
+}
 
-    if let Some(p) = &raw.protocol
-        && let Some(v) = ctx.text(p, scope, "protocol")
-    {
-        match v.trim() {
-            "3.1.1" | "4" => {}
-            "5" | "5.0" => ctx.err(
+/// `protocol: 5 | 3.1.1 | 3.1`; absent: MQTT 5, falling back to 3.1.1
+/// when the broker refuses it.
+fn compile_protocol(ctx: &mut Ctx, scope: &Scope, raw: &RawBroker) -> ProtocolChoice {
+    let Some(p) = &raw.protocol else {
+        return ProtocolChoice::Auto;
+    };
+    let Some(v) = ctx.text(p, scope, "protocol") else {
+        return ProtocolChoice::Auto;
+    };
+    match v.trim() {
+        "5" | "5.0" => ProtocolChoice::Only(ProtocolVersion::V5),
+        "3.1.1" | "4" => ProtocolChoice::Only(ProtocolVersion::V3_1_1),
+        "3.1" | "3" => ProtocolChoice::Only(ProtocolVersion::V3_1),
+        other => {
+            ctx.err(
                 &p.referenced,
                 scope,
-                "protocol: MQTT 5 is not supported yet (use `3.1.1`)",
-            ),
-            other => ctx.err(
-                &p.referenced,
-                scope,
-                format!("protocol: unknown MQTT version `{other}` (use `3.1.1`)"),
-            ),
+                format!("protocol: unknown MQTT version `{other}` (use `5`, `3.1.1` or `3.1`)"),
+            );
+            ProtocolChoice::Auto
         }
     }
+}
 
-    let client_id = match &raw.client_id {
-        Some(t) => {
-            let id = ctx.text(t, scope, "client_id").unwrap_or_default();
-            if id.is_empty() {
-                ctx.err(
-                    &t.referenced,
-                    scope,
-                    "client_id: must not be empty (a bridge keeps a persistent session under it)",
-                );
-            } else if id.len() > 65_535 || id.contains('\0') {
-                ctx.err(
-                    &t.referenced,
-                    scope,
-                    "client_id: must be at most 65,535 bytes without NUL",
-                );
-            }
-            id
-        }
-        None => default_client_id(&ctx.stem, &key.value),
+/// `client_id:`, or the stable default.
+fn compile_client_id(ctx: &mut Ctx, key: &Text, scope: &Scope, raw: &RawBroker) -> String {
+    let Some(t) = &raw.client_id else {
+        return default_client_id(&ctx.stem, &key.value);
     };
+    let id = ctx.text(t, scope, "client_id").unwrap_or_default();
+    if id.is_empty() {
+        ctx.err(
+            &t.referenced,
+            scope,
+            "client_id: must not be empty (a bridge keeps a persistent session under it)",
+        );
+    } else if id.len() > 65_535 || id.contains('\0') {
+        ctx.err(
+            &t.referenced,
+            scope,
+            "client_id: must be at most 65,535 bytes without NUL",
+        );
+    }
+    id
+}
 
+/// `username:` and `password:` or `password_file:`.
+fn compile_credentials(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    raw: &RawBroker,
+) -> (Option<String>, Option<String>) {
     let username = ctx.opt_text(&raw.username, scope, "username");
     let mut password = ctx.opt_text(&raw.password, scope, "password");
-    if let (Some(p), Some(f)) = (&raw.password, &raw.password_file) {
-        let _ = p;
+    if let (Some(_), Some(f)) = (&raw.password, &raw.password_file) {
         ctx.err(
             &f.referenced,
             scope,
@@ -122,7 +209,11 @@ pub(crate) fn compile_remote(
             "a password needs a `username` (MQTT 3.1.1 forbids a password alone)",
         );
     }
+    (username, password)
+}
 
+/// `keepalive:`: whole seconds, at most 65,535; 0 disables it.
+fn compile_keepalive(ctx: &mut Ctx, scope: &Scope, raw: &RawBroker) -> Duration {
     let keepalive = ctx.duration(&raw.keepalive, scope, "keepalive", defaults::keepalive());
     if let Some(t) = &raw.keepalive {
         if keepalive > defaults::keepalive_max() {
@@ -135,13 +226,18 @@ pub(crate) fn compile_remote(
             ctx.err(&t.referenced, scope, "keepalive: must be whole seconds");
         }
     }
-    let clean_session = ctx.boolean(&raw.clean_session, scope, "clean_session", false);
-    if !clean_session && let Some(t) = &raw.client_id {
-        warn_unstable_client_id(ctx, scope, t, &client_id);
-    }
+    keepalive
+}
 
+/// `tls:`, which needs (and is needed by) a TLS endpoint.
+fn compile_endpoint_tls(
+    ctx: &mut Ctx,
+    scope: &Scope,
+    raw: &RawBroker,
+    endpoints: &[EndpointPlan],
+) -> Option<TlsPlan> {
     let any_tls = endpoints.iter().any(|e| e.scheme.is_tls());
-    let tls = match (&raw.tls, any_tls) {
+    match (&raw.tls, any_tls) {
         (Some(t), false) if !endpoints.is_empty() => {
             ctx.err(
                 &t.referenced,
@@ -152,8 +248,11 @@ pub(crate) fn compile_remote(
         }
         (_, false) => None,
         (raw_tls, true) => Some(compile_tls(ctx, scope, raw_tls.as_ref().map(|t| &t.value))),
-    };
+    }
+}
 
+/// `reconnect:` backoff.
+fn compile_reconnect(ctx: &mut Ctx, key: &Text, scope: &Scope, raw: &RawBroker) -> BackoffPlan {
     let r = raw.reconnect.as_ref().map(|s| &s.value);
     let min = ctx.duration(
         &r.and_then(|r| r.min.clone()),
@@ -190,7 +289,7 @@ pub(crate) fn compile_remote(
             ),
         );
     }
-    let reconnect = BackoffPlan {
+    BackoffPlan {
         min,
         max,
         jitter: ctx.boolean(
@@ -211,8 +310,11 @@ pub(crate) fn compile_remote(
             "reconnect.probe_interval",
             defaults::reconnect_probe_interval(),
         ),
-    };
+    }
+}
 
+/// `failback:` to the primary endpoint.
+fn compile_failback(ctx: &mut Ctx, scope: &Scope, raw: &RawBroker) -> FailbackPlan {
     let f = raw.failback.as_ref().map(|s| &s.value);
     let probe_interval = ctx.duration(
         &f.and_then(|f| f.probe_interval.clone()),
@@ -229,7 +331,7 @@ pub(crate) fn compile_remote(
             "failback.probe_interval: must be above 0",
         );
     }
-    let failback = FailbackPlan {
+    FailbackPlan {
         enabled: ctx.boolean(
             &f.and_then(|f| f.enabled.clone()),
             scope,
@@ -245,51 +347,6 @@ pub(crate) fn compile_remote(
             1,
             1000,
         ) as u32,
-    };
-
-    let connect_timeout = positive_duration(
-        ctx,
-        &raw.connect_timeout,
-        scope,
-        "connect_timeout",
-        defaults::connect_timeout(),
-    );
-    let max_packet_size = packet_size(
-        ctx,
-        &raw.max_packet_size,
-        scope,
-        "max_packet_size",
-        defaults::max_packet_size(),
-    );
-    let inflight = ctx.int(
-        &raw.inflight,
-        scope,
-        "inflight",
-        defaults::inflight().into(),
-        1,
-        u16::MAX.into(),
-    ) as u16;
-
-    let status = compile_status(ctx, scope, raw, &client_id);
-    let required = ctx.boolean(&raw.required, scope, "required", true);
-
-    let ws_headers = compile_ws_headers(ctx, scope, raw, &endpoints);
-    RemotePlan {
-        endpoints,
-        client_id,
-        username,
-        password,
-        keepalive,
-        clean_session,
-        tls,
-        ws_headers,
-        reconnect,
-        failback,
-        connect_timeout,
-        max_packet_size,
-        inflight,
-        status,
-        required,
     }
 }
 

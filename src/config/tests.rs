@@ -233,6 +233,7 @@ fn remote_defaults_are_resolved() {
     assert_eq!(r.failback.probes_required, 3);
     assert_eq!(r.max_packet_size, 268_435_455);
     assert_eq!(r.inflight, 1000);
+    assert_eq!(r.protocol, crate::protocol::version::ProtocolChoice::Auto);
     assert_eq!(
         r.status.as_ref().map(|s| s.topic.as_str()),
         Some("mqbridge/mqbridge-t-cloud/status")
@@ -240,6 +241,25 @@ fn remote_defaults_are_resolved() {
     assert!(r.required);
     assert_eq!(plan.metrics.listen.to_string(), "127.0.0.1:9464");
     assert_eq!(plan.shutdown_timeout, std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn remote_protocol_versions() {
+    use crate::protocol::version::{ProtocolChoice, ProtocolVersion};
+    for (text, want) in [
+        ("'5'", ProtocolVersion::V5),
+        ("'3.1.1'", ProtocolVersion::V3_1_1),
+        ("'3.1'", ProtocolVersion::V3_1),
+    ] {
+        let (plan, _) = load(&format!(
+            "brokers:\n  r:\n    type: remote\n    endpoints: [mqtt://h:1883]\n    protocol: {text}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+        let Some(BrokerKind::Remote(r)) = plan.brokers.get("r").map(|b| &b.kind) else {
+            panic!("not remote");
+        };
+        assert_eq!(r.protocol, ProtocolChoice::Only(want), "{text}");
+    }
 }
 
 #[test]

@@ -19,7 +19,9 @@ pub enum DisconnectReason {
     Tls,
     /// We asked for it: stall watchdog, reload, failback or shutdown.
     Requested,
-    /// Anything not classified above (no client error maps here today).
+    /// Anything not classified above: an MQTT 5 DISCONNECT from the broker
+    /// (0x8B server shutting down, 0x9C use another server...) or its quota
+    /// running out (0x97).
     Other,
 }
 

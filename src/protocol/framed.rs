@@ -1,5 +1,10 @@
-//! An MQTT 3.1.1 connection over any byte stream: the one async wrapper of
-//! the protocol module (the codec and session logic stay pure).
+//! An MQTT connection (3.1, 3.1.1 or 5) over any byte stream: the one async
+//! wrapper of the protocol module (the codec and session logic stay pure).
+//! It speaks one [`ProtocolVersion`], fixed when it is made, and moves
+//! version-tagged [`Packet`]s through [`version::decode`]/[`version::encode`];
+//! on an MQTT 3.1 connection it writes the CONNECT as `MQIsdp` level 3
+//! (rumqttc only writes 3.1.1's `MQTT` level 4; the rest of the wire format
+//! is the same).
 //!
 //! [`Framed`] owns the stream and both buffers. A connection task that must
 //! read while a large write is pending (so two peers with full socket
@@ -10,11 +15,12 @@
 #[cfg(test)]
 mod tests;
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::Packet;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use super::codec::{self, CodecError};
+use super::codec::CodecError;
+use super::v5::Sender;
+use super::version::{self, AnyCodecError, Packet, ProtocolVersion};
 
 /// Bytes asked of the socket per read when no larger frame is pending.
 const READ_CHUNK: usize = 8 * 1024;
@@ -28,33 +34,113 @@ pub const MQTT_MAX_PACKET_SIZE: usize = 268_435_460;
 async fn read_packet_from<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
-    max: usize,
-) -> Result<Packet, CodecError> {
+    wire: Wire,
+) -> Result<Packet, AnyCodecError> {
     loop {
-        if let Some(packet) = codec::decode(buf, max)? {
+        if let Some(packet) = wire.decode(buf)? {
             return Ok(packet);
         }
-        if buf.capacity() - buf.len() < 64 {
-            buf.reserve(READ_CHUNK);
-        }
-        let n = io.read_buf(buf).await?;
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                CodecError::Closed
-            } else {
-                CodecError::ClosedMidPacket {
-                    buffered: buf.len(),
-                }
-            });
-        }
+        fill(io, buf).await?;
     }
 }
 
-/// Writes out `buf` and flushes `io` (cancel safe, see [`Framed::flush`]).
-async fn flush_to<W: AsyncWrite + Unpin>(io: &mut W, buf: &mut BytesMut) -> Result<(), CodecError> {
-    io.write_all_buf(buf).await?;
-    io.flush().await?;
+/// Reads more bytes into `buf`; EOF is [`CodecError::Closed`] (or
+/// [`CodecError::ClosedMidPacket`] with bytes buffered).
+async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<(), CodecError> {
+    if buf.capacity() - buf.len() < 64 {
+        buf.reserve(READ_CHUNK);
+    }
+    let n = io.read_buf(buf).await?;
+    if n == 0 {
+        return Err(if buf.is_empty() {
+            CodecError::Closed
+        } else {
+            CodecError::ClosedMidPacket {
+                buffered: buf.len(),
+            }
+        });
+    }
     Ok(())
+}
+
+/// Writes out `buf` and flushes `io` (cancel safe, see [`Framed::flush`]).
+async fn flush_to<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    buf: &mut BytesMut,
+) -> Result<(), AnyCodecError> {
+    io.write_all_buf(buf).await.map_err(CodecError::Io)?;
+    io.flush().await.map_err(CodecError::Io)?;
+    Ok(())
+}
+
+/// The version of a connection and our side of it: how to decode what the
+/// peer sends and encode what we send.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    version: ProtocolVersion,
+    /// Our role; the peer's is the other one.
+    us: Sender,
+    max_incoming: usize,
+    max_outgoing: usize,
+}
+
+impl Wire {
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, AnyCodecError> {
+        let peer = match self.us {
+            Sender::Client => Sender::Server,
+            Sender::Server => Sender::Client,
+        };
+        version::decode(buf, self.max_incoming, self.version, peer)
+    }
+
+    fn encode(&self, packet: &Packet, buf: &mut BytesMut) -> Result<(), AnyCodecError> {
+        let start = buf.len();
+        version::encode(packet, buf, self.max_outgoing, self.version, self.us)?;
+        if self.version == ProtocolVersion::V3_1
+            && let Packet::V3(super::v4::Packet::Connect(_)) = packet
+        {
+            let connect = buf.split_off(start);
+            buf.unsplit(mqisdp_connect(&connect)?);
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites a 3.1.1 CONNECT (`MQTT` level 4) as an MQTT 3.1 one (`MQIsdp`
+/// level 3): two more bytes of protocol name, the rest unchanged.
+fn mqisdp_connect(connect: &[u8]) -> Result<BytesMut, AnyCodecError> {
+    const V311: &[u8] = &[0, 4, b'M', b'Q', b'T', b'T', 4];
+    const V31: &[u8] = &[0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
+    let len_bytes = connect
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map(|p| p + 1)
+        .ok_or(CodecError::Malformed(
+            rumqttc::mqttbytes::Error::MalformedPacket,
+        ))?;
+    let rest = connect
+        .get(1 + len_bytes..)
+        .and_then(|r| r.strip_prefix(V311))
+        .ok_or(CodecError::Malformed(
+            rumqttc::mqttbytes::Error::MalformedPacket,
+        ))?;
+    let mut remaining = V31.len() + rest.len();
+    let mut out = BytesMut::with_capacity(connect.len() + 2);
+    out.put_u8(0x10);
+    loop {
+        let byte = (remaining % 128) as u8;
+        remaining /= 128;
+        if remaining == 0 {
+            out.put_u8(byte);
+            break;
+        }
+        out.put_u8(byte | 0x80);
+    }
+    out.extend_from_slice(V31);
+    out.extend_from_slice(rest);
+    Ok(out)
 }
 
 /// A framed MQTT connection. Owns its read buffer (bounded by the incoming
@@ -65,26 +151,62 @@ pub struct Framed<S> {
     io: S,
     read_buf: BytesMut,
     write_buf: BytesMut,
-    max_incoming: usize,
-    max_outgoing: usize,
+    wire: Wire,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
-    /// Wraps `io`. `max_incoming` is the largest packet we accept (total
-    /// bytes), `max_outgoing` the largest the peer accepts.
+    /// Wraps `io` for an MQTT 3.1.1 client. `max_incoming` is the largest
+    /// packet we accept (total bytes), `max_outgoing` the largest the peer
+    /// accepts.
     pub fn new(io: S, max_incoming: usize, max_outgoing: usize) -> Self {
+        Self::with_version(
+            io,
+            max_incoming,
+            max_outgoing,
+            ProtocolVersion::V3_1_1,
+            Sender::Client,
+        )
+    }
+
+    /// Wraps `io` for a `version` connection on which we are `us`.
+    pub fn with_version(
+        io: S,
+        max_incoming: usize,
+        max_outgoing: usize,
+        version: ProtocolVersion,
+        us: Sender,
+    ) -> Self {
         Framed {
             io,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(READ_CHUNK),
-            max_incoming,
-            max_outgoing,
+            wire: Wire {
+                version,
+                us,
+                max_incoming,
+                max_outgoing,
+            },
         }
+    }
+
+    /// The protocol version this connection speaks.
+    pub fn version(&self) -> ProtocolVersion {
+        self.wire.version
     }
 
     /// Changes the peer's maximum packet size (e.g. once it is known).
     pub fn set_max_outgoing(&mut self, max: usize) {
-        self.max_outgoing = max;
+        self.wire.max_outgoing = max;
+    }
+
+    /// Waits until at least `n` bytes are buffered and returns them all,
+    /// consuming nothing (to look at a reply before choosing how to decode
+    /// it, e.g. a 3.1.1 CONNACK answering an MQTT 5 CONNECT). Cancel safe.
+    pub async fn peek(&mut self, n: usize) -> Result<&[u8], AnyCodecError> {
+        while self.read_buf.len() < n {
+            fill(&mut self.io, &mut self.read_buf).await?;
+        }
+        Ok(&self.read_buf)
     }
 
     /// Reads the next packet.
@@ -95,8 +217,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// A clean EOF between packets is [`CodecError::Closed`]; EOF inside a
     /// packet is [`CodecError::ClosedMidPacket`]. Any error means the
     /// connection must be closed.
-    pub async fn read_packet(&mut self) -> Result<Packet, CodecError> {
-        read_packet_from(&mut self.io, &mut self.read_buf, self.max_incoming).await
+    pub async fn read_packet(&mut self) -> Result<Packet, AnyCodecError> {
+        read_packet_from(&mut self.io, &mut self.read_buf, self.wire).await
     }
 
     /// Decodes the next packet already in the read buffer without touching
@@ -104,15 +226,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// often brings many packets; a connection task handles them all this
     /// way and then flushes its replies once. Errors as
     /// [`Framed::read_packet`].
-    pub fn read_buffered(&mut self) -> Result<Option<Packet>, CodecError> {
-        codec::decode(&mut self.read_buf, self.max_incoming)
+    pub fn read_buffered(&mut self) -> Result<Option<Packet>, AnyCodecError> {
+        self.wire.decode(&mut self.read_buf)
     }
 
     /// Encodes `packet` into the write buffer (nothing is sent until
     /// [`Framed::flush`]). On error nothing is queued and the connection
     /// may continue (the packet, not the stream, was bad).
-    pub fn queue(&mut self, packet: &Packet) -> Result<(), CodecError> {
-        codec::encode(packet, &mut self.write_buf, self.max_outgoing)
+    pub fn queue(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
+        self.wire.encode(packet, &mut self.write_buf)
+    }
+
+    /// Encodes a 3.1.1 `packet` on a 3.1/3.1.1 connection without wrapping
+    /// it (no copy on the hot path); as [`Framed::queue`] otherwise.
+    pub fn queue_v3(&mut self, packet: &super::v4::Packet) -> Result<(), AnyCodecError> {
+        match (self.wire.version, packet) {
+            (ProtocolVersion::V5, _) => Err(AnyCodecError::VersionMismatch {
+                connection: ProtocolVersion::V5,
+                packet: ProtocolVersion::V3_1_1,
+            }),
+            (ProtocolVersion::V3_1, super::v4::Packet::Connect(_)) => {
+                self.queue(&Packet::V3(packet.clone()))
+            }
+            _ => Ok(super::codec::encode(
+                packet,
+                &mut self.write_buf,
+                self.wire.max_outgoing,
+            )?),
+        }
     }
 
     /// Bytes queued and not yet written (for backpressure decisions).
@@ -126,12 +267,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// from the buffer as they go, so after a cancelled flush the rest is
     /// still queued and the next flush continues without duplicating or
     /// losing bytes.
-    pub async fn flush(&mut self) -> Result<(), CodecError> {
+    pub async fn flush(&mut self) -> Result<(), AnyCodecError> {
         flush_to(&mut self.io, &mut self.write_buf).await
     }
 
     /// Queues `packet` and flushes.
-    pub async fn write_packet(&mut self, packet: &Packet) -> Result<(), CodecError> {
+    pub async fn write_packet(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
         self.queue(packet)?;
         self.flush().await
     }
@@ -160,12 +301,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             PacketReader {
                 io: r,
                 buf: self.read_buf,
-                max: self.max_incoming,
+                wire: self.wire,
             },
             PacketWriter {
                 io: w,
                 buf: self.write_buf,
-                max: self.max_outgoing,
+                wire: self.wire,
             },
         )
     }
@@ -176,28 +317,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 pub struct PacketReader<R> {
     io: R,
     buf: BytesMut,
-    max: usize,
+    wire: Wire,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
-    /// A reader over `io` accepting packets of at most `max_incoming` bytes.
-    pub fn new(io: R, max_incoming: usize) -> Self {
-        PacketReader {
-            io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            max: max_incoming,
-        }
-    }
-
     /// Reads the next packet; cancel safe, as [`Framed::read_packet`].
-    pub async fn read_packet(&mut self) -> Result<Packet, CodecError> {
-        read_packet_from(&mut self.io, &mut self.buf, self.max).await
+    pub async fn read_packet(&mut self) -> Result<Packet, AnyCodecError> {
+        read_packet_from(&mut self.io, &mut self.buf, self.wire).await
     }
 
     /// The next packet already buffered, without reading; as
     /// [`Framed::read_buffered`].
-    pub fn read_buffered(&mut self) -> Result<Option<Packet>, CodecError> {
-        codec::decode(&mut self.buf, self.max)
+    pub fn read_buffered(&mut self) -> Result<Option<Packet>, AnyCodecError> {
+        self.wire.decode(&mut self.buf)
     }
 }
 
@@ -206,27 +338,18 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 pub struct PacketWriter<W> {
     io: W,
     buf: BytesMut,
-    max: usize,
+    wire: Wire,
 }
 
 impl<W: AsyncWrite + Unpin> PacketWriter<W> {
-    /// A writer over `io` refusing packets over `max_outgoing` bytes.
-    pub fn new(io: W, max_outgoing: usize) -> Self {
-        PacketWriter {
-            io,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            max: max_outgoing,
-        }
-    }
-
     /// Changes the peer's maximum packet size.
     pub fn set_max_outgoing(&mut self, max: usize) {
-        self.max = max;
+        self.wire.max_outgoing = max;
     }
 
     /// Encodes `packet` into the write buffer, as [`Framed::queue`].
-    pub fn queue(&mut self, packet: &Packet) -> Result<(), CodecError> {
-        codec::encode(packet, &mut self.buf, self.max)
+    pub fn queue(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
+        self.wire.encode(packet, &mut self.buf)
     }
 
     /// Bytes queued and not yet written.
@@ -235,20 +358,20 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     }
 
     /// Writes out everything queued; cancel safe, as [`Framed::flush`].
-    pub async fn flush(&mut self) -> Result<(), CodecError> {
+    pub async fn flush(&mut self) -> Result<(), AnyCodecError> {
         flush_to(&mut self.io, &mut self.buf).await
     }
 
     /// Queues `packet` and flushes.
-    pub async fn write_packet(&mut self, packet: &Packet) -> Result<(), CodecError> {
+    pub async fn write_packet(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
         self.queue(packet)?;
         self.flush().await
     }
 
     /// Shuts the write side down (after flushing what is queued).
-    pub async fn shutdown(&mut self) -> Result<(), CodecError> {
+    pub async fn shutdown(&mut self) -> Result<(), AnyCodecError> {
         self.flush().await?;
-        self.io.shutdown().await?;
+        self.io.shutdown().await.map_err(CodecError::Io)?;
         Ok(())
     }
 }

@@ -49,6 +49,16 @@ impl ProtocolVersion {
     }
 }
 
+/// Which version a client offers a remote broker (its `protocol:` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolChoice {
+    /// MQTT 5, falling back to 3.1.1 when the broker refuses it (the default).
+    #[default]
+    Auto,
+    /// Exactly this version, no fallback.
+    Only(ProtocolVersion),
+}
+
 /// Why [`connect_version`] cannot pick a codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {

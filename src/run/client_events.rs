@@ -31,6 +31,7 @@ pub fn disconnect_reason(kind: ErrorKind) -> DisconnectReason {
         ErrorKind::Protocol | ErrorKind::WebSocket => DisconnectReason::Protocol,
         ErrorKind::ReconnectRequested => DisconnectReason::Requested,
         ErrorKind::KeepaliveTimeout => DisconnectReason::KeepaliveTimeout,
+        ErrorKind::ServerDisconnect(_) | ErrorKind::QuotaExceeded => DisconnectReason::Other,
     }
 }
 
@@ -147,6 +148,13 @@ mod tests {
             (ErrorKind::WebSocket, R::Protocol),
             (ErrorKind::ReconnectRequested, R::Requested),
             (ErrorKind::KeepaliveTimeout, R::KeepaliveTimeout),
+            (
+                ErrorKind::ServerDisconnect(
+                    crate::protocol::reason::ReasonCode::ServerShuttingDown,
+                ),
+                R::Other,
+            ),
+            (ErrorKind::QuotaExceeded, R::Other),
         ] {
             assert_eq!(disconnect_reason(kind), want, "{kind:?}");
         }

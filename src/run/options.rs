@@ -96,6 +96,7 @@ pub(super) fn client_options(name: &str, r: &RemotePlan) -> ClientOptions {
         })
         .collect();
     let mut o = ClientOptions::new(name, endpoints, r.client_id.clone());
+    o.protocol = r.protocol;
     o.username = r.username.clone();
     o.password = r.password.clone();
     o.keepalive = r.keepalive;

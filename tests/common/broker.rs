@@ -10,6 +10,7 @@ use mqbridge::protocol::v4::{
     Connect, ConnectReturnCode, LastWill, Login, Packet, PubAck, Publish, Subscribe,
     SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
+use mqbridge::protocol::version::Packet as AnyPacket;
 use mqbridge::protocol::{Framed, MQTT_MAX_PACKET_SIZE, QoS, WireQoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -161,15 +162,19 @@ impl Raw {
     }
 
     pub async fn send(&mut self, p: Packet) {
-        within(self.framed.write_packet(&p))
+        within(self.framed.write_packet(&AnyPacket::V3(p)))
             .await
             .expect("write packet");
     }
 
     pub async fn next(&mut self) -> Packet {
-        within(self.framed.read_packet())
+        match within(self.framed.read_packet())
             .await
             .expect("read packet")
+        {
+            AnyPacket::V3(p) => p,
+            AnyPacket::V5(p) => panic!("a v5 packet on a 3.1.1 connection: {p:?}"),
+        }
     }
 
     pub async fn next_publish(&mut self) -> Publish {
@@ -238,7 +243,7 @@ impl Raw {
         loop {
             match within(self.framed.read_packet()).await {
                 Err(_) => return,
-                Ok(Packet::PingResp) => {}
+                Ok(AnyPacket::V3(Packet::PingResp)) => {}
                 Ok(other) => panic!("expected the connection to close, got {other:?}"),
             }
         }

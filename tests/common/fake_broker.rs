@@ -1,7 +1,9 @@
 //! A fake MQTT 3.1.1 server for fault tests: accepts CONNECT, SUBSCRIBE and
 //! PUBLISH, answers PINGREQ, and for its first `wedged` connections never
 //! acknowledges a PUBLISH (a wedged inflight window). Later connections ack
-//! normally (PUBACK; PUBREC/PUBCOMP for QoS 2).
+//! normally (PUBACK; PUBREC/PUBCOMP for QoS 2). Like any 3.1.1-only broker
+//! it answers an MQTT 5 CONNECT with CONNACK 0x01 and closes; such an
+//! attempt is not counted as a connection (the client falls back at once).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +16,7 @@ use tokio::task::JoinHandle;
 pub struct FakeBroker {
     /// Its port on 127.0.0.1.
     pub port: u16,
-    /// Connections accepted so far.
+    /// 3.1.1 connections accepted so far.
     pub connections: Arc<AtomicUsize>,
     /// PUBLISH packets received so far (all connections).
     pub publishes: Arc<AtomicUsize>,
@@ -48,10 +50,21 @@ impl FakeBroker {
         let task = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) closes every connection.
             let mut conns = tokio::task::JoinSet::new();
-            while let Ok((sock, _)) = listener.accept().await {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                let (p, a) = (p.clone(), a.clone());
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (c, p, a) = (c.clone(), p.clone(), a.clone());
                 conns.spawn(async move {
+                    // CONNECT: protocol name `MQTT` (6 bytes), then the level.
+                    let Ok((0x10, body)) = read_packet(&mut sock).await else {
+                        return;
+                    };
+                    if body.get(6) == Some(&5) {
+                        let _ = sock.write_all(&[0x20, 2, 0, 1]).await;
+                        return;
+                    }
+                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    if sock.write_all(&[0x20, 2, 0, 0]).await.is_err() {
+                        return;
+                    }
                     let _ = serve(sock, n > wedged, p, a).await;
                 });
             }
@@ -95,7 +108,6 @@ async fn serve(
     loop {
         let (header, body) = read_packet(&mut sock).await?;
         match header >> 4 {
-            1 => sock.write_all(&[0x20, 2, 0, 0]).await?, // CONNECT → CONNACK accepted, no session
             3 => {
                 publishes.fetch_add(1, Ordering::SeqCst);
                 let qos = (header >> 1) & 3;

@@ -108,6 +108,12 @@ impl<T> Outgoing<T> {
         self.window = window.clamp(1, usize::from(u16::MAX));
     }
 
+    /// The message of the flow with packet id `pkid`, if one is in flight.
+    pub fn message(&self, pkid: u16) -> Option<&Message> {
+        let seq = self.by_pkid.get(&pkid)?;
+        self.flows.get(seq).map(|f| &f.message)
+    }
+
     /// Whether a QoS 1/2 publish would be accepted now (use as a `select!` guard).
     pub fn has_room(&self) -> bool {
         self.flows.len() < self.window && self.ids.len() < usize::from(u16::MAX)

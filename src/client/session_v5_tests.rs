@@ -1,0 +1,256 @@
+//! Unit tests of the session on MQTT 5 connections: what the CONNACK
+//! granted, properties and options handed out, reason codes acted on.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::mqttbytes::v4::{PubAck, Publish};
+use tokio::sync::oneshot;
+
+use super::tests::{Rec, connect, msg, session};
+use super::*;
+use crate::protocol::PropertyFields;
+
+fn grant() -> Grant {
+    Grant {
+        session_present: false,
+        receive_maximum: 3,
+        max_packet_size: Some(200),
+        keepalive: Some(Duration::from_secs(4)),
+        max_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        topic_alias_maximum: 0,
+        assigned_client_id: None,
+        session_expiry: None,
+    }
+}
+
+fn connect5(s: &mut ClientSession<u32>, g: Grant, now: Instant, out: &mut Rec) {
+    s.connected("mqtt://b:1883".into(), g, true, None, now, out);
+}
+
+fn pkids(packets: &[Packet]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.pkid),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_brokers_receive_maximum_bounds_the_window() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    for i in 0..3 {
+        assert!(s.can_take());
+        s.publish_request(msg("t", QoS::AtLeastOnce), i, &mut out);
+    }
+    assert!(!s.can_take(), "receive maximum 3 < inflight 10");
+    let sent = pkids(&out.take());
+    s.on_packet(Packet::PubAck(PubAck::new(sent[0])), t0, &mut out)
+        .unwrap();
+    assert!(s.can_take());
+    // A 3.1.1 connection has no receive maximum: the configured window again.
+    s.disconnected();
+    connect(&mut s, false, t0, &mut out);
+    for i in 3..10 {
+        assert!(s.can_take(), "{i}");
+        s.publish_request(msg("t", QoS::AtLeastOnce), i, &mut out);
+    }
+}
+
+#[test]
+fn qos_and_retain_are_fitted_to_the_grant() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    let mut m = msg("t", QoS::ExactlyOnce);
+    m.retain = true;
+    s.publish_request(m, 1, &mut out);
+    match out.take().as_slice() {
+        [Packet::Publish(p)] => {
+            assert_eq!(p.qos, rumqttc::mqttbytes::QoS::AtLeastOnce);
+            assert!(!p.retain);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_message_over_the_brokers_maximum_packet_size_is_rejected_properties_counted() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    let mut m = msg("t", QoS::AtLeastOnce);
+    m.payload = vec![0u8; 150].into();
+    s.publish_request(m.clone(), 1, &mut out);
+    assert!(out.completed.is_empty(), "150 bytes fit in 200");
+    m.properties = Some(MessageProperties::from(PropertyFields {
+        user_properties: vec![("k".into(), "v".repeat(60))],
+        ..PropertyFields::default()
+    }));
+    s.publish_request(m, 2, &mut out);
+    assert!(
+        matches!(out.completed.as_slice(), [(2, Err(LinkError::Rejected(r)))] if r.contains("200")),
+        "{:?}",
+        out.completed
+    );
+}
+
+#[test]
+fn publishes_and_subscribes_go_out_with_properties_and_options() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    let props = MessageProperties::from(PropertyFields {
+        content_type: Some("a/b".into()),
+        ..PropertyFields::default()
+    });
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut m = msg("t", qos);
+        m.properties = Some(props.clone());
+        s.publish_request(m, 1, &mut out);
+    }
+    assert_eq!(
+        out.properties,
+        vec![Some(props.clone()), Some(props.clone())]
+    );
+    // A resend after a reconnect keeps them.
+    s.disconnected();
+    out.take();
+    out.properties.clear();
+    connect5(
+        &mut s,
+        Grant {
+            session_present: true,
+            ..grant()
+        },
+        t0,
+        &mut out,
+    );
+    assert_eq!(out.properties, vec![Some(props)]);
+    let o = SubscribeOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: false,
+        retain_handling: crate::protocol::RetainHandling::SendIfNew,
+    };
+    let (tx, _rx) = oneshot::channel();
+    s.subscribe(vec![("f/#".into(), o)], tx, &mut out);
+    assert_eq!(out.options, vec![vec![o]]);
+}
+
+#[test]
+fn a_refused_puback_is_a_rejected_drop_and_quota_exceeded_keeps_the_message() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    s.publish_request(msg("a", QoS::AtLeastOnce), 1, &mut out);
+    s.publish_request(msg("b", QoS::AtLeastOnce), 2, &mut out);
+    let sent = pkids(&out.take());
+    assert_eq!(
+        s.on_refused(
+            AckKind::PubAck,
+            sent[0],
+            ReasonCode::NotAuthorized,
+            &mut out
+        ),
+        Ok(())
+    );
+    assert!(
+        matches!(out.completed.as_slice(), [(1, Err(LinkError::Rejected(r)))] if r.contains("0x87")),
+        "{:?}",
+        out.completed
+    );
+    assert_eq!(s.inflight(), 1);
+    // 0x97: nothing completes; the message waits for the next connection.
+    assert_eq!(
+        s.on_refused(
+            AckKind::PubAck,
+            sent[1],
+            ReasonCode::QuotaExceeded,
+            &mut out
+        ),
+        Err(QuotaExceeded)
+    );
+    assert_eq!(out.completed.len(), 1);
+    s.disconnected();
+    connect5(&mut s, grant(), t0, &mut out);
+    let resent = out.take();
+    assert!(
+        matches!(resent.as_slice(), [Packet::Publish(p)] if p.topic == "b"),
+        "{resent:?}"
+    );
+}
+
+#[test]
+fn a_refused_pubrec_ends_the_qos2_flow_without_pubrel() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(
+        &mut s,
+        Grant {
+            max_qos: QoS::ExactlyOnce,
+            ..grant()
+        },
+        t0,
+        &mut out,
+    );
+    s.publish_request(msg("q2", QoS::ExactlyOnce), 1, &mut out);
+    let sent = pkids(&out.take());
+    s.on_refused(
+        AckKind::PubRec,
+        sent[0],
+        ReasonCode::TopicNameInvalid,
+        &mut out,
+    )
+    .unwrap();
+    assert!(out.take().is_empty(), "no PUBREL after a refused PUBREC");
+    assert!(matches!(
+        out.completed.as_slice(),
+        [(1, Err(LinkError::Rejected(_)))]
+    ));
+    assert!(s.is_idle());
+    // The QoS 2 limit (1) was released: the next QoS 2 goes out at once.
+    s.publish_request(msg("q2b", QoS::ExactlyOnce), 2, &mut out);
+    assert_eq!(pkids(&out.take()).len(), 1);
+}
+
+#[test]
+fn the_servers_keep_alive_replaces_ours_for_the_connection() {
+    let t0 = Instant::now();
+    let mut s = session(60, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    assert_eq!(s.next_keepalive(false), Some(t0 + Duration::from_secs(4)));
+    s.disconnected();
+    connect(&mut s, false, t0, &mut out);
+    assert_eq!(s.next_keepalive(false), Some(t0 + Duration::from_secs(60)));
+}
+
+#[test]
+fn incoming_properties_reach_the_application() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, grant(), t0, &mut out);
+    let props = MessageProperties::from(PropertyFields {
+        correlation_data: Some(bytes::Bytes::from_static(b"id")),
+        ..PropertyFields::default()
+    });
+    let mut p = Publish::new("in", rumqttc::mqttbytes::QoS::AtLeastOnce, "x");
+    p.pkid = 1;
+    let (m, token) = s
+        .on_publish(p, Some(props.clone()), t0, &mut out)
+        .expect("delivered");
+    assert_eq!(m.properties, Some(props));
+    assert!(token.is_some());
+}
