@@ -1,7 +1,10 @@
 //! Run-time loop protection: with the static loop check turned off, two
 //! Mosquittos bridged with `#` in both directions deliver each published
 //! message exactly once to a subscriber on each side, and the bridge settles
-//! (no storm), with the loop counters showing what was stopped.
+//! (no storm). Over MQTT 3.1.1 the fingerprint guard stops the copies that
+//! come back (the loop counters show it); over MQTT 5 (the default) the
+//! pipes subscribe with *no local*, so the brokers never send the bridge's
+//! own publishes back at all.
 
 mod common;
 
@@ -16,12 +19,28 @@ const M: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_pipes_both_ways_deliver_once_per_side_and_settle() {
+    both_ways(Some("3.1.1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_pipes_both_ways_over_mqtt5_use_no_local_and_nothing_comes_back() {
+    both_ways(None).await;
+}
+
+/// `protocol`: pinned on both remote brokers, or `None` for the default (5).
+async fn both_ways(protocol: Option<&str>) {
     let a = Mosquitto::start();
     let b = Mosquitto::start();
     let p = unique("loop");
+    let mut brokers = remotes_ab(&p, a.port, b.port);
+    if let Some(v) = protocol {
+        brokers = brokers.replace(
+            "    keepalive: 5s\n",
+            &format!("    keepalive: 5s\n    protocol: {v}\n"),
+        );
+    }
     let yaml = format!(
-        "{}pipes:\n  ab:\n    from: a\n    to: b\n    topics: ['#']\n    loop_check: false\n  ba:\n    from: b\n    to: a\n    topics: ['#']\n    loop_check: false\n",
-        remotes_ab(&p, a.port, b.port)
+        "{brokers}pipes:\n  ab:\n    from: a\n    to: b\n    topics: ['#']\n    loop_check: false\n  ba:\n    from: b\n    to: a\n    topics: ['#']\n    loop_check: false\n",
     );
     let (token, run) = start_run(&yaml).await;
     let mut on_a = Sub::start(a.port, &unique("sa"), &format!("{p}/#"), 1, false).await;
@@ -61,6 +80,15 @@ async fn hash_pipes_both_ways_deliver_once_per_side_and_settle() {
     let ab = run.pipe_stats("ab").expect("ab").snapshot();
     let ba = run.pipe_stats("ba").expect("ba").snapshot();
     println!("ab: {ab:?}\nba: {ba:?}");
+    if protocol.is_none() {
+        assert_eq!(
+            (ab.dropped(DropReason::Loop), ba.dropped(DropReason::Loop)),
+            (0, 0),
+            "no local: no copy of the bridge's own publishes came back"
+        );
+        stop_run(token, run).await;
+        return;
+    }
     assert!(
         ab.dropped(DropReason::Loop) >= M,
         "ab stopped the copies of b's messages coming back from a: {ab:?}"

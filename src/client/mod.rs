@@ -124,7 +124,7 @@ pub enum ClientError {
     /// The broker ended the connection with an MQTT 5 DISCONNECT (0x8B
     /// server shutting down, 0x9C use another server...). A server
     /// reference naming one of our endpoints is dialed next.
-    #[error("{endpoint}: broker disconnected: {code:?} ({:#04x}){}{}", code.as_u8(),
+    #[error("{endpoint}: broker disconnected: {code}{}{}",
         reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
         server_reference.as_deref().map(|r| format!(", server reference {r}")).unwrap_or_default())]
     ServerDisconnect {

@@ -581,10 +581,7 @@ impl<D> ClientSession<D> {
                 crate::warn_limited!(format!("refused:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), topic = %topic, reason = ?code, "broker refused a message: dropped");
                 self.flow_finished(
                     flow,
-                    Err(LinkError::Rejected(format!(
-                        "{kind} {:#04x} ({code:?})",
-                        code.as_u8()
-                    ))),
+                    Err(LinkError::Rejected(format!("{kind} {code}"))),
                     out,
                 );
             }

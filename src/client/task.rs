@@ -559,7 +559,7 @@ impl Task {
                     }
                     Err(r) => {
                         let fallback = r.code == ReasonCode::UnsupportedProtocolVersion;
-                        let mut reason = format!("{:?} ({:#04x})", r.code, r.code.as_u8());
+                        let mut reason = r.code.to_string();
                         if let Some(s) = r.reason_string {
                             reason = format!("{reason}: {s}");
                         }

@@ -168,6 +168,22 @@ pub enum AckPacket {
     Auth,
 }
 
+/// The code in words and hex, as users read it: `not authorized (0x87)`.
+impl std::fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The variant names are the spec's names in CamelCase.
+        let name = format!("{self:?}");
+        let mut words = String::with_capacity(name.len() + 8);
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                words.push(' ');
+            }
+            words.push(c.to_ascii_lowercase());
+        }
+        write!(f, "{words} ({:#04x})", self.as_u8())
+    }
+}
+
 impl ReasonCode {
     /// The code for a wire byte; `None` for bytes the spec assigns no meaning.
     pub fn from_u8(v: u8) -> Option<ReasonCode> {
@@ -324,5 +340,18 @@ mod tests {
         assert!(ReAuthenticate.allowed_in(AckPacket::Auth));
         assert!(!MalformedPacket.allowed_in(AckPacket::Auth));
         assert!(QuotaExceeded.is_error() && !NoMatchingSubscribers.is_error());
+    }
+
+    #[test]
+    fn codes_display_in_words_with_their_value() {
+        assert_eq!(
+            ReasonCode::NotAuthorized.to_string(),
+            "not authorized (0x87)"
+        );
+        assert_eq!(
+            ReasonCode::BadUserNameOrPassword.to_string(),
+            "bad user name or password (0x86)"
+        );
+        assert_eq!(ReasonCode::Success.to_string(), "success (0x00)");
     }
 }
