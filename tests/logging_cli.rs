@@ -308,3 +308,21 @@ fn watch_reloads_when_the_file_changes() {
     bridge.signal("-TERM");
     assert!(bridge.child.wait().expect("wait").success());
 }
+
+/// A destination whose MQTT 5 receive maximum is below `inflight` caps a
+/// long link's throughput: the bridge says so once, with both numbers
+/// (stock Mosquitto grants v5 clients its `max_inflight_messages`, 20).
+#[test]
+fn a_small_mqtt5_receive_maximum_is_warned_once() {
+    let mosquitto = common::mosquitto::Mosquitto::start();
+    let cfg = config_file(&format!(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  cloud:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{}]\npipes:\n  up:\n    from: edge\n    to: cloud\n    topics: [a/#]\nmetrics:\n  listen: 127.0.0.1:0\n",
+        mosquitto.port
+    ));
+    let bridge = JsonLogRun::spawn(&[], cfg.path());
+    let warning = bridge.wait_message("broker allows fewer QoS 1/2 messages in flight than `inflight` (MQTT 5 receive maximum): at most receive_maximum per round trip towards it; raise its limit (Mosquitto: max_inflight_messages) or set `protocol: 3.1.1` for this broker where properties are not needed");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["broker"], "cloud", "{warning}");
+    assert_eq!(warning["receive_maximum"], 20, "{warning}");
+    assert_eq!(warning["inflight"], 1000, "{warning}");
+}

@@ -518,6 +518,12 @@ impl Task {
             .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
         let grant = self.accept_connack(ep, packet)?;
+        let window = self.opts.inflight;
+        if usize::from(grant.receive_maximum) < window {
+            // The spec binds us to the broker's window: say so once, since
+            // on a long link it caps throughput at one round trip per window.
+            crate::warn_limited!(format!("small-receive-maximum:{}", self.opts.name), broker = %self.opts.name, endpoint = %ep.url(), receive_maximum = grant.receive_maximum, inflight = window, "broker allows fewer QoS 1/2 messages in flight than `inflight` (MQTT 5 receive maximum): at most receive_maximum per round trip towards it; raise its limit (Mosquitto: max_inflight_messages) or set `protocol: 3.1.1` for this broker where properties are not needed");
+        }
         let wire = Wire::new(version, grant.topic_alias_maximum);
         if let Some(m) = grant.max_packet_size {
             framed.set_max_outgoing(max.min(usize::try_from(m).unwrap_or(usize::MAX)));
