@@ -7,7 +7,7 @@
 //! sessions by session id, messages by `(session id, sequence)`, QoS 2
 //! states by `(session id, sequence)` or `(session id, packet id)`.
 
-use super::session::Subscription;
+use crate::protocol::subscription::Subscription;
 use crate::protocol::{Message, RetainHandling, SubscribeOptions};
 pub(crate) use crate::store::record::RecordError;
 use crate::store::record::{Reader, open, put_bytes, put_message, put_opt_bytes, seal};

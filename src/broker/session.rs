@@ -17,7 +17,7 @@ use crate::protocol::expiry::{Expiry, Remaining};
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::session::{ProtocolViolation, Resend};
 use crate::protocol::v4::Packet;
-use crate::protocol::{Full, Incoming, Message, Outgoing, QoS, SubscribeOptions};
+use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
 use rumqttc::v5::mqttbytes::v5::{
     Packet as P5, PubAck as PubAck5, PubAckReason, PubRec as PubRec5, PubRecReason,
 };
@@ -68,31 +68,7 @@ pub(crate) struct V5Attached {
     pub max_packet: u32,
 }
 
-/// One subscription of a session: the options asked for (granted QoS
-/// included) and its MQTT 5 subscription identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Subscription {
-    /// Granted QoS, no local, retain as published, retain handling.
-    pub options: SubscribeOptions,
-    /// Subscription identifier, added to the messages it delivers.
-    pub id: Option<u32>,
-}
-
-impl Subscription {
-    /// A subscription with `options` and no identifier.
-    pub fn from_options(options: SubscribeOptions) -> Self {
-        Subscription { options, id: None }
-    }
-}
-
-impl From<QoS> for Subscription {
-    fn from(qos: QoS) -> Self {
-        Subscription {
-            options: SubscribeOptions::qos(qos),
-            id: None,
-        }
-    }
-}
+pub(crate) use crate::protocol::subscription::Subscription;
 
 /// Who is attached to a session.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! What a subscriber asks for with each filter: the maximum QoS and, in
 //! MQTT 5, the subscription options (no local, retain as published, retain
 //! handling). One type for every side: pipes ask links for it, the client
-//! core sends it in SUBSCRIBE, the built-in broker keeps it per filter.
+//! core sends it in SUBSCRIBE, the built-in broker keeps it per filter (with
+//! the MQTT 5 subscription identifier: [`Subscription`]).
 
 use super::QoS;
 
@@ -46,6 +47,32 @@ impl SubscribeOptions {
 impl From<QoS> for SubscribeOptions {
     fn from(qos: QoS) -> Self {
         Self::qos(qos)
+    }
+}
+
+/// One subscription of a session: the options asked for (granted QoS
+/// included) and its MQTT 5 subscription identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// Granted QoS, no local, retain as published, retain handling.
+    pub options: SubscribeOptions,
+    /// Subscription identifier, added to the messages it delivers.
+    pub id: Option<u32>,
+}
+
+impl Subscription {
+    /// A subscription with `options` and no identifier.
+    pub fn from_options(options: SubscribeOptions) -> Self {
+        Subscription { options, id: None }
+    }
+}
+
+impl From<QoS> for Subscription {
+    fn from(qos: QoS) -> Self {
+        Subscription {
+            options: SubscribeOptions::qos(qos),
+            id: None,
+        }
     }
 }
 
