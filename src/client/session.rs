@@ -406,13 +406,7 @@ impl<D> ClientSession<D> {
     /// a SUBSCRIBE with its options, anything else as it is.
     fn send(&self, p: &Packet, out: &mut impl Output<D>) {
         match p {
-            Packet::Publish(publish) => {
-                let props = self
-                    .outgoing
-                    .message(publish.pkid)
-                    .and_then(|m| m.properties.as_ref());
-                out.send_publish(p, props);
-            }
+            Packet::Publish(_) => out.send_publish(p, self.properties_of(p)),
             Packet::Subscribe(sub) => out.send_subscribe(p, &self.subs.options(sub.pkid)),
             other => out.send(other),
         }
@@ -420,14 +414,19 @@ impl<D> ClientSession<D> {
 
     /// Like [`ClientSession::send`], once everything persisted so far is durable.
     fn send_when_durable(&self, p: &Packet, out: &mut impl Output<D>) {
-        let props = match p {
+        out.send_when_durable(p, self.properties_of(p));
+    }
+
+    /// The MQTT 5 properties of an in-flight PUBLISH's message (the flow
+    /// keeps the message; the packet does not carry them).
+    fn properties_of(&self, p: &Packet) -> Option<&MessageProperties> {
+        match p {
             Packet::Publish(publish) => self
                 .outgoing
                 .message(publish.pkid)
                 .and_then(|m| m.properties.as_ref()),
             _ => None,
-        };
-        out.send_when_durable(p, props);
+        }
     }
 
     /// The largest PUBLISH the broker takes: ours, or less if it said so.

@@ -429,7 +429,7 @@ impl Router {
             }
         }
         self.scratch = scratch;
-        stored | self.route_shared(&message)
+        stored | self.route_shared(&message, now)
     }
 }
 

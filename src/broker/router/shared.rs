@@ -145,7 +145,7 @@ pub(super) fn sends_retained(filter: &str) -> bool {
 impl Router {
     /// One copy of `message` to one member of each share group matching its
     /// topic; true when a copy was stored (see [`Router::route`]).
-    pub(super) fn route_shared(&mut self, message: &Message) -> bool {
+    pub(super) fn route_shared(&mut self, message: &Message, now: Instant) -> bool {
         if self.shared.groups.is_empty() {
             return false;
         }
@@ -157,7 +157,7 @@ impl Router {
         gids.dedup();
         let mut stored = false;
         for gid in gids {
-            stored |= self.deliver_shared(gid, message.clone(), None) == Some(true);
+            stored |= self.deliver_shared(gid, message.clone(), None, now) == Some(true);
         }
         stored
     }
@@ -220,6 +220,7 @@ impl Router {
         gid: GroupId,
         mut message: Message,
         except: Option<SessionId>,
+        now: Instant,
     ) -> Option<bool> {
         let group = self.shared.groups.get_mut(&gid)?;
         let (sessions, security, limits) = (&self.sessions, &*self.security, &*self.limits);
@@ -250,7 +251,7 @@ impl Router {
             &self.limits,
             &self.counters,
             &mut self.journal,
-            Instant::now(),
+            now,
         ))
     }
 
@@ -284,6 +285,7 @@ impl Router {
             .fetch_sub(s.queue.len() as u64, Relaxed);
         orphans.extend(s.queue.drain(..).map(|q| q.message));
         let mut handed = 0;
+        let now = Instant::now();
         for message in orphans {
             let Some(gid) = groups
                 .iter()
@@ -292,7 +294,7 @@ impl Router {
             else {
                 continue;
             };
-            if self.deliver_shared(gid, message, Some(sid)).is_some() {
+            if self.deliver_shared(gid, message, Some(sid), now).is_some() {
                 handed += 1;
             }
         }
