@@ -65,11 +65,12 @@ const IDLE: usize = 2_000;
 /// an idle client held ~7.2 KiB of heap before its handshake and end states
 /// were boxed out of the long-lived future and sessions were boxed in the
 /// router's map, ~5.5 KiB after, ~4.4 KiB once the outlet was one shared
-/// allocation instead of an mpsc and ~3.8 KiB once an idle connection held
-/// no read buffer. This bound keeps that gain (with a little margin); the
-/// rest (two tasks, the connection future, the session) is listed in
-/// docs/benchmarks.md.
-const MAX_HEAP_PER_CLIENT: isize = 4_096;
+/// allocation instead of an mpsc, ~3.8 KiB once an idle connection held
+/// no read buffer and ~3.4 KiB once a connection ran in one task spawned
+/// after its handshake (reads and writes in one loop). This bound keeps
+/// that gain (with a little margin); the rest (the connection future, the
+/// session, the socket's registration) is listed in docs/benchmarks.md.
+const MAX_HEAP_PER_CLIENT: isize = 3_712;
 /// Heap per client that may stay after they all left (maps keep some of
 /// their capacity).
 const MAX_LEFT_PER_CLIENT: isize = 64;

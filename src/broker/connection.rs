@@ -1,7 +1,10 @@
-//! One network connection: a reader (this task: CONNECT, authentication,
-//! keepalive at 1.5 × the client's value, ACL checks, packets to the router)
-//! and a writer task (drains the connection's outlet). Protocol state lives
-//! in the router's session; a bad packet closes only this connection.
+//! One network connection, one task: the handshake (CONNECT,
+//! authentication, the router's answer) runs in the listener's task; once
+//! accepted, the connection gets a task of its own that reads (keepalive at
+//! 1.5 × the client's value, ACL checks, packets to the router) and writes
+//! (the connection's outlet, many packets per write) in one loop. Protocol
+//! state lives in the router's session; a bad packet closes only this
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracing::{debug, info};
 
 use rumqttc::v5::mqttbytes::v5::{
@@ -24,7 +30,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
 use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, outlet};
-use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle};
+use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle, SendNow};
 use super::session::{ConnId, Origin, Subscription, V5Attached};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
 use super::v5conn::{self, ConnectInfo, V5Conn};
@@ -98,8 +104,11 @@ enum End {
     /// violation: will. An MQTT 5 client is told `code` in a DISCONNECT.
     Abrupt(String, Option<ReasonCode>),
 }
-/// Serves one accepted (and, for TLS, handshaken) connection: the CONNECT
-/// ([`accept`]), then the read loop until the connection ends.
+/// Serves one (for TLS, handshaken) connection: the CONNECT ([`accept`])
+/// here, then, once accepted, the connection in a task of its own
+/// ([`drive`]). Spawned rather than awaited: this future keeps its
+/// arguments' places for as long as it runs, and an idle client may stay
+/// for hours, so the long-lived task holds only what the connection needs.
 pub(crate) async fn run<S>(
     stream: S,
     peer: SocketAddr,
@@ -110,52 +119,61 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed: the CONNECT read, the credential check and the refusals are
-    // large states that live only until the CONNECT is accepted, and a
-    // future is as large as its largest state. The future an idle client
-    // keeps for hours holds only the read loop.
-    // In a block: a local moved out of still holds its place in the future
-    // until its scope ends.
-    let (mut rd, mut buf, stop, _permit, own, mut reader) = {
-        let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
-            return;
-        };
-        let Accepted {
-            rd,
-            buf,
-            client,
-            conn,
-            parked,
-            stop,
-            permit,
-            own,
-        } = accepted;
-        let reader = Reader {
-            ctx: &ctx,
-            peer,
-            conn,
-            client,
-            parked,
-        };
-        (rd, buf, stop, permit, own, reader)
+    // large states that live only until the CONNECT is accepted.
+    let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
+        return;
     };
-    let end = reader.read_loop(&mut rd, &mut buf, &stop).await;
+    // Its events name broker, peer and client themselves; a span kept for
+    // hours per idle client (the registry's slot and formatted fields)
+    // costs memory, so it exists only when debug logs are on.
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(drive(accepted, ctx, peer).instrument(tracing::debug_span!("conn", %peer)));
+}
+
+/// The accepted connection until it ends: the read/write loop, the
+/// MQTT 5 DISCONNECT that says why, the will and the router told.
+async fn drive<S>(accepted: Accepted<S>, ctx: Context, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Accepted {
+        mut rd,
+        mut buf,
+        mut writer,
+        client,
+        conn,
+        parked,
+        stop,
+        permit: _permit,
+        own,
+    } = accepted;
+    let mut reader = Reader {
+        ctx: &ctx,
+        peer,
+        conn,
+        client,
+        parked,
+    };
+    let end = reader.serve(&mut rd, &mut buf, &mut writer, &stop).await;
     let told = match &end {
         End::Abrupt(_, Some(code)) => Some(*code),
         End::Shutdown => Some(ReasonCode::ServerShuttingDown),
         _ => None,
     };
     if let (Some(code), Some(own)) = (told, &own) {
-        // MQTT 5: say why before closing [MQTT-4.13.1-1]; the writer
-        // flushes it and stops (within the grace time).
+        // MQTT 5: say why before closing [MQTT-4.13.1-1], after what is
+        // already queued (within the grace time).
         own.send_v5(disconnect(code, reader.client.v5.as_deref()));
         own.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop.cancelled()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
     }
     drop(own);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
+    drop(writer);
     stop.cancel();
     let Reader { client, conn, .. } = reader;
-    // Boxed, as the handshake: the will and the last event to the router
-    // are needed once, at the end.
+    // Boxed: the will and the last event to the router are needed once,
+    // at the end.
     Box::pin(finish(&ctx, peer, conn, client, end)).await;
 }
 
@@ -220,10 +238,11 @@ struct Accepted<S> {
     rd: ReadHalf<S>,
     /// The read buffer (bytes after the CONNECT may already be in it).
     buf: BytesMut,
+    writer: Writer<WriteHalf<S>>,
     client: Client,
     conn: ConnId,
     parked: Gate,
-    /// Cancelled when the writer stops (or the router aborts the connection).
+    /// Cancelled when the router aborts the connection.
     stop: Stop,
     /// The `max_connections` permit, held until the connection ends.
     permit: OwnedSemaphorePermit,
@@ -233,7 +252,7 @@ struct Accepted<S> {
 
 /// The handshake: reads and checks the CONNECT within what is left of
 /// `handshake`, takes a `max_connections` permit, frees the socket's place
-/// in the handshake budget, starts the writer and attaches the session.
+/// in the handshake budget and attaches the session.
 /// `None` when the connection ends here (refused, cut short, shutdown).
 async fn accept<S>(
     stream: S,
@@ -316,8 +335,7 @@ where
             .map_or(0, |v| v.negotiated.outgoing_alias_maximum),
         counters: ctx.counters.clone(),
     };
-    ctx.tracker
-        .spawn(write_loop(wr, out_rx, stop.clone(), wire));
+    let mut writer = Writer::new(wr, out_rx, wire);
     let (reply, session_present) = oneshot::channel();
     let v5 = client.v5.as_ref().map(|v| V5Attached {
         session_expiry: v.negotiated.session_expiry,
@@ -340,8 +358,11 @@ where
         .await;
     let session_present = match session_present.await {
         Ok(Ok(present)) => present,
-        // CONNACK 0x02 is on its way: the writer flushes it, then closes.
+        // The router queued CONNACK 0x02 and a close: write them.
         Ok(Err(_)) => {
+            drop(own);
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
             ctx.counters.refused(RefuseReason::ClientId);
             crate::warn_limited!(format!("connect-link-id:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, "CONNECT with the client id of a bridge link refused (0x02)");
             return None;
@@ -356,6 +377,7 @@ where
     Some(Accepted {
         rd,
         buf,
+        writer,
         client,
         conn,
         parked,
@@ -659,12 +681,21 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    async fn read_loop<R: AsyncRead + Unpin>(
+    /// The connection's loop: decodes and handles what the client sent,
+    /// reads more, and writes what the outlet holds, all in this task (a
+    /// client that does not read does not stop us reading, and the other
+    /// way round). Ends on the first reason to close.
+    async fn serve<R, W>(
         &mut self,
         rd: &mut R,
         buf: &mut BytesMut,
+        writer: &mut Writer<W>,
         stop: &Stop,
-    ) -> End {
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
         let keepalive = Keepalive::from_secs(self.client.keep_alive);
@@ -687,13 +718,20 @@ impl Reader<'_> {
                         Err(e) => return self.violation(e.to_string(), None),
                     }
                 };
-                match handled {
-                    Ok(event) => {
-                        if !self.ctx.router.send(event).await {
-                            return End::Shutdown;
-                        }
-                    }
+                let event = match handled {
+                    Ok(event) => event,
                     Err(end) => return end,
+                };
+                // The router's inbox has room nearly always; waiting for
+                // it (boxed: a rare, large state) writes nothing meanwhile,
+                // which is fine: the router never waits for a connection.
+                let sent = match self.ctx.router.send_now(event) {
+                    SendNow::Sent => true,
+                    SendNow::Full(event) => Box::pin(self.ctx.router.send(event)).await,
+                    SendNow::Gone => false,
+                };
+                if !sent {
+                    return End::Shutdown;
                 }
             }
             if buf.is_empty() && chunk == READ_MIN {
@@ -707,42 +745,50 @@ impl Reader<'_> {
                 }
                 buf.reserve(chunk);
             }
-            if self.parked.get() >= MAX_PARKED {
-                // The client ignores its inflight window while a link session
-                // pushes back: stop reading it (TCP backpressure) until the
-                // router released some of its publishes.
-                tokio::select! {
-                    _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                    _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
-                    _ = self.parked.below(MAX_PARKED) => {}
-                }
-                // We did not read: the client's silence is ours.
-                if let Some(k) = keepalive {
-                    deadline = Instant::now() + k;
-                }
+            if writer.done() {
+                // A close, a DISCONNECT or a takeover was written.
+                return End::Abrupt("closed by broker (takeover or write failure)".into(), None);
             }
-            let read = tokio::select! {
+            // The client ignores its inflight window while a link session
+            // pushes back: stop reading it (TCP backpressure) until the
+            // router released some of its publishes; writing goes on.
+            let blocked = self.parked.get() >= MAX_PARKED;
+            let busy = writer.busy();
+            let takes = writer.takes();
+            tokio::select! {
                 // Broker shutdown: close without will.
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                // The writer stopped (takeover, write error): close with will.
+                // The router aborted the connection: close with will.
                 _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
-                _ = tokio::time::sleep_until(deadline) => return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout)),
-                // Cancel safe: if another branch wins, no bytes were read.
-                r = read_some(rd, buf, chunk) => r,
-            };
-            match read {
-                Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
-                Ok(n) => {
-                    if n >= chunk {
-                        chunk = (chunk * 2).min(READ_MAX);
-                    } else if n < chunk / 4 {
-                        chunk = (chunk / 2).max(READ_MIN);
-                    }
+                _ = tokio::time::sleep_until(deadline), if !blocked => return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout)),
+                // Cancel safe: nothing is written unless it completes.
+                r = write_step(&mut writer.wr, &mut writer.out), if busy => match r {
+                    Ok(step) => writer.stepped(step),
+                    Err(e) => return End::Abrupt(format!("write error: {e}"), None),
+                },
+                // Cancel safe: nothing is taken unless it completes.
+                n = writer.rx.recv_many(&mut writer.batch, WRITE_BATCH), if takes => writer.encode(n),
+                _ = self.parked.below(MAX_PARKED), if blocked => {
+                    // We did not read: the client's silence is ours.
                     if let Some(k) = keepalive {
                         deadline = Instant::now() + k;
                     }
                 }
-                Err(e) => return End::Abrupt(format!("read error: {e}"), None),
+                // Cancel safe: if another branch wins, no bytes were read.
+                r = read_some(rd, buf, chunk), if !blocked => match r {
+                    Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
+                    Ok(n) => {
+                        if n >= chunk {
+                            chunk = (chunk * 2).min(READ_MAX);
+                        } else if n < chunk / 4 {
+                            chunk = (chunk / 2).max(READ_MIN);
+                        }
+                        if let Some(k) = keepalive {
+                            deadline = Instant::now() + k;
+                        }
+                    }
+                    Err(e) => return End::Abrupt(format!("read error: {e}"), None),
+                },
             }
         }
     }
@@ -1075,59 +1121,130 @@ impl Wire {
     }
 }
 
-/// Drains the outlet into the socket, many packets per write. Stops on
-/// `Out::Close`, a write error or `stop`, and then cancels `stop` so the
-/// reader ends too.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: OutletRx,
-    stop: Stop,
-    mut wire: Wire,
-) {
-    let mut batch = Vec::new();
-    let mut out = BytesMut::new();
-    let mut close = false;
-    while !close {
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-        };
-        if n == 0 {
-            break;
+/// The write side of a connection: what the outlet holds, encoded into
+/// one buffer and written as the socket takes it (many packets per write).
+struct Writer<W> {
+    wr: W,
+    rx: OutletRx,
+    wire: Wire,
+    /// Items taken from the outlet, encoded at once (kept for its capacity).
+    batch: Vec<Out>,
+    /// Encoded, not yet written.
+    out: BytesMut,
+    /// Packets encoded into `out` and not yet all written.
+    unwritten: usize,
+    /// Bytes went out since the last flush (a WebSocket sends its message
+    /// only on flush; for TCP and TLS it is free).
+    unflushed: bool,
+    /// A close, a takeover or a DISCONNECT was encoded: nothing more is taken.
+    closing: bool,
+    /// Every sender is gone.
+    ended: bool,
+}
+
+/// What one [`write_step`] did.
+enum Step {
+    /// Wrote some of the buffer.
+    Wrote,
+    /// Flushed after the buffer was written.
+    Flushed,
+}
+
+/// Writes some of `out`, or flushes once it is all written. Cancel safe:
+/// `write_buf` writes nothing unless it completes, and a flush may be
+/// polled again.
+async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
+    if out.is_empty() {
+        wr.flush().await?;
+        return Ok(Step::Flushed);
+    }
+    if wr.write_buf(out).await? == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(Step::Wrote)
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    fn new(wr: W, rx: OutletRx, wire: Wire) -> Self {
+        Writer {
+            wr,
+            rx,
+            wire,
+            batch: Vec::new(),
+            out: BytesMut::new(),
+            unwritten: 0,
+            unflushed: false,
+            closing: false,
+            ended: false,
         }
-        let mut written = 0;
-        for item in batch.drain(..) {
-            if close {
+    }
+
+    /// Something to write or flush.
+    fn busy(&self) -> bool {
+        !self.out.is_empty() || self.unflushed
+    }
+
+    /// Takes more from the outlet (bounded: a client that does not read
+    /// leaves the rest queued, where the router sees it).
+    fn takes(&self) -> bool {
+        !self.closing && !self.ended && self.out.len() < READ_MAX
+    }
+
+    /// The connection is over once this is written.
+    fn done(&self) -> bool {
+        (self.closing || self.ended) && !self.busy()
+    }
+
+    /// Encodes the `n` items `recv_many` took (0: every sender is gone).
+    fn encode(&mut self, n: usize) {
+        if n == 0 {
+            self.ended = true;
+            return;
+        }
+        for item in self.batch.drain(..) {
+            if self.closing {
                 // After a Close or a DISCONNECT: dropped unwritten.
                 continue;
             }
-            if wire.encode(item, &mut out) {
-                written += 1;
+            if self.wire.encode(item, &mut self.out) {
+                self.unwritten += 1;
             } else {
-                close = true;
+                self.closing = true;
             }
         }
-        let result = tokio::select! {
-            // Not cancel safe, and need not be: a cancelled write ends the connection.
-            // The flush matters for buffering streams: a WebSocket sends its
-            // message only then (for TCP and TLS it is free).
-            r = async {
-                wr.write_all(&out).await?;
-                wr.flush().await
-            } => r,
-            _ = stop.cancelled() => break,
-        };
-        rx.written(written);
-        if result.is_err() {
-            break;
-        }
-        if out.capacity() > READ_MAX {
-            out = BytesMut::new();
-        } else {
-            out.clear();
+    }
+
+    /// Books a [`write_step`].
+    fn stepped(&mut self, step: Step) {
+        match step {
+            Step::Flushed => self.unflushed = false,
+            Step::Wrote => {
+                self.unflushed = true;
+                if self.out.is_empty() {
+                    self.rx.written(std::mem::take(&mut self.unwritten));
+                    if self.out.capacity() > READ_MAX {
+                        self.out = BytesMut::new();
+                    } else {
+                        self.out.clear();
+                    }
+                }
+            }
         }
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, wr.shutdown()).await;
-    stop.cancel();
+
+    /// Writes what is buffered and what the outlet holds until a close or
+    /// the last sender (the caller bounds it in time).
+    async fn drain(&mut self) -> io::Result<()> {
+        loop {
+            while self.busy() {
+                let step = write_step(&mut self.wr, &mut self.out).await?;
+                self.stepped(step);
+            }
+            if self.closing || self.ended {
+                return Ok(());
+            }
+            let n = self.rx.recv_many(&mut self.batch, WRITE_BATCH).await;
+            self.encode(n);
+        }
+    }
 }

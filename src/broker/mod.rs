@@ -2,8 +2,8 @@
 //!
 //! Shape (as rumqttd): [`listener`] accepts TCP/TLS connections under a
 //! handshake budget ([`handshake`]), and a connection takes its place under
-//! the connection semaphore once its CONNECT is accepted; each connection runs a reader and a writer task
-//! ([`connection`]) that only do IO, authentication and ACL checks; ONE router
+//! the connection semaphore once its CONNECT is accepted; each connection then runs one task
+//! ([`connection`]: reads and writes in one loop) that only does IO, authentication and ACL checks; ONE router
 //! task ([`router`]) owns every session, subscription and retained message and
 //! drives the shared protocol state machines (`protocol::Outgoing` towards
 //! subscribers, `protocol::Incoming` from publishers). Everything reaches the

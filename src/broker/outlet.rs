@@ -161,7 +161,7 @@ impl Stop {
     }
 }
 
-/// Receiving side, held by the connection's writer (or the local link task).
+/// Receiving side, held by the connection's task (or the local link task).
 #[derive(Debug)]
 pub(crate) struct OutletRx {
     shared: Arc<Shared>,

@@ -4,7 +4,7 @@
 //! wire: the negotiated CONNACK properties on the CONNACK, success reason
 //! codes on plain acks, the message's properties and an outbound topic
 //! alias on a PUBLISH, the receive quota released as acks go out. Pure:
-//! the writer task does the IO.
+//! the connection's task does the IO.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

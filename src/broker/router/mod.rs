@@ -217,10 +217,29 @@ pub(crate) struct RouterHandle {
     tx: mpsc::Sender<Event>,
 }
 
+/// What [`RouterHandle::send_now`] did.
+#[derive(Debug)]
+pub(crate) enum SendNow {
+    Sent,
+    /// The inbox is full: the event, to send with [`RouterHandle::send`].
+    Full(Event),
+    /// The router is gone.
+    Gone,
+}
+
 impl RouterHandle {
     /// Sends an event, waiting while the inbox is full; false when the router is gone.
     pub async fn send(&self, event: Event) -> bool {
         self.tx.send(event).await.is_ok()
+    }
+
+    /// Sends an event if the inbox has room now; else hands it back.
+    pub fn send_now(&self, event: Event) -> SendNow {
+        match self.tx.try_send(event) {
+            Ok(()) => SendNow::Sent,
+            Err(mpsc::error::TrySendError::Full(event)) => SendNow::Full(event),
+            Err(mpsc::error::TrySendError::Closed(_)) => SendNow::Gone,
+        }
     }
 }
 
