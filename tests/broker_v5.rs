@@ -213,7 +213,7 @@ async fn mqtt_3_2_2_16_connack_properties_and_assigned_client_id() {
     assert_eq!(p.max_packet_size, Some(4096));
     assert_eq!(
         p.topic_alias_max,
-        Some(mqbridge::broker::TOPIC_ALIAS_MAXIMUM)
+        Some(mqbridge::broker::DEFAULT_TOPIC_ALIAS_MAXIMUM)
     );
     // Shared subscriptions, wildcards, identifiers, retain: available
     // (absent means available).
@@ -582,8 +582,42 @@ async fn mqtt_3_3_2_9_inbound_topic_aliases() {
         let p = sub.next_publish().await;
         assert_eq!((&p.topic[..], &p.payload[..]), (&b"ta/one"[..], want));
     }
-    let over = mqbridge::broker::TOPIC_ALIAS_MAXIMUM + 1;
+    let over = mqbridge::broker::DEFAULT_TOPIC_ALIAS_MAXIMUM + 1;
     c.publish("ta/two", b"3", Q5::AtMostOnce, false, alias(over))
+        .await;
+    c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
+        .await;
+}
+
+/// `limits.topic_alias_maximum`: the CONNACK announces the configured
+/// Topic Alias Maximum [MQTT-3.2.2-17] and an alias above it is DISCONNECT
+/// 0x94 [MQTT-3.3.2-9]; 0 leaves the property out and refuses every alias
+/// [MQTT-3.3.2-8].
+#[tokio::test]
+async fn mqtt_3_3_2_9_configured_topic_alias_maximum() {
+    let alias = |a| {
+        Some(PublishProperties {
+            topic_alias: Some(a),
+            ..Default::default()
+        })
+    };
+    let b = TestBroker::start_with(|o| o.limits.topic_alias_maximum = 3).await;
+    let (mut c, ack) = Raw5::connect_with(b.addr, "tam-3", true, Some(props()), None).await;
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), Some(3));
+    // Aliases 1..=3 are fine; a PINGRESP proves the connection is up.
+    c.publish("tam/x", b"1", Q5::AtMostOnce, false, alias(3))
+        .await;
+    assert!(c.ping_collect().await.is_empty());
+    c.publish("tam/x", b"2", Q5::AtMostOnce, false, alias(4))
+        .await;
+    c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
+        .await;
+
+    let b = TestBroker::start_with(|o| o.limits.topic_alias_maximum = 0).await;
+    let (mut c, ack) = Raw5::connect_with(b.addr, "tam-0", true, Some(props()), None).await;
+    assert_eq!(ack.code, Code5::Success);
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), None);
+    c.publish("tam/x", b"1", Q5::AtMostOnce, false, alias(1))
         .await;
     c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
         .await;
