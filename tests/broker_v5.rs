@@ -400,6 +400,105 @@ async fn mqtt_4_12_0_1_unknown_authentication_method_0x8c() {
     assert!(c.try_next().await.is_none());
 }
 
+/// The reason string of a PUBACK, PUBREC, SUBACK or UNSUBACK (`None` when
+/// it has none).
+fn reason_string(p: &P5) -> Option<String> {
+    match p {
+        P5::PubAck(a) => a.properties.as_ref()?.reason_string.clone(),
+        P5::PubRec(r) => r.properties.as_ref()?.reason_string.clone(),
+        P5::SubAck(s) => s.properties.as_ref()?.reason_string.clone(),
+        P5::UnsubAck(u) => u.properties.as_ref()?.reason_string.clone(),
+        other => panic!("not an ack: {other:?}"),
+    }
+}
+
+/// The failure acks of one client: PUBACK and PUBREC 0x87, SUBACK 0x87
+/// and UNSUBACK 0x8F, each with its code and (unless `quiet`) its reason
+/// string, in that order.
+async fn failure_acks(
+    addr: std::net::SocketAddr,
+    id: &str,
+    quiet: bool,
+) -> Vec<(ReasonCode, Option<String>)> {
+    let mut p = props();
+    if quiet {
+        p.request_problem_info = Some(0);
+    }
+    let (mut c, ack) = Raw5::connect_with(addr, id, true, Some(p), None).await;
+    assert_eq!(ack.code, Code5::Success);
+    let mut got = Vec::new();
+    for qos in [Q5::AtLeastOnce, Q5::ExactlyOnce] {
+        c.publish("closed/x", b"no", qos, false, None).await;
+        let ack = c.next().await;
+        let code = match &ack {
+            P5::PubAck(a) => ReasonCode::from(a.reason),
+            P5::PubRec(r) => ReasonCode::from(r.reason),
+            other => panic!("{other:?}"),
+        };
+        got.push((code, reason_string(&ack)));
+    }
+    let suback = c
+        .subscribe(
+            vec![
+                filter("open/#", Q5::AtLeastOnce),
+                filter("closed/#", Q5::AtLeastOnce),
+            ],
+            None,
+        )
+        .await;
+    got.push((suback_codes(&suback)[1], reason_string(&P5::SubAck(suback))));
+    c.send(P5::Unsubscribe(v5p::Unsubscribe {
+        pkid: 77,
+        filters: vec!["bad/#/x".into()],
+        properties: None,
+    }))
+    .await;
+    match c.next().await {
+        P5::UnsubAck(u) => {
+            let code = ReasonCode::from(u.reasons[0]);
+            got.push((code, reason_string(&P5::UnsubAck(u))));
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    got
+}
+
+/// Failure acks carry a reason string in the client's terms, and none
+/// when the client set Request Problem Information to 0 [MQTT-3.1.2-29].
+#[tokio::test]
+async fn mqtt_3_1_2_29_reason_strings_on_failure_acks_unless_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read open/#\n").unwrap();
+    let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
+    let told = failure_acks(b.addr, "rs-told", false).await;
+    let text = |s: &str| Some(s.to_string());
+    assert_eq!(
+        told,
+        [
+            (
+                ReasonCode::NotAuthorized,
+                text("not authorized to publish to this topic")
+            ),
+            (
+                ReasonCode::NotAuthorized,
+                text("not authorized to publish to this topic")
+            ),
+            (
+                ReasonCode::NotAuthorized,
+                text("filter 2: not authorized to subscribe to this filter")
+            ),
+            (ReasonCode::TopicFilterInvalid, text("invalid topic filter")),
+        ]
+    );
+    let quiet = failure_acks(b.addr, "rs-quiet", true).await;
+    let codes: Vec<ReasonCode> = told.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        quiet,
+        codes.into_iter().map(|c| (c, None)).collect::<Vec<_>>()
+    );
+}
+
 /// ACL denial: PUBACK 0x87 for a publish, SUBACK 0x87 for a filter.
 #[tokio::test]
 async fn acl_denial_is_0x87_on_puback_and_suback() {

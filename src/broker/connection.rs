@@ -303,6 +303,7 @@ where
             v.negotiated.connack.clone(),
             v.negotiated.outgoing_alias_maximum,
             v.quota.clone(),
+            v.negotiated.problem_information,
         ))
     });
     let wire = Wire {
@@ -1050,12 +1051,21 @@ impl Wire {
             }
             return true;
         };
-        let Some(packet) = v5.packet(item) else {
+        let Some(mut packet) = v5.packet(item) else {
             return true;
         };
         // Nothing goes after a DISCONNECT [MQTT-3.14.4-1].
         let last = matches!(packet, P5::Disconnect(_));
-        match crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server) {
+        let mut encoded =
+            crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server);
+        // An ack too large only for its reason string goes without it
+        // [MQTT-3.4.2-2, MQTT-3.9.2-1].
+        if matches!(encoded, Err(V5Error::OutgoingTooLarge { .. }))
+            && super::problem::strip(&mut packet)
+        {
+            encoded = crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server);
+        }
+        match encoded {
             Ok(()) => {}
             Err(V5Error::OutgoingTooLarge { size, max }) => {
                 // Dropped for this client as if delivered [MQTT-3.1.2-25];

@@ -24,6 +24,7 @@ mod listener;
 mod local;
 mod outlet;
 mod persist;
+mod problem;
 mod record;
 mod retained;
 mod router;

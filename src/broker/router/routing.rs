@@ -321,7 +321,10 @@ impl Router {
         };
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in &filters {
-            if session.subscriptions.remove(filter).is_some() {
+            // Not a filter at all: 0x8F (MQTT 5 3.11.3), not 0x11.
+            if crate::topic::validate_filter(filter).is_err() || !shared::valid(filter) {
+                reasons.push(UnsubAckReason::TopicFilterInvalid);
+            } else if session.subscriptions.remove(filter).is_some() {
                 if !self.shared.leave(filter, sid) {
                     self.subs.remove(filter, |v| v.0 == sid);
                 }
