@@ -620,6 +620,47 @@ async fn mqtt_3_3_4_7_outbound_receive_maximum_honoured() {
     assert_eq!(&sub.next_publish().await.payload[..], b"1");
 }
 
+/// [MQTT-4.3.3] / 4.9: a subscriber answering our QoS 2 PUBLISH with a
+/// PUBREC of 0x80 or more ends that flow: no PUBREL comes, the window slot
+/// is free for the next message, and the message is released from the
+/// session (a resumed session gets neither it nor a PUBREL again).
+#[tokio::test]
+async fn mqtt_4_3_3_failing_pubrec_ends_the_qos2_flow() {
+    let b = TestBroker::start().await;
+    let mut p = props();
+    p.receive_maximum = Some(1);
+    p.session_expiry_interval = Some(600);
+    let (mut sub, _) = Raw5::connect_with(b.addr, "prf-sub", true, Some(p.clone()), None).await;
+    sub.subscribe(vec![filter("prf/#", Q5::ExactlyOnce)], None)
+        .await;
+    let mut publ = Raw5::connect(b.addr, "prf-pub").await;
+    for n in ["2", "3"] {
+        publ.publish("prf/x", n.as_bytes(), Q5::ExactlyOnce, false, None)
+            .await;
+    }
+    let qos2 = sub.next_publish().await;
+    assert_eq!((&qos2.payload[..], qos2.qos), (&b"2"[..], Q5::ExactlyOnce));
+    let mut refusal = v5p::PubRec::new(qos2.pkid, None);
+    refusal.reason = v5p::PubRecReason::UnspecifiedError;
+    sub.send(P5::PubRec(refusal)).await;
+    // No PUBREL: the next thing is the next message, in the freed slot.
+    match sub.next().await {
+        P5::Publish(next) => assert_eq!(&next.payload[..], b"3"),
+        other => panic!("expected the next PUBLISH, got {other:?}"),
+    }
+    // Resumed: only "3" (unacknowledged) comes again, never "2" nor a PUBREL.
+    drop(sub);
+    let (mut sub, ack) = Raw5::connect_with(b.addr, "prf-sub", false, Some(p), None).await;
+    assert!(ack.session_present);
+    let again: Vec<Vec<u8>> = sub
+        .ping_collect()
+        .await
+        .into_iter()
+        .map(|p| p.payload.to_vec())
+        .collect();
+    assert_eq!(again, [b"3".to_vec()]);
+}
+
 /// [MQTT-3.1.2-24, MQTT-3.1.2-25] a PUBLISH larger than the client's
 /// Maximum Packet Size is not sent to it (dropped, counted, as if
 /// delivered: it holds no inflight slot); the next one that fits is.

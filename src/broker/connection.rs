@@ -894,6 +894,12 @@ impl Reader<'_> {
         match packet {
             P5::Publish(p) => self.publish_v5(p),
             P5::PubAck(a) => Ok(self.ack(Ack::PubAck, a.pkid)),
+            // A failing PUBREC ends the QoS 2 flow there (spec 4.3.3).
+            P5::PubRec(a) if ReasonCode::from(a.reason).is_error() => Ok(Event::PubRecFailed {
+                conn,
+                pkid: a.pkid,
+                reason: a.reason.into(),
+            }),
             P5::PubRec(a) => Ok(self.ack(Ack::PubRec, a.pkid)),
             P5::PubComp(a) => Ok(self.ack(Ack::PubComp, a.pkid)),
             P5::PubRel(r) => Ok(Event::PubRel { conn, pkid: r.pkid }),

@@ -361,6 +361,22 @@ impl Session {
         Ok(pubrel)
     }
 
+    /// A PUBREC with a failure code: the flow ends without a PUBREL, and
+    /// its stored message goes. The shared state machine knows only the
+    /// PUBREC → PUBCOMP path: the flow is walked through it at once, and
+    /// the PUBREL it returns is never sent.
+    pub fn on_pubrec_failed(
+        &mut self,
+        pkid: u16,
+        journal: &mut Journal,
+    ) -> Result<(), ProtocolViolation> {
+        let _unsent_pubrel = self.outgoing.on_pubrec(pkid)?;
+        let seq = self.outgoing.on_pubcomp(pkid)?;
+        self.qos2_seq.remove(&pkid);
+        self.forget(seq, journal);
+        Ok(())
+    }
+
     /// PUBCOMP: the flow's stored message goes.
     pub fn on_pubcomp(
         &mut self,

@@ -157,6 +157,16 @@ pub(crate) enum Event {
         /// Packet id.
         pkid: u16,
     },
+    /// An MQTT 5 subscriber's PUBREC with a reason code of 0x80 or more:
+    /// the QoS 2 flow ends there, with no PUBREL (spec 4.3.3, 4.9).
+    PubRecFailed {
+        /// Connection.
+        conn: ConnId,
+        /// Packet id.
+        pkid: u16,
+        /// The subscriber's reason code (logged).
+        reason: ReasonCode,
+    },
     /// PUBREL from a publisher.
     PubRel {
         /// Connection.
@@ -481,6 +491,7 @@ impl Router {
                 }
             }
             Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
+            Event::PubRecFailed { conn, pkid, reason } => self.pubrec_failed(conn, pkid, reason),
             Event::PubRel { conn, pkid } => {
                 let cap = self.hard_cap;
                 let Some(&sid) = self.by_conn.get(&conn) else {

@@ -173,6 +173,30 @@ impl Router {
         }
     }
 
+    /// A failing PUBREC from an MQTT 5 subscriber: the message is released
+    /// from its session (its stored copy too) and the window slot freed;
+    /// no PUBREL follows (spec 4.3.3, 4.9).
+    pub(super) fn pubrec_failed(&mut self, conn: ConnId, pkid: u16, reason: ReasonCode) {
+        let name = self.name.clone();
+        let counters = self.counters.clone();
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let journal = &mut self.journal;
+        match session.on_pubrec_failed(pkid, journal) {
+            Ok(()) => {
+                debug!(broker = %name, client_id = %session.client_id, pkid, %reason, "subscriber refused a QoS 2 message");
+                session.pump(&counters, journal, Instant::now());
+            }
+            Err(violation) => {
+                crate::warn_limited!(format!("unexpected-ack:{name}"), broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
+            }
+        }
+    }
+
     pub(super) fn subscribe(
         &mut self,
         conn: ConnId,
