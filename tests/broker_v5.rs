@@ -1141,3 +1141,106 @@ async fn server_shutting_down_0x8b() {
     c.expect_disconnect(DisconnectReasonCode::ServerShuttingDown)
         .await;
 }
+
+/// One store for several broker lifetimes in this test (a restart is a
+/// new broker on the same store).
+fn restart_store() -> mqbridge::store::Store {
+    let plan = mqbridge::config::StoragePlan {
+        dir: common::data_dir(),
+        fsync: mqbridge::config::FsyncPolicy::Batch,
+        max_bytes: 1 << 30,
+    };
+    mqbridge::store::Store::open(&plan).expect("store opens")
+}
+
+/// Stops broker `b` and waits until it is gone (its store stays).
+async fn stop(b: TestBroker) {
+    b.token.cancel();
+    within(b.broker.closed()).await;
+}
+
+fn expiring(secs: u32) -> Option<PublishProperties> {
+    Some(PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    })
+}
+
+fn expiry_of(p: &v5p::Publish) -> Option<u32> {
+    p.properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+}
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] retained messages expire: once its
+/// interval has passed a retained message is removed from the retained
+/// store and a new subscriber does not get it; one still alive goes out
+/// with the interval it has left.
+#[tokio::test]
+async fn mqtt_3_3_2_6_retained_messages_expire() {
+    let b = TestBroker::start().await;
+    let mut publ = Raw5::connect(b.addr, "rx-pub").await;
+    // The long one first: by the time the short one has expired, the
+    // long one is more than a second old too.
+    publ.publish("rx/long", b"l", Q5::AtMostOnce, true, expiring(60))
+        .await;
+    publ.publish("rx/short", b"s", Q5::AtMostOnce, true, expiring(1))
+        .await;
+    publ.ping_collect().await;
+    assert_eq!(b.broker.stats().retained, 2);
+    // Removed by the broker's once-a-second pass, after its 1 s.
+    wait_until(|| b.broker.stats().retained == 1).await;
+    let mut sub = Raw5::connect(b.addr, "rx-sub").await;
+    sub.subscribe(vec![filter("rx/#", Q5::AtMostOnce)], None)
+        .await;
+    let got = sub.ping_collect().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].topic[..], b"rx/long");
+    // More than a second has passed since it was published.
+    let left = expiry_of(&got[0]).expect("expiry kept");
+    assert!((50..=59).contains(&left), "{left}");
+}
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] across a restart: a retained message's
+/// expiry keeps counting while the broker is down; one that expired then
+/// is gone (from the store too), one still alive has its interval reduced
+/// by the downtime.
+#[tokio::test]
+async fn mqtt_3_3_2_6_retained_expiry_counts_across_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut publ = Raw5::connect(b.addr, "rr-pub").await;
+    // QoS 1: the PUBACK comes once the retained message is on disk.
+    publ.publish("rr/short", b"s", Q5::AtLeastOnce, true, expiring(2))
+        .await;
+    publ.publish("rr/long", b"l", Q5::AtLeastOnce, true, expiring(3600))
+        .await;
+    for _ in 0..2 {
+        assert!(matches!(publ.next().await, P5::PubAck(_)));
+    }
+    drop(publ);
+    stop(b).await;
+    // The broker is down while the short one's 2 s pass.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    assert_eq!(
+        (b.broker.stats().retained, b.broker.stats().retained_stored),
+        (1, 1)
+    );
+    let mut sub = Raw5::connect(b.addr, "rr-sub").await;
+    sub.subscribe(vec![filter("rr/#", Q5::AtMostOnce)], None)
+        .await;
+    let got = sub.ping_collect().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].topic[..], b"rr/long");
+    let left = expiry_of(&got[0]).expect("expiry kept");
+    assert!((3590..=3598).contains(&left), "{left}");
+    // The expired one is deleted from the store (written by now: the
+    // router flushes after each batch of events).
+    let on_disk = store
+        .keyspace("broker.test.retained")
+        .expect("keyspace")
+        .iter()
+        .count();
+    assert_eq!(on_disk, 1);
+}

@@ -12,20 +12,44 @@ use crate::protocol::{Message, RetainHandling, SubscribeOptions};
 pub(crate) use crate::store::record::RecordError;
 use crate::store::record::{Reader, open, put_bytes, put_message, put_opt_bytes, seal};
 
-/// A stored message (queued for a session, or retained).
-pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
-    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 16);
+/// A stored message (queued for a session, or retained) and `arrived`:
+/// the unix milliseconds its Message Expiry Interval counts from, so the
+/// interval keeps counting while the broker is down (`None`: it has none).
+///
+/// Message format 2 appends `format u8 | arrived opt u64` to the message;
+/// a format 1 record ends after the message and still loads (no arrival:
+/// its interval counts again from the load, as it did then).
+pub(crate) fn encode_message(m: &Message, arrived: Option<u64>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 26);
     put_message(&mut body, m);
+    body.push(MESSAGE_FORMAT);
+    match arrived {
+        Some(t) => {
+            body.push(1);
+            body.extend_from_slice(&t.to_be_bytes());
+        }
+        None => body.push(0),
+    }
     seal(&body)
 }
 
-/// Reads a record of [`encode_message`].
-pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message, RecordError> {
+/// Reads a record of [`encode_message`]: the message and its arrival.
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<(Message, Option<u64>), RecordError> {
     let mut r = Reader(open(bytes)?);
     let m = r.message()?;
+    let mut arrived = None;
+    if !r.0.is_empty() {
+        if r.u8()? != MESSAGE_FORMAT {
+            return Err(RecordError::Malformed("message format"));
+        }
+        arrived = r.opt(Reader::u64)?;
+    }
     r.end()?;
-    Ok(m)
+    Ok((m, arrived))
 }
+
+/// The message record format written today (format 1 had no byte for it).
+const MESSAGE_FORMAT: u8 = 2;
 
 /// Which namespace a stored session belongs to (see `SessionKey`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,9 +318,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn messages_round_trip(topic in "[a-z/]{1,20}", payload in proptest::collection::vec(any::<u8>(), 0..64), q in qos(), retain in any::<bool>()) {
+        fn messages_round_trip(topic in "[a-z/]{1,20}", payload in proptest::collection::vec(any::<u8>(), 0..64), q in qos(), retain in any::<bool>(), arrived in proptest::option::of(any::<u64>())) {
             let m = Message::new(topic, payload, q, retain);
-            let back = decode_message(&encode_message(&m)).expect("decode");
+            let (back, when) = decode_message(&encode_message(&m, arrived)).expect("decode");
+            prop_assert_eq!(when, arrived);
             prop_assert_eq!(back.topic, m.topic);
             prop_assert_eq!(back.payload, m.payload);
             prop_assert_eq!(back.qos, m.qos);
@@ -314,7 +339,7 @@ mod tests {
         #[test]
         fn damage_is_detected(bit in 0usize..400, cut in 0usize..60) {
             let m = Message::new("a/b", "some payload", QoS::AtLeastOnce, false);
-            let good = encode_message(&m);
+            let good = encode_message(&m, Some(1_700_000_000_000));
             let mut flipped = good.clone();
             let i = bit % (flipped.len() * 8);
             flipped[i / 8] ^= 1 << (i % 8);
@@ -349,6 +374,19 @@ mod tests {
         let mut bad = body.clone();
         bad.extend_from_slice(&[SESSION_FORMAT, 0x40, 0, 0]);
         assert!(decode_session(&seal(&bad)).is_err());
+    }
+
+    /// A message record written before message expiry was stored (format
+    /// 1: the message, nothing after) still loads, with no arrival time.
+    #[test]
+    fn format_1_message_records_still_load() {
+        let m = Message::new("a/b", "old", QoS::AtLeastOnce, true);
+        let mut body = Vec::new();
+        put_message(&mut body, &m);
+        let (back, arrived) = decode_message(&seal(&body)).expect("format 1 loads");
+        assert_eq!((back, arrived), (m, None));
+        body.push(9);
+        assert!(decode_message(&seal(&body)).is_err(), "unknown format");
     }
 
     #[test]

@@ -42,7 +42,8 @@ const INBOX: usize = 4096;
 /// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
 /// leave unread before its connection is aborted.
 const HARD_CAP_SLACK: usize = 1024;
-/// How often session expiry and will delays are checked.
+/// How often session expiry, will delays and retained messages' expiry
+/// are checked.
 const LIFETIME_TICK: Duration = Duration::from_secs(1);
 /// Events handled per wake-up.
 const BATCH: usize = 256;
@@ -417,7 +418,9 @@ impl Router {
                 _ = tick(sys_tick.as_mut()) => self.publish_sys(),
                 _ = tick(expiry_tick.as_mut()) => {
                     self.expire_sessions(super::persist::unix_now());
-                    self.publish_due_wills(Instant::now());
+                    let now = Instant::now();
+                    self.publish_due_wills(now);
+                    self.expire_retained(now);
                 }
             }
             // What this wake-up changed goes to the store as one batch.

@@ -2,7 +2,7 @@
 //! disconnects, expiry, and the rebuild from the store at start.
 
 use super::*;
-use crate::broker::persist::{expired, unix_now};
+use crate::broker::persist::{expired, restored_expiry, unix_now, unix_now_ms};
 
 impl Router {
     /// A CONNECT (or a link's attach) of the connection `attached`.
@@ -290,10 +290,15 @@ impl Router {
     /// sessions (with their subscriptions in the trie), then drops the
     /// sessions that expired while the broker was down.
     pub(super) fn restore(&mut self, loaded: Loaded) {
-        let now = unix_now();
-        for m in &loaded.retained {
-            self.retained.store(m);
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
+        let at = Instant::now();
+        for (mut m, arrived) in loaded.retained {
+            // Expiry counts from the stored arrival: the downtime counts.
+            let expiry = restored_expiry(&mut m, arrived, now_ms, at);
+            self.retained.store_until(m, expiry);
         }
+        self.expire_retained(at);
         let retained = self.retained.len() as u64;
         self.counters.retained.store(retained, Relaxed);
         self.counters
