@@ -1244,3 +1244,76 @@ async fn mqtt_3_3_2_6_retained_expiry_counts_across_a_restart() {
         .count();
     assert_eq!(on_disk, 1);
 }
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] across a restart, for a persistent
+/// session: expiry counts from each message's arrival, downtime included.
+/// A queued message that expired while the broker was down is dropped
+/// (counted as expired); one still alive goes out with what it has left;
+/// messages in flight are resent with what they have left, and one whose
+/// interval ran out while in flight still goes (its delivery had started)
+/// with an interval of 1 s.
+#[tokio::test]
+async fn mqtt_3_3_2_6_session_message_expiry_counts_across_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut p = props();
+    p.session_expiry_interval = Some(3600);
+    p.receive_maximum = Some(2);
+    let (mut sub, _) = Raw5::connect_with(b.addr, "sx-sub", true, Some(p.clone()), None).await;
+    sub.subscribe(vec![filter("sx/#", Q5::ExactlyOnce)], None)
+        .await;
+    let mut publ = Raw5::connect(b.addr, "sx-pub").await;
+    // Two in flight (receive maximum 2), two queued.
+    for (payload, secs) in [
+        ("f-short", 2),
+        ("f-long", 3600),
+        ("q-short", 2),
+        ("q-long", 3600),
+    ] {
+        publ.publish(
+            "sx/m",
+            payload.as_bytes(),
+            Q5::ExactlyOnce,
+            false,
+            expiring(secs),
+        )
+        .await;
+        assert!(matches!(publ.next().await, P5::PubRec(_)));
+    }
+    let in_flight: Vec<Vec<u8>> = [sub.next_publish().await, sub.next_publish().await]
+        .iter()
+        .map(|p| p.payload.to_vec())
+        .collect();
+    assert_eq!(in_flight, [b"f-short".to_vec(), b"f-long".to_vec()]);
+    drop(sub);
+    drop(publ);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    stop(b).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    assert_eq!(
+        b.broker.stats().dropped_expired,
+        1,
+        "q-short expired while down"
+    );
+    let (mut sub, ack) = Raw5::connect_with(b.addr, "sx-sub", false, Some(p), None).await;
+    assert!(ack.session_present);
+    // Each QoS 2 flow completed as it comes, so the queued one follows.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match sub.next().await {
+            P5::Publish(m) => {
+                got.push((m.payload.to_vec(), m.dup, expiry_of(&m)));
+                sub.send(P5::PubRec(v5p::PubRec::new(m.pkid, None))).await;
+            }
+            P5::PubRel(r) => sub.send(P5::PubComp(v5p::PubComp::new(r.pkid, None))).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got[0], (b"f-short".to_vec(), true, Some(1)));
+    let alive = |left: Option<u32>| left.is_some_and(|l| (3590..=3598).contains(&l));
+    assert_eq!((&got[1].0[..], got[1].1), (&b"f-long"[..], true));
+    assert!(alive(got[1].2), "{got:?}");
+    assert_eq!((&got[2].0[..], got[2].1), (&b"q-long"[..], false));
+    assert!(alive(got[2].2), "{got:?}");
+}

@@ -152,11 +152,12 @@ impl Journal {
         }
     }
 
-    /// Stores message `seq` of session `sid`.
-    pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message) {
+    /// Stores message `seq` of session `sid`, whose expiry interval counts
+    /// from unix milliseconds `arrived`.
+    pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message, arrived: Option<u64>) {
         if self.open.is_some() {
             let key = record::seq_key(sid, seq);
-            let value = record::encode_message(m, None);
+            let value = record::encode_message(m, arrived);
             self.account(sid, seq, Some((key.len() + value.len()) as u64));
             self.set(Ks::Messages, &key, Some(value));
             self.counters.stored_messages.fetch_add(1, Relaxed);
@@ -320,10 +321,15 @@ impl Journal {
             let parsed =
                 record::split_key(&key).and_then(|k| Ok((k, record::decode_message(&value)?)));
             match parsed {
-                Ok(((sid, seq), (m, _))) => match loaded.sessions.get_mut(&sid) {
+                Ok(((sid, seq), (message, arrived))) => match loaded.sessions.get_mut(&sid) {
                     Some(s) => {
                         sizes.push(((sid, seq), (key.len() + value.len()) as u64));
-                        s.messages.push((seq, m, flows.remove(&(sid, seq))));
+                        s.messages.push(StoredMessage {
+                            seq,
+                            message,
+                            arrived,
+                            flow: flows.remove(&(sid, seq)),
+                        });
                     }
                     None => orphans.push((Ks::Messages, key.to_vec())),
                 },
@@ -409,10 +415,24 @@ fn scan(open: &Open, ks: Ks) -> Vec<(Vec<u8>, Vec<u8>)> {
 pub(crate) struct LoadedSession {
     /// Its record.
     pub record: StoredSession,
-    /// Messages in sequence order, with the QoS 2 flow of those in flight.
-    pub messages: Vec<(u64, Message, Option<Flow>)>,
+    /// Messages in sequence order.
+    pub messages: Vec<StoredMessage>,
     /// QoS 2 packet ids received from the client and not yet released.
     pub incoming: Vec<u16>,
+}
+
+/// One stored message of a session as loaded.
+#[derive(Debug)]
+pub(crate) struct StoredMessage {
+    /// Its sequence number in the session.
+    pub seq: u64,
+    /// The message.
+    pub message: Message,
+    /// Unix milliseconds its expiry interval counts from (`None`: it has
+    /// none, or a record written before this was stored).
+    pub arrived: Option<u64>,
+    /// The QoS 2 flow it is in, if in flight.
+    pub flow: Option<Flow>,
 }
 
 /// Everything [`Journal::load`] found.

@@ -306,7 +306,14 @@ impl Router {
             .store(self.retained.stored_len() as u64, Relaxed);
         let sessions = loaded.sessions.len();
         for (sid, stored) in loaded.sessions {
-            let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
+            let session = Session::restore(
+                sid,
+                stored,
+                &self.limits,
+                &self.counters,
+                &mut self.journal,
+                (now_ms, at),
+            );
             for (filter, sub) in &session.subscriptions {
                 if !self.shared.join(filter, sid) {
                     self.subs.insert(filter, (sid, *sub));
