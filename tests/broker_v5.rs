@@ -1317,3 +1317,104 @@ async fn mqtt_3_3_2_6_session_message_expiry_counts_across_a_restart() {
     assert_eq!((&got[2].0[..], got[2].1), (&b"q-long"[..], false));
     assert!(alive(got[2].2), "{got:?}");
 }
+
+fn delayed_will(topic: &str, delay: u32, retain: bool) -> v5p::LastWill {
+    v5p::LastWill::new(
+        topic,
+        "gone",
+        Q5::AtLeastOnce,
+        retain,
+        Some(v5p::LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+/// [MQTT-3.1.3-9] a delayed will is kept with its persistent session: the
+/// broker restarting within the delay does not lose it, it is published
+/// when due after the restart.
+#[tokio::test]
+async fn mqtt_3_1_3_9_delayed_will_survives_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut p = props();
+    p.session_expiry_interval = Some(3600);
+    // Retained, so the watcher gets it whether it comes before or after
+    // the watcher subscribed.
+    let will = delayed_will("dwr/will", 2, true);
+    let (c, _) = Raw5::connect_with(b.addr, "dwr", true, Some(p), Some(will)).await;
+    drop(c);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    stop(b).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut watcher = Raw5::connect(b.addr, "dwr-watch").await;
+    watcher
+        .subscribe(vec![filter("dwr/#", Q5::AtLeastOnce)], None)
+        .await;
+    let w = watcher.next_publish().await;
+    assert_eq!(
+        (&w.topic[..], &w.payload[..]),
+        (&b"dwr/will"[..], &b"gone"[..])
+    );
+}
+
+/// [MQTT-3.1.3-9] with [MQTT-3.1.4-3]: a connection taken over by one that
+/// resumes its session (Clean Start 0) before its will delay has passed
+/// does not have its will published, neither at once nor after the delay;
+/// taken over with Clean Start 1, its session ends, and its will is
+/// published at once (3.1.2.5).
+#[tokio::test]
+async fn mqtt_3_1_3_9_takeover_resuming_the_session_holds_the_will_back() {
+    let b = TestBroker::start().await;
+    let mut watcher = Raw5::connect(b.addr, "tk-watch").await;
+    watcher
+        .subscribe(vec![filter("tk/#", Q5::AtLeastOnce)], None)
+        .await;
+    let mut p = props();
+    p.session_expiry_interval = Some(600);
+    let (mut first, _) = Raw5::connect_with(
+        b.addr,
+        "tk-resume",
+        true,
+        Some(p.clone()),
+        Some(delayed_will("tk/resume", 1, false)),
+    )
+    .await;
+    let (_second, ack) =
+        Raw5::connect_with(b.addr, "tk-resume", false, Some(p.clone()), None).await;
+    assert!(ack.session_present);
+    first
+        .expect_disconnect(DisconnectReasonCode::SessionTakenOver)
+        .await;
+    // Past the will delay: had the will been published (at once, or when
+    // the delay passed), it would come before the marker.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let mut marker = Raw5::connect(b.addr, "tk-marker").await;
+    marker
+        .publish("tk/marker", b"m", Q5::AtLeastOnce, false, None)
+        .await;
+    assert_eq!(&watcher.next_publish().await.topic[..], b"tk/marker");
+
+    // Clean Start 1: the old session ends, its will goes at once (a delay
+    // of an hour would otherwise hold it back).
+    let (mut first, _) = Raw5::connect_with(
+        b.addr,
+        "tk-clean",
+        true,
+        Some(p.clone()),
+        Some(delayed_will("tk/clean", 3600, false)),
+    )
+    .await;
+    let (_second, ack) = Raw5::connect_with(b.addr, "tk-clean", true, Some(p), None).await;
+    assert!(!ack.session_present);
+    first
+        .expect_disconnect(DisconnectReasonCode::SessionTakenOver)
+        .await;
+    assert_eq!(&watcher.next_publish().await.topic[..], b"tk/clean");
+}

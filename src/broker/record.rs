@@ -76,6 +76,17 @@ pub(crate) struct StoredSession {
     /// Unix seconds of the disconnect; `None` while connected (a crash
     /// while connected restarts the expiry clock at the next start).
     pub disconnected_at: Option<u64>,
+    /// An MQTT 5 will waiting for its Will Delay Interval.
+    pub will: Option<StoredWill>,
+}
+
+/// A delayed will as stored with its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredWill {
+    /// The will message.
+    pub message: Message,
+    /// Unix milliseconds when it is due.
+    pub due: u64,
 }
 
 /// Encodes a session record.
@@ -112,6 +123,15 @@ pub(crate) fn encode_session(s: &StoredSession) -> Vec<u8> {
         put_opt_u32(&mut body, sub.id);
     }
     put_opt_u32(&mut body, s.expiry);
+    // Format 3: the delayed will. A format 2 record ends before it.
+    match &s.will {
+        Some(w) => {
+            body.push(1);
+            put_message(&mut body, &w.message);
+            body.extend_from_slice(&w.due.to_be_bytes());
+        }
+        None => body.push(0),
+    }
     seal(&body)
 }
 
@@ -132,8 +152,10 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
         subscriptions.push((filter, Subscription::from(r.qos()?)));
     }
     let mut expiry = None;
+    let mut will = None;
     if !r.0.is_empty() {
-        if r.u8()? != SESSION_FORMAT {
+        let format = r.u8()?;
+        if !(2..=SESSION_FORMAT).contains(&format) {
             return Err(RecordError::Malformed("session format"));
         }
         for (_, sub) in &mut subscriptions {
@@ -142,6 +164,14 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
             sub.id = r.opt(Reader::u32)?;
         }
         expiry = r.opt(Reader::u32)?;
+        if format >= 3 {
+            will = r.opt(|r| {
+                Ok(StoredWill {
+                    message: r.message()?,
+                    due: r.u64()?,
+                })
+            })?;
+        }
     }
     r.end()?;
     Ok(StoredSession {
@@ -151,11 +181,13 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
         subscriptions,
         disconnected_at,
         expiry,
+        will,
     })
 }
 
-/// The session record format written today (format 1 had no byte for it).
-const SESSION_FORMAT: u8 = 2;
+/// The session record format written today (format 1 had no byte for it;
+/// format 2 had no will).
+const SESSION_FORMAT: u8 = 3;
 
 fn put_opt_u32(out: &mut Vec<u8>, v: Option<u32>) {
     match v {
@@ -329,8 +361,9 @@ mod tests {
         }
 
         #[test]
-        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", subscription()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>(), expiry in proptest::option::of(any::<u32>())) {
-            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at, expiry };
+        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", subscription()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>(), expiry in proptest::option::of(any::<u32>()), will in proptest::option::of(("[a-z/]{1,10}", any::<u64>()))) {
+            let will = will.map(|(topic, due)| StoredWill { message: Message::new(topic, "gone", QoS::AtLeastOnce, true), due });
+            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at, expiry, will };
             prop_assert_eq!(decode_session(&encode_session(&s)).expect("decode"), s);
         }
 
@@ -374,6 +407,12 @@ mod tests {
         let mut bad = body.clone();
         bad.extend_from_slice(&[SESSION_FORMAT, 0x40, 0, 0]);
         assert!(decode_session(&seal(&bad)).is_err());
+        // Format 2 (options, identifiers, expiry; no will) still loads.
+        let mut v2 = body.clone();
+        v2.extend_from_slice(&[2, 0b101, 0, 1, 0, 0, 0, 60]);
+        let s = decode_session(&seal(&v2)).expect("format 2 loads");
+        assert_eq!((s.expiry, s.will), (Some(60), None));
+        assert!(s.subscriptions[0].1.options.no_local);
     }
 
     /// A message record written before message expiry was stored (format

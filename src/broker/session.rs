@@ -6,13 +6,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::outlet::Outlet;
 use super::persist::{
     Journal, LoadedSession, StoredMessage, arrival, restored_expiry, unix_now_ms,
 };
-use super::record::{Flow, Kind, StoredSession};
+use super::record::{Flow, Kind, StoredSession, StoredWill};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
 use crate::protocol::expiry::{Expiry, Remaining};
@@ -183,6 +183,21 @@ pub(crate) struct Session {
     qos2_seq: HashMap<u16, u64>,
     /// Unix seconds of the last disconnect; `None` while connected.
     pub disconnected_at: Option<u64>,
+    /// The MQTT 5 will waiting for its Will Delay Interval (stored with
+    /// the session, so it survives a restart); the router indexes it by
+    /// deadline.
+    pub will: Option<DelayedWill>,
+}
+
+/// A will waiting for its Will Delay Interval.
+#[derive(Debug, Clone)]
+pub(crate) struct DelayedWill {
+    /// The will message.
+    pub message: Message,
+    /// When it is due on the monotonic clock.
+    pub at: Instant,
+    /// The same moment in unix milliseconds (what the store keeps).
+    pub due_ms: u64,
 }
 
 impl Session {
@@ -205,6 +220,7 @@ impl Session {
             stored_messages: 0,
             qos2_seq: HashMap::new(),
             disconnected_at: None,
+            will: None,
         }
     }
 
@@ -236,6 +252,13 @@ impl Session {
         s.expiry = record.expiry;
         s.stored = Some(sid);
         s.disconnected_at = Some(record.disconnected_at.unwrap_or(now_ms / 1000));
+        // A delayed will keeps its wall-clock deadline (due at once if it
+        // passed while the broker was down).
+        s.will = record.will.map(|w| DelayedWill {
+            at: at + Duration::from_millis(w.due.saturating_sub(now_ms)),
+            message: w.message,
+            due_ms: w.due,
+        });
         for stored in loaded.messages {
             let StoredMessage {
                 seq,
@@ -298,6 +321,10 @@ impl Session {
             subscriptions,
             disconnected_at: self.disconnected_at,
             expiry: self.expiry,
+            will: self.will.as_ref().map(|w| StoredWill {
+                message: w.message.clone(),
+                due: w.due_ms,
+            }),
         }
     }
 

@@ -287,6 +287,7 @@ pub(crate) fn spawn(
         next_session: 0,
         scratch: Vec::new(),
         wills: HashMap::new(),
+        taken_over: std::collections::HashSet::new(),
         parked: BTreeMap::new(),
         started: Instant::now(),
         hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
@@ -352,10 +353,16 @@ struct Router {
     next_session: SessionId,
     /// Reused buffer of matching subscriptions.
     scratch: Vec<(SessionId, Subscription)>,
-    /// Wills waiting for their Will Delay Interval (MQTT 5), by session:
+    /// Deadlines of the wills waiting for their Will Delay Interval (MQTT
+    /// 5; the will itself is the session's [`Session::will`]), by session:
     /// published at the deadline or when the session ends, dropped when
     /// the client comes back first [MQTT-3.1.3-9].
-    wills: HashMap<SessionId, (Instant, Message)>,
+    wills: HashMap<SessionId, Instant>,
+    /// Connections taken over by a connection that resumed their session
+    /// (Clean Start 0), until their end is reported: their delayed will is
+    /// not published, the session having been resumed within its delay
+    /// [MQTT-3.1.3-9].
+    taken_over: std::collections::HashSet<ConnId>,
     /// Per publishing connection, in arrival order: QoS 1/2 publishes waiting
     /// for room in a full local link session (end-to-end backpressure: not
     /// acknowledged, so the publisher's own inflight window fills). Bounded
