@@ -1418,3 +1418,47 @@ async fn mqtt_3_1_3_9_takeover_resuming_the_session_holds_the_will_back() {
         .await;
     assert_eq!(&watcher.next_publish().await.topic[..], b"tk/clean");
 }
+
+/// A pipe's link session resends its unacknowledged messages after a
+/// re-attach with their MQTT 5 properties (user properties, content type,
+/// the expiry interval left), not as bare 3.1.1 PUBLISHes.
+#[tokio::test]
+async fn a_link_resend_after_re_attach_keeps_the_properties() {
+    let b = TestBroker::start().await;
+    let (link, mut deliveries) = b.broker.link("prop-link", false);
+    within(link.subscribe(vec![("lp/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .expect("subscribed");
+    let mut state = link.state();
+    let mut dev = Raw5::connect(b.addr, "lp-dev").await;
+    let sent = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("text/plain".into()),
+        message_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    dev.publish("lp/x", b"p", Q5::AtLeastOnce, false, Some(sent))
+        .await;
+    let first = within(deliveries.recv()).await.expect("delivery");
+    // Not acknowledged before the link goes down: the session resends it.
+    let hold = b
+        .broker
+        .hold_link_down("prop-link")
+        .await
+        .expect("link exists");
+    within(state.wait_for(|s| matches!(s, mqbridge::link::LinkState::Disconnected { .. })))
+        .await
+        .expect("state watch");
+    drop(hold);
+    drop(first);
+    let again = within(deliveries.recv()).await.expect("redelivery");
+    assert!(again.message.dup, "a resend");
+    let p = again.message.properties.as_ref().expect("properties kept");
+    assert_eq!(p.user_properties, [("k".to_string(), "v".to_string())]);
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert!(
+        p.message_expiry_interval
+            .is_some_and(|s| (3590..=3600).contains(&s))
+    );
+    again.ack.ack();
+}

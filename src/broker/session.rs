@@ -704,7 +704,9 @@ impl Session {
         self.ack_reasons.clear();
         self.conn = Some(conn);
         self.disconnected_at = None;
-        if self.is_v5() {
+        // An in-process link and an MQTT 5 client get the messages with
+        // their properties; a 3.x client gets 3.1.1 packets.
+        if self.is_v5() || self.is_link() {
             for resend in self.outgoing.resume_messages(session_present) {
                 match resend {
                     Resend::Publish { mut message, pkid } => {
