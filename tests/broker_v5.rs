@@ -213,7 +213,7 @@ async fn mqtt_3_2_2_16_connack_properties_and_assigned_client_id() {
     assert_eq!(p.max_packet_size, Some(4096));
     assert_eq!(
         p.topic_alias_max,
-        Some(mqbridge::broker::TOPIC_ALIAS_MAXIMUM)
+        Some(mqbridge::broker::DEFAULT_TOPIC_ALIAS_MAXIMUM)
     );
     // Shared subscriptions, wildcards, identifiers, retain: available
     // (absent means available).
@@ -400,6 +400,105 @@ async fn mqtt_4_12_0_1_unknown_authentication_method_0x8c() {
     assert!(c.try_next().await.is_none());
 }
 
+/// The reason string of a PUBACK, PUBREC, SUBACK or UNSUBACK (`None` when
+/// it has none).
+fn reason_string(p: &P5) -> Option<String> {
+    match p {
+        P5::PubAck(a) => a.properties.as_ref()?.reason_string.clone(),
+        P5::PubRec(r) => r.properties.as_ref()?.reason_string.clone(),
+        P5::SubAck(s) => s.properties.as_ref()?.reason_string.clone(),
+        P5::UnsubAck(u) => u.properties.as_ref()?.reason_string.clone(),
+        other => panic!("not an ack: {other:?}"),
+    }
+}
+
+/// The failure acks of one client: PUBACK and PUBREC 0x87, SUBACK 0x87
+/// and UNSUBACK 0x8F, each with its code and (unless `quiet`) its reason
+/// string, in that order.
+async fn failure_acks(
+    addr: std::net::SocketAddr,
+    id: &str,
+    quiet: bool,
+) -> Vec<(ReasonCode, Option<String>)> {
+    let mut p = props();
+    if quiet {
+        p.request_problem_info = Some(0);
+    }
+    let (mut c, ack) = Raw5::connect_with(addr, id, true, Some(p), None).await;
+    assert_eq!(ack.code, Code5::Success);
+    let mut got = Vec::new();
+    for qos in [Q5::AtLeastOnce, Q5::ExactlyOnce] {
+        c.publish("closed/x", b"no", qos, false, None).await;
+        let ack = c.next().await;
+        let code = match &ack {
+            P5::PubAck(a) => ReasonCode::from(a.reason),
+            P5::PubRec(r) => ReasonCode::from(r.reason),
+            other => panic!("{other:?}"),
+        };
+        got.push((code, reason_string(&ack)));
+    }
+    let suback = c
+        .subscribe(
+            vec![
+                filter("open/#", Q5::AtLeastOnce),
+                filter("closed/#", Q5::AtLeastOnce),
+            ],
+            None,
+        )
+        .await;
+    got.push((suback_codes(&suback)[1], reason_string(&P5::SubAck(suback))));
+    c.send(P5::Unsubscribe(v5p::Unsubscribe {
+        pkid: 77,
+        filters: vec!["bad/#/x".into()],
+        properties: None,
+    }))
+    .await;
+    match c.next().await {
+        P5::UnsubAck(u) => {
+            let code = ReasonCode::from(u.reasons[0]);
+            got.push((code, reason_string(&P5::UnsubAck(u))));
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    got
+}
+
+/// Failure acks carry a reason string in the client's terms, and none
+/// when the client set Request Problem Information to 0 [MQTT-3.1.2-29].
+#[tokio::test]
+async fn mqtt_3_1_2_29_reason_strings_on_failure_acks_unless_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read open/#\n").unwrap();
+    let b = TestBroker::start_with(|o| o.acl_file = Some(acl.clone())).await;
+    let told = failure_acks(b.addr, "rs-told", false).await;
+    let text = |s: &str| Some(s.to_string());
+    assert_eq!(
+        told,
+        [
+            (
+                ReasonCode::NotAuthorized,
+                text("not authorized to publish to this topic")
+            ),
+            (
+                ReasonCode::NotAuthorized,
+                text("not authorized to publish to this topic")
+            ),
+            (
+                ReasonCode::NotAuthorized,
+                text("filter 2: not authorized to subscribe to this filter")
+            ),
+            (ReasonCode::TopicFilterInvalid, text("invalid topic filter")),
+        ]
+    );
+    let quiet = failure_acks(b.addr, "rs-quiet", true).await;
+    let codes: Vec<ReasonCode> = told.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        quiet,
+        codes.into_iter().map(|c| (c, None)).collect::<Vec<_>>()
+    );
+}
+
 /// ACL denial: PUBACK 0x87 for a publish, SUBACK 0x87 for a filter.
 #[tokio::test]
 async fn acl_denial_is_0x87_on_puback_and_suback() {
@@ -521,6 +620,47 @@ async fn mqtt_3_3_4_7_outbound_receive_maximum_honoured() {
     assert_eq!(&sub.next_publish().await.payload[..], b"1");
 }
 
+/// [MQTT-4.3.3] / 4.9: a subscriber answering our QoS 2 PUBLISH with a
+/// PUBREC of 0x80 or more ends that flow: no PUBREL comes, the window slot
+/// is free for the next message, and the message is released from the
+/// session (a resumed session gets neither it nor a PUBREL again).
+#[tokio::test]
+async fn mqtt_4_3_3_failing_pubrec_ends_the_qos2_flow() {
+    let b = TestBroker::start().await;
+    let mut p = props();
+    p.receive_maximum = Some(1);
+    p.session_expiry_interval = Some(600);
+    let (mut sub, _) = Raw5::connect_with(b.addr, "prf-sub", true, Some(p.clone()), None).await;
+    sub.subscribe(vec![filter("prf/#", Q5::ExactlyOnce)], None)
+        .await;
+    let mut publ = Raw5::connect(b.addr, "prf-pub").await;
+    for n in ["2", "3"] {
+        publ.publish("prf/x", n.as_bytes(), Q5::ExactlyOnce, false, None)
+            .await;
+    }
+    let qos2 = sub.next_publish().await;
+    assert_eq!((&qos2.payload[..], qos2.qos), (&b"2"[..], Q5::ExactlyOnce));
+    let mut refusal = v5p::PubRec::new(qos2.pkid, None);
+    refusal.reason = v5p::PubRecReason::UnspecifiedError;
+    sub.send(P5::PubRec(refusal)).await;
+    // No PUBREL: the next thing is the next message, in the freed slot.
+    match sub.next().await {
+        P5::Publish(next) => assert_eq!(&next.payload[..], b"3"),
+        other => panic!("expected the next PUBLISH, got {other:?}"),
+    }
+    // Resumed: only "3" (unacknowledged) comes again, never "2" nor a PUBREL.
+    drop(sub);
+    let (mut sub, ack) = Raw5::connect_with(b.addr, "prf-sub", false, Some(p), None).await;
+    assert!(ack.session_present);
+    let again: Vec<Vec<u8>> = sub
+        .ping_collect()
+        .await
+        .into_iter()
+        .map(|p| p.payload.to_vec())
+        .collect();
+    assert_eq!(again, [b"3".to_vec()]);
+}
+
 /// [MQTT-3.1.2-24, MQTT-3.1.2-25] a PUBLISH larger than the client's
 /// Maximum Packet Size is not sent to it (dropped, counted, as if
 /// delivered: it holds no inflight slot); the next one that fits is.
@@ -582,8 +722,42 @@ async fn mqtt_3_3_2_9_inbound_topic_aliases() {
         let p = sub.next_publish().await;
         assert_eq!((&p.topic[..], &p.payload[..]), (&b"ta/one"[..], want));
     }
-    let over = mqbridge::broker::TOPIC_ALIAS_MAXIMUM + 1;
+    let over = mqbridge::broker::DEFAULT_TOPIC_ALIAS_MAXIMUM + 1;
     c.publish("ta/two", b"3", Q5::AtMostOnce, false, alias(over))
+        .await;
+    c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
+        .await;
+}
+
+/// `limits.topic_alias_maximum`: the CONNACK announces the configured
+/// Topic Alias Maximum [MQTT-3.2.2-17] and an alias above it is DISCONNECT
+/// 0x94 [MQTT-3.3.2-9]; 0 leaves the property out and refuses every alias
+/// [MQTT-3.3.2-8].
+#[tokio::test]
+async fn mqtt_3_3_2_9_configured_topic_alias_maximum() {
+    let alias = |a| {
+        Some(PublishProperties {
+            topic_alias: Some(a),
+            ..Default::default()
+        })
+    };
+    let b = TestBroker::start_with(|o| o.limits.topic_alias_maximum = 3).await;
+    let (mut c, ack) = Raw5::connect_with(b.addr, "tam-3", true, Some(props()), None).await;
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), Some(3));
+    // Aliases 1..=3 are fine; a PINGRESP proves the connection is up.
+    c.publish("tam/x", b"1", Q5::AtMostOnce, false, alias(3))
+        .await;
+    assert!(c.ping_collect().await.is_empty());
+    c.publish("tam/x", b"2", Q5::AtMostOnce, false, alias(4))
+        .await;
+    c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
+        .await;
+
+    let b = TestBroker::start_with(|o| o.limits.topic_alias_maximum = 0).await;
+    let (mut c, ack) = Raw5::connect_with(b.addr, "tam-0", true, Some(props()), None).await;
+    assert_eq!(ack.code, Code5::Success);
+    assert_eq!(ack.properties.and_then(|p| p.topic_alias_max), None);
+    c.publish("tam/x", b"1", Q5::AtMostOnce, false, alias(1))
         .await;
     c.expect_disconnect(DisconnectReasonCode::TopicAliasInvalid)
         .await;
@@ -966,4 +1140,325 @@ async fn server_shutting_down_0x8b() {
     b.token.cancel();
     c.expect_disconnect(DisconnectReasonCode::ServerShuttingDown)
         .await;
+}
+
+/// One store for several broker lifetimes in this test (a restart is a
+/// new broker on the same store).
+fn restart_store() -> mqbridge::store::Store {
+    let plan = mqbridge::config::StoragePlan {
+        dir: common::data_dir(),
+        fsync: mqbridge::config::FsyncPolicy::Batch,
+        max_bytes: 1 << 30,
+    };
+    mqbridge::store::Store::open(&plan).expect("store opens")
+}
+
+/// Stops broker `b` and waits until it is gone (its store stays).
+async fn stop(b: TestBroker) {
+    b.token.cancel();
+    within(b.broker.closed()).await;
+}
+
+fn expiring(secs: u32) -> Option<PublishProperties> {
+    Some(PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    })
+}
+
+fn expiry_of(p: &v5p::Publish) -> Option<u32> {
+    p.properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+}
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] retained messages expire: once its
+/// interval has passed a retained message is removed from the retained
+/// store and a new subscriber does not get it; one still alive goes out
+/// with the interval it has left.
+#[tokio::test]
+async fn mqtt_3_3_2_6_retained_messages_expire() {
+    let b = TestBroker::start().await;
+    let mut publ = Raw5::connect(b.addr, "rx-pub").await;
+    // The long one first: by the time the short one has expired, the
+    // long one is more than a second old too.
+    publ.publish("rx/long", b"l", Q5::AtMostOnce, true, expiring(60))
+        .await;
+    publ.publish("rx/short", b"s", Q5::AtMostOnce, true, expiring(1))
+        .await;
+    publ.ping_collect().await;
+    assert_eq!(b.broker.stats().retained, 2);
+    // Removed by the broker's once-a-second pass, after its 1 s.
+    wait_until(|| b.broker.stats().retained == 1).await;
+    let mut sub = Raw5::connect(b.addr, "rx-sub").await;
+    sub.subscribe(vec![filter("rx/#", Q5::AtMostOnce)], None)
+        .await;
+    let got = sub.ping_collect().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].topic[..], b"rx/long");
+    // More than a second has passed since it was published.
+    let left = expiry_of(&got[0]).expect("expiry kept");
+    assert!((50..=59).contains(&left), "{left}");
+}
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] across a restart: a retained message's
+/// expiry keeps counting while the broker is down; one that expired then
+/// is gone (from the store too), one still alive has its interval reduced
+/// by the downtime.
+#[tokio::test]
+async fn mqtt_3_3_2_6_retained_expiry_counts_across_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut publ = Raw5::connect(b.addr, "rr-pub").await;
+    // QoS 1: the PUBACK comes once the retained message is on disk.
+    publ.publish("rr/short", b"s", Q5::AtLeastOnce, true, expiring(2))
+        .await;
+    publ.publish("rr/long", b"l", Q5::AtLeastOnce, true, expiring(3600))
+        .await;
+    for _ in 0..2 {
+        assert!(matches!(publ.next().await, P5::PubAck(_)));
+    }
+    drop(publ);
+    stop(b).await;
+    // The broker is down while the short one's 2 s pass.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    assert_eq!(
+        (b.broker.stats().retained, b.broker.stats().retained_stored),
+        (1, 1)
+    );
+    let mut sub = Raw5::connect(b.addr, "rr-sub").await;
+    sub.subscribe(vec![filter("rr/#", Q5::AtMostOnce)], None)
+        .await;
+    let got = sub.ping_collect().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].topic[..], b"rr/long");
+    let left = expiry_of(&got[0]).expect("expiry kept");
+    assert!((3590..=3598).contains(&left), "{left}");
+    // The expired one is deleted from the store (written by now: the
+    // router flushes after each batch of events).
+    let on_disk = store
+        .keyspace("broker.test.retained")
+        .expect("keyspace")
+        .iter()
+        .count();
+    assert_eq!(on_disk, 1);
+}
+
+/// [MQTT-3.3.2-5, MQTT-3.3.2-6] across a restart, for a persistent
+/// session: expiry counts from each message's arrival, downtime included.
+/// A queued message that expired while the broker was down is dropped
+/// (counted as expired); one still alive goes out with what it has left;
+/// messages in flight are resent with what they have left, and one whose
+/// interval ran out while in flight still goes (its delivery had started)
+/// with an interval of 1 s.
+#[tokio::test]
+async fn mqtt_3_3_2_6_session_message_expiry_counts_across_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut p = props();
+    p.session_expiry_interval = Some(3600);
+    p.receive_maximum = Some(2);
+    let (mut sub, _) = Raw5::connect_with(b.addr, "sx-sub", true, Some(p.clone()), None).await;
+    sub.subscribe(vec![filter("sx/#", Q5::ExactlyOnce)], None)
+        .await;
+    let mut publ = Raw5::connect(b.addr, "sx-pub").await;
+    // Two in flight (receive maximum 2), two queued.
+    for (payload, secs) in [
+        ("f-short", 2),
+        ("f-long", 3600),
+        ("q-short", 2),
+        ("q-long", 3600),
+    ] {
+        publ.publish(
+            "sx/m",
+            payload.as_bytes(),
+            Q5::ExactlyOnce,
+            false,
+            expiring(secs),
+        )
+        .await;
+        assert!(matches!(publ.next().await, P5::PubRec(_)));
+    }
+    let in_flight: Vec<Vec<u8>> = [sub.next_publish().await, sub.next_publish().await]
+        .iter()
+        .map(|p| p.payload.to_vec())
+        .collect();
+    assert_eq!(in_flight, [b"f-short".to_vec(), b"f-long".to_vec()]);
+    drop(sub);
+    drop(publ);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    stop(b).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    assert_eq!(
+        b.broker.stats().dropped_expired,
+        1,
+        "q-short expired while down"
+    );
+    let (mut sub, ack) = Raw5::connect_with(b.addr, "sx-sub", false, Some(p), None).await;
+    assert!(ack.session_present);
+    // Each QoS 2 flow completed as it comes, so the queued one follows.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match sub.next().await {
+            P5::Publish(m) => {
+                got.push((m.payload.to_vec(), m.dup, expiry_of(&m)));
+                sub.send(P5::PubRec(v5p::PubRec::new(m.pkid, None))).await;
+            }
+            P5::PubRel(r) => sub.send(P5::PubComp(v5p::PubComp::new(r.pkid, None))).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got[0], (b"f-short".to_vec(), true, Some(1)));
+    let alive = |left: Option<u32>| left.is_some_and(|l| (3590..=3598).contains(&l));
+    assert_eq!((&got[1].0[..], got[1].1), (&b"f-long"[..], true));
+    assert!(alive(got[1].2), "{got:?}");
+    assert_eq!((&got[2].0[..], got[2].1), (&b"q-long"[..], false));
+    assert!(alive(got[2].2), "{got:?}");
+}
+
+fn delayed_will(topic: &str, delay: u32, retain: bool) -> v5p::LastWill {
+    v5p::LastWill::new(
+        topic,
+        "gone",
+        Q5::AtLeastOnce,
+        retain,
+        Some(v5p::LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+/// [MQTT-3.1.3-9] a delayed will is kept with its persistent session: the
+/// broker restarting within the delay does not lose it, it is published
+/// when due after the restart.
+#[tokio::test]
+async fn mqtt_3_1_3_9_delayed_will_survives_a_restart() {
+    let store = restart_store();
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut p = props();
+    p.session_expiry_interval = Some(3600);
+    // Retained, so the watcher gets it whether it comes before or after
+    // the watcher subscribed.
+    let will = delayed_will("dwr/will", 2, true);
+    let (c, _) = Raw5::connect_with(b.addr, "dwr", true, Some(p), Some(will)).await;
+    drop(c);
+    wait_until(|| b.broker.stats().clients_connected == 0).await;
+    stop(b).await;
+    let b = TestBroker::start_with(|o| o.store = Some(store.clone())).await;
+    let mut watcher = Raw5::connect(b.addr, "dwr-watch").await;
+    watcher
+        .subscribe(vec![filter("dwr/#", Q5::AtLeastOnce)], None)
+        .await;
+    let w = watcher.next_publish().await;
+    assert_eq!(
+        (&w.topic[..], &w.payload[..]),
+        (&b"dwr/will"[..], &b"gone"[..])
+    );
+}
+
+/// [MQTT-3.1.3-9] with [MQTT-3.1.4-3]: a connection taken over by one that
+/// resumes its session (Clean Start 0) before its will delay has passed
+/// does not have its will published, neither at once nor after the delay;
+/// taken over with Clean Start 1, its session ends, and its will is
+/// published at once (3.1.2.5).
+#[tokio::test]
+async fn mqtt_3_1_3_9_takeover_resuming_the_session_holds_the_will_back() {
+    let b = TestBroker::start().await;
+    let mut watcher = Raw5::connect(b.addr, "tk-watch").await;
+    watcher
+        .subscribe(vec![filter("tk/#", Q5::AtLeastOnce)], None)
+        .await;
+    let mut p = props();
+    p.session_expiry_interval = Some(600);
+    let (mut first, _) = Raw5::connect_with(
+        b.addr,
+        "tk-resume",
+        true,
+        Some(p.clone()),
+        Some(delayed_will("tk/resume", 1, false)),
+    )
+    .await;
+    let (_second, ack) =
+        Raw5::connect_with(b.addr, "tk-resume", false, Some(p.clone()), None).await;
+    assert!(ack.session_present);
+    first
+        .expect_disconnect(DisconnectReasonCode::SessionTakenOver)
+        .await;
+    // Past the will delay: had the will been published (at once, or when
+    // the delay passed), it would come before the marker.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let mut marker = Raw5::connect(b.addr, "tk-marker").await;
+    marker
+        .publish("tk/marker", b"m", Q5::AtLeastOnce, false, None)
+        .await;
+    assert_eq!(&watcher.next_publish().await.topic[..], b"tk/marker");
+
+    // Clean Start 1: the old session ends, its will goes at once (a delay
+    // of an hour would otherwise hold it back).
+    let (mut first, _) = Raw5::connect_with(
+        b.addr,
+        "tk-clean",
+        true,
+        Some(p.clone()),
+        Some(delayed_will("tk/clean", 3600, false)),
+    )
+    .await;
+    let (_second, ack) = Raw5::connect_with(b.addr, "tk-clean", true, Some(p), None).await;
+    assert!(!ack.session_present);
+    first
+        .expect_disconnect(DisconnectReasonCode::SessionTakenOver)
+        .await;
+    assert_eq!(&watcher.next_publish().await.topic[..], b"tk/clean");
+}
+
+/// A pipe's link session resends its unacknowledged messages after a
+/// re-attach with their MQTT 5 properties (user properties, content type,
+/// the expiry interval left), not as bare 3.1.1 PUBLISHes.
+#[tokio::test]
+async fn a_link_resend_after_re_attach_keeps_the_properties() {
+    let b = TestBroker::start().await;
+    let (link, mut deliveries) = b.broker.link("prop-link", false);
+    within(link.subscribe(vec![("lp/#".into(), QoS::AtLeastOnce)]))
+        .await
+        .expect("subscribed");
+    let mut state = link.state();
+    let mut dev = Raw5::connect(b.addr, "lp-dev").await;
+    let sent = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("text/plain".into()),
+        message_expiry_interval: Some(3600),
+        ..Default::default()
+    };
+    dev.publish("lp/x", b"p", Q5::AtLeastOnce, false, Some(sent))
+        .await;
+    let first = within(deliveries.recv()).await.expect("delivery");
+    // Not acknowledged before the link goes down: the session resends it.
+    let hold = b
+        .broker
+        .hold_link_down("prop-link")
+        .await
+        .expect("link exists");
+    within(state.wait_for(|s| matches!(s, mqbridge::link::LinkState::Disconnected { .. })))
+        .await
+        .expect("state watch");
+    drop(hold);
+    drop(first);
+    let again = within(deliveries.recv()).await.expect("redelivery");
+    assert!(again.message.dup, "a resend");
+    let p = again.message.properties.as_ref().expect("properties kept");
+    assert_eq!(p.user_properties, [("k".to_string(), "v".to_string())]);
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert!(
+        p.message_expiry_interval
+            .is_some_and(|s| (3590..=3600).contains(&s))
+    );
+    again.ack.ack();
 }

@@ -139,9 +139,10 @@ fn every_field_fixture_resolves_as_written() {
             b.limits.max_topic_levels,
             b.limits.max_filters_per_subscribe,
             b.limits.max_subscriptions_per_client,
-            b.limits.max_trie_nodes
+            b.limits.max_trie_nodes,
+            b.limits.topic_alias_maximum
         ),
-        (300, 8, 50, 20, 40, 5000)
+        (300, 8, 50, 20, 40, 5000, 0)
     );
     let p = plan.pipes.get("up").unwrap_or_else(|| panic!("no pipe"));
     assert_eq!(p.filters[1], ("alarms/+".to_string(), QoS::AtLeastOnce));

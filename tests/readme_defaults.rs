@@ -131,6 +131,10 @@ fn builtin_config_defaults_match_the_code() {
         duration(&t, "limits.handshake_timeout"),
         defaults::handshake_timeout()
     );
+    assert_eq!(
+        number(&t, "limits.topic_alias_maximum"),
+        u64::from(defaults::topic_alias_maximum())
+    );
 }
 
 #[test]
@@ -139,6 +143,10 @@ fn library_defaults_match_the_code() {
     assert_eq!(
         number(&t, "limits.max_connections"),
         broker::DEFAULT_MAX_CONNECTIONS as u64
+    );
+    assert_eq!(
+        number(&t, "limits.topic_alias_maximum"),
+        u64::from(broker::DEFAULT_TOPIC_ALIAS_MAXIMUM)
     );
     assert_eq!(
         size(&t, "limits.max_packet_size"),

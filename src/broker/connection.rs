@@ -322,6 +322,7 @@ where
             v.negotiated.connack.clone(),
             v.negotiated.outgoing_alias_maximum,
             v.quota.clone(),
+            v.negotiated.problem_information,
         ))
     });
     let wire = Wire {
@@ -939,6 +940,12 @@ impl Reader<'_> {
         match packet {
             P5::Publish(p) => self.publish_v5(p),
             P5::PubAck(a) => Ok(self.ack(Ack::PubAck, a.pkid)),
+            // A failing PUBREC ends the QoS 2 flow there (spec 4.3.3).
+            P5::PubRec(a) if ReasonCode::from(a.reason).is_error() => Ok(Event::PubRecFailed {
+                conn,
+                pkid: a.pkid,
+                reason: a.reason.into(),
+            }),
             P5::PubRec(a) => Ok(self.ack(Ack::PubRec, a.pkid)),
             P5::PubComp(a) => Ok(self.ack(Ack::PubComp, a.pkid)),
             P5::PubRel(r) => Ok(Event::PubRel { conn, pkid: r.pkid }),
@@ -1096,12 +1103,21 @@ impl Wire {
             }
             return true;
         };
-        let Some(packet) = v5.packet(item) else {
+        let Some(mut packet) = v5.packet(item) else {
             return true;
         };
         // Nothing goes after a DISCONNECT [MQTT-3.14.4-1].
         let last = matches!(packet, P5::Disconnect(_));
-        match crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server) {
+        let mut encoded =
+            crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server);
+        // An ack too large only for its reason string goes without it
+        // [MQTT-3.4.2-2, MQTT-3.9.2-1].
+        if matches!(encoded, Err(V5Error::OutgoingTooLarge { .. }))
+            && super::problem::strip(&mut packet)
+        {
+            encoded = crate::protocol::v5::encode(&packet, out, self.max_packet, Sender::Server);
+        }
+        match encoded {
             Ok(()) => {}
             Err(V5Error::OutgoingTooLarge { size, max }) => {
                 // Dropped for this client as if delivered [MQTT-3.1.2-25];

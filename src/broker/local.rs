@@ -282,9 +282,11 @@ impl LocalLink {
                             item @ (Out::Packet(_) | Out::Publish(_)) => {
                                 out_rx.written(1);
                                 let (message, pkid) = match item {
-                                    // As the router's session handed it over.
+                                    // As the router's session handed it over
+                                    // (resends after a re-attach too, with DUP).
                                     Out::Publish(b) => *b,
-                                    // A resend after a re-attach (DUP), built as a packet.
+                                    // Never built for a link (it would lose the
+                                    // MQTT 5 properties); handled all the same.
                                     Out::Packet(packet) => match *packet {
                                         Packet::Publish(p) => {
                                             let pkid = p.pkid;

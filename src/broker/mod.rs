@@ -24,6 +24,7 @@ mod listener;
 mod local;
 mod outlet;
 mod persist;
+mod problem;
 mod record;
 mod retained;
 mod router;
@@ -186,6 +187,9 @@ pub struct Limits {
     /// Nodes of the subscription trie (one per distinct filter level prefix)
     /// network clients may grow it to; in-process links are exempt.
     pub max_trie_nodes: usize,
+    /// Topic aliases an MQTT 5 client may set on its PUBLISHes to us (our
+    /// CONNACK's Topic Alias Maximum; 0: none, the property is left out).
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for Limits {
@@ -203,16 +207,19 @@ impl Default for Limits {
             max_filters_per_subscribe: DEFAULT_MAX_FILTERS_PER_SUBSCRIBE,
             max_subscriptions_per_client: DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
             max_trie_nodes: DEFAULT_MAX_TRIE_NODES,
+            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
         }
     }
 }
 
-/// Topic aliases an MQTT 5 client may set on its PUBLISHes to us.
-pub const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// Default `topic_alias_maximum`: topic aliases an MQTT 5 client may set on
+/// its PUBLISHes to us.
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 64;
 
 /// What MQTT 5 clients are told and held to: our Receive Maximum is
 /// `max_inflight` (the same window as towards them), our Maximum Packet
-/// Size `max_packet_size`, the longest Session Expiry Interval the
+/// Size `max_packet_size`, our Topic Alias Maximum `topic_alias_maximum`,
+/// the longest Session Expiry Interval the
 /// broker's `session_expiry` (none: any). No enhanced authentication
 /// method is accepted (0x8C). Retain, wildcards, subscription identifiers
 /// and shared subscriptions are available.
@@ -223,7 +230,7 @@ pub(crate) fn server_limits(
     crate::protocol::negotiate::ServerLimits {
         receive_maximum: limits.max_inflight.max(1),
         maximum_packet_size: u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX),
-        topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
+        topic_alias_maximum: limits.topic_alias_maximum,
         max_session_expiry: session_expiry.map_or(u32::MAX, |d| {
             u32::try_from(d.as_secs()).unwrap_or(u32::MAX - 1)
         }),

@@ -20,7 +20,9 @@ use tracing::warn;
 use super::record::{self, Flow, RecordError, StoredSession};
 use super::stats::Counters;
 use crate::protocol::Message;
+use crate::protocol::expiry::Expiry;
 use crate::store::{Keyspace, Store, StoreError};
+use std::time::{Duration, Instant};
 
 /// The keyspaces of one broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,11 +152,12 @@ impl Journal {
         }
     }
 
-    /// Stores message `seq` of session `sid`.
-    pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message) {
+    /// Stores message `seq` of session `sid`, whose expiry interval counts
+    /// from unix milliseconds `arrived`.
+    pub fn put_message(&mut self, sid: u64, seq: u64, m: &Message, arrived: Option<u64>) {
         if self.open.is_some() {
             let key = record::seq_key(sid, seq);
-            let value = record::encode_message(m);
+            let value = record::encode_message(m, arrived);
             self.account(sid, seq, Some((key.len() + value.len()) as u64));
             self.set(Ks::Messages, &key, Some(value));
             self.counters.stored_messages.fetch_add(1, Relaxed);
@@ -195,10 +198,16 @@ impl Journal {
         self.set(Ks::Incoming, &record::pkid_key(sid, pkid), None);
     }
 
-    /// Sets or (empty payload) deletes the retained message of `m.topic`.
-    pub fn put_retained(&mut self, m: &Message) {
-        let value = (!m.payload.is_empty()).then(|| record::encode_message(m));
+    /// Sets or (empty payload) deletes the retained message of `m.topic`,
+    /// whose expiry interval counts from unix milliseconds `arrived`.
+    pub fn put_retained(&mut self, m: &Message, arrived: Option<u64>) {
+        let value = (!m.payload.is_empty()).then(|| record::encode_message(m, arrived));
         self.set(Ks::Retained, m.topic.as_bytes(), value);
+    }
+
+    /// Deletes the retained message of `topic` (it expired).
+    pub fn remove_retained(&mut self, topic: &str) {
+        self.set(Ks::Retained, topic.as_bytes(), None);
     }
 
     /// Deletes session `sid` with every message, flow and QoS 2 id it holds;
@@ -312,10 +321,15 @@ impl Journal {
             let parsed =
                 record::split_key(&key).and_then(|k| Ok((k, record::decode_message(&value)?)));
             match parsed {
-                Ok(((sid, seq), m)) => match loaded.sessions.get_mut(&sid) {
+                Ok(((sid, seq), (message, arrived))) => match loaded.sessions.get_mut(&sid) {
                     Some(s) => {
                         sizes.push(((sid, seq), (key.len() + value.len()) as u64));
-                        s.messages.push((seq, m, flows.remove(&(sid, seq))));
+                        s.messages.push(StoredMessage {
+                            seq,
+                            message,
+                            arrived,
+                            flow: flows.remove(&(sid, seq)),
+                        });
                     }
                     None => orphans.push((Ks::Messages, key.to_vec())),
                 },
@@ -337,7 +351,9 @@ impl Journal {
         }
         for (key, value) in scan(open, Ks::Retained) {
             match record::decode_message(&value) {
-                Ok(m) if m.topic.as_bytes() == &key[..] => loaded.retained.push(m),
+                Ok((m, arrived)) if m.topic.as_bytes() == &key[..] => {
+                    loaded.retained.push((m, arrived));
+                }
                 Ok(_) => note(
                     Ks::Retained,
                     &key,
@@ -399,10 +415,24 @@ fn scan(open: &Open, ks: Ks) -> Vec<(Vec<u8>, Vec<u8>)> {
 pub(crate) struct LoadedSession {
     /// Its record.
     pub record: StoredSession,
-    /// Messages in sequence order, with the QoS 2 flow of those in flight.
-    pub messages: Vec<(u64, Message, Option<Flow>)>,
+    /// Messages in sequence order.
+    pub messages: Vec<StoredMessage>,
     /// QoS 2 packet ids received from the client and not yet released.
     pub incoming: Vec<u16>,
+}
+
+/// One stored message of a session as loaded.
+#[derive(Debug)]
+pub(crate) struct StoredMessage {
+    /// Its sequence number in the session.
+    pub seq: u64,
+    /// The message.
+    pub message: Message,
+    /// Unix milliseconds its expiry interval counts from (`None`: it has
+    /// none, or a record written before this was stored).
+    pub arrived: Option<u64>,
+    /// The QoS 2 flow it is in, if in flight.
+    pub flow: Option<Flow>,
 }
 
 /// Everything [`Journal::load`] found.
@@ -410,8 +440,9 @@ pub(crate) struct LoadedSession {
 pub(crate) struct Loaded {
     /// Sessions by id.
     pub sessions: BTreeMap<u64, LoadedSession>,
-    /// Retained messages.
-    pub retained: Vec<Message>,
+    /// Retained messages, with the unix milliseconds their expiry interval
+    /// counts from.
+    pub retained: Vec<(Message, Option<u64>)>,
     /// Damaged records skipped.
     pub damaged: u64,
 }
@@ -431,15 +462,111 @@ pub(crate) fn expired(
 
 /// Unix seconds now (0 before 1970, which no clock here reports).
 pub(crate) fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Unix milliseconds now (0 before 1970).
+pub(crate) fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The arrival to store with `m` (`Some(now_ms)` when it has a Message
+/// Expiry Interval, which counts from now; else nothing to store).
+pub(crate) fn arrival(m: &Message, now_ms: u64) -> Option<u64> {
+    m.properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .map(|_| now_ms)
+}
+
+/// The expiry of a stored `message` on this run's monotonic clock: its
+/// interval counts from `arrived` (unix milliseconds), so the time the
+/// broker was down counts too. `now_ms` and `now` are the same moment on
+/// both clocks. A record with no arrival (written before it was stored)
+/// counts from `now`; a wall clock that went back counts no time. When
+/// the monotonic clock is younger than the wait (the machine rebooted),
+/// the message's interval is cut to what is left of it (rounded up), from
+/// `now`. `None`: the message never expires.
+pub(crate) fn restored_expiry(
+    message: &mut Message,
+    arrived: Option<u64>,
+    now_ms: u64,
+    now: Instant,
+) -> Option<Expiry> {
+    let secs = message.properties.as_ref()?.message_expiry_interval?;
+    let Some(arrived) = arrived else {
+        return Expiry::of(message, now);
+    };
+    let held = Duration::from_millis(now_ms.saturating_sub(arrived));
+    if let Some(received) = now.checked_sub(held) {
+        return Expiry::of(message, received);
+    }
+    let left = Duration::from_secs(u64::from(secs)).saturating_sub(held);
+    let left_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    if let Some(p) = message.properties.as_mut() {
+        p.message_expiry_interval = Some(u32::try_from(left_secs).unwrap_or(u32::MAX));
+    }
+    Expiry::of(message, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::protocol::expiry::Remaining;
+    use crate::protocol::{MessageProperties, PropertyFields, QoS};
+
+    fn expiring(secs: u32) -> Message {
+        let mut m = Message::new("t", "p", QoS::AtLeastOnce, false);
+        m.properties = Some(MessageProperties::from(PropertyFields {
+            message_expiry_interval: Some(secs),
+            ..Default::default()
+        }));
+        m
+    }
+
+    /// [MQTT-3.3.2-5, MQTT-3.3.2-6] across a restart: the interval counts
+    /// from the stored arrival, so the downtime counts too.
+    #[test]
+    fn restored_expiry_counts_from_the_stored_arrival() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let now_ms = 1_700_000_000_000;
+        let mut m = expiring(60);
+        // Arrived 20.5 s ago: 39.5 s left, sent as 40.
+        let e = restored_expiry(&mut m, Some(now_ms - 20_500), now_ms, now).expect("expiry");
+        assert_eq!(e.remaining(now), Remaining::Seconds(40));
+        // Arrived 60 s ago or more: expired.
+        let e = restored_expiry(&mut m, Some(now_ms - 60_000), now_ms, now).expect("expiry");
+        assert_eq!(e.remaining(now), Remaining::Expired);
+        // No arrival stored (an older record): counts from now.
+        let e = restored_expiry(&mut m, None, now_ms, now).expect("expiry");
+        assert_eq!(e.remaining(now), Remaining::Seconds(60));
+        // A wall clock that went back counts no time.
+        let e = restored_expiry(&mut m, Some(now_ms + 5_000), now_ms, now).expect("expiry");
+        assert_eq!(e.remaining(now), Remaining::Seconds(60));
+        // No interval: never.
+        let mut plain = Message::new("t", "p", QoS::AtLeastOnce, false);
+        assert_eq!(restored_expiry(&mut plain, Some(0), now_ms, now), None);
+        assert_eq!(arrival(&plain, now_ms), None);
+        assert_eq!(arrival(&m, now_ms), Some(now_ms));
+    }
+
+    /// A wait longer than the monotonic clock has run (a reboot): the
+    /// interval is cut to what is left of it.
+    #[test]
+    fn restored_expiry_after_a_reboot_cuts_the_interval() {
+        let now = Instant::now();
+        let now_ms = 1_700_000_000_000;
+        let long_ago = 10 * 365 * 24 * 3600 * 1000;
+        let mut m = expiring(u32::MAX);
+        let e = restored_expiry(&mut m, Some(now_ms - long_ago), now_ms, now).expect("expiry");
+        let left = u64::from(u32::MAX) - long_ago / 1000;
+        assert_eq!(e.remaining(now), Remaining::Seconds(left as u32));
+        let mut gone = expiring(60);
+        let e = restored_expiry(&mut gone, Some(now_ms - long_ago), now_ms, now).expect("expiry");
+        assert_eq!(e.remaining(now), Remaining::Expired);
+    }
 
     #[test]
     fn expiry_counts_from_the_disconnect() {

@@ -12,20 +12,44 @@ use crate::protocol::{Message, RetainHandling, SubscribeOptions};
 pub(crate) use crate::store::record::RecordError;
 use crate::store::record::{Reader, open, put_bytes, put_message, put_opt_bytes, seal};
 
-/// A stored message (queued for a session, or retained).
-pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
-    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 16);
+/// A stored message (queued for a session, or retained) and `arrived`:
+/// the unix milliseconds its Message Expiry Interval counts from, so the
+/// interval keeps counting while the broker is down (`None`: it has none).
+///
+/// Message format 2 appends `format u8 | arrived opt u64` to the message;
+/// a format 1 record ends after the message and still loads (no arrival:
+/// its interval counts again from the load, as it did then).
+pub(crate) fn encode_message(m: &Message, arrived: Option<u64>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(m.topic.len() + m.payload.len() + 26);
     put_message(&mut body, m);
+    body.push(MESSAGE_FORMAT);
+    match arrived {
+        Some(t) => {
+            body.push(1);
+            body.extend_from_slice(&t.to_be_bytes());
+        }
+        None => body.push(0),
+    }
     seal(&body)
 }
 
-/// Reads a record of [`encode_message`].
-pub(crate) fn decode_message(bytes: &[u8]) -> Result<Message, RecordError> {
+/// Reads a record of [`encode_message`]: the message and its arrival.
+pub(crate) fn decode_message(bytes: &[u8]) -> Result<(Message, Option<u64>), RecordError> {
     let mut r = Reader(open(bytes)?);
     let m = r.message()?;
+    let mut arrived = None;
+    if !r.0.is_empty() {
+        if r.u8()? != MESSAGE_FORMAT {
+            return Err(RecordError::Malformed("message format"));
+        }
+        arrived = r.opt(Reader::u64)?;
+    }
     r.end()?;
-    Ok(m)
+    Ok((m, arrived))
 }
+
+/// The message record format written today (format 1 had no byte for it).
+const MESSAGE_FORMAT: u8 = 2;
 
 /// Which namespace a stored session belongs to (see `SessionKey`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +76,17 @@ pub(crate) struct StoredSession {
     /// Unix seconds of the disconnect; `None` while connected (a crash
     /// while connected restarts the expiry clock at the next start).
     pub disconnected_at: Option<u64>,
+    /// An MQTT 5 will waiting for its Will Delay Interval.
+    pub will: Option<StoredWill>,
+}
+
+/// A delayed will as stored with its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredWill {
+    /// The will message.
+    pub message: Message,
+    /// Unix milliseconds when it is due.
+    pub due: u64,
 }
 
 /// Encodes a session record.
@@ -88,6 +123,15 @@ pub(crate) fn encode_session(s: &StoredSession) -> Vec<u8> {
         put_opt_u32(&mut body, sub.id);
     }
     put_opt_u32(&mut body, s.expiry);
+    // Format 3: the delayed will. A format 2 record ends before it.
+    match &s.will {
+        Some(w) => {
+            body.push(1);
+            put_message(&mut body, &w.message);
+            body.extend_from_slice(&w.due.to_be_bytes());
+        }
+        None => body.push(0),
+    }
     seal(&body)
 }
 
@@ -108,8 +152,10 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
         subscriptions.push((filter, Subscription::from(r.qos()?)));
     }
     let mut expiry = None;
+    let mut will = None;
     if !r.0.is_empty() {
-        if r.u8()? != SESSION_FORMAT {
+        let format = r.u8()?;
+        if !(2..=SESSION_FORMAT).contains(&format) {
             return Err(RecordError::Malformed("session format"));
         }
         for (_, sub) in &mut subscriptions {
@@ -118,6 +164,14 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
             sub.id = r.opt(Reader::u32)?;
         }
         expiry = r.opt(Reader::u32)?;
+        if format >= 3 {
+            will = r.opt(|r| {
+                Ok(StoredWill {
+                    message: r.message()?,
+                    due: r.u64()?,
+                })
+            })?;
+        }
     }
     r.end()?;
     Ok(StoredSession {
@@ -127,11 +181,13 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, RecordError>
         subscriptions,
         disconnected_at,
         expiry,
+        will,
     })
 }
 
-/// The session record format written today (format 1 had no byte for it).
-const SESSION_FORMAT: u8 = 2;
+/// The session record format written today (format 1 had no byte for it;
+/// format 2 had no will).
+const SESSION_FORMAT: u8 = 3;
 
 fn put_opt_u32(out: &mut Vec<u8>, v: Option<u32>) {
     match v {
@@ -294,9 +350,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn messages_round_trip(topic in "[a-z/]{1,20}", payload in proptest::collection::vec(any::<u8>(), 0..64), q in qos(), retain in any::<bool>()) {
+        fn messages_round_trip(topic in "[a-z/]{1,20}", payload in proptest::collection::vec(any::<u8>(), 0..64), q in qos(), retain in any::<bool>(), arrived in proptest::option::of(any::<u64>())) {
             let m = Message::new(topic, payload, q, retain);
-            let back = decode_message(&encode_message(&m)).expect("decode");
+            let (back, when) = decode_message(&encode_message(&m, arrived)).expect("decode");
+            prop_assert_eq!(when, arrived);
             prop_assert_eq!(back.topic, m.topic);
             prop_assert_eq!(back.payload, m.payload);
             prop_assert_eq!(back.qos, m.qos);
@@ -304,8 +361,9 @@ mod tests {
         }
 
         #[test]
-        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", subscription()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>(), expiry in proptest::option::of(any::<u32>())) {
-            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at, expiry };
+        fn sessions_round_trip(id in "[a-z0-9]{0,12}", user in proptest::option::of("[a-z]{1,8}"), subs in proptest::collection::vec(("[a-z/#+]{1,10}", subscription()), 0..5), at in proptest::option::of(any::<u64>()), link in any::<bool>(), expiry in proptest::option::of(any::<u32>()), will in proptest::option::of(("[a-z/]{1,10}", any::<u64>()))) {
+            let will = will.map(|(topic, due)| StoredWill { message: Message::new(topic, "gone", QoS::AtLeastOnce, true), due });
+            let s = StoredSession { kind: if link { Kind::Link } else { Kind::Network }, client_id: id, username: user, subscriptions: subs, disconnected_at: at, expiry, will };
             prop_assert_eq!(decode_session(&encode_session(&s)).expect("decode"), s);
         }
 
@@ -314,7 +372,7 @@ mod tests {
         #[test]
         fn damage_is_detected(bit in 0usize..400, cut in 0usize..60) {
             let m = Message::new("a/b", "some payload", QoS::AtLeastOnce, false);
-            let good = encode_message(&m);
+            let good = encode_message(&m, Some(1_700_000_000_000));
             let mut flipped = good.clone();
             let i = bit % (flipped.len() * 8);
             flipped[i / 8] ^= 1 << (i % 8);
@@ -349,6 +407,25 @@ mod tests {
         let mut bad = body.clone();
         bad.extend_from_slice(&[SESSION_FORMAT, 0x40, 0, 0]);
         assert!(decode_session(&seal(&bad)).is_err());
+        // Format 2 (options, identifiers, expiry; no will) still loads.
+        let mut v2 = body.clone();
+        v2.extend_from_slice(&[2, 0b101, 0, 1, 0, 0, 0, 60]);
+        let s = decode_session(&seal(&v2)).expect("format 2 loads");
+        assert_eq!((s.expiry, s.will), (Some(60), None));
+        assert!(s.subscriptions[0].1.options.no_local);
+    }
+
+    /// A message record written before message expiry was stored (format
+    /// 1: the message, nothing after) still loads, with no arrival time.
+    #[test]
+    fn format_1_message_records_still_load() {
+        let m = Message::new("a/b", "old", QoS::AtLeastOnce, true);
+        let mut body = Vec::new();
+        put_message(&mut body, &m);
+        let (back, arrived) = decode_message(&seal(&body)).expect("format 1 loads");
+        assert_eq!((back, arrived), (m, None));
+        body.push(9);
+        assert!(decode_message(&seal(&body)).is_err(), "unknown format");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::outlet::Outlet;
-use super::persist::{Journal, LoadedSession};
-use super::record::{Flow, Kind, StoredSession};
+use super::persist::{
+    Journal, LoadedSession, StoredMessage, arrival, restored_expiry, unix_now_ms,
+};
+use super::record::{Flow, Kind, StoredSession, StoredWill};
 use super::stats::{Counters, DropReason};
 use super::{Limits, OverflowPolicy};
 use crate::protocol::expiry::{Expiry, Remaining};
@@ -103,6 +105,30 @@ impl SessionKey {
     }
 }
 
+/// What a session keeps with a QoS 1/2 flow towards its client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct InFlight {
+    /// The message's sequence number in the store, if stored.
+    pub seq: Option<u64>,
+    /// When its MQTT 5 Message Expiry Interval ends; `None`: never.
+    pub expiry: Option<Expiry>,
+}
+
+/// Puts on an in-flight `message` being sent again the expiry interval it
+/// has left at `now` [MQTT-3.3.2-6]. One whose interval ran out while it
+/// was in flight still goes (its onward delivery had started), with an
+/// interval of 1 s, the shortest there is: 0 is no lifetime, and some
+/// brokers (Mosquitto) read 0 as "never expires".
+pub(crate) fn set_expiry_left(message: &mut Message, expiry: Expiry, now: Instant) {
+    let left = match expiry.remaining(now) {
+        Remaining::Seconds(left) => left,
+        Remaining::Expired => 1,
+    };
+    if let Some(p) = message.properties.as_mut() {
+        p.message_expiry_interval = Some(left);
+    }
+}
+
 /// A message waiting in a session's queue.
 #[derive(Debug)]
 pub(crate) struct Queued {
@@ -131,9 +157,9 @@ pub(crate) struct Session {
     /// Reason codes owed on the PUBACK/PUBREC of refused MQTT 5 publishes,
     /// by packet id (empty for everyone else).
     ack_reasons: HashMap<u16, ReasonCode>,
-    /// QoS 1/2 flows towards the client; the token is the message's
-    /// sequence number in the store, if stored.
-    pub outgoing: Outgoing<Option<u64>>,
+    /// QoS 1/2 flows towards the client, each with its stored sequence
+    /// number and expiry.
+    pub outgoing: Outgoing<InFlight>,
     /// QoS 1/2 flows from the client (QoS 2 duplicate suppression).
     pub incoming: Incoming,
     /// Messages waiting for an inflight slot or for the client.
@@ -157,6 +183,21 @@ pub(crate) struct Session {
     qos2_seq: HashMap<u16, u64>,
     /// Unix seconds of the last disconnect; `None` while connected.
     pub disconnected_at: Option<u64>,
+    /// The MQTT 5 will waiting for its Will Delay Interval (stored with
+    /// the session, so it survives a restart); the router indexes it by
+    /// deadline.
+    pub will: Option<DelayedWill>,
+}
+
+/// A will waiting for its Will Delay Interval.
+#[derive(Debug, Clone)]
+pub(crate) struct DelayedWill {
+    /// The will message.
+    pub message: Message,
+    /// When it is due on the monotonic clock.
+    pub at: Instant,
+    /// The same moment in unix milliseconds (what the store keeps).
+    pub due_ms: u64,
 }
 
 impl Session {
@@ -179,19 +220,25 @@ impl Session {
             stored_messages: 0,
             qos2_seq: HashMap::new(),
             disconnected_at: None,
+            will: None,
         }
     }
 
     /// Rebuilds stored session `sid` after a restart: subscriptions, the
     /// QoS 2 flows in flight under their packet ids, queued messages in
-    /// order, the QoS 2 ids received. Disconnected since `now` if it was
-    /// connected at the crash.
+    /// order, the QoS 2 ids received. Disconnected since `now` (unix
+    /// milliseconds, and the same moment on the monotonic clock) if it was
+    /// connected at the crash. Message expiry counts from each message's
+    /// stored arrival: a queued message that expired while the broker was
+    /// down is dropped (counted, deleted from the store); a QoS 2 flow
+    /// already in flight is kept (its onward delivery had started).
     pub fn restore(
         sid: u64,
         loaded: LoadedSession,
         limits: &Limits,
         counters: &Counters,
-        now: u64,
+        journal: &mut Journal,
+        (now_ms, at): (u64, Instant),
     ) -> Self {
         let record = loaded.record;
         let origin = match record.kind {
@@ -204,29 +251,46 @@ impl Session {
         s.subscriptions = record.subscriptions.into_iter().collect();
         s.expiry = record.expiry;
         s.stored = Some(sid);
-        s.disconnected_at = Some(record.disconnected_at.unwrap_or(now));
-        for (seq, message, flow) in loaded.messages {
+        s.disconnected_at = Some(record.disconnected_at.unwrap_or(now_ms / 1000));
+        // A delayed will keeps its wall-clock deadline (due at once if it
+        // passed while the broker was down).
+        s.will = record.will.map(|w| DelayedWill {
+            at: at + Duration::from_millis(w.due.saturating_sub(now_ms)),
+            message: w.message,
+            due_ms: w.due,
+        });
+        for stored in loaded.messages {
+            let StoredMessage {
+                seq,
+                mut message,
+                arrived,
+                flow,
+            } = stored;
             s.next_seq = s.next_seq.max(seq + 1);
             s.stored_messages += 1;
+            let expiry = restored_expiry(&mut message, arrived, now_ms, at);
+            let token = InFlight {
+                seq: Some(seq),
+                expiry,
+            };
             let restored = match flow {
                 Some(f) if message.qos == QoS::ExactlyOnce => s
                     .outgoing
-                    .restore(message, f.pkid, f.released, Some(seq))
+                    .restore(message, f.pkid, f.released, token)
                     .map(|()| {
                         s.qos2_seq.insert(f.pkid, seq);
                     }),
-                _ => Err(crate::protocol::session::Full {
-                    message,
-                    token: Some(seq),
-                }),
+                _ => Err(Full { message, token }),
             };
             if let Err(full) = restored {
-                // The interval counts again from the restart (the time the
-                // broker was down is not known to the queue).
-                let expiry = Expiry::of(&full.message, Instant::now());
+                if expiry.is_some_and(|e| e.remaining(at) == Remaining::Expired) {
+                    counters.dropped(DropReason::Expired, 1);
+                    s.forget(Some(seq), journal);
+                    continue;
+                }
                 s.queue.push_back(Queued {
                     message: full.message,
-                    seq: full.token,
+                    seq: full.token.seq,
                     expiry,
                 });
                 counters.queued.fetch_add(1, Relaxed);
@@ -257,6 +321,10 @@ impl Session {
             subscriptions,
             disconnected_at: self.disconnected_at,
             expiry: self.expiry,
+            will: self.will.as_ref().map(|w| StoredWill {
+                message: w.message.clone(),
+                due: w.due_ms,
+            }),
         }
     }
 
@@ -273,7 +341,8 @@ impl Session {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.stored_messages += 1;
-        journal.put_message(sid, seq, msg);
+        // Its expiry keeps counting across a restart.
+        journal.put_message(sid, seq, msg, arrival(msg, unix_now_ms()));
         Some(seq)
     }
 
@@ -285,18 +354,17 @@ impl Session {
         }
     }
 
-    /// Records a stored QoS 2 PUBLISH going out under its packet id, so a
-    /// restart resends it under the same id (exactly once).
-    /// Starts the flow of `msg` (stored as `seq`) and hands it to the
+    /// Starts the flow of `msg` (stored as `token.seq`) and hands it to the
     /// connection, if any: an in-process link gets the message itself (no
     /// PUBLISH encoded here and decoded there), a network client the PUBLISH.
     fn start(
         &mut self,
         msg: Message,
-        seq: Option<u64>,
+        token: InFlight,
         counters: &Counters,
         journal: &mut Journal,
-    ) -> Result<(), Full<Option<u64>>> {
+    ) -> Result<(), Full<InFlight>> {
+        let seq = token.seq;
         if let Some(max) = self.conn.as_ref().and_then(|c| c.v5).map(|v| v.max_packet)
             && v5_publish_size(&msg) > u64::from(max)
         {
@@ -307,14 +375,14 @@ impl Session {
             return Ok(());
         }
         if !self.is_link() && !self.is_v5() {
-            let (packet, _) = self.outgoing.publish(msg, seq)?;
+            let (packet, _) = self.outgoing.publish(msg, token)?;
             if let Packet::Publish(p) = &packet {
                 self.note_flow(p.pkid, msg_qos(p.qos), seq, journal);
             }
             self.send(packet, counters);
             return Ok(());
         }
-        let (pkid, mut message, _) = self.outgoing.publish_message(msg, seq)?;
+        let (pkid, mut message, _) = self.outgoing.publish_message(msg, token)?;
         // A new flow, as a fresh PUBLISH would say (resends go as packets).
         message.dup = false;
         self.note_flow(pkid, message.qos, seq, journal);
@@ -336,8 +404,8 @@ impl Session {
 
     /// PUBACK: the flow's stored message goes.
     pub fn on_puback(&mut self, pkid: u16, journal: &mut Journal) -> Result<(), ProtocolViolation> {
-        let seq = self.outgoing.on_puback(pkid)?;
-        self.forget(seq, journal);
+        let token = self.outgoing.on_puback(pkid)?;
+        self.forget(token.seq, journal);
         Ok(())
     }
 
@@ -361,15 +429,31 @@ impl Session {
         Ok(pubrel)
     }
 
+    /// A PUBREC with a failure code: the flow ends without a PUBREL, and
+    /// its stored message goes. The shared state machine knows only the
+    /// PUBREC → PUBCOMP path: the flow is walked through it at once, and
+    /// the PUBREL it returns is never sent.
+    pub fn on_pubrec_failed(
+        &mut self,
+        pkid: u16,
+        journal: &mut Journal,
+    ) -> Result<(), ProtocolViolation> {
+        let _unsent_pubrel = self.outgoing.on_pubrec(pkid)?;
+        let token = self.outgoing.on_pubcomp(pkid)?;
+        self.qos2_seq.remove(&pkid);
+        self.forget(token.seq, journal);
+        Ok(())
+    }
+
     /// PUBCOMP: the flow's stored message goes.
     pub fn on_pubcomp(
         &mut self,
         pkid: u16,
         journal: &mut Journal,
     ) -> Result<(), ProtocolViolation> {
-        let seq = self.outgoing.on_pubcomp(pkid)?;
+        let token = self.outgoing.on_pubcomp(pkid)?;
         self.qos2_seq.remove(&pkid);
-        self.forget(seq, journal);
+        self.forget(token.seq, journal);
         Ok(())
     }
 
@@ -496,16 +580,20 @@ impl Session {
                 counters.dropped(DropReason::QueueFull, 1);
                 return false;
             }
-            let _ = self.start(msg, None, counters, journal);
+            let _ = self.start(msg, InFlight::default(), counters, journal);
             return false;
         }
         let seq = self.store(&msg, journal);
+        let token = InFlight {
+            seq,
+            expiry: Expiry::of(&msg, now),
+        };
         if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
-            if let Err(full) = self.start(msg, seq, counters, journal) {
-                self.enqueue(full.message, full.token, limits, counters, journal, now);
+            if let Err(full) = self.start(msg, token, counters, journal) {
+                self.enqueue(full.message, full.token, limits, counters, journal);
             }
         } else {
-            self.enqueue(msg, seq, limits, counters, journal, now);
+            self.enqueue(msg, token, limits, counters, journal);
         }
         seq.is_some()
     }
@@ -520,12 +608,12 @@ impl Session {
     fn enqueue(
         &mut self,
         message: Message,
-        seq: Option<u64>,
+        token: InFlight,
         limits: &Limits,
         counters: &Counters,
         journal: &mut Journal,
-        now: Instant,
     ) {
+        let InFlight { seq, expiry } = token;
         if self.queue.len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
             match limits.overflow {
@@ -545,7 +633,6 @@ impl Session {
                 return;
             }
         }
-        let expiry = Expiry::of(&message, now);
         self.queue.push_back(Queued {
             message,
             seq,
@@ -580,13 +667,17 @@ impl Session {
                 }
                 None => {}
             }
-            match self.start(next.message, next.seq, counters, journal) {
+            let token = InFlight {
+                seq: next.seq,
+                expiry: next.expiry,
+            };
+            match self.start(next.message, token, counters, journal) {
                 Ok(()) => {}
                 Err(full) => {
                     self.queue.push_front(Queued {
                         message: full.message,
-                        seq: full.token,
-                        expiry: next.expiry,
+                        seq: full.token.seq,
+                        expiry: full.token.expiry,
                     });
                     counters.queued.fetch_add(1, Relaxed);
                     break;
@@ -613,10 +704,18 @@ impl Session {
         self.ack_reasons.clear();
         self.conn = Some(conn);
         self.disconnected_at = None;
-        if self.is_v5() {
+        // An in-process link and an MQTT 5 client get the messages with
+        // their properties; a 3.x client gets 3.1.1 packets.
+        if self.is_v5() || self.is_link() {
             for resend in self.outgoing.resume_messages(session_present) {
                 match resend {
-                    Resend::Publish { message, pkid } => self.send_message(message, pkid, counters),
+                    Resend::Publish { mut message, pkid } => {
+                        let expiry = self.outgoing.token_mut(pkid).and_then(|t| t.expiry);
+                        if let Some(e) = expiry {
+                            set_expiry_left(&mut message, e, now);
+                        }
+                        self.send_message(message, pkid, counters);
+                    }
                     Resend::PubRel(pkid) => self.send(
                         Packet::PubRel(crate::protocol::v4::PubRel::new(pkid)),
                         counters,

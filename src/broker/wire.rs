@@ -58,22 +58,41 @@ pub(crate) struct V5Out {
     aliases: Outbound,
     /// The inbound receive quota, freed as acks go out.
     quota: SharedQuota,
+    /// Whether failure acks carry a reason string (the client's Request
+    /// Problem Information) [MQTT-3.1.2-29].
+    problem_information: bool,
 }
 
 impl V5Out {
     /// For a connection that negotiated `connack` (sent with a successful
-    /// CONNACK), a client Topic Alias Maximum of `alias_max`, and `quota`.
-    pub fn new(connack: Option<ConnAckProperties>, alias_max: u16, quota: SharedQuota) -> Self {
+    /// CONNACK), a client Topic Alias Maximum of `alias_max`, `quota`, and
+    /// whether the client wants reason strings (`problem_information`).
+    pub fn new(
+        connack: Option<ConnAckProperties>,
+        alias_max: u16,
+        quota: SharedQuota,
+        problem_information: bool,
+    ) -> Self {
         V5Out {
             connack,
             aliases: Outbound::new(alias_max),
             quota,
+            problem_information,
         }
     }
 
     /// The packet to write for `item`; `None` for `Close`/`Replaced` and
-    /// for a 3.1.1 packet with no v5 meaning.
+    /// for a 3.1.1 packet with no v5 meaning. A failure ack gets its
+    /// reason string here, unless the client asked for none.
     pub fn packet(&mut self, item: Out) -> Option<P5> {
+        let mut packet = self.untold(item)?;
+        if self.problem_information {
+            super::problem::explain(&mut packet);
+        }
+        Some(packet)
+    }
+
+    fn untold(&mut self, item: Out) -> Option<P5> {
         match item {
             Out::Packet(p) => self.translate(*p),
             Out::Publish(b) => {
@@ -195,7 +214,7 @@ mod tests {
             properties: None,
         };
         let props = negotiate(&limits, request, String::new).unwrap().connack;
-        (V5Out::new(props, alias_max, quota.clone()), quota)
+        (V5Out::new(props, alias_max, quota.clone(), true), quota)
     }
 
     #[test]

@@ -167,6 +167,15 @@ pub(crate) fn compile_builtin(
             defaults::max_trie_nodes() as u64,
             1_000_000_000,
         ) as usize,
+        // 0 is allowed here: no topic aliases at all.
+        topic_alias_maximum: ctx.int(
+            &l.and_then(|l| l.topic_alias_maximum.clone()),
+            scope,
+            "limits.topic_alias_maximum",
+            defaults::topic_alias_maximum().into(),
+            0,
+            u16::MAX.into(),
+        ) as u16,
     };
 
     let sys_interval = sys_interval(ctx, scope, &raw.sys_interval);

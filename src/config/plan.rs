@@ -259,6 +259,8 @@ pub struct LimitsPlan {
     pub max_subscriptions_per_client: usize,
     /// Subscription trie nodes network clients may grow it to.
     pub max_trie_nodes: usize,
+    /// Topic aliases an MQTT 5 client may set on its PUBLISHes (0: none).
+    pub topic_alias_maximum: u16,
 }
 
 /// One pipe: from a source broker through filters and remaps to a destination broker.

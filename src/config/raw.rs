@@ -109,6 +109,10 @@ pub mod defaults {
     pub fn max_trie_nodes() -> usize {
         1_000_000
     }
+    /// Built-in `limits.topic_alias_maximum`.
+    pub fn topic_alias_maximum() -> u16 {
+        64
+    }
     /// Largest MQTT packet (remaining length 268,435,455 bytes); the remote default.
     pub fn max_packet_size() -> u64 {
         268_435_455
@@ -433,6 +437,9 @@ pub struct RawLimits {
     /// Subscription trie nodes over all clients.
     #[serde(default)]
     pub max_trie_nodes: Option<Text>,
+    /// Topic aliases an MQTT 5 client may set (0: none).
+    #[serde(default)]
+    pub topic_alias_maximum: Option<Text>,
 }
 
 /// One pipe.

@@ -174,6 +174,7 @@ pub(super) fn broker_options(
             max_filters_per_subscribe: b.limits.max_filters_per_subscribe,
             max_subscriptions_per_client: b.limits.max_subscriptions_per_client,
             max_trie_nodes: b.limits.max_trie_nodes,
+            topic_alias_maximum: b.limits.topic_alias_maximum,
         },
         sys_interval: b.sys_interval,
         store,
@@ -208,7 +209,8 @@ mod tests {
                 got.max_topic_levels,
                 got.max_filters_per_subscribe,
                 got.max_subscriptions_per_client,
-                got.max_trie_nodes
+                got.max_trie_nodes,
+                got.topic_alias_maximum
             ),
             (
                 lib.handshake_timeout,
@@ -217,7 +219,8 @@ mod tests {
                 lib.max_topic_levels,
                 lib.max_filters_per_subscribe,
                 lib.max_subscriptions_per_client,
-                lib.max_trie_nodes
+                lib.max_trie_nodes,
+                lib.topic_alias_maximum
             )
         );
     }

@@ -42,7 +42,8 @@ const INBOX: usize = 4096;
 /// Control packets (acks) beyond the QoS 0 and inflight bounds a client may
 /// leave unread before its connection is aborted.
 const HARD_CAP_SLACK: usize = 1024;
-/// How often session expiry and will delays are checked.
+/// How often session expiry, will delays and retained messages' expiry
+/// are checked.
 const LIFETIME_TICK: Duration = Duration::from_secs(1);
 /// Events handled per wake-up.
 const BATCH: usize = 256;
@@ -156,6 +157,16 @@ pub(crate) enum Event {
         kind: Ack,
         /// Packet id.
         pkid: u16,
+    },
+    /// An MQTT 5 subscriber's PUBREC with a reason code of 0x80 or more:
+    /// the QoS 2 flow ends there, with no PUBREL (spec 4.3.3, 4.9).
+    PubRecFailed {
+        /// Connection.
+        conn: ConnId,
+        /// Packet id.
+        pkid: u16,
+        /// The subscriber's reason code (logged).
+        reason: ReasonCode,
     },
     /// PUBREL from a publisher.
     PubRel {
@@ -295,6 +306,7 @@ pub(crate) fn spawn(
         next_session: 0,
         scratch: Vec::new(),
         wills: HashMap::new(),
+        taken_over: std::collections::HashSet::new(),
         parked: BTreeMap::new(),
         started: Instant::now(),
         hard_cap: limits.max_queued_messages + usize::from(limits.max_inflight) + HARD_CAP_SLACK,
@@ -360,10 +372,16 @@ struct Router {
     next_session: SessionId,
     /// Reused buffer of matching subscriptions.
     scratch: Vec<(SessionId, Subscription)>,
-    /// Wills waiting for their Will Delay Interval (MQTT 5), by session:
+    /// Deadlines of the wills waiting for their Will Delay Interval (MQTT
+    /// 5; the will itself is the session's [`Session::will`]), by session:
     /// published at the deadline or when the session ends, dropped when
     /// the client comes back first [MQTT-3.1.3-9].
-    wills: HashMap<SessionId, (Instant, Message)>,
+    wills: HashMap<SessionId, Instant>,
+    /// Connections taken over by a connection that resumed their session
+    /// (Clean Start 0), until their end is reported: their delayed will is
+    /// not published, the session having been resumed within its delay
+    /// [MQTT-3.1.3-9].
+    taken_over: std::collections::HashSet<ConnId>,
     /// Per publishing connection, in arrival order: QoS 1/2 publishes waiting
     /// for room in a full local link session (end-to-end backpressure: not
     /// acknowledged, so the publisher's own inflight window fills). Bounded
@@ -426,7 +444,9 @@ impl Router {
                 _ = tick(sys_tick.as_mut()) => self.publish_sys(),
                 _ = tick(expiry_tick.as_mut()) => {
                     self.expire_sessions(super::persist::unix_now());
-                    self.publish_due_wills(Instant::now());
+                    let now = Instant::now();
+                    self.publish_due_wills(now);
+                    self.expire_retained(now);
                 }
             }
             // What this wake-up changed goes to the store as one batch.
@@ -500,6 +520,7 @@ impl Router {
                 }
             }
             Event::Ack { conn, kind, pkid } => self.ack(conn, kind, pkid),
+            Event::PubRecFailed { conn, pkid, reason } => self.pubrec_failed(conn, pkid, reason),
             Event::PubRel { conn, pkid } => {
                 let cap = self.hard_cap;
                 let Some(&sid) = self.by_conn.get(&conn) else {

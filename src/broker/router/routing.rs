@@ -2,6 +2,7 @@
 //! UNSUBSCRIBE, and fan-out through the trie.
 
 use super::*;
+use crate::broker::persist::unix_now_ms;
 use crate::protocol::{PropertyFields, RetainHandling};
 use durable::{Control, Waiter};
 use rumqttc::v5::mqttbytes::v5::{
@@ -173,6 +174,51 @@ impl Router {
         }
     }
 
+    /// Removes the retained messages whose expiry interval has passed at
+    /// `now`, from the store too [MQTT-3.3.2-5].
+    pub(super) fn expire_retained(&mut self, now: Instant) {
+        let gone = self.retained.expire(now);
+        if gone.is_empty() {
+            return;
+        }
+        for topic in &gone {
+            if !topic.starts_with('$') {
+                self.journal.remove_retained(topic);
+            }
+        }
+        debug!(broker = %self.name, expired = gone.len(), "retained messages expired");
+        self.counters
+            .retained
+            .store(self.retained.len() as u64, Relaxed);
+        self.counters
+            .retained_stored
+            .store(self.retained.stored_len() as u64, Relaxed);
+    }
+
+    /// A failing PUBREC from an MQTT 5 subscriber: the message is released
+    /// from its session (its stored copy too) and the window slot freed;
+    /// no PUBREL follows (spec 4.3.3, 4.9).
+    pub(super) fn pubrec_failed(&mut self, conn: ConnId, pkid: u16, reason: ReasonCode) {
+        let name = self.name.clone();
+        let counters = self.counters.clone();
+        let Some(&sid) = self.by_conn.get(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let journal = &mut self.journal;
+        match session.on_pubrec_failed(pkid, journal) {
+            Ok(()) => {
+                debug!(broker = %name, client_id = %session.client_id, pkid, %reason, "subscriber refused a QoS 2 message");
+                session.pump(&counters, journal, Instant::now());
+            }
+            Err(violation) => {
+                crate::warn_limited!(format!("unexpected-ack:{name}"), broker = %name, client_id = %session.client_id, %violation, "unexpected acknowledgement ignored");
+            }
+        }
+    }
+
     pub(super) fn subscribe(
         &mut self,
         conn: ConnId,
@@ -297,11 +343,11 @@ impl Router {
             if !session.subscriptions.contains_key(&filter) {
                 continue;
             }
-            for m in self.retained.matching(&filter) {
+            // Each with the expiry interval it has left [MQTT-3.3.2-6].
+            for mut m in self.retained.matching(&filter, now) {
                 if !may_read(&self.security, session, &m.topic) {
                     continue;
                 }
-                let mut m = m.clone();
                 m.qos = m.qos.min(sub.options.qos);
                 set_subscription_ids(&mut m, sub.id.into_iter().collect());
                 session.deliver(m, &self.limits, &self.counters, &mut self.journal, now);
@@ -321,7 +367,10 @@ impl Router {
         };
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in &filters {
-            if session.subscriptions.remove(filter).is_some() {
+            // Not a filter at all: 0x8F (MQTT 5 3.11.3), not 0x11.
+            if crate::topic::validate_filter(filter).is_err() || !shared::valid(filter) {
+                reasons.push(UnsubAckReason::TopicFilterInvalid);
+            } else if session.subscriptions.remove(filter).is_some() {
                 if !self.shared.leave(filter, sid) {
                     self.subs.remove(filter, |v| v.0 == sid);
                 }
@@ -376,14 +425,17 @@ impl Router {
                 .bytes_in
                 .fetch_add(message.payload.len() as u64, Relaxed);
         }
+        let now = Instant::now();
         if message.retain {
-            self.retained.store(&message);
+            self.retained.store(&message, now);
             self.counters
                 .retained
                 .store(self.retained.len() as u64, Relaxed);
             // `$SYS` is republished at every interval: not worth a write.
             if self.journal.enabled() && !message.topic.starts_with('$') {
-                self.journal.put_retained(&message);
+                // Its expiry keeps counting across a restart.
+                let arrived = crate::broker::persist::arrival(&message, unix_now_ms());
+                self.journal.put_retained(&message, arrived);
                 self.counters
                     .retained_stored
                     .store(self.retained.stored_len() as u64, Relaxed);
@@ -403,7 +455,6 @@ impl Router {
             scratch
                 .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.options.qos.cmp(&a.1.options.qos)));
         }
-        let now = Instant::now();
         let mut i = 0;
         while let Some(&(sid, best)) = scratch.get(i) {
             let mut ids: Vec<u32> = Vec::new();

@@ -2,7 +2,8 @@
 //! disconnects, expiry, and the rebuild from the store at start.
 
 use super::*;
-use crate::broker::persist::{expired, unix_now};
+use crate::broker::persist::{expired, restored_expiry, unix_now, unix_now_ms};
+use crate::broker::session::DelayedWill;
 
 impl Router {
     /// A CONNECT (or a link's attach) of the connection `attached`.
@@ -34,8 +35,10 @@ impl Router {
         let mut session_present = false;
         if let Some(&sid) = self.by_client.get(&key) {
             let mut keep = false;
+            let mut old_conn = None;
             if let Some(old) = self.sessions.get(&sid) {
-                if old.conn.is_some() {
+                if let Some(c) = &old.conn {
+                    old_conn = Some(c.id);
                     info!(broker = %self.name, client_id = %client_id, "session taken over by a new connection");
                     self.detach(sid, Takeover::Replaced);
                 }
@@ -43,6 +46,11 @@ impl Router {
             }
             if keep {
                 session_present = true;
+                // Its end comes later: its delayed will is then not
+                // published, as this resumes the session [MQTT-3.1.3-9].
+                if let Some(c) = old_conn.filter(|_| matches!(origin, Origin::Network { .. })) {
+                    self.taken_over.insert(c);
+                }
             } else {
                 self.remove_session(sid);
             }
@@ -74,6 +82,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        session.will = None;
         session.clean = ends_with_connection;
         session.expiry = v5.map(|v| v.session_expiry);
         if matches!(origin, Origin::Network { .. }) {
@@ -203,8 +212,9 @@ impl Router {
             return;
         };
         // A will still delayed goes when its session ends [MQTT-3.1.3-9].
-        if let Some((_, will)) = self.wills.remove(&sid) {
-            self.route(will, true, None);
+        self.wills.remove(&sid);
+        if let Some(will) = s.will.take() {
+            self.route(will.message, true, None);
         }
         self.by_client.remove(&s.key());
         for filter in s.subscriptions.keys() {
@@ -237,6 +247,7 @@ impl Router {
         forget_parked(&mut self.parked, &self.counters, conn);
         let sid = self.by_conn.remove(&conn);
         shrink(&mut self.by_conn);
+        let resumed = self.taken_over.remove(&conn);
         let mut will = will;
         if let Some(sid) = sid {
             let (link, clean) = match self.sessions.get_mut(&sid) {
@@ -247,23 +258,40 @@ impl Router {
                         s.expiry = Some(expiry);
                         s.clean = expiry == 0;
                     }
+                    // A will with a delay waits while the session lives,
+                    // stored with it.
+                    if !s.clean
+                        && let Some((message, delay)) = will.take_if(|(_, d)| !d.is_zero())
+                    {
+                        let at = Instant::now() + delay;
+                        let due_ms = unix_now_ms()
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                        s.will = Some(DelayedWill {
+                            message,
+                            at,
+                            due_ms,
+                        });
+                        self.wills.insert(sid, at);
+                    }
                     s.save(&mut self.journal);
                     (s.is_link(), s.clean)
                 }
                 None => (false, false),
             };
             self.connected_gauge(link).fetch_sub(1, Relaxed);
-            // A will with a delay waits while the session lives.
-            if !clean && let Some((message, delay)) = will.take_if(|(_, d)| !d.is_zero()) {
-                self.wills.insert(sid, (Instant::now() + delay, message));
-            }
             if clean {
                 self.remove_session(sid);
             }
         }
-        if let Some((will, _)) = will {
-            debug!(broker = %self.name, topic = %will.topic, "publishing will");
-            self.route(will, true, None);
+        if let Some((will, delay)) = will {
+            if resumed && !delay.is_zero() {
+                // Taken over by a connection that resumed the session
+                // before the delay passed [MQTT-3.1.3-9].
+                debug!(broker = %self.name, topic = %will.topic, "delayed will dropped: the session was resumed by a new connection");
+            } else {
+                debug!(broker = %self.name, topic = %will.topic, "publishing will");
+                self.route(will, true, None);
+            }
         }
     }
 
@@ -275,14 +303,20 @@ impl Router {
         let due: Vec<SessionId> = self
             .wills
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|&(_, at)| *at <= now)
             .map(|(&sid, _)| sid)
             .collect();
         for sid in due {
-            if let Some((_, will)) = self.wills.remove(&sid) {
-                debug!(broker = %self.name, topic = %will.topic, "publishing delayed will");
-                self.route(will, true, None);
-            }
+            self.wills.remove(&sid);
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            let Some(will) = session.will.take() else {
+                continue;
+            };
+            session.save(&mut self.journal);
+            debug!(broker = %self.name, topic = %will.message.topic, "publishing delayed will");
+            self.route(will.message, true, None);
         }
     }
 
@@ -290,10 +324,15 @@ impl Router {
     /// sessions (with their subscriptions in the trie), then drops the
     /// sessions that expired while the broker was down.
     pub(super) fn restore(&mut self, loaded: Loaded) {
-        let now = unix_now();
-        for m in &loaded.retained {
-            self.retained.store(m);
+        let now_ms = unix_now_ms();
+        let now = now_ms / 1000;
+        let at = Instant::now();
+        for (mut m, arrived) in loaded.retained {
+            // Expiry counts from the stored arrival: the downtime counts.
+            let expiry = restored_expiry(&mut m, arrived, now_ms, at);
+            self.retained.store_until(m, expiry);
         }
+        self.expire_retained(at);
         let retained = self.retained.len() as u64;
         self.counters.retained.store(retained, Relaxed);
         self.counters
@@ -301,7 +340,14 @@ impl Router {
             .store(self.retained.stored_len() as u64, Relaxed);
         let sessions = loaded.sessions.len();
         for (sid, stored) in loaded.sessions {
-            let session = Session::restore(sid, stored, &self.limits, &self.counters, now);
+            let session = Session::restore(
+                sid,
+                stored,
+                &self.limits,
+                &self.counters,
+                &mut self.journal,
+                (now_ms, at),
+            );
             for (filter, sub) in &session.subscriptions {
                 if !self.shared.join(filter, sid) {
                     self.subs.insert(filter, (sid, *sub));
@@ -311,6 +357,9 @@ impl Router {
                 .subscriptions
                 .fetch_add(session.subscriptions.len() as u64, Relaxed);
             self.by_client.insert(session.key(), sid);
+            if let Some(will) = &session.will {
+                self.wills.insert(sid, will.at);
+            }
             self.sessions.insert(sid, Box::new(session));
             self.counters.sessions.fetch_add(1, Relaxed);
             self.counters.persisted_sessions.fetch_add(1, Relaxed);
@@ -321,6 +370,8 @@ impl Router {
             info!(broker = %self.name, sessions, retained, damaged = loaded.damaged, "persistent state restored");
         }
         self.expire_sessions(now);
+        // Wills that fell due while the broker was down.
+        self.publish_due_wills(at);
     }
 
     /// Removes the persistent network sessions away for their expiry at

@@ -16,6 +16,8 @@
 //! them, as Mosquitto does: they are sent again when it comes back.
 
 use super::*;
+use crate::broker::stats::DropReason;
+use crate::protocol::expiry::{Expiry, Remaining};
 use crate::protocol::shared::{self as share, Group};
 use crate::topic::matches;
 use routing::may_read;
@@ -274,19 +276,33 @@ impl Router {
         if groups.is_empty() {
             return;
         }
-        let mut orphans: Vec<Message> = s
+        let mut orphans: Vec<(Message, Option<Expiry>)> = s
             .outgoing
             .drain_unreceived()
             .into_iter()
-            .map(|(m, _)| m)
+            .map(|(m, token)| (m, token.expiry))
             .collect();
         self.counters
             .queued
             .fetch_sub(s.queue.len() as u64, Relaxed);
-        orphans.extend(s.queue.drain(..).map(|q| q.message));
+        orphans.extend(s.queue.drain(..).map(|q| (q.message, q.expiry)));
         let mut handed = 0;
         let now = Instant::now();
-        for message in orphans {
+        for (mut message, expiry) in orphans {
+            // The expiry keeps counting: the next member gets what is left,
+            // or nothing [MQTT-3.3.2-5, MQTT-3.3.2-6].
+            match expiry.map(|e| e.remaining(now)) {
+                Some(Remaining::Expired) => {
+                    self.counters.dropped(DropReason::Expired, 1);
+                    continue;
+                }
+                Some(Remaining::Seconds(left)) => {
+                    if let Some(p) = message.properties.as_mut() {
+                        p.message_expiry_interval = Some(left);
+                    }
+                }
+                None => {}
+            }
             let Some(gid) = groups
                 .iter()
                 .find(|(_, filter)| matches(filter, &message.topic))
