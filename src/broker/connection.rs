@@ -186,7 +186,7 @@ fn disconnect(code: ReasonCode, v5: Option<&V5Conn>) -> P5 {
         v5.filter(|v| v.negotiated.problem_information)
             .map(|_| DisconnectProperties {
                 session_expiry_interval: None,
-                reason_string: Some(format!("{code:?}")),
+                reason_string: Some(super::problem::disconnect_reason(code)),
                 user_properties: Vec::new(),
                 server_reference: None,
             });

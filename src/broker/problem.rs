@@ -13,6 +13,33 @@ use rumqttc::v5::mqttbytes::v5::{
 use crate::protocol::convert::suback_reason;
 use crate::protocol::reason::ReasonCode;
 
+/// Why the broker closes a connection (the reason string of its
+/// DISCONNECT), in the client's terms.
+pub(crate) fn disconnect_reason(code: ReasonCode) -> String {
+    let text = match code {
+        ReasonCode::KeepAliveTimeout => "nothing received within 1.5 times the keep alive",
+        ReasonCode::ServerShuttingDown => "the broker is shutting down",
+        ReasonCode::SessionTakenOver => "another connection took this session over",
+        ReasonCode::ProtocolError => "protocol error",
+        ReasonCode::MalformedPacket => "malformed packet",
+        ReasonCode::PacketTooLarge => "packet larger than the broker's maximum packet size",
+        ReasonCode::ReceiveMaximumExceeded => {
+            "more QoS 1/2 messages in flight than the broker's receive maximum"
+        }
+        ReasonCode::TopicAliasInvalid => "topic alias out of range or unknown",
+        ReasonCode::PayloadFormatInvalid => {
+            "payload is not valid UTF-8 although its payload format indicator says it is"
+        }
+        ReasonCode::NotAuthorized => "not authorized",
+        ReasonCode::QuotaExceeded => "quota exceeded",
+        ReasonCode::AdministrativeAction => "closed by the broker's administrator",
+        ReasonCode::MessageRateTooHigh => "message rate too high",
+        // Any other: its name in words.
+        other => return other.to_string(),
+    };
+    text.to_owned()
+}
+
 /// Why a PUBLISH was refused, in the publisher's terms.
 fn publish_refusal(code: ReasonCode) -> &'static str {
     match code {
@@ -205,5 +232,27 @@ mod tests {
         assert!(strip(&mut u));
         assert_eq!(reason_of(&u), None);
         assert!(!strip(&mut u), "nothing left to strip");
+    }
+}
+
+#[cfg(test)]
+mod disconnect_tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_reasons_are_words_not_variant_names() {
+        assert_eq!(
+            disconnect_reason(ReasonCode::TopicAliasInvalid),
+            "topic alias out of range or unknown"
+        );
+        assert_eq!(
+            disconnect_reason(ReasonCode::KeepAliveTimeout),
+            "nothing received within 1.5 times the keep alive"
+        );
+        // A code without its own sentence: its name in words.
+        assert_eq!(
+            disconnect_reason(ReasonCode::UseAnotherServer),
+            "use another server (0x9c)"
+        );
     }
 }
