@@ -560,3 +560,109 @@ async fn disconnect_0x9c_with_a_server_reference_moves_to_that_endpoint() {
     c.connected_to(m.port).await;
     c.stop().await;
 }
+
+/// The protocol of each connection Mosquitto logged for `client_id`, in
+/// order: `p5` (MQTT 5), `p2` (3.1.1). Needs `log_type notice`.
+fn logged_protocols(m: &Mosquitto, client_id: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
+    let marker = format!(" as {client_id} (");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            Some(rest.split(',').next()?.to_owned())
+        })
+        .collect()
+}
+
+/// Waits until Mosquitto logged `n` connections of `client_id`; returns
+/// their protocols.
+async fn protocols_after(m: &Mosquitto, client_id: &str, n: usize) -> Vec<String> {
+    common::wait::wait_until(|| logged_protocols(m, client_id).len() >= n).await;
+    logged_protocols(m, client_id)
+}
+
+/// Stock Mosquitto (`max_inflight_messages 20`), logging connections.
+const STOCK_LOGGED: &str = "log_type notice\n";
+
+/// A client towards a Mosquitto destination with `protocol` unset.
+fn destination(name: &str, m: &Mosquitto) -> ClientOptions {
+    let mut o = options(name, vec![tcp(m.port)]);
+    o.protocol = ProtocolChoice::Auto;
+    o.publishes = true;
+    o
+}
+
+#[tokio::test]
+async fn auto_towards_a_destination_granting_20_speaks_3_1_1_after_the_first_connack() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("rm20", &m);
+    let id = o.client_id.clone();
+    let reconnect = std::sync::Arc::new(tokio::sync::Notify::new());
+    o.reconnect = Some(reconnect.clone());
+    let mut c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    // The v5 connection (receive maximum 20 < inflight 100) is closed with
+    // a DISCONNECT and the same attempt continues in 3.1.1.
+    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(&format!("Client {id} disconnected.")),
+        "a clean DISCONNECT, not a dropped socket: {log}"
+    );
+    assert!(
+        std::iter::from_fn(|| c.events.try_recv().ok())
+            .all(|e| !matches!(e, ClientEvent::Disconnected { .. })),
+        "the switch is not a failed attempt"
+    );
+    // The link works (the window is `inflight` now: QoS 1 has none on 3.1.1).
+    publish(&c, Message::new("rm20/t", "x", QoS::AtLeastOnce, false))
+        .await
+        .expect("PUBACK");
+    // Remembered for the endpoint: the next connection is 3.1.1 at once.
+    reconnect.notify_waiters();
+    assert_eq!(protocols_after(&m, &id, 3).await, ["p5", "p2", "p2"]);
+    c.connected_to(m.port).await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn auto_towards_a_source_only_broker_granting_20_keeps_mqtt_5() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("src20", &m);
+    o.publishes = false;
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    // A fallback would have been logged before the CONNACK we saw.
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn explicit_protocol_5_towards_a_destination_granting_20_keeps_mqtt_5() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("v5rm20", &m);
+    o.protocol = ProtocolChoice::Only(ProtocolVersion::V5);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    // Properties still arrive: the window is the broker's 20.
+    publish(&c, full_message("v5rm20/t")).await.expect("PUBACK");
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn auto_towards_a_destination_granting_a_large_receive_maximum_keeps_mqtt_5() {
+    let m = Mosquitto::start_with("log_type notice\nmax_inflight_messages 0\n");
+    let o = destination("rmbig", &m);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    publish(&c, full_message("rmbig/t")).await.expect("PUBACK");
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
 use rumqttc::v5::mqttbytes::v5 as p5;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -53,20 +54,28 @@ pub(crate) struct Connected {
     pub(crate) grant: Grant,
 }
 
-/// A connect attempt that failed; `fallback` when an MQTT 5 CONNECT was
-/// refused in a way that asks for 3.1.1 (CONNACK 0x01 in the 3.1.1 format,
-/// v5 reason 0x84, or the connection closed right after the CONNECT).
-struct Failed {
-    error: ClientError,
-    fallback: bool,
+/// A connect attempt that failed, or an MQTT 5 connection that calls for
+/// 3.1.1 instead.
+enum Failed {
+    /// The attempt failed.
+    Error(ClientError),
+    /// The broker refused the MQTT 5 CONNECT in a way that asks for 3.1.1
+    /// (CONNACK 0x01 in the 3.1.1 format, v5 reason 0x84, or the connection
+    /// closed right after the CONNECT).
+    RefusedV5(ClientError),
+    /// The broker accepted MQTT 5 but grants a receive maximum below our
+    /// `inflight`, we publish to it and `protocol` is left to default: the
+    /// connection was closed cleanly (DISCONNECT 0x00) to speak 3.1.1
+    /// instead (see [`Grant::window_calls_for_3_1_1`]).
+    SmallWindow {
+        /// The receive maximum it granted.
+        receive_maximum: u16,
+    },
 }
 
 impl From<ClientError> for Failed {
     fn from(error: ClientError) -> Self {
-        Failed {
-            error,
-            fallback: false,
-        }
+        Failed::Error(error)
     }
 }
 
@@ -294,6 +303,7 @@ impl Task {
         let o = &mut self.opts;
         o.endpoints = new.endpoints;
         o.protocol = new.protocol;
+        o.publishes = new.publishes;
         o.client_id = new.client_id;
         o.username = new.username;
         o.password = new.password;
@@ -418,23 +428,42 @@ impl Task {
             ProtocolChoice::Auto => ProtocolVersion::V5,
         };
         match self.connect_as(ep, version).await {
-            Ok(c) => Ok(c),
-            Err(Failed {
-                error,
-                fallback: true,
-            }) if self.opts.protocol == ProtocolChoice::Auto => {
+            Ok(c) => return Ok(c),
+            Err(Failed::RefusedV5(error)) if self.opts.protocol == ProtocolChoice::Auto => {
                 if self.v3_only.is_empty() {
                     warn!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; speaking MQTT 3.1.1 to this endpoint from now on");
                 } else {
                     info!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; falling back to 3.1.1");
                 }
-                self.v3_only.insert(url);
-                self.connect_as(ep, ProtocolVersion::V3_1_1)
-                    .await
-                    .map_err(|f| f.error)
             }
-            Err(f) => Err(f.error),
+            Err(Failed::SmallWindow { receive_maximum }) => {
+                // Once per endpoint: it is remembered below.
+                warn!(
+                    broker = %self.opts.name,
+                    endpoint = %url,
+                    receive_maximum,
+                    inflight = self.opts.inflight,
+                    "broker allows fewer QoS 1/2 messages in flight over MQTT 5 (receive maximum) than `inflight`, \
+                     which would cap this destination at receive_maximum messages per round trip: speaking MQTT 3.1.1 \
+                     to this endpoint from now on, so MQTT 5 properties (user properties, content type, correlation \
+                     data, response topic, message expiry) are NOT carried towards this broker; set `protocol: 5` \
+                     to keep them at that cap, or raise the broker's limit (Mosquitto: max_inflight_messages) so \
+                     MQTT 5 is kept"
+                );
+            }
+            Err(Failed::Error(e) | Failed::RefusedV5(e)) => return Err(e),
         }
+        self.v3_only.insert(url);
+        self.connect_as(ep, ProtocolVersion::V3_1_1)
+            .await
+            .map_err(|f| match f {
+                Failed::Error(e) | Failed::RefusedV5(e) => e,
+                // Not asked of a 3.1.1 connection (no receive maximum).
+                Failed::SmallWindow { .. } => ClientError::Protocol {
+                    endpoint: ep.url(),
+                    reason: "receive maximum on a 3.1.1 connection".into(),
+                },
+            })
     }
 
     /// Dials, sends CONNECT in `version`, waits for CONNACK, all within the
@@ -482,9 +511,11 @@ impl Task {
         // connection: that asks for the fallback too.
         let protocol = |e: version::AnyCodecError| {
             let error = codec_error(ep, e);
-            let fallback =
-                v5 && matches!(error, ClientError::Closed { .. } | ClientError::Io { .. });
-            Failed { error, fallback }
+            if v5 && matches!(error, ClientError::Closed { .. } | ClientError::Io { .. }) {
+                Failed::RefusedV5(error)
+            } else {
+                Failed::Error(error)
+            }
         };
         timeout_at(deadline, framed.write_packet(&self.connect_packet(version)))
             .await
@@ -504,13 +535,10 @@ impl Task {
                     1 => "unacceptable protocol version (0x01, MQTT 3.1.1 CONNACK)".to_owned(),
                     other => format!("3.1.1 CONNACK {other:#04x} to an MQTT 5 CONNECT"),
                 };
-                return Err(Failed {
-                    error: ClientError::Refused {
-                        endpoint: ep.url(),
-                        reason,
-                    },
-                    fallback: true,
-                });
+                return Err(Failed::RefusedV5(ClientError::Refused {
+                    endpoint: ep.url(),
+                    reason,
+                }));
             }
         }
         let packet = timeout_at(deadline, framed.read_packet())
@@ -519,6 +547,18 @@ impl Task {
             .map_err(protocol)?;
         let grant = self.accept_connack(ep, packet)?;
         let window = self.opts.inflight;
+        if v5 && grant.window_calls_for_3_1_1(self.opts.protocol, self.opts.publishes, window) {
+            // Nothing of the session was sent yet: a clean close (0x00).
+            let bye = Wire::new(version, 0).disconnect(ReasonCode::Success);
+            let _ = timeout_at(deadline, async {
+                let _ = framed.write_packet(&bye).await;
+                let _ = framed.get_mut().shutdown().await;
+            })
+            .await;
+            return Err(Failed::SmallWindow {
+                receive_maximum: grant.receive_maximum,
+            });
+        }
         if usize::from(grant.receive_maximum) < window {
             // The spec binds us to the broker's window: say so once, since
             // on a long link it caps throughput at one round trip per window.
@@ -537,12 +577,16 @@ impl Task {
 
     /// What the broker's CONNACK granted, or why it refused us.
     fn accept_connack(&mut self, ep: &Endpoint, packet: version::Packet) -> Result<Grant, Failed> {
-        let refused = |reason: String, fallback| Failed {
-            error: ClientError::Refused {
+        let refused = |reason: String, fallback: bool| {
+            let error = ClientError::Refused {
                 endpoint: ep.url(),
                 reason,
-            },
-            fallback,
+            };
+            if fallback {
+                Failed::RefusedV5(error)
+            } else {
+                Failed::Error(error)
+            }
         };
         match packet {
             version::Packet::V3(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {

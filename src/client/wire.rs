@@ -19,7 +19,7 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use crate::protocol::alias::{self, AliasError};
 use crate::protocol::convert::{TopicForm, v5_publish_from_message};
 use crate::protocol::reason::ReasonCode;
-use crate::protocol::version::{Packet, ProtocolVersion};
+use crate::protocol::version::{Packet, ProtocolChoice, ProtocolVersion};
 use crate::protocol::{
     AckKind, Message, MessageProperties, QoS, RetainHandling, SubscribeOptions,
     message_from_publish,
@@ -335,6 +335,25 @@ impl Grant {
             assigned_client_id: None,
             session_expiry: None,
         }
+    }
+}
+
+impl Grant {
+    /// Whether a client with `protocol` left to default ([`ProtocolChoice::Auto`])
+    /// should leave this MQTT 5 connection for 3.1.1: the broker grants a
+    /// receive maximum below our `inflight` window and we publish to it (it
+    /// is a pipe's destination). The spec binds us to that window for QoS 1
+    /// as well as QoS 2, so a long link would move one window per round
+    /// trip (stock Mosquitto: 20); on 3.1.1 no window applies to QoS 1.
+    /// A source-only broker keeps MQTT 5 (our own receive maximum governs
+    /// what it sends us), and so does an explicit `protocol: 5`.
+    pub(crate) fn window_calls_for_3_1_1(
+        &self,
+        choice: ProtocolChoice,
+        publishes: bool,
+        inflight: usize,
+    ) -> bool {
+        choice == ProtocolChoice::Auto && publishes && usize::from(self.receive_maximum) < inflight
     }
 }
 

@@ -345,3 +345,22 @@ fn connect_asks_for_our_window_and_a_session_expiry_by_clean_session() {
     );
     assert!(c.clean_start);
 }
+
+#[test]
+fn a_small_receive_maximum_calls_for_3_1_1_only_towards_a_destination_with_protocol_unset() {
+    let granted = |receive_maximum| Grant {
+        receive_maximum,
+        ..Grant::v3(false)
+    };
+    let v5_only = ProtocolChoice::Only(ProtocolVersion::V5);
+    // Stock Mosquitto (20) against the default inflight (100).
+    assert!(granted(20).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    // A source only: our own receive maximum governs what it sends.
+    assert!(!granted(20).window_calls_for_3_1_1(ProtocolChoice::Auto, false, 100));
+    // `protocol: 5` said so: properties over throughput.
+    assert!(!granted(20).window_calls_for_3_1_1(v5_only, true, 100));
+    // A window as large as ours binds nothing.
+    assert!(!granted(100).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    assert!(!granted(u16::MAX).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    assert!(granted(99).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+}
