@@ -666,3 +666,119 @@ async fn auto_towards_a_destination_granting_a_large_receive_maximum_keeps_mqtt_
     assert_eq!(logged_protocols(&m, &id), ["p5"]);
     c.stop().await;
 }
+
+/// Reads the next MQTT 5 packet a client sends on `s` (`None`: closed).
+async fn read_packet5(s: &mut TcpStream, buf: &mut BytesMut) -> Option<p5::Packet> {
+    loop {
+        if let Ok(Some(p)) = v5::decode(buf, usize::MAX, Sender::Client) {
+            return Some(p);
+        }
+        let mut chunk = [0u8; 512];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// What a scripted server saw on one connection: the packets the client
+/// sent after its CONNECT, until it closed.
+type Transcript = mpsc::UnboundedSender<Vec<p5::Packet>>;
+
+/// A v5 server that answers every CONNECT with `script` (raw bytes), then
+/// records what the client sends until it closes.
+async fn scripted_server(script: BytesMut, seen: Transcript) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (script, seen) = (script.clone(), seen.clone());
+            tokio::spawn(async move {
+                if read_connect(&mut s).await != Some(ProtocolVersion::V5) {
+                    return;
+                }
+                let _ = s.write_all(&script).await;
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                while let Some(p) = read_packet5(&mut s, &mut buf).await {
+                    got.push(p);
+                }
+                let _ = seen.send(got);
+            });
+        }
+    });
+    port
+}
+
+/// AUTH 0x18 (continue authentication) with method `SCRAM-SHA-1`, as
+/// bytes (rumqttc does not export what builds one).
+fn auth5() -> BytesMut {
+    let method = b"SCRAM-SHA-1";
+    let props = 1 + 2 + method.len();
+    let mut b = BytesMut::from(&[0xF0, (2 + props) as u8, 0x18, props as u8, 0x15, 0x00][..]);
+    b.extend_from_slice(&[method.len() as u8]);
+    b.extend_from_slice(method);
+    b
+}
+
+/// An AUTH from a broker we sent no authentication method to
+/// [MQTT-4.12.0-6]: DISCONNECT 0x82, a protocol error, a reconnect.
+async fn auth_is_a_protocol_error(script: BytesMut) {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let port = scripted_server(script, tx).await;
+    let mut c = TestClient::spawn(options("auth", vec![tcp(port)]));
+    let e = c
+        .event("the AUTH ends the connection", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                kind: ErrorKind::Protocol,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let sent = timeout(WAIT, seen.recv())
+        .await
+        .expect("the client closed the connection")
+        .expect("transcript");
+    assert!(
+        matches!(
+            sent.last(),
+            Some(p5::Packet::Disconnect(d))
+                if d.reason_code == p5::DisconnectReasonCode::ProtocolError
+        ),
+        "DISCONNECT 0x82 last: {sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|p| matches!(p, p5::Packet::Auth(_))),
+        "no AUTH answered [MQTT-4.12.0-7]: {sent:?}"
+    );
+    // And again after the backoff: the client carries on.
+    c.event("a reconnect attempt", |e| {
+        matches!(e, ClientEvent::ConnectAttempt { .. })
+    })
+    .await;
+    timeout(WAIT, seen.recv())
+        .await
+        .expect("a second connection")
+        .expect("transcript");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_auth_after_the_connack_is_a_protocol_error_disconnect_0x82() {
+    let mut script = connack5();
+    script.extend_from_slice(&auth5());
+    auth_is_a_protocol_error(script).await;
+}
+
+#[tokio::test]
+async fn an_auth_in_place_of_the_connack_is_a_protocol_error_disconnect_0x82() {
+    auth_is_a_protocol_error(auth5()).await;
+}

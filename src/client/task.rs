@@ -545,7 +545,21 @@ impl Task {
             .await
             .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
-        let grant = self.accept_connack(ep, packet)?;
+        let grant = match self.accept_connack(ep, packet) {
+            Ok(grant) => grant,
+            // An AUTH (we sent no authentication method [MQTT-4.12.0-6])
+            // or any other packet in place of the CONNACK.
+            Err(Failed::Error(e @ ClientError::Protocol { .. })) if v5 => {
+                let bye = Wire::new(version, 0).disconnect(ReasonCode::ProtocolError);
+                let _ = timeout_at(deadline, async {
+                    let _ = framed.write_packet(&bye).await;
+                    let _ = framed.get_mut().shutdown().await;
+                })
+                .await;
+                return Err(Failed::Error(e));
+            }
+            Err(f) => return Err(f),
+        };
         let window = self.opts.inflight;
         if v5 && grant.window_calls_for_3_1_1(self.opts.protocol, self.opts.publishes, window) {
             // Nothing of the session was sent yet: a clean close (0x00).
@@ -619,6 +633,11 @@ impl Task {
                         Err(refused(reason, fallback))
                     }
                 },
+                p5::Packet::Auth(_) => Err(ClientError::Protocol {
+                    endpoint: ep.url(),
+                    reason: super::wire::WireError::Auth.to_string(),
+                }
+                .into()),
                 other => Err(ClientError::Protocol {
                     endpoint: ep.url(),
                     reason: format!("expected CONNACK, got {other:?}"),

@@ -71,9 +71,23 @@ pub(crate) enum WireError {
     /// A topic alias we never allowed or that names no topic yet.
     #[error("topic alias: {0}")]
     Alias(#[from] AliasError),
-    /// A packet a client never receives (CONNECT, SUBSCRIBE, AUTH...).
+    /// A packet a client never receives (CONNECT, SUBSCRIBE, PINGREQ...).
     #[error("unexpected {0} from broker")]
     Unexpected(&'static str),
+    /// An AUTH packet: we never send an Authentication Method, so the
+    /// broker must not send AUTH [MQTT-4.12.0-6].
+    #[error("AUTH from broker, but no authentication method was sent [MQTT-4.12.0-6]")]
+    Auth,
+}
+
+impl WireError {
+    /// The reason code of the DISCONNECT that ends the connection.
+    pub(crate) fn reason_code(&self) -> ReasonCode {
+        match self {
+            WireError::Alias(_) => ReasonCode::TopicAliasInvalid,
+            WireError::Unexpected(_) | WireError::Auth => ReasonCode::ProtocolError,
+        }
+    }
 }
 
 /// The per-connection translation state.
@@ -246,7 +260,7 @@ impl Wire {
                     reason_string,
                 });
             }
-            p5::Packet::Auth(_) => return Err(WireError::Unexpected("AUTH")),
+            p5::Packet::Auth(_) => return Err(WireError::Auth),
             p5::Packet::ConnAck(_) => return Err(WireError::Unexpected("CONNACK")),
             p5::Packet::Connect(..) => return Err(WireError::Unexpected("CONNECT")),
             p5::Packet::Subscribe(_) => return Err(WireError::Unexpected("SUBSCRIBE")),

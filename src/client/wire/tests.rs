@@ -364,3 +364,28 @@ fn a_small_receive_maximum_calls_for_3_1_1_only_towards_a_destination_with_proto
     assert!(!granted(u16::MAX).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
     assert!(granted(99).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
 }
+
+#[test]
+fn packets_a_client_never_receives_are_violations_with_their_disconnect_reason() {
+    let mut w = Wire::new(ProtocolVersion::V5, 0);
+    let mut auth_bytes = bytes::BytesMut::from(&[0xF0, 0x00][..]);
+    let auth = crate::protocol::v5::decode(
+        &mut auth_bytes,
+        usize::MAX,
+        crate::protocol::v5::Sender::Server,
+    );
+    let Ok(Some(auth)) = auth else {
+        panic!("an empty AUTH decodes: {auth:?}");
+    };
+    let err = w.incoming(v5(auth));
+    assert_eq!(err, Err(WireError::Auth));
+    assert_eq!(WireError::Auth.reason_code(), ReasonCode::ProtocolError);
+    assert_eq!(
+        w.incoming(v5(p5::Packet::PingReq(p5::PingReq))),
+        Err(WireError::Unexpected("PINGREQ"))
+    );
+    assert_eq!(
+        WireError::Unexpected("PINGREQ").reason_code(),
+        ReasonCode::ProtocolError
+    );
+}
