@@ -782,3 +782,116 @@ async fn an_auth_after_the_connack_is_a_protocol_error_disconnect_0x82() {
 async fn an_auth_in_place_of_the_connack_is_a_protocol_error_disconnect_0x82() {
     auth_is_a_protocol_error(auth5()).await;
 }
+
+/// A CONNACK refusing us with `code` and a server reference.
+fn connack_moved(code: p5::ConnectReturnCode, reference: &str) -> BytesMut {
+    encode5(p5::Packet::ConnAck(p5::ConnAck {
+        session_present: false,
+        code,
+        properties: Some(p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: Some("maintenance".into()),
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: Some(reference.into()),
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    }))
+}
+
+/// The endpoints the client dialed, from the events seen so far.
+fn dialed(c: &mut TestClient) -> Vec<String> {
+    std::iter::from_fn(|| c.events.try_recv().ok())
+        .filter_map(|e| match e {
+            ClientEvent::ConnectAttempt { endpoint } => Some(endpoint),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connack_0x9d_server_moved_to_a_configured_endpoint_is_dialed_next() {
+    let m = Mosquitto::start();
+    let (tx, _seen) = mpsc::unbounded_channel();
+    // A list: the first entry is no endpoint of ours, the second is.
+    let reference = format!("elsewhere.example:1883 localhost.:1 127.0.0.1:{}", m.port);
+    let fake = scripted_server(
+        connack_moved(p5::ConnectReturnCode::ServerMoved, &reference),
+        tx,
+    )
+    .await;
+    // The second endpoint answers nothing: going there would be wrong.
+    let unused = common::mosquitto::free_port();
+    let mut o = options("moved", vec![tcp(fake), tcp(unused), tcp(m.port)]);
+    o.failback.enabled = false;
+    let mut c = TestClient::spawn(o);
+    let first = c
+        .event("the first failover", |e| {
+            matches!(e, ClientEvent::Failover { .. })
+        })
+        .await;
+    assert_eq!(
+        first,
+        ClientEvent::Failover {
+            from: tcp(fake).url(),
+            to: tcp(m.port).url()
+        },
+        "straight to the referenced server, the endpoint in between skipped"
+    );
+    c.connected_to(m.port).await;
+    assert!(!dialed(&mut c).contains(&tcp(unused).url()));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_connack_0x9c_naming_a_server_not_configured_is_not_dialed_failover_is_normal() {
+    let m = Mosquitto::start();
+    // Listening, so a connection attempt would be seen here.
+    let elsewhere = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let reference = format!("127.0.0.1:{}", elsewhere.local_addr().expect("addr").port());
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let fake = scripted_server(
+        connack_moved(p5::ConnectReturnCode::UseAnotherServer, &reference),
+        tx,
+    )
+    .await;
+    let mut o = options("notours", vec![tcp(fake), tcp(m.port)]);
+    o.failback.enabled = false;
+    o.username = Some("user".into());
+    o.password = Some("secret".into());
+    let mut c = TestClient::spawn(o);
+    let e = c
+        .event("the refusal", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The normal order: the next configured endpoint.
+    c.connected_to(m.port).await;
+    assert_eq!(dialed(&mut c), vec![tcp(m.port).url()]);
+    assert!(
+        futures_util::FutureExt::now_or_never(elsewhere.accept()).is_none(),
+        "nothing (and no credentials) went to a server the config does not name"
+    );
+    c.stop().await;
+}

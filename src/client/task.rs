@@ -246,11 +246,18 @@ impl Task {
                         reason,
                     });
                     let mut retry = self.failover.failed(now_std());
-                    if let Some(reference) = err.server_reference()
-                        && let Some(index) = referenced_endpoint(reference, &self.opts.endpoints)
-                    {
-                        info!(broker = %broker, endpoint = %url, server_reference = %reference, "broker names another of our endpoints");
-                        retry.endpoint = self.failover.answered(index);
+                    if let Some(reference) = err.server_reference() {
+                        // Followed only to an endpoint of the config: the
+                        // CONNECT carries our credentials.
+                        match referenced_endpoint(reference, &self.opts.endpoints) {
+                            Some(index) => {
+                                info!(broker = %broker, endpoint = %url, server_reference = %reference, "broker names another of our endpoints");
+                                retry.endpoint = self.failover.answered(index);
+                            }
+                            None => {
+                                crate::warn_limited!(format!("server-reference:{broker}"), broker = %broker, endpoint = %url, server_reference = %reference, "broker names a server that is not one of this broker's configured endpoints: not followed (credentials go only to configured endpoints); failing over as usual");
+                            }
+                        }
                     }
                     delay = retry.delay;
                     if retry.is_failover()
@@ -538,6 +545,7 @@ impl Task {
                 return Err(Failed::RefusedV5(ClientError::Refused {
                     endpoint: ep.url(),
                     reason,
+                    server_reference: None,
                 }));
             }
         }
@@ -591,10 +599,11 @@ impl Task {
 
     /// What the broker's CONNACK granted, or why it refused us.
     fn accept_connack(&mut self, ep: &Endpoint, packet: version::Packet) -> Result<Grant, Failed> {
-        let refused = |reason: String, fallback: bool| {
+        let refused = |reason: String, fallback: bool, server_reference: Option<String>| {
             let error = ClientError::Refused {
                 endpoint: ep.url(),
                 reason,
+                server_reference,
             };
             if fallback {
                 Failed::RefusedV5(error)
@@ -607,7 +616,7 @@ impl Task {
                 Ok(Grant::v3(ack.session_present))
             }
             version::Packet::V3(Packet::ConnAck(ack)) => {
-                Err(refused(connack_reason(ack.code).into(), false))
+                Err(refused(connack_reason(ack.code).into(), false, None))
             }
             version::Packet::V5(p) => match *p {
                 p5::Packet::ConnAck(ack) => match grant_from_connack(ack) {
@@ -627,10 +636,20 @@ impl Task {
                         if let Some(s) = r.reason_string {
                             reason = format!("{reason}: {s}");
                         }
-                        if let Some(s) = r.server_reference {
+                        if let Some(s) = &r.server_reference {
                             reason = format!("{reason}, server reference {s}");
                         }
-                        Err(refused(reason, fallback))
+                        // Only "use another server" and "server moved"
+                        // name one (MQTT 5 §3.2.2.3.16, §4.11).
+                        let moved = matches!(
+                            r.code,
+                            ReasonCode::UseAnotherServer | ReasonCode::ServerMoved
+                        );
+                        Err(refused(
+                            reason,
+                            fallback,
+                            r.server_reference.filter(|_| moved),
+                        ))
                     }
                 },
                 p5::Packet::Auth(_) => Err(ClientError::Protocol {
