@@ -895,3 +895,144 @@ async fn a_connack_0x9c_naming_a_server_not_configured_is_not_dialed_failover_is
     );
     c.stop().await;
 }
+
+/// A successful CONNACK granting `receive_max` and `max_packet_size`.
+fn connack_granting(
+    session_present: bool,
+    receive_max: u16,
+    max_packet_size: Option<u32>,
+) -> BytesMut {
+    encode5(p5::Packet::ConnAck(p5::ConnAck {
+        session_present,
+        code: p5::ConnectReturnCode::Success,
+        properties: Some(p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(receive_max),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    }))
+}
+
+/// The next PUBLISH the client sends: (topic, packet id, DUP).
+async fn next_publish5(s: &mut TcpStream, buf: &mut BytesMut) -> (String, u16, bool) {
+    match timeout(WAIT, read_packet5(s, buf)).await {
+        Ok(Some(p5::Packet::Publish(p))) => (
+            String::from_utf8_lossy(&p.topic).into_owned(),
+            p.pkid,
+            p.dup,
+        ),
+        other => panic!("expected a PUBLISH, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_lowered_its_limits_gets_the_resends_within_them() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut o = options("lowered", vec![tcp(port)]);
+    o.clean_session = false;
+    let mut c = TestClient::spawn(o);
+
+    // Connection 1: room for 10, no size limit; five QoS 1 messages go
+    // out (the second one 300 bytes) and are never acknowledged.
+    let (mut s, _) = timeout(WAIT, l.accept())
+        .await
+        .expect("dial")
+        .expect("accept");
+    assert_eq!(read_connect(&mut s).await, Some(ProtocolVersion::V5));
+    s.write_all(&connack_granting(false, 10, None))
+        .await
+        .expect("CONNACK");
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let payload = if i == 1 { "x".repeat(300) } else { "p".into() };
+        let m = Message::new(format!("low/{i}"), payload, QoS::AtLeastOnce, false);
+        acks.push(c.link.publish(m).await.expect("publish request"));
+    }
+    let mut buf = BytesMut::new();
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(next_publish5(&mut s, &mut buf).await);
+    }
+    drop(s);
+
+    // Connection 2: the session is kept, but 2 at once and 200 bytes at
+    // most. low/1 can never go again: a `rejected` drop, not a flow
+    // stuck in the window; low/0 and low/2 are resent, nothing more.
+    let (mut s, _) = timeout(WAIT, l.accept())
+        .await
+        .expect("redial")
+        .expect("accept");
+    assert_eq!(read_connect(&mut s).await, Some(ProtocolVersion::V5));
+    s.write_all(&connack_granting(true, 2, Some(200)))
+        .await
+        .expect("CONNACK");
+    let mut buf = BytesMut::new();
+    let resent = [
+        next_publish5(&mut s, &mut buf).await,
+        next_publish5(&mut s, &mut buf).await,
+    ];
+    assert_eq!(
+        resent,
+        [
+            ("low/0".into(), first[0].1, true),
+            ("low/2".into(), first[2].1, true)
+        ]
+    );
+    let big = timeout(WAIT, acks.remove(1).wait())
+        .await
+        .expect("low/1 completes");
+    assert!(matches!(big, Err(LinkError::Rejected(_))), "{big:?}");
+    // Nothing more before an ack: our QoS 1 probe's PUBACK comes next.
+    let mut probe = p5::Publish::new("probe", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "?", None);
+    probe.pkid = 77;
+    s.write_all(&encode5(p5::Packet::Publish(probe)))
+        .await
+        .expect("probe");
+    c.recv().await.ack.ack();
+    match timeout(WAIT, read_packet5(&mut s, &mut buf)).await {
+        Ok(Some(p5::Packet::PubAck(a))) => assert_eq!(a.pkid, 77),
+        other => panic!("only the probe's PUBACK, got {other:?}"),
+    }
+    // Each ack lets the next one go, in order.
+    for (next, acked) in [(3, 0), (4, 2)] {
+        s.write_all(&encode5(p5::Packet::PubAck(p5::PubAck::new(
+            first[acked].1,
+            None,
+        ))))
+        .await
+        .expect("PUBACK");
+        assert_eq!(
+            next_publish5(&mut s, &mut buf).await,
+            (format!("low/{next}"), first[next].1, true)
+        );
+    }
+    for i in [3, 4] {
+        s.write_all(&encode5(p5::Packet::PubAck(p5::PubAck::new(
+            first[i].1, None,
+        ))))
+        .await
+        .expect("PUBACK");
+    }
+    for ack in acks {
+        timeout(WAIT, ack.wait())
+            .await
+            .expect("acknowledged")
+            .expect("delivered");
+    }
+    c.stop().await;
+}
