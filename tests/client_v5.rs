@@ -1036,3 +1036,50 @@ async fn a_broker_that_lowered_its_limits_gets_the_resends_within_them() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn after_the_switch_to_3_1_1_qos2_stays_within_what_the_broker_granted() {
+    // A 3.1.1 Mosquitto silently discards QoS 2 PUBLISHes beyond its
+    // `max_inflight_messages` (5 here, below the client's QoS 2 limit of
+    // 20); the receive maximum it granted over MQTT 5 bounds QoS 2 after
+    // the switch, so nothing is lost.
+    const N: usize = 100;
+    let m = Mosquitto::start_with("log_type notice\nmax_inflight_messages 5\n");
+    let topic = unique("q2cap");
+    let mut sub = TestClient::spawn(options("q2capsub", vec![tcp(m.port)]));
+    sub.connected_to(m.port).await;
+    sub.subscribe(&topic, QoS::ExactlyOnce).await;
+    let o = destination("q2cap", &m);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    let link = c.link.clone();
+    let t = topic.clone();
+    let producer = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let msg = Message::new(t.clone(), format!("{i}"), QoS::ExactlyOnce, false);
+            acks.push(link.publish(msg).await.expect("publish request"));
+        }
+        for ack in acks {
+            ack.wait().await.expect("delivered");
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N {
+        let d = timeout(WAIT, sub.rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("only {} of {N} arrived", seen.len()));
+        seen.insert(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack.ack();
+    }
+    timeout(WAIT, producer)
+        .await
+        .expect("every QoS 2 flow completed")
+        .expect("producer");
+    sub.stop().await;
+    c.stop().await;
+}

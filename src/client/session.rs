@@ -445,6 +445,14 @@ impl<D> ClientSession<D> {
         }
     }
 
+    /// QoS 2 flows allowed at once: ours, or fewer if the broker's grant
+    /// says so ([`Grant::exactly_once_limit`]).
+    fn qos2_limit(&self) -> usize {
+        self.grant.exactly_once_limit.map_or(self.qos2_limit, |l| {
+            self.qos2_limit.min(usize::from(l).max(1))
+        })
+    }
+
     /// The largest PUBLISH the broker takes: ours, or less if it said so.
     fn packet_limit(&self) -> usize {
         let granted = self
@@ -566,7 +574,7 @@ impl<D> ClientSession<D> {
     ) {
         self.fit_grant(&mut message);
         let exactly_once = message.qos == QoS::ExactlyOnce;
-        if exactly_once && self.qos2_inflight >= self.qos2_limit {
+        if exactly_once && self.qos2_inflight >= self.qos2_limit() {
             self.stashed = Some((message, done));
             self.stashed_origin = origin;
             return;
@@ -700,7 +708,7 @@ impl<D> ClientSession<D> {
     /// Publishes the stashed QoS 2 message once the QoS 2 limit and the
     /// window allow (after every resend, so order is kept).
     fn release_stashed(&mut self, out: &mut impl Output<D>) {
-        if self.qos2_inflight < self.qos2_limit
+        if self.qos2_inflight < self.qos2_limit()
             && self.resend.is_empty()
             && self.outgoing.has_room()
             && let Some((message, done)) = self.stashed.take()

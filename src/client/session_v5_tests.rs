@@ -21,6 +21,7 @@ fn grant() -> Grant {
         topic_alias_maximum: 0,
         assigned_client_id: None,
         session_expiry: None,
+        exactly_once_limit: None,
     }
 }
 
@@ -388,4 +389,41 @@ fn a_resumed_publish_over_the_new_maximum_packet_size_is_dropped_as_rejected() {
     s.on_packet(Packet::PubAck(PubAck::new(ids[0])), t0, &mut out)
         .unwrap();
     assert!(s.is_idle());
+}
+
+#[test]
+fn a_qos2_limit_learned_from_the_endpoint_bounds_qos2_on_3_1_1() {
+    let t0 = Instant::now();
+    let mut s = ClientSession::new(
+        SessionConfig {
+            name: "b".into(),
+            inflight: 100,
+            inflight_qos2: 20,
+            max_packet_size: 1024,
+        },
+        Keepalive::from_secs(0),
+        t0,
+    );
+    let mut out = Rec::default();
+    let learned = Grant {
+        exactly_once_limit: Some(2),
+        ..Grant::v3(false)
+    };
+    s.connected("mqtt://b:1883".into(), learned, false, None, t0, &mut out);
+    for i in 0..3 {
+        s.publish_request(msg("t", QoS::ExactlyOnce), i, &mut out);
+    }
+    let sent = pkids(&out.take());
+    assert_eq!(sent.len(), 2, "2 QoS 2 flows at once, not 20");
+    assert!(!s.can_take(), "the third waits");
+    // QoS 1 is not bound by it: the whole window is there once it goes.
+    s.on_packet(Packet::PubRec(PubRec::new(sent[0])), t0, &mut out)
+        .unwrap();
+    s.on_packet(Packet::PubComp(PubComp::new(sent[0])), t0, &mut out)
+        .unwrap();
+    assert_eq!(pkids(&out.take()).len(), 1, "the third goes");
+    for i in 3..50 {
+        s.publish_request(msg("t", QoS::AtLeastOnce), i, &mut out);
+    }
+    assert_eq!(pkids(&out.take()).len(), 47);
 }

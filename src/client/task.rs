@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
 use rumqttc::v5::mqttbytes::v5 as p5;
@@ -99,9 +99,10 @@ pub(crate) struct Task {
     /// The store and keyspace of this broker's stored QoS 2 flows
     /// (`None`: not kept; see [`super::durable`]).
     pub(crate) durable: Option<(Store, Keyspace)>,
-    /// Endpoints (URLs) that refused MQTT 5: spoken to in 3.1.1 from then
-    /// on, for the life of the process (with `protocol` left to default).
-    v3_only: HashSet<String>,
+    /// Endpoints (URLs) spoken to in 3.1.1 from then on, for the life of
+    /// the process (with `protocol` left to default): they refused MQTT 5,
+    /// or granted a receive maximum (kept here) below `inflight`.
+    v3_only: HashMap<String, Option<u16>>,
     /// The client identifier the broker assigned (we sent an empty one),
     /// kept for the life of the session.
     assigned_client_id: Option<String>,
@@ -141,7 +142,7 @@ impl Task {
             pending_delivery: None,
             failover,
             dialer: None,
-            v3_only: HashSet::new(),
+            v3_only: HashMap::new(),
             assigned_client_id: None,
         }
     }
@@ -431,20 +432,23 @@ impl Task {
         let url = ep.url();
         let version = match self.opts.protocol {
             ProtocolChoice::Only(v) => v,
-            ProtocolChoice::Auto if self.v3_only.contains(&url) => ProtocolVersion::V3_1_1,
+            ProtocolChoice::Auto if self.v3_only.contains_key(&url) => ProtocolVersion::V3_1_1,
             ProtocolChoice::Auto => ProtocolVersion::V5,
         };
         match self.connect_as(ep, version).await {
             Ok(c) => return Ok(c),
             Err(Failed::RefusedV5(error)) if self.opts.protocol == ProtocolChoice::Auto => {
-                if self.v3_only.is_empty() {
+                let first = self.v3_only.is_empty();
+                self.v3_only.insert(url.clone(), None);
+                if first {
                     warn!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; speaking MQTT 3.1.1 to this endpoint from now on");
                 } else {
                     info!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; falling back to 3.1.1");
                 }
             }
             Err(Failed::SmallWindow { receive_maximum }) => {
-                // Once per endpoint: it is remembered below.
+                self.v3_only.insert(url.clone(), Some(receive_maximum));
+                // Once per endpoint: it is remembered now.
                 warn!(
                     broker = %self.opts.name,
                     endpoint = %url,
@@ -460,7 +464,6 @@ impl Task {
             }
             Err(Failed::Error(e) | Failed::RefusedV5(e)) => return Err(e),
         }
-        self.v3_only.insert(url);
         self.connect_as(ep, ProtocolVersion::V3_1_1)
             .await
             .map_err(|f| match f {
@@ -613,7 +616,11 @@ impl Task {
         };
         match packet {
             version::Packet::V3(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-                Ok(Grant::v3(ack.session_present))
+                // A receive maximum this endpoint granted over MQTT 5 bounds QoS 2.
+                Ok(Grant {
+                    exactly_once_limit: self.v3_only.get(&ep.url()).copied().flatten(),
+                    ..Grant::v3(ack.session_present)
+                })
             }
             version::Packet::V3(Packet::ConnAck(ack)) => {
                 Err(refused(connack_reason(ack.code).into(), false, None))

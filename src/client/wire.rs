@@ -333,6 +333,11 @@ pub(crate) struct Grant {
     pub(crate) assigned_client_id: Option<String>,
     /// Session expiry interval it imposes, if it lowered ours.
     pub(crate) session_expiry: Option<u32>,
+    /// QoS 2 flows it takes at once on a 3.1.1 connection, learned from the
+    /// receive maximum of an earlier MQTT 5 CONNACK of the same endpoint
+    /// (a 3.1.1 Mosquitto silently discards QoS 2 PUBLISHes beyond its
+    /// `max_inflight_messages`, which is what it grants as receive maximum).
+    pub(crate) exactly_once_limit: Option<u16>,
 }
 
 impl Grant {
@@ -348,6 +353,7 @@ impl Grant {
             topic_alias_maximum: 0,
             assigned_client_id: None,
             session_expiry: None,
+            exactly_once_limit: None,
         }
     }
 }
@@ -422,6 +428,7 @@ pub(crate) fn grant_from_connack(ack: p5::ConnAck) -> Result<Grant, Refusal> {
         topic_alias_maximum: props.topic_alias_max.unwrap_or(0),
         assigned_client_id: props.assigned_client_identifier,
         session_expiry: props.session_expiry_interval,
+        exactly_once_limit: None,
     })
 }
 

@@ -278,6 +278,7 @@ fn connack_grants_are_read() {
             topic_alias_maximum: 10,
             assigned_client_id: Some("auto-1".into()),
             session_expiry: Some(300),
+            exactly_once_limit: None,
         }
     );
     // Without properties: the protocol's defaults.
