@@ -427,3 +427,53 @@ fn a_qos2_limit_learned_from_the_endpoint_bounds_qos2_on_3_1_1() {
     }
     assert_eq!(pkids(&out.take()).len(), 47);
 }
+
+proptest::proptest! {
+    /// Whatever the broker acknowledges, in whatever order (messages it got
+    /// on the earlier connection included), a resumed session never has
+    /// more PUBLISHes out on the new connection than its receive maximum,
+    /// never sends one twice or after its ack, and completes each once.
+    #[test]
+    fn resends_stay_within_the_new_receive_maximum(
+        n in 1usize..10,
+        window in 1u16..5,
+        picks in proptest::collection::vec(0usize..10, 0..20),
+    ) {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect5(&mut s, resumed(10, None), t0, &mut out);
+        for i in 0..n {
+            s.publish_request(msg("t", QoS::AtLeastOnce), i as u32, &mut out);
+        }
+        let mut open: Vec<u16> = pkids(&out.take());
+        s.disconnected();
+        connect5(&mut s, resumed(window, None), t0, &mut out);
+        let mut out_now: Vec<u16> = Vec::new();
+        let mut acked: Vec<u16> = Vec::new();
+        let step = |out: &mut Rec, out_now: &mut Vec<u16>, acked: &[u16]| {
+            for id in pkids(&out.take()) {
+                proptest::prop_assert!(!out_now.contains(&id), "sent twice: {}", id);
+                proptest::prop_assert!(!acked.contains(&id), "sent after its ack: {}", id);
+                out_now.push(id);
+            }
+            proptest::prop_assert!(out_now.len() <= usize::from(window));
+            Ok(())
+        };
+        step(&mut out, &mut out_now, &acked)?;
+        for pick in picks.into_iter().chain(std::iter::repeat_n(0, n)) {
+            if open.is_empty() {
+                break;
+            }
+            let id = open.remove(pick % open.len());
+            s.on_packet(Packet::PubAck(PubAck::new(id)), t0, &mut out).unwrap();
+            out_now.retain(|&o| o != id);
+            acked.push(id);
+            step(&mut out, &mut out_now, &acked)?;
+        }
+        let mut done: Vec<u32> = out.completed.iter().map(|(i, _)| *i).collect();
+        done.sort_unstable();
+        proptest::prop_assert_eq!(done, (0..n as u32).collect::<Vec<_>>());
+        proptest::prop_assert!(s.is_idle());
+    }
+}
