@@ -561,12 +561,7 @@ impl Task {
             // An AUTH (we sent no authentication method [MQTT-4.12.0-6])
             // or any other packet in place of the CONNACK.
             Err(Failed::Error(e @ ClientError::Protocol { .. })) if v5 => {
-                let bye = Wire::new(version, 0).disconnect(ReasonCode::ProtocolError);
-                let _ = timeout_at(deadline, async {
-                    let _ = framed.write_packet(&bye).await;
-                    let _ = framed.get_mut().shutdown().await;
-                })
-                .await;
+                say_goodbye(&mut framed, ReasonCode::ProtocolError, deadline).await;
                 return Err(Failed::Error(e));
             }
             Err(f) => return Err(f),
@@ -574,12 +569,7 @@ impl Task {
         let window = self.opts.inflight;
         if v5 && grant.window_calls_for_3_1_1(self.opts.protocol, self.opts.publishes, window) {
             // Nothing of the session was sent yet: a clean close (0x00).
-            let bye = Wire::new(version, 0).disconnect(ReasonCode::Success);
-            let _ = timeout_at(deadline, async {
-                let _ = framed.write_packet(&bye).await;
-                let _ = framed.get_mut().shutdown().await;
-            })
-            .await;
+            say_goodbye(&mut framed, ReasonCode::Success, deadline).await;
             return Err(Failed::SmallWindow {
                 receive_maximum: grant.receive_maximum,
             });
@@ -796,6 +786,18 @@ impl Output<Done> for Offline {
         _: Option<&crate::protocol::MessageProperties>,
     ) {
     }
+}
+
+/// Ends an MQTT 5 connection that never carried the session (right after
+/// CONNACK): DISCONNECT with `code`, then close, by `deadline`. Errors are
+/// moot: the connection is being dropped either way.
+async fn say_goodbye(framed: &mut Framed<BoxStream>, code: ReasonCode, deadline: Instant) {
+    let bye = Wire::new(ProtocolVersion::V5, 0).disconnect(code);
+    let _ = timeout_at(deadline, async {
+        let _ = framed.write_packet(&bye).await;
+        let _ = framed.get_mut().shutdown().await;
+    })
+    .await;
 }
 
 /// Stored `(key, value)` pairs.
