@@ -43,7 +43,7 @@ use crate::pipe::{self, BrokerLink, PipeError, Pipes};
 use crate::store::{Store, StoreError};
 use observe::{Observability, ObservabilityControl, ObservabilityError, ObservabilityHandle};
 
-use options::{broker_options, client_options, pipe_spec, spool_spec};
+use options::{broker_options, client_options, pipe_spec, publishes_to, spool_spec};
 
 /// Publishes in flight from one pipe into a built-in broker, at most.
 const BUILTIN_PIPE_INFLIGHT: usize = 100;
@@ -260,6 +260,7 @@ impl RunHandle {
 async fn start_broker(
     name: &str,
     bp: &BrokerPlan,
+    publishes: bool,
     obs: &ObservabilityControl,
     links_token: &CancellationToken,
     tracker: &TaskTracker,
@@ -269,6 +270,7 @@ async fn start_broker(
     match &bp.kind {
         BrokerKind::Remote(r) => {
             let mut opts = client_options(name, r);
+            opts.publishes = publishes;
             opts.store = Some(store.clone());
             obs.remote(name, r, &mut opts);
             let slot = SettingsSlot::default();
@@ -370,7 +372,18 @@ pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, R
         }
     }
     for (name, bp) in builtin_first {
-        match start_broker(name, bp, &control, &links_token, &tracker, &store).await {
+        let publishes = publishes_to(&plan, name);
+        match start_broker(
+            name,
+            bp,
+            publishes,
+            &control,
+            &links_token,
+            &tracker,
+            &store,
+        )
+        .await
+        {
             Ok((mut rt, link)) => {
                 rt.ix = pipes.add_broker(link);
                 started.push((name.clone(), rt));

@@ -560,3 +560,526 @@ async fn disconnect_0x9c_with_a_server_reference_moves_to_that_endpoint() {
     c.connected_to(m.port).await;
     c.stop().await;
 }
+
+/// The protocol of each connection Mosquitto logged for `client_id`, in
+/// order: `p5` (MQTT 5), `p2` (3.1.1). Needs `log_type notice`.
+fn logged_protocols(m: &Mosquitto, client_id: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
+    let marker = format!(" as {client_id} (");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            Some(rest.split(',').next()?.to_owned())
+        })
+        .collect()
+}
+
+/// Waits until Mosquitto logged `n` connections of `client_id`; returns
+/// their protocols.
+async fn protocols_after(m: &Mosquitto, client_id: &str, n: usize) -> Vec<String> {
+    common::wait::wait_until(|| logged_protocols(m, client_id).len() >= n).await;
+    logged_protocols(m, client_id)
+}
+
+/// Stock Mosquitto (`max_inflight_messages 20`), logging connections.
+const STOCK_LOGGED: &str = "log_type notice\n";
+
+/// A client towards a Mosquitto destination with `protocol` unset.
+fn destination(name: &str, m: &Mosquitto) -> ClientOptions {
+    let mut o = options(name, vec![tcp(m.port)]);
+    o.protocol = ProtocolChoice::Auto;
+    o.publishes = true;
+    o
+}
+
+#[tokio::test]
+async fn auto_towards_a_destination_granting_20_speaks_3_1_1_after_the_first_connack() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("rm20", &m);
+    let id = o.client_id.clone();
+    let reconnect = std::sync::Arc::new(tokio::sync::Notify::new());
+    o.reconnect = Some(reconnect.clone());
+    let mut c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    // The v5 connection (receive maximum 20 < inflight 100) is closed with
+    // a DISCONNECT and the same attempt continues in 3.1.1.
+    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(&format!("Client {id} disconnected.")),
+        "a clean DISCONNECT, not a dropped socket: {log}"
+    );
+    assert!(
+        std::iter::from_fn(|| c.events.try_recv().ok())
+            .all(|e| !matches!(e, ClientEvent::Disconnected { .. })),
+        "the switch is not a failed attempt"
+    );
+    // The link works (the window is `inflight` now: QoS 1 has none on 3.1.1).
+    publish(&c, Message::new("rm20/t", "x", QoS::AtLeastOnce, false))
+        .await
+        .expect("PUBACK");
+    // Remembered for the endpoint: the next connection is 3.1.1 at once.
+    reconnect.notify_waiters();
+    assert_eq!(protocols_after(&m, &id, 3).await, ["p5", "p2", "p2"]);
+    c.connected_to(m.port).await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn auto_towards_a_source_only_broker_granting_20_keeps_mqtt_5() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("src20", &m);
+    o.publishes = false;
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    // A fallback would have been logged before the CONNACK we saw.
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn explicit_protocol_5_towards_a_destination_granting_20_keeps_mqtt_5() {
+    let m = Mosquitto::start_with(STOCK_LOGGED);
+    let mut o = destination("v5rm20", &m);
+    o.protocol = ProtocolChoice::Only(ProtocolVersion::V5);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    // Properties still arrive: the window is the broker's 20.
+    publish(&c, full_message("v5rm20/t")).await.expect("PUBACK");
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn auto_towards_a_destination_granting_a_large_receive_maximum_keeps_mqtt_5() {
+    let m = Mosquitto::start_with("log_type notice\nmax_inflight_messages 0\n");
+    let o = destination("rmbig", &m);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    publish(&c, full_message("rmbig/t")).await.expect("PUBACK");
+    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    c.stop().await;
+}
+
+/// Reads the next MQTT 5 packet a client sends on `s` (`None`: closed).
+async fn read_packet5(s: &mut TcpStream, buf: &mut BytesMut) -> Option<p5::Packet> {
+    loop {
+        if let Ok(Some(p)) = v5::decode(buf, usize::MAX, Sender::Client) {
+            return Some(p);
+        }
+        let mut chunk = [0u8; 512];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// What a scripted server saw on one connection: the packets the client
+/// sent after its CONNECT, until it closed.
+type Transcript = mpsc::UnboundedSender<Vec<p5::Packet>>;
+
+/// A v5 server that answers every CONNECT with `script` (raw bytes), then
+/// records what the client sends until it closes.
+async fn scripted_server(script: BytesMut, seen: Transcript) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (script, seen) = (script.clone(), seen.clone());
+            tokio::spawn(async move {
+                if read_connect(&mut s).await != Some(ProtocolVersion::V5) {
+                    return;
+                }
+                let _ = s.write_all(&script).await;
+                let mut buf = BytesMut::new();
+                let mut got = Vec::new();
+                while let Some(p) = read_packet5(&mut s, &mut buf).await {
+                    got.push(p);
+                }
+                let _ = seen.send(got);
+            });
+        }
+    });
+    port
+}
+
+/// AUTH 0x18 (continue authentication) with method `SCRAM-SHA-1`, as
+/// bytes (rumqttc does not export what builds one).
+fn auth5() -> BytesMut {
+    let method = b"SCRAM-SHA-1";
+    let props = 1 + 2 + method.len();
+    let mut b = BytesMut::from(&[0xF0, (2 + props) as u8, 0x18, props as u8, 0x15, 0x00][..]);
+    b.extend_from_slice(&[method.len() as u8]);
+    b.extend_from_slice(method);
+    b
+}
+
+/// An AUTH from a broker we sent no authentication method to
+/// [MQTT-4.12.0-6]: DISCONNECT 0x82, a protocol error, a reconnect.
+async fn auth_is_a_protocol_error(script: BytesMut) {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let port = scripted_server(script, tx).await;
+    let mut c = TestClient::spawn(options("auth", vec![tcp(port)]));
+    let e = c
+        .event("the AUTH ends the connection", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                kind: ErrorKind::Protocol,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let sent = timeout(WAIT, seen.recv())
+        .await
+        .expect("the client closed the connection")
+        .expect("transcript");
+    assert!(
+        matches!(
+            sent.last(),
+            Some(p5::Packet::Disconnect(d))
+                if d.reason_code == p5::DisconnectReasonCode::ProtocolError
+        ),
+        "DISCONNECT 0x82 last: {sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|p| matches!(p, p5::Packet::Auth(_))),
+        "no AUTH answered [MQTT-4.12.0-7]: {sent:?}"
+    );
+    // And again after the backoff: the client carries on.
+    c.event("a reconnect attempt", |e| {
+        matches!(e, ClientEvent::ConnectAttempt { .. })
+    })
+    .await;
+    timeout(WAIT, seen.recv())
+        .await
+        .expect("a second connection")
+        .expect("transcript");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_auth_after_the_connack_is_a_protocol_error_disconnect_0x82() {
+    let mut script = connack5();
+    script.extend_from_slice(&auth5());
+    auth_is_a_protocol_error(script).await;
+}
+
+#[tokio::test]
+async fn an_auth_in_place_of_the_connack_is_a_protocol_error_disconnect_0x82() {
+    auth_is_a_protocol_error(auth5()).await;
+}
+
+/// A CONNACK refusing us with `code` and a server reference.
+fn connack_moved(code: p5::ConnectReturnCode, reference: &str) -> BytesMut {
+    encode5(p5::Packet::ConnAck(p5::ConnAck {
+        session_present: false,
+        code,
+        properties: Some(p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: Some("maintenance".into()),
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: Some(reference.into()),
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    }))
+}
+
+/// The endpoints the client dialed, from the events seen so far.
+fn dialed(c: &mut TestClient) -> Vec<String> {
+    std::iter::from_fn(|| c.events.try_recv().ok())
+        .filter_map(|e| match e {
+            ClientEvent::ConnectAttempt { endpoint } => Some(endpoint),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connack_0x9d_server_moved_to_a_configured_endpoint_is_dialed_next() {
+    let m = Mosquitto::start();
+    let (tx, _seen) = mpsc::unbounded_channel();
+    // A list: the first entry is no endpoint of ours, the second is.
+    let reference = format!("elsewhere.example:1883 localhost.:1 127.0.0.1:{}", m.port);
+    let fake = scripted_server(
+        connack_moved(p5::ConnectReturnCode::ServerMoved, &reference),
+        tx,
+    )
+    .await;
+    // The second endpoint answers nothing: going there would be wrong.
+    let unused = common::mosquitto::free_port();
+    let mut o = options("moved", vec![tcp(fake), tcp(unused), tcp(m.port)]);
+    o.failback.enabled = false;
+    let mut c = TestClient::spawn(o);
+    let first = c
+        .event("the first failover", |e| {
+            matches!(e, ClientEvent::Failover { .. })
+        })
+        .await;
+    assert_eq!(
+        first,
+        ClientEvent::Failover {
+            from: tcp(fake).url(),
+            to: tcp(m.port).url()
+        },
+        "straight to the referenced server, the endpoint in between skipped"
+    );
+    c.connected_to(m.port).await;
+    assert!(!dialed(&mut c).contains(&tcp(unused).url()));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_connack_0x9c_naming_a_server_not_configured_is_not_dialed_failover_is_normal() {
+    let m = Mosquitto::start();
+    // Listening, so a connection attempt would be seen here.
+    let elsewhere = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let reference = format!("127.0.0.1:{}", elsewhere.local_addr().expect("addr").port());
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let fake = scripted_server(
+        connack_moved(p5::ConnectReturnCode::UseAnotherServer, &reference),
+        tx,
+    )
+    .await;
+    let mut o = options("notours", vec![tcp(fake), tcp(m.port)]);
+    o.failback.enabled = false;
+    o.username = Some("user".into());
+    o.password = Some("secret".into());
+    let mut c = TestClient::spawn(o);
+    let e = c
+        .event("the refusal", |e| {
+            matches!(e, ClientEvent::Disconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                kind: ErrorKind::Refused,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The normal order: the next configured endpoint.
+    c.connected_to(m.port).await;
+    assert_eq!(dialed(&mut c), vec![tcp(m.port).url()]);
+    assert!(
+        futures_util::FutureExt::now_or_never(elsewhere.accept()).is_none(),
+        "nothing (and no credentials) went to a server the config does not name"
+    );
+    c.stop().await;
+}
+
+/// A successful CONNACK granting `receive_max` and `max_packet_size`.
+fn connack_granting(
+    session_present: bool,
+    receive_max: u16,
+    max_packet_size: Option<u32>,
+) -> BytesMut {
+    encode5(p5::Packet::ConnAck(p5::ConnAck {
+        session_present,
+        code: p5::ConnectReturnCode::Success,
+        properties: Some(p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(receive_max),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
+    }))
+}
+
+/// The next PUBLISH the client sends: (topic, packet id, DUP).
+async fn next_publish5(s: &mut TcpStream, buf: &mut BytesMut) -> (String, u16, bool) {
+    match timeout(WAIT, read_packet5(s, buf)).await {
+        Ok(Some(p5::Packet::Publish(p))) => (
+            String::from_utf8_lossy(&p.topic).into_owned(),
+            p.pkid,
+            p.dup,
+        ),
+        other => panic!("expected a PUBLISH, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_lowered_its_limits_gets_the_resends_within_them() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let mut o = options("lowered", vec![tcp(port)]);
+    o.clean_session = false;
+    let mut c = TestClient::spawn(o);
+
+    // Connection 1: room for 10, no size limit; five QoS 1 messages go
+    // out (the second one 300 bytes) and are never acknowledged.
+    let (mut s, _) = timeout(WAIT, l.accept())
+        .await
+        .expect("dial")
+        .expect("accept");
+    assert_eq!(read_connect(&mut s).await, Some(ProtocolVersion::V5));
+    s.write_all(&connack_granting(false, 10, None))
+        .await
+        .expect("CONNACK");
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let payload = if i == 1 { "x".repeat(300) } else { "p".into() };
+        let m = Message::new(format!("low/{i}"), payload, QoS::AtLeastOnce, false);
+        acks.push(c.link.publish(m).await.expect("publish request"));
+    }
+    let mut buf = BytesMut::new();
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(next_publish5(&mut s, &mut buf).await);
+    }
+    drop(s);
+
+    // Connection 2: the session is kept, but 2 at once and 200 bytes at
+    // most. low/1 can never go again: a `rejected` drop, not a flow
+    // stuck in the window; low/0 and low/2 are resent, nothing more.
+    let (mut s, _) = timeout(WAIT, l.accept())
+        .await
+        .expect("redial")
+        .expect("accept");
+    assert_eq!(read_connect(&mut s).await, Some(ProtocolVersion::V5));
+    s.write_all(&connack_granting(true, 2, Some(200)))
+        .await
+        .expect("CONNACK");
+    let mut buf = BytesMut::new();
+    let resent = [
+        next_publish5(&mut s, &mut buf).await,
+        next_publish5(&mut s, &mut buf).await,
+    ];
+    assert_eq!(
+        resent,
+        [
+            ("low/0".into(), first[0].1, true),
+            ("low/2".into(), first[2].1, true)
+        ]
+    );
+    let big = timeout(WAIT, acks.remove(1).wait())
+        .await
+        .expect("low/1 completes");
+    assert!(matches!(big, Err(LinkError::Rejected(_))), "{big:?}");
+    // Nothing more before an ack: our QoS 1 probe's PUBACK comes next.
+    let mut probe = p5::Publish::new("probe", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "?", None);
+    probe.pkid = 77;
+    s.write_all(&encode5(p5::Packet::Publish(probe)))
+        .await
+        .expect("probe");
+    c.recv().await.ack.ack();
+    match timeout(WAIT, read_packet5(&mut s, &mut buf)).await {
+        Ok(Some(p5::Packet::PubAck(a))) => assert_eq!(a.pkid, 77),
+        other => panic!("only the probe's PUBACK, got {other:?}"),
+    }
+    // Each ack lets the next one go, in order.
+    for (next, acked) in [(3, 0), (4, 2)] {
+        s.write_all(&encode5(p5::Packet::PubAck(p5::PubAck::new(
+            first[acked].1,
+            None,
+        ))))
+        .await
+        .expect("PUBACK");
+        assert_eq!(
+            next_publish5(&mut s, &mut buf).await,
+            (format!("low/{next}"), first[next].1, true)
+        );
+    }
+    for i in [3, 4] {
+        s.write_all(&encode5(p5::Packet::PubAck(p5::PubAck::new(
+            first[i].1, None,
+        ))))
+        .await
+        .expect("PUBACK");
+    }
+    for ack in acks {
+        timeout(WAIT, ack.wait())
+            .await
+            .expect("acknowledged")
+            .expect("delivered");
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn after_the_switch_to_3_1_1_qos2_stays_within_what_the_broker_granted() {
+    // A 3.1.1 Mosquitto silently discards QoS 2 PUBLISHes beyond its
+    // `max_inflight_messages` (5 here, below the client's QoS 2 limit of
+    // 20); the receive maximum it granted over MQTT 5 bounds QoS 2 after
+    // the switch, so nothing is lost.
+    const N: usize = 100;
+    let m = Mosquitto::start_with("log_type notice\nmax_inflight_messages 5\n");
+    let topic = unique("q2cap");
+    let mut sub = TestClient::spawn(options("q2capsub", vec![tcp(m.port)]));
+    sub.connected_to(m.port).await;
+    sub.subscribe(&topic, QoS::ExactlyOnce).await;
+    let o = destination("q2cap", &m);
+    let id = o.client_id.clone();
+    let c = TestClient::spawn(o);
+    c.connected_to(m.port).await;
+    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    let link = c.link.clone();
+    let t = topic.clone();
+    let producer = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..N {
+            let msg = Message::new(t.clone(), format!("{i}"), QoS::ExactlyOnce, false);
+            acks.push(link.publish(msg).await.expect("publish request"));
+        }
+        for ack in acks {
+            ack.wait().await.expect("delivered");
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N {
+        let d = timeout(WAIT, sub.rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("only {} of {N} arrived", seen.len()));
+        seen.insert(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack.ack();
+    }
+    timeout(WAIT, producer)
+        .await
+        .expect("every QoS 2 flow completed")
+        .expect("producer");
+    sub.stop().await;
+    c.stop().await;
+}

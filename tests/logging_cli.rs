@@ -309,16 +309,36 @@ fn watch_reloads_when_the_file_changes() {
     assert!(bridge.child.wait().expect("wait").success());
 }
 
-/// A destination whose MQTT 5 receive maximum is below `inflight` caps a
-/// long link's throughput: the bridge says so once, with both numbers
-/// (stock Mosquitto grants v5 clients its `max_inflight_messages`, 20).
+/// The config of a pipe into `port` (stock Mosquitto) with `protocol_line`
+/// on the destination.
+fn into_mosquitto(port: u16, protocol_line: &str) -> String {
+    format!(
+        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  cloud:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{port}]\n{protocol_line}pipes:\n  up:\n    from: edge\n    to: cloud\n    topics: [a/#]\nmetrics:\n  listen: 127.0.0.1:0\n"
+    )
+}
+
+/// With `protocol` left out, a destination whose MQTT 5 receive maximum
+/// is below `inflight` (stock Mosquitto grants v5 clients its
+/// `max_inflight_messages`, 20) is spoken to in 3.1.1: the bridge says so
+/// once, in the user's terms (properties not carried, why, how to keep them).
 #[test]
-fn a_small_mqtt5_receive_maximum_is_warned_once() {
+fn a_destination_with_a_small_mqtt5_receive_maximum_gets_3_1_1_with_one_warning() {
     let mosquitto = common::mosquitto::Mosquitto::start();
-    let cfg = config_file(&format!(
-        "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n  cloud:\n    type: remote\n    endpoints: [mqtt://127.0.0.1:{}]\npipes:\n  up:\n    from: edge\n    to: cloud\n    topics: [a/#]\nmetrics:\n  listen: 127.0.0.1:0\n",
-        mosquitto.port
-    ));
+    let cfg = config_file(&into_mosquitto(mosquitto.port, ""));
+    let bridge = JsonLogRun::spawn(&[], cfg.path());
+    let warning = bridge.wait_message("broker allows fewer QoS 1/2 messages in flight over MQTT 5 (receive maximum) than `inflight`, which would cap this destination at receive_maximum messages per round trip: speaking MQTT 3.1.1 to this endpoint from now on, so MQTT 5 properties (user properties, content type, correlation data, response topic, message expiry) are NOT carried towards this broker; set `protocol: 5` to keep them at that cap, or raise the broker's limit (Mosquitto: max_inflight_messages) so MQTT 5 is kept");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["broker"], "cloud", "{warning}");
+    assert_eq!(warning["receive_maximum"], 20, "{warning}");
+    assert_eq!(warning["inflight"], 1000, "{warning}");
+}
+
+/// With `protocol: 5`, the broker's small window binds the client: it
+/// says so once, with both numbers.
+#[test]
+fn a_small_mqtt5_receive_maximum_with_protocol_5_is_warned_once() {
+    let mosquitto = common::mosquitto::Mosquitto::start();
+    let cfg = config_file(&into_mosquitto(mosquitto.port, "    protocol: 5\n"));
     let bridge = JsonLogRun::spawn(&[], cfg.path());
     let warning = bridge.wait_message("broker allows fewer QoS 1/2 messages in flight than `inflight` (MQTT 5 receive maximum): at most receive_maximum per round trip towards it; raise its limit (Mosquitto: max_inflight_messages) or set `protocol: 3.1.1` for this broker where properties are not needed");
     assert_eq!(warning["level"], "WARN", "{warning}");

@@ -15,7 +15,9 @@ use tokio::time::timeout;
 fn yaml(p: &str, cloud_port: u16) -> String {
     format!(
         "brokers:\n  edge:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n{}pipes:\n  up:\n    from: edge\n    to: cloud\n    topics: [{p}/dev/#]\n    response_topic: remap\n    remap:\n      - strip_prefix: {p}/dev/\n        add_prefix: {p}/cloud/\n",
-        remote("cloud", cloud_port, &format!("{p}-cloud")),
+        // Properties towards a stock Mosquitto (receive maximum 20) need
+        // `protocol: 5`: left out, such a destination is spoken to in 3.1.1.
+        remote("cloud", cloud_port, &format!("{p}-cloud")) + "    protocol: 5\n",
     )
 }
 

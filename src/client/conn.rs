@@ -81,6 +81,9 @@ pub(crate) struct Conn {
     pub(super) metrics: Option<crate::metrics::RemoteBrokerMetrics>,
     /// Packets held back until the stored QoS 2 flows are durable.
     pub(super) gate: Gate,
+    /// The broker broke the protocol: the reason code of the DISCONNECT
+    /// sent (on MQTT 5) before the connection is dropped.
+    pub(super) violation: Option<ReasonCode>,
 }
 
 /// Where stored QoS 2 flows are written, and the packets that wait for it
@@ -168,6 +171,7 @@ impl Conn {
             keepalive,
             metrics,
             gate: Gate::default(),
+            violation: None,
         }
     }
 
@@ -285,6 +289,26 @@ impl Conn {
             done.complete(Ok(()));
         }
         Ok(wrote)
+    }
+
+    /// The broker broke the protocol ([`Conn::violation`]): on MQTT 5 a
+    /// DISCONNECT with the reason code goes after what is queued, then the
+    /// stream is closed, within [`DISCONNECT_TIMEOUT`]. On 3.1.1 the
+    /// stream is just closed (no DISCONNECT from a client means an error,
+    /// and the broker publishes our will).
+    pub(super) async fn close_after_violation(&mut self) {
+        let Some(code) = self.violation.take() else {
+            return;
+        };
+        if self.wire.version() == ProtocolVersion::V5 {
+            let packet = self.wire.disconnect(code);
+            let _ = self.framed.queue(&packet);
+        }
+        let _ = timeout(DISCONNECT_TIMEOUT, async {
+            let _ = self.framed.flush().await;
+            let _ = self.framed.get_mut().shutdown().await;
+        })
+        .await;
     }
 
     /// DISCONNECT, then close the stream. On 3.1.1 the broker drops our

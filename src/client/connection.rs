@@ -19,6 +19,7 @@ use super::transport::BoxStream;
 use super::wire::{FromBroker, Grant, Wire};
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, AckToken, Delivery};
+use crate::protocol::reason::ReasonCode;
 use crate::protocol::version::{Packet, ProtocolVersion};
 use crate::protocol::{Framed, Keepalive, Message};
 
@@ -225,7 +226,10 @@ impl Task {
             };
             match step {
                 None => {}
-                Some(End::Lost(e)) => return End::Lost(e),
+                Some(End::Lost(e)) => {
+                    conn.close_after_violation().await;
+                    return End::Lost(e);
+                }
                 Some(end) => return self.end_with(end, &mut conn).await,
             }
             if let Some(m) = &self.opts.metrics {
@@ -318,16 +322,21 @@ impl Task {
         self.session.on_ack(token, conn);
     }
 
+    /// Hands one packet from the broker to the session. A packet that
+    /// breaks the protocol (an AUTH, a packet only a server receives, an
+    /// unknown topic alias) ends the connection with a DISCONNECT naming
+    /// the violation (MQTT 5) and a reconnect after the backoff.
     fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
-        let lost = |endpoint: &Endpoint, reason: String| {
+        let lost = |conn: &mut Conn, code: ReasonCode, reason: String| {
+            conn.violation = Some(code);
             Some(End::Lost(ClientError::Protocol {
-                endpoint: endpoint.url(),
+                endpoint: conn.endpoint.url(),
                 reason,
             }))
         };
         let from = match conn.wire.incoming(packet) {
             Ok(from) => from,
-            Err(e) => return lost(&conn.endpoint, e.to_string()),
+            Err(e) => return lost(conn, e.reason_code(), e.to_string()),
         };
         match from {
             FromBroker::Publish(p, props) => {
@@ -339,7 +348,9 @@ impl Task {
             }
             FromBroker::Packet(p) => match self.session.on_packet(p, now_std(), conn) {
                 Ok(delivery) => self.deliver(delivery),
-                Err(unexpected) => return lost(&conn.endpoint, unexpected.to_string()),
+                Err(unexpected) => {
+                    return lost(conn, ReasonCode::ProtocolError, unexpected.to_string());
+                }
             },
             FromBroker::Refused { kind, pkid, code } => {
                 if let Err(QuotaExceeded) = self.session.on_refused(kind, pkid, code, conn) {

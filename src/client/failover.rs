@@ -16,7 +16,9 @@ use super::options::{Endpoint, FailbackOptions};
 
 /// The index of the endpoint an MQTT 5 server reference names, if it names
 /// one of ours: the reference is a space-separated list of `host` or
-/// `host:port` (`[v6]:port` too); a bare host matches on the host alone.
+/// `host:port` (`[v6]:port` too); the first entry that matches wins. A bare
+/// host matches on the host alone. Hosts are compared after normalising
+/// (case, a trailing dot, brackets, IP address spelling).
 pub(crate) fn referenced_endpoint(reference: &str, endpoints: &[Endpoint]) -> Option<usize> {
     reference.split_whitespace().find_map(|entry| {
         let (host, port) = match entry.rsplit_once(':') {
@@ -26,11 +28,25 @@ pub(crate) fn referenced_endpoint(reference: &str, endpoints: &[Endpoint]) -> Op
             },
             _ => (entry, None),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = normal_host(host);
         endpoints
             .iter()
-            .position(|e| e.host.eq_ignore_ascii_case(host) && port.is_none_or(|p| p == e.port))
+            .position(|e| normal_host(&e.host) == host && port.is_none_or(|p| p == e.port))
     })
+}
+
+/// A host as compared: an IP address in its canonical spelling, a name in
+/// lower case without the root's trailing dot; brackets around an IPv6
+/// address dropped.
+fn normal_host(host: &str) -> String {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => bare.trim_end_matches('.').to_ascii_lowercase(),
+    }
 }
 
 /// What to do after a failure: wait `delay`, then dial `endpoint`.
@@ -181,6 +197,14 @@ mod tests {
             Some(0)
         );
         assert_eq!(referenced_endpoint("[::1]:1883", &eps), Some(3));
+        assert_eq!(referenced_endpoint("[0:0::0001]:1883", &eps), Some(3));
+        assert_eq!(referenced_endpoint("b.Example.:8883", &eps), Some(2));
+        // The first entry that names one of ours wins.
+        assert_eq!(
+            referenced_endpoint("b.example:8883 a.example", &eps),
+            Some(2)
+        );
+        assert_eq!(referenced_endpoint("a.example.evil:1883", &eps), None);
         assert_eq!(referenced_endpoint("a.example:9999", &eps), None);
         assert_eq!(referenced_endpoint("elsewhere", &eps), None);
         assert_eq!(referenced_endpoint("", &eps), None);

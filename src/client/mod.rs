@@ -94,6 +94,9 @@ pub enum ClientError {
         endpoint: String,
         /// CONNACK return code, described.
         reason: String,
+        /// The server reference of an MQTT 5 refusal with 0x9C (use another
+        /// server) or 0x9D (server moved), if it carried one.
+        server_reference: Option<String>,
     },
     /// The broker sent something that is not valid MQTT, or broke the protocol.
     #[error("{endpoint}: protocol error: {reason}")]
@@ -122,8 +125,9 @@ pub enum ClientError {
         endpoint: String,
     },
     /// The broker ended the connection with an MQTT 5 DISCONNECT (0x8B
-    /// server shutting down, 0x9C use another server...). A server
-    /// reference naming one of our endpoints is dialed next.
+    /// server shutting down, 0x9C use another server...). The server
+    /// reference of a 0x9C/0x9D one, if it names one of our endpoints, is
+    /// dialed next.
     #[error("{endpoint}: broker disconnected: {code}{}{}",
         reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
         server_reference.as_deref().map(|r| format!(", server reference {r}")).unwrap_or_default())]
@@ -229,10 +233,16 @@ impl ClientError {
         }
     }
 
-    /// The server reference of a DISCONNECT (another server to use).
+    /// The server reference of a CONNACK refusal or DISCONNECT with 0x9C
+    /// (use another server) or 0x9D (server moved): another server to use.
     pub fn server_reference(&self) -> Option<&str> {
         match self {
             ClientError::ServerDisconnect {
+                code: ReasonCode::UseAnotherServer | ReasonCode::ServerMoved,
+                server_reference,
+                ..
+            }
+            | ClientError::Refused {
                 server_reference, ..
             } => server_reference.as_deref(),
             _ => None,
@@ -328,4 +338,37 @@ pub fn spawn(
     let task = task::Task::new(opts, shutdown, req_rx, del_tx, state_tx);
     tracker.spawn(task.run().instrument(span));
     (link, del_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_0x9c_and_0x9d_carry_a_server_reference_to_follow() {
+        let disconnect = |code| ClientError::ServerDisconnect {
+            endpoint: "mqtt://a:1883".into(),
+            code,
+            server_reference: Some("b:1883".into()),
+            reason: None,
+        };
+        assert_eq!(
+            disconnect(ReasonCode::UseAnotherServer).server_reference(),
+            Some("b:1883")
+        );
+        assert_eq!(
+            disconnect(ReasonCode::ServerMoved).server_reference(),
+            Some("b:1883")
+        );
+        assert_eq!(
+            disconnect(ReasonCode::ServerShuttingDown).server_reference(),
+            None
+        );
+        let refused = ClientError::Refused {
+            endpoint: "mqtt://a:1883".into(),
+            reason: "server moved (0x9D)".into(),
+            server_reference: Some("b".into()),
+        };
+        assert_eq!(refused.server_reference(), Some("b"));
+    }
 }

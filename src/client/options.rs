@@ -164,8 +164,16 @@ pub struct ClientOptions {
     /// Endpoints in priority order; index 0 is the primary. Must not be empty.
     pub endpoints: Vec<Endpoint>,
     /// The MQTT version to speak: by default 5, falling back to 3.1.1 on an
-    /// endpoint that refuses it (remembered per endpoint for the process).
+    /// endpoint that refuses it, or — when [`ClientOptions::publishes`] —
+    /// that grants a receive maximum below `inflight` (remembered per
+    /// endpoint for the process).
     pub protocol: ProtocolChoice,
+    /// Whether this broker is the destination of at least one pipe (set by
+    /// whoever builds clients from the config). With `protocol` left to
+    /// default, an MQTT 5 broker that grants a receive maximum below
+    /// `inflight` is then spoken to in 3.1.1 instead (see
+    /// [`ClientOptions::protocol`]); a broker we only read from keeps MQTT 5.
+    pub publishes: bool,
     /// MQTT client id used on every endpoint.
     pub client_id: String,
     /// Optional user name.
@@ -249,6 +257,7 @@ impl ClientOptions {
             name: name.into(),
             endpoints,
             protocol: ProtocolChoice::Auto,
+            publishes: false,
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -289,6 +298,8 @@ impl fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             .field("name", &self.name)
             .field("endpoints", &self.display_url())
+            .field("protocol", &self.protocol)
+            .field("publishes", &self.publishes)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))

@@ -139,6 +139,11 @@ pub(crate) struct ClientSession<D> {
     stashed_origin: Option<Origin>,
     /// QoS 0 publishes accepted while disconnected (bounded by the window).
     qos0_backlog: VecDeque<(Message, D)>,
+    /// Flows of `outgoing` not yet resent on this connection (PUBLISH again,
+    /// or PUBREL), in order, each with whether it waits for the store: a
+    /// broker that lowered its receive maximum below what is in flight gets
+    /// at most that many at once, the rest as its acks free the window.
+    resend: VecDeque<(Packet, bool)>,
     /// QoS 2 flows of spooled pipes kept on disk (`None`: not kept).
     ledger: Option<Ledger>,
     incoming: Incoming,
@@ -163,6 +168,7 @@ impl<D> ClientSession<D> {
             stashed: None,
             stashed_origin: None,
             qos0_backlog: VecDeque::new(),
+            resend: VecDeque::new(),
             ledger: None,
             incoming: Incoming::new(),
             subs: Subs::default(),
@@ -234,6 +240,10 @@ impl<D> ClientSession<D> {
     /// A connection was accepted (CONNACK): resend (DUP) or re-publish what is
     /// unacknowledged, in order, then what queued up while we were away, then
     /// subscriptions (restored when the broker has no session), then `birth`.
+    /// At most the broker's receive maximum of the flows goes out at once
+    /// (the rest as acks come, in order); a PUBLISH that no longer fits its
+    /// maximum packet size ends as a `rejected` drop instead of staying in
+    /// flight forever.
     ///
     /// `grant` is what the broker's CONNACK allowed ([`Grant::v3`] on 3.1.1);
     /// `properties_on_wire` whether the connection speaks MQTT 5.
@@ -270,13 +280,18 @@ impl<D> ClientSession<D> {
             }
             _ => false,
         };
+        self.resend.clear();
         for p in self.outgoing.resume(session_present) {
-            if gate {
-                self.send_when_durable(&p, out);
-            } else {
-                self.send(&p, out);
+            if let Packet::Publish(publish) = &p
+                && let Some(too_large) = self.too_large(publish.pkid)
+            {
+                self.drop_flow(publish.pkid, too_large, out);
+                continue;
             }
+            self.resend.push_back((p, gate));
         }
+        self.send_resends(out);
+        self.release_stashed(out);
         while let Some((message, done)) = self.qos0_backlog.pop_front() {
             self.publish(message, done, out);
         }
@@ -291,6 +306,7 @@ impl<D> ClientSession<D> {
     /// The connection ended: in-flight flows wait for the next one.
     pub(crate) fn disconnected(&mut self) {
         self.endpoint = None;
+        self.resend.clear();
         self.incoming.reset_connection();
         self.subs.disconnected(&mut self.outgoing);
     }
@@ -429,6 +445,14 @@ impl<D> ClientSession<D> {
         }
     }
 
+    /// QoS 2 flows allowed at once: ours, or fewer if the broker's grant
+    /// says so ([`Grant::exactly_once_limit`]).
+    fn qos2_limit(&self) -> usize {
+        self.grant.exactly_once_limit.map_or(self.qos2_limit, |l| {
+            self.qos2_limit.min(usize::from(l).max(1))
+        })
+    }
+
     /// The largest PUBLISH the broker takes: ours, or less if it said so.
     fn packet_limit(&self) -> usize {
         let granted = self
@@ -447,6 +471,12 @@ impl<D> ClientSession<D> {
                 m.topic
             )));
         }
+        self.check_size(m)
+    }
+
+    /// Rejects a PUBLISH of `m` over the maximum packet size (ours, or the
+    /// broker's if it granted less).
+    fn check_size(&self, m: &Message) -> Result<(), LinkError> {
         let props = match (&m.properties, self.properties_on_wire) {
             (Some(p), true) => properties_size(p),
             _ => 0,
@@ -459,6 +489,70 @@ impl<D> ClientSession<D> {
             )));
         }
         Ok(())
+    }
+
+    /// Why the in-flight PUBLISH under `pkid` no longer fits this
+    /// connection's maximum packet size (the broker lowered it), if it does not.
+    fn too_large(&self, pkid: u16) -> Option<LinkError> {
+        self.check_size(self.outgoing.message(pkid)?).err()
+    }
+
+    /// Ends the flow under `pkid`, whose PUBLISH can never be sent again,
+    /// with `error` (the pipe counts a `rejected` drop). Its stored record,
+    /// if any, becomes a completion mark, so a restart does not send it again.
+    fn drop_flow(&mut self, pkid: u16, error: LinkError, out: &mut impl Output<D>) {
+        let topic = self
+            .outgoing
+            .message(pkid)
+            .map(|m| m.topic.to_string())
+            .unwrap_or_default();
+        let flow = match self.outgoing.on_puback(pkid) {
+            Ok(flow) => Ok(flow),
+            // QoS 2 (before PUBREC: only a PUBLISH is ever dropped).
+            Err(_) => self
+                .outgoing
+                .on_pubrec(pkid)
+                .and_then(|_| self.outgoing.on_pubcomp(pkid)),
+        };
+        let Ok(flow) = flow else {
+            return;
+        };
+        if let Some(w) = self.ledger.as_mut().and_then(|l| l.completed(pkid)) {
+            out.persist(w);
+        }
+        crate::warn_limited!(format!("resend-too-large:{}", self.name), broker = %self.name, endpoint = %self.endpoint(), topic = %topic, error = %error, "broker lowered its maximum packet size: an unacknowledged message no longer fits and is dropped");
+        if flow.exactly_once {
+            self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
+        }
+        out.complete(flow.done, Err(error));
+    }
+
+    /// Sends what waits to be resent while the window has room (flows
+    /// resent on this connection stay below the window).
+    fn send_resends(&mut self, out: &mut impl Output<D>) {
+        while !self.resend.is_empty()
+            && self.outgoing.len().saturating_sub(self.resend.len()) < self.outgoing.window()
+        {
+            let Some((p, gated)) = self.resend.pop_front() else {
+                break;
+            };
+            if gated {
+                self.send_when_durable(&p, out);
+            } else {
+                self.send(&p, out);
+            }
+        }
+    }
+
+    /// The broker answered for `pkid`: a resend still waiting for it is moot.
+    fn forget_resend(&mut self, pkid: u16) {
+        if !self.resend.is_empty() {
+            self.resend.retain(|(p, _)| match p {
+                Packet::Publish(publish) => publish.pkid != pkid,
+                Packet::PubRel(rel) => rel.pkid != pkid,
+                _ => true,
+            });
+        }
     }
 
     /// Starts a publish; connected, the PUBLISH is sent, otherwise a QoS 1/2
@@ -480,7 +574,7 @@ impl<D> ClientSession<D> {
     ) {
         self.fit_grant(&mut message);
         let exactly_once = message.qos == QoS::ExactlyOnce;
-        if exactly_once && self.qos2_inflight >= self.qos2_limit {
+        if exactly_once && self.qos2_inflight >= self.qos2_limit() {
             self.stashed = Some((message, done));
             self.stashed_origin = origin;
             return;
@@ -562,6 +656,7 @@ impl<D> ClientSession<D> {
         if code == ReasonCode::QuotaExceeded {
             return Err(QuotaExceeded);
         }
+        self.forget_resend(pkid);
         let topic = self
             .outgoing
             .message(pkid)
@@ -606,7 +701,16 @@ impl<D> ClientSession<D> {
             self.qos2_inflight = self.qos2_inflight.saturating_sub(1);
         }
         out.complete(flow.done, result);
-        if self.qos2_inflight < self.qos2_limit
+        self.send_resends(out);
+        self.release_stashed(out);
+    }
+
+    /// Publishes the stashed QoS 2 message once the QoS 2 limit and the
+    /// window allow (after every resend, so order is kept).
+    fn release_stashed(&mut self, out: &mut impl Output<D>) {
+        if self.qos2_inflight < self.qos2_limit()
+            && self.resend.is_empty()
+            && self.outgoing.has_room()
             && let Some((message, done)) = self.stashed.take()
         {
             let origin = self.stashed_origin.take();
@@ -645,11 +749,11 @@ impl<D> ClientSession<D> {
     ) -> Result<Option<(Message, Option<AckToken>)>, Unexpected> {
         match packet {
             Packet::Publish(publish) => return Ok(self.on_publish(publish, None, now, out)),
-            Packet::PubAck(ack) => match self.outgoing.on_puback(ack.pkid) {
+            Packet::PubAck(ack) => match self.forget_then(ack.pkid).outgoing.on_puback(ack.pkid) {
                 Ok(flow) => self.flow_done(flow, out),
                 Err(v) => self.unexpected_ack(&v),
             },
-            Packet::PubRec(rec) => match self.outgoing.on_pubrec(rec.pkid) {
+            Packet::PubRec(rec) => match self.forget_then(rec.pkid).outgoing.on_pubrec(rec.pkid) {
                 // A stored flow: "PUBREC received" is on disk before the PUBREL.
                 Ok(rel) => match self.ledger.as_mut().and_then(|l| l.released(rec.pkid)) {
                     Some(w) => {
@@ -660,16 +764,18 @@ impl<D> ClientSession<D> {
                 },
                 Err(v) => self.unexpected_ack(&v),
             },
-            Packet::PubComp(comp) => match self.outgoing.on_pubcomp(comp.pkid) {
-                Ok(flow) => {
-                    // Written before the pipe hears of it (and moves its cursor).
-                    if let Some(w) = self.ledger.as_mut().and_then(|l| l.completed(comp.pkid)) {
-                        out.persist(w);
+            Packet::PubComp(comp) => {
+                match self.forget_then(comp.pkid).outgoing.on_pubcomp(comp.pkid) {
+                    Ok(flow) => {
+                        // Written before the pipe hears of it (and moves its cursor).
+                        if let Some(w) = self.ledger.as_mut().and_then(|l| l.completed(comp.pkid)) {
+                            out.persist(w);
+                        }
+                        self.flow_done(flow, out);
                     }
-                    self.flow_done(flow, out);
+                    Err(v) => self.unexpected_ack(&v),
                 }
-                Err(v) => self.unexpected_ack(&v),
-            },
+            }
             Packet::PubRel(rel) => out.send(&self.incoming.on_pubrel(rel.pkid)),
             Packet::SubAck(ack) => {
                 let pkid = ack.pkid;
@@ -715,6 +821,12 @@ impl<D> ClientSession<D> {
 
     fn endpoint(&self) -> &str {
         self.endpoint.as_deref().unwrap_or("")
+    }
+
+    /// [`ClientSession::forget_resend`], then the session (to chain).
+    fn forget_then(&mut self, pkid: u16) -> &mut Self {
+        self.forget_resend(pkid);
+        self
     }
 
     fn unexpected_ack(&self, v: &impl std::fmt::Display) {
@@ -776,6 +888,7 @@ impl<D> ClientSession<D> {
             out.complete(flow.done, Err(LinkError::Closed));
         }
         self.qos2_inflight = 0;
+        self.resend.clear();
         if let Some((_, done)) = self.stashed.take() {
             out.complete(done, Err(LinkError::Closed));
         }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rumqttc::mqttbytes::v4::{PubAck, Publish};
+use rumqttc::mqttbytes::v4::{PubAck, PubComp, PubRec, Publish};
 use tokio::sync::oneshot;
 
 use super::tests::{Rec, connect, msg, session};
@@ -21,6 +21,7 @@ fn grant() -> Grant {
         topic_alias_maximum: 0,
         assigned_client_id: None,
         session_expiry: None,
+        exactly_once_limit: None,
     }
 }
 
@@ -253,4 +254,226 @@ fn incoming_properties_reach_the_application() {
         .expect("delivered");
     assert_eq!(m.properties, Some(props));
     assert!(token.is_some());
+}
+
+/// (topic, pkid, dup) of each PUBLISH in `packets`.
+fn sent_publishes(packets: &[Packet]) -> Vec<(String, u16, bool)> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((p.topic.clone(), p.pkid, p.dup)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A broker that kept our session and now grants `receive_maximum`.
+fn resumed(receive_maximum: u16, max_packet_size: Option<u32>) -> Grant {
+    Grant {
+        session_present: true,
+        receive_maximum,
+        max_packet_size,
+        max_qos: QoS::ExactlyOnce,
+        retain_available: true,
+        ..grant()
+    }
+}
+
+#[test]
+fn a_resumed_session_resends_no_more_than_the_new_receive_maximum_at_once() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, resumed(10, None), t0, &mut out);
+    for (i, t) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        s.publish_request(msg(t, QoS::AtLeastOnce), i as u32, &mut out);
+    }
+    let ids = pkids(&out.take());
+    assert_eq!(ids.len(), 5);
+    s.disconnected();
+
+    // The broker now takes 2 at once: a and b go, the rest wait in order.
+    connect5(&mut s, resumed(2, None), t0, &mut out);
+    let first = sent_publishes(&out.take());
+    assert_eq!(
+        first,
+        [("a".into(), ids[0], true), ("b".into(), ids[1], true)]
+    );
+    assert!(!s.can_take(), "nothing new before the resends");
+    s.on_packet(Packet::PubAck(PubAck::new(ids[0])), t0, &mut out)
+        .unwrap();
+    assert_eq!(sent_publishes(&out.take()), [("c".into(), ids[2], true)]);
+    // The broker acknowledges e before we resent it (it had it): e is not
+    // sent again and d goes out when a slot frees.
+    s.on_packet(Packet::PubAck(PubAck::new(ids[4])), t0, &mut out)
+        .unwrap();
+    assert!(sent_publishes(&out.take()).is_empty(), "b and c in flight");
+    s.on_packet(Packet::PubAck(PubAck::new(ids[1])), t0, &mut out)
+        .unwrap();
+    assert_eq!(sent_publishes(&out.take()), [("d".into(), ids[3], true)]);
+    for id in [ids[2], ids[3]] {
+        s.on_packet(Packet::PubAck(PubAck::new(id)), t0, &mut out)
+            .unwrap();
+    }
+    assert!(sent_publishes(&out.take()).is_empty());
+    let mut done: Vec<u32> = out.completed.iter().map(|(i, _)| *i).collect();
+    done.sort_unstable();
+    assert_eq!(done, [0, 1, 2, 3, 4]);
+    assert!(out.completed.iter().all(|(_, r)| r.is_ok()));
+    assert!(s.can_take() && s.is_idle());
+}
+
+#[test]
+fn a_stashed_qos2_publish_waits_behind_the_resends() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, resumed(10, None), t0, &mut out);
+    s.publish_request(msg("q2", QoS::ExactlyOnce), 1, &mut out);
+    s.publish_request(msg("q1", QoS::AtLeastOnce), 2, &mut out);
+    let ids = pkids(&out.take());
+    // The QoS 2 limit (1) is taken: the next QoS 2 publish is stashed.
+    s.publish_request(msg("later", QoS::ExactlyOnce), 3, &mut out);
+    assert!(out.take().is_empty());
+    s.disconnected();
+    connect5(&mut s, resumed(1, None), t0, &mut out);
+    assert_eq!(sent_publishes(&out.take()), [("q2".into(), ids[0], true)]);
+    s.on_packet(Packet::PubRec(PubRec::new(ids[0])), t0, &mut out)
+        .unwrap();
+    out.take();
+    s.on_packet(Packet::PubComp(PubComp::new(ids[0])), t0, &mut out)
+        .unwrap();
+    // q1 (resent) first; "later" only once the window has room again.
+    assert_eq!(sent_publishes(&out.take()), [("q1".into(), ids[1], true)]);
+    s.on_packet(Packet::PubAck(PubAck::new(ids[1])), t0, &mut out)
+        .unwrap();
+    let last = sent_publishes(&out.take());
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].0, "later");
+}
+
+#[test]
+fn a_resumed_publish_over_the_new_maximum_packet_size_is_dropped_as_rejected() {
+    let t0 = Instant::now();
+    let mut s = session(0, t0);
+    let mut out = Rec::default();
+    connect5(&mut s, resumed(10, Some(1000)), t0, &mut out);
+    let mut big = msg("big", QoS::AtLeastOnce);
+    big.payload = vec![0u8; 150].into();
+    let mut big2 = msg("big2", QoS::ExactlyOnce);
+    big2.payload = vec![0u8; 150].into();
+    s.publish_request(msg("small", QoS::AtLeastOnce), 1, &mut out);
+    s.publish_request(big, 2, &mut out);
+    s.publish_request(big2, 3, &mut out);
+    let ids = pkids(&out.take());
+    assert_eq!(ids.len(), 3);
+    s.disconnected();
+
+    // Now 100 bytes at most: the large ones can never go; they end as
+    // `rejected` (a counted drop) instead of staying in flight.
+    connect5(&mut s, resumed(10, Some(100)), t0, &mut out);
+    assert_eq!(
+        sent_publishes(&out.take()),
+        [("small".into(), ids[0], true)]
+    );
+    assert!(
+        matches!(
+            out.completed.as_slice(),
+            [(2, Err(LinkError::Rejected(a))), (3, Err(LinkError::Rejected(b)))]
+                if a.contains("100") && b.contains("100")
+        ),
+        "{:?}",
+        out.completed
+    );
+    assert_eq!(s.inflight(), 1);
+    s.on_packet(Packet::PubAck(PubAck::new(ids[0])), t0, &mut out)
+        .unwrap();
+    assert!(s.is_idle());
+}
+
+#[test]
+fn a_qos2_limit_learned_from_the_endpoint_bounds_qos2_on_3_1_1() {
+    let t0 = Instant::now();
+    let mut s = ClientSession::new(
+        SessionConfig {
+            name: "b".into(),
+            inflight: 100,
+            inflight_qos2: 20,
+            max_packet_size: 1024,
+        },
+        Keepalive::from_secs(0),
+        t0,
+    );
+    let mut out = Rec::default();
+    let learned = Grant {
+        exactly_once_limit: Some(2),
+        ..Grant::v3(false)
+    };
+    s.connected("mqtt://b:1883".into(), learned, false, None, t0, &mut out);
+    for i in 0..3 {
+        s.publish_request(msg("t", QoS::ExactlyOnce), i, &mut out);
+    }
+    let sent = pkids(&out.take());
+    assert_eq!(sent.len(), 2, "2 QoS 2 flows at once, not 20");
+    assert!(!s.can_take(), "the third waits");
+    // QoS 1 is not bound by it: the whole window is there once it goes.
+    s.on_packet(Packet::PubRec(PubRec::new(sent[0])), t0, &mut out)
+        .unwrap();
+    s.on_packet(Packet::PubComp(PubComp::new(sent[0])), t0, &mut out)
+        .unwrap();
+    assert_eq!(pkids(&out.take()).len(), 1, "the third goes");
+    for i in 3..50 {
+        s.publish_request(msg("t", QoS::AtLeastOnce), i, &mut out);
+    }
+    assert_eq!(pkids(&out.take()).len(), 47);
+}
+
+proptest::proptest! {
+    /// Whatever the broker acknowledges, in whatever order (messages it got
+    /// on the earlier connection included), a resumed session never has
+    /// more PUBLISHes out on the new connection than its receive maximum,
+    /// never sends one twice or after its ack, and completes each once.
+    #[test]
+    fn resends_stay_within_the_new_receive_maximum(
+        n in 1usize..10,
+        window in 1u16..5,
+        picks in proptest::collection::vec(0usize..10, 0..20),
+    ) {
+        let t0 = Instant::now();
+        let mut s = session(0, t0);
+        let mut out = Rec::default();
+        connect5(&mut s, resumed(10, None), t0, &mut out);
+        for i in 0..n {
+            s.publish_request(msg("t", QoS::AtLeastOnce), i as u32, &mut out);
+        }
+        let mut open: Vec<u16> = pkids(&out.take());
+        s.disconnected();
+        connect5(&mut s, resumed(window, None), t0, &mut out);
+        let mut out_now: Vec<u16> = Vec::new();
+        let mut acked: Vec<u16> = Vec::new();
+        let step = |out: &mut Rec, out_now: &mut Vec<u16>, acked: &[u16]| {
+            for id in pkids(&out.take()) {
+                proptest::prop_assert!(!out_now.contains(&id), "sent twice: {}", id);
+                proptest::prop_assert!(!acked.contains(&id), "sent after its ack: {}", id);
+                out_now.push(id);
+            }
+            proptest::prop_assert!(out_now.len() <= usize::from(window));
+            Ok(())
+        };
+        step(&mut out, &mut out_now, &acked)?;
+        for pick in picks.into_iter().chain(std::iter::repeat_n(0, n)) {
+            if open.is_empty() {
+                break;
+            }
+            let id = open.remove(pick % open.len());
+            s.on_packet(Packet::PubAck(PubAck::new(id)), t0, &mut out).unwrap();
+            out_now.retain(|&o| o != id);
+            acked.push(id);
+            step(&mut out, &mut out_now, &acked)?;
+        }
+        let mut done: Vec<u32> = out.completed.iter().map(|(i, _)| *i).collect();
+        done.sort_unstable();
+        proptest::prop_assert_eq!(done, (0..n as u32).collect::<Vec<_>>());
+        proptest::prop_assert!(s.is_idle());
+    }
 }

@@ -8,10 +8,11 @@
 
 use std::time::Duration;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, LastWill, Login, Packet};
 use rumqttc::v5::mqttbytes::v5 as p5;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -53,20 +54,28 @@ pub(crate) struct Connected {
     pub(crate) grant: Grant,
 }
 
-/// A connect attempt that failed; `fallback` when an MQTT 5 CONNECT was
-/// refused in a way that asks for 3.1.1 (CONNACK 0x01 in the 3.1.1 format,
-/// v5 reason 0x84, or the connection closed right after the CONNECT).
-struct Failed {
-    error: ClientError,
-    fallback: bool,
+/// A connect attempt that failed, or an MQTT 5 connection that calls for
+/// 3.1.1 instead.
+enum Failed {
+    /// The attempt failed.
+    Error(ClientError),
+    /// The broker refused the MQTT 5 CONNECT in a way that asks for 3.1.1
+    /// (CONNACK 0x01 in the 3.1.1 format, v5 reason 0x84, or the connection
+    /// closed right after the CONNECT).
+    RefusedV5(ClientError),
+    /// The broker accepted MQTT 5 but grants a receive maximum below our
+    /// `inflight`, we publish to it and `protocol` is left to default: the
+    /// connection was closed cleanly (DISCONNECT 0x00) to speak 3.1.1
+    /// instead (see [`Grant::window_calls_for_3_1_1`]).
+    SmallWindow {
+        /// The receive maximum it granted.
+        receive_maximum: u16,
+    },
 }
 
 impl From<ClientError> for Failed {
     fn from(error: ClientError) -> Self {
-        Failed {
-            error,
-            fallback: false,
-        }
+        Failed::Error(error)
     }
 }
 
@@ -90,9 +99,10 @@ pub(crate) struct Task {
     /// The store and keyspace of this broker's stored QoS 2 flows
     /// (`None`: not kept; see [`super::durable`]).
     pub(crate) durable: Option<(Store, Keyspace)>,
-    /// Endpoints (URLs) that refused MQTT 5: spoken to in 3.1.1 from then
-    /// on, for the life of the process (with `protocol` left to default).
-    v3_only: HashSet<String>,
+    /// Endpoints (URLs) spoken to in 3.1.1 from then on, for the life of
+    /// the process (with `protocol` left to default): they refused MQTT 5,
+    /// or granted a receive maximum (kept here) below `inflight`.
+    v3_only: HashMap<String, Option<u16>>,
     /// The client identifier the broker assigned (we sent an empty one),
     /// kept for the life of the session.
     assigned_client_id: Option<String>,
@@ -132,7 +142,7 @@ impl Task {
             pending_delivery: None,
             failover,
             dialer: None,
-            v3_only: HashSet::new(),
+            v3_only: HashMap::new(),
             assigned_client_id: None,
         }
     }
@@ -237,11 +247,18 @@ impl Task {
                         reason,
                     });
                     let mut retry = self.failover.failed(now_std());
-                    if let Some(reference) = err.server_reference()
-                        && let Some(index) = referenced_endpoint(reference, &self.opts.endpoints)
-                    {
-                        info!(broker = %broker, endpoint = %url, server_reference = %reference, "broker names another of our endpoints");
-                        retry.endpoint = self.failover.answered(index);
+                    if let Some(reference) = err.server_reference() {
+                        // Followed only to an endpoint of the config: the
+                        // CONNECT carries our credentials.
+                        match referenced_endpoint(reference, &self.opts.endpoints) {
+                            Some(index) => {
+                                info!(broker = %broker, endpoint = %url, server_reference = %reference, "broker names another of our endpoints");
+                                retry.endpoint = self.failover.answered(index);
+                            }
+                            None => {
+                                crate::warn_limited!(format!("server-reference:{broker}"), broker = %broker, endpoint = %url, server_reference = %reference, "broker names a server that is not one of this broker's configured endpoints: not followed (credentials go only to configured endpoints); failing over as usual");
+                            }
+                        }
                     }
                     delay = retry.delay;
                     if retry.is_failover()
@@ -294,6 +311,7 @@ impl Task {
         let o = &mut self.opts;
         o.endpoints = new.endpoints;
         o.protocol = new.protocol;
+        o.publishes = new.publishes;
         o.client_id = new.client_id;
         o.username = new.username;
         o.password = new.password;
@@ -414,27 +432,48 @@ impl Task {
         let url = ep.url();
         let version = match self.opts.protocol {
             ProtocolChoice::Only(v) => v,
-            ProtocolChoice::Auto if self.v3_only.contains(&url) => ProtocolVersion::V3_1_1,
+            ProtocolChoice::Auto if self.v3_only.contains_key(&url) => ProtocolVersion::V3_1_1,
             ProtocolChoice::Auto => ProtocolVersion::V5,
         };
         match self.connect_as(ep, version).await {
-            Ok(c) => Ok(c),
-            Err(Failed {
-                error,
-                fallback: true,
-            }) if self.opts.protocol == ProtocolChoice::Auto => {
-                if self.v3_only.is_empty() {
+            Ok(c) => return Ok(c),
+            Err(Failed::RefusedV5(error)) if self.opts.protocol == ProtocolChoice::Auto => {
+                let first = self.v3_only.is_empty();
+                self.v3_only.insert(url.clone(), None);
+                if first {
                     warn!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; speaking MQTT 3.1.1 to this endpoint from now on");
                 } else {
                     info!(broker = %self.opts.name, endpoint = %url, error = %error, "broker refuses MQTT 5; falling back to 3.1.1");
                 }
-                self.v3_only.insert(url);
-                self.connect_as(ep, ProtocolVersion::V3_1_1)
-                    .await
-                    .map_err(|f| f.error)
             }
-            Err(f) => Err(f.error),
+            Err(Failed::SmallWindow { receive_maximum }) => {
+                self.v3_only.insert(url.clone(), Some(receive_maximum));
+                // Once per endpoint: it is remembered now.
+                warn!(
+                    broker = %self.opts.name,
+                    endpoint = %url,
+                    receive_maximum,
+                    inflight = self.opts.inflight,
+                    "broker allows fewer QoS 1/2 messages in flight over MQTT 5 (receive maximum) than `inflight`, \
+                     which would cap this destination at receive_maximum messages per round trip: speaking MQTT 3.1.1 \
+                     to this endpoint from now on, so MQTT 5 properties (user properties, content type, correlation \
+                     data, response topic, message expiry) are NOT carried towards this broker; set `protocol: 5` \
+                     to keep them at that cap, or raise the broker's limit (Mosquitto: max_inflight_messages) so \
+                     MQTT 5 is kept"
+                );
+            }
+            Err(Failed::Error(e) | Failed::RefusedV5(e)) => return Err(e),
         }
+        self.connect_as(ep, ProtocolVersion::V3_1_1)
+            .await
+            .map_err(|f| match f {
+                Failed::Error(e) | Failed::RefusedV5(e) => e,
+                // Not asked of a 3.1.1 connection (no receive maximum).
+                Failed::SmallWindow { .. } => ClientError::Protocol {
+                    endpoint: ep.url(),
+                    reason: "receive maximum on a 3.1.1 connection".into(),
+                },
+            })
     }
 
     /// Dials, sends CONNECT in `version`, waits for CONNACK, all within the
@@ -482,9 +521,11 @@ impl Task {
         // connection: that asks for the fallback too.
         let protocol = |e: version::AnyCodecError| {
             let error = codec_error(ep, e);
-            let fallback =
-                v5 && matches!(error, ClientError::Closed { .. } | ClientError::Io { .. });
-            Failed { error, fallback }
+            if v5 && matches!(error, ClientError::Closed { .. } | ClientError::Io { .. }) {
+                Failed::RefusedV5(error)
+            } else {
+                Failed::Error(error)
+            }
         };
         timeout_at(deadline, framed.write_packet(&self.connect_packet(version)))
             .await
@@ -504,21 +545,35 @@ impl Task {
                     1 => "unacceptable protocol version (0x01, MQTT 3.1.1 CONNACK)".to_owned(),
                     other => format!("3.1.1 CONNACK {other:#04x} to an MQTT 5 CONNECT"),
                 };
-                return Err(Failed {
-                    error: ClientError::Refused {
-                        endpoint: ep.url(),
-                        reason,
-                    },
-                    fallback: true,
-                });
+                return Err(Failed::RefusedV5(ClientError::Refused {
+                    endpoint: ep.url(),
+                    reason,
+                    server_reference: None,
+                }));
             }
         }
         let packet = timeout_at(deadline, framed.read_packet())
             .await
             .map_err(|_| timeout(Stage::Connack))?
             .map_err(protocol)?;
-        let grant = self.accept_connack(ep, packet)?;
+        let grant = match self.accept_connack(ep, packet) {
+            Ok(grant) => grant,
+            // An AUTH (we sent no authentication method [MQTT-4.12.0-6])
+            // or any other packet in place of the CONNACK.
+            Err(Failed::Error(e @ ClientError::Protocol { .. })) if v5 => {
+                say_goodbye(&mut framed, ReasonCode::ProtocolError, deadline).await;
+                return Err(Failed::Error(e));
+            }
+            Err(f) => return Err(f),
+        };
         let window = self.opts.inflight;
+        if v5 && grant.window_calls_for_3_1_1(self.opts.protocol, self.opts.publishes, window) {
+            // Nothing of the session was sent yet: a clean close (0x00).
+            say_goodbye(&mut framed, ReasonCode::Success, deadline).await;
+            return Err(Failed::SmallWindow {
+                receive_maximum: grant.receive_maximum,
+            });
+        }
         if usize::from(grant.receive_maximum) < window {
             // The spec binds us to the broker's window: say so once, since
             // on a long link it caps throughput at one round trip per window.
@@ -537,19 +592,28 @@ impl Task {
 
     /// What the broker's CONNACK granted, or why it refused us.
     fn accept_connack(&mut self, ep: &Endpoint, packet: version::Packet) -> Result<Grant, Failed> {
-        let refused = |reason: String, fallback| Failed {
-            error: ClientError::Refused {
+        let refused = |reason: String, fallback: bool, server_reference: Option<String>| {
+            let error = ClientError::Refused {
                 endpoint: ep.url(),
                 reason,
-            },
-            fallback,
+                server_reference,
+            };
+            if fallback {
+                Failed::RefusedV5(error)
+            } else {
+                Failed::Error(error)
+            }
         };
         match packet {
             version::Packet::V3(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-                Ok(Grant::v3(ack.session_present))
+                // A receive maximum this endpoint granted over MQTT 5 bounds QoS 2.
+                Ok(Grant {
+                    exactly_once_limit: self.v3_only.get(&ep.url()).copied().flatten(),
+                    ..Grant::v3(ack.session_present)
+                })
             }
             version::Packet::V3(Packet::ConnAck(ack)) => {
-                Err(refused(connack_reason(ack.code).into(), false))
+                Err(refused(connack_reason(ack.code).into(), false, None))
             }
             version::Packet::V5(p) => match *p {
                 p5::Packet::ConnAck(ack) => match grant_from_connack(ack) {
@@ -569,12 +633,27 @@ impl Task {
                         if let Some(s) = r.reason_string {
                             reason = format!("{reason}: {s}");
                         }
-                        if let Some(s) = r.server_reference {
+                        if let Some(s) = &r.server_reference {
                             reason = format!("{reason}, server reference {s}");
                         }
-                        Err(refused(reason, fallback))
+                        // Only "use another server" and "server moved"
+                        // name one (MQTT 5 §3.2.2.3.16, §4.11).
+                        let moved = matches!(
+                            r.code,
+                            ReasonCode::UseAnotherServer | ReasonCode::ServerMoved
+                        );
+                        Err(refused(
+                            reason,
+                            fallback,
+                            r.server_reference.filter(|_| moved),
+                        ))
                     }
                 },
+                p5::Packet::Auth(_) => Err(ClientError::Protocol {
+                    endpoint: ep.url(),
+                    reason: super::wire::WireError::Auth.to_string(),
+                }
+                .into()),
                 other => Err(ClientError::Protocol {
                     endpoint: ep.url(),
                     reason: format!("expected CONNACK, got {other:?}"),
@@ -707,6 +786,18 @@ impl Output<Done> for Offline {
         _: Option<&crate::protocol::MessageProperties>,
     ) {
     }
+}
+
+/// Ends an MQTT 5 connection that never carried the session (right after
+/// CONNACK): DISCONNECT with `code`, then close, by `deadline`. Errors are
+/// moot: the connection is being dropped either way.
+async fn say_goodbye(framed: &mut Framed<BoxStream>, code: ReasonCode, deadline: Instant) {
+    let bye = Wire::new(ProtocolVersion::V5, 0).disconnect(code);
+    let _ = timeout_at(deadline, async {
+        let _ = framed.write_packet(&bye).await;
+        let _ = framed.get_mut().shutdown().await;
+    })
+    .await;
 }
 
 /// Stored `(key, value)` pairs.

@@ -19,7 +19,7 @@ use rumqttc::v5::mqttbytes::v5 as p5;
 use crate::protocol::alias::{self, AliasError};
 use crate::protocol::convert::{TopicForm, v5_publish_from_message};
 use crate::protocol::reason::ReasonCode;
-use crate::protocol::version::{Packet, ProtocolVersion};
+use crate::protocol::version::{Packet, ProtocolChoice, ProtocolVersion};
 use crate::protocol::{
     AckKind, Message, MessageProperties, QoS, RetainHandling, SubscribeOptions,
     message_from_publish,
@@ -71,9 +71,23 @@ pub(crate) enum WireError {
     /// A topic alias we never allowed or that names no topic yet.
     #[error("topic alias: {0}")]
     Alias(#[from] AliasError),
-    /// A packet a client never receives (CONNECT, SUBSCRIBE, AUTH...).
+    /// A packet a client never receives (CONNECT, SUBSCRIBE, PINGREQ...).
     #[error("unexpected {0} from broker")]
     Unexpected(&'static str),
+    /// An AUTH packet: we never send an Authentication Method, so the
+    /// broker must not send AUTH [MQTT-4.12.0-6].
+    #[error("AUTH from broker, but no authentication method was sent [MQTT-4.12.0-6]")]
+    Auth,
+}
+
+impl WireError {
+    /// The reason code of the DISCONNECT that ends the connection.
+    pub(crate) fn reason_code(&self) -> ReasonCode {
+        match self {
+            WireError::Alias(_) => ReasonCode::TopicAliasInvalid,
+            WireError::Unexpected(_) | WireError::Auth => ReasonCode::ProtocolError,
+        }
+    }
 }
 
 /// The per-connection translation state.
@@ -246,7 +260,7 @@ impl Wire {
                     reason_string,
                 });
             }
-            p5::Packet::Auth(_) => return Err(WireError::Unexpected("AUTH")),
+            p5::Packet::Auth(_) => return Err(WireError::Auth),
             p5::Packet::ConnAck(_) => return Err(WireError::Unexpected("CONNACK")),
             p5::Packet::Connect(..) => return Err(WireError::Unexpected("CONNECT")),
             p5::Packet::Subscribe(_) => return Err(WireError::Unexpected("SUBSCRIBE")),
@@ -319,6 +333,11 @@ pub(crate) struct Grant {
     pub(crate) assigned_client_id: Option<String>,
     /// Session expiry interval it imposes, if it lowered ours.
     pub(crate) session_expiry: Option<u32>,
+    /// QoS 2 flows it takes at once on a 3.1.1 connection, learned from the
+    /// receive maximum of an earlier MQTT 5 CONNACK of the same endpoint
+    /// (a 3.1.1 Mosquitto silently discards QoS 2 PUBLISHes beyond its
+    /// `max_inflight_messages`, which is what it grants as receive maximum).
+    pub(crate) exactly_once_limit: Option<u16>,
 }
 
 impl Grant {
@@ -334,7 +353,27 @@ impl Grant {
             topic_alias_maximum: 0,
             assigned_client_id: None,
             session_expiry: None,
+            exactly_once_limit: None,
         }
+    }
+}
+
+impl Grant {
+    /// Whether a client with `protocol` left to default ([`ProtocolChoice::Auto`])
+    /// should leave this MQTT 5 connection for 3.1.1: the broker grants a
+    /// receive maximum below our `inflight` window and we publish to it (it
+    /// is a pipe's destination). The spec binds us to that window for QoS 1
+    /// as well as QoS 2, so a long link would move one window per round
+    /// trip (stock Mosquitto: 20); on 3.1.1 no window applies to QoS 1.
+    /// A source-only broker keeps MQTT 5 (our own receive maximum governs
+    /// what it sends us), and so does an explicit `protocol: 5`.
+    pub(crate) fn window_calls_for_3_1_1(
+        &self,
+        choice: ProtocolChoice,
+        publishes: bool,
+        inflight: usize,
+    ) -> bool {
+        choice == ProtocolChoice::Auto && publishes && usize::from(self.receive_maximum) < inflight
     }
 }
 
@@ -389,6 +428,7 @@ pub(crate) fn grant_from_connack(ack: p5::ConnAck) -> Result<Grant, Refusal> {
         topic_alias_maximum: props.topic_alias_max.unwrap_or(0),
         assigned_client_id: props.assigned_client_identifier,
         session_expiry: props.session_expiry_interval,
+        exactly_once_limit: None,
     })
 }
 

@@ -58,7 +58,8 @@ pub enum BrokerKind {
 pub struct RemotePlan {
     /// Endpoints in priority order; the first is the primary (non-empty).
     pub endpoints: Vec<EndpointPlan>,
-    /// The MQTT version to speak (`protocol:`; default: 5, falling back to 3.1.1).
+    /// The MQTT version to speak (`protocol:`; default: 5, falling back to
+    /// 3.1.1 on a refusal or, towards a pipe's destination, a small receive maximum).
     pub protocol: crate::protocol::version::ProtocolChoice,
     /// MQTT client id (default `mqbridge-<config stem>-<broker name>`, stable across restarts).
     pub client_id: String,

@@ -138,7 +138,8 @@ fn compile_endpoints(
 }
 
 /// `protocol: 5 | 3.1.1 | 3.1`; absent: MQTT 5, falling back to 3.1.1
-/// when the broker refuses it.
+/// when the broker refuses it, or when it is a pipe's destination and
+/// grants a receive maximum below `inflight`.
 fn compile_protocol(ctx: &mut Ctx, scope: &Scope, raw: &RawBroker) -> ProtocolChoice {
     let Some(p) = &raw.protocol else {
         return ProtocolChoice::Auto;

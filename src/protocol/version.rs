@@ -52,7 +52,8 @@ impl ProtocolVersion {
 /// Which version a client offers a remote broker (its `protocol:` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProtocolChoice {
-    /// MQTT 5, falling back to 3.1.1 when the broker refuses it (the default).
+    /// MQTT 5, falling back to 3.1.1 when the broker refuses it, or when a
+    /// broker we publish to grants a receive maximum below our window (the default).
     #[default]
     Auto,
     /// Exactly this version, no fallback.

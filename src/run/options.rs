@@ -4,7 +4,7 @@
 use crate::broker::{self, BrokerOptions};
 use crate::client::{BackoffOptions, ClientOptions, Endpoint, FailbackOptions, TlsOptions};
 use crate::config::plan::{
-    BuiltInPlan, DeliveryPlan, DropPolicy, PipePlan, QosRule, RemotePlan, RetainRule,
+    BuiltInPlan, DeliveryPlan, DropPolicy, PipePlan, Plan, QosRule, RemotePlan, RetainRule,
     SpoolFullPolicy,
 };
 use crate::pipe::loopguard::BrokerIx;
@@ -81,6 +81,12 @@ pub(super) fn spool_spec(p: &PipePlan) -> Option<SpoolSpec> {
 
 fn status_message(topic: &str, payload: &str) -> Message {
     Message::new(topic, payload.as_bytes().to_vec(), QoS::AtLeastOnce, true)
+}
+
+/// Whether broker `name` is the destination of at least one pipe of `plan`
+/// (its client then publishes: see [`ClientOptions::publishes`]).
+pub(super) fn publishes_to(plan: &Plan, name: &str) -> bool {
+    plan.pipes.values().any(|p| p.to == name)
 }
 
 /// Maps a remote broker's plan onto the client's options.

@@ -15,7 +15,8 @@ use crate::link::LinkState;
 use crate::metrics::events::{ReloadApplied, ReloadFailed};
 use crate::pipe::PipeSpec;
 
-use super::options::{client_options, pipe_spec};
+use super::options::{client_options, pipe_spec, publishes_to};
+use crate::client::ClientOptions;
 
 /// How long a reload waits for the dispatchers to take their new routes
 /// (they do it between two deliveries: normally at once).
@@ -40,6 +41,7 @@ impl Bridge {
             match start_broker(
                 name,
                 bp,
+                publishes_to(new, name),
                 &self.obs,
                 &self.links_token,
                 &self.tracker,
@@ -81,7 +83,10 @@ impl Bridge {
                             *slot
                                 .lock()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                Some(client_options(name, n));
+                                Some(ClientOptions {
+                                    publishes: publishes_to(new, name),
+                                    ..client_options(name, n)
+                                });
                             // A stored permit: a live connection drops at once;
                             // an offline client takes the settings before its next dial.
                             trigger.notify_one();

@@ -278,6 +278,7 @@ fn connack_grants_are_read() {
             topic_alias_maximum: 10,
             assigned_client_id: Some("auto-1".into()),
             session_expiry: Some(300),
+            exactly_once_limit: None,
         }
     );
     // Without properties: the protocol's defaults.
@@ -344,4 +345,48 @@ fn connect_asks_for_our_window_and_a_session_expiry_by_clean_session() {
         Some(0)
     );
     assert!(c.clean_start);
+}
+
+#[test]
+fn a_small_receive_maximum_calls_for_3_1_1_only_towards_a_destination_with_protocol_unset() {
+    let granted = |receive_maximum| Grant {
+        receive_maximum,
+        ..Grant::v3(false)
+    };
+    let v5_only = ProtocolChoice::Only(ProtocolVersion::V5);
+    // Stock Mosquitto (20) against the default inflight (100).
+    assert!(granted(20).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    // A source only: our own receive maximum governs what it sends.
+    assert!(!granted(20).window_calls_for_3_1_1(ProtocolChoice::Auto, false, 100));
+    // `protocol: 5` said so: properties over throughput.
+    assert!(!granted(20).window_calls_for_3_1_1(v5_only, true, 100));
+    // A window as large as ours binds nothing.
+    assert!(!granted(100).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    assert!(!granted(u16::MAX).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+    assert!(granted(99).window_calls_for_3_1_1(ProtocolChoice::Auto, true, 100));
+}
+
+#[test]
+fn packets_a_client_never_receives_are_violations_with_their_disconnect_reason() {
+    let mut w = Wire::new(ProtocolVersion::V5, 0);
+    let mut auth_bytes = bytes::BytesMut::from(&[0xF0, 0x00][..]);
+    let auth = crate::protocol::v5::decode(
+        &mut auth_bytes,
+        usize::MAX,
+        crate::protocol::v5::Sender::Server,
+    );
+    let Ok(Some(auth)) = auth else {
+        panic!("an empty AUTH decodes: {auth:?}");
+    };
+    let err = w.incoming(v5(auth));
+    assert_eq!(err, Err(WireError::Auth));
+    assert_eq!(WireError::Auth.reason_code(), ReasonCode::ProtocolError);
+    assert_eq!(
+        w.incoming(v5(p5::Packet::PingReq(p5::PingReq))),
+        Err(WireError::Unexpected("PINGREQ"))
+    );
+    assert_eq!(
+        WireError::Unexpected("PINGREQ").reason_code(),
+        ReasonCode::ProtocolError
+    );
 }
