@@ -561,26 +561,6 @@ async fn disconnect_0x9c_with_a_server_reference_moves_to_that_endpoint() {
     c.stop().await;
 }
 
-/// The protocol of each connection Mosquitto logged for `client_id`, in
-/// order: `p5` (MQTT 5), `p2` (3.1.1). Needs `log_type notice`.
-fn logged_protocols(m: &Mosquitto, client_id: &str) -> Vec<String> {
-    let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
-    let marker = format!(" as {client_id} (");
-    log.lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(&marker)? + marker.len()..];
-            Some(rest.split(',').next()?.to_owned())
-        })
-        .collect()
-}
-
-/// Waits until Mosquitto logged `n` connections of `client_id`; returns
-/// their protocols.
-async fn protocols_after(m: &Mosquitto, client_id: &str, n: usize) -> Vec<String> {
-    common::wait::wait_until(|| logged_protocols(m, client_id).len() >= n).await;
-    logged_protocols(m, client_id)
-}
-
 /// Stock Mosquitto (`max_inflight_messages 20`), logging connections.
 const STOCK_LOGGED: &str = "log_type notice\n";
 
@@ -603,7 +583,7 @@ async fn auto_towards_a_destination_granting_20_speaks_3_1_1_after_the_first_con
     c.connected_to(m.port).await;
     // The v5 connection (receive maximum 20 < inflight 100) is closed with
     // a DISCONNECT and the same attempt continues in 3.1.1.
-    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    assert_eq!(m.protocols_after(&id, 2).await, ["p5", "p2"]);
     let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
     assert!(
         log.contains(&format!("Client {id} disconnected.")),
@@ -620,7 +600,7 @@ async fn auto_towards_a_destination_granting_20_speaks_3_1_1_after_the_first_con
         .expect("PUBACK");
     // Remembered for the endpoint: the next connection is 3.1.1 at once.
     reconnect.notify_waiters();
-    assert_eq!(protocols_after(&m, &id, 3).await, ["p5", "p2", "p2"]);
+    assert_eq!(m.protocols_after(&id, 3).await, ["p5", "p2", "p2"]);
     c.connected_to(m.port).await;
     c.stop().await;
 }
@@ -634,8 +614,8 @@ async fn auto_towards_a_source_only_broker_granting_20_keeps_mqtt_5() {
     let c = TestClient::spawn(o);
     c.connected_to(m.port).await;
     // A fallback would have been logged before the CONNACK we saw.
-    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
-    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    assert_eq!(m.protocols_after(&id, 1).await, ["p5"]);
+    assert_eq!(m.logged_protocols(&id), ["p5"]);
     c.stop().await;
 }
 
@@ -647,10 +627,10 @@ async fn explicit_protocol_5_towards_a_destination_granting_20_keeps_mqtt_5() {
     let id = o.client_id.clone();
     let c = TestClient::spawn(o);
     c.connected_to(m.port).await;
-    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    assert_eq!(m.protocols_after(&id, 1).await, ["p5"]);
     // Properties still arrive: the window is the broker's 20.
     publish(&c, full_message("v5rm20/t")).await.expect("PUBACK");
-    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    assert_eq!(m.logged_protocols(&id), ["p5"]);
     c.stop().await;
 }
 
@@ -661,9 +641,9 @@ async fn auto_towards_a_destination_granting_a_large_receive_maximum_keeps_mqtt_
     let id = o.client_id.clone();
     let c = TestClient::spawn(o);
     c.connected_to(m.port).await;
-    assert_eq!(protocols_after(&m, &id, 1).await, ["p5"]);
+    assert_eq!(m.protocols_after(&id, 1).await, ["p5"]);
     publish(&c, full_message("rmbig/t")).await.expect("PUBACK");
-    assert_eq!(logged_protocols(&m, &id), ["p5"]);
+    assert_eq!(m.logged_protocols(&id), ["p5"]);
     c.stop().await;
 }
 
@@ -1053,7 +1033,7 @@ async fn after_the_switch_to_3_1_1_qos2_stays_within_what_the_broker_granted() {
     let id = o.client_id.clone();
     let c = TestClient::spawn(o);
     c.connected_to(m.port).await;
-    assert_eq!(protocols_after(&m, &id, 2).await, ["p5", "p2"]);
+    assert_eq!(m.protocols_after(&id, 2).await, ["p5", "p2"]);
     let link = c.link.clone();
     let t = topic.clone();
     let producer = tokio::spawn(async move {

@@ -387,3 +387,55 @@ async fn remote_source_keeps_its_connection_and_subscriptions_across_reloads() {
     sub.stop().await;
     stop_run(token, run).await;
 }
+
+/// A remote broker that was only a source until a reload adds a pipe into
+/// it: from its next connection it is treated as a destination, so the
+/// default protocol's choice for a small receive maximum applies (stock
+/// Mosquitto grants MQTT 5 clients 20, below `inflight`: 3.1.1 from then
+/// on, where a QoS 1 window is not capped at 20 per round trip). Before,
+/// only a restart of mqbridge made the client know it now publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_a_reload_makes_a_destination_gets_the_destination_protocol_choice() {
+    let p = unique("rld");
+    let mut mosq = common::mosquitto::Mosquitto::start_with("log_type notice\n");
+    let id = unique("bridge");
+    let brokers = format!(
+        "brokers:\n{}  sink:\n    type: builtin\n    listen: [tcp://127.0.0.1:0]\n",
+        common::bridge::remote("m", mosq.port, &id)
+    );
+    let inbound = format!("  inbound:\n    from: m\n    to: sink\n    topics: [\"{p}/in/#\"]\n");
+    let outbound = format!("  outbound:\n    from: sink\n    to: m\n    topics: [\"{p}/out/#\"]\n");
+    let config = |pipes: &str| format!("{brokers}pipes:\n{pipes}metrics:\n  listen: 127.0.0.1:0\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bridges.yaml");
+    let (token, mut run) = start_run(&config(&inbound)).await;
+    timeout(WAIT, run.ready()).await.expect("ready");
+    assert_eq!(
+        mosq.protocols_after(&id, 1).await,
+        ["p5"],
+        "a source keeps MQTT 5"
+    );
+
+    std::fs::write(&file, config(&format!("{inbound}{outbound}"))).expect("write");
+    let d = run.reload_file(&file).await.expect("valid config");
+    assert_eq!(d.pipes.added, vec!["outbound"]);
+    // The live connection is left as it is; the next one decides.
+    assert_eq!(mosq.logged_protocols(&id), ["p5"], "no reconnect on reload");
+    mosq.restart();
+    assert_eq!(
+        mosq.protocols_after(&id, 3).await,
+        ["p5", "p5", "p2"],
+        "a destination granting 20 is spoken to in 3.1.1"
+    );
+    // And the new pipe forwards over it.
+    let cli = unique("cli");
+    mosq.prepare_subscriber(&cli, &format!("{p}/out/#"), 1);
+    timeout(WAIT, run.ready()).await.expect("ready again");
+    let sink = run.builtin_addrs("sink").expect("sink")[0].port();
+    publish(sink, &format!("{p}/out/1"), "x", 1, false).await;
+    assert_eq!(
+        mosq.collect(&cli, &format!("{p}/out/#"), 1, 1, 10),
+        vec![format!("{p}/out/1 x")]
+    );
+    stop_run(token, run).await;
+}

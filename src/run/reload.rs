@@ -156,6 +156,7 @@ impl Bridge {
         let routed = pipes
             .update(&remove, add, new.shutdown_timeout)
             .map_err(RunError::from)?;
+        new_destinations(&self.plan, &self.brokers, new, &d, &mut applied);
         self.plan.pipes = new.pipes.clone();
         self.obs.set_pipes(&self.plan, &pipes.stats());
         applied.extend(d.pipes.added.iter().map(|n| format!("pipe {n} started")));
@@ -198,6 +199,42 @@ impl Bridge {
         }
         .emit();
         Ok(d)
+    }
+}
+
+/// A running remote broker that the new pipes make a destination for
+/// the first time: its client learns it on its next connection (the
+/// default protocol's choice for a small receive maximum depends on
+/// it). Not a reconnect: the live connection keeps working as it is.
+fn new_destinations(
+    plan: &Plan,
+    brokers: &std::collections::BTreeMap<String, BrokerRt>,
+    new: &Plan,
+    d: &ReloadPlan,
+    applied: &mut Vec<String>,
+) {
+    for (name, nb) in &new.brokers {
+        let BrokerKind::Remote(n) = &nb.kind else {
+            continue;
+        };
+        if d.brokers.added.contains(name)
+            || d.brokers.changed.contains(name)
+            || publishes_to(plan, name)
+            || !publishes_to(new, name)
+        {
+            continue;
+        }
+        if let Some((slot, _)) = brokers.get(name).and_then(|b| b.remote.as_ref()) {
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ClientOptions {
+                publishes: true,
+                ..client_options(name, n)
+            });
+            applied.push(format!(
+                "broker {name} is now a destination (its protocol choice applies from its next connection)"
+            ));
+        }
     }
 }
 

@@ -208,6 +208,26 @@ impl Mosquitto {
         self.spawn();
     }
 
+    /// The protocol of each connection of `client_id` in the log, in order
+    /// (`p2` 3.1.1, `p5` MQTT 5; needs `log_type notice`).
+    pub fn logged_protocols(&self, client_id: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let marker = format!(" as {client_id} (");
+        log.lines()
+            .filter_map(|l| {
+                let rest = &l[l.find(&marker)? + marker.len()..];
+                Some(rest.split(',').next()?.to_owned())
+            })
+            .collect()
+    }
+
+    /// Waits until the log shows `n` connections of `client_id`; returns
+    /// their protocols.
+    pub async fn protocols_after(&self, client_id: &str, n: usize) -> Vec<String> {
+        crate::common::wait::wait_until(|| self.logged_protocols(client_id).len() >= n).await;
+        self.logged_protocols(client_id)
+    }
+
     /// Runs `mosquitto_pub` against this broker with extra args; panics on failure.
     pub fn publish(&self, topic: &str, payload: &str, qos: u8, extra: &[&str]) {
         let out = client_cmd("mosquitto_pub", self.port)
