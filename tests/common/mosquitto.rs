@@ -221,11 +221,24 @@ impl Mosquitto {
             .collect()
     }
 
-    /// Waits until the log shows `n` connections of `client_id`; returns
-    /// their protocols.
+    /// Waits (at most 10 s, polling the log) until it shows `n`
+    /// connections of `client_id`; returns their protocols.
     pub async fn protocols_after(&self, client_id: &str, n: usize) -> Vec<String> {
-        crate::common::wait::wait_until(|| self.logged_protocols(client_id).len() >= n).await;
-        self.logged_protocols(client_id)
+        let logged = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let protocols = self.logged_protocols(client_id);
+                if protocols.len() >= n {
+                    return protocols;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        logged.await.unwrap_or_else(|_| {
+            panic!(
+                "{client_id}: {n} connections not logged within 10 s: {:?}",
+                self.logged_protocols(client_id)
+            )
+        })
     }
 
     /// Runs `mosquitto_pub` against this broker with extra args; panics on failure.
