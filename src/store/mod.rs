@@ -10,7 +10,9 @@
 //!
 //! Writes themselves are synchronous and short (they append to the journal's
 //! buffer); callers on the runtime may call them directly. Only the sync
-//! blocks, and it runs on the store's own thread.
+//! blocks, and it runs on the store's own thread — without holding the
+//! engine's journal lock ([`JournalSync`]), so writes go on while it waits
+//! for the disk.
 
 pub mod record;
 
@@ -131,9 +133,10 @@ impl Store {
         let sync = Arc::new(Syncer::new());
         let thread = {
             let (db, sync, fsync) = (db.clone(), sync.clone(), plan.fsync);
+            let journal = JournalSync::new(&plan.dir);
             std::thread::Builder::new()
                 .name("mqbridge-store-sync".into())
-                .spawn(move || sync.run(&db, fsync))
+                .spawn(move || sync.run(&db, journal, fsync))
                 .map_err(|e| StoreError::Open {
                     dir: plan.dir.clone(),
                     reason: format!("cannot start the sync thread: {e}"),
@@ -301,7 +304,7 @@ impl Syncer {
 
     /// The sync thread: for `batch`, syncs whenever tickets are waiting; for
     /// an interval, syncs on that period; for `never`, only waits to close.
-    fn run(&self, db: &fjall::Database, policy: FsyncPolicy) {
+    fn run(&self, db: &fjall::Database, mut journal: JournalSync, policy: FsyncPolicy) {
         let period = match policy {
             FsyncPolicy::Interval(d) => Some(d),
             FsyncPolicy::Batch | FsyncPolicy::Never => None,
@@ -343,7 +346,7 @@ impl Syncer {
                 continue;
             }
             let started = Instant::now();
-            let result = db.persist(fjall::PersistMode::SyncAll);
+            let result = journal.sync(db);
             {
                 let mut s = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
                 s.syncs += 1;
@@ -351,10 +354,77 @@ impl Syncer {
             }
             self.done.send_modify(|d| {
                 if let Err(e) = &result {
-                    d.failed = Some((target, e.to_string()));
+                    d.failed = Some((target, e.clone()));
                 }
                 d.through = d.through.max(target);
             });
+        }
+    }
+}
+
+/// Makes the engine's journal durable without holding its lock for the
+/// `fsync`: fjall's own `persist(SyncAll)` syncs under the journal writer's
+/// mutex, so every write on the runtime (a spool append, a session record)
+/// waited for the disk (measured: QoS 1 p50 at 5,000 msg/s 5.9 ms with
+/// `fsync: batch` against 0.9 ms with `never`). Here the engine only hands
+/// its buffer to the OS under the lock (`PersistMode::Buffer`, a `write`),
+/// and the `fsync` goes through our own handle on the active journal file.
+/// Sound because fsync works on the file, not the handle, and because the
+/// engine syncs a journal itself before it rotates to the next one: what
+/// the buffer flush wrote is on disk once either the rotation's sync or
+/// ours has returned. Where the active journal cannot be found (a layout
+/// this code does not know), the engine's own sync is used.
+struct JournalSync {
+    dir: PathBuf,
+    /// The active journal (the highest-numbered `N.jnl`) and our handle on it.
+    open: Option<(u64, std::fs::File)>,
+}
+
+impl JournalSync {
+    fn new(dir: &Path) -> Self {
+        JournalSync {
+            dir: dir.to_path_buf(),
+            open: None,
+        }
+    }
+
+    /// The number of the newest journal file in the data directory.
+    fn active(&self) -> Option<u64> {
+        std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                name.to_str()?.strip_suffix(".jnl")?.parse::<u64>().ok()
+            })
+            .max()
+    }
+
+    /// Makes everything written before the call durable.
+    fn sync(&mut self, db: &fjall::Database) -> Result<(), String> {
+        db.persist(fjall::PersistMode::Buffer)
+            .map_err(|e| e.to_string())?;
+        let Some(id) = self.active() else {
+            return db
+                .persist(fjall::PersistMode::SyncAll)
+                .map_err(|e| e.to_string());
+        };
+        if self.open.as_ref().is_none_or(|(open, _)| *open != id) {
+            let path = self.dir.join(format!("{id}.jnl"));
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => self.open = Some((id, file)),
+                Err(_) => {
+                    self.open = None;
+                    return db
+                        .persist(fjall::PersistMode::SyncAll)
+                        .map_err(|e| e.to_string());
+                }
+            }
+        }
+        match &self.open {
+            Some((_, file)) => file.sync_all().map_err(|e| e.to_string()),
+            None => db
+                .persist(fjall::PersistMode::SyncAll)
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -388,6 +458,24 @@ mod tests {
             Some(&b"one"[..])
         );
         assert!(store.keyspace_names().iter().any(|n| n == "t"));
+    }
+
+    /// The sync goes through our own handle on the engine's active journal:
+    /// if an engine upgrade moves or renames its journal, this fails rather
+    /// than the store quietly falling back to syncing under the lock.
+    #[test]
+    fn the_sync_finds_the_engines_active_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&plan(dir.path(), FsyncPolicy::Never)).expect("open");
+        let ks = store.keyspace("t").expect("keyspace");
+        ks.insert(1u64.to_be_bytes(), b"one").expect("insert");
+        let mut journal = JournalSync::new(dir.path());
+        assert_eq!(journal.active(), Some(0), "journal 0.jnl in the data dir");
+        journal.sync(&store.inner.db).expect("sync");
+        assert!(
+            matches!(journal.open, Some((0, _))),
+            "synced through our handle on 0.jnl"
+        );
     }
 
     #[tokio::test]
