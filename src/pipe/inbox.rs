@@ -11,7 +11,8 @@
 //! [`Spool`]; its hand-off part completes once the write is durable (the
 //! committer task), so the source is acknowledged then. The worker forwards
 //! from the spool in order; its completions carry spool sequence numbers and
-//! go to the acker task, which advances the spool's cursor. When the spool is
+//! go to the acker task, which advances the spool's cursor (and saves it, with
+//! the deletes, in batches: see [`crate::spool`]). When the spool is
 //! full with `when_full: block`, messages wait in memory (`blocked`) with
 //! their hand-off parts open, so the dispatcher's pending window fills and
 //! the source keeps the backlog.
@@ -208,7 +209,7 @@ impl Inbox {
                 .saturating_sub(u64::try_from(item.received_at.elapsed().as_millis()).unwrap_or(0)),
             visited: item.visited.bits(),
         };
-        let outcome = match stage.spool.append(&rec) {
+        let outcome = match stage.spool.append_owned(rec) {
             Ok(outcome) => outcome,
             Err(err) => {
                 // The store failed (I/O): keep the part open, so the source
@@ -251,17 +252,30 @@ impl Inbox {
         }
     }
 
-    /// Spool mode: the destination acknowledged spool record `seq`; writes
-    /// what waited for the room this made.
-    pub(crate) fn spool_ack(&self, seq: u64) {
-        let Some(stage) = &self.stage else { return };
-        if let Err(err) = stage.spool.ack(seq) {
-            tracing::error!(error = %err, "spool: recording an acknowledgement failed");
-        }
-        self.stats
-            .spooled
-            .store(stage.spool.depth(), Ordering::Relaxed);
+    /// Spool mode: the destination acknowledged spool records `seqs`;
+    /// writes what waited for the room this made. Returns whether
+    /// acknowledgements wait to be saved ([`Inbox::spool_save`]).
+    pub(crate) fn spool_ack(&self, seqs: &[u64]) -> bool {
+        let Some(stage) = &self.stage else {
+            return false;
+        };
+        let unsaved = match stage.spool.ack_many(seqs) {
+            Ok(acked) => {
+                self.stats.spooled.store(acked.depth, Ordering::Relaxed);
+                acked.unsaved
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "spool: recording an acknowledgement failed");
+                self.stats
+                    .spooled
+                    .store(stage.spool.depth(), Ordering::Relaxed);
+                stage.spool.unsaved()
+            }
+        };
         let mut st = self.lock();
+        if st.blocked.is_empty() {
+            return unsaved;
+        }
         let mut wrote = false;
         while let Some(item) = st.blocked.front() {
             match self.write(item) {
@@ -276,6 +290,16 @@ impl Inbox {
         drop(st);
         if wrote {
             self.notify.notify_one();
+        }
+        unsaved
+    }
+
+    /// Spool mode: deletes the acknowledged records and saves the cursor
+    /// now (see [`Spool::save`]).
+    pub(crate) fn spool_save(&self) {
+        let Some(stage) = &self.stage else { return };
+        if let Err(err) = stage.spool.save() {
+            tracing::error!(error = %err, "spool: saving the acknowledged cursor failed");
         }
     }
 

@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::link::{Delivery, Link};
 use crate::protocol::QoS;
-use crate::spool::{Spool, SpoolBoard, WhenFull as SpoolWhenFull};
+use crate::spool::{SAVE_AFTER, Spool, SpoolBoard, WhenFull as SpoolWhenFull};
 use crate::store::Store;
 use crate::topic::FilterTrie;
 
@@ -831,16 +831,42 @@ async fn committer(
     }
 }
 
-/// Applies the worker's completions (spool sequence numbers) to the spool.
-/// After the instance was retired, completions are ignored: the worker
-/// releases what it held without forwarding it, and those records must
-/// stay in the spool for the pipe's next instance.
+/// Applies the worker's completions (spool sequence numbers) to the spool,
+/// in batches, and saves the cursor at most [`SAVE_AFTER`] after an
+/// acknowledgement left it unsaved (and once more at the end). After the
+/// instance was retired, completions are ignored: the worker releases what
+/// it held without forwarding it, and those records must stay in the spool
+/// for the pipe's next instance.
 async fn acker(inbox: Arc<Inbox>, mut rx: mpsc::UnboundedReceiver<Seq>, retire: CancellationToken) {
-    while let Some(seq) = rx.recv().await {
-        if !retire.is_cancelled() {
-            inbox.spool_ack(seq);
+    let mut batch = Vec::new();
+    // One timer for the task's life, re-armed only when an unsaved
+    // acknowledgement appears (a timer registered per batch would cost more
+    // than the batch).
+    let save = tokio::time::sleep(SAVE_AFTER);
+    tokio::pin!(save);
+    let mut armed = false;
+    loop {
+        tokio::select! {
+            biased;
+            // Cancel safe: `recv_many` loses nothing when not completed.
+            n = rx.recv_many(&mut batch, 1024) => {
+                if n == 0 {
+                    break;
+                }
+                let unsaved = !retire.is_cancelled() && inbox.spool_ack(&batch);
+                batch.clear();
+                if unsaved && !armed {
+                    save.as_mut().reset(tokio::time::Instant::now() + SAVE_AFTER);
+                    armed = true;
+                }
+            }
+            () = save.as_mut(), if armed => {
+                armed = false;
+                inbox.spool_save();
+            }
         }
     }
+    inbox.spool_save();
 }
 
 #[cfg(test)]

@@ -641,3 +641,113 @@ async fn an_expired_message_is_acked_upstream_counted_and_not_sent() {
     let s = pipes.pipe_stats("ab").unwrap().snapshot();
     assert_eq!((s.dropped(DropReason::Expired), s.forwarded), (1, 1));
 }
+
+/// Lets the other tasks run until `done` holds (time does not move: a busy
+/// loop keeps the paused clock where it is); false if it never does.
+async fn settle(done: impl Fn() -> bool) -> bool {
+    for _ in 0..10_000 {
+        if done() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    done()
+}
+
+/// The acker applies the worker's completions to the spool in memory and
+/// saves the cursor (deleting the acknowledged records in one batch) once
+/// `SAVE_EVERY` are acknowledged, else `SAVE_AFTER` after an
+/// acknowledgement left it unsaved, and once more when it ends.
+#[tokio::test(start_paused = true)]
+async fn the_acker_saves_the_spool_cursor_by_count_by_time_and_at_the_end() {
+    use crate::config::{FsyncPolicy, StoragePlan};
+    use crate::spool::{Record, SAVE_EVERY, keyspace_name};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoragePlan {
+        dir: dir.path().to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        max_bytes: 1 << 30,
+    })
+    .expect("store");
+    let spool = Arc::new(
+        Spool::open(
+            &store,
+            "p",
+            None,
+            SpoolWhenFull::Block,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .expect("spool"),
+    );
+    let n = SAVE_EVERY + 44;
+    for i in 0..n {
+        let msg = Message::new(format!("t/{i}"), &b"x"[..], QoS::AtLeastOnce, false);
+        spool
+            .append(&Record {
+                msg,
+                received_ms: 0,
+                visited: 0,
+            })
+            .expect("append");
+    }
+    while spool.next().expect("next").is_some() {}
+    let on_disk = || {
+        store
+            .keyspace(&keyspace_name("p"))
+            .expect("keyspace")
+            .iter()
+            .count() as u64
+    };
+    let (commit, _commits) = mpsc::unbounded_channel();
+    let (done, _dones) = mpsc::unbounded_channel();
+    let stage = SpoolStage {
+        spool: spool.clone(),
+        qos0: false,
+        commit,
+        done,
+    };
+    let stats = Arc::new(PipeStats::default());
+    let inbox = Arc::new(Inbox::spooled(
+        10,
+        WhenFull::DropOldest,
+        stats.clone(),
+        stage,
+    ));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(acker(inbox, rx, CancellationToken::new()));
+
+    // A few: applied at once, saved only after SAVE_AFTER.
+    for seq in 0..3 {
+        tx.send(seq).expect("send");
+    }
+    assert!(settle(|| spool.depth() == n - 3).await);
+    assert_eq!(stats.spooled.load(Ordering::Relaxed), n - 3);
+    assert_eq!((spool.cursor(), on_disk()), (0, n), "not saved yet");
+    tokio::time::sleep(SAVE_AFTER - Duration::from_millis(1)).await;
+    assert_eq!(spool.cursor(), 0, "still within SAVE_AFTER");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert!(
+        settle(|| spool.cursor() == 3).await,
+        "saved after SAVE_AFTER"
+    );
+    assert_eq!(on_disk(), n - 3);
+
+    // SAVE_EVERY more: saved at once, with no time passing.
+    for seq in 3..3 + SAVE_EVERY {
+        tx.send(seq).expect("send");
+    }
+    assert!(settle(|| spool.cursor() == 3 + SAVE_EVERY).await);
+    assert_eq!(on_disk(), n - 3 - SAVE_EVERY);
+
+    // The rest, then the end: saved when the acker stops.
+    for seq in 3 + SAVE_EVERY..n {
+        tx.send(seq).expect("send");
+    }
+    drop(tx);
+    timeout(WAIT, task)
+        .await
+        .expect("acker ends")
+        .expect("join");
+    assert_eq!((spool.cursor(), spool.depth(), on_disk()), (n, 0, 0));
+}

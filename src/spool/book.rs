@@ -4,8 +4,8 @@
 //!
 //! Acknowledgements arrive out of order (a window of publishes is in flight);
 //! the cursor advances only over a contiguous acknowledged prefix, and each
-//! advance names the range of records the caller deletes from disk (with the
-//! new cursor, in one batch).
+//! advance names the range of records it passed (the spool deletes them from
+//! disk, with the cursor, in batches: see [`super`]).
 
 use std::collections::BTreeMap;
 use std::ops::Range;

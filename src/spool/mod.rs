@@ -3,9 +3,17 @@
 //! Each pipe in `delivery: spool` mode has one keyspace `spool.<pipe>` in the
 //! [`Store`]: keys are big-endian sequence numbers (so key order is arrival
 //! order), values are [`record`]s with their own CRC. The acknowledged cursor
-//! lives in the `spool-meta` keyspace and moves in the same write batch that
-//! deletes the acknowledged records, so after a crash the spool resumes
-//! exactly at its first unacknowledged record.
+//! lives in the `spool-meta` keyspace.
+//!
+//! An acknowledgement moves the cursor in memory only; the records it passed
+//! are deleted, and the cursor saved, lazily: in one write batch (one
+//! tombstone per record, the cursor, a hand-over of the journal to the
+//! operating system) once [`SAVE_EVERY`] records are acknowledged, and by
+//! the pipe's acker within [`SAVE_AFTER`] of an unsaved acknowledgement.
+//! After a crash the spool resumes at the *saved* cursor: the records
+//! acknowledged since it was saved are sent again, bounded by those two
+//! numbers (see `docs/delivery.md`, the duplicate window). The byte bounds
+//! count live records only, so an acknowledgement makes room at once.
 //!
 //! [`book`] is the pure bookkeeping; this module does the disk side, keeps a
 //! bounded cache of recent records so a spool that keeps up never reads
@@ -34,6 +42,13 @@ pub const META_KEYSPACE: &str = "spool-meta";
 /// Records kept in memory beyond what is on disk, per spool: a spool that
 /// keeps up is forwarded from this cache; a backlog is read back from disk.
 const CACHE_RECORDS: usize = 4096;
+/// Acknowledged records deleted (and the cursor saved) in one batch: at most
+/// this many acknowledged records are sent again after a crash, beyond the
+/// window in flight.
+pub const SAVE_EVERY: u64 = 256;
+/// How long the acker lets an acknowledgement stay unsaved before it saves
+/// the cursor ([`Spool::save`]) whatever the count.
+pub const SAVE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a full spool does with the next message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +100,15 @@ pub enum Appended {
     },
 }
 
+/// What [`Spool::ack_many`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// Records written and not acknowledged.
+    pub depth: u64,
+    /// Whether acknowledgements wait to be saved ([`Spool::save`]).
+    pub unsaved: bool,
+}
+
 /// A spool's numbers, for metrics, `/spool.json` and `mqbridge spool`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpoolSnapshot {
@@ -117,6 +141,12 @@ struct State {
     when_full: WhenFull,
     /// Recent records, contiguous by sequence number, ending at the head.
     cache: VecDeque<(SpoolSeq, Record)>,
+    /// The cursor as last written to the store (`<= book.cursor()`): the
+    /// records from it to the book's cursor are acknowledged and still on
+    /// disk until the next save.
+    saved: SpoolSeq,
+    /// [`SAVE_EVERY`] (smaller in tests).
+    save_every: u64,
 }
 
 /// One pipe's spool. Shared by the pipe's producer side (the dispatcher) and
@@ -236,6 +266,8 @@ impl Spool {
                 max_bytes,
                 when_full,
                 cache: VecDeque::new(),
+                saved: cursor,
+                save_every: SAVE_EVERY,
             }),
             recovered: AtomicU64::new(recovered),
             damaged: AtomicU64::new(damaged),
@@ -251,6 +283,12 @@ impl Spool {
     /// The pipe's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Saves after every `n` acknowledged records instead of [`SAVE_EVERY`].
+    #[cfg(test)]
+    fn set_save_every(&self, n: u64) {
+        self.lock().save_every = n.max(1);
     }
 
     /// Changes the bound and the full policy (a reload).
@@ -285,7 +323,13 @@ impl Spool {
     /// Writes `rec` (not yet durable: await [`Store::durable`] before
     /// acknowledging its source).
     pub fn append(&self, rec: &Record) -> Result<Appended, SpoolError> {
-        let bytes = record::encode(rec);
+        self.append_owned(rec.clone())
+    }
+
+    /// [`Spool::append`] taking the record (kept in the cache without a
+    /// copy).
+    pub fn append_owned(&self, rec: Record) -> Result<Appended, SpoolError> {
+        let bytes = record::encode(&rec);
         let n = bytes.len() as u64;
         let mut st = self.lock();
         let mut dropped = 0;
@@ -312,31 +356,54 @@ impl Spool {
             None => st.book.first_unsent() == Some(seq),
         };
         if contiguous && st.cache.len() < CACHE_RECORDS {
-            st.cache.push_back((seq, rec.clone()));
+            st.cache.push_back((seq, rec));
         }
         Ok(Appended::Written { seq, dropped })
     }
 
-    /// Drops the oldest live record; false when there is none.
+    /// Drops the oldest live record; false when there is none. The drop is
+    /// saved at once (a full spool is about disk space).
     fn drop_one(&self, st: &mut State) -> Result<bool, SpoolError> {
         let before = st.book.bytes();
-        let Some((_, range)) = st.book.drop_oldest() else {
+        // The oldest live record is the cursor's: dropping it moves the
+        // cursor past it, so the save deletes it.
+        if st.book.drop_oldest().is_none() {
             return Ok(false);
-        };
+        }
         self.sub_total(before - st.book.bytes());
-        self.delete(range)?;
+        self.save_locked(st)?;
         Ok(true)
     }
 
-    /// Deletes `range` and records the new cursor, in one batch.
-    fn delete(&self, range: std::ops::Range<SpoolSeq>) -> Result<(), SpoolError> {
+    /// Deletes the acknowledged records not yet deleted and saves the cursor,
+    /// in one batch, then hands the journal to the operating system (so a
+    /// crash of the process keeps it). Returns whether there was anything to
+    /// save.
+    pub fn save(&self) -> Result<bool, SpoolError> {
+        let mut st = self.lock();
+        self.save_locked(&mut st)
+    }
+
+    fn save_locked(&self, st: &mut State) -> Result<bool, SpoolError> {
+        let cursor = st.book.cursor();
+        if cursor <= st.saved {
+            return Ok(false);
+        }
         let mut batch = self.store.db().batch();
-        for seq in range.clone() {
+        for seq in st.saved..cursor {
             batch.remove(&self.ks, key(seq));
         }
-        batch.insert(&self.meta, self.name.as_bytes(), key(range.end));
+        batch.insert(&self.meta, self.name.as_bytes(), key(cursor));
         batch.commit()?;
-        Ok(())
+        st.saved = cursor;
+        self.store.db().persist(fjall::PersistMode::Buffer)?;
+        Ok(true)
+    }
+
+    /// Whether acknowledgements wait to be saved ([`Spool::save`]).
+    pub fn unsaved(&self) -> bool {
+        let st = self.lock();
+        st.book.cursor() > st.saved
     }
 
     /// The next record to send, in order (from the cache, else from disk);
@@ -370,18 +437,18 @@ impl Spool {
                     {
                         tracing::warn!(pipe = %self.name, seq, error = %err, suppressed, "spool: damaged record skipped");
                     }
-                    self.ack_locked(&mut st, seq)?;
+                    self.ack_locked(&mut st, &[seq])?;
                 }
             }
         }
     }
 
-    /// The acknowledged cursor: every record below it is deleted and never
-    /// sent again. The batch that moved it was written before it moved
-    /// (under the same lock), so what a caller writes after reading it
-    /// lands in the store's journal after that batch.
+    /// The acknowledged cursor as saved: every record below it is deleted
+    /// and never sent again, even after a crash. The batch that saved it was
+    /// written before it moved (under the same lock), so what a caller
+    /// writes after reading it lands in the store's journal after that batch.
     pub fn cursor(&self) -> SpoolSeq {
-        self.lock().book.cursor()
+        self.lock().saved
     }
 
     /// Records written and not acknowledged.
@@ -411,15 +478,29 @@ impl Spool {
     /// The destination acknowledged `seq` (or the pipe gave it up).
     pub fn ack(&self, seq: SpoolSeq) -> Result<(), SpoolError> {
         let mut st = self.lock();
-        self.ack_locked(&mut st, seq)
+        self.ack_locked(&mut st, &[seq])
     }
 
-    fn ack_locked(&self, st: &mut State, seq: SpoolSeq) -> Result<(), SpoolError> {
+    /// The destination acknowledged each of `seqs`. The cursor moves in
+    /// memory; the records it passed are deleted and the cursor saved once
+    /// [`SAVE_EVERY`] wait (else by [`Spool::save`]).
+    pub fn ack_many(&self, seqs: &[SpoolSeq]) -> Result<Acked, SpoolError> {
+        let mut st = self.lock();
+        self.ack_locked(&mut st, seqs)?;
+        Ok(Acked {
+            depth: st.book.depth(),
+            unsaved: st.book.cursor() > st.saved,
+        })
+    }
+
+    fn ack_locked(&self, st: &mut State, seqs: &[SpoolSeq]) -> Result<(), SpoolError> {
         let before = st.book.bytes();
-        let range = st.book.ack(seq);
+        for &seq in seqs {
+            st.book.ack(seq);
+        }
         self.sub_total(before - st.book.bytes());
-        if let Some(range) = range {
-            self.delete(range)?;
+        if st.book.cursor() - st.saved >= st.save_every {
+            self.save_locked(st)?;
         }
         Ok(())
     }

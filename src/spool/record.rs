@@ -8,7 +8,7 @@
 
 use crate::protocol::Message;
 pub use crate::store::record::RecordError;
-use crate::store::record::{Reader, open, put_message, seal};
+use crate::store::record::{Reader, begin, finish, open, put_message};
 
 /// A message as spooled, with what the pipe needs to forward it later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +25,11 @@ pub struct Record {
 /// Encodes `rec` (with its checksum).
 pub fn encode(rec: &Record) -> Vec<u8> {
     let m = &rec.msg;
-    let mut body = Vec::with_capacity(16 + m.topic.len() + m.payload.len() + 16);
-    body.extend_from_slice(&rec.received_ms.to_be_bytes());
-    body.extend_from_slice(&rec.visited.to_be_bytes());
-    put_message(&mut body, m);
-    seal(&body)
+    let mut out = begin(16 + m.topic.len() + m.payload.len() + 16);
+    out.extend_from_slice(&rec.received_ms.to_be_bytes());
+    out.extend_from_slice(&rec.visited.to_be_bytes());
+    put_message(&mut out, m);
+    finish(out)
 }
 
 /// Decodes bytes written by [`encode`]; anything else is an error.

@@ -36,12 +36,32 @@ pub enum RecordError {
     Malformed(&'static str),
 }
 
+/// Bytes before the body: the version and the CRC.
+const HEADER: usize = 5;
+
 /// Wraps `body` with the version byte and its CRC.
 pub fn seal(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(VERSION);
-    out.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+    let mut out = begin(body.len());
     out.extend_from_slice(body);
+    finish(out)
+}
+
+/// Starts a record with room for a body of `capacity` bytes: write the body
+/// after what this returns, then [`finish`] it (one buffer, no copy of the
+/// body as [`seal`] makes).
+pub fn begin(capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + capacity);
+    out.push(VERSION);
+    out.extend_from_slice(&[0; HEADER - 1]);
+    out
+}
+
+/// Fills in the CRC of a record started by [`begin`].
+pub fn finish(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(out.get(HEADER..).unwrap_or_default());
+    if let Some(field) = out.get_mut(1..HEADER) {
+        field.copy_from_slice(&crc.to_be_bytes());
+    }
     out
 }
 
