@@ -6,15 +6,18 @@
 //! state lives in the router's session; a bad packet closes only this
 //! connection.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,7 @@ use rumqttc::v5::mqttbytes::v5::{
 
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, outlet};
+use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, Wake, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle, SendNow};
 use super::session::{ConnId, Origin, Subscription, V5Attached};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
@@ -114,7 +117,7 @@ pub(crate) async fn run<S>(
     peer: SocketAddr,
     cert_cn: Option<String>,
     handshake: Handshake,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -132,7 +135,7 @@ pub(crate) async fn run<S>(
 
 /// The accepted connection until it ends: the read/write loop, the
 /// MQTT 5 DISCONNECT that says why, the will and the router told.
-async fn drive<S>(accepted: Accepted<S>, ctx: Context, peer: SocketAddr)
+async fn drive<S>(accepted: Accepted<S>, ctx: Arc<Context>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -154,7 +157,7 @@ where
         client,
         parked,
     };
-    let end = reader.serve(&mut rd, &mut buf, &mut writer, &stop).await;
+    let end = reader.serve(&mut rd, &mut buf, &mut writer).await;
     let told = match &end {
         End::Abrupt(_, Some(code)) => Some(*code),
         End::Shutdown => Some(ReasonCode::ServerShuttingDown),
@@ -227,7 +230,10 @@ async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Clien
     ctx.router
         .send(Event::Disconnected {
             conn,
-            will: will.map(|w| (w.message, w.delay)),
+            will: will.map(|w| {
+                let v5conn::Will { message, delay } = *w;
+                (message, delay)
+            }),
             session_expiry,
         })
         .await;
@@ -395,7 +401,9 @@ struct Client {
     clean: bool,
     username: Option<String>,
     keep_alive: u16,
-    will: Option<v5conn::Will>,
+    /// Boxed: most clients have none, and the connection's task holds
+    /// this for as long as it runs.
+    will: Option<Box<v5conn::Will>>,
     /// The read side of an MQTT 5 connection; `None` for 3.1/3.1.1.
     v5: Option<Box<V5Conn>>,
 }
@@ -516,7 +524,7 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         keep_alive: v5
             .as_ref()
             .map_or(connect.keep_alive, |v| v.negotiated.keep_alive),
-        will: connect.will,
+        will: connect.will.map(Box::new),
         v5,
     })
 }
@@ -656,20 +664,25 @@ async fn read_connect<R: AsyncRead + Unpin>(
 
 /// Reads into `buf`. When it holds no memory (an idle connection), reads
 /// up to [`FIRST_READ`] bytes on the stack first and only then allocates
-/// `chunk` for them. Cancel safe: no bytes are read unless it completes.
-async fn read_some<R: AsyncRead + Unpin>(
+/// `chunk` for them. A poll, not a future: the stack bytes live only while
+/// it runs, not in the waiting connection's state. No bytes are read
+/// unless it returns `Ready`.
+fn poll_read_some<R: AsyncRead + Unpin>(
+    cx: &mut TaskContext<'_>,
     rd: &mut R,
     buf: &mut BytesMut,
     chunk: usize,
-) -> std::io::Result<usize> {
+) -> Poll<io::Result<usize>> {
     if buf.capacity() > buf.len() {
-        return rd.read_buf(buf).await;
+        return tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf);
     }
     let mut first = [0u8; FIRST_READ];
-    let n = rd.read(&mut first).await?;
+    let mut read = ReadBuf::new(&mut first);
+    ready!(Pin::new(rd).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
     buf.reserve(chunk.max(n));
-    buf.extend_from_slice(&first[..n]);
-    Ok(n)
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(n))
 }
 
 struct Reader<'a> {
@@ -686,13 +699,7 @@ impl Reader<'_> {
     /// reads more, and writes what the outlet holds, all in this task (a
     /// client that does not read does not stop us reading, and the other
     /// way round). Ends on the first reason to close.
-    async fn serve<R, W>(
-        &mut self,
-        rd: &mut R,
-        buf: &mut BytesMut,
-        writer: &mut Writer<W>,
-        stop: &Stop,
-    ) -> End
+    async fn serve<R, W>(&mut self, rd: &mut R, buf: &mut BytesMut, writer: &mut Writer<W>) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -703,6 +710,11 @@ impl Reader<'_> {
         let keepalive = keepalive.is_enabled().then(|| keepalive.dead_after());
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keepalive.unwrap_or(far);
+        // One timer for the connection's life: reads move `deadline`, and
+        // the timer is reset to it only when it fires early (no timer
+        // registered and dropped per loop turn).
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         let mut chunk = READ_MIN;
         loop {
             loop {
@@ -737,7 +749,7 @@ impl Reader<'_> {
             }
             if buf.is_empty() && chunk == READ_MIN {
                 // Nothing half-read and not busy: hold no buffer while
-                // waiting (an idle client waits for hours); `read_some`
+                // waiting (an idle client waits for hours); `poll_read_some`
                 // allocates it when bytes come.
                 *buf = BytesMut::new();
             } else {
@@ -756,27 +768,42 @@ impl Reader<'_> {
             let blocked = self.parked.get() >= MAX_PARKED;
             let busy = writer.busy();
             let takes = writer.takes();
+            let Writer {
+                wr, rx, batch, out, ..
+            } = &mut *writer;
+            // Each branch's future is held in this state while the
+            // connection waits (an idle client waits for hours): the
+            // outlet's three reasons to wake (stop, items, unparked) are
+            // one poll with one waker, and writes and reads are polls
+            // without state of their own.
             tokio::select! {
                 // Broker shutdown: close without will.
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                // The router aborted the connection: close with will.
-                _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
-                _ = tokio::time::sleep_until(deadline), if !blocked => return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout)),
+                _ = &mut timer, if !blocked => {
+                    if Instant::now() >= deadline {
+                        return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout));
+                    }
+                    timer.as_mut().reset(deadline);
+                }
                 // Cancel safe: nothing is written unless it completes.
-                r = write_step(&mut writer.wr, &mut writer.out), if busy => match r {
+                r = poll_fn(|cx| poll_write_step(cx, wr, out)), if busy => match r {
                     Ok(step) => writer.stepped(step),
                     Err(e) => return End::Abrupt(format!("write error: {e}"), None),
                 },
                 // Cancel safe: nothing is taken unless it completes.
-                n = writer.rx.recv_many(&mut writer.batch, WRITE_BATCH), if takes => writer.encode(n),
-                _ = self.parked.below(MAX_PARKED), if blocked => {
-                    // We did not read: the client's silence is ours.
-                    if let Some(k) = keepalive {
-                        deadline = Instant::now() + k;
+                wake = poll_fn(|cx| rx.poll_wake(cx, batch, WRITE_BATCH, takes, blocked.then_some(MAX_PARKED))) => match wake {
+                    // The router aborted the connection: close with will.
+                    Wake::Stopped => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
+                    Wake::Items(n) => writer.encode(n),
+                    Wake::Unparked => {
+                        // We did not read: the client's silence is ours.
+                        if let Some(k) = keepalive {
+                            deadline = Instant::now() + k;
+                        }
                     }
-                }
+                },
                 // Cancel safe: if another branch wins, no bytes were read.
-                r = read_some(rd, buf, chunk), if !blocked => match r {
+                r = poll_fn(|cx| poll_read_some(cx, rd, buf, chunk)), if !blocked => match r {
                     Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
                     Ok(n) => {
                         if n >= chunk {
@@ -1156,6 +1183,12 @@ struct Writer<W> {
     closing: bool,
     /// Every sender is gone.
     ended: bool,
+    /// A CONNACK or a PINGRESP went alone (the client is, or may stay,
+    /// idle): once it is written, the write buffer, the batch and the
+    /// outlet's queue give their memory back (an idle client may stay for
+    /// hours; a busy one keeps its buffers, as it seldom pings and never
+    /// with nothing else to send).
+    trim: bool,
 }
 
 /// What one [`write_step`] did.
@@ -1166,18 +1199,26 @@ enum Step {
     Flushed,
 }
 
-/// Writes some of `out`, or flushes once it is all written. Cancel safe:
-/// `write_buf` writes nothing unless it completes, and a flush may be
-/// polled again.
-async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
+/// Writes some of `out`, or flushes once it is all written. Nothing is
+/// written unless it returns `Ready`, and a flush may be polled again.
+fn poll_write_step<W: AsyncWrite + Unpin>(
+    cx: &mut TaskContext<'_>,
+    wr: &mut W,
+    out: &mut BytesMut,
+) -> Poll<io::Result<Step>> {
     if out.is_empty() {
-        wr.flush().await?;
-        return Ok(Step::Flushed);
+        ready!(Pin::new(wr).poll_flush(cx))?;
+        return Poll::Ready(Ok(Step::Flushed));
     }
-    if wr.write_buf(out).await? == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
+    if ready!(tokio_util::io::poll_write_buf(Pin::new(wr), cx, out))? == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
-    Ok(Step::Wrote)
+    Poll::Ready(Ok(Step::Wrote))
+}
+
+/// [`poll_write_step`] as a future (the end of a connection).
+async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
+    poll_fn(|cx| poll_write_step(cx, wr, out)).await
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -1192,6 +1233,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             unflushed: false,
             closing: false,
             ended: false,
+            trim: false,
         }
     }
 
@@ -1217,6 +1259,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.ended = true;
             return;
         }
+        self.trim |= n == 1
+            && matches!(self.batch.first(), Some(Out::Packet(p)) if matches!(**p, Packet::PingResp | Packet::ConnAck(_)));
         for item in self.batch.drain(..) {
             if self.closing {
                 // After a Close or a DISCONNECT: dropped unwritten.
@@ -1238,7 +1282,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 self.unflushed = true;
                 if self.out.is_empty() {
                     self.rx.written(std::mem::take(&mut self.unwritten));
-                    if self.out.capacity() > READ_MAX {
+                    if std::mem::take(&mut self.trim) {
+                        self.out = BytesMut::new();
+                        self.batch = Vec::new();
+                        self.rx.shrink();
+                    } else if self.out.capacity() > READ_MAX {
                         self.out = BytesMut::new();
                     } else {
                         self.out.clear();
