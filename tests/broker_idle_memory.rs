@@ -71,8 +71,8 @@ const IDLE: usize = 2_000;
 /// session held no QoS state before its first QoS 1/2 flow, the
 /// connection's loop waited on its outlet with one poll (no future per
 /// reason to wake), shared its broker's context and kept one keepalive
-/// timer, and a connection whose CONNACK or PINGRESP went alone gave its
-/// write buffers back. This bound keeps that gain (with a little margin);
+/// timer, read and wrote its stream without `split`, and a connection
+/// whose CONNACK or PINGRESP went alone gave its write buffers back. This bound keeps that gain (with a little margin);
 /// the rest (the connection future, the session, the socket's
 /// registration) is listed in docs/benchmarks.md.
 const MAX_HEAP_PER_CLIENT: isize = 2_432;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -140,7 +140,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
-        mut rd,
+        mut io,
         mut buf,
         mut writer,
         client,
@@ -157,7 +157,7 @@ where
         client,
         parked,
     };
-    let end = reader.serve(&mut rd, &mut buf, &mut writer).await;
+    let end = reader.serve(&mut io, &mut buf, &mut writer).await;
     let told = match &end {
         End::Abrupt(_, Some(code)) => Some(*code),
         End::Shutdown => Some(ReasonCode::ServerShuttingDown),
@@ -168,10 +168,10 @@ where
         // already queued (within the grace time).
         own.send_v5(disconnect(code, reader.client.v5.as_deref()));
         own.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain(&mut io)).await;
     }
     drop(own);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
     drop(writer);
     stop.cancel();
     let Reader { client, conn, .. } = reader;
@@ -241,10 +241,12 @@ async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Clien
 
 /// A connection whose CONNECT was accepted and answered.
 struct Accepted<S> {
-    rd: ReadHalf<S>,
+    /// The stream, read and written by the connection's one task (no
+    /// `split`: its shared allocation and lock are not needed).
+    io: S,
     /// The read buffer (bytes after the CONNECT may already be in it).
     buf: BytesMut,
-    writer: Writer<WriteHalf<S>>,
+    writer: Writer,
     client: Client,
     conn: ConnId,
     parked: Gate,
@@ -270,10 +272,10 @@ async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut io = stream;
     let mut buf = BytesMut::with_capacity(READ_MIN);
     let max = ctx.limits.max_packet_size;
-    let connect = match handshake.bound(read_connect(&mut rd, &mut buf, max)).await {
+    let connect = match handshake.bound(read_connect(&mut io, &mut buf, max)).await {
         Err(cut) => {
             if let Some(reason) = cut.refuse_reason() {
                 ctx.counters.refused(reason);
@@ -286,7 +288,7 @@ where
         Ok(Err(e)) => {
             ctx.counters.refused(RefuseReason::Protocol);
             if let Some((version, code3, code5)) = e.answer() {
-                refuse(&mut wr, version, code3, code5).await;
+                refuse(&mut io, version, code3, code5).await;
             }
             crate::warn_limited!(format!("bad-connect:{}", ctx.broker), broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
             return None;
@@ -294,7 +296,7 @@ where
     };
     let version = connect.version;
     let client = match handshake
-        .bound(accept_connect(&mut wr, connect, cert_cn, peer, ctx))
+        .bound(accept_connect(&mut io, connect, cert_cn, peer, ctx))
         .await
     {
         Ok(Some(client)) => client,
@@ -309,7 +311,7 @@ where
     let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
         ctx.counters.refused(RefuseReason::Limit);
         refuse(
-            &mut wr,
+            &mut io,
             version,
             ConnectReturnCode::ServiceUnavailable,
             Code5::QuotaExceeded,
@@ -342,7 +344,7 @@ where
             .map_or(0, |v| v.negotiated.outgoing_alias_maximum),
         counters: ctx.counters.clone(),
     };
-    let mut writer = Writer::new(wr, out_rx, wire);
+    let mut writer = Writer::new(out_rx, wire);
     let (reply, session_present) = oneshot::channel();
     let v5 = client.v5.as_ref().map(|v| V5Attached {
         session_expiry: v.negotiated.session_expiry,
@@ -368,8 +370,8 @@ where
         // The router queued CONNACK 0x02 and a close: write them.
         Ok(Err(_)) => {
             drop(own);
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain(&mut io)).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
             ctx.counters.refused(RefuseReason::ClientId);
             crate::warn_limited!(format!("connect-link-id:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, "CONNECT with the client id of a bridge link refused (0x02)");
             return None;
@@ -382,7 +384,7 @@ where
     };
     info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, protocol = ?version, "client connected");
     Some(Accepted {
-        rd,
+        io,
         buf,
         writer,
         client,
@@ -699,10 +701,9 @@ impl Reader<'_> {
     /// reads more, and writes what the outlet holds, all in this task (a
     /// client that does not read does not stop us reading, and the other
     /// way round). Ends on the first reason to close.
-    async fn serve<R, W>(&mut self, rd: &mut R, buf: &mut BytesMut, writer: &mut Writer<W>) -> End
+    async fn serve<S>(&mut self, io: &mut S, buf: &mut BytesMut, writer: &mut Writer) -> End
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
@@ -716,6 +717,10 @@ impl Reader<'_> {
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         let mut chunk = READ_MIN;
+        // Which of reading and writing is polled first (they take turns,
+        // so a socket that is always ready one way does not starve the
+        // other).
+        let mut read_first = true;
         loop {
             loop {
                 let handled = if self.client.v5.is_some() {
@@ -768,9 +773,7 @@ impl Reader<'_> {
             let blocked = self.parked.get() >= MAX_PARKED;
             let busy = writer.busy();
             let takes = writer.takes();
-            let Writer {
-                wr, rx, batch, out, ..
-            } = &mut *writer;
+            let Writer { rx, batch, out, .. } = &mut *writer;
             // Each branch's future is held in this state while the
             // connection waits (an idle client waits for hours): the
             // outlet's three reasons to wake (stop, items, unparked) are
@@ -785,10 +788,22 @@ impl Reader<'_> {
                     }
                     timer.as_mut().reset(deadline);
                 }
-                // Cancel safe: nothing is written unless it completes.
-                r = poll_fn(|cx| poll_write_step(cx, wr, out)), if busy => match r {
-                    Ok(step) => writer.stepped(step),
-                    Err(e) => return End::Abrupt(format!("write error: {e}"), None),
+                // Cancel safe: nothing is written or read unless it completes.
+                r = poll_fn(|cx| poll_io(cx, io, (busy, out), (!blocked, buf, chunk), &mut read_first)), if busy || !blocked => match r {
+                    Io::Wrote(Ok(step)) => writer.stepped(step),
+                    Io::Wrote(Err(e)) => return End::Abrupt(format!("write error: {e}"), None),
+                    Io::Read(Ok(0)) => return End::Abrupt("connection closed by peer".into(), None),
+                    Io::Read(Ok(n)) => {
+                        if n >= chunk {
+                            chunk = (chunk * 2).min(READ_MAX);
+                        } else if n < chunk / 4 {
+                            chunk = (chunk / 2).max(READ_MIN);
+                        }
+                        if let Some(k) = keepalive {
+                            deadline = Instant::now() + k;
+                        }
+                    }
+                    Io::Read(Err(e)) => return End::Abrupt(format!("read error: {e}"), None),
                 },
                 // Cancel safe: nothing is taken unless it completes.
                 wake = poll_fn(|cx| rx.poll_wake(cx, batch, WRITE_BATCH, takes, blocked.then_some(MAX_PARKED))) => match wake {
@@ -801,21 +816,6 @@ impl Reader<'_> {
                             deadline = Instant::now() + k;
                         }
                     }
-                },
-                // Cancel safe: if another branch wins, no bytes were read.
-                r = poll_fn(|cx| poll_read_some(cx, rd, buf, chunk)), if !blocked => match r {
-                    Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
-                    Ok(n) => {
-                        if n >= chunk {
-                            chunk = (chunk * 2).min(READ_MAX);
-                        } else if n < chunk / 4 {
-                            chunk = (chunk / 2).max(READ_MIN);
-                        }
-                        if let Some(k) = keepalive {
-                            deadline = Instant::now() + k;
-                        }
-                    }
-                    Err(e) => return End::Abrupt(format!("read error: {e}"), None),
                 },
             }
         }
@@ -1166,8 +1166,7 @@ impl Wire {
 
 /// The write side of a connection: what the outlet holds, encoded into
 /// one buffer and written as the socket takes it (many packets per write).
-struct Writer<W> {
-    wr: W,
+struct Writer {
     rx: OutletRx,
     wire: Wire,
     /// Items taken from the outlet, encoded at once (kept for its capacity).
@@ -1216,15 +1215,45 @@ fn poll_write_step<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(Step::Wrote))
 }
 
+/// What one [`poll_io`] did.
+enum Io {
+    Wrote(io::Result<Step>),
+    Read(io::Result<usize>),
+}
+
+/// Writes a step of `out` (when `write`) or reads into `buf` (when `read`),
+/// whichever the stream allows first; `read_first` says which is tried
+/// first and flips after each, so neither starves the other. Nothing is
+/// written or read unless it returns `Ready`.
+fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut TaskContext<'_>,
+    io: &mut S,
+    (write, out): (bool, &mut BytesMut),
+    (read, buf, chunk): (bool, &mut BytesMut, usize),
+    read_first: &mut bool,
+) -> Poll<Io> {
+    for reading in [*read_first, !*read_first] {
+        if reading {
+            if read && let Poll::Ready(r) = poll_read_some(cx, io, buf, chunk) {
+                *read_first = false;
+                return Poll::Ready(Io::Read(r));
+            }
+        } else if write && let Poll::Ready(r) = poll_write_step(cx, io, out) {
+            *read_first = true;
+            return Poll::Ready(Io::Wrote(r));
+        }
+    }
+    Poll::Pending
+}
+
 /// [`poll_write_step`] as a future (the end of a connection).
 async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
     poll_fn(|cx| poll_write_step(cx, wr, out)).await
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    fn new(wr: W, rx: OutletRx, wire: Wire) -> Self {
+impl Writer {
+    fn new(rx: OutletRx, wire: Wire) -> Self {
         Writer {
-            wr,
             rx,
             wire,
             batch: Vec::new(),
@@ -1298,10 +1327,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Writes what is buffered and what the outlet holds until a close or
     /// the last sender (the caller bounds it in time).
-    async fn drain(&mut self) -> io::Result<()> {
+    async fn drain<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> io::Result<()> {
         loop {
             while self.busy() {
-                let step = write_step(&mut self.wr, &mut self.out).await?;
+                let step = write_step(wr, &mut self.out).await?;
                 self.stepped(step);
             }
             if self.closing || self.ended {
