@@ -67,10 +67,15 @@ const IDLE: usize = 2_000;
 /// router's map, ~5.5 KiB after, ~4.4 KiB once the outlet was one shared
 /// allocation instead of an mpsc, ~3.8 KiB once an idle connection held
 /// no read buffer and ~3.4 KiB once a connection ran in one task spawned
-/// after its handshake (reads and writes in one loop). This bound keeps
-/// that gain (with a little margin); the rest (the connection future, the
-/// session, the socket's registration) is listed in docs/benchmarks.md.
-const MAX_HEAP_PER_CLIENT: isize = 3_712;
+/// after its handshake (reads and writes in one loop), ~2.3 KiB once a
+/// session held no QoS state before its first QoS 1/2 flow, the
+/// connection's loop waited on its outlet with one poll (no future per
+/// reason to wake), shared its broker's context and kept one keepalive
+/// timer, read and wrote its stream without `split`, and a connection
+/// whose CONNACK or PINGRESP went alone gave its write buffers back. This bound keeps that gain (with a little margin);
+/// the rest (the connection future, the session, the socket's
+/// registration) is listed in docs/benchmarks.md.
+const MAX_HEAP_PER_CLIENT: isize = 2_432;
 /// Heap per client that may stay after they all left (maps keep some of
 /// their capacity).
 const MAX_LEFT_PER_CLIENT: isize = 64;

@@ -6,15 +6,18 @@
 //! state lives in the router's session; a bad packet closes only this
 //! connection.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +32,7 @@ use rumqttc::v5::mqttbytes::v5::{
 
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, outlet};
+use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, Wake, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle, SendNow};
 use super::session::{ConnId, Origin, Subscription, V5Attached};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
@@ -114,7 +117,7 @@ pub(crate) async fn run<S>(
     peer: SocketAddr,
     cert_cn: Option<String>,
     handshake: Handshake,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -132,12 +135,12 @@ pub(crate) async fn run<S>(
 
 /// The accepted connection until it ends: the read/write loop, the
 /// MQTT 5 DISCONNECT that says why, the will and the router told.
-async fn drive<S>(accepted: Accepted<S>, ctx: Context, peer: SocketAddr)
+async fn drive<S>(accepted: Accepted<S>, ctx: Arc<Context>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
-        mut rd,
+        mut io,
         mut buf,
         mut writer,
         client,
@@ -154,7 +157,7 @@ where
         client,
         parked,
     };
-    let end = reader.serve(&mut rd, &mut buf, &mut writer, &stop).await;
+    let end = reader.serve(&mut io, &mut buf, &mut writer).await;
     let told = match &end {
         End::Abrupt(_, Some(code)) => Some(*code),
         End::Shutdown => Some(ReasonCode::ServerShuttingDown),
@@ -165,10 +168,10 @@ where
         // already queued (within the grace time).
         own.send_v5(disconnect(code, reader.client.v5.as_deref()));
         own.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain(&mut io)).await;
     }
     drop(own);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
     drop(writer);
     stop.cancel();
     let Reader { client, conn, .. } = reader;
@@ -227,7 +230,10 @@ async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Clien
     ctx.router
         .send(Event::Disconnected {
             conn,
-            will: will.map(|w| (w.message, w.delay)),
+            will: will.map(|w| {
+                let v5conn::Will { message, delay } = *w;
+                (message, delay)
+            }),
             session_expiry,
         })
         .await;
@@ -235,10 +241,12 @@ async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Clien
 
 /// A connection whose CONNECT was accepted and answered.
 struct Accepted<S> {
-    rd: ReadHalf<S>,
+    /// The stream, read and written by the connection's one task (no
+    /// `split`: its shared allocation and lock are not needed).
+    io: S,
     /// The read buffer (bytes after the CONNECT may already be in it).
     buf: BytesMut,
-    writer: Writer<WriteHalf<S>>,
+    writer: Writer,
     client: Client,
     conn: ConnId,
     parked: Gate,
@@ -264,10 +272,10 @@ async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut io = stream;
     let mut buf = BytesMut::with_capacity(READ_MIN);
     let max = ctx.limits.max_packet_size;
-    let connect = match handshake.bound(read_connect(&mut rd, &mut buf, max)).await {
+    let connect = match handshake.bound(read_connect(&mut io, &mut buf, max)).await {
         Err(cut) => {
             if let Some(reason) = cut.refuse_reason() {
                 ctx.counters.refused(reason);
@@ -280,7 +288,7 @@ where
         Ok(Err(e)) => {
             ctx.counters.refused(RefuseReason::Protocol);
             if let Some((version, code3, code5)) = e.answer() {
-                refuse(&mut wr, version, code3, code5).await;
+                refuse(&mut io, version, code3, code5).await;
             }
             crate::warn_limited!(format!("bad-connect:{}", ctx.broker), broker = %ctx.broker, %peer, error = %e, "bad CONNECT, closed");
             return None;
@@ -288,7 +296,7 @@ where
     };
     let version = connect.version;
     let client = match handshake
-        .bound(accept_connect(&mut wr, connect, cert_cn, peer, ctx))
+        .bound(accept_connect(&mut io, connect, cert_cn, peer, ctx))
         .await
     {
         Ok(Some(client)) => client,
@@ -303,7 +311,7 @@ where
     let Ok(permit) = ctx.semaphore.clone().try_acquire_owned() else {
         ctx.counters.refused(RefuseReason::Limit);
         refuse(
-            &mut wr,
+            &mut io,
             version,
             ConnectReturnCode::ServiceUnavailable,
             Code5::QuotaExceeded,
@@ -336,7 +344,7 @@ where
             .map_or(0, |v| v.negotiated.outgoing_alias_maximum),
         counters: ctx.counters.clone(),
     };
-    let mut writer = Writer::new(wr, out_rx, wire);
+    let mut writer = Writer::new(out_rx, wire);
     let (reply, session_present) = oneshot::channel();
     let v5 = client.v5.as_ref().map(|v| V5Attached {
         session_expiry: v.negotiated.session_expiry,
@@ -362,8 +370,8 @@ where
         // The router queued CONNACK 0x02 and a close: write them.
         Ok(Err(_)) => {
             drop(own);
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain()).await;
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.wr.shutdown()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain(&mut io)).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
             ctx.counters.refused(RefuseReason::ClientId);
             crate::warn_limited!(format!("connect-link-id:{}", ctx.broker), broker = %ctx.broker, %peer, client_id = %client.client_id, user = ?client.username, "CONNECT with the client id of a bridge link refused (0x02)");
             return None;
@@ -376,7 +384,7 @@ where
     };
     info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, protocol = ?version, "client connected");
     Some(Accepted {
-        rd,
+        io,
         buf,
         writer,
         client,
@@ -395,7 +403,9 @@ struct Client {
     clean: bool,
     username: Option<String>,
     keep_alive: u16,
-    will: Option<v5conn::Will>,
+    /// Boxed: most clients have none, and the connection's task holds
+    /// this for as long as it runs.
+    will: Option<Box<v5conn::Will>>,
     /// The read side of an MQTT 5 connection; `None` for 3.1/3.1.1.
     v5: Option<Box<V5Conn>>,
 }
@@ -516,7 +526,7 @@ async fn accept_connect<W: AsyncWrite + Unpin>(
         keep_alive: v5
             .as_ref()
             .map_or(connect.keep_alive, |v| v.negotiated.keep_alive),
-        will: connect.will,
+        will: connect.will.map(Box::new),
         v5,
     })
 }
@@ -656,20 +666,25 @@ async fn read_connect<R: AsyncRead + Unpin>(
 
 /// Reads into `buf`. When it holds no memory (an idle connection), reads
 /// up to [`FIRST_READ`] bytes on the stack first and only then allocates
-/// `chunk` for them. Cancel safe: no bytes are read unless it completes.
-async fn read_some<R: AsyncRead + Unpin>(
+/// `chunk` for them. A poll, not a future: the stack bytes live only while
+/// it runs, not in the waiting connection's state. No bytes are read
+/// unless it returns `Ready`.
+fn poll_read_some<R: AsyncRead + Unpin>(
+    cx: &mut TaskContext<'_>,
     rd: &mut R,
     buf: &mut BytesMut,
     chunk: usize,
-) -> std::io::Result<usize> {
+) -> Poll<io::Result<usize>> {
     if buf.capacity() > buf.len() {
-        return rd.read_buf(buf).await;
+        return tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf);
     }
     let mut first = [0u8; FIRST_READ];
-    let n = rd.read(&mut first).await?;
+    let mut read = ReadBuf::new(&mut first);
+    ready!(Pin::new(rd).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
     buf.reserve(chunk.max(n));
-    buf.extend_from_slice(&first[..n]);
-    Ok(n)
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(n))
 }
 
 struct Reader<'a> {
@@ -686,16 +701,9 @@ impl Reader<'_> {
     /// reads more, and writes what the outlet holds, all in this task (a
     /// client that does not read does not stop us reading, and the other
     /// way round). Ends on the first reason to close.
-    async fn serve<R, W>(
-        &mut self,
-        rd: &mut R,
-        buf: &mut BytesMut,
-        writer: &mut Writer<W>,
-        stop: &Stop,
-    ) -> End
+    async fn serve<S>(&mut self, io: &mut S, buf: &mut BytesMut, writer: &mut Writer) -> End
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let max = self.ctx.limits.max_packet_size;
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
@@ -703,7 +711,16 @@ impl Reader<'_> {
         let keepalive = keepalive.is_enabled().then(|| keepalive.dead_after());
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keepalive.unwrap_or(far);
+        // One timer for the connection's life: reads move `deadline`, and
+        // the timer is reset to it only when it fires early (no timer
+        // registered and dropped per loop turn).
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         let mut chunk = READ_MIN;
+        // Which of reading and writing is polled first (they take turns,
+        // so a socket that is always ready one way does not starve the
+        // other).
+        let mut read_first = true;
         loop {
             loop {
                 let handled = if self.client.v5.is_some() {
@@ -737,7 +754,7 @@ impl Reader<'_> {
             }
             if buf.is_empty() && chunk == READ_MIN {
                 // Nothing half-read and not busy: hold no buffer while
-                // waiting (an idle client waits for hours); `read_some`
+                // waiting (an idle client waits for hours); `poll_read_some`
                 // allocates it when bytes come.
                 *buf = BytesMut::new();
             } else {
@@ -756,29 +773,27 @@ impl Reader<'_> {
             let blocked = self.parked.get() >= MAX_PARKED;
             let busy = writer.busy();
             let takes = writer.takes();
+            let Writer { rx, batch, out, .. } = &mut *writer;
+            // Each branch's future is held in this state while the
+            // connection waits (an idle client waits for hours): the
+            // outlet's three reasons to wake (stop, items, unparked) are
+            // one poll with one waker, and writes and reads are polls
+            // without state of their own.
             tokio::select! {
                 // Broker shutdown: close without will.
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                // The router aborted the connection: close with will.
-                _ = stop.cancelled() => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
-                _ = tokio::time::sleep_until(deadline), if !blocked => return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout)),
-                // Cancel safe: nothing is written unless it completes.
-                r = write_step(&mut writer.wr, &mut writer.out), if busy => match r {
-                    Ok(step) => writer.stepped(step),
-                    Err(e) => return End::Abrupt(format!("write error: {e}"), None),
-                },
-                // Cancel safe: nothing is taken unless it completes.
-                n = writer.rx.recv_many(&mut writer.batch, WRITE_BATCH), if takes => writer.encode(n),
-                _ = self.parked.below(MAX_PARKED), if blocked => {
-                    // We did not read: the client's silence is ours.
-                    if let Some(k) = keepalive {
-                        deadline = Instant::now() + k;
+                _ = &mut timer, if !blocked => {
+                    if Instant::now() >= deadline {
+                        return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout));
                     }
+                    timer.as_mut().reset(deadline);
                 }
-                // Cancel safe: if another branch wins, no bytes were read.
-                r = read_some(rd, buf, chunk), if !blocked => match r {
-                    Ok(0) => return End::Abrupt("connection closed by peer".into(), None),
-                    Ok(n) => {
+                // Cancel safe: nothing is written or read unless it completes.
+                r = poll_fn(|cx| poll_io(cx, io, (busy, out), (!blocked, buf, chunk), &mut read_first)), if busy || !blocked => match r {
+                    Io::Wrote(Ok(step)) => writer.stepped(step),
+                    Io::Wrote(Err(e)) => return End::Abrupt(format!("write error: {e}"), None),
+                    Io::Read(Ok(0)) => return End::Abrupt("connection closed by peer".into(), None),
+                    Io::Read(Ok(n)) => {
                         if n >= chunk {
                             chunk = (chunk * 2).min(READ_MAX);
                         } else if n < chunk / 4 {
@@ -788,7 +803,19 @@ impl Reader<'_> {
                             deadline = Instant::now() + k;
                         }
                     }
-                    Err(e) => return End::Abrupt(format!("read error: {e}"), None),
+                    Io::Read(Err(e)) => return End::Abrupt(format!("read error: {e}"), None),
+                },
+                // Cancel safe: nothing is taken unless it completes.
+                wake = poll_fn(|cx| rx.poll_wake(cx, batch, WRITE_BATCH, takes, blocked.then_some(MAX_PARKED))) => match wake {
+                    // The router aborted the connection: close with will.
+                    Wake::Stopped => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
+                    Wake::Items(n) => writer.encode(n),
+                    Wake::Unparked => {
+                        // We did not read: the client's silence is ours.
+                        if let Some(k) = keepalive {
+                            deadline = Instant::now() + k;
+                        }
+                    }
                 },
             }
         }
@@ -1139,8 +1166,7 @@ impl Wire {
 
 /// The write side of a connection: what the outlet holds, encoded into
 /// one buffer and written as the socket takes it (many packets per write).
-struct Writer<W> {
-    wr: W,
+struct Writer {
     rx: OutletRx,
     wire: Wire,
     /// Items taken from the outlet, encoded at once (kept for its capacity).
@@ -1156,6 +1182,12 @@ struct Writer<W> {
     closing: bool,
     /// Every sender is gone.
     ended: bool,
+    /// A CONNACK or a PINGRESP went alone (the client is, or may stay,
+    /// idle): once it is written, the write buffer, the batch and the
+    /// outlet's queue give their memory back (an idle client may stay for
+    /// hours; a busy one keeps its buffers, as it seldom pings and never
+    /// with nothing else to send).
+    trim: bool,
 }
 
 /// What one [`write_step`] did.
@@ -1166,24 +1198,62 @@ enum Step {
     Flushed,
 }
 
-/// Writes some of `out`, or flushes once it is all written. Cancel safe:
-/// `write_buf` writes nothing unless it completes, and a flush may be
-/// polled again.
-async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
+/// Writes some of `out`, or flushes once it is all written. Nothing is
+/// written unless it returns `Ready`, and a flush may be polled again.
+fn poll_write_step<W: AsyncWrite + Unpin>(
+    cx: &mut TaskContext<'_>,
+    wr: &mut W,
+    out: &mut BytesMut,
+) -> Poll<io::Result<Step>> {
     if out.is_empty() {
-        wr.flush().await?;
-        return Ok(Step::Flushed);
+        ready!(Pin::new(wr).poll_flush(cx))?;
+        return Poll::Ready(Ok(Step::Flushed));
     }
-    if wr.write_buf(out).await? == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
+    if ready!(tokio_util::io::poll_write_buf(Pin::new(wr), cx, out))? == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
-    Ok(Step::Wrote)
+    Poll::Ready(Ok(Step::Wrote))
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    fn new(wr: W, rx: OutletRx, wire: Wire) -> Self {
+/// What one [`poll_io`] did.
+enum Io {
+    Wrote(io::Result<Step>),
+    Read(io::Result<usize>),
+}
+
+/// Writes a step of `out` (when `write`) or reads into `buf` (when `read`),
+/// whichever the stream allows first; `read_first` says which is tried
+/// first and flips after each, so neither starves the other. Nothing is
+/// written or read unless it returns `Ready`.
+fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut TaskContext<'_>,
+    io: &mut S,
+    (write, out): (bool, &mut BytesMut),
+    (read, buf, chunk): (bool, &mut BytesMut, usize),
+    read_first: &mut bool,
+) -> Poll<Io> {
+    for reading in [*read_first, !*read_first] {
+        if reading {
+            if read && let Poll::Ready(r) = poll_read_some(cx, io, buf, chunk) {
+                *read_first = false;
+                return Poll::Ready(Io::Read(r));
+            }
+        } else if write && let Poll::Ready(r) = poll_write_step(cx, io, out) {
+            *read_first = true;
+            return Poll::Ready(Io::Wrote(r));
+        }
+    }
+    Poll::Pending
+}
+
+/// [`poll_write_step`] as a future (the end of a connection).
+async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
+    poll_fn(|cx| poll_write_step(cx, wr, out)).await
+}
+
+impl Writer {
+    fn new(rx: OutletRx, wire: Wire) -> Self {
         Writer {
-            wr,
             rx,
             wire,
             batch: Vec::new(),
@@ -1192,6 +1262,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             unflushed: false,
             closing: false,
             ended: false,
+            trim: false,
         }
     }
 
@@ -1217,6 +1288,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             self.ended = true;
             return;
         }
+        self.trim |= n == 1
+            && matches!(self.batch.first(), Some(Out::Packet(p)) if matches!(**p, Packet::PingResp | Packet::ConnAck(_)));
         for item in self.batch.drain(..) {
             if self.closing {
                 // After a Close or a DISCONNECT: dropped unwritten.
@@ -1238,7 +1311,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 self.unflushed = true;
                 if self.out.is_empty() {
                     self.rx.written(std::mem::take(&mut self.unwritten));
-                    if self.out.capacity() > READ_MAX {
+                    if std::mem::take(&mut self.trim) {
+                        self.out = BytesMut::new();
+                        self.batch = Vec::new();
+                        self.rx.shrink();
+                    } else if self.out.capacity() > READ_MAX {
                         self.out = BytesMut::new();
                     } else {
                         self.out.clear();
@@ -1250,10 +1327,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Writes what is buffered and what the outlet holds until a close or
     /// the last sender (the caller bounds it in time).
-    async fn drain(&mut self) -> io::Result<()> {
+    async fn drain<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> io::Result<()> {
         loop {
             while self.busy() {
-                let step = write_step(&mut self.wr, &mut self.out).await?;
+                let step = write_step(wr, &mut self.out).await?;
                 self.stepped(step);
             }
             if self.closing || self.ended {

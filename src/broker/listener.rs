@@ -6,6 +6,7 @@
 //! ([`connection::run`]) serves.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -49,6 +50,9 @@ impl Transport {
 /// handshake budget; its connection permit is taken once its CONNECT is
 /// accepted (in [`connection::run`]).
 pub(crate) async fn run(listener: TcpListener, transport: Transport, ctx: Context) {
+    // One allocation shared by the listener's connections: each task holds
+    // a pointer, not a copy of every handle (issue 10: idle clients).
+    let ctx = Arc::new(ctx);
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -95,7 +99,7 @@ async fn serve(
     peer: SocketAddr,
     transport: Transport,
     handshake: Handshake,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) {
     match transport {
         Transport::Tcp => Box::pin(connection::run(socket, peer, None, handshake, ctx)).await,
@@ -116,7 +120,7 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     websocket: bool,
     handshake: Handshake,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) {
     let stream = match handshake.bound(acceptor.accept(socket)).await {
         Ok(Ok(s)) => s,

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -52,9 +52,9 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Packets handed over and not yet written.
     pending: AtomicUsize,
-    /// The client's publishes parked unacknowledged by the router.
+    /// The client's publishes parked unacknowledged by the router (a
+    /// change wakes the receiver, see [`OutletRx::poll_wake`]).
     parked: AtomicUsize,
-    parked_changed: Notify,
     /// Set by [`Stop::cancel`]; `stopped` wakes whoever waits for it.
     stop: AtomicBool,
     stopped: Notify,
@@ -63,8 +63,12 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Out>,
-    /// The receiver's waker while it waits for an item.
+    /// The receiver's waker while it waits (for an item, or in
+    /// [`OutletRx::poll_wake`] also for the stop or the parked count).
     waker: Option<Waker>,
+    /// The receiver waits for items: a push wakes it (a connection whose
+    /// write buffer is full waits only for the stop or the parked count).
+    wants_items: bool,
     /// Live [`Outlet`]s: the receiver sees the end once none is left.
     senders: usize,
     /// The [`OutletRx`] was dropped: sends fail.
@@ -76,6 +80,17 @@ impl Shared {
     /// critical section is a push, a drain or a flag), so poison is ignored.
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the receiver if it waits in [`OutletRx::poll_wake`] (the stop
+    /// or the parked count changed). Taken under the queue's lock, where
+    /// `poll_wake` checks both, so a change between its check and its
+    /// waiting is not missed.
+    fn wake_receiver(&self) {
+        let waker = self.queue().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -110,21 +125,7 @@ impl Gate {
     /// `n` parked publishes released (or dropped); wakes the reader.
     pub fn sub(&self, n: usize) {
         self.shared.parked.fetch_sub(n, Relaxed);
-        self.shared.parked_changed.notify_waiters();
-    }
-
-    /// Waits while `bound` or more publishes are parked.
-    pub async fn below(&self, bound: usize) {
-        loop {
-            let changed = self.shared.parked_changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so a `sub` in between is not missed.
-            changed.as_mut().enable();
-            if self.get() < bound {
-                return;
-            }
-            changed.await;
-        }
+        self.shared.wake_receiver();
     }
 }
 
@@ -139,6 +140,7 @@ impl Stop {
     pub fn cancel(&self) {
         self.shared.stop.store(true, SeqCst);
         self.shared.stopped.notify_waiters();
+        self.shared.wake_receiver();
     }
 
     /// Whether [`Stop::cancel`] was called.
@@ -158,6 +160,25 @@ impl Stop {
             }
             stopped.await;
         }
+    }
+}
+
+/// What woke a connection's task in [`OutletRx::poll_wake`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// [`Stop::cancel`] or [`Outlet::abort`] was called.
+    Stopped,
+    /// The parked count fell below the bound.
+    Unparked,
+    /// `n` items were taken (0: every sender is gone).
+    Items(usize),
+}
+
+/// Stores the waker of `cx` (reusing the stored one's place).
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) => w.clone_from(cx.waker()),
+        None => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -229,7 +250,7 @@ impl Outlet {
                 return false;
             }
             q.items.push_back(item);
-            q.waker.take()
+            if q.wants_items { q.waker.take() } else { None }
         };
         if let Some(w) = waker {
             w.wake();
@@ -284,6 +305,7 @@ impl Outlet {
         let shared = self.shared();
         shared.stop.store(true, SeqCst);
         shared.stopped.notify_waiters();
+        shared.wake_receiver();
     }
 
     /// Packets handed over and not yet written.
@@ -315,13 +337,55 @@ impl OutletRx {
             if q.senders == 0 {
                 return Poll::Ready(0);
             }
-            match &mut q.waker {
-                Some(w) => w.clone_from(cx.waker()),
-                None => q.waker = Some(cx.waker().clone()),
-            }
+            q.wants_items = true;
+            set_waker(&mut q.waker, cx);
             Poll::Pending
         })
         .await
+    }
+
+    /// What a network connection's task waits for from its outlet, in one
+    /// poll (one waker, no waiting future of its own for each): the stop,
+    /// the parked count falling below `unpark_below` (when given), and,
+    /// when `take`, up to `limit` items into `buf` (as
+    /// [`OutletRx::recv_many`]: `Items(0)` once every sender is gone).
+    /// Nothing is taken unless it returns `Ready(Items(_))`.
+    pub fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<Out>,
+        limit: usize,
+        take: bool,
+        unpark_below: Option<usize>,
+    ) -> Poll<Wake> {
+        let mut q = self.shared.queue();
+        if self.shared.stop.load(SeqCst) {
+            return Poll::Ready(Wake::Stopped);
+        }
+        if unpark_below.is_some_and(|bound| self.shared.parked.load(Relaxed) < bound) {
+            return Poll::Ready(Wake::Unparked);
+        }
+        if take && limit > 0 {
+            if !q.items.is_empty() {
+                let n = q.items.len().min(limit);
+                buf.extend(q.items.drain(..n));
+                return Poll::Ready(Wake::Items(n));
+            }
+            if q.senders == 0 {
+                return Poll::Ready(Wake::Items(0));
+            }
+        }
+        q.wants_items = take;
+        set_waker(&mut q.waker, cx);
+        Poll::Pending
+    }
+
+    /// Gives the queue's memory back if it is empty (an idle connection).
+    pub fn shrink(&self) {
+        let mut q = self.shared.queue();
+        if q.items.is_empty() {
+            q.items = VecDeque::new();
+        }
     }
 
     /// The connection's stop (cancelled by [`Outlet::abort`]).
@@ -394,23 +458,86 @@ mod tests {
         assert!(stop.is_cancelled());
     }
 
+    /// Waits in `poll_wake` in a task of its own; its answer.
+    fn wake_task(
+        mut rx: OutletRx,
+        take: bool,
+        unpark_below: Option<usize>,
+    ) -> tokio::task::JoinHandle<(OutletRx, Wake, usize)> {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let wake =
+                std::future::poll_fn(|cx| rx.poll_wake(cx, &mut buf, 8, take, unpark_below)).await;
+            (rx, wake, buf.len())
+        })
+    }
+
+    async fn woken(
+        task: tokio::task::JoinHandle<(OutletRx, Wake, usize)>,
+    ) -> (OutletRx, Wake, usize) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("woken")
+            .expect("task")
+    }
+
     #[tokio::test]
-    async fn gate_blocks_at_the_bound_and_opens_on_release() {
-        let gate = Gate::default();
+    async fn poll_wake_wakes_on_release_below_the_bound() {
+        let (tx, rx) = outlet();
+        let gate = tx.parked().clone();
         gate.add();
         gate.add();
-        assert!(gate.below(3).now_or_never().is_some());
-        let waiting = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.below(2).await }
-        });
+        let waiting = wake_task(rx, false, Some(2));
+        tokio::task::yield_now().await;
+        // Not taking: a packet does not wake it.
+        assert!(tx.send(Packet::PingResp));
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         gate.sub(1);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("released")
-            .expect("task");
+        let (rx, wake, taken) = woken(waiting).await;
+        assert_eq!((wake, taken), (Wake::Unparked, 0));
         assert_eq!(gate.get(), 1);
+        // Taking: the queued packet comes at once.
+        let (_rx, wake, taken) = woken(wake_task(rx, true, None)).await;
+        assert_eq!((wake, taken), (Wake::Items(1), 1));
+    }
+
+    #[tokio::test]
+    async fn poll_wake_wakes_on_items_and_on_stop() {
+        let (tx, rx) = outlet();
+        // Not blocked (0 parked, below the bound of 1): woken at once.
+        let (rx, wake, _) = woken(wake_task(rx, true, Some(1))).await;
+        assert_eq!(wake, Wake::Unparked);
+        let waiting = wake_task(rx, true, None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(tx.send(Packet::PingResp));
+        let (rx, wake, taken) = woken(waiting).await;
+        assert_eq!((wake, taken), (Wake::Items(1), 1));
+        let waiting = wake_task(rx, true, None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.abort();
+        let (rx, wake, taken) = woken(waiting).await;
+        assert_eq!((wake, taken), (Wake::Stopped, 0));
+        // The stop wins over queued items.
+        assert!(tx.send(Packet::PingResp));
+        let (_rx, wake, _) = woken(wake_task(rx, true, None)).await;
+        assert_eq!(wake, Wake::Stopped);
+    }
+
+    #[test]
+    fn shrink_gives_an_empty_queue_back() {
+        use futures_util::FutureExt;
+        let (tx, mut rx) = outlet();
+        for _ in 0..20 {
+            assert!(tx.send(Packet::PingResp));
+        }
+        rx.shrink();
+        assert!(rx.shared.queue().items.capacity() >= 20, "not while full");
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 100).now_or_never(), Some(20));
+        rx.shrink();
+        assert_eq!(rx.shared.queue().items.capacity(), 0);
     }
 }

@@ -19,7 +19,10 @@ use crate::protocol::expiry::{Expiry, Remaining};
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::session::{ProtocolViolation, Resend};
 use crate::protocol::v4::Packet;
-use crate::protocol::{Full, Incoming, Message, Outgoing, QoS};
+use crate::protocol::{
+    Full, Incoming, IncomingAction, Message, Outgoing, QoS, message_from_publish,
+    publish_from_message,
+};
 use rumqttc::v5::mqttbytes::v5::{
     Packet as P5, PubAck as PubAck5, PubAckReason, PubRec as PubRec5, PubRecReason,
 };
@@ -141,6 +144,50 @@ pub(crate) struct Queued {
     pub expiry: Option<Expiry>,
 }
 
+/// A session's QoS 1/2 state: allocated on first use and released once it
+/// holds nothing again (at the client's next PINGREQ, or when it goes), so
+/// an idle client that never had a QoS 1/2 flow carries none of it (issue
+/// 10: 10,000 idle clients must stay cheap).
+#[derive(Debug)]
+pub(crate) struct Flows {
+    /// QoS 1/2 flows towards the client, each with its stored sequence
+    /// number and expiry.
+    pub outgoing: Outgoing<InFlight>,
+    /// QoS 1/2 flows from the client (QoS 2 duplicate suppression).
+    pub incoming: Incoming,
+    /// Messages waiting for an inflight slot or for the client.
+    pub queue: VecDeque<Queued>,
+    /// Reason codes owed on the PUBACK/PUBREC of refused MQTT 5 publishes,
+    /// by packet id (empty for everyone else).
+    ack_reasons: HashMap<u16, ReasonCode>,
+    /// Stored QoS 2 flows in flight: packet id → sequence number.
+    qos2_seq: HashMap<u16, u64>,
+}
+
+impl Flows {
+    fn new(window: usize) -> Self {
+        Flows {
+            outgoing: Outgoing::new(window),
+            incoming: Incoming::new(),
+            queue: VecDeque::new(),
+            ack_reasons: HashMap::new(),
+            qos2_seq: HashMap::new(),
+        }
+    }
+
+    /// Nothing in flight either way, nothing queued, nothing owed: a fresh
+    /// `Flows` would behave the same (an incoming ack token is only ever
+    /// used on the connection that took it, and none is outstanding).
+    fn is_idle(&self) -> bool {
+        self.outgoing.is_empty()
+            && self.incoming.pending_len() == 0
+            && self.incoming.qos2_len() == 0
+            && self.queue.is_empty()
+            && self.ack_reasons.is_empty()
+            && self.qos2_seq.is_empty()
+    }
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -154,16 +201,11 @@ pub(crate) struct Session {
     /// `None` for a 3.x or link session, which the broker's
     /// `session_expiry` governs.
     pub expiry: Option<u32>,
-    /// Reason codes owed on the PUBACK/PUBREC of refused MQTT 5 publishes,
-    /// by packet id (empty for everyone else).
-    ack_reasons: HashMap<u16, ReasonCode>,
-    /// QoS 1/2 flows towards the client, each with its stored sequence
-    /// number and expiry.
-    pub outgoing: Outgoing<InFlight>,
-    /// QoS 1/2 flows from the client (QoS 2 duplicate suppression).
-    pub incoming: Incoming,
-    /// Messages waiting for an inflight slot or for the client.
-    pub queue: VecDeque<Queued>,
+    /// The QoS 1/2 state, `None` while there is none (see [`Flows`]).
+    flows: Option<Box<Flows>>,
+    /// The inflight window a new [`Flows`] starts with (`max_inflight`,
+    /// lowered to an MQTT 5 client's Receive Maximum while it is attached).
+    window: u16,
     /// The live connection, if any.
     pub conn: Option<Attached>,
     /// Who connected last (read ACL subject). Its kind (link or network)
@@ -179,14 +221,12 @@ pub(crate) struct Session {
     limits_window: u16,
     /// Messages of this session in the store.
     pub stored_messages: u64,
-    /// Stored QoS 2 flows in flight: packet id → sequence number.
-    qos2_seq: HashMap<u16, u64>,
     /// Unix seconds of the last disconnect; `None` while connected.
     pub disconnected_at: Option<u64>,
     /// The MQTT 5 will waiting for its Will Delay Interval (stored with
     /// the session, so it survives a restart); the router indexes it by
-    /// deadline.
-    pub will: Option<DelayedWill>,
+    /// deadline. Boxed: most sessions have none.
+    pub will: Option<Box<DelayedWill>>,
 }
 
 /// A will waiting for its Will Delay Interval.
@@ -208,17 +248,14 @@ impl Session {
             clean,
             subscriptions: HashMap::new(),
             expiry: None,
-            ack_reasons: HashMap::new(),
-            outgoing: Outgoing::new(usize::from(limits.max_inflight)),
-            incoming: Incoming::new(),
-            queue: VecDeque::new(),
+            flows: None,
+            window: limits.max_inflight,
             conn: None,
             origin,
             stored: None,
             next_seq: 0,
             limits_window: limits.max_inflight,
             stored_messages: 0,
-            qos2_seq: HashMap::new(),
             disconnected_at: None,
             will: None,
         }
@@ -254,10 +291,12 @@ impl Session {
         s.disconnected_at = Some(record.disconnected_at.unwrap_or(now_ms / 1000));
         // A delayed will keeps its wall-clock deadline (due at once if it
         // passed while the broker was down).
-        s.will = record.will.map(|w| DelayedWill {
-            at: at + Duration::from_millis(w.due.saturating_sub(now_ms)),
-            message: w.message,
-            due_ms: w.due,
+        s.will = record.will.map(|w| {
+            Box::new(DelayedWill {
+                at: at + Duration::from_millis(w.due.saturating_sub(now_ms)),
+                message: w.message,
+                due_ms: w.due,
+            })
         });
         for stored in loaded.messages {
             let StoredMessage {
@@ -274,12 +313,15 @@ impl Session {
                 expiry,
             };
             let restored = match flow {
-                Some(f) if message.qos == QoS::ExactlyOnce => s
-                    .outgoing
-                    .restore(message, f.pkid, f.released, token)
-                    .map(|()| {
-                        s.qos2_seq.insert(f.pkid, seq);
-                    }),
+                Some(f) if message.qos == QoS::ExactlyOnce => {
+                    let flows = s.flows();
+                    flows
+                        .outgoing
+                        .restore(message, f.pkid, f.released, token)
+                        .map(|()| {
+                            flows.qos2_seq.insert(f.pkid, seq);
+                        })
+                }
                 _ => Err(Full { message, token }),
             };
             if let Err(full) = restored {
@@ -288,7 +330,7 @@ impl Session {
                     s.forget(Some(seq), journal);
                     continue;
                 }
-                s.queue.push_back(Queued {
+                s.flows().queue.push_back(Queued {
                     message: full.message,
                     seq: full.token.seq,
                     expiry,
@@ -297,7 +339,7 @@ impl Session {
             }
         }
         for pkid in loaded.incoming {
-            s.incoming.restore_received(pkid);
+            s.flows().incoming.restore_received(pkid);
         }
         s
     }
@@ -374,15 +416,30 @@ impl Session {
             self.forget(seq, journal);
             return Ok(());
         }
+        if msg.qos == QoS::AtMostOnce {
+            // No state: what `Outgoing::publish` would return, without
+            // allocating the session's flows for a QoS 0 subscriber.
+            if !self.is_link() && !self.is_v5() {
+                self.send(
+                    Packet::Publish(publish_from_message(&msg, 0, false)),
+                    counters,
+                );
+            } else {
+                let mut message = msg;
+                message.dup = false;
+                self.send_message(message, 0, counters);
+            }
+            return Ok(());
+        }
         if !self.is_link() && !self.is_v5() {
-            let (packet, _) = self.outgoing.publish(msg, token)?;
+            let (packet, _) = self.flows().outgoing.publish(msg, token)?;
             if let Packet::Publish(p) = &packet {
                 self.note_flow(p.pkid, msg_qos(p.qos), seq, journal);
             }
             self.send(packet, counters);
             return Ok(());
         }
-        let (pkid, mut message, _) = self.outgoing.publish_message(msg, token)?;
+        let (pkid, mut message, _) = self.flows().outgoing.publish_message(msg, token)?;
         // A new flow, as a fresh PUBLISH would say (resends go as packets).
         message.dup = false;
         self.note_flow(pkid, message.qos, seq, journal);
@@ -393,7 +450,7 @@ impl Session {
     /// A stored QoS 2 flow started under `pkid`: remember where it stands.
     fn note_flow(&mut self, pkid: u16, qos: QoS, seq: Option<u64>, journal: &mut Journal) {
         if let (Some(sid), Some(seq), QoS::ExactlyOnce) = (self.stored, seq, qos) {
-            self.qos2_seq.insert(pkid, seq);
+            self.flows().qos2_seq.insert(pkid, seq);
             let flow = Flow {
                 pkid,
                 released: false,
@@ -404,7 +461,7 @@ impl Session {
 
     /// PUBACK: the flow's stored message goes.
     pub fn on_puback(&mut self, pkid: u16, journal: &mut Journal) -> Result<(), ProtocolViolation> {
-        let token = self.outgoing.on_puback(pkid)?;
+        let token = self.flows().outgoing.on_puback(pkid)?;
         self.forget(token.seq, journal);
         Ok(())
     }
@@ -415,8 +472,10 @@ impl Session {
         pkid: u16,
         journal: &mut Journal,
     ) -> Result<Packet, ProtocolViolation> {
-        let pubrel = self.outgoing.on_pubrec(pkid)?;
-        if let (Some(sid), Some(&seq)) = (self.stored, self.qos2_seq.get(&pkid)) {
+        let stored = self.stored;
+        let flows = self.flows();
+        let pubrel = flows.outgoing.on_pubrec(pkid)?;
+        if let (Some(sid), Some(&seq)) = (stored, flows.qos2_seq.get(&pkid)) {
             journal.put_flow(
                 sid,
                 seq,
@@ -438,9 +497,10 @@ impl Session {
         pkid: u16,
         journal: &mut Journal,
     ) -> Result<(), ProtocolViolation> {
-        let _unsent_pubrel = self.outgoing.on_pubrec(pkid)?;
-        let token = self.outgoing.on_pubcomp(pkid)?;
-        self.qos2_seq.remove(&pkid);
+        let flows = self.flows();
+        let _unsent_pubrel = flows.outgoing.on_pubrec(pkid)?;
+        let token = flows.outgoing.on_pubcomp(pkid)?;
+        flows.qos2_seq.remove(&pkid);
         self.forget(token.seq, journal);
         Ok(())
     }
@@ -451,8 +511,9 @@ impl Session {
         pkid: u16,
         journal: &mut Journal,
     ) -> Result<(), ProtocolViolation> {
-        let token = self.outgoing.on_pubcomp(pkid)?;
-        self.qos2_seq.remove(&pkid);
+        let flows = self.flows();
+        let token = flows.outgoing.on_pubcomp(pkid)?;
+        flows.qos2_seq.remove(&pkid);
         self.forget(token.seq, journal);
         Ok(())
     }
@@ -471,7 +532,7 @@ impl Session {
     /// (an MQTT 5 publish that was refused); nothing for 3.x.
     pub fn owe_reason(&mut self, pkid: u16, code: ReasonCode) {
         if self.is_v5() && pkid != 0 {
-            self.ack_reasons.insert(pkid, code);
+            self.flows().ack_reasons.insert(pkid, code);
         }
     }
 
@@ -496,13 +557,14 @@ impl Session {
     /// keeps publishing but never reads would pile up acks: past `hard_cap`
     /// unwritten packets its connection is aborted.
     pub fn send_control(&mut self, packet: Packet, hard_cap: usize) {
-        let reason = match &packet {
-            Packet::PubAck(a) if !self.ack_reasons.is_empty() => {
-                self.ack_reasons.remove(&a.pkid).map(|r| (a.pkid, r, true))
-            }
-            Packet::PubRec(r) if !self.ack_reasons.is_empty() => {
-                self.ack_reasons.remove(&r.pkid).map(|c| (r.pkid, c, false))
-            }
+        let owed = self
+            .flows
+            .as_mut()
+            .map(|f| &mut f.ack_reasons)
+            .filter(|r| !r.is_empty());
+        let reason = match (&packet, owed) {
+            (Packet::PubAck(a), Some(owed)) => owed.remove(&a.pkid).map(|r| (a.pkid, r, true)),
+            (Packet::PubRec(r), Some(owed)) => owed.remove(&r.pkid).map(|c| (r.pkid, c, false)),
             _ => None,
         };
         if let Some(conn) = &self.conn {
@@ -522,7 +584,9 @@ impl Session {
                     // A PUBREC with a failure code ends the QoS 2 flow: no
                     // PUBREL follows, and the client may reuse the id for a
                     // new message, which must not pass for a duplicate.
-                    let _ = self.incoming.on_pubrel(pkid);
+                    if let Some(f) = self.flows.as_mut() {
+                        let _ = f.incoming.on_pubrel(pkid);
+                    }
                     let mut rec = PubRec5::new(pkid, None);
                     rec.reason =
                         PubRecReason::try_from(code).unwrap_or(PubRecReason::UnspecifiedError);
@@ -588,7 +652,7 @@ impl Session {
             seq,
             expiry: Expiry::of(&msg, now),
         };
-        if self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room() {
+        if self.direct() {
             if let Err(full) = self.start(msg, token, counters, journal) {
                 self.enqueue(full.message, full.token, limits, counters, journal);
             }
@@ -601,8 +665,71 @@ impl Session {
     /// Whether a QoS 1/2 message delivered now would overflow the queue
     /// (and so drop a message).
     pub fn would_drop(&self, limits: &Limits) -> bool {
-        let direct = self.conn.is_some() && self.queue.is_empty() && self.outgoing.has_room();
-        !direct && self.queue.len() >= limits.max_queued_messages
+        !self.direct() && self.queue_len() >= limits.max_queued_messages
+    }
+
+    /// Whether a QoS 1/2 message delivered now goes straight out
+    /// (connected, nothing queued before it, room in the window).
+    fn direct(&self) -> bool {
+        self.conn.is_some()
+            && self
+                .flows
+                .as_ref()
+                .is_none_or(|f| f.queue.is_empty() && f.outgoing.has_room())
+    }
+
+    /// The QoS 1/2 state, allocated if the session had none.
+    pub fn flows(&mut self) -> &mut Flows {
+        let window = usize::from(self.window);
+        self.flows
+            .get_or_insert_with(|| Box::new(Flows::new(window)))
+    }
+
+    /// The QoS 1/2 state if the session has some.
+    pub fn flows_mut(&mut self) -> Option<&mut Flows> {
+        self.flows.as_deref_mut()
+    }
+
+    /// Messages queued.
+    pub fn queue_len(&self) -> usize {
+        self.flows.as_ref().map_or(0, |f| f.queue.len())
+    }
+
+    /// Releases the QoS 1/2 state if it holds nothing (an idle client).
+    pub fn release_idle(&mut self) {
+        if self.flows.as_ref().is_some_and(|f| f.is_idle()) {
+            self.flows = None;
+        }
+    }
+
+    /// Whether the session holds QoS 1/2 state.
+    #[cfg(test)]
+    pub fn has_flows(&self) -> bool {
+        self.flows.is_some()
+    }
+
+    /// A PUBLISH from the client: QoS 0 keeps no state (and allocates
+    /// none), QoS 1/2 go through [`Incoming::on_publish`].
+    pub fn on_publish(
+        &mut self,
+        publish: crate::protocol::v4::Publish,
+        now: Instant,
+    ) -> IncomingAction {
+        if publish.qos == rumqttc::mqttbytes::QoS::AtMostOnce {
+            return IncomingAction::Deliver {
+                message: message_from_publish(publish),
+                token: None,
+            };
+        }
+        self.flows().incoming.on_publish(publish, now)
+    }
+
+    /// A new connection: incoming deliveries not yet acknowledged are
+    /// forgotten (see [`Incoming::reset_connection`]).
+    pub fn reset_incoming(&mut self) {
+        if let Some(f) = self.flows.as_mut() {
+            f.incoming.reset_connection();
+        }
     }
 
     fn enqueue(
@@ -614,7 +741,7 @@ impl Session {
         journal: &mut Journal,
     ) {
         let InFlight { seq, expiry } = token;
-        if self.queue.len() >= limits.max_queued_messages {
+        if self.queue_len() >= limits.max_queued_messages {
             counters.dropped(DropReason::QueueFull, 1);
             match limits.overflow {
                 OverflowPolicy::DropNewest => {
@@ -622,7 +749,7 @@ impl Session {
                     return;
                 }
                 OverflowPolicy::DropOldest => {
-                    if let Some(old) = self.queue.pop_front() {
+                    if let Some(old) = self.flows().queue.pop_front() {
                         counters.queued.fetch_sub(1, Relaxed);
                         self.forget(old.seq, journal);
                     }
@@ -633,7 +760,7 @@ impl Session {
                 return;
             }
         }
-        self.queue.push_back(Queued {
+        self.flows().queue.push_back(Queued {
             message,
             seq,
             expiry,
@@ -649,8 +776,8 @@ impl Session {
         if self.conn.is_none() {
             return;
         }
-        while self.outgoing.has_room() {
-            let Some(mut next) = self.queue.pop_front() else {
+        while let Some(f) = self.flows.as_mut().filter(|f| f.outgoing.has_room()) {
+            let Some(mut next) = f.queue.pop_front() else {
                 break;
             };
             counters.queued.fetch_sub(1, Relaxed);
@@ -674,7 +801,7 @@ impl Session {
             match self.start(next.message, token, counters, journal) {
                 Ok(()) => {}
                 Err(full) => {
-                    self.queue.push_front(Queued {
+                    self.flows().queue.push_front(Queued {
                         message: full.message,
                         seq: full.token.seq,
                         expiry: full.token.expiry,
@@ -700,17 +827,28 @@ impl Session {
             Some(v5) => usize::from(v5.receive_maximum).min(usize::from(self.limits_window)),
             None => usize::from(self.limits_window),
         };
-        self.outgoing.set_window(window);
-        self.ack_reasons.clear();
+        self.window = u16::try_from(window).unwrap_or(u16::MAX);
+        if let Some(f) = self.flows.as_mut() {
+            f.outgoing.set_window(window);
+            f.ack_reasons.clear();
+        }
         self.conn = Some(conn);
         self.disconnected_at = None;
         // An in-process link and an MQTT 5 client get the messages with
         // their properties; a 3.x client gets 3.1.1 packets.
         if self.is_v5() || self.is_link() {
-            for resend in self.outgoing.resume_messages(session_present) {
+            let resends = match self.flows.as_mut() {
+                Some(f) => f.outgoing.resume_messages(session_present),
+                None => Vec::new(),
+            };
+            for resend in resends {
                 match resend {
                     Resend::Publish { mut message, pkid } => {
-                        let expiry = self.outgoing.token_mut(pkid).and_then(|t| t.expiry);
+                        let expiry = self
+                            .flows
+                            .as_mut()
+                            .and_then(|f| f.outgoing.token_mut(pkid))
+                            .and_then(|t| t.expiry);
                         if let Some(e) = expiry {
                             set_expiry_left(&mut message, e, now);
                         }
@@ -723,7 +861,11 @@ impl Session {
                 }
             }
         } else {
-            for packet in self.outgoing.resume(session_present) {
+            let packets = match self.flows.as_mut() {
+                Some(f) => f.outgoing.resume(session_present),
+                None => Vec::new(),
+            };
+            for packet in packets {
                 self.send(packet, counters);
             }
         }
@@ -732,9 +874,11 @@ impl Session {
 
     /// Drops everything the session holds (gauges follow).
     pub fn discard(&mut self, counters: &Counters) {
-        counters.queued.fetch_sub(self.queue.len() as u64, Relaxed);
-        self.queue.clear();
-        let _ = self.outgoing.drain();
+        if let Some(f) = self.flows.as_mut() {
+            counters.queued.fetch_sub(f.queue.len() as u64, Relaxed);
+            f.queue.clear();
+            let _ = f.outgoing.drain();
+        }
     }
 }
 
@@ -807,11 +951,11 @@ mod tests {
             );
         }
         assert_eq!(drain_payloads(&mut rx), ["0", "1"]);
-        assert_eq!(s.queue.len(), 2);
+        assert_eq!(s.queue_len(), 2);
         assert_eq!(counters.snapshot().dropped_queue_full, 2);
         assert_eq!(counters.snapshot().queued, 2);
         // PUBACK frees a slot: the oldest surviving queued message goes out.
-        s.outgoing.on_puback(1).unwrap();
+        s.flows().outgoing.on_puback(1).unwrap();
         s.pump(&counters, &mut j, Instant::now());
         assert_eq!(drain_payloads(&mut rx), ["4"]);
     }
@@ -843,7 +987,7 @@ mod tests {
             &mut j,
             Instant::now(),
         );
-        assert_eq!(s.queue.len(), 1);
+        assert_eq!(s.queue_len(), 1);
         assert_eq!(counters.snapshot().dropped_queue_full, 1);
         let (tx, mut rx) = outlet();
         s.attach(
@@ -927,6 +1071,92 @@ mod tests {
         assert!(z.would_drop(&l0));
     }
 
+    /// Issue 10: a session holds no QoS 1/2 state until it has a QoS 1/2
+    /// flow (QoS 0 either way allocates none), and gives it back once
+    /// nothing is in flight, queued or owed; the window it was given on
+    /// attach still holds for state allocated later.
+    #[test]
+    fn qos_state_is_allocated_on_first_use_and_released_when_idle() {
+        let counters = Counters::default();
+        let mut j = Journal::disabled(Default::default());
+        let l = limits(10, OverflowPolicy::DropOldest);
+        let mut s = Session::new("c".into(), false, Origin::Local, &l);
+        let (tx, mut rx) = outlet();
+        s.attach(
+            Attached {
+                id: 1,
+                outlet: tx,
+                v5: Some(V5Attached {
+                    session_expiry: 0,
+                    receive_maximum: 1,
+                    max_packet: u32::MAX,
+                }),
+            },
+            false,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        s.reset_incoming();
+        assert!(!s.has_flows(), "attached without any state");
+        s.deliver(
+            msg(0, QoS::AtMostOnce),
+            &l,
+            &counters,
+            &mut j,
+            Instant::now(),
+        );
+        let publish =
+            rumqttc::mqttbytes::v4::Publish::new("t", rumqttc::mqttbytes::QoS::AtMostOnce, "x");
+        assert!(matches!(
+            s.on_publish(publish, Instant::now()),
+            IncomingAction::Deliver { token: None, .. }
+        ));
+        assert!(!s.has_flows(), "QoS 0 both ways keeps none");
+        assert_eq!(drain_payloads(&mut rx), ["0"]);
+        for n in 1..=2 {
+            s.deliver(
+                msg(n, QoS::AtLeastOnce),
+                &l,
+                &counters,
+                &mut j,
+                Instant::now(),
+            );
+        }
+        assert!(s.has_flows());
+        // The client's Receive Maximum (1) holds: one in flight, one queued.
+        assert_eq!(drain_payloads(&mut rx), ["1"]);
+        assert_eq!(s.queue_len(), 1);
+        s.release_idle();
+        assert!(s.has_flows(), "kept while a flow is in flight");
+        s.on_puback(1, &mut j).unwrap();
+        s.pump(&counters, &mut j, Instant::now());
+        assert_eq!(drain_payloads(&mut rx), ["2"]);
+        s.release_idle();
+        assert!(s.has_flows(), "kept while a flow is in flight");
+        s.on_puback(2, &mut j).unwrap();
+        s.release_idle();
+        assert!(!s.has_flows(), "released once idle");
+        // An incoming QoS 1 flow is state too, until it is acknowledged.
+        let mut publish =
+            rumqttc::mqttbytes::v4::Publish::new("t", rumqttc::mqttbytes::QoS::AtLeastOnce, "x");
+        publish.pkid = 7;
+        let IncomingAction::Deliver {
+            token: Some(token), ..
+        } = s.on_publish(publish, Instant::now())
+        else {
+            panic!("a QoS 1 delivery with a token");
+        };
+        s.release_idle();
+        assert!(
+            s.has_flows(),
+            "kept while the publisher waits for its PUBACK"
+        );
+        assert_eq!(s.flows().incoming.ack(token).len(), 1);
+        s.release_idle();
+        assert!(!s.has_flows());
+    }
+
     fn expiring(n: u32, secs: u32) -> Message {
         let mut m = msg(n, QoS::AtLeastOnce);
         m.properties = Some(crate::protocol::MessageProperties::from(
@@ -969,7 +1199,7 @@ mod tests {
         s.deliver(expiring(0, 5), &l, &counters, &mut j, t0);
         s.deliver(expiring(1, 60), &l, &counters, &mut j, t0);
         s.deliver(msg(2, QoS::AtLeastOnce), &l, &counters, &mut j, t0);
-        assert_eq!(s.queue.len(), 3, "away: all queued");
+        assert_eq!(s.queue_len(), 3, "away: all queued");
         let (tx, mut rx) = outlet();
         let later = t0 + std::time::Duration::from_secs(10);
         s.attach(

@@ -2,6 +2,7 @@
 //! path), then the usual connection on the WebSocket's binary frames.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::connection;
 use super::connection::Context;
@@ -19,7 +20,7 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     cert_cn: Option<String>,
     handshake: Handshake,
-    ctx: Context,
+    ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

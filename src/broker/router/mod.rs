@@ -527,7 +527,7 @@ impl Router {
                     return;
                 };
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    let packet = s.incoming.on_pubrel(pkid);
+                    let packet = s.flows().incoming.on_pubrel(pkid);
                     if let Some(stored) = s.stored {
                         self.journal.remove_incoming(stored, pkid);
                     }
@@ -561,6 +561,9 @@ impl Router {
                 let cap = self.hard_cap;
                 if let Some(s) = self.session_of(conn) {
                     s.send_control(Packet::PingResp, cap);
+                    // A client with nothing in flight pings when idle: a
+                    // cheap moment to give its QoS state back.
+                    s.release_idle();
                 }
             }
         }

@@ -70,7 +70,7 @@ impl Router {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let mut action = session.incoming.on_publish(publish, Instant::now());
+        let mut action = session.on_publish(publish, Instant::now());
         if let IncomingAction::Deliver { message, .. } = &mut action {
             message.properties = properties;
         }
@@ -134,7 +134,7 @@ impl Router {
     pub(super) fn ack_publisher(&mut self, conn: ConnId, token: AckToken) {
         let cap = self.hard_cap;
         if let Some(session) = self.session_of(conn) {
-            for packet in session.incoming.ack(token) {
+            for packet in session.flows().incoming.ack(token) {
                 session.send_control(packet, cap);
             }
         }

@@ -92,7 +92,7 @@ impl Router {
             )));
         }
         session.origin = origin;
-        session.incoming.reset_connection();
+        session.reset_incoming();
         session.attach(
             Attached {
                 id: conn,
@@ -266,11 +266,11 @@ impl Router {
                         let at = Instant::now() + delay;
                         let due_ms = unix_now_ms()
                             .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                        s.will = Some(DelayedWill {
+                        s.will = Some(Box::new(DelayedWill {
                             message,
                             at,
                             due_ms,
-                        });
+                        }));
                         self.wills.insert(sid, at);
                     }
                     s.save(&mut self.journal);
@@ -398,7 +398,7 @@ impl Router {
             .collect();
         for sid in gone {
             if let Some(s) = self.sessions.get(&sid) {
-                info!(broker = %self.name, client_id = %s.client_id, queued = s.queue.len(), "persistent session expired");
+                info!(broker = %self.name, client_id = %s.client_id, queued = s.queue_len(), "persistent session expired");
             }
             self.remove_session(sid);
             self.counters.sessions_expired.fetch_add(1, Relaxed);

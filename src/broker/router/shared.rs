@@ -276,7 +276,10 @@ impl Router {
         if groups.is_empty() {
             return;
         }
-        let mut orphans: Vec<(Message, Option<Expiry>)> = s
+        let Some(flows) = s.flows_mut() else {
+            return;
+        };
+        let mut orphans: Vec<(Message, Option<Expiry>)> = flows
             .outgoing
             .drain_unreceived()
             .into_iter()
@@ -284,8 +287,8 @@ impl Router {
             .collect();
         self.counters
             .queued
-            .fetch_sub(s.queue.len() as u64, Relaxed);
-        orphans.extend(s.queue.drain(..).map(|q| (q.message, q.expiry)));
+            .fetch_sub(flows.queue.len() as u64, Relaxed);
+        orphans.extend(flows.queue.drain(..).map(|q| (q.message, q.expiry)));
         let mut handed = 0;
         let now = Instant::now();
         for (mut message, expiry) in orphans {
