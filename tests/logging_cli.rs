@@ -330,7 +330,7 @@ fn a_destination_with_a_small_mqtt5_receive_maximum_gets_3_1_1_with_one_warning(
     assert_eq!(warning["level"], "WARN", "{warning}");
     assert_eq!(warning["broker"], "cloud", "{warning}");
     assert_eq!(warning["receive_maximum"], 20, "{warning}");
-    assert_eq!(warning["inflight"], 1000, "{warning}");
+    assert_eq!(warning["inflight"], 4000, "{warning}");
 }
 
 /// With `protocol: 5`, the broker's small window binds the client: it
@@ -344,5 +344,5 @@ fn a_small_mqtt5_receive_maximum_with_protocol_5_is_warned_once() {
     assert_eq!(warning["level"], "WARN", "{warning}");
     assert_eq!(warning["broker"], "cloud", "{warning}");
     assert_eq!(warning["receive_maximum"], 20, "{warning}");
-    assert_eq!(warning["inflight"], 1000, "{warning}");
+    assert_eq!(warning["inflight"], 4000, "{warning}");
 }

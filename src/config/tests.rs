@@ -232,7 +232,7 @@ fn remote_defaults_are_resolved() {
     );
     assert_eq!(r.failback.probes_required, 3);
     assert_eq!(r.max_packet_size, 268_435_455);
-    assert_eq!(r.inflight, 1000);
+    assert_eq!(r.inflight, 4000);
     assert_eq!(r.protocol, crate::protocol::version::ProtocolChoice::Auto);
     assert_eq!(
         r.status.as_ref().map(|s| s.topic.as_str()),
