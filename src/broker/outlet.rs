@@ -258,35 +258,31 @@ impl Outlet {
         true
     }
 
-    /// Hands `packet` to the connection; false if it is gone.
-    pub fn send(&self, packet: Packet) -> bool {
+    /// Queues `item` counted as pending until written; false if the
+    /// receiver is gone (and then not counted).
+    fn push_counted(&self, item: Out) -> bool {
         self.shared().pending.fetch_add(1, Relaxed);
-        if !self.push(Out::Packet(Box::new(packet))) {
+        if !self.push(item) {
             self.shared().pending.fetch_sub(1, Relaxed);
             return false;
         }
         true
+    }
+
+    /// Hands `packet` to the connection; false if it is gone.
+    pub fn send(&self, packet: Packet) -> bool {
+        self.push_counted(Out::Packet(Box::new(packet)))
     }
 
     /// Hands a PUBLISH to an in-process link as the message itself;
     /// false if the link is gone.
     pub fn send_publish(&self, message: Message, pkid: u16) -> bool {
-        self.shared().pending.fetch_add(1, Relaxed);
-        if !self.push(Out::Publish(Box::new((message, pkid)))) {
-            self.shared().pending.fetch_sub(1, Relaxed);
-            return false;
-        }
-        true
+        self.push_counted(Out::Publish(Box::new((message, pkid))))
     }
 
     /// Hands an MQTT 5 packet to a v5 connection; false if it is gone.
     pub fn send_v5(&self, packet: V5Packet) -> bool {
-        self.shared().pending.fetch_add(1, Relaxed);
-        if !self.push(Out::V5(Box::new(packet))) {
-            self.shared().pending.fetch_sub(1, Relaxed);
-            return false;
-        }
-        true
+        self.push_counted(Out::V5(Box::new(packet)))
     }
 
     /// Asks the connection to flush and close.

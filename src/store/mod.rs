@@ -403,29 +403,27 @@ impl JournalSync {
     fn sync(&mut self, db: &fjall::Database) -> Result<(), String> {
         db.persist(fjall::PersistMode::Buffer)
             .map_err(|e| e.to_string())?;
-        let Some(id) = self.active() else {
-            return db
-                .persist(fjall::PersistMode::SyncAll)
-                .map_err(|e| e.to_string());
-        };
-        if self.open.as_ref().is_none_or(|(open, _)| *open != id) {
-            let path = self.dir.join(format!("{id}.jnl"));
-            match std::fs::OpenOptions::new().write(true).open(&path) {
-                Ok(file) => self.open = Some((id, file)),
-                Err(_) => {
-                    self.open = None;
-                    return db
-                        .persist(fjall::PersistMode::SyncAll)
-                        .map_err(|e| e.to_string());
-                }
-            }
-        }
-        match &self.open {
-            Some((_, file)) => file.sync_all().map_err(|e| e.to_string()),
+        match self.active_file() {
+            Some(file) => file.sync_all().map_err(|e| e.to_string()),
+            // A layout this code does not know: the engine's own sync.
             None => db
                 .persist(fjall::PersistMode::SyncAll)
                 .map_err(|e| e.to_string()),
         }
+    }
+
+    /// Our handle on the active journal, opened again when it changed.
+    fn active_file(&mut self) -> Option<&std::fs::File> {
+        let id = self.active()?;
+        if self.open.as_ref().is_none_or(|(open, _)| *open != id) {
+            let path = self.dir.join(format!("{id}.jnl"));
+            self.open = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .ok()
+                .map(|file| (id, file));
+        }
+        self.open.as_ref().map(|(_, file)| file)
     }
 }
 
