@@ -3,7 +3,9 @@
 //! journal file is truncated mid-record, or has garbage appended. On
 //! restart the spool keeps every whole record and loses only the torn one
 //! (fjall's journal recovery drops a batch whose checksum or length does
-//! not hold; our own CRC guards each record's value too).
+//! not hold; our own CRC guards each record's value too). The unit a tear
+//! can cost is one store write: a block, the messages one dispatcher turn
+//! took for the pipe (here the last message alone).
 
 mod common;
 
@@ -33,6 +35,9 @@ fn spool(cfg: &Path) -> Option<(u64, u64)> {
 
 /// Runs a bridge whose destination never answers, spools `N` messages
 /// (plus the probes it took to see it subscribed), kills it with -9.
+/// The last message is published alone once the others are spooled, so
+/// the store's last write (a spool writes the messages of one dispatcher
+/// turn as one block) holds it alone.
 /// Returns the config, the data dir and the spool depth at the kill.
 async fn crash_with_a_spool(dir: &Path, a: &Mosquitto) -> (PathBuf, PathBuf, u64) {
     let p = unique("torn");
@@ -49,12 +54,18 @@ async fn crash_with_a_spool(dir: &Path, a: &Mosquitto) -> (PathBuf, PathBuf, u64
     let mut bridge = BridgeProcess::spawn(&cfg);
     let depth = timeout(WAIT, async {
         let mut probes = 0;
+        let mut last_sent = false;
         loop {
             if probes == 0 {
                 publish(a.port, &format!("{p}/probe"), "probe", 1, false).await;
                 if let Some((d, _)) = spool(&cfg).filter(|(d, _)| *d > 0) {
                     probes = d;
-                    publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N), 1, false).await;
+                    publish_many(a.port, &seq_msgs(&format!("{p}/s"), 0..N - 1), 1, false).await;
+                }
+            } else if !last_sent {
+                if spool(&cfg).is_some_and(|(d, _)| d >= probes + N - 1) {
+                    publish_many(a.port, &seq_msgs(&format!("{p}/s"), N - 1..N), 1, false).await;
+                    last_sent = true;
                 }
             } else if let Some((d, _)) = spool(&cfg).filter(|(d, _)| *d >= probes + N) {
                 // A late probe may have arrived too.

@@ -160,6 +160,10 @@ impl Dispatcher {
                                     Err(_) => break,
                                 }
                             }
+                            // Spooling pipes write the turn's messages as one block.
+                            for r in &self.routes {
+                                r.inbox.flush();
+                            }
                         }
                         None => {
                             tracing::info!(broker = %self.source_name, "source link closed");

@@ -82,7 +82,8 @@ struct State {
     next_order: u64,
     acked: VecDeque<Item>,
     lossy: DropQueue<Item>,
-    /// Spool mode: waiting for room in a full spool (`block`).
+    /// Spool mode: waiting to be written, pushed since the last flush or
+    /// waiting for room in a full spool (`block`).
     blocked: VecDeque<Item>,
     closed: bool,
 }
@@ -180,75 +181,103 @@ impl Inbox {
         }
     }
 
-    /// Spool mode: writes `item` (or, with a full `block` spool, queues it
-    /// behind the others waiting for room).
+    /// Spool mode: queues `item` for the next [`Inbox::flush`], behind
+    /// anything waiting for room in a full spool.
     fn push_spooled(&self, item: Item) {
-        let mut st = self.lock();
-        if st.blocked.is_empty() {
-            match self.write(&item) {
-                Some(true) => {
-                    drop(st);
-                    self.notify.notify_one();
-                    return;
-                }
-                Some(false) => return,
-                None => {}
-            }
-        }
-        st.blocked.push_back(item);
+        self.lock().blocked.push_back(item);
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Writes one item to the spool: `Some(true)` written, `Some(false)`
-    /// dropped (counted; its part completed), `None` full (`block`).
-    fn write(&self, item: &Item) -> Option<bool> {
-        let stage = self.stage.as_ref()?;
-        let rec = Record {
-            msg: item.msg.clone(),
-            received_ms: now_ms()
-                .saturating_sub(u64::try_from(item.received_at.elapsed().as_millis()).unwrap_or(0)),
-            visited: item.visited.bits(),
+    /// Spool mode: writes what was pushed since the last flush to the spool,
+    /// in order, as one block (one store write for a dispatcher's turn).
+    /// The dispatcher calls it before it waits again.
+    pub(crate) fn flush(&self) {
+        if self.stage.is_none() {
+            return;
+        }
+        let mut st = self.lock();
+        let wrote = self.write_waiting(&mut st);
+        drop(st);
+        if wrote {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Writes the items waiting in `blocked`, oldest first, as one block,
+    /// until one does not fit a full `block` spool (it and what follows keep
+    /// waiting, their parts open). A written item's part completes once the
+    /// block is durable (the committer); a dropped one's at once. Returns
+    /// whether anything was written.
+    fn write_waiting(&self, st: &mut State) -> bool {
+        let Some(stage) = &self.stage else {
+            return false;
         };
-        let outcome = match stage.spool.append_owned(rec) {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                // The store failed (I/O): keep the part open, so the source
-                // is never acknowledged for what is not on disk.
-                if let Some(suppressed) =
-                    crate::metrics::ratelimit::allow(&format!("spool-write:{}", stage.spool.name()))
-                {
-                    tracing::error!(error = %err, suppressed, "spool write failed; the message stays unacknowledged at its source");
+        if st.blocked.is_empty() {
+            return false;
+        }
+        let (wall, mono) = (now_ms(), Instant::now());
+        let mut writer = stage.spool.writer();
+        let mut commits = Vec::new();
+        let mut taken = 0u64;
+        while let Some(item) = st.blocked.front() {
+            let age = mono.saturating_duration_since(item.received_at);
+            let rec = Record {
+                msg: item.msg.clone(),
+                received_ms: wall.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(0)),
+                visited: item.visited.bits(),
+            };
+            match writer.append(rec) {
+                Ok(Appended::Written { dropped, .. }) => {
+                    for _ in 0..dropped {
+                        self.stats.drop_one(DropReason::SpoolFull);
+                    }
+                    commits.extend(item.seq);
                 }
-                return Some(false);
+                Ok(Appended::Full) if item.seq.is_some() => break,
+                Ok(outcome @ (Appended::Full | Appended::Refused { .. })) => {
+                    let dropped = match outcome {
+                        Appended::Refused { dropped } => dropped,
+                        _ => 0,
+                    };
+                    for _ in 0..=dropped {
+                        self.stats.drop_one(DropReason::SpoolFull);
+                    }
+                    if let Some(seq) = item.seq {
+                        let _ = stage.done.send(seq);
+                    }
+                }
+                // The store failed (I/O): the part stays open, so the source
+                // is never acknowledged for what is not on disk.
+                Err(err) => self.write_failed(stage, &err),
+            }
+            st.blocked.pop_front();
+            taken += 1;
+        }
+        self.stats.queue_depth.fetch_sub(taken, Ordering::Relaxed);
+        let written = match writer.commit() {
+            Ok(()) => {
+                let n = commits.len();
+                for seq in commits {
+                    let _ = stage.commit.send(seq);
+                }
+                n > 0
+            }
+            Err(err) => {
+                self.write_failed(stage, &err);
+                false
             }
         };
         self.stats
             .spooled
             .store(stage.spool.depth(), Ordering::Relaxed);
-        match outcome {
-            Appended::Written { dropped, .. } => {
-                for _ in 0..dropped {
-                    self.stats.drop_one(DropReason::SpoolFull);
-                }
-                if let Some(seq) = item.seq {
-                    let _ = stage.commit.send(seq);
-                }
-                Some(true)
-            }
-            Appended::Full if item.seq.is_some() => None,
-            Appended::Full | Appended::Refused { .. } => {
-                let dropped = match outcome {
-                    Appended::Refused { dropped } => dropped,
-                    _ => 0,
-                };
-                for _ in 0..=dropped {
-                    self.stats.drop_one(DropReason::SpoolFull);
-                }
-                if let Some(seq) = item.seq {
-                    let _ = stage.done.send(seq);
-                }
-                Some(false)
-            }
+        written
+    }
+
+    fn write_failed(&self, stage: &SpoolStage, err: &crate::spool::SpoolError) {
+        if let Some(suppressed) =
+            crate::metrics::ratelimit::allow(&format!("spool-write:{}", stage.spool.name()))
+        {
+            tracing::error!(error = %err, suppressed, "spool write failed; the messages stay unacknowledged at their source");
         }
     }
 
@@ -273,20 +302,7 @@ impl Inbox {
             }
         };
         let mut st = self.lock();
-        if st.blocked.is_empty() {
-            return unsaved;
-        }
-        let mut wrote = false;
-        while let Some(item) = st.blocked.front() {
-            match self.write(item) {
-                None => break,
-                Some(w) => {
-                    wrote |= w;
-                    st.blocked.pop_front();
-                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let wrote = self.write_waiting(&mut st);
         drop(st);
         if wrote {
             self.notify.notify_one();

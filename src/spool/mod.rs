@@ -1,13 +1,15 @@
 //! The per-pipe disk spool (store-and-forward).
 //!
 //! Each pipe in `delivery: spool` mode has one keyspace `spool.<pipe>` in the
-//! [`Store`]: keys are big-endian sequence numbers (so key order is arrival
-//! order), values are [`record`]s with their own CRC. The acknowledged cursor
-//! lives in the `spool-meta` keyspace.
+//! [`Store`]. The records one dispatcher turn took for the pipe are written
+//! as one *block* ([`record::Block`], each record with its own CRC), keyed by
+//! the big-endian sequence number of its first record (so key order is
+//! arrival order): under load one store write carries many messages. The
+//! acknowledged cursor lives in the `spool-meta` keyspace.
 //!
-//! An acknowledgement moves the cursor in memory only; the records it passed
+//! An acknowledgement moves the cursor in memory only; the blocks it passed
 //! are deleted, and the cursor saved, lazily: in one write batch (one
-//! tombstone per record, the cursor, a hand-over of the journal to the
+//! tombstone per block, the cursor, a hand-over of the journal to the
 //! operating system) once [`SAVE_EVERY`] records are acknowledged, and by
 //! the pipe's acker within [`SAVE_AFTER`] of an unsaved acknowledgement.
 //! After a crash the spool resumes at the *saved* cursor: the records
@@ -16,7 +18,7 @@
 //! count live records only, so an acknowledgement makes room at once.
 //!
 //! [`book`] is the pure bookkeeping; this module does the disk side, keeps a
-//! bounded cache of recent records so a spool that keeps up never reads
+//! bounded cache of the newest records so a spool that keeps up never reads
 //! back from disk, and enforces the byte bounds (`spool.max_bytes` per pipe,
 //! `storage.max_bytes` over every spool in the store).
 
@@ -39,9 +41,13 @@ pub use record::{Record, RecordError};
 pub const KEYSPACE_PREFIX: &str = "spool.";
 /// The keyspace holding every spool's acknowledged cursor (key: pipe name).
 pub const META_KEYSPACE: &str = "spool-meta";
-/// Records kept in memory beyond what is on disk, per spool: a spool that
-/// keeps up is forwarded from this cache; a backlog is read back from disk.
-const CACHE_RECORDS: usize = 4096;
+/// The newest records are kept in memory as well as on disk, per spool, up
+/// to this many encoded bytes (and [`CACHE_RECORDS`]): a spool that keeps
+/// up, or a burst that fits, is forwarded from this cache; older records of
+/// a backlog are read back from disk.
+const CACHE_BYTES: u64 = 8 << 20;
+/// See [`CACHE_BYTES`].
+const CACHE_RECORDS: usize = 65_536;
 /// Acknowledged records deleted (and the cursor saved) in one batch: at most
 /// this many acknowledged records are sent again after a crash, beyond the
 /// window in flight.
@@ -49,6 +55,10 @@ pub const SAVE_EVERY: u64 = 256;
 /// How long the acker lets an acknowledgement stay unsaved before it saves
 /// the cursor ([`Spool::save`]) whatever the count.
 pub const SAVE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The largest gap between blocks a recovery accepts (blocks follow each
+/// other: a gap is only a block whose write failed).
+const MAX_GAP: u64 = 1 << 20;
 
 /// What a full spool does with the next message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,14 +149,47 @@ struct State {
     /// `spool.max_bytes`; `None`: only `storage.max_bytes`.
     max_bytes: Option<u64>,
     when_full: WhenFull,
-    /// Recent records, contiguous by sequence number, ending at the head.
-    cache: VecDeque<(SpoolSeq, Record)>,
+    /// The newest records, contiguous by sequence number, ending at the
+    /// head (the oldest are evicted past [`CACHE_BYTES`] or
+    /// [`CACHE_RECORDS`]).
+    cache: VecDeque<(SpoolSeq, Record, u64)>,
+    /// Encoded bytes of the records in `cache`.
+    cache_bytes: u64,
+    /// The records after the last one read from disk in the same block
+    /// (a backlog read back decodes each block once).
+    readahead: VecDeque<(SpoolSeq, Record)>,
+    /// Every block on disk that holds a record at or past `saved`: its
+    /// first sequence number and how many records it holds, in order.
+    blocks: VecDeque<(SpoolSeq, u64)>,
+    /// [`CACHE_RECORDS`] (smaller in tests).
+    cache_records: usize,
     /// The cursor as last written to the store (`<= book.cursor()`): the
     /// records from it to the book's cursor are acknowledged and still on
     /// disk until the next save.
     saved: SpoolSeq,
     /// [`SAVE_EVERY`] (smaller in tests).
     save_every: u64,
+}
+
+impl State {
+    /// Takes the oldest cached record out of the cache.
+    fn pop_cached(&mut self) -> Option<Record> {
+        let (_, rec, n) = self.cache.pop_front()?;
+        self.cache_bytes -= n;
+        Some(rec)
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+
+    /// The block holding `seq`, if one does.
+    fn block_of(&self, seq: SpoolSeq) -> Option<SpoolSeq> {
+        let ix = self.blocks.partition_point(|(first, _)| *first <= seq);
+        let (first, count) = *self.blocks.get(ix.checked_sub(1)?)?;
+        (seq < first + count).then_some(first)
+    }
 }
 
 /// One pipe's spool. Shared by the pipe's producer side (the dispatcher) and
@@ -169,6 +212,86 @@ impl std::fmt::Debug for Spool {
         f.debug_struct("Spool")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// A block being written ([`Spool::writer`]); holds the spool's lock.
+pub struct SpoolWriter<'a> {
+    spool: &'a Spool,
+    st: MutexGuard<'a, State>,
+    block: record::Block,
+    first: Option<SpoolSeq>,
+    /// The records taken, with their sequence numbers and encoded sizes.
+    records: Vec<(SpoolSeq, Record, u64)>,
+}
+
+impl SpoolWriter<'_> {
+    /// Takes `rec` into the block, making room first as the spool's
+    /// `when_full` says (a drop is saved at once). `Full` and `Refused`
+    /// take nothing.
+    pub fn append(&mut self, rec: Record) -> Result<Appended, SpoolError> {
+        let spool = self.spool;
+        let bytes = record::encode(&rec);
+        let n = bytes.len() as u64;
+        let mut dropped = 0;
+        while !spool.fits(&self.st, n) {
+            if self.st.when_full == WhenFull::Block {
+                return Ok(if n > spool.bound(&self.st) {
+                    Appended::Refused { dropped }
+                } else {
+                    Appended::Full
+                });
+            }
+            if !spool.drop_one(&mut self.st)? {
+                return Ok(Appended::Refused { dropped });
+            }
+            dropped += 1;
+        }
+        let seq = self.st.book.append(n, rec.received_ms);
+        spool.total.fetch_add(n, Ordering::Relaxed);
+        self.first.get_or_insert(seq);
+        self.block.push(&bytes);
+        self.records.push((seq, rec, n));
+        Ok(Appended::Written { seq, dropped })
+    }
+
+    /// Writes the block (one store write). On an error nothing taken is in
+    /// the spool: their sources must not be acknowledged.
+    pub fn commit(self) -> Result<(), SpoolError> {
+        let SpoolWriter {
+            spool,
+            mut st,
+            block,
+            first,
+            records,
+        } = self;
+        let Some(first) = first else {
+            return Ok(());
+        };
+        let count = u64::from(block.len());
+        if let Err(err) = spool.ks.insert(key(first), block.finish()) {
+            // The block's records are the newest: the next write reuses
+            // their numbers, so no gap is left behind.
+            let before = st.book.bytes();
+            st.book.truncate(first);
+            spool.sub_total(before - st.book.bytes());
+            return Err(err.into());
+        }
+        st.blocks.push_back((first, count));
+        // The cache stays one contiguous run ending at the head: every new
+        // record goes in, the oldest go out past the bounds (disk serves
+        // what is older than the cache).
+        for (seq, rec, n) in records {
+            if st.cache.back().is_some_and(|(s, _, _)| *s + 1 != seq) {
+                st.clear_cache();
+            }
+            st.cache.push_back((seq, rec, n));
+            st.cache_bytes += n;
+        }
+        while st.cache_bytes > CACHE_BYTES || st.cache.len() > st.cache_records {
+            st.pop_cached();
+        }
+        Ok(())
     }
 }
 
@@ -231,18 +354,48 @@ impl Spool {
             .unwrap_or(0);
         let mut book = Book::new(cursor);
         let (mut recovered, mut damaged) = (0u64, 0u64);
+        let mut blocks = VecDeque::new();
         let mut bad = Vec::new();
-        for guard in ks.range(key(cursor)..) {
+        for guard in ks.iter() {
             let (k, v) = guard.into_inner()?;
-            match (seq_of(&k), record::decode(&v)) {
-                (Some(seq), Ok(rec)) => {
-                    book.recover(seq, v.len() as u64, rec.received_ms);
-                    recovered += 1;
+            let (Some(first), Ok((count, entries))) = (seq_of(&k), record::decode_value(&v)) else {
+                damaged += 1;
+                bad.push(k);
+                continue;
+            };
+            let end = first.saturating_add(count);
+            // Sequence numbers are dense (blocks follow each other), so a key
+            // far past the records before it is damage, not a record.
+            if first > book.head().saturating_add(MAX_GAP) {
+                damaged += 1;
+                bad.push(k);
+                continue;
+            }
+            if end <= cursor {
+                // Acknowledged before the crash (its delete was not saved).
+                bad.push(k);
+                continue;
+            }
+            let mut live = false;
+            for (seq, (len, entry)) in (first..).zip(&entries) {
+                match entry {
+                    _ if seq < cursor => {}
+                    Ok(rec) => {
+                        book.recover(seq, *len, rec.received_ms);
+                        recovered += 1;
+                        live = true;
+                    }
+                    Err(_) => damaged += 1,
                 }
-                (_, Err(_)) | (None, _) => {
-                    damaged += 1;
-                    bad.push(k);
-                }
+            }
+            // Records a damaged length hid: known to exist, lost.
+            damaged += end - (first + entries.len() as u64).max(cursor).min(end);
+            // Sequence numbers are never issued twice, even damaged ones.
+            book.extend_to(end);
+            if live {
+                blocks.push_back((first, count));
+            } else {
+                bad.push(k);
             }
         }
         for k in bad {
@@ -266,6 +419,10 @@ impl Spool {
                 max_bytes,
                 when_full,
                 cache: VecDeque::new(),
+                cache_bytes: 0,
+                readahead: VecDeque::new(),
+                blocks,
+                cache_records: CACHE_RECORDS,
                 saved: cursor,
                 save_every: SAVE_EVERY,
             }),
@@ -289,6 +446,12 @@ impl Spool {
     #[cfg(test)]
     fn set_save_every(&self, n: u64) {
         self.lock().save_every = n.max(1);
+    }
+
+    /// Caches at most `n` records instead of [`CACHE_RECORDS`].
+    #[cfg(test)]
+    fn set_cache_records(&self, n: usize) {
+        self.lock().cache_records = n;
     }
 
     /// Changes the bound and the full policy (a reload).
@@ -320,45 +483,26 @@ impl Spool {
             && self.total.load(Ordering::Relaxed) + n <= self.store.max_bytes()
     }
 
-    /// Writes `rec` (not yet durable: await [`Store::durable`] before
-    /// acknowledging its source).
+    /// Writes `rec` as a block of its own (not yet durable: await
+    /// [`Store::durable`] before acknowledging its source).
     pub fn append(&self, rec: &Record) -> Result<Appended, SpoolError> {
-        self.append_owned(rec.clone())
+        let mut w = self.writer();
+        let outcome = w.append(rec.clone())?;
+        w.commit()?;
+        Ok(outcome)
     }
 
-    /// [`Spool::append`] taking the record (kept in the cache without a
-    /// copy).
-    pub fn append_owned(&self, rec: Record) -> Result<Appended, SpoolError> {
-        let bytes = record::encode(&rec);
-        let n = bytes.len() as u64;
-        let mut st = self.lock();
-        let mut dropped = 0;
-        while !self.fits(&st, n) {
-            if st.when_full == WhenFull::Block {
-                return Ok(if n > self.bound(&st) {
-                    Appended::Refused { dropped }
-                } else {
-                    Appended::Full
-                });
-            }
-            if !self.drop_one(&mut st)? {
-                return Ok(Appended::Refused { dropped });
-            }
-            dropped += 1;
+    /// Starts a block: [`SpoolWriter::append`] the records, then
+    /// [`SpoolWriter::commit`] them in one store write. The spool is locked
+    /// until then.
+    pub fn writer(&self) -> SpoolWriter<'_> {
+        SpoolWriter {
+            spool: self,
+            st: self.lock(),
+            block: record::Block::new(),
+            first: None,
+            records: Vec::new(),
         }
-        let seq = st.book.append(n, rec.received_ms);
-        self.ks.insert(key(seq), bytes)?;
-        self.total.fetch_add(n, Ordering::Relaxed);
-        // The cache stays one contiguous run that starts at the next record
-        // to send; once a record is left out, disk serves the rest.
-        let contiguous = match st.cache.back() {
-            Some((s, _)) => *s + 1 == seq,
-            None => st.book.first_unsent() == Some(seq),
-        };
-        if contiguous && st.cache.len() < CACHE_RECORDS {
-            st.cache.push_back((seq, rec));
-        }
-        Ok(Appended::Written { seq, dropped })
     }
 
     /// Drops the oldest live record; false when there is none. The drop is
@@ -390,8 +534,11 @@ impl Spool {
             return Ok(false);
         }
         let mut batch = self.store.db().batch();
-        for seq in st.saved..cursor {
-            batch.remove(&self.ks, key(seq));
+        while let Some(&(first, count)) = st.blocks.front()
+            && first + count <= cursor
+        {
+            batch.remove(&self.ks, key(first));
+            st.blocks.pop_front();
         }
         batch.insert(&self.meta, self.name.as_bytes(), key(cursor));
         batch.commit()?;
@@ -415,20 +562,23 @@ impl Spool {
             let Some(seq) = st.book.next_to_send() else {
                 return Ok(None);
             };
-            while st.cache.front().is_some_and(|(s, _)| *s < seq) {
-                st.cache.pop_front();
+            while st.cache.front().is_some_and(|(s, _, _)| *s < seq) {
+                st.pop_cached();
             }
-            if let Some((s, _)) = st.cache.front()
-                && *s == seq
-                && let Some((_, rec)) = st.cache.pop_front()
+            if st.cache.front().is_some_and(|(s, _, _)| *s == seq)
+                && let Some(rec) = st.pop_cached()
             {
                 return Ok(Some((seq, rec)));
             }
-            let decoded = match self.ks.get(key(seq))? {
-                Some(v) => record::decode(&v),
-                None => Err(RecordError::Truncated),
-            };
-            match decoded {
+            while st.readahead.front().is_some_and(|(s, _)| *s < seq) {
+                st.readahead.pop_front();
+            }
+            if st.readahead.front().is_some_and(|(s, _)| *s == seq)
+                && let Some((_, rec)) = st.readahead.pop_front()
+            {
+                return Ok(Some((seq, rec)));
+            }
+            match self.read(&mut st, seq)? {
                 Ok(rec) => return Ok(Some((seq, rec))),
                 Err(err) => {
                     self.damaged.fetch_add(1, Ordering::Relaxed);
@@ -441,6 +591,37 @@ impl Spool {
                 }
             }
         }
+    }
+
+    /// Reads `seq`'s block from disk: returns `seq`'s record and keeps the
+    /// ones after it for the next calls.
+    fn read(
+        &self,
+        st: &mut State,
+        seq: SpoolSeq,
+    ) -> Result<Result<Record, RecordError>, SpoolError> {
+        let Some(first) = st.block_of(seq) else {
+            return Ok(Err(RecordError::Truncated));
+        };
+        let Some(value) = self.ks.get(key(first))? else {
+            return Ok(Err(RecordError::Truncated));
+        };
+        let (_, entries) = match record::decode_value(&value) {
+            Ok(decoded) => decoded,
+            Err(err) => return Ok(Err(err)),
+        };
+        let mut wanted = Err(RecordError::Truncated);
+        st.readahead.clear();
+        for (s, (_, entry)) in (first..).zip(entries) {
+            if s == seq {
+                wanted = entry;
+            } else if s > seq
+                && let Ok(rec) = entry
+            {
+                st.readahead.push_back((s, rec));
+            }
+        }
+        Ok(wanted)
     }
 
     /// The acknowledged cursor as saved: every record below it is deleted
@@ -471,7 +652,8 @@ impl Spool {
     pub fn rewind(&self) -> u64 {
         let mut st = self.lock();
         st.book.rewind();
-        st.cache.clear();
+        st.clear_cache();
+        st.readahead.clear();
         st.book.unsent()
     }
 

@@ -5,6 +5,13 @@
 //!
 //! Body: `received_ms u64 | visited u64 | message` (the message with every
 //! MQTT 5 property, as [`put_message`] writes it).
+//!
+//! A spool writes the records a dispatcher turn took for a pipe as one
+//! *block*, one store entry keyed by its first sequence number:
+//! `[BLOCK u8][count u32][len u32, record]*`, each record with its own
+//! version and CRC, so damage costs only the records it touches (and, if
+//! it hits a length, the rest of that block). A value that is a single
+//! record (the format before blocks) reads as a block of one.
 
 use crate::protocol::Message;
 pub use crate::store::record::RecordError;
@@ -44,6 +51,101 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         received_ms,
         visited,
     })
+}
+
+/// First byte of a block value (a single record starts with its version,
+/// 1).
+pub const BLOCK: u8 = 0xB1;
+/// Bytes of a block's header: the marker and the count.
+const BLOCK_HEADER: usize = 5;
+/// The fewest bytes one record takes in a block (its length and the
+/// record's own header): bounds the count a damaged header can claim.
+const MIN_ENTRY: usize = 4 + 5;
+
+/// Appends encoded records to a block value; [`Block::finish`] returns it.
+#[derive(Debug)]
+pub struct Block {
+    out: Vec<u8>,
+    count: u32,
+}
+
+impl Block {
+    /// An empty block.
+    pub fn new() -> Self {
+        let mut out = Vec::with_capacity(512);
+        out.push(BLOCK);
+        out.extend_from_slice(&[0; BLOCK_HEADER - 1]);
+        Block { out, count: 0 }
+    }
+
+    /// Adds one record (bytes from [`encode`]). Records longer than
+    /// `u32::MAX` never reach a spool (MQTT packets are smaller).
+    pub fn push(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
+        self.out.extend_from_slice(&len.to_be_bytes());
+        self.out.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// Records added so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The value to store.
+    pub fn finish(mut self) -> Vec<u8> {
+        if let Some(field) = self.out.get_mut(1..BLOCK_HEADER) {
+            field.copy_from_slice(&self.count.to_be_bytes());
+        }
+        self.out
+    }
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        Block::new()
+    }
+}
+
+/// One entry of a stored value: the record's encoded length and the record
+/// (or why it is damaged).
+pub type Entry = (u64, Result<Record, RecordError>);
+
+/// The records of a stored value, in sequence order: `count` of them (the
+/// count the value claims), of which `entries` could be framed; entries
+/// missing at the end (a damaged length) are damaged too. An error means
+/// not even the count can be trusted.
+pub fn decode_value(bytes: &[u8]) -> Result<(u64, Vec<Entry>), RecordError> {
+    if bytes.first() != Some(&BLOCK) {
+        return Ok((1, vec![(bytes.len() as u64, decode(bytes))]));
+    }
+    let count = bytes
+        .get(1..BLOCK_HEADER)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or(RecordError::Truncated)?;
+    let mut rest = bytes.get(BLOCK_HEADER..).unwrap_or_default();
+    if count == 0 || count as usize > rest.len() / MIN_ENTRY {
+        return Err(RecordError::Malformed("block count"));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let Some((len, tail)) = rest.split_at_checked(4) else {
+            break;
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let Some((record, tail)) = tail.split_at_checked(len) else {
+            break;
+        };
+        entries.push((len as u64, decode(record)));
+        rest = tail;
+    }
+    Ok((u64::from(count), entries))
 }
 
 #[cfg(test)]
@@ -99,10 +201,61 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_block_holds_records_in_order_and_damage_stays_local() {
+        let recs: Vec<Record> = (0..3u64)
+            .map(|i| Record {
+                received_ms: i,
+                ..sample()
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = recs.iter().map(encode).collect();
+        let mut block = Block::new();
+        for e in &encoded {
+            block.push(e);
+        }
+        assert_eq!(block.len(), 3);
+        let bytes = block.finish();
+        let (count, entries) = decode_value(&bytes).expect("block");
+        assert_eq!(count, 3);
+        let got: Vec<_> = entries.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(got, recs.iter().cloned().map(Ok).collect::<Vec<_>>());
+        assert_eq!(entries[1].0, encoded[1].len() as u64);
+
+        // A flipped bit inside the second record: only it is damaged.
+        let mut flipped = bytes.clone();
+        let at = BLOCK_HEADER + 4 + encoded[0].len() + 4 + 10;
+        flipped[at] ^= 0x40;
+        let (_, entries) = decode_value(&flipped).expect("block");
+        assert!(entries[0].1.is_ok() && entries[1].1.is_err() && entries[2].1.is_ok());
+
+        // Cut inside the last record: the first two survive; the count
+        // stays, so the third is known to be missing.
+        let (count, entries) = decode_value(&bytes[..bytes.len() - 3]).expect("block");
+        assert_eq!((count, entries.len()), (3, 2));
+        assert!(entries.iter().all(|(_, r)| r.is_ok()));
+
+        // A single record (the format before blocks) reads as a block of one.
+        let (count, entries) = decode_value(&encoded[0]).expect("single");
+        assert_eq!((count, entries.len()), (1, 1));
+        assert_eq!(entries[0].1, Ok(recs[0].clone()));
+
+        // A count no value of this size can hold is refused, not trusted.
+        let mut huge = bytes.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_value(&huge).is_err());
+        assert!(decode_value(&[BLOCK, 0, 0]).is_err());
+    }
+
     proptest! {
         #[test]
         fn any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
+            let mut block = vec![BLOCK];
+            block.extend_from_slice(&bytes);
+            if let Ok((count, entries)) = decode_value(&block) {
+                prop_assert!(entries.len() as u64 <= count);
+            }
         }
 
         #[test]
