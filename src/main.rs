@@ -288,7 +288,7 @@ fn read_spools(plan: &config::Plan, base: &str) -> Result<mqbridge::spool::Spool
     }
     match Store::open(&plan.storage) {
         Ok(store) => mqbridge::spool::inspect(&store).map_err(|e| e.to_string()),
-        Err(StoreError::Open { .. }) => {
+        Err(StoreError::Locked { .. }) => {
             let (code, body) = inspect::fetch(base, "/spool.json").map_err(|e| {
                 format!("the store is in use (a bridge runs?) and its endpoint answers not: {e}")
             })?;

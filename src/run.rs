@@ -340,11 +340,15 @@ async fn discard(brokers: Vec<(String, BrokerRt)>, obs: &ObservabilityControl) {
     }
 }
 
+/// How long a start waits for a store another process holds (a
+/// `mqbridge spool` reading it) before it gives up.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Starts everything in `plan`; cancel `shutdown` to stop gracefully, then
 /// await [`RunHandle::finished`]. Built-in listeners may use port 0.
 pub async fn run(plan: Plan, shutdown: CancellationToken) -> Result<RunHandle, RunError> {
     // First, so a metrics bind or store error leaves nothing running.
-    let store = Store::open(&plan.storage)?;
+    let store = Store::open_waiting(&plan.storage, STORE_LOCK_WAIT).await?;
     tracing::info!(dir = %store.dir().display(), fsync = ?store.fsync(), "store open");
     let mut obs = Observability::new(&plan).await?;
     let control = obs.control();

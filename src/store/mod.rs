@@ -39,8 +39,17 @@ pub enum StoreError {
         /// The operating system's reason.
         reason: String,
     },
-    /// The database could not be opened (locked by another process, damaged
-    /// beyond its journal's tail, unreadable).
+    /// Another process has the store open (a running bridge, or a
+    /// `mqbridge spool` reading it).
+    #[error(
+        "the store in {dir} is in use by another process (a running bridge, or `mqbridge spool` reading it)"
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The database could not be opened (damaged beyond its journal's tail,
+    /// unreadable).
     #[error("cannot open the store in {dir}: {reason}")]
     Open {
         /// The directory.
@@ -132,9 +141,14 @@ impl Store {
             // Tables keep fjall's block compression.
             .journal_compression(fjall::CompressionType::None)
             .open()
-            .map_err(|e| StoreError::Open {
-                dir: plan.dir.clone(),
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                fjall::Error::Locked => StoreError::Locked {
+                    dir: plan.dir.clone(),
+                },
+                e => StoreError::Open {
+                    dir: plan.dir.clone(),
+                    reason: e.to_string(),
+                },
             })?;
         let sync = Arc::new(Syncer::new());
         let thread = {
@@ -159,6 +173,21 @@ impl Store {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// [`Store::open`], waiting up to `wait` while another process holds
+    /// the store (a `mqbridge spool` reads it for a moment: a bridge
+    /// starting meanwhile waits instead of failing).
+    pub async fn open_waiting(plan: &StoragePlan, wait: Duration) -> Result<Store, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match Store::open(plan) {
+                Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The data directory.
@@ -517,8 +546,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let _store = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("open");
         match Store::open(&plan(dir.path(), FsyncPolicy::Batch)) {
-            Err(StoreError::Open { .. }) => {}
+            Err(StoreError::Locked { .. }) => {}
             other => panic!("expected a lock error, got {other:?}"),
         }
+    }
+
+    /// A bridge starting while `mqbridge spool` reads the store waits for
+    /// it instead of failing; a store held longer than the wait is an error.
+    #[tokio::test]
+    async fn opening_waits_for_a_short_lived_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let holder = Store::open(&plan(dir.path(), FsyncPolicy::Batch)).expect("open");
+        let p = plan(dir.path(), FsyncPolicy::Batch);
+        match Store::open_waiting(&p, Duration::from_millis(150)).await {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("expected a lock error, got {other:?}"),
+        }
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(holder);
+        });
+        let store = Store::open_waiting(&p, Duration::from_secs(10)).await;
+        assert!(store.is_ok(), "{store:?}");
+        release.await.expect("release");
     }
 }
