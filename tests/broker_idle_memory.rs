@@ -72,10 +72,16 @@ const IDLE: usize = 2_000;
 /// connection's loop waited on its outlet with one poll (no future per
 /// reason to wake), shared its broker's context and kept one keepalive
 /// timer, read and wrote its stream without `split`, and a connection
-/// whose CONNACK or PINGRESP went alone gave its write buffers back. This bound keeps that gain (with a little margin);
-/// the rest (the connection future, the session, the socket's
-/// registration) is listed in docs/benchmarks.md.
-const MAX_HEAP_PER_CLIENT: isize = 2_432;
+/// whose CONNACK or PINGRESP went alone gave its write buffers back,
+/// ~1.6 KiB once the connection's task held no keepalive timer and no
+/// shutdown waiter (the router checks the deadlines and tells of a
+/// shutdown through the outlet), kept the accepted connection once
+/// instead of twice (an `async fn`'s argument and its local) and its read
+/// loop held no packet or event across the wait for a full router inbox.
+/// This bound keeps that gain (with a little margin); the rest (the
+/// connection's task, the session, the socket's registration, the
+/// outlet) is listed in docs/benchmarks.md.
+const MAX_HEAP_PER_CLIENT: isize = 1_664;
 /// Heap per client that may stay after they all left (maps keep some of
 /// their capacity).
 const MAX_LEFT_PER_CLIENT: isize = 64;

@@ -1,10 +1,10 @@
 //! One network connection, one task: the handshake (CONNECT,
 //! authentication, the router's answer) runs in the listener's task; once
-//! accepted, the connection gets a task of its own that reads (keepalive at
-//! 1.5 × the client's value, ACL checks, packets to the router) and writes
-//! (the connection's outlet, many packets per write) in one loop. Protocol
-//! state lives in the router's session; a bad packet closes only this
-//! connection.
+//! accepted, the connection gets a task of its own that reads (ACL checks,
+//! packets to the router; each read moves the keepalive deadline, 1.5 × the
+//! client's value, which the router checks) and writes (the connection's
+//! outlet, many packets per write) in one loop. Protocol state lives in the
+//! router's session; a bad packet closes only this connection.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ use rumqttc::v5::mqttbytes::v5::{
 
 use super::acl::Op;
 use super::handshake::{Budget, Handshake};
-use super::outlet::{Gate, Out, Outlet, OutletRx, Stop, Wake, outlet};
+use super::outlet::{Halt, KeepaliveClock, Out, Outlet, OutletRx, Wake, outlet};
 use super::router::{Ack, Event, MAX_PARKED, Reply, RouterHandle, SendNow};
 use super::session::{ConnId, Origin, Subscription, V5Attached};
 use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
@@ -70,6 +70,9 @@ pub(crate) struct Context {
     /// What an MQTT 5 CONNECT is negotiated against (built from `limits`
     /// and the persistence options).
     pub server: Arc<ServerLimits>,
+    /// The clock of the keepalive deadlines the router checks (shared
+    /// with the router).
+    pub keepalive_clock: KeepaliveClock,
 }
 
 /// Read buffer bounds: idle connections hold none between reads (10,000
@@ -123,41 +126,58 @@ pub(crate) async fn run<S>(
 {
     // Boxed: the CONNECT read, the credential check and the refusals are
     // large states that live only until the CONNECT is accepted.
-    let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, &ctx)).await else {
+    let Some(accepted) = Box::pin(accept(stream, peer, cert_cn, handshake, ctx)).await else {
         return;
     };
     // Its events name broker, peer and client themselves; a span kept for
     // hours per idle client (the registry's slot and formatted fields)
     // costs memory, so it exists only when debug logs are on.
-    let tracker = ctx.tracker.clone();
-    tracker.spawn(drive(accepted, ctx, peer).instrument(tracing::debug_span!("conn", %peer)));
+    let tracker = accepted.reader.ctx.tracker.clone();
+    tracker.spawn(drive(accepted).instrument(tracing::debug_span!("conn", %peer)));
 }
 
-/// The accepted connection until it ends: the read/write loop, the
-/// MQTT 5 DISCONNECT that says why, the will and the router told.
-async fn drive<S>(accepted: Accepted<S>, ctx: Arc<Context>, peer: SocketAddr)
+/// The accepted connection until it ends: the read/write loop, then
+/// ([`close`]) the MQTT 5 DISCONNECT that says why, the will and the
+/// router told.
+// Not an `async fn`: see the comment in the body (it is what saves the copy).
+#[allow(clippy::manual_async_fn)]
+fn drive<S>(mut c: Accepted<S>) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // An `async move` block that uses `c` in place: an `async fn` keeps
+    // its argument's place for as long as it runs besides the local it
+    // binds it to, which would hold the connection twice.
+    async move {
+        let end = c.reader.serve(&mut c.io, &mut c.buf, &mut c.writer).await;
+        // Boxed: the end's states (its timed writes, the will, the last
+        // event to the router) are needed once, not in the waiting
+        // connection's.
+        Box::pin(close(c, end)).await;
+    }
+}
+
+/// The end of an accepted connection: an MQTT 5 client told why, the
+/// stream shut down, then [`finish`].
+async fn close<S>(c: Accepted<S>, end: End)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
+        reader:
+            Reader {
+                ctx,
+                peer,
+                conn,
+                client,
+            },
         mut io,
-        mut buf,
+        buf,
         mut writer,
-        client,
-        conn,
-        parked,
-        stop,
-        permit: _permit,
+        permit,
         own,
-    } = accepted;
-    let mut reader = Reader {
-        ctx: &ctx,
-        peer,
-        conn,
-        client,
-        parked,
-    };
-    let end = reader.serve(&mut io, &mut buf, &mut writer).await;
+    } = c;
+    drop(buf);
     let told = match &end {
         End::Abrupt(_, Some(code)) => Some(*code),
         End::Shutdown => Some(ReasonCode::ServerShuttingDown),
@@ -166,18 +186,16 @@ where
     if let (Some(code), Some(own)) = (told, &own) {
         // MQTT 5: say why before closing [MQTT-4.13.1-1], after what is
         // already queued (within the grace time).
-        own.send_v5(disconnect(code, reader.client.v5.as_deref()));
+        own.send_v5(disconnect(code, client.v5.as_deref()));
         own.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.drain(&mut io)).await;
     }
     drop(own);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
+    writer.rx.stop();
     drop(writer);
-    stop.cancel();
-    let Reader { client, conn, .. } = reader;
-    // Boxed: the will and the last event to the router are needed once,
-    // at the end.
-    Box::pin(finish(&ctx, peer, conn, client, end)).await;
+    finish(&ctx, peer, conn, client, end).await;
+    drop(permit);
 }
 
 /// A server DISCONNECT with `code` (and, when the client allows problem
@@ -239,19 +257,17 @@ async fn finish(ctx: &Context, peer: SocketAddr, conn: ConnId, mut client: Clien
         .await;
 }
 
-/// A connection whose CONNECT was accepted and answered.
+/// A connection whose CONNECT was accepted and answered: what its task
+/// holds while it runs.
 struct Accepted<S> {
+    /// The client, and what handles its packets.
+    reader: Reader,
     /// The stream, read and written by the connection's one task (no
     /// `split`: its shared allocation and lock are not needed).
     io: S,
     /// The read buffer (bytes after the CONNECT may already be in it).
     buf: BytesMut,
     writer: Writer,
-    client: Client,
-    conn: ConnId,
-    parked: Gate,
-    /// Cancelled when the router aborts the connection.
-    stop: Stop,
     /// The `max_connections` permit, held until the connection ends.
     permit: OwnedSemaphorePermit,
     /// An MQTT 5 connection's own way to its writer (its DISCONNECT).
@@ -267,7 +283,7 @@ async fn accept<S>(
     peer: SocketAddr,
     cert_cn: Option<String>,
     handshake: Handshake,
-    ctx: &Context,
+    ctx: Arc<Context>,
 ) -> Option<Accepted<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -296,7 +312,7 @@ where
     };
     let version = connect.version;
     let client = match handshake
-        .bound(accept_connect(&mut io, connect, cert_cn, peer, ctx))
+        .bound(accept_connect(&mut io, connect, cert_cn, peer, &ctx))
         .await
     {
         Ok(Some(client)) => client,
@@ -323,8 +339,6 @@ where
     drop(handshake);
     let conn = next_conn_id();
     let (out, out_rx) = outlet();
-    let parked = out.parked().clone();
-    let stop = out_rx.stop_token();
     let v5_out = client.v5.as_ref().map(|v| {
         Box::new(V5Out::new(
             v.negotiated.connack.clone(),
@@ -378,19 +392,21 @@ where
         }
         // Dropped unanswered when the router is gone (shutdown).
         Err(_) => {
-            stop.cancel();
+            writer.rx.stop();
             return None;
         }
     };
     info!(broker = %ctx.broker, %peer, client_id = %client.client_id, session_present, protocol = ?version, "client connected");
     Some(Accepted {
+        reader: Reader {
+            ctx,
+            peer,
+            conn,
+            client,
+        },
         io,
         buf,
         writer,
-        client,
-        conn,
-        parked,
-        stop,
         permit,
         own,
     })
@@ -687,16 +703,14 @@ fn poll_read_some<R: AsyncRead + Unpin>(
     Poll::Ready(Ok(n))
 }
 
-struct Reader<'a> {
-    ctx: &'a Context,
+struct Reader {
+    ctx: Arc<Context>,
     peer: SocketAddr,
     conn: ConnId,
     client: Client,
-    /// Our publishes the router holds unacknowledged (see [`MAX_PARKED`]).
-    parked: Gate,
 }
 
-impl Reader<'_> {
+impl Reader {
     /// The connection's loop: decodes and handles what the client sent,
     /// reads more, and writes what the outlet holds, all in this task (a
     /// client that does not read does not stop us reading, and the other
@@ -709,13 +723,11 @@ impl Reader<'_> {
         // Keepalive enforced at 1.5 × the client's value (MQTT-3.1.2-24); 0 = off.
         let keepalive = Keepalive::from_secs(self.client.keep_alive);
         let keepalive = keepalive.is_enabled().then(|| keepalive.dead_after());
-        let far = Duration::from_secs(86_400 * 365);
-        let mut deadline = Instant::now() + keepalive.unwrap_or(far);
-        // One timer for the connection's life: reads move `deadline`, and
-        // the timer is reset to it only when it fires early (no timer
-        // registered and dropped per loop turn).
-        let timer = tokio::time::sleep_until(deadline);
-        tokio::pin!(timer);
+        // Reads move the deadline; the connection holds no timer (an idle
+        // client waits for hours, and a timer is a large state): the
+        // deadline is published in the outlet, where the router checks it
+        // on its tick and stops the connection with `Halt::KeepaliveExpired`.
+        let mut deadline = keepalive.map(|k| Instant::now() + k);
         let mut chunk = READ_MIN;
         // Which of reading and writing is polled first (they take turns,
         // so a socket that is always ready one way does not starve the
@@ -723,32 +735,15 @@ impl Reader<'_> {
         let mut read_first = true;
         loop {
             loop {
-                let handled = if self.client.v5.is_some() {
-                    match crate::protocol::v5::decode(buf, max, Sender::Client) {
-                        Ok(Some(packet)) => self.handle_v5(packet),
-                        Ok(None) => break,
-                        Err(e) => return self.violation(e.to_string(), Some(e.reason_code())),
-                    }
-                } else {
-                    match decode(buf, max) {
-                        Ok(Some(packet)) => self.handle(packet),
-                        Ok(None) => break,
-                        Err(e) => return self.violation(e.to_string(), None),
-                    }
-                };
-                let event = match handled {
-                    Ok(event) => event,
+                let full = match self.dispatch(buf, max) {
+                    Ok(Some(full)) => full,
+                    Ok(None) => break,
                     Err(end) => return end,
                 };
                 // The router's inbox has room nearly always; waiting for
                 // it (boxed: a rare, large state) writes nothing meanwhile,
                 // which is fine: the router never waits for a connection.
-                let sent = match self.ctx.router.send_now(event) {
-                    SendNow::Sent => true,
-                    SendNow::Full(event) => Box::pin(self.ctx.router.send(event)).await,
-                    SendNow::Gone => false,
-                };
-                if !sent {
+                if !Box::pin(self.ctx.router.send(*full)).await {
                     return End::Shutdown;
                 }
             }
@@ -770,24 +765,22 @@ impl Reader<'_> {
             // The client ignores its inflight window while a link session
             // pushes back: stop reading it (TCP backpressure) until the
             // router released some of its publishes; writing goes on.
-            let blocked = self.parked.get() >= MAX_PARKED;
+            let blocked = writer.rx.parked() >= MAX_PARKED;
+            // Not enforced while we do not read (blocked).
+            let enforced = if blocked { None } else { deadline };
+            writer
+                .rx
+                .set_keepalive_deadline(enforced, &self.ctx.keepalive_clock);
             let busy = writer.busy();
             let takes = writer.takes();
             let Writer { rx, batch, out, .. } = &mut *writer;
             // Each branch's future is held in this state while the
             // connection waits (an idle client waits for hours): the
-            // outlet's three reasons to wake (stop, items, unparked) are
-            // one poll with one waker, and writes and reads are polls
-            // without state of their own.
+            // outlet's reasons to wake (a stop for takeover, broker
+            // shutdown or keepalive, items, unparked) are one poll with
+            // one waker, and writes and reads are polls without state of
+            // their own.
             tokio::select! {
-                // Broker shutdown: close without will.
-                _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                _ = &mut timer, if !blocked => {
-                    if Instant::now() >= deadline {
-                        return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout));
-                    }
-                    timer.as_mut().reset(deadline);
-                }
                 // Cancel safe: nothing is written or read unless it completes.
                 r = poll_fn(|cx| poll_io(cx, io, (busy, out), (!blocked, buf, chunk), &mut read_first)), if busy || !blocked => match r {
                     Io::Wrote(Ok(step)) => writer.stepped(step),
@@ -799,24 +792,52 @@ impl Reader<'_> {
                         } else if n < chunk / 4 {
                             chunk = (chunk / 2).max(READ_MIN);
                         }
-                        if let Some(k) = keepalive {
-                            deadline = Instant::now() + k;
-                        }
+                        deadline = keepalive.map(|k| Instant::now() + k);
                     }
                     Io::Read(Err(e)) => return End::Abrupt(format!("read error: {e}"), None),
                 },
                 // Cancel safe: nothing is taken unless it completes.
                 wake = poll_fn(|cx| rx.poll_wake(cx, batch, WRITE_BATCH, takes, blocked.then_some(MAX_PARKED))) => match wake {
                     // The router aborted the connection: close with will.
-                    Wake::Stopped => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
-                    Wake::Items(n) => writer.encode(n),
-                    Wake::Unparked => {
-                        // We did not read: the client's silence is ours.
-                        if let Some(k) = keepalive {
-                            deadline = Instant::now() + k;
-                        }
+                    Wake::Stopped(Halt::Aborted) => return End::Abrupt("closed by broker (takeover or write failure)".into(), None),
+                    // Broker shutdown: close without will.
+                    Wake::Stopped(Halt::ShutDown) => return End::Shutdown,
+                    Wake::Stopped(Halt::KeepaliveExpired) => {
+                        return End::Abrupt("keepalive timeout".into(), Some(ReasonCode::KeepAliveTimeout));
                     }
+                    Wake::Items(n) => writer.encode(n),
+                    // We did not read: the client's silence is ours.
+                    Wake::Unparked => deadline = keepalive.map(|k| Instant::now() + k),
                 },
+            }
+        }
+    }
+
+    /// Decodes and handles the packets in `buf`, each event handed to the
+    /// router: `Ok(None)` once more bytes are needed, `Ok(Some(event))`
+    /// when the router's inbox is full (the caller waits to send it),
+    /// `Err` when the connection ends. Synchronous, so that the packets
+    /// and events are not held in the waiting connection's state (only
+    /// the box of the rare full inbox is).
+    fn dispatch(&mut self, buf: &mut BytesMut, max: usize) -> Result<Option<Box<Event>>, End> {
+        loop {
+            let handled = if self.client.v5.is_some() {
+                match crate::protocol::v5::decode(buf, max, Sender::Client) {
+                    Ok(Some(packet)) => self.handle_v5(packet),
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(self.violation(e.to_string(), Some(e.reason_code()))),
+                }
+            } else {
+                match decode(buf, max) {
+                    Ok(Some(packet)) => self.handle(packet),
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(self.violation(e.to_string(), None)),
+                }
+            };
+            match self.ctx.router.send_now(handled?) {
+                SendNow::Sent => {}
+                SendNow::Full(event) => return Ok(Some(Box::new(event))),
+                SendNow::Gone => return Err(End::Shutdown),
             }
         }
     }

@@ -366,8 +366,10 @@ impl Broker {
             journal,
             session_expiry: opts.session_expiry,
         };
+        let keepalive_clock = outlet::KeepaliveClock::new();
         let config = router::RouterConfig {
             name: name.clone(),
+            keepalive_clock,
             security: security.clone(),
             limits: limits.clone(),
             counters: counters.clone(),
@@ -402,6 +404,7 @@ impl Broker {
                 tracker: tracker.clone(),
                 cert_cn_as_username: tls.as_ref().is_some_and(|t| t.cert_cn_as_username),
                 server: server.clone(),
+                keepalive_clock,
             };
             tracker.spawn(listener::run(listener, transport, ctx));
         }

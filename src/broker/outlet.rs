@@ -11,14 +11,20 @@
 //! next to it instead of in allocations of their own. One lock per packet,
 //! as the mpsc's one atomic push per packet; no allocation per packet
 //! beyond the box each `Out` already carries (the queue keeps its capacity).
+//!
+//! The shared state also carries the connection's keepalive deadline and
+//! why it was stopped: the router checks every connection's deadline on
+//! its tick and tells it of a broker shutdown through it, so a waiting
+//! connection holds no timer and no shutdown waiter of its own.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::protocol::Message;
 use crate::protocol::v4::Packet;
@@ -47,7 +53,7 @@ pub(crate) enum Out {
 }
 
 /// What both sides of an outlet share (one allocation per connection).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
     /// Packets handed over and not yet written.
@@ -55,9 +61,81 @@ struct Shared {
     /// The client's publishes parked unacknowledged by the router (a
     /// change wakes the receiver, see [`OutletRx::poll_wake`]).
     parked: AtomicUsize,
-    /// Set by [`Stop::cancel`]; `stopped` wakes whoever waits for it.
-    stop: AtomicBool,
+    /// Why the connection was stopped ([`Halt`] as `u8`, 0 while it
+    /// runs; the first reason wins); `stopped` wakes whoever waits for it.
+    stop: AtomicU8,
     stopped: Notify,
+    /// The connection's keepalive deadline on its [`KeepaliveClock`]
+    /// ([`NO_DEADLINE`]: none), moved by the connection as it reads and
+    /// checked by the router ([`Outlet::expire_keepalive`]).
+    deadline: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            queue: Mutex::default(),
+            pending: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            stop: AtomicU8::new(0),
+            stopped: Notify::new(),
+            deadline: AtomicU64::new(NO_DEADLINE),
+        }
+    }
+}
+
+/// Why a connection was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// [`Outlet::abort`] or [`Stop::cancel`]: takeover, a client that
+    /// does not read, the connection's own end.
+    Aborted = 1,
+    /// The broker shuts down ([`Outlet::shut_down`]): no will.
+    ShutDown = 2,
+    /// Nothing was read within the keepalive deadline
+    /// ([`Outlet::expire_keepalive`]).
+    KeepaliveExpired = 3,
+}
+
+impl Halt {
+    fn of(v: u8) -> Option<Halt> {
+        match v {
+            1 => Some(Halt::Aborted),
+            2 => Some(Halt::ShutDown),
+            3 => Some(Halt::KeepaliveExpired),
+            _ => None,
+        }
+    }
+}
+
+/// No keepalive deadline (keepalive off, or not enforced for now).
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// Milliseconds since a broker's start, the clock keepalive deadlines are
+/// kept in (one `u64` in the outlet instead of a timer per connection).
+/// The broker's connections and its router share one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeepaliveClock {
+    start: Instant,
+}
+
+impl KeepaliveClock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        KeepaliveClock {
+            start: Instant::now(),
+        }
+    }
+
+    /// `at` on this clock, rounded up to the next millisecond (a deadline
+    /// is never seen early).
+    pub fn millis(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.start);
+        let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+        u64::try_from(ms)
+            .unwrap_or(NO_DEADLINE - 1)
+            .min(NO_DEADLINE - 1)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +170,18 @@ impl Shared {
             w.wake();
         }
     }
+
+    /// Stops the connection for `why` (unless it was stopped already);
+    /// wakes every [`Stop::cancelled`] and the receiver.
+    fn halt(&self, why: Halt) {
+        let _ = self.stop.compare_exchange(0, why as u8, SeqCst, SeqCst);
+        self.stopped.notify_waiters();
+        self.wake_receiver();
+    }
+
+    fn halted(&self) -> Option<Halt> {
+        Halt::of(self.stop.load(SeqCst))
+    }
 }
 
 /// Sending side, held by the router (and the connection's reader for its
@@ -113,6 +203,7 @@ pub(crate) struct Gate {
 
 impl Gate {
     /// Publishes parked now.
+    #[cfg(test)]
     pub fn get(&self) -> usize {
         self.shared.parked.load(Relaxed)
     }
@@ -129,23 +220,17 @@ impl Gate {
     }
 }
 
-/// Stops a connection at once (reader and writer), queued data or not.
+/// A view of a connection's stop, to wait for it (a local link's task):
+/// the connection stops at once, queued data or not.
 #[derive(Debug, Clone)]
 pub(crate) struct Stop {
     shared: Arc<Shared>,
 }
 
 impl Stop {
-    /// Stops; wakes every [`Stop::cancelled`].
-    pub fn cancel(&self) {
-        self.shared.stop.store(true, SeqCst);
-        self.shared.stopped.notify_waiters();
-        self.shared.wake_receiver();
-    }
-
-    /// Whether [`Stop::cancel`] was called.
+    /// Whether the connection was stopped (for any [`Halt`]).
     pub fn is_cancelled(&self) -> bool {
-        self.shared.stop.load(SeqCst)
+        self.shared.halted().is_some()
     }
 
     /// Completes once [`Stop::cancel`] was called (at once if it was).
@@ -166,8 +251,8 @@ impl Stop {
 /// What woke a connection's task in [`OutletRx::poll_wake`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
-    /// [`Stop::cancel`] or [`Outlet::abort`] was called.
-    Stopped,
+    /// The connection was stopped, and why.
+    Stopped(Halt),
     /// The parked count fell below the bound.
     Unparked,
     /// `n` items were taken (0: every sender is gone).
@@ -298,10 +383,24 @@ impl Outlet {
     /// Stops the connection now: a client that does not read its socket
     /// must not make the broker buffer without bound.
     pub fn abort(&self) {
+        self.shared().halt(Halt::Aborted);
+    }
+
+    /// Stops the connection because the broker shuts down (it closes
+    /// without its will).
+    pub fn shut_down(&self) {
+        self.shared().halt(Halt::ShutDown);
+    }
+
+    /// Stops the connection if its keepalive deadline is at or before
+    /// `now` (on the broker's [`KeepaliveClock`]); whether it did.
+    pub fn expire_keepalive(&self, now: u64) -> bool {
         let shared = self.shared();
-        shared.stop.store(true, SeqCst);
-        shared.stopped.notify_waiters();
-        shared.wake_receiver();
+        if shared.deadline.load(Relaxed) > now || shared.halted().is_some() {
+            return false;
+        }
+        shared.halt(Halt::KeepaliveExpired);
+        true
     }
 
     /// Packets handed over and not yet written.
@@ -355,8 +454,8 @@ impl OutletRx {
         unpark_below: Option<usize>,
     ) -> Poll<Wake> {
         let mut q = self.shared.queue();
-        if self.shared.stop.load(SeqCst) {
-            return Poll::Ready(Wake::Stopped);
+        if let Some(why) = self.shared.halted() {
+            return Poll::Ready(Wake::Stopped(why));
         }
         if unpark_below.is_some_and(|bound| self.shared.parked.load(Relaxed) < bound) {
             return Poll::Ready(Wake::Unparked);
@@ -389,6 +488,24 @@ impl OutletRx {
         Stop {
             shared: self.shared.clone(),
         }
+    }
+
+    /// Sets the keepalive deadline the router checks (`None`: none); on
+    /// `clock`, rounded up to the millisecond.
+    pub fn set_keepalive_deadline(&self, deadline: Option<Instant>, clock: &KeepaliveClock) {
+        let ms = deadline.map_or(NO_DEADLINE, |d| clock.millis(d));
+        self.shared.deadline.store(ms, Relaxed);
+    }
+
+    /// Stops the connection (its own end: whoever waits on its
+    /// [`Stop`] sees it).
+    pub fn stop(&self) {
+        self.shared.halt(Halt::Aborted);
+    }
+
+    /// The count of the connection's parked publishes.
+    pub fn parked(&self) -> usize {
+        self.shared.parked.load(Relaxed)
     }
 
     /// Marks `n` packets as written.
@@ -515,11 +632,60 @@ mod tests {
         assert!(!waiting.is_finished());
         tx.abort();
         let (rx, wake, taken) = woken(waiting).await;
-        assert_eq!((wake, taken), (Wake::Stopped, 0));
+        assert_eq!((wake, taken), (Wake::Stopped(Halt::Aborted), 0));
         // The stop wins over queued items.
         assert!(tx.send(Packet::PingResp));
         let (_rx, wake, _) = woken(wake_task(rx, true, None)).await;
-        assert_eq!(wake, Wake::Stopped);
+        assert_eq!(wake, Wake::Stopped(Halt::Aborted));
+    }
+
+    #[tokio::test]
+    async fn keepalive_deadline_stops_the_connection_once_passed() {
+        let clock = KeepaliveClock::new();
+        let (tx, rx) = outlet();
+        // No deadline: never expires.
+        assert!(!tx.expire_keepalive(NO_DEADLINE - 1));
+        let at = Instant::now() + std::time::Duration::from_millis(1500);
+        rx.set_keepalive_deadline(Some(at), &clock);
+        let due = clock.millis(at);
+        assert!(!tx.expire_keepalive(due - 1), "not before its deadline");
+        // Blocked: not enforced.
+        rx.set_keepalive_deadline(None, &clock);
+        assert!(!tx.expire_keepalive(due));
+        rx.set_keepalive_deadline(Some(at), &clock);
+        assert!(tx.expire_keepalive(due));
+        assert!(!tx.expire_keepalive(due + 1), "stopped once");
+        let (_rx, wake, _) = woken(wake_task(rx, true, None)).await;
+        assert_eq!(wake, Wake::Stopped(Halt::KeepaliveExpired));
+    }
+
+    #[tokio::test]
+    async fn the_first_reason_to_stop_wins() {
+        let (tx, rx) = outlet();
+        let waiting = wake_task(rx, true, None);
+        tokio::task::yield_now().await;
+        tx.shut_down();
+        tx.abort();
+        assert!(!tx.expire_keepalive(NO_DEADLINE - 1));
+        let (rx, wake, _) = woken(waiting).await;
+        assert_eq!(wake, Wake::Stopped(Halt::ShutDown));
+        assert!(rx.stop_token().is_cancelled());
+    }
+
+    #[test]
+    fn keepalive_clock_rounds_up_to_the_millisecond() {
+        let clock = KeepaliveClock::new();
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(clock.millis(clock.start), 0);
+        assert_eq!(
+            clock.millis(clock.start + std::time::Duration::from_micros(1)),
+            1
+        );
+        assert_eq!(clock.millis(clock.start + ms(1500)), 1500);
+        assert_eq!(
+            clock.millis(clock.start + ms(1500) + std::time::Duration::from_nanos(1)),
+            1501
+        );
     }
 
     #[test]

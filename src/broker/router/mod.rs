@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::acl::Op;
-use super::outlet::Outlet;
+use super::outlet::{KeepaliveClock, Outlet};
 use super::persist::{Journal, Loaded};
 use super::retained::Retained;
 use super::session::{Attached, ConnId, Origin, Session, SessionKey, Subscription, V5Attached};
@@ -267,6 +267,9 @@ pub(crate) struct RouterConfig {
     pub counters: Arc<Counters>,
     /// `$SYS` interval; `None` = off.
     pub sys_interval: Option<Duration>,
+    /// The clock of the connections' keepalive deadlines, checked on
+    /// the router's tick.
+    pub keepalive_clock: KeepaliveClock,
 }
 
 /// Starts the router task.
@@ -282,6 +285,7 @@ pub(crate) fn spawn(
         limits,
         counters,
         sys_interval,
+        keepalive_clock,
     } = config;
     let (tx, rx) = mpsc::channel(INBOX);
     let Persistence {
@@ -316,6 +320,7 @@ pub(crate) fn spawn(
         epoch: 0,
         commit,
         session_expiry,
+        keepalive_clock,
     };
     router.restore(loaded);
     tracker.spawn(router.run(rx, sys_interval, shutdown));
@@ -400,6 +405,8 @@ struct Router {
     commit: Option<mpsc::UnboundedSender<u64>>,
     /// See [`Persistence::session_expiry`].
     session_expiry: Option<Duration>,
+    /// See [`RouterConfig::keepalive_clock`].
+    keepalive_clock: KeepaliveClock,
 }
 
 impl Router {
@@ -445,6 +452,7 @@ impl Router {
                 _ = tick(expiry_tick.as_mut()) => {
                     self.expire_sessions(super::persist::unix_now());
                     let now = Instant::now();
+                    self.expire_keepalives();
                     self.publish_due_wills(now);
                     self.expire_retained(now);
                 }
@@ -455,6 +463,12 @@ impl Router {
         self.flush();
         for s in self.sessions.values() {
             if let Some(c) = &s.conn {
+                if matches!(s.origin, Origin::Network { .. }) {
+                    // Closes without its will and tells an MQTT 5
+                    // client why itself.
+                    c.outlet.shut_down();
+                    continue;
+                }
                 if c.v5.is_some() {
                     // MQTT 5 clients are told why [MQTT-4.13.1-1].
                     c.outlet

@@ -111,6 +111,18 @@ impl Router {
         let _ = reply.send(Ok(session_present));
     }
 
+    /// Stops the connections whose keepalive deadline passed (each moves
+    /// its deadline as it reads; checked on the router's tick, so a dead
+    /// client is cut at most one tick after its 1.5 × keep alive).
+    pub(super) fn expire_keepalives(&mut self) {
+        let now = self.keepalive_clock.millis(tokio::time::Instant::now());
+        for session in self.sessions.values() {
+            if let Some(c) = &session.conn {
+                c.outlet.expire_keepalive(now);
+            }
+        }
+    }
+
     /// Refuses a network CONNECT with the client id of an in-process link
     /// (CONNACK 0x02 on its outlet), and a held-down link's attach.
     pub(super) fn admit(
