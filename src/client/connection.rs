@@ -168,8 +168,9 @@ impl Task {
                 }
                 r = conn.framed.read_packet(), if !paused => match r {
                     Ok(packet) => {
-                        self.session.received(now_std());
-                        self.on_packet(packet, &mut conn)
+                        let now = now_std();
+                        self.session.received(now);
+                        self.on_packet(packet, now, &mut conn)
                     }
                     Err(e) => Some(End::Lost(codec_error(ep, e))),
                 },
@@ -264,6 +265,9 @@ impl Task {
     /// by [`DRAIN_MAX_PENDING_BYTES`]).
     fn drain_ready(&mut self, conn: &mut Conn) -> Option<End> {
         let mut budget = DRAIN_BUDGET;
+        // One clock read per drain: it is bounded by the budget, and what
+        // takes `now` (arrival times, liveness) needs no finer resolution.
+        let now = now_std();
         loop {
             let before = budget;
             let mut read_any = false;
@@ -272,7 +276,7 @@ impl Task {
                     Ok(Some(packet)) => {
                         budget -= 1;
                         read_any = true;
-                        if let Some(end) = self.on_packet(packet, conn) {
+                        if let Some(end) = self.on_packet(packet, now, conn) {
                             return Some(end);
                         }
                     }
@@ -281,7 +285,7 @@ impl Task {
                 }
             }
             if read_any {
-                self.session.received(now_std());
+                self.session.received(now);
             }
             while budget > 0 {
                 let Ok(token) = self.acks_rx.try_recv() else {
@@ -326,7 +330,12 @@ impl Task {
     /// breaks the protocol (an AUTH, a packet only a server receives, an
     /// unknown topic alias) ends the connection with a DISCONNECT naming
     /// the violation (MQTT 5) and a reconnect after the backoff.
-    fn on_packet(&mut self, packet: Packet, conn: &mut Conn) -> Option<End> {
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        now: std::time::Instant,
+        conn: &mut Conn,
+    ) -> Option<End> {
         let lost = |conn: &mut Conn, code: ReasonCode, reason: String| {
             conn.violation = Some(code);
             Some(End::Lost(ClientError::Protocol {
@@ -343,10 +352,10 @@ impl Task {
                 if let Some(m) = &self.opts.metrics {
                     m.message_in(p.payload.len());
                 }
-                let delivery = self.session.on_publish(p, props, now_std(), conn);
+                let delivery = self.session.on_publish(p, props, now, conn);
                 self.deliver(delivery);
             }
-            FromBroker::Packet(p) => match self.session.on_packet(p, now_std(), conn) {
+            FromBroker::Packet(p) => match self.session.on_packet(p, now, conn) {
                 Ok(delivery) => self.deliver(delivery),
                 Err(unexpected) => {
                     return lost(conn, ReasonCode::ProtocolError, unexpected.to_string());

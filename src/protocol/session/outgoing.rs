@@ -1,7 +1,7 @@
 //! QoS 1/2 flows of the messages WE send: PUBLISH → PUBACK, and
 //! PUBLISH → PUBREC → PUBREL → PUBCOMP; resend on reconnect.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use rumqttc::mqttbytes::v4::{Packet, PubRel};
@@ -57,15 +57,17 @@ enum Stage {
 #[derive(Debug)]
 struct Flow<T> {
     message: Message,
-    pkid: u16,
+    /// Publish order: flows resume and drain sorted by it.
+    seq: u64,
     stage: Stage,
     token: T,
 }
 
 /// Outgoing QoS 1/2 state of one session. `T` is the caller's opaque token
 /// (a oneshot sender, a local message id...), handed back when the flow
-/// completes. Flows are kept in publish order (by sequence number), which is
-/// the order [`Outgoing::resume`] resends them in.
+/// completes. Each flow carries its publish sequence number: acks find a
+/// flow by packet id in one hash lookup, and [`Outgoing::resume`] and
+/// [`Outgoing::drain`] (rare) sort by it to keep publish order.
 ///
 /// Packet ids: PUBLISH, SUBSCRIBE and UNSUBSCRIBE share one id space per
 /// direction; a client takes the SUBSCRIBE/UNSUBSCRIBE ids from
@@ -75,10 +77,9 @@ pub struct Outgoing<T> {
     window: usize,
     ids: PacketIds,
     reserved: HashSet<u16>,
-    flows: BTreeMap<u64, Flow<T>>,
-    /// Packet id → flow sequence; looked up on every ack, so a fast
-    /// (non-DoS-resistant) hash: the peer picks none of the keys.
-    by_pkid: HashMap<u16, u64, foldhash::fast::RandomState>,
+    /// Flows by packet id; looked up on every ack, so a fast
+    /// (non-DoS-resistant) hash: we pick the keys, the peer picks none.
+    flows: HashMap<u16, Flow<T>, foldhash::fast::RandomState>,
     next_seq: u64,
 }
 
@@ -90,8 +91,7 @@ impl<T> Outgoing<T> {
             window: window.clamp(1, usize::from(u16::MAX)),
             ids: PacketIds::new(),
             reserved: HashSet::new(),
-            flows: BTreeMap::new(),
-            by_pkid: HashMap::default(),
+            flows: HashMap::default(),
             next_seq: 0,
         }
     }
@@ -110,8 +110,7 @@ impl<T> Outgoing<T> {
 
     /// The message of the flow with packet id `pkid`, if one is in flight.
     pub fn message(&self, pkid: u16) -> Option<&Message> {
-        let seq = self.by_pkid.get(&pkid)?;
-        self.flows.get(seq).map(|f| &f.message)
+        self.flows.get(&pkid).map(|f| &f.message)
     }
 
     /// Whether a QoS 1/2 publish would be accepted now (use as a `select!` guard).
@@ -166,12 +165,11 @@ impl<T> Outgoing<T> {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_pkid.insert(pkid, seq);
         self.flows.insert(
-            seq,
+            pkid,
             Flow {
                 message: message.clone(),
-                pkid,
+                seq,
                 stage: Stage::AwaitAck,
                 token,
             },
@@ -179,32 +177,34 @@ impl<T> Outgoing<T> {
         Ok((pkid, message, None))
     }
 
-    fn flow_mut(
-        &mut self,
-        kind: AckKind,
-        pkid: u16,
-    ) -> Result<(u64, &mut Flow<T>), ProtocolViolation> {
-        let unknown = ProtocolViolation::UnknownPacketId { kind, pkid };
-        let seq = *self.by_pkid.get(&pkid).ok_or(unknown)?;
-        let flow = self.flows.get_mut(&seq).ok_or(unknown)?;
-        Ok((seq, flow))
+    fn flow_mut(&mut self, kind: AckKind, pkid: u16) -> Result<&mut Flow<T>, ProtocolViolation> {
+        self.flows
+            .get_mut(&pkid)
+            .ok_or(ProtocolViolation::UnknownPacketId { kind, pkid })
     }
 
-    fn finish(&mut self, seq: u64, pkid: u16) -> Option<T> {
-        self.by_pkid.remove(&pkid);
+    fn finish(&mut self, pkid: u16) -> Option<T> {
+        let flow = self.flows.remove(&pkid)?;
         self.ids.release(pkid);
-        self.flows.remove(&seq).map(|f| f.token)
+        Some(flow.token)
+    }
+
+    /// The flows in publish order.
+    fn in_order(&mut self) -> Vec<(u16, &mut Flow<T>)> {
+        let mut flows: Vec<_> = self.flows.iter_mut().map(|(&k, f)| (k, f)).collect();
+        flows.sort_unstable_by_key(|(_, f)| f.seq);
+        flows
     }
 
     /// PUBACK received: completes a QoS 1 flow and returns its token.
     /// Unknown ids and QoS 2 ids are violations to log and ignore.
     pub fn on_puback(&mut self, pkid: u16) -> Result<T, ProtocolViolation> {
         let kind = AckKind::PubAck;
-        let (seq, flow) = self.flow_mut(kind, pkid)?;
+        let flow = self.flow_mut(kind, pkid)?;
         if flow.message.qos != QoS::AtLeastOnce {
             return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
         }
-        self.finish(seq, pkid)
+        self.finish(pkid)
             .ok_or(ProtocolViolation::UnknownPacketId { kind, pkid })
     }
 
@@ -212,7 +212,7 @@ impl<T> Outgoing<T> {
     /// PUBREL to send (again, for a repeated PUBREC).
     pub fn on_pubrec(&mut self, pkid: u16) -> Result<Packet, ProtocolViolation> {
         let kind = AckKind::PubRec;
-        let (_, flow) = self.flow_mut(kind, pkid)?;
+        let flow = self.flow_mut(kind, pkid)?;
         if flow.message.qos != QoS::ExactlyOnce {
             return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
         }
@@ -224,11 +224,11 @@ impl<T> Outgoing<T> {
     /// A PUBCOMP before PUBREC is a violation and changes nothing.
     pub fn on_pubcomp(&mut self, pkid: u16) -> Result<T, ProtocolViolation> {
         let kind = AckKind::PubComp;
-        let (seq, flow) = self.flow_mut(kind, pkid)?;
+        let flow = self.flow_mut(kind, pkid)?;
         if flow.stage != Stage::AwaitComp {
             return Err(ProtocolViolation::UnexpectedAck { kind, pkid });
         }
-        self.finish(seq, pkid)
+        self.finish(pkid)
             .ok_or(ProtocolViolation::UnknownPacketId { kind, pkid })
     }
 
@@ -259,9 +259,9 @@ impl<T> Outgoing<T> {
     /// the message as the PUBLISH would carry it), for a connection that
     /// sends more than a 3.1.1 PUBLISH holds (MQTT 5 properties).
     pub fn resume_messages(&mut self, session_present: bool) -> Vec<Resend> {
-        self.flows
-            .values_mut()
-            .map(|flow| {
+        self.in_order()
+            .into_iter()
+            .map(|(pkid, flow)| {
                 if !session_present {
                     flow.stage = Stage::AwaitAck;
                 }
@@ -269,12 +269,9 @@ impl<T> Outgoing<T> {
                     Stage::AwaitAck => {
                         let mut message = flow.message.clone();
                         message.dup = session_present && message.qos != QoS::AtMostOnce;
-                        Resend::Publish {
-                            message,
-                            pkid: flow.pkid,
-                        }
+                        Resend::Publish { message, pkid }
                     }
-                    Stage::AwaitComp => Resend::PubRel(flow.pkid),
+                    Stage::AwaitComp => Resend::PubRel(pkid),
                 }
             })
             .collect()
@@ -284,13 +281,14 @@ impl<T> Outgoing<T> {
     /// the messages with their tokens, in publish order, so the caller can
     /// fail or re-queue them. Reserved ids stay reserved.
     pub fn drain(&mut self) -> Vec<(Message, T)> {
-        let flows = std::mem::take(&mut self.flows);
-        for pkid in self.by_pkid.drain().map(|(pkid, _)| pkid) {
-            self.ids.release(pkid);
+        let mut flows: Vec<(u16, Flow<T>)> = self.flows.drain().collect();
+        flows.sort_unstable_by_key(|(_, f)| f.seq);
+        for (pkid, _) in &flows {
+            self.ids.release(*pkid);
         }
         flows
-            .into_values()
-            .map(|f| {
+            .into_iter()
+            .map(|(_, f)| {
                 let mut message = f.message;
                 message.dup = false;
                 (message, f.token)
@@ -303,7 +301,14 @@ impl<T> Outgoing<T> {
     /// receiver must get when this one is gone. QoS 2 flows past PUBREC are
     /// dropped (the peer has the message).
     pub fn drain_unreceived(&mut self) -> Vec<(Message, T)> {
-        self.flows.retain(|_, f| f.stage == Stage::AwaitAck);
+        let ids = &mut self.ids;
+        self.flows.retain(|&pkid, f| {
+            let keep = f.stage == Stage::AwaitAck;
+            if !keep {
+                ids.release(pkid);
+            }
+            keep
+        });
         self.drain()
     }
 
@@ -322,17 +327,16 @@ impl<T> Outgoing<T> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_pkid.insert(pkid, seq);
         let stage = if released {
             Stage::AwaitComp
         } else {
             Stage::AwaitAck
         };
         self.flows.insert(
-            seq,
+            pkid,
             Flow {
                 message,
-                pkid,
+                seq,
                 stage,
                 token,
             },
@@ -343,8 +347,7 @@ impl<T> Outgoing<T> {
     /// The token of the flow under `pkid` (e.g. to hand a restored flow's
     /// completion to whoever asks for it again).
     pub fn token_mut(&mut self, pkid: u16) -> Option<&mut T> {
-        let seq = self.by_pkid.get(&pkid)?;
-        self.flows.get_mut(seq).map(|f| &mut f.token)
+        self.flows.get_mut(&pkid).map(|f| &mut f.token)
     }
 
     /// A packet id for a SUBSCRIBE/UNSUBSCRIBE, never one in flight;

@@ -3,10 +3,12 @@
 use std::collections::HashSet;
 
 /// Allocates packet ids 1..=65535 round-robin, skipping ids in use. Memory is
-/// proportional to the ids in use (a broker keeps one per session).
+/// proportional to the ids in use (a broker keeps one per session). The set
+/// takes one insert and one remove per QoS 1/2 message, so it hashes with
+/// foldhash, not SipHash: we pick the ids, a peer picks none.
 #[derive(Debug, Clone, Default)]
 pub struct PacketIds {
-    in_use: HashSet<u16>,
+    in_use: HashSet<u16, foldhash::fast::RandomState>,
     /// The last id handed out (0 before the first).
     last: u16,
 }
