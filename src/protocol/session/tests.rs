@@ -207,6 +207,14 @@ fn drain_unreceived_keeps_only_flows_the_peer_has_not_acknowledged() {
         [("q2-sent".to_owned(), 2), ("q1-pending".to_owned(), 4)]
     );
     assert!(out.is_empty() && out.has_room());
+    // Every packet id is free again, the dropped flow's (past PUBREC) too:
+    // each can be claimed by a restored flow.
+    for pkid in [pkid_of(&p1), pkid_of(&p3)] {
+        assert!(
+            out.restore(msg("again", QoS::ExactlyOnce), pkid, false, 5)
+                .is_ok()
+        );
+    }
 }
 
 #[test]
