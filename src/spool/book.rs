@@ -347,7 +347,7 @@ mod tests {
         fn ring_matches_a_map_model(
             cursor in 0u64..1000,
             found in prop::collection::btree_set(0u64..40, 0..20),
-            ops in prop::collection::vec((0u8..6, any::<prop::sample::Index>()), 1..200),
+            ops in prop::collection::vec((0u8..7, any::<prop::sample::Index>()), 1..200),
         ) {
             let mut b = Book::new(cursor);
             // live seq -> received_ms; the model's cursor and next to send.
@@ -384,7 +384,17 @@ mod tests {
                         prop_assert_eq!(b.drop_oldest().map(|(s, _)| s), want);
                         if let Some(s) = want { live.remove(&s); }
                     }
-                    _ => { b.rewind(); next_send = b.cursor(); }
+                    5 => { b.rewind(); next_send = b.cursor(); }
+                    _ => {
+                        // A failed write takes back its newest, unsent records.
+                        let unsent: Vec<u64> = live.range(next_send.max(b.cursor())..).map(|(s, _)| *s).collect();
+                        if unsent.is_empty() { continue; }
+                        let from = unsent[ix.index(unsent.len())];
+                        if live.range(from..).count() != unsent.iter().filter(|s| **s >= from).count() { continue; }
+                        b.truncate(from);
+                        live.retain(|s, _| *s < from);
+                        head = from;
+                    }
                 }
                 prop_assert_eq!(b.head(), head);
                 prop_assert_eq!(b.depth(), live.len() as u64);
