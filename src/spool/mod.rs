@@ -56,9 +56,11 @@ pub const SAVE_EVERY: u64 = 256;
 /// the cursor ([`Spool::save`]) whatever the count.
 pub const SAVE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The largest gap between blocks a recovery accepts (blocks follow each
-/// other: a gap is only a block whose write failed).
-const MAX_GAP: u64 = 1 << 20;
+/// The sequence numbers a recovery accepts between blocks, over the whole
+/// spool (blocks follow each other; a gap is only a block found damaged
+/// and removed at an earlier start). Every number from the cursor to the
+/// head takes a slot in memory, so a damaged key far ahead must not.
+const MAX_GAPS: u64 = 1 << 20;
 
 /// What a full spool does with the next message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -355,6 +357,7 @@ impl Spool {
         let mut book = Book::new(cursor);
         let (mut recovered, mut damaged) = (0u64, 0u64);
         let mut blocks = VecDeque::new();
+        let mut gaps = MAX_GAPS;
         let mut bad = Vec::new();
         for guard in ks.iter() {
             let (k, v) = guard.into_inner()?;
@@ -366,11 +369,13 @@ impl Spool {
             let end = first.saturating_add(count);
             // Sequence numbers are dense (blocks follow each other), so a key
             // far past the records before it is damage, not a record.
-            if first > book.head().saturating_add(MAX_GAP) {
+            let gap = first.saturating_sub(book.head().max(cursor));
+            if gap > gaps {
                 damaged += 1;
                 bad.push(k);
                 continue;
             }
+            gaps -= gap;
             if end <= cursor {
                 // Acknowledged before the crash (its delete was not saved).
                 bad.push(k);

@@ -487,3 +487,33 @@ fn a_backlog_is_read_back_one_block_at_a_time_in_order() {
         assert_eq!(r, &rec_at(*seq, r));
     }
 }
+
+/// A key far ahead of the records before it (damage, or a hostile file) is
+/// counted and removed, not taken as a record: every sequence number up to
+/// it would take memory.
+#[test]
+fn a_key_far_ahead_is_damage_not_a_gap_to_fill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = store(dir.path(), 1 << 30);
+        let sp = open(&s, WhenFull::Block, None);
+        append_block(&sp, 0, 2);
+        let ks = s.keyspace(&keyspace_name("p")).expect("keyspace");
+        let mut far = record::Block::new();
+        far.push(&record::encode(&rec(9)));
+        ks.insert((1u64 << 40).to_be_bytes(), far.finish())
+            .expect("insert");
+        s.sync_now().expect("sync");
+    }
+    let s = store(dir.path(), 1 << 30);
+    let sp = open(&s, WhenFull::Block, None);
+    let snap = sp.snapshot(now_ms());
+    assert_eq!((snap.recovered, snap.damaged), (2, 1));
+    assert_eq!(
+        append_block(&sp, 2, 1),
+        vec![2],
+        "numbering goes on densely"
+    );
+    let ks = s.keyspace(&keyspace_name("p")).expect("keyspace");
+    assert_eq!(ks.iter().count(), 2, "the far key is removed");
+}
