@@ -42,10 +42,14 @@ pub const KEYSPACE_PREFIX: &str = "spool.";
 /// The keyspace holding every spool's acknowledged cursor (key: pipe name).
 pub const META_KEYSPACE: &str = "spool-meta";
 /// The newest records are kept in memory as well as on disk, per spool, up
-/// to this many encoded bytes (and [`CACHE_RECORDS`]): a spool that keeps
+/// to this many encoded bytes (and [`CACHE_RECORDS`], and
+/// [`STORE_CACHE_BYTES`] over every spool of the store): a spool that keeps
 /// up, or a burst that fits, is forwarded from this cache; older records of
 /// a backlog are read back from disk.
 const CACHE_BYTES: u64 = 8 << 20;
+/// See [`CACHE_BYTES`]: the bound over all the spools of a store, so many
+/// pipes do not multiply the memory a burst takes.
+const STORE_CACHE_BYTES: u64 = 32 << 20;
 /// See [`CACHE_BYTES`].
 const CACHE_RECORDS: usize = 65_536;
 /// Acknowledged records deleted (and the cursor saved) in one batch: at most
@@ -165,6 +169,8 @@ struct State {
     blocks: VecDeque<(SpoolSeq, u64)>,
     /// [`CACHE_RECORDS`] (smaller in tests).
     cache_records: usize,
+    /// [`STORE_CACHE_BYTES`] (smaller in tests).
+    store_cache_bytes: u64,
     /// The cursor as last written to the store (`<= book.cursor()`): the
     /// records from it to the book's cursor are acknowledged and still on
     /// disk until the next save.
@@ -174,18 +180,6 @@ struct State {
 }
 
 impl State {
-    /// Takes the oldest cached record out of the cache.
-    fn pop_cached(&mut self) -> Option<Record> {
-        let (_, rec, n) = self.cache.pop_front()?;
-        self.cache_bytes -= n;
-        Some(rec)
-    }
-
-    fn clear_cache(&mut self) {
-        self.cache.clear();
-        self.cache_bytes = 0;
-    }
-
     /// The block holding `seq`, if one does.
     fn block_of(&self, seq: SpoolSeq) -> Option<SpoolSeq> {
         let ix = self.blocks.partition_point(|(first, _)| *first <= seq);
@@ -214,6 +208,15 @@ impl std::fmt::Debug for Spool {
         f.debug_struct("Spool")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.store
+            .cached()
+            .fetch_sub(st.cache_bytes, Ordering::Relaxed);
     }
 }
 
@@ -285,14 +288,13 @@ impl SpoolWriter<'_> {
         // what is older than the cache).
         for (seq, rec, n) in records {
             if st.cache.back().is_some_and(|(s, _, _)| *s + 1 != seq) {
-                st.clear_cache();
+                spool.clear_cache(&mut st);
             }
             st.cache.push_back((seq, rec, n));
             st.cache_bytes += n;
+            spool.store.cached().fetch_add(n, Ordering::Relaxed);
         }
-        while st.cache_bytes > CACHE_BYTES || st.cache.len() > st.cache_records {
-            st.pop_cached();
-        }
+        spool.trim_cache(&mut st);
         Ok(())
     }
 }
@@ -428,12 +430,42 @@ impl Spool {
                 readahead: VecDeque::new(),
                 blocks,
                 cache_records: CACHE_RECORDS,
+                store_cache_bytes: STORE_CACHE_BYTES,
                 saved: cursor,
                 save_every: SAVE_EVERY,
             }),
             recovered: AtomicU64::new(recovered),
             damaged: AtomicU64::new(damaged),
         })
+    }
+
+    /// Takes the oldest cached record out of the cache.
+    fn pop_cached(&self, st: &mut State) -> Option<Record> {
+        let (_, rec, n) = st.cache.pop_front()?;
+        st.cache_bytes -= n;
+        self.store.cached().fetch_sub(n, Ordering::Relaxed);
+        Some(rec)
+    }
+
+    fn clear_cache(&self, st: &mut State) {
+        st.cache.clear();
+        self.store
+            .cached()
+            .fetch_sub(std::mem::take(&mut st.cache_bytes), Ordering::Relaxed);
+    }
+
+    /// Evicts the oldest cached records while the cache passes its bounds
+    /// (its own, or the store's over every spool).
+    fn trim_cache(&self, st: &mut State) {
+        while st.cache_bytes > CACHE_BYTES
+            || st.cache.len() > st.cache_records
+            || (st.cache_bytes > 0
+                && self.store.cached().load(Ordering::Relaxed) > st.store_cache_bytes)
+        {
+            if self.pop_cached(st).is_none() {
+                break;
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -457,6 +489,13 @@ impl Spool {
     #[cfg(test)]
     fn set_cache_records(&self, n: usize) {
         self.lock().cache_records = n;
+    }
+
+    /// Bounds the store's caches by `n` bytes instead of
+    /// [`STORE_CACHE_BYTES`] (for this spool's evictions).
+    #[cfg(test)]
+    fn set_store_cache_bytes(&self, n: u64) {
+        self.lock().store_cache_bytes = n;
     }
 
     /// Changes the bound and the full policy (a reload).
@@ -568,10 +607,10 @@ impl Spool {
                 return Ok(None);
             };
             while st.cache.front().is_some_and(|(s, _, _)| *s < seq) {
-                st.pop_cached();
+                self.pop_cached(&mut st);
             }
             if st.cache.front().is_some_and(|(s, _, _)| *s == seq)
-                && let Some(rec) = st.pop_cached()
+                && let Some(rec) = self.pop_cached(&mut st)
             {
                 return Ok(Some((seq, rec)));
             }
@@ -657,7 +696,7 @@ impl Spool {
     pub fn rewind(&self) -> u64 {
         let mut st = self.lock();
         st.book.rewind();
-        st.clear_cache();
+        self.clear_cache(&mut st);
         st.readahead.clear();
         st.book.unsent()
     }

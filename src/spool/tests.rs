@@ -517,3 +517,46 @@ fn a_key_far_ahead_is_damage_not_a_gap_to_fill() {
     let ks = s.keyspace(&keyspace_name("p")).expect("keyspace");
     assert_eq!(ks.iter().count(), 2, "the far key is removed");
 }
+
+/// The caches of all the spools of a store share one bound: a spool whose
+/// append passes it evicts its own oldest records (they are read back from
+/// disk), and a spool that goes gives its share back.
+#[test]
+fn the_spools_of_a_store_share_one_cache_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path(), 1 << 30);
+    let total = Arc::new(AtomicU64::new(0));
+    let a = Spool::open(&s, "a", None, WhenFull::Block, total.clone()).expect("open a");
+    let b = Spool::open(&s, "b", None, WhenFull::Block, total).expect("open b");
+    let n = record::encode(&rec(0)).len() as u64;
+    for sp in [&a, &b] {
+        sp.set_store_cache_bytes(3 * n);
+    }
+    append_block(&a, 0, 3);
+    assert_eq!(
+        s.cached().load(Ordering::Relaxed),
+        3 * n,
+        "a's three records"
+    );
+    append_block(&b, 0, 3);
+    assert_eq!(
+        s.cached().load(Ordering::Relaxed),
+        3 * n,
+        "b evicted its own records to stay within the store's bound"
+    );
+    // b's records come from disk, whole and in order.
+    let got: Vec<_> = std::iter::from_fn(|| b.next().expect("next")).collect();
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    for (seq, r) in &got {
+        assert_eq!(r, &rec_at(*seq, r));
+    }
+    drop(a);
+    assert_eq!(
+        s.cached().load(Ordering::Relaxed),
+        0,
+        "a gave its share back"
+    );
+}

@@ -103,6 +103,9 @@ struct Inner {
     /// Bytes counted against `max_bytes`: every spool's records and the
     /// built-in brokers' stored messages.
     used: Arc<AtomicU64>,
+    /// Bytes of records the spools keep in memory beside the store (their
+    /// caches), over every spool of this store.
+    cached: AtomicU64,
     sync: Arc<Syncer>,
     /// The sync thread; joined on drop of the last handle.
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -169,6 +172,7 @@ impl Store {
                 fsync: plan.fsync,
                 max_bytes: plan.max_bytes,
                 used: Arc::new(AtomicU64::new(0)),
+                cached: AtomicU64::new(0),
                 sync,
                 thread: Mutex::new(Some(thread)),
             }),
@@ -209,6 +213,11 @@ impl Store {
     /// brokers' stored messages), shared by every writer of this store.
     pub fn used(&self) -> &Arc<AtomicU64> {
         &self.inner.used
+    }
+
+    /// The bytes every spool of this store keeps in its cache in memory.
+    pub fn cached(&self) -> &AtomicU64 {
+        &self.inner.cached
     }
 
     /// Whether `n` more bytes would pass `storage.max_bytes`.
