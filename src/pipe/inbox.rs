@@ -218,6 +218,7 @@ impl Inbox {
         let (wall, mono) = (now_ms(), Instant::now());
         let mut writer = stage.spool.writer();
         let mut commits = Vec::new();
+        let mut written = 0usize;
         let mut taken = 0u64;
         while let Some(item) = st.blocked.front() {
             let age = mono.saturating_duration_since(item.received_at);
@@ -232,6 +233,7 @@ impl Inbox {
                         self.stats.drop_one(DropReason::SpoolFull);
                     }
                     commits.extend(item.seq);
+                    written += 1;
                 }
                 Ok(Appended::Full) if item.seq.is_some() => break,
                 Ok(outcome @ (Appended::Full | Appended::Refused { .. })) => {
@@ -254,13 +256,14 @@ impl Inbox {
             taken += 1;
         }
         self.stats.queue_depth.fetch_sub(taken, Ordering::Relaxed);
-        let written = match writer.commit() {
+        let wrote = match writer.commit() {
             Ok(()) => {
-                let n = commits.len();
                 for seq in commits {
                     let _ = stage.commit.send(seq);
                 }
-                n > 0
+                // QoS 0 (`qos0: spool`) has no part, but the worker must
+                // still hear of it.
+                written > 0
             }
             Err(err) => {
                 self.write_failed(stage, &err);
@@ -270,7 +273,7 @@ impl Inbox {
         self.stats
             .spooled
             .store(stage.spool.depth(), Ordering::Relaxed);
-        written
+        wrote
     }
 
     fn write_failed(&self, stage: &SpoolStage, err: &crate::spool::SpoolError) {

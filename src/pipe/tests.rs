@@ -751,3 +751,57 @@ async fn the_acker_saves_the_spool_cursor_by_count_by_time_and_at_the_end() {
         .expect("join");
     assert_eq!((spool.cursor(), spool.depth(), on_disk()), (n, 0, 0));
 }
+
+/// With `qos0: spool` a QoS 0 message goes through the spool without a
+/// hand-off part; the flush that writes it still wakes the worker.
+#[tokio::test]
+async fn a_spooled_qos0_message_wakes_the_worker() {
+    use super::inbox::Item;
+    use super::loopguard::BrokerSet;
+    use crate::config::{FsyncPolicy, StoragePlan};
+    use futures_util::FutureExt;
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoragePlan {
+        dir: dir.path().to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        max_bytes: 1 << 30,
+    })
+    .expect("store");
+    let spool = Arc::new(
+        Spool::open(
+            &store,
+            "p",
+            None,
+            SpoolWhenFull::Block,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .expect("spool"),
+    );
+    let (commit, _commits) = mpsc::unbounded_channel();
+    let (done, _dones) = mpsc::unbounded_channel();
+    let stage = SpoolStage {
+        spool: spool.clone(),
+        qos0: true,
+        commit,
+        done,
+    };
+    let inbox = Inbox::spooled(
+        10,
+        WhenFull::DropOldest,
+        Arc::new(PipeStats::default()),
+        stage,
+    );
+    let msg = Message::new("t/q0", &b"x"[..], QoS::AtMostOnce, false);
+    inbox.push(Item::new(msg, None, BrokerSet::EMPTY, Instant::now()));
+    assert_eq!(spool.depth(), 0, "written at the flush, not at the push");
+    inbox.flush();
+    assert_eq!(spool.depth(), 1, "spooled");
+    assert!(
+        inbox.changed().now_or_never().is_some(),
+        "the flush woke the worker"
+    );
+    let item = inbox.pop().expect("the worker takes it");
+    assert_eq!(item.msg.topic.as_ref(), "t/q0");
+}
