@@ -261,25 +261,19 @@ impl SpoolWriter<'_> {
     }
 
     /// Writes the block (one store write). On an error nothing taken is in
-    /// the spool: their sources must not be acknowledged.
-    pub fn commit(self) -> Result<(), SpoolError> {
-        let SpoolWriter {
-            spool,
-            mut st,
-            block,
-            first,
-            records,
-        } = self;
-        let Some(first) = first else {
+    /// the spool: their sources must not be acknowledged. (A writer dropped
+    /// without a commit takes nothing either.)
+    pub fn commit(mut self) -> Result<(), SpoolError> {
+        let Some(first) = self.first.take() else {
             return Ok(());
         };
+        let spool = self.spool;
+        let block = std::mem::take(&mut self.block);
+        let records = std::mem::take(&mut self.records);
+        let st = &mut self.st;
         let count = u64::from(block.len());
         if let Err(err) = spool.ks.insert(key(first), block.finish()) {
-            // The block's records are the newest: the next write reuses
-            // their numbers, so no gap is left behind.
-            let before = st.book.bytes();
-            st.book.truncate(first);
-            spool.sub_total(before - st.book.bytes());
+            spool.forget(st, first);
             return Err(err.into());
         }
         st.blocks.push_back((first, count));
@@ -288,14 +282,22 @@ impl SpoolWriter<'_> {
         // what is older than the cache).
         for (seq, rec, n) in records {
             if st.cache.back().is_some_and(|(s, _, _)| *s + 1 != seq) {
-                spool.clear_cache(&mut st);
+                spool.clear_cache(st);
             }
             st.cache.push_back((seq, rec, n));
             st.cache_bytes += n;
             spool.store.cached().fetch_add(n, Ordering::Relaxed);
         }
-        spool.trim_cache(&mut st);
+        spool.trim_cache(st);
         Ok(())
+    }
+}
+
+impl Drop for SpoolWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(first) = self.first.take() {
+            self.spool.forget(&mut self.st, first);
+        }
     }
 }
 
@@ -452,6 +454,15 @@ impl Spool {
         self.store
             .cached()
             .fetch_sub(std::mem::take(&mut st.cache_bytes), Ordering::Relaxed);
+    }
+
+    /// Forgets the records from `first` to the head (a block that was not
+    /// written): they are the newest, so the next write reuses their
+    /// numbers and no gap is left behind.
+    fn forget(&self, st: &mut State, first: SpoolSeq) {
+        let before = st.book.bytes();
+        st.book.truncate(first);
+        self.sub_total(before - st.book.bytes());
     }
 
     /// Evicts the oldest cached records while the cache passes its bounds

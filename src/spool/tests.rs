@@ -560,3 +560,25 @@ fn the_spools_of_a_store_share_one_cache_bound() {
         "a gave its share back"
     );
 }
+
+/// A writer dropped without its commit takes nothing: no live record
+/// without data, and the numbers are issued again.
+#[test]
+fn a_writer_dropped_without_a_commit_takes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path(), 1 << 30);
+    let sp = open(&s, WhenFull::Block, None);
+    {
+        let mut w = sp.writer();
+        written(w.append(rec(0)).expect("append"));
+        written(w.append(rec(1)).expect("append"));
+    }
+    let snap = sp.snapshot(now_ms());
+    assert_eq!((snap.depth, snap.bytes), (0, 0));
+    assert!(sp.next().expect("next").is_none());
+    assert_eq!(
+        append_block(&sp, 0, 1),
+        vec![0],
+        "the numbers are issued again"
+    );
+}
