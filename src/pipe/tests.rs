@@ -654,32 +654,57 @@ async fn settle(done: impl Fn() -> bool) -> bool {
     done()
 }
 
+/// A store (`fsync: never`) in `dir` and pipe `p`'s spool in it.
+fn spool_in(dir: &std::path::Path) -> (Store, Arc<Spool>) {
+    use crate::config::{FsyncPolicy, StoragePlan};
+    let store = Store::open(&StoragePlan {
+        dir: dir.to_path_buf(),
+        fsync: FsyncPolicy::Never,
+        max_bytes: 1 << 30,
+    })
+    .expect("store");
+    let spool = Spool::open(
+        &store,
+        "p",
+        None,
+        SpoolWhenFull::Block,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .expect("spool");
+    (store, Arc::new(spool))
+}
+
+/// A spool stage for `spool`, with the receivers of its committer and
+/// dispatcher channels (keep them alive).
+fn stage_for(
+    spool: &Arc<Spool>,
+    qos0: bool,
+) -> (
+    SpoolStage,
+    mpsc::UnboundedReceiver<handoff::Seq>,
+    mpsc::UnboundedReceiver<handoff::Seq>,
+) {
+    let (commit, commits) = mpsc::unbounded_channel();
+    let (done, dones) = mpsc::unbounded_channel();
+    let stage = SpoolStage {
+        spool: spool.clone(),
+        qos0,
+        commit,
+        done,
+    };
+    (stage, commits, dones)
+}
+
 /// The acker applies the worker's completions to the spool in memory and
 /// saves the cursor (deleting the acknowledged records in one batch) once
 /// `SAVE_EVERY` are acknowledged, else `SAVE_AFTER` after an
 /// acknowledgement left it unsaved, and once more when it ends.
 #[tokio::test(start_paused = true)]
 async fn the_acker_saves_the_spool_cursor_by_count_by_time_and_at_the_end() {
-    use crate::config::{FsyncPolicy, StoragePlan};
     use crate::spool::{Record, SAVE_EVERY, keyspace_name};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&StoragePlan {
-        dir: dir.path().to_path_buf(),
-        fsync: FsyncPolicy::Never,
-        max_bytes: 1 << 30,
-    })
-    .expect("store");
-    let spool = Arc::new(
-        Spool::open(
-            &store,
-            "p",
-            None,
-            SpoolWhenFull::Block,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .expect("spool"),
-    );
+    let (store, spool) = spool_in(dir.path());
     let n = SAVE_EVERY + 44;
     for i in 0..n {
         let msg = Message::new(format!("t/{i}"), &b"x"[..], QoS::AtLeastOnce, false);
@@ -699,14 +724,7 @@ async fn the_acker_saves_the_spool_cursor_by_count_by_time_and_at_the_end() {
             .iter()
             .count() as u64
     };
-    let (commit, _commits) = mpsc::unbounded_channel();
-    let (done, _dones) = mpsc::unbounded_channel();
-    let stage = SpoolStage {
-        spool: spool.clone(),
-        qos0: false,
-        commit,
-        done,
-    };
+    let (stage, _commits, _dones) = stage_for(&spool, false);
     let stats = Arc::new(PipeStats::default());
     let inbox = Arc::new(Inbox::spooled(
         10,
@@ -758,35 +776,12 @@ async fn the_acker_saves_the_spool_cursor_by_count_by_time_and_at_the_end() {
 async fn a_spooled_qos0_message_wakes_the_worker() {
     use super::inbox::Item;
     use super::loopguard::BrokerSet;
-    use crate::config::{FsyncPolicy, StoragePlan};
     use futures_util::FutureExt;
     use std::time::Instant;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&StoragePlan {
-        dir: dir.path().to_path_buf(),
-        fsync: FsyncPolicy::Never,
-        max_bytes: 1 << 30,
-    })
-    .expect("store");
-    let spool = Arc::new(
-        Spool::open(
-            &store,
-            "p",
-            None,
-            SpoolWhenFull::Block,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .expect("spool"),
-    );
-    let (commit, _commits) = mpsc::unbounded_channel();
-    let (done, _dones) = mpsc::unbounded_channel();
-    let stage = SpoolStage {
-        spool: spool.clone(),
-        qos0: true,
-        commit,
-        done,
-    };
+    let (_store, spool) = spool_in(dir.path());
+    let (stage, _commits, _dones) = stage_for(&spool, true);
     let inbox = Inbox::spooled(
         10,
         WhenFull::DropOldest,

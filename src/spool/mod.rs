@@ -225,7 +225,6 @@ pub struct SpoolWriter<'a> {
     spool: &'a Spool,
     st: MutexGuard<'a, State>,
     block: record::Block,
-    first: Option<SpoolSeq>,
     /// The records taken, with their sequence numbers and encoded sizes.
     records: Vec<(SpoolSeq, Record, u64)>,
 }
@@ -254,7 +253,6 @@ impl SpoolWriter<'_> {
         }
         let seq = self.st.book.append(n, rec.received_ms);
         spool.total.fetch_add(n, Ordering::Relaxed);
-        self.first.get_or_insert(seq);
         self.block.push(&bytes);
         self.records.push((seq, rec, n));
         Ok(Appended::Written { seq, dropped })
@@ -264,12 +262,12 @@ impl SpoolWriter<'_> {
     /// the spool: their sources must not be acknowledged. (A writer dropped
     /// without a commit takes nothing either.)
     pub fn commit(mut self) -> Result<(), SpoolError> {
-        let Some(first) = self.first.take() else {
+        let records = std::mem::take(&mut self.records);
+        let Some(&(first, _, _)) = records.first() else {
             return Ok(());
         };
         let spool = self.spool;
         let block = std::mem::take(&mut self.block);
-        let records = std::mem::take(&mut self.records);
         let st = &mut self.st;
         let count = u64::from(block.len());
         if let Err(err) = spool.ks.insert(key(first), block.finish()) {
@@ -295,7 +293,7 @@ impl SpoolWriter<'_> {
 
 impl Drop for SpoolWriter<'_> {
     fn drop(&mut self) {
-        if let Some(first) = self.first.take() {
+        if let Some(&(first, _, _)) = self.records.first() {
             self.spool.forget(&mut self.st, first);
         }
     }
@@ -555,7 +553,6 @@ impl Spool {
             spool: self,
             st: self.lock(),
             block: record::Block::new(),
-            first: None,
             records: Vec::new(),
         }
     }
