@@ -15,6 +15,7 @@ use super::transport::BoxStream;
 use super::wire::Wire;
 use super::{ClientError, Endpoint, Stage};
 use crate::link::{LinkError, PublishDone};
+use crate::protocol::quickack::AckHint;
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::version::{AnyCodecError, ProtocolVersion};
 use crate::protocol::{
@@ -84,6 +85,10 @@ pub(crate) struct Conn {
     /// The broker broke the protocol: the reason code of the DISCONNECT
     /// sent (on MQTT 5) before the connection is dropped.
     pub(super) violation: Option<ReasonCode>,
+    /// Set when a QoS 1/2 PUBLISH came in: the stream then asks for quick
+    /// TCP acknowledgements while such reads are sparse (see
+    /// [`crate::protocol::quickack`]).
+    pub(super) owed: AckHint,
 }
 
 /// Where stored QoS 2 flows are written, and the packets that wait for it
@@ -162,6 +167,7 @@ impl Conn {
         endpoint: Endpoint,
         keepalive: Keepalive,
         metrics: Option<crate::metrics::RemoteBrokerMetrics>,
+        owed: AckHint,
     ) -> Self {
         Conn {
             framed,
@@ -172,6 +178,7 @@ impl Conn {
             metrics,
             gate: Gate::default(),
             violation: None,
+            owed,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -19,9 +20,10 @@ use super::transport::BoxStream;
 use super::wire::{FromBroker, Grant, Wire};
 use super::{ClientError, ClientEvent, Endpoint};
 use crate::link::{AckHandle, AckToken, Delivery};
+use crate::protocol::quickack::AckHint;
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::version::{Packet, ProtocolVersion};
-use crate::protocol::{Framed, Keepalive, Message};
+use crate::protocol::{Framed, Keepalive, Message, WireQoS};
 
 /// Most packets, acks and requests handled after one wake-up before the
 /// flush (see [`Task::drain_ready`]); bounds the time between flushes and
@@ -53,6 +55,7 @@ impl Task {
         framed: Framed<BoxStream>,
         wire: Wire,
         grant: Grant,
+        owed: AckHint,
         ep: &Endpoint,
     ) -> End {
         // The broker's server keep alive replaces ours [MQTT-3.2.2-21].
@@ -64,6 +67,7 @@ impl Task {
             ep.clone(),
             keepalive,
             self.opts.metrics.clone(),
+            owed,
         );
         conn.gate.keyspace = self.durable.clone();
         let birth = self.opts.birth.clone().map(|m| (m, Done::Internal));
@@ -351,6 +355,9 @@ impl Task {
             FromBroker::Publish(p, props) => {
                 if let Some(m) = &self.opts.metrics {
                     m.message_in(p.payload.len());
+                }
+                if p.qos != WireQoS::AtMostOnce {
+                    conn.owed.store(true, Ordering::Relaxed);
                 }
                 let delivery = self.session.on_publish(p, props, now, conn);
                 self.deliver(delivery);

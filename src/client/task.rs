@@ -29,6 +29,7 @@ use super::transport::{BoxStream, Dialer, tcp_answers, tcp_connect};
 use super::wire::{ConnectSpec, Grant, Wire, grant_from_connack, v5_connect};
 use super::{ClientError, ClientEvent, ClientOptions, Endpoint, Stage};
 use crate::link::{AckToken, Delivery, LinkError, LinkRequest, LinkState};
+use crate::protocol::quickack::{AckHint, QuickAck};
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::v5::Sender;
 use crate::protocol::version::{self, ProtocolChoice, ProtocolVersion};
@@ -52,6 +53,8 @@ pub(crate) struct Connected {
     pub(crate) framed: Framed<BoxStream>,
     pub(crate) wire: Wire,
     pub(crate) grant: Grant,
+    /// Tells the stream a message we owe an acknowledgement for came in.
+    pub(crate) owed: AckHint,
 }
 
 /// A connect attempt that failed, or an MQTT 5 connection that calls for
@@ -211,6 +214,7 @@ impl Task {
                     framed,
                     wire,
                     grant,
+                    owed,
                 }) => {
                     let session_present = grant.session_present;
                     was_up = true;
@@ -225,7 +229,7 @@ impl Task {
                         endpoint: url.clone(),
                         session_present,
                     });
-                    let end = self.serve(framed, wire, grant, &ep).await;
+                    let end = self.serve(framed, wire, grant, owed, &ep).await;
                     self.session.disconnected();
                     end
                 }
@@ -505,6 +509,8 @@ impl Task {
                 ),
             }
         })??;
+        let tcp = QuickAck::new(tcp);
+        let owed = tcp.hint();
         let stream = timeout_at(deadline, dialer.wrap(ep, tcp))
             .await
             .map_err(|_| {
@@ -587,6 +593,7 @@ impl Task {
             framed,
             wire,
             grant,
+            owed,
         })
     }
 

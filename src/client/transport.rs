@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use super::ClientError;
 use super::options::{Endpoint, TlsOptions};
 use crate::config::certs::own_certificate_error;
+use crate::protocol::quickack::QuickAck;
 use crate::protocol::websocket;
 
 /// A connected byte stream (plain TCP, TLS, or either carrying WebSocket frames).
@@ -155,15 +156,15 @@ impl Dialer {
     /// endpoint the upgrade. The caller bounds the time (connect timeout).
     pub async fn dial(&self, ep: &Endpoint) -> Result<BoxStream, ClientError> {
         let tcp = tcp_connect(ep).await?;
-        self.wrap(ep, tcp).await
+        self.wrap(ep, QuickAck::new(tcp)).await
     }
 
     /// For a TLS endpoint, the TLS handshake over `tcp`; for a WebSocket
     /// endpoint, then the upgrade; else `tcp` as is. The caller bounds the
     /// time (connect timeout).
-    pub async fn wrap(&self, ep: &Endpoint, tcp: TcpStream) -> Result<BoxStream, ClientError> {
+    pub async fn wrap(&self, ep: &Endpoint, tcp: QuickAck) -> Result<BoxStream, ClientError> {
         // MQTT packets are small and latency matters more than batching.
-        let _ = tcp.set_nodelay(true);
+        let _ = tcp.tcp.set_nodelay(true);
         if !ep.tls {
             return self.maybe_upgrade(ep, tcp).await;
         }

@@ -5,8 +5,8 @@
 //! pure MQTT 5 pieces: [`reason`] codes, the PUBLISH mapping
 //! ([`convert`]), topic [`alias`] tables, flow control ([`quota`]),
 //! message [`expiry`], [`shared`] subscriptions and the CONNECT
-//! [`negotiate`]-ion. Only [`framed`] touches tokio (it wraps a byte
-//! stream); the rest is pure.
+//! [`negotiate`]-ion. Only [`framed`], [`websocket`] and [`quickack`]
+//! touch tokio (they wrap byte streams); the rest is pure.
 
 pub mod alias;
 pub(crate) mod codec;
@@ -16,6 +16,7 @@ pub(crate) mod framed;
 pub(crate) mod keepalive;
 pub(crate) mod message;
 pub mod negotiate;
+pub(crate) mod quickack;
 pub mod quota;
 pub mod reason;
 pub mod session;
