@@ -400,7 +400,7 @@ impl Pipes {
         remove: &[String],
         add: Vec<PipeSpec>,
         drain: Duration,
-    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, PipeError> {
+    ) -> Result<impl std::future::Future<Output = ()> + Send + use<>, PipeError> {
         self.check(&add)?;
         let mut steps: BTreeMap<BrokerIx, Step> = BTreeMap::new();
         let remove = self.with_restarts(remove, &add);

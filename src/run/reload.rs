@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{Bridge, BrokerRt, LINK_CLOSE_TIMEOUT, ReloadError, RunError, discard, start_broker};
 use crate::config::diff::{ReloadPlan, diff};
-use crate::config::plan::{BrokerKind, Plan};
+use crate::config::plan::{BrokerKind, Plan, RemotePlan};
 use crate::link::LinkState;
 use crate::metrics::events::{ReloadApplied, ReloadFailed};
 use crate::pipe::PipeSpec;
@@ -22,6 +22,16 @@ use crate::client::ClientOptions;
 /// (they do it between two deliveries: normally at once).
 const ROUTE_SWAP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a reload did (`applied`) and what waits for a restart (`pending`).
+#[derive(Default)]
+struct Report {
+    applied: Vec<String>,
+    pending: Vec<String>,
+}
+
+/// A broker a reload started, not yet part of the running set.
+type Started = (String, BrokerRt, crate::pipe::BrokerLink);
+
 impl Bridge {
     /// Applies the valid plan `new`; see [`super::RunHandle::reload`].
     pub(super) async fn reload(&mut self, new: &Plan) -> Result<ReloadPlan, ReloadError> {
@@ -29,16 +39,39 @@ impl Bridge {
             return Err(ReloadError::Stopped);
         }
         let d = diff(&self.plan, new);
-        let mut applied = Vec::new();
-        let mut pending = Vec::new();
+        let mut report = Report::default();
+        let started = self.start_brokers(&d, new).await?;
+        self.adopt_brokers(started, new, &mut report)?;
+        self.update_brokers(&d, new, &mut report);
+        self.update_settings(&d, new, &mut report);
+        let routed = self.swap_pipes(&d, new, &mut report)?;
+        self.remove_brokers(&d, &mut report)?;
+        if d.metrics_changed {
+            report.pending.push("metrics settings changed".to_owned());
+        }
+        if tokio::time::timeout(ROUTE_SWAP_TIMEOUT, routed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a dispatcher did not take its new routes in time");
+        }
+        ReloadApplied {
+            applied: &report.applied,
+            pending: &report.pending,
+        }
+        .emit();
+        Ok(d)
+    }
 
-        // 1. New brokers. All or nothing: a failure undoes the ones started.
-        let mut started: Vec<(String, BrokerRt, crate::pipe::BrokerLink)> = Vec::new();
+    /// Step 1: starts the new brokers. All or nothing: a failure stops the
+    /// ones started, and nothing else has changed yet.
+    async fn start_brokers(&self, d: &ReloadPlan, new: &Plan) -> Result<Vec<Started>, ReloadError> {
+        let mut started: Vec<Started> = Vec::new();
         for name in &d.brokers.added {
             let Some(bp) = new.brokers.get(name) else {
                 continue;
             };
-            match start_broker(
+            let result = start_broker(
                 name,
                 bp,
                 publishes_to(new, name),
@@ -47,8 +80,8 @@ impl Bridge {
                 &self.tracker,
                 &self.store,
             )
-            .await
-            {
+            .await;
+            match result {
                 Ok((rt, link)) => started.push((name.clone(), rt, link)),
                 Err(err) => {
                     let rollback = started.into_iter().map(|(n, rt, _)| (n, rt)).collect();
@@ -59,44 +92,46 @@ impl Bridge {
                 }
             }
         }
-        let Some(pipes) = self.pipes.as_mut() else {
-            return Err(ReloadError::Stopped);
-        };
+        Ok(started)
+    }
+
+    /// Step 2: the started brokers join the running set and the pipes' links.
+    fn adopt_brokers(
+        &mut self,
+        started: Vec<Started>,
+        new: &Plan,
+        report: &mut Report,
+    ) -> Result<(), ReloadError> {
+        let pipes = self.pipes.as_mut().ok_or(ReloadError::Stopped)?;
         for (name, mut rt, link) in started {
             rt.ix = pipes.add_broker(link);
             if let Some(bp) = new.brokers.get(&name) {
                 self.plan.brokers.insert(name.clone(), bp.clone());
             }
             self.brokers.insert(name.clone(), rt);
-            applied.push(format!("broker {name} started"));
+            report.applied.push(format!("broker {name} started"));
         }
+        Ok(())
+    }
 
-        // 2. Changed brokers: a remote one reconnects with its new settings.
+    /// Step 3: a changed remote broker reconnects with its new settings;
+    /// what cannot change live is reported as pending.
+    fn update_brokers(&mut self, d: &ReloadPlan, new: &Plan, report: &mut Report) {
         for name in &d.brokers.changed {
             let (Some(old), Some(nb)) = (self.plan.brokers.get(name), new.brokers.get(name)) else {
                 continue;
             };
             let why = match (&old.kind, &nb.kind) {
                 (BrokerKind::Remote(o), BrokerKind::Remote(n)) if o.inflight == n.inflight => {
-                    match self.brokers.get(name).and_then(|b| b.remote.as_ref()) {
-                        Some((slot, trigger)) => {
-                            *slot
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                Some(ClientOptions {
-                                    publishes: publishes_to(new, name),
-                                    ..client_options(name, n)
-                                });
-                            // A stored permit: a live connection drops at once;
-                            // an offline client takes the settings before its next dial.
-                            trigger.notify_one();
-                            self.obs.set_required(name, n.required);
-                            self.plan.brokers.insert(name.clone(), nb.clone());
-                            applied.push(format!("broker {name} reconnects with new settings"));
-                            continue;
-                        }
-                        None => "not running",
+                    if self.reconnect_with(name, n, new) {
+                        self.obs.set_required(name, n.required);
+                        self.plan.brokers.insert(name.clone(), nb.clone());
+                        report
+                            .applied
+                            .push(format!("broker {name} reconnects with new settings"));
+                        continue;
                     }
+                    "not running"
                 }
                 (BrokerKind::Remote(_), BrokerKind::Remote(_)) => "`inflight` needs a restart",
                 (BrokerKind::BuiltIn(_), BrokerKind::BuiltIn(_)) => {
@@ -104,10 +139,33 @@ impl Bridge {
                 }
                 _ => "a broker's type needs a restart",
             };
-            pending.push(format!("broker {name} changed ({why})"));
+            report
+                .pending
+                .push(format!("broker {name} changed ({why})"));
         }
+    }
 
-        // 3. Readiness and the watchdog.
+    /// Hands the running remote broker `name` its settings `n` and drops
+    /// its connection (a stored permit: a live connection drops at once; an
+    /// offline client takes the settings before its next dial). False if
+    /// it does not run.
+    fn reconnect_with(&self, name: &str, n: &RemotePlan, new: &Plan) -> bool {
+        let Some((slot, trigger)) = self.brokers.get(name).and_then(|b| b.remote.as_ref()) else {
+            return false;
+        };
+        *slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ClientOptions {
+            publishes: publishes_to(new, name),
+            ..client_options(name, n)
+        });
+        trigger.notify_one();
+        true
+    }
+
+    /// Step 4: readiness, the watchdog, the shutdown timeout; storage
+    /// changes wait for a restart.
+    fn update_settings(&mut self, d: &ReloadPlan, new: &Plan, report: &mut Report) {
         for name in &d.readiness_changed {
             if let (Some(BrokerKind::Remote(nr)), Some(cur)) = (
                 new.brokers.get(name).map(|b| &b.kind),
@@ -116,26 +174,40 @@ impl Bridge {
             {
                 cr.required = nr.required;
                 self.obs.set_required(name, nr.required);
-                applied.push(format!("broker {name} required={}", nr.required));
+                report
+                    .applied
+                    .push(format!("broker {name} required={}", nr.required));
             }
         }
         if d.watchdog_changed {
             self.plan.watchdog = new.watchdog.clone();
             self.obs.set_stall_after(new.watchdog.stall_after);
-            applied.push(format!(
+            report.applied.push(format!(
                 "watchdog.stall_after={:?}",
                 new.watchdog.stall_after
             ));
         }
         if d.storage_changed {
-            pending.push("storage changed (needs a restart)".to_string());
+            report
+                .pending
+                .push("storage changed (needs a restart)".to_string());
         }
         if self.plan.shutdown_timeout != new.shutdown_timeout {
             self.plan.shutdown_timeout = new.shutdown_timeout;
-            applied.push(format!("shutdown_timeout={:?}", new.shutdown_timeout));
+            report
+                .applied
+                .push(format!("shutdown_timeout={:?}", new.shutdown_timeout));
         }
+    }
 
-        // 4. Pipes: one swap per source; unchanged pipes are not named.
+    /// Step 5: the pipe set, swapped in one step per source (unchanged pipes
+    /// are not named). Returns when the dispatchers took their new routes.
+    fn swap_pipes(
+        &mut self,
+        d: &ReloadPlan,
+        new: &Plan,
+        report: &mut Report,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + use<>, ReloadError> {
         let remove: Vec<String> = d
             .pipes
             .removed
@@ -153,22 +225,26 @@ impl Bridge {
             };
             add.push(pipe_spec(p, s.ix, t.ix, t.window));
         }
+        let pipes = self.pipes.as_mut().ok_or(ReloadError::Stopped)?;
         let routed = pipes
             .update(&remove, add, new.shutdown_timeout)
             .map_err(RunError::from)?;
-        new_destinations(&self.plan, &self.brokers, new, &d, &mut applied);
+        new_destinations(&self.plan, &self.brokers, new, d, &mut report.applied);
         self.plan.pipes = new.pipes.clone();
         self.obs.set_pipes(&self.plan, &pipes.stats());
-        applied.extend(d.pipes.added.iter().map(|n| format!("pipe {n} started")));
-        applied.extend(
-            d.pipes
-                .changed
-                .iter()
-                .map(|n| format!("pipe {n} restarted")),
-        );
-        applied.extend(d.pipes.removed.iter().map(|n| format!("pipe {n} stopped")));
+        let named = |names: &[String], what: &str| -> Vec<String> {
+            names.iter().map(|n| format!("pipe {n} {what}")).collect()
+        };
+        report.applied.extend(named(&d.pipes.added, "started"));
+        report.applied.extend(named(&d.pipes.changed, "restarted"));
+        report.applied.extend(named(&d.pipes.removed, "stopped"));
+        Ok(routed)
+    }
 
-        // 5. Removed brokers: closed once their pipes have drained.
+    /// Step 6: removed brokers close in the background once their pipes
+    /// have drained.
+    fn remove_brokers(&mut self, d: &ReloadPlan, report: &mut Report) -> Result<(), ReloadError> {
+        let pipes = self.pipes.as_mut().ok_or(ReloadError::Stopped)?;
         for name in &d.brokers.removed {
             let Some(b) = self.brokers.remove(name) else {
                 continue;
@@ -181,24 +257,9 @@ impl Bridge {
                 drained.await;
                 close_broker(&broker, b).await;
             });
-            applied.push(format!("broker {name} stopped"));
+            report.applied.push(format!("broker {name} stopped"));
         }
-
-        if d.metrics_changed {
-            pending.push("metrics settings changed".to_owned());
-        }
-        if tokio::time::timeout(ROUTE_SWAP_TIMEOUT, routed)
-            .await
-            .is_err()
-        {
-            tracing::warn!("a dispatcher did not take its new routes in time");
-        }
-        ReloadApplied {
-            applied: &applied,
-            pending: &pending,
-        }
-        .emit();
-        Ok(d)
+        Ok(())
     }
 }
 
