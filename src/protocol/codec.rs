@@ -95,7 +95,7 @@ pub enum CodecError {
     DupOnQos0,
     /// A PUBLISH (or will) topic name that is empty, has wildcards or NUL.
     #[error("invalid topic name: {0}")]
-    InvalidTopicName(&'static str),
+    InvalidTopicName(crate::topic::TopicError),
     /// A string with U+0000 (MQTT-1.5.3-2).
     #[error("NUL character in {0}")]
     NulInString(&'static str),

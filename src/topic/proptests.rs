@@ -102,6 +102,14 @@ fn rule() -> impl Strategy<Value = RemapRule> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
+    /// The one topic-name check (its fast path included) is the spec's
+    /// definition: non-empty, at most 65,535 bytes, no `+`, `#` or NUL.
+    #[test]
+    fn topic_name_check_is_the_definition(t in "[a/+#\\x00é$]{0,12}") {
+        let valid = !t.is_empty() && t.len() <= 65_535 && !t.contains(['+', '#', '\0']);
+        prop_assert_eq!(validate_topic_name(&t).is_ok(), valid, "{:?}", t);
+    }
+
     #[test]
     fn generated_filters_and_topics_are_valid(f in filter(), t in topic()) {
         prop_assert_eq!(validate_filter(&f), Ok(()));

@@ -5,6 +5,7 @@
 use rumqttc::mqttbytes::{self, v4::Packet};
 
 use super::CodecError;
+use crate::topic;
 
 /// Longest MQTT string or binary field: its length prefix is a `u16`.
 pub const MAX_STRING_LEN: usize = u16::MAX as usize;
@@ -260,33 +261,10 @@ fn check_subscribe_options(body: &[u8]) -> Result<(), CodecError> {
     Ok(())
 }
 
-/// Why `topic` is not a valid topic name, if it is not. Runs on every
-/// PUBLISH in and out, so it is one pass over the bytes (the three ASCII
-/// bytes it looks for never occur inside a multi-byte UTF-8 character).
-fn topic_name_problem(topic: &str) -> Option<&'static str> {
-    let mut nul = false;
-    for &b in topic.as_bytes() {
-        match b {
-            b'+' | b'#' => return Some("wildcard"),
-            0 => nul = true,
-            _ => {}
-        }
-    }
-    if topic.is_empty() {
-        Some("empty")
-    } else if nul {
-        Some("NUL character")
-    } else if topic.len() > MAX_STRING_LEN {
-        Some("longer than 65,535 bytes")
-    } else {
-        None
-    }
-}
-
 /// Whether `topic` may be published to: non-empty, no `+`/`#`, no NUL, at
 /// most 65,535 bytes (MQTT-3.3.2-2, MQTT-4.7.3-1, MQTT-1.5.3-2).
 pub fn topic_name_is_valid(topic: &str) -> bool {
-    topic_name_problem(topic).is_none()
+    topic::validate_topic_name(topic).is_ok()
 }
 
 /// Whether `filter` is a valid topic filter (wildcards as whole levels, `#`
@@ -294,14 +272,11 @@ pub fn topic_name_is_valid(topic: &str) -> bool {
 /// reject SUBSCRIBE for invalid filters: the broker answers 0x80 for each
 /// filter this returns false for.
 pub fn filter_is_valid(filter: &str) -> bool {
-    mqttbytes::valid_filter(filter) && !filter.contains('\0') && filter.len() <= MAX_STRING_LEN
+    topic::validate_filter(filter).is_ok()
 }
 
 fn check_topic_name(topic: &str) -> Result<(), CodecError> {
-    match topic_name_problem(topic) {
-        Some(reason) => Err(CodecError::InvalidTopicName(reason)),
-        None => Ok(()),
-    }
+    topic::validate_topic_name(topic).map_err(CodecError::InvalidTopicName)
 }
 
 fn no_nul(s: &str, what: &'static str) -> Result<(), CodecError> {
