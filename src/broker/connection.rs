@@ -8,16 +8,15 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context as TaskContext, Poll, ready};
+
 use std::time::Duration;
 
 use bytes::BytesMut;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +38,7 @@ use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
 use super::v5conn::{self, ConnectInfo, V5Conn};
 use super::wire::{V5Out, connack_code};
 use super::{Limits, Security};
+use crate::protocol::framed::{Io, Step, poll_io, write_step};
 use crate::protocol::negotiate::ServerLimits;
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::v4::{ConnAck, ConnectReturnCode, Packet};
@@ -80,9 +80,6 @@ pub(crate) struct Context {
 /// busy ones grow it for batching.
 const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
-/// Bytes an idle connection reads on the stack before it allocates its
-/// read buffer (a PINGREQ, an ack or a small PUBLISH fit).
-const FIRST_READ: usize = 64;
 /// Packets the writer takes per wake-up (one `write` for all of them).
 const WRITE_BATCH: usize = 256;
 /// Time allowed for a TLS close_notify / FIN at the end.
@@ -680,29 +677,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads into `buf`. When it holds no memory (an idle connection), reads
-/// up to [`FIRST_READ`] bytes on the stack first and only then allocates
-/// `chunk` for them. A poll, not a future: the stack bytes live only while
-/// it runs, not in the waiting connection's state. No bytes are read
-/// unless it returns `Ready`.
-fn poll_read_some<R: AsyncRead + Unpin>(
-    cx: &mut TaskContext<'_>,
-    rd: &mut R,
-    buf: &mut BytesMut,
-    chunk: usize,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() > buf.len() {
-        return tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf);
-    }
-    let mut first = [0u8; FIRST_READ];
-    let mut read = ReadBuf::new(&mut first);
-    ready!(Pin::new(rd).poll_read(cx, &mut read))?;
-    let n = read.filled().len();
-    buf.reserve(chunk.max(n));
-    buf.extend_from_slice(read.filled());
-    Poll::Ready(Ok(n))
-}
-
 struct Reader {
     ctx: Arc<Context>,
     peer: SocketAddr,
@@ -1209,67 +1183,6 @@ struct Writer {
     /// hours; a busy one keeps its buffers, as it seldom pings and never
     /// with nothing else to send).
     trim: bool,
-}
-
-/// What one [`write_step`] did.
-enum Step {
-    /// Wrote some of the buffer.
-    Wrote,
-    /// Flushed after the buffer was written.
-    Flushed,
-}
-
-/// Writes some of `out`, or flushes once it is all written. Nothing is
-/// written unless it returns `Ready`, and a flush may be polled again.
-fn poll_write_step<W: AsyncWrite + Unpin>(
-    cx: &mut TaskContext<'_>,
-    wr: &mut W,
-    out: &mut BytesMut,
-) -> Poll<io::Result<Step>> {
-    if out.is_empty() {
-        ready!(Pin::new(wr).poll_flush(cx))?;
-        return Poll::Ready(Ok(Step::Flushed));
-    }
-    if ready!(tokio_util::io::poll_write_buf(Pin::new(wr), cx, out))? == 0 {
-        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-    }
-    Poll::Ready(Ok(Step::Wrote))
-}
-
-/// What one [`poll_io`] did.
-enum Io {
-    Wrote(io::Result<Step>),
-    Read(io::Result<usize>),
-}
-
-/// Writes a step of `out` (when `write`) or reads into `buf` (when `read`),
-/// whichever the stream allows first; `read_first` says which is tried
-/// first and flips after each, so neither starves the other. Nothing is
-/// written or read unless it returns `Ready`.
-fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
-    cx: &mut TaskContext<'_>,
-    io: &mut S,
-    (write, out): (bool, &mut BytesMut),
-    (read, buf, chunk): (bool, &mut BytesMut, usize),
-    read_first: &mut bool,
-) -> Poll<Io> {
-    for reading in [*read_first, !*read_first] {
-        if reading {
-            if read && let Poll::Ready(r) = poll_read_some(cx, io, buf, chunk) {
-                *read_first = false;
-                return Poll::Ready(Io::Read(r));
-            }
-        } else if write && let Poll::Ready(r) = poll_write_step(cx, io, out) {
-            *read_first = true;
-            return Poll::Ready(Io::Wrote(r));
-        }
-    }
-    Poll::Pending
-}
-
-/// [`poll_write_step`] as a future (the end of a connection).
-async fn write_step<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> io::Result<Step> {
-    poll_fn(|cx| poll_write_step(cx, wr, out)).await
 }
 
 impl Writer {

@@ -6,17 +6,26 @@
 //! (rumqttc only writes 3.1.1's `MQTT` level 4; the rest of the wire format
 //! is the same).
 //!
-//! [`Framed`] owns the stream and both buffers. A connection task that must
-//! read while a large write is pending (so two peers with full socket
-//! buffers cannot block each other) splits it with [`Framed::into_split`]
-//! and drives [`PacketReader::read_packet`] and [`PacketWriter::flush`] in
-//! separate `select!` branches.
+//! The one connection engine of the client and the built-in broker: the
+//! IO steps both drive ([`poll_read_some`], with a read buffer that takes
+//! memory only once bytes come; [`poll_write_step`]; [`poll_io`], reading
+//! and writing on one stream in one task, taking turns) and [`Framed`],
+//! which owns a stream and both buffers and moves version-tagged packets
+//! over those steps (the client's connection). The broker's connection
+//! drives the same steps on buffers of its own, which it trims while a
+//! client idles. Each side's event loop (its `select!` over the stream, its
+//! session and its timers) stays its own.
 
 #[cfg(test)]
 mod tests;
 
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::codec::CodecError;
 use super::v5::Sender;
@@ -44,13 +53,106 @@ async fn read_packet_from<R: AsyncRead + Unpin>(
     }
 }
 
+/// Bytes an idle connection reads on the stack before it allocates its
+/// read buffer (a PINGREQ, an ack or a small PUBLISH fit).
+pub(crate) const FIRST_READ: usize = 64;
+
+/// Reads into `buf`. When it holds no memory (an idle connection), reads
+/// up to [`FIRST_READ`] bytes on the stack first and only then allocates
+/// `chunk` for them. A poll, not a future: the stack bytes live only while
+/// it runs, not in the waiting connection's state. No bytes are read
+/// unless it returns `Ready`.
+pub(crate) fn poll_read_some<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() > buf.len() {
+        return tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf);
+    }
+    let mut first = [0u8; FIRST_READ];
+    let mut read = ReadBuf::new(&mut first);
+    ready!(Pin::new(rd).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    buf.reserve(chunk.max(n));
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(n))
+}
+
+/// What one [`write_step`] did.
+pub(crate) enum Step {
+    /// Wrote some of the buffer.
+    Wrote,
+    /// Flushed after the buffer was written.
+    Flushed,
+}
+
+/// Writes some of `out`, or flushes once it is all written. Nothing is
+/// written unless it returns `Ready`, and a flush may be polled again.
+pub(crate) fn poll_write_step<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    wr: &mut W,
+    out: &mut BytesMut,
+) -> Poll<io::Result<Step>> {
+    if out.is_empty() {
+        ready!(Pin::new(wr).poll_flush(cx))?;
+        return Poll::Ready(Ok(Step::Flushed));
+    }
+    if ready!(tokio_util::io::poll_write_buf(Pin::new(wr), cx, out))? == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    Poll::Ready(Ok(Step::Wrote))
+}
+
+/// What one [`poll_io`] did.
+pub(crate) enum Io {
+    /// A [`poll_write_step`].
+    Wrote(io::Result<Step>),
+    /// A [`poll_read_some`]: the bytes read (0: end of stream).
+    Read(io::Result<usize>),
+}
+
+/// Writes a step of `out` (when `write`) or reads into `buf` (when `read`),
+/// whichever the stream allows first; `read_first` says which is tried
+/// first and flips after each, so neither starves the other. Nothing is
+/// written or read unless it returns `Ready`.
+pub(crate) fn poll_io<S: AsyncRead + AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    (write, out): (bool, &mut BytesMut),
+    (read, buf, chunk): (bool, &mut BytesMut, usize),
+    read_first: &mut bool,
+) -> Poll<Io> {
+    for reading in [*read_first, !*read_first] {
+        if reading {
+            if read && let Poll::Ready(r) = poll_read_some(cx, io, buf, chunk) {
+                *read_first = false;
+                return Poll::Ready(Io::Read(r));
+            }
+        } else if write && let Poll::Ready(r) = poll_write_step(cx, io, out) {
+            *read_first = true;
+            return Poll::Ready(Io::Wrote(r));
+        }
+    }
+    Poll::Pending
+}
+
+/// [`poll_write_step`] as a future.
+pub(crate) async fn write_step<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+) -> io::Result<Step> {
+    poll_fn(|cx| poll_write_step(cx, wr, out)).await
+}
+
 /// Reads more bytes into `buf`; EOF is [`CodecError::Closed`] (or
 /// [`CodecError::ClosedMidPacket`] with bytes buffered).
 async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<(), CodecError> {
     if buf.capacity() - buf.len() < 64 {
         buf.reserve(READ_CHUNK);
     }
-    let n = io.read_buf(buf).await?;
+    let n = poll_fn(|cx| poll_read_some(cx, io, buf, READ_CHUNK)).await?;
     if n == 0 {
         return Err(if buf.is_empty() {
             CodecError::Closed
@@ -68,8 +170,7 @@ async fn flush_to<W: AsyncWrite + Unpin>(
     io: &mut W,
     buf: &mut BytesMut,
 ) -> Result<(), AnyCodecError> {
-    io.write_all_buf(buf).await.map_err(CodecError::Io)?;
-    io.flush().await.map_err(CodecError::Io)?;
+    while let Step::Wrote = write_step(io, buf).await.map_err(CodecError::Io)? {}
     Ok(())
 }
 
@@ -291,87 +392,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Gives back the stream; buffered unread and unwritten bytes are lost.
     pub fn into_inner(self) -> S {
         self.io
-    }
-
-    /// Splits into a reader and a writer (buffers and limits carried over,
-    /// nothing lost), to read and write concurrently.
-    pub fn into_split(self) -> (PacketReader<ReadHalf<S>>, PacketWriter<WriteHalf<S>>) {
-        let (r, w) = tokio::io::split(self.io);
-        (
-            PacketReader {
-                io: r,
-                buf: self.read_buf,
-                wire: self.wire,
-            },
-            PacketWriter {
-                io: w,
-                buf: self.write_buf,
-                wire: self.wire,
-            },
-        )
-    }
-}
-
-/// The reading half of a [`Framed`] connection.
-#[derive(Debug)]
-pub struct PacketReader<R> {
-    io: R,
-    buf: BytesMut,
-    wire: Wire,
-}
-
-impl<R: AsyncRead + Unpin> PacketReader<R> {
-    /// Reads the next packet; cancel safe, as [`Framed::read_packet`].
-    pub async fn read_packet(&mut self) -> Result<Packet, AnyCodecError> {
-        read_packet_from(&mut self.io, &mut self.buf, self.wire).await
-    }
-
-    /// The next packet already buffered, without reading; as
-    /// [`Framed::read_buffered`].
-    pub fn read_buffered(&mut self) -> Result<Option<Packet>, AnyCodecError> {
-        self.wire.decode(&mut self.buf)
-    }
-}
-
-/// The writing half of a [`Framed`] connection.
-#[derive(Debug)]
-pub struct PacketWriter<W> {
-    io: W,
-    buf: BytesMut,
-    wire: Wire,
-}
-
-impl<W: AsyncWrite + Unpin> PacketWriter<W> {
-    /// Changes the peer's maximum packet size.
-    pub fn set_max_outgoing(&mut self, max: usize) {
-        self.wire.max_outgoing = max;
-    }
-
-    /// Encodes `packet` into the write buffer, as [`Framed::queue`].
-    pub fn queue(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
-        self.wire.encode(packet, &mut self.buf)
-    }
-
-    /// Bytes queued and not yet written.
-    pub fn pending_write(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Writes out everything queued; cancel safe, as [`Framed::flush`].
-    pub async fn flush(&mut self) -> Result<(), AnyCodecError> {
-        flush_to(&mut self.io, &mut self.buf).await
-    }
-
-    /// Queues `packet` and flushes.
-    pub async fn write_packet(&mut self, packet: &Packet) -> Result<(), AnyCodecError> {
-        self.queue(packet)?;
-        self.flush().await
-    }
-
-    /// Shuts the write side down (after flushing what is queued).
-    pub async fn shutdown(&mut self) -> Result<(), AnyCodecError> {
-        self.flush().await?;
-        self.io.shutdown().await.map_err(CodecError::Io)?;
-        Ok(())
     }
 }

@@ -30,7 +30,7 @@ pub use codec::{
     CodecError, MAX_STRING_LEN, decode, encode, filter_is_valid, message_from_publish,
     publish_from_message, topic_name_is_valid,
 };
-pub use framed::{Framed, MQTT_MAX_PACKET_SIZE, PacketReader, PacketWriter};
+pub use framed::{Framed, MQTT_MAX_PACKET_SIZE};
 pub use keepalive::Keepalive;
 pub use message::{AckToken, Message, MessageProperties, PropertyFields, QoS, Topic};
 pub use session::{

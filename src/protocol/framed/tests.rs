@@ -184,52 +184,70 @@ async fn queue_refuses_oversize_and_queues_nothing() {
 }
 
 #[tokio::test]
-async fn split_halves_read_and_write_concurrently() {
-    // Both ends queue more than the pipe holds, then read and flush at once:
-    // with one combined await (flush, then read) both would block forever.
+async fn poll_io_reads_while_a_write_waits() {
+    // Both ends queue more than the pipe holds, then drive reads and writes
+    // in one task each: with a flush awaited before the read, both would
+    // block forever.
     let (a, b) = duplex(64);
     let big = publish(4000);
-    let run = |io: tokio::io::DuplexStream, p: P4| async move {
-        let (mut r, mut w) = Framed::new(io, 1 << 20, 1 << 20).into_split();
-        w.queue(&v3(&p)).unwrap();
-        let (read, flushed) = tokio::join!(r.read_packet(), w.flush());
-        flushed.unwrap();
-        un3(read.unwrap())
+    let run = |mut io: tokio::io::DuplexStream, p: P4| async move {
+        let wire = Wire {
+            version: ProtocolVersion::V3_1_1,
+            us: Sender::Client,
+            max_incoming: 1 << 20,
+            max_outgoing: 1 << 20,
+        };
+        let mut out = BytesMut::new();
+        wire.encode(&v3(&p), &mut out).unwrap();
+        let mut buf = BytesMut::new();
+        let mut read_first = true;
+        let mut got = None;
+        let mut flushed = false;
+        while got.is_none() || !flushed {
+            let write = !flushed;
+            let read = got.is_none();
+            let step = poll_fn(|cx| {
+                poll_io(
+                    cx,
+                    &mut io,
+                    (write, &mut out),
+                    (read, &mut buf, 512),
+                    &mut read_first,
+                )
+            })
+            .await;
+            match step {
+                Io::Wrote(r) => flushed = matches!(r.unwrap(), Step::Flushed),
+                Io::Read(r) => {
+                    assert!(r.unwrap() > 0, "the peer closed");
+                    got = wire.decode(&mut buf).unwrap();
+                }
+            }
+        }
+        got.map(un3)
     };
     let (got_a, got_b) = timeout(T, async {
         tokio::join!(run(a, big.clone()), run(b, big.clone()))
     })
     .await
     .unwrap();
-    assert_eq!((got_a, got_b), (big.clone(), big));
+    assert_eq!((got_a, got_b), (Some(big.clone()), Some(big)));
 }
 
 #[tokio::test]
-async fn split_keeps_buffered_bytes() {
-    let (mut raw, io) = duplex(256);
-    let mut framed = Framed::new(io, 1 << 20, 1 << 20);
-    let mut wire = bytes_of(&P4::PingReq);
-    wire.extend_from_slice(&bytes_of(&P4::PingResp));
-    raw.write_all(&wire).await.unwrap();
-    // The first read pulls both packets into the buffer...
-    assert_eq!(
-        un3(timeout(T, framed.read_packet()).await.unwrap().unwrap()),
-        P4::PingReq
-    );
-    framed.queue(&v3(&P4::Disconnect)).unwrap();
-    let (mut r, mut w) = framed.into_split();
-    // ...and the second is still there after the split; the queued write too.
-    assert_eq!(
-        un3(timeout(T, r.read_packet()).await.unwrap().unwrap()),
-        P4::PingResp
-    );
-    assert_eq!(w.pending_write(), 2);
-    w.shutdown().await.unwrap();
-    let mut back = [0u8; 2];
-    tokio::io::AsyncReadExt::read_exact(&mut raw, &mut back)
+async fn an_idle_read_holds_no_buffer_until_bytes_come() {
+    let (mut raw, mut io) = duplex(256);
+    let mut buf = BytesMut::new();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(poll_read_some(&mut cx, &mut io, &mut buf, 512).is_pending());
+    assert_eq!(buf.capacity(), 0, "nothing taken while waiting");
+    raw.write_all(&bytes_of(&P4::PingReq)).await.unwrap();
+    let n = poll_fn(|cx| poll_read_some(cx, &mut io, &mut buf, 512))
         .await
         .unwrap();
-    assert_eq!(back, [0xe0, 0]);
+    assert_eq!(n, 2);
+    assert_eq!(&buf[..], &[0xc0, 0]);
+    assert!(buf.capacity() >= 512, "the chunk is taken once bytes came");
 }
 
 #[tokio::test]
@@ -289,25 +307,6 @@ async fn read_buffered_yields_the_rest_of_a_burst_without_reading() {
     assert_eq!(framed.read_buffered().unwrap(), None);
     let last = un3(timeout(T, framed.read_packet()).await.unwrap().unwrap());
     assert_eq!(last, publish(10));
-
-    // The reader half behaves the same.
-    let (mut raw, io) = duplex(1 << 16);
-    let (mut reader, _writer) = Framed::new(io, 1 << 20, 1 << 20).into_split();
-    let mut wire = BytesMut::new();
-    for id in 1..=3 {
-        wire.extend_from_slice(&bytes_of(&P4::PubAck(PubAck::new(id))));
-    }
-    raw.write_all(&wire).await.unwrap();
-    un3(timeout(T, reader.read_packet()).await.unwrap().unwrap());
-    assert_eq!(
-        reader.read_buffered().unwrap(),
-        Some(v3(&P4::PubAck(PubAck::new(2))))
-    );
-    assert_eq!(
-        reader.read_buffered().unwrap(),
-        Some(v3(&P4::PubAck(PubAck::new(3))))
-    );
-    assert_eq!(reader.read_buffered().unwrap(), None);
 }
 
 #[tokio::test]
