@@ -11,20 +11,20 @@
 pub mod alias;
 pub(crate) mod codec;
 pub mod convert;
-pub mod expiry;
+pub(crate) mod expiry;
 pub(crate) mod framed;
 pub(crate) mod keepalive;
 pub(crate) mod message;
-pub mod negotiate;
+pub(crate) mod negotiate;
 pub(crate) mod quickack;
-pub mod quota;
+pub(crate) mod quota;
 pub mod reason;
-pub mod session;
-pub mod shared;
-pub mod subscription;
+pub(crate) mod session;
+pub(crate) mod shared;
+pub(crate) mod subscription;
 pub mod v5;
 pub mod version;
-pub mod websocket;
+pub(crate) mod websocket;
 
 pub use codec::{
     CodecError, MAX_STRING_LEN, decode, encode, filter_is_valid, message_from_publish,

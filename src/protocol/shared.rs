@@ -124,6 +124,7 @@ impl<M: Clone + Eq> Group<M> {
     }
 
     /// Members.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.members.len()
     }
