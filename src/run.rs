@@ -15,7 +15,7 @@
 pub mod check;
 pub mod client_events;
 pub mod filewatch;
-pub mod observe;
+pub(crate) mod observe;
 mod options;
 mod reload;
 pub mod watchdog;

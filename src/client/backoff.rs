@@ -34,6 +34,7 @@ impl Backoff {
     }
 
     /// A schedule with a fixed jitter seed (deterministic; for tests).
+    #[cfg(test)]
     pub fn with_seed(opts: &BackoffOptions, seed: u64) -> Self {
         Self::build(opts, Some(seed))
     }

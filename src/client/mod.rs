@@ -7,7 +7,7 @@
 //!
 //! [`Link`]: crate::link::Link
 
-pub mod backoff;
+pub(crate) mod backoff;
 mod conn;
 mod connection;
 mod durable;

@@ -21,7 +21,7 @@ mod error;
 pub(crate) mod graph;
 mod hints;
 mod pipes;
-pub mod plan;
+pub(crate) mod plan;
 pub mod raw;
 mod remote;
 pub mod route;

@@ -29,7 +29,7 @@ pub mod jsonlog;
 pub mod logging;
 pub(crate) mod names;
 pub mod pipe;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 mod reasons;
 pub(crate) mod remote;
 pub mod server;

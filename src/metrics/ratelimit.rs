@@ -78,13 +78,9 @@ impl<K: Hash + Eq + Clone> WarnLimiter<K> {
     }
 
     /// Number of keys remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -66,11 +66,6 @@ impl BrokerSet {
             .and_then(|b| 1u64.checked_shl(b))
             .is_some_and(|bit| self.0 & bit != 0)
     }
-
-    /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,7 +77,6 @@ struct Key {
 #[derive(Debug)]
 struct Record {
     id: u64,
-    at: Instant,
     visited: BrokerSet,
 }
 
@@ -148,11 +142,10 @@ impl LoopGuard {
         let id = self.next_id;
         self.next_id += 1;
         self.order.push_back((id, now, key));
-        self.live.entry(key).or_default().push_back(Record {
-            id,
-            at: now,
-            visited,
-        });
+        self.live
+            .entry(key)
+            .or_default()
+            .push_back(Record { id, visited });
     }
 
     /// Checks a message arriving from `broker`. If it matches a live record,
@@ -175,11 +168,13 @@ impl LoopGuard {
     }
 
     /// Number of live (unconsumed, unexpired) records.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live.values().map(VecDeque::len).sum()
     }
 
     /// Whether no record is live.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
     }
@@ -209,18 +204,12 @@ impl LoopGuard {
         }
     }
 
-    /// Time a record is kept (for docs and tests).
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
-    /// Age of the oldest live record, if any (for tests).
+    /// Age of the oldest record kept (live or consumed, not yet evicted).
+    #[cfg(test)]
     pub fn oldest_age(&self, now: Instant) -> Option<Duration> {
-        self.live
-            .values()
-            .filter_map(|r| r.front())
-            .map(|r| now.saturating_duration_since(r.at))
-            .max()
+        self.order
+            .front()
+            .map(|&(_, at, _)| now.saturating_duration_since(at))
     }
 }
 

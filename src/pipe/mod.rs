@@ -15,9 +15,9 @@
 
 pub(crate) mod handoff;
 pub(crate) mod inbox;
-pub mod loopguard;
-pub mod properties;
-pub mod queue;
+pub(crate) mod loopguard;
+pub(crate) mod properties;
+pub(crate) mod queue;
 pub(crate) mod ratelimit;
 pub(crate) mod rules;
 pub mod stats;

@@ -60,6 +60,7 @@ impl<T> DropQueue<T> {
     }
 
     /// Queued items.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -67,11 +68,6 @@ impl<T> DropQueue<T> {
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
-    }
-
-    /// The bound.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 

@@ -134,16 +134,6 @@ impl Observability {
         self.control.clone()
     }
 
-    /// Hooks a remote broker's client; see [`ObservabilityControl::remote`].
-    pub fn remote(&mut self, name: &str, plan: &RemotePlan, opts: &mut ClientOptions) {
-        self.control.remote(name, plan, opts);
-    }
-
-    /// Registers a started built-in broker; see [`ObservabilityControl::builtin`].
-    pub fn builtin(&mut self, broker: &Broker, link: &Link) {
-        self.control.builtin(broker, link);
-    }
-
     /// Registers the running pipes (`stats` from the pipe runtime).
     pub fn pipes(&mut self, plan: &Plan, stats: &[(String, Arc<PipeStats>)]) {
         self.control.set_pipes(plan, stats);
@@ -223,7 +213,7 @@ impl Observability {
         }
         ObservabilityHandle {
             addr,
-            control,
+            _control: control,
             token,
             tracker,
         }
@@ -281,11 +271,6 @@ impl std::fmt::Debug for ObservabilityControl {
 }
 
 impl ObservabilityControl {
-    /// The status board (readiness as `/readyz` reports it).
-    pub fn board(&self) -> &Arc<StatusBoard> {
-        &self.board
-    }
-
     /// Marks whether readiness requires broker `name`.
     pub fn set_required(&self, name: &str, required: bool) {
         self.board.set_required(name, required);
@@ -411,7 +396,9 @@ impl ObservabilityControl {
 #[derive(Debug)]
 pub struct ObservabilityHandle {
     addr: Option<SocketAddr>,
-    control: ObservabilityControl,
+    /// Held so the stall setting's sender lives as long as the tasks
+    /// watching it.
+    _control: ObservabilityControl,
     token: CancellationToken,
     tracker: TaskTracker,
 }
@@ -420,11 +407,6 @@ impl ObservabilityHandle {
     /// The bound metrics address (the real port when configured with port 0).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
-    }
-
-    /// The live-reconfiguration handle.
-    pub fn control(&self) -> ObservabilityControl {
-        self.control.clone()
     }
 
     /// Stops the endpoint, the watchdog and the watchers, and waits for them.

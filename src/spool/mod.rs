@@ -22,8 +22,8 @@
 //! back from disk, and enforces the byte bounds (`spool.max_bytes` per pipe,
 //! `storage.max_bytes` over every spool in the store).
 
-pub mod book;
-pub mod record;
+pub(crate) mod book;
+pub(crate) mod record;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

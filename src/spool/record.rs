@@ -92,11 +92,6 @@ impl Block {
         self.count
     }
 
-    /// Whether no record was added.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// The value to store.
     pub fn finish(mut self) -> Vec<u8> {
         if let Some(field) = self.out.get_mut(1..BLOCK_HEADER) {

@@ -14,7 +14,7 @@
 //! engine's journal lock ([`JournalSync`]), so writes go on while it waits
 //! for the disk.
 
-pub mod record;
+pub(crate) mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
