@@ -10,13 +10,12 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use std::time::Duration;
 
 use bytes::BytesMut;
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +37,7 @@ use super::stats::{Counters, DropReason, RefuseReason, SubRefuseReason};
 use super::v5conn::{self, ConnectInfo, V5Conn};
 use super::wire::{V5Out, connack_code};
 use super::{Limits, Security};
-use crate::protocol::framed::{Io, Step, poll_io, write_step};
+use crate::protocol::framed::{Io, Step, fill, poll_io, write_step};
 use crate::protocol::negotiate::ServerLimits;
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::v4::{ConnAck, ConnectReturnCode, Packet};
@@ -663,16 +662,10 @@ async fn read_connect<R: AsyncRead + Unpin>(
                 return Ok(decoded);
             }
         }
-        buf.reserve(READ_MIN);
-        if rd.read_buf(buf).await.map_err(CodecError::from)? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(CodecError::ClosedMidPacket {
-                    buffered: buf.len(),
-                }
-                .into())
-            };
+        match fill(rd, buf, READ_MIN).await {
+            Ok(()) => {}
+            Err(CodecError::Closed) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -49,13 +49,13 @@ async fn read_packet_from<R: AsyncRead + Unpin>(
         if let Some(packet) = wire.decode(buf)? {
             return Ok(packet);
         }
-        fill(io, buf).await?;
+        fill(io, buf, READ_CHUNK).await?;
     }
 }
 
 /// Bytes an idle connection reads on the stack before it allocates its
 /// read buffer (a PINGREQ, an ack or a small PUBLISH fit).
-pub(crate) const FIRST_READ: usize = 64;
+const FIRST_READ: usize = 64;
 
 /// Reads into `buf`. When it holds no memory (an idle connection), reads
 /// up to [`FIRST_READ`] bytes on the stack first and only then allocates
@@ -146,13 +146,18 @@ pub(crate) async fn write_step<W: AsyncWrite + Unpin>(
     poll_fn(|cx| poll_write_step(cx, wr, out)).await
 }
 
-/// Reads more bytes into `buf`; EOF is [`CodecError::Closed`] (or
-/// [`CodecError::ClosedMidPacket`] with bytes buffered).
-async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> Result<(), CodecError> {
+/// Reads more bytes into `buf`, making room for `chunk` when little is
+/// left; EOF is [`CodecError::Closed`] (or [`CodecError::ClosedMidPacket`]
+/// with bytes buffered).
+pub(crate) async fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> Result<(), CodecError> {
     if buf.capacity() - buf.len() < 64 {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(chunk);
     }
-    let n = poll_fn(|cx| poll_read_some(cx, io, buf, READ_CHUNK)).await?;
+    let n = poll_fn(|cx| poll_read_some(cx, io, buf, chunk)).await?;
     if n == 0 {
         return Err(if buf.is_empty() {
             CodecError::Closed
@@ -305,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// it, e.g. a 3.1.1 CONNACK answering an MQTT 5 CONNECT). Cancel safe.
     pub async fn peek(&mut self, n: usize) -> Result<&[u8], AnyCodecError> {
         while self.read_buf.len() < n {
-            fill(&mut self.io, &mut self.read_buf).await?;
+            fill(&mut self.io, &mut self.read_buf, READ_CHUNK).await?;
         }
         Ok(&self.read_buf)
     }
