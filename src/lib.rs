@@ -8,6 +8,9 @@
 //! `shutdown`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Module docs point readers of the source at the crate's internal modules;
+// `cargo doc --document-private-items` renders those links.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod broker;
 pub mod client;

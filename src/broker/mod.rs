@@ -1,4 +1,4 @@
-//! The built-in MQTT 3.1.1 broker.
+//! The built-in MQTT broker: 3.1, 3.1.1 and 5 clients on the same listeners.
 //!
 //! Shape (as rumqttd): [`listener`] accepts TCP/TLS connections under a
 //! handshake budget ([`handshake`]), and a connection takes its place under
@@ -13,8 +13,12 @@
 //! resume or take over a link's session, and a CONNECT with a link's client
 //! id is refused with CONNACK 0x02 (identifier rejected).
 //!
-//! MQTT 3.1 (`MQIsdp`, level 3) is refused with CONNACK 0x01 (unacceptable
-//! protocol version), as is any level other than 4.
+//! A connection's version comes from its CONNECT (`protocol::version`):
+//! `MQIsdp` level 3, `MQTT` level 4 and `MQTT` level 5 are spoken; another
+//! level of a known name is answered with CONNACK 0x01 (3.x) or 0x84 (5 and
+//! above) and closed, an unknown protocol name is closed without an answer
+//! [MQTT-3.1.2-1, 3.1.2-2]. Messages cross versions as the version-free
+//! `protocol::Message` (properties dropped towards 3.x clients).
 
 mod acl;
 mod auth;

@@ -87,7 +87,7 @@ impl Default for Shared {
 /// Why a connection was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Halt {
-    /// [`Outlet::abort`] or [`Stop::cancel`]: takeover, a client that
+    /// [`Outlet::abort`] or [`OutletRx::stop`]: takeover, a client that
     /// does not read, the connection's own end.
     Aborted = 1,
     /// The broker shuts down ([`Outlet::shut_down`]): no will.
@@ -233,12 +233,12 @@ impl Stop {
         self.shared.halted().is_some()
     }
 
-    /// Completes once [`Stop::cancel`] was called (at once if it was).
+    /// Completes once the connection was stopped (at once if it was).
     pub async fn cancelled(&self) {
         loop {
             let stopped = self.shared.stopped.notified();
             tokio::pin!(stopped);
-            // Registered before the check, so a `cancel` in between is not missed.
+            // Registered before the check, so a stop in between is not missed.
             stopped.as_mut().enable();
             if self.is_cancelled() {
                 return;

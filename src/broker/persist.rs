@@ -8,7 +8,7 @@
 //! router events (the last change to a key wins) and go to the store as one
 //! atomic batch at its end ([`Journal::commit`]); the router then waits for
 //! the group commit ([`crate::store::Store::durable`]) off its loop before
-//! acknowledging the publishes that needed it. [`load`] reads everything back
+//! acknowledging the publishes that needed it. [`Journal::load`] reads everything back
 //! at start; a damaged record is logged, counted, deleted and skipped.
 
 use std::collections::{BTreeMap, HashMap};

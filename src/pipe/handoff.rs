@@ -93,8 +93,9 @@ impl<H> HandOff<H> {
         out
     }
 
-    /// As [`HandOff::drain_ready`], handing each handle to `f` instead of
-    /// collecting them (no allocation on the per-message path).
+    /// Removes, in arrival order, the handles of every complete message at
+    /// the front (stopping at the first incomplete one), handing each to `f`
+    /// (no allocation on the per-message path).
     pub fn drain_ready_with(&mut self, mut f: impl FnMut(H)) {
         while self.entries.front().is_some_and(|e| e.remaining == 0) {
             if let Some(e) = self.entries.pop_front() {

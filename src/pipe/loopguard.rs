@@ -1,5 +1,7 @@
-//! Run-time loop protection for MQTT 3.1.1 peers (no No Local, no user
-//! properties to mark our own messages).
+//! Run-time loop protection by fingerprint: the one that also works with MQTT
+//! 3.1.1 peers (no No Local, no user properties to mark our own messages).
+//! With MQTT 5 it runs on top of No Local on the bridge's own subscriptions
+//! (`pipe::subs`) and the hop-count user property (`pipe::properties`).
 //!
 //! Before the bridge publishes a message to a broker it records a fingerprint
 //! `(destination broker, topic, payload hash)` together with the set of brokers

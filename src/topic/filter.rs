@@ -1,5 +1,5 @@
 //! Topic-name and filter validation (MQTT 3.1.1 and 5.0, §4.7), plus the
-//! reference matcher [`matches`] and [`captures`].
+//! reference matcher [`matches()`] and [`captures`].
 //!
 //! Rules implemented here:
 //! - a level is the text between `/` separators; empty levels are levels
