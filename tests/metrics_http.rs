@@ -405,6 +405,65 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
     srv.stop().await;
 }
 
+/// Rendering and sampling run off the runtime's thread, so forwarding goes on
+/// while a scrape renders: here (a current-thread runtime, as `mqbridge run`
+/// uses) the collector blocks until a task on that runtime answers it. Were
+/// it called on the runtime's thread, the answer could never come: the
+/// collector gives up after `WAIT` and the test fails.
+#[tokio::test]
+async fn rendering_leaves_the_runtime_thread_free() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Mutex, mpsc};
+
+    let recorder = builder().expect("builder").build_recorder();
+    let handle = recorder.handle();
+    let (asked_tx, mut asked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (answer_tx, answer_rx) = mpsc::channel::<()>();
+    let answer_rx = Mutex::new(answer_rx);
+    let stuck = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let collect = {
+        let (stuck, answered) = (stuck.clone(), answered.clone());
+        server::Collector(Arc::new(move || {
+            let _ = asked_tx.send(());
+            let got = answer_rx
+                .lock()
+                .map(|rx| rx.recv_timeout(common::wait::WAIT).is_ok())
+                .unwrap_or(false);
+            if got {
+                answered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stuck.store(true, Ordering::Relaxed);
+            }
+        }))
+    };
+    // The runtime's side: answers every collector call.
+    let responder = tokio::spawn(async move {
+        while asked_rx.recv().await.is_some() {
+            let _ = answer_tx.send(());
+        }
+    });
+    let srv = start(server::ServerState {
+        prometheus: handle,
+        board: Arc::new(StatusBoard::new()),
+        collect: Some(collect),
+        spools: None,
+    })
+    .await;
+    let (code, _) = get(srv.addr, "/metrics").await;
+    assert_eq!(code, 200);
+    let (code, _) = get(srv.addr, "/status.json").await;
+    assert_eq!(code, 200);
+    assert!(
+        !stuck.load(Ordering::Relaxed),
+        "a collector call waited for the runtime in vain: it ran on the runtime's thread"
+    );
+    // The scrape, the status and the upkeep's first sample.
+    assert!(answered.load(Ordering::Relaxed) >= 2);
+    srv.stop().await;
+    responder.abort();
+}
+
 #[test]
 fn client_events_drive_remote_metrics_and_readiness() {
     use mqbridge::client::{ClientEvent, ErrorKind, Stage};

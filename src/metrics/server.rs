@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -137,9 +137,13 @@ pub async fn serve(
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
             tick.tick().await;
-            upkeep_app.s.prometheus.run_upkeep();
+            let app = upkeep_app.clone();
             // Samples for the status page's rates even while nobody looks.
-            upkeep_app.sample();
+            let _ = off_loop(move || {
+                app.s.prometheus.run_upkeep();
+                app.sample();
+            })
+            .await;
         }
     };
     let server = axum::serve(listener, app_router(app)).with_graceful_shutdown(shutdown);
@@ -150,6 +154,19 @@ pub async fn serve(
     }
 }
 
+/// Runs `work` on the runtime's blocking pool and waits for it. Rendering
+/// and sampling cost time in proportion to the series and to the latency
+/// observations recorded since the last render (milliseconds at tens of
+/// thousands of messages per second); on the runtime's own thread that
+/// would hold up forwarding for as long. `Err`: `work` panicked.
+async fn off_loop<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StatusCode> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// Runs the collector, then renders the Prometheus text.
 fn render(s: &ServerState) -> String {
     if let Some(Collector(collect)) = &s.collect {
@@ -158,18 +175,25 @@ fn render(s: &ServerState) -> String {
     s.prometheus.render()
 }
 
-async fn metrics_handler(State(app): State<App>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&app.s),
-    )
+async fn metrics_handler(State(app): State<App>) -> Response {
+    match off_loop(move || render(&app.s)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(code) => code.into_response(),
+    }
 }
 
-async fn status_json(State(app): State<App>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-store")], Json(app.status()))
+async fn status_json(State(app): State<App>) -> Response {
+    match off_loop(move || app.status()).await {
+        Ok(status) => ([(header::CACHE_CONTROL, "no-store")], Json(status)).into_response(),
+        Err(code) => code.into_response(),
+    }
 }
 
 fn spool_report(s: &ServerState) -> SpoolReport {
@@ -183,14 +207,18 @@ async fn spool_json(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
-async fn status_page(State(app): State<App>) -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        statuspage::render_html(&app.status()),
-    )
+async fn status_page(State(app): State<App>) -> Response {
+    match off_loop(move || statuspage::render_html(&app.status())).await {
+        Ok(html) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(code) => code.into_response(),
+    }
 }
 
 async fn healthz(State(app): State<App>) -> impl IntoResponse {
