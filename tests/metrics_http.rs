@@ -40,6 +40,20 @@ async fn start(state: server::ServerState) -> Server {
     }
 }
 
+/// A server whose renders run `collect` first (no status, no spools).
+async fn start_collecting(
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    collect: server::Collector,
+) -> Server {
+    start(server::ServerState {
+        prometheus,
+        board: Arc::new(StatusBoard::new()),
+        collect: Some(collect),
+        spools: None,
+    })
+    .await
+}
+
 impl Server {
     async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -356,13 +370,7 @@ async fn collector_copies_sampled_counters_and_histogram_on_scrape() {
             });
         }))
     };
-    let srv = start(server::ServerState {
-        prometheus: handle,
-        board: Arc::new(StatusBoard::new()),
-        collect: Some(collect),
-        spools: None,
-    })
-    .await;
+    let srv = start_collecting(handle, collect).await;
     for n in [5u64, 12] {
         forwarded.store(n, Ordering::Relaxed);
         let (_, body) = get(srv.addr, "/metrics").await;
@@ -443,13 +451,7 @@ async fn rendering_leaves_the_runtime_thread_free() {
             let _ = answer_tx.send(());
         }
     });
-    let srv = start(server::ServerState {
-        prometheus: handle,
-        board: Arc::new(StatusBoard::new()),
-        collect: Some(collect),
-        spools: None,
-    })
-    .await;
+    let srv = start_collecting(handle, collect).await;
     let (code, _) = get(srv.addr, "/metrics").await;
     assert_eq!(code, 200);
     let (code, _) = get(srv.addr, "/status.json").await;
