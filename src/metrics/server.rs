@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -139,11 +139,16 @@ pub async fn serve(
             tick.tick().await;
             let app = upkeep_app.clone();
             // Samples for the status page's rates even while nobody looks.
-            let _ = off_loop(move || {
+            let sampled = off_loop(move || {
                 app.s.prometheus.run_upkeep();
                 app.sample();
             })
             .await;
+            if sampled.is_err() {
+                tracing::warn!(
+                    "metrics upkeep failed (a panic while sampling); next try in {UPKEEP_INTERVAL:?}"
+                );
+            }
         }
     };
     let server = axum::serve(listener, app_router(app)).with_graceful_shutdown(shutdown);
@@ -175,25 +180,20 @@ fn render(s: &ServerState) -> String {
     s.prometheus.render()
 }
 
-async fn metrics_handler(State(app): State<App>) -> Response {
-    match off_loop(move || render(&app.s)).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(code) => code.into_response(),
-    }
+async fn metrics_handler(State(app): State<App>) -> Result<impl IntoResponse, StatusCode> {
+    let text = off_loop(move || render(&app.s)).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
-async fn status_json(State(app): State<App>) -> Response {
-    match off_loop(move || app.status()).await {
-        Ok(status) => ([(header::CACHE_CONTROL, "no-store")], Json(status)).into_response(),
-        Err(code) => code.into_response(),
-    }
+async fn status_json(State(app): State<App>) -> Result<impl IntoResponse, StatusCode> {
+    let status = off_loop(move || app.status()).await?;
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(status)))
 }
 
 fn spool_report(s: &ServerState) -> SpoolReport {
@@ -207,18 +207,15 @@ async fn spool_json(State(app): State<App>) -> impl IntoResponse {
     )
 }
 
-async fn status_page(State(app): State<App>) -> Response {
-    match off_loop(move || statuspage::render_html(&app.status())).await {
-        Ok(html) => (
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            html,
-        )
-            .into_response(),
-        Err(code) => code.into_response(),
-    }
+async fn status_page(State(app): State<App>) -> Result<impl IntoResponse, StatusCode> {
+    let html = off_loop(move || statuspage::render_html(&app.status())).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    ))
 }
 
 async fn healthz(State(app): State<App>) -> impl IntoResponse {
