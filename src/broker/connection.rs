@@ -789,8 +789,8 @@ impl Reader {
     fn dispatch(&mut self, buf: &mut BytesMut, max: usize) -> Result<Option<Box<Event>>, End> {
         loop {
             let handled = if self.client.v5.is_some() {
-                match crate::protocol::v5::decode(buf, max, Sender::Client) {
-                    Ok(Some(packet)) => self.handle_v5(packet),
+                match crate::protocol::v5::decode_boxed(buf, max, Sender::Client) {
+                    Ok(Some(packet)) => self.handle_v5(*packet),
                     Ok(None) => return Ok(None),
                     Err(e) => return Err(self.violation(e.to_string(), Some(e.reason_code()))),
                 }

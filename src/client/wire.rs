@@ -17,13 +17,10 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
 use crate::protocol::alias::{self, AliasError};
-use crate::protocol::convert::{TopicForm, v5_publish_from_message};
+use crate::protocol::convert::{split_v5_properties, v5_publish_from_v4};
 use crate::protocol::reason::ReasonCode;
 use crate::protocol::version::{Packet, ProtocolChoice, ProtocolVersion};
-use crate::protocol::{
-    AckKind, Message, MessageProperties, QoS, RetainHandling, SubscribeOptions,
-    message_from_publish,
-};
+use crate::protocol::{AckKind, Message, MessageProperties, QoS, RetainHandling, SubscribeOptions};
 
 /// Topic aliases we let the broker use towards us (MQTT 5 CONNECT topic
 /// alias maximum): enough for the topics of a busy pipe, a bounded table.
@@ -166,14 +163,12 @@ impl Wire {
         if !self.v5() {
             return Packet::V3(v4::Packet::Publish(p.clone()));
         }
-        let mut message = message_from_publish(p.clone());
-        message.properties = props.cloned().map(|mut props| {
-            props.subscription_identifiers.clear();
-            props
-        });
-        let form = self.aliases_out.choose(&message.topic);
-        Packet::V5(Box::new(p5::Packet::Publish(v5_publish(
-            &message, p.pkid, p.dup, form,
+        let form = self.aliases_out.choose(&p.topic);
+        // Message expiry as carried: the pipe owns the reduction by the
+        // time spent in the bridge.
+        let expiry = props.and_then(|p| p.message_expiry_interval);
+        Packet::V5(Box::new(p5::Packet::Publish(v5_publish_from_v4(
+            p, props, form, expiry,
         ))))
     }
 
@@ -274,31 +269,18 @@ impl Wire {
     /// table, the properties kept (subscription identifiers too: the
     /// message model carries them, a later v5 hop to a client drops them).
     fn publish_in(&mut self, p: p5::Publish) -> Result<FromBroker, WireError> {
-        let pkid = p.pkid;
-        let dup = p.dup;
-        let inbound = crate::protocol::convert::message_from_v5_publish(p);
-        let mut m = inbound.message;
-        m.topic = self
+        let (props, alias) = split_v5_properties(p.properties);
+        // The codec checked the topic is UTF-8 (anything else would become
+        // U+FFFD here rather than panic).
+        let topic = self
             .aliases_in
-            .resolve(&m.topic, inbound.topic_alias)?
-            .into();
-        let props = m.properties.take();
-        let mut publish = v4::Publish::from_bytes(m.topic.as_str(), m.qos.into(), m.payload);
-        publish.pkid = pkid;
-        publish.dup = dup;
-        publish.retain = m.retain;
+            .resolve(&String::from_utf8_lossy(&p.topic), alias)?;
+        let mut publish = v4::Publish::from_bytes(topic, QoS::from(p.qos).into(), p.payload);
+        publish.pkid = p.pkid;
+        publish.dup = p.dup;
+        publish.retain = p.retain;
         Ok(FromBroker::Publish(publish, props))
     }
-}
-
-/// The v5 PUBLISH of `message` (message expiry as carried: the pipe owns
-/// the reduction by the time spent in the bridge).
-fn v5_publish(message: &Message, pkid: u16, dup: bool, form: TopicForm) -> p5::Publish {
-    let expiry = message
-        .properties
-        .as_ref()
-        .and_then(|p| p.message_expiry_interval);
-    v5_publish_from_message(message, pkid, dup, form, expiry)
 }
 
 /// A SUBACK entry as the session reads it (granted QoS, or refused).

@@ -9,6 +9,8 @@ use rumqttc::v5::mqttbytes::v5::{
     PublishProperties, SubscribeReasonCode, UnsubAckReason,
 };
 
+use bytes::Bytes;
+
 use super::message::{Message, MessageProperties, PropertyFields, QoS};
 use super::reason::ReasonCode;
 
@@ -38,8 +40,23 @@ pub struct Inbound {
 /// Maps a PUBLISH the v5 codec accepted (its topic is checked UTF-8 there;
 /// any other bytes become U+FFFD rather than panic) to a [`Message`].
 pub fn message_from_v5_publish(p: Publish) -> Inbound {
-    let topic = String::from_utf8_lossy(&p.topic).into_owned();
-    let (properties, topic_alias) = match p.properties {
+    let (properties, topic_alias) = split_v5_properties(p.properties);
+    let topic = String::from_utf8_lossy(&p.topic);
+    let mut message = Message::new(&*topic, p.payload, p.qos.into(), p.retain);
+    message.dup = p.dup;
+    message.properties = properties;
+    Inbound {
+        message,
+        topic_alias,
+    }
+}
+
+/// A v5 PUBLISH's property section as the message's properties (`None`
+/// when empty) and its topic alias, which is not a message property.
+pub fn split_v5_properties(
+    p: Option<PublishProperties>,
+) -> (Option<MessageProperties>, Option<u16>) {
+    match p {
         Some(props) => {
             let alias = props.topic_alias;
             (
@@ -48,13 +65,6 @@ pub fn message_from_v5_publish(p: Publish) -> Inbound {
             )
         }
         None => (None, None),
-    };
-    let mut message = Message::new(topic, p.payload, p.qos.into(), p.retain);
-    message.dup = p.dup;
-    message.properties = properties;
-    Inbound {
-        message,
-        topic_alias,
     }
 }
 
@@ -78,7 +88,8 @@ pub fn properties_from_v5(p: PublishProperties) -> MessageProperties {
 /// Builds the v5 PUBLISH for `message`: packet id `pkid` (0 for QoS 0),
 /// DUP (off for QoS 0), the topic as `topic` says, and `expiry` as the
 /// message expiry interval to send (the remaining one, from
-/// `protocol::expiry`; `None` when the message has none).
+/// `protocol::expiry`; `None` when the message has none). A server's
+/// PUBLISH: subscription identifiers are carried.
 pub fn v5_publish_from_message(
     message: &Message,
     pkid: u16,
@@ -86,13 +97,62 @@ pub fn v5_publish_from_message(
     topic: TopicForm,
     expiry: Option<u32>,
 ) -> Publish {
+    let (topic, alias) = v5_topic(&message.topic, topic);
     let qos0 = message.qos == QoS::AtMostOnce;
-    let (name, alias) = match topic {
-        TopicForm::Name => (&*message.topic, None),
-        TopicForm::NameAndAlias(a) => (&*message.topic, Some(a)),
-        TopicForm::AliasOnly(a) => ("", Some(a)),
-    };
-    let props = message.properties.as_ref();
+    Publish {
+        dup: dup && !qos0,
+        qos: message.qos.into(),
+        retain: message.retain,
+        topic,
+        pkid: if qos0 { 0 } else { pkid },
+        payload: message.payload.clone(),
+        properties: v5_properties(message.properties.as_ref(), alias, expiry, true),
+    }
+}
+
+/// Builds the v5 PUBLISH a client sends for a 3.1.1 `publish` of its
+/// session with the message's `properties` (as [`v5_publish_from_message`],
+/// without building a [`Message`]): subscription identifiers are dropped,
+/// a client may not send them [MQTT-3.3.4-6].
+pub fn v5_publish_from_v4(
+    publish: &super::v4::Publish,
+    properties: Option<&MessageProperties>,
+    topic: TopicForm,
+    expiry: Option<u32>,
+) -> Publish {
+    let (topic, alias) = v5_topic(&publish.topic, topic);
+    let qos = QoS::from(publish.qos);
+    let qos0 = qos == QoS::AtMostOnce;
+    Publish {
+        dup: publish.dup && !qos0,
+        qos: qos.into(),
+        retain: publish.retain,
+        topic,
+        pkid: if qos0 { 0 } else { publish.pkid },
+        payload: publish.payload.clone(),
+        properties: v5_properties(properties, alias, expiry, false),
+    }
+}
+
+/// The topic bytes and alias of a PUBLISH whose topic is written as `form`.
+fn v5_topic(name: &str, form: TopicForm) -> (Bytes, Option<u16>) {
+    match form {
+        TopicForm::Name => (Bytes::copy_from_slice(name.as_bytes()), None),
+        TopicForm::NameAndAlias(a) => (Bytes::copy_from_slice(name.as_bytes()), Some(a)),
+        TopicForm::AliasOnly(a) => (Bytes::new(), Some(a)),
+    }
+}
+
+/// A v5 PUBLISH's property section (`None` when there is nothing to send).
+fn v5_properties(
+    props: Option<&MessageProperties>,
+    alias: Option<u16>,
+    expiry: Option<u32>,
+    subscription_ids: bool,
+) -> Option<PublishProperties> {
+    if props.is_none() && alias.is_none() && expiry.is_none() {
+        return None;
+    }
     let wire = PublishProperties {
         payload_format_indicator: props.and_then(|p| p.payload_is_utf8).map(u8::from),
         message_expiry_interval: expiry,
@@ -101,6 +161,7 @@ pub fn v5_publish_from_message(
         correlation_data: props.and_then(|p| p.correlation_data.clone()),
         user_properties: props.map(|p| p.user_properties.clone()).unwrap_or_default(),
         subscription_identifiers: props
+            .filter(|_| subscription_ids)
             .map(|p| {
                 p.subscription_identifiers
                     .iter()
@@ -110,16 +171,7 @@ pub fn v5_publish_from_message(
             .unwrap_or_default(),
         content_type: props.and_then(|p| p.content_type.clone()),
     };
-    let mut publish = Publish::new(
-        name,
-        message.qos.into(),
-        message.payload.clone(),
-        Some(wire).filter(|w| *w != PublishProperties::default()),
-    );
-    publish.pkid = if qos0 { 0 } else { pkid };
-    publish.dup = dup && !qos0;
-    publish.retain = message.retain;
-    publish
+    Some(wire).filter(|w| *w != PublishProperties::default())
 }
 
 /// False when the message declares a UTF-8 payload that is not: a receiver
@@ -349,6 +401,37 @@ mod tests {
         let p = v5_publish_from_message(&m, 1, false, TopicForm::NameAndAlias(4), None);
         assert_eq!(&p.topic[..], b"a/b");
         assert_eq!(p.properties.and_then(|p| p.topic_alias), Some(4));
+    }
+
+    /// The client's path (from its session's 3.1.1 packet) builds the same
+    /// PUBLISH as the message's path, but for the subscription identifiers
+    /// a client may not send [MQTT-3.3.4-6].
+    #[test]
+    fn a_clients_publish_is_the_messages_without_subscription_ids() {
+        let forms = [
+            TopicForm::Name,
+            TopicForm::NameAndAlias(2),
+            TopicForm::AliasOnly(2),
+        ];
+        for (qos, dup, retain, with_props, form, expiry) in [
+            (QoS::AtLeastOnce, true, true, true, forms[0], Some(42)),
+            (QoS::ExactlyOnce, false, false, true, forms[1], None),
+            (QoS::AtMostOnce, true, false, false, forms[2], None),
+            (QoS::AtLeastOnce, false, true, false, forms[0], Some(1)),
+        ] {
+            let mut m = full_message();
+            (m.qos, m.retain) = (qos, retain);
+            if !with_props {
+                m.properties = None;
+            }
+            let p4 = publish_from_message(&m, 7, dup);
+            let ours = v5_publish_from_v4(&p4, m.properties.as_ref(), form, expiry);
+            if let Some(props) = m.properties.as_mut() {
+                props.subscription_identifiers.clear();
+            }
+            let theirs = v5_publish_from_message(&m, 7, dup, form, expiry);
+            assert_eq!(ours, theirs, "{qos:?} dup {dup} {form:?}");
+        }
     }
 
     #[test]

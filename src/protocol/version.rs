@@ -159,9 +159,7 @@ pub fn decode(
     sender: Sender,
 ) -> Result<Option<Packet>, AnyCodecError> {
     Ok(match version {
-        ProtocolVersion::V5 => {
-            v5::decode(buf, max_packet_size, sender)?.map(|p| Packet::V5(Box::new(p)))
-        }
+        ProtocolVersion::V5 => v5::decode_boxed(buf, max_packet_size, sender)?.map(Packet::V5),
         _ => codec::decode(buf, max_packet_size)?.map(Packet::V3),
     })
 }

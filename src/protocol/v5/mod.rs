@@ -116,6 +116,17 @@ pub fn decode(
     max_packet_size: usize,
     sender: Sender,
 ) -> Result<Option<Packet>, V5Error> {
+    Ok(decode_boxed(buf, max_packet_size, sender)?.map(|p| *p))
+}
+
+/// [`decode`], the packet boxed as it leaves rumqttc's reader: its packets
+/// are several hundred bytes, and a hot path that keeps them boxed moves a
+/// pointer through each layer instead of copying the packet.
+pub fn decode_boxed(
+    buf: &mut BytesMut,
+    max_packet_size: usize,
+    sender: Sender,
+) -> Result<Option<Box<Packet>>, V5Error> {
     if let Some(&byte1) = buf.first() {
         raw::check_flags(byte1)?;
     }
@@ -140,7 +151,7 @@ pub fn decode(
 }
 
 /// Hands a checked frame to rumqttc, around its gaps (see module docs).
-fn parse(h: Header, mut frame: BytesMut) -> Result<Packet, V5Error> {
+fn parse(h: Header, mut frame: BytesMut) -> Result<Box<Packet>, V5Error> {
     let packet_type = h.byte1 >> 4;
     if h.remaining_len < 2 && matches!(packet_type, 14 | 15) {
         // Reason code absent (0x00) or alone, properties absent: rumqttc
@@ -150,10 +161,10 @@ fn parse(h: Header, mut frame: BytesMut) -> Result<Packet, V5Error> {
     }
     if packet_type == 15 {
         let body = frame.get(h.header_len..).unwrap_or_default();
-        return auth::read(body).map(Packet::Auth);
+        return auth::read(body).map(|a| Box::new(Packet::Auth(a)));
     }
     match Packet::read(&mut frame, None) {
-        Ok(p) => Ok(p),
+        Ok(p) => Ok(Box::new(p)),
         Err(mqttbytes::Error::InsufficientBytes(_)) => {
             Err(V5Error::Codec(mqttbytes::Error::MalformedPacket))
         }
