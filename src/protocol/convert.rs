@@ -97,17 +97,16 @@ pub fn v5_publish_from_message(
     topic: TopicForm,
     expiry: Option<u32>,
 ) -> Publish {
-    let (topic, alias) = v5_topic(&message.topic, topic);
-    let qos0 = message.qos == QoS::AtMostOnce;
-    Publish {
-        dup: dup && !qos0,
-        qos: message.qos.into(),
+    let parts = Parts {
+        topic: &message.topic,
+        payload: &message.payload,
+        qos: message.qos,
         retain: message.retain,
-        topic,
-        pkid: if qos0 { 0 } else { pkid },
-        payload: message.payload.clone(),
-        properties: v5_properties(message.properties.as_ref(), alias, expiry, true),
-    }
+        dup,
+        pkid,
+    };
+    let props = message.properties.as_ref();
+    parts.publish(topic, v5_properties(props, topic.alias(), expiry, true))
 }
 
 /// Builds the v5 PUBLISH a client sends for a 3.1.1 `publish` of its
@@ -120,26 +119,59 @@ pub fn v5_publish_from_v4(
     topic: TopicForm,
     expiry: Option<u32>,
 ) -> Publish {
-    let (topic, alias) = v5_topic(&publish.topic, topic);
-    let qos = QoS::from(publish.qos);
-    let qos0 = qos == QoS::AtMostOnce;
-    Publish {
-        dup: publish.dup && !qos0,
-        qos: qos.into(),
+    let parts = Parts {
+        topic: &publish.topic,
+        payload: &publish.payload,
+        qos: QoS::from(publish.qos),
         retain: publish.retain,
+        dup: publish.dup,
+        pkid: publish.pkid,
+    };
+    parts.publish(
         topic,
-        pkid: if qos0 { 0 } else { publish.pkid },
-        payload: publish.payload.clone(),
-        properties: v5_properties(properties, alias, expiry, false),
+        v5_properties(properties, topic.alias(), expiry, false),
+    )
+}
+
+/// The fields of a PUBLISH besides its properties, from either path.
+struct Parts<'a> {
+    topic: &'a str,
+    payload: &'a Bytes,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    pkid: u16,
+}
+
+impl Parts<'_> {
+    /// The PUBLISH: packet id 0 and DUP off for QoS 0, the topic name
+    /// left out when `form` sends the alias only.
+    fn publish(self, form: TopicForm, properties: Option<PublishProperties>) -> Publish {
+        let qos0 = self.qos == QoS::AtMostOnce;
+        Publish {
+            dup: self.dup && !qos0,
+            qos: self.qos.into(),
+            retain: self.retain,
+            topic: match form {
+                TopicForm::AliasOnly(_) => Bytes::new(),
+                TopicForm::Name | TopicForm::NameAndAlias(_) => {
+                    Bytes::copy_from_slice(self.topic.as_bytes())
+                }
+            },
+            pkid: if qos0 { 0 } else { self.pkid },
+            payload: self.payload.clone(),
+            properties,
+        }
     }
 }
 
-/// The topic bytes and alias of a PUBLISH whose topic is written as `form`.
-fn v5_topic(name: &str, form: TopicForm) -> (Bytes, Option<u16>) {
-    match form {
-        TopicForm::Name => (Bytes::copy_from_slice(name.as_bytes()), None),
-        TopicForm::NameAndAlias(a) => (Bytes::copy_from_slice(name.as_bytes()), Some(a)),
-        TopicForm::AliasOnly(a) => (Bytes::new(), Some(a)),
+impl TopicForm {
+    /// The topic alias this form sends, if any.
+    fn alias(self) -> Option<u16> {
+        match self {
+            TopicForm::Name => None,
+            TopicForm::NameAndAlias(a) | TopicForm::AliasOnly(a) => Some(a),
+        }
     }
 }
 

@@ -72,7 +72,6 @@ async fn unacknowledged_records_survive_a_reopen_in_order() {
     assert_eq!(written(sp.append(&rec(10)).expect("append")), 10);
 }
 
-/// The record `seq` was written from (its received time taken from `r`).
 /// Whether any journal file in `dir` holds `needle` (read from disk,
 /// not from the engine's buffers).
 fn journal_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
@@ -113,6 +112,7 @@ async fn a_spool_write_reaches_the_journal_file_with_the_durability_request() {
     );
 }
 
+/// The record `seq` was written from (its received time taken from `r`).
 fn rec_at(seq: SpoolSeq, r: &Record) -> Record {
     let mut want = rec(u32::try_from(seq).expect("small"));
     want.received_ms = r.received_ms;
