@@ -360,15 +360,16 @@ impl Output<Done> for Conn {
     }
 
     fn persist(&mut self, write: Write) {
-        let Some((_, ks)) = &self.gate.keyspace else {
+        let Some((store, ks)) = &self.gate.keyspace else {
             return;
         };
+        // Made durable by the gate's sync before the packets it holds go out.
         let result = match write {
-            Write::Put(k, v) => ks.insert(k, v),
-            Write::Delete(k) => ks.remove(k),
+            Write::Put(k, v) => store.insert(ks, &k, v),
+            Write::Delete(k) => store.remove(ks, &k),
         };
         if let Err(e) = result {
-            self.gate.failed.get_or_insert(e.into());
+            self.gate.failed.get_or_insert(e);
         }
     }
 

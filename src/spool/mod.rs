@@ -270,17 +270,9 @@ impl SpoolWriter<'_> {
         let block = std::mem::take(&mut self.block);
         let st = &mut self.st;
         let count = u64::from(block.len());
-        // A batch, not `Keyspace::insert`: the keyspace's own insert hands
-        // the journal to the OS (a `write`, under the journal's lock, on
-        // the forwarding thread) on every call unless the keyspace was
-        // created with manual persistence, and that setting is stored with
-        // the keyspace. A batch follows the database's setting (manual):
-        // the journal goes to the OS with the next durability request
-        // (`Store::durable`: the sync thread's one `write` + `fdatasync`),
-        // before any source is acknowledged for this block.
-        let mut batch = spool.store.db().batch();
-        batch.insert(&spool.ks, key(first), block.finish());
-        if let Err(err) = batch.commit() {
+        // Through the store: no `write` on the forwarding thread; the
+        // durability request before any acknowledgement hands it over.
+        if let Err(err) = spool.store.insert(&spool.ks, &key(first), block.finish()) {
             spool.forget(st, first);
             return Err(err.into());
         }

@@ -72,21 +72,6 @@ async fn unacknowledged_records_survive_a_reopen_in_order() {
     assert_eq!(written(sp.append(&rec(10)).expect("append")), 10);
 }
 
-/// Whether any journal file in `dir` holds `needle` (read from disk,
-/// not from the engine's buffers).
-fn journal_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir)
-        .expect("read data dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
-        .any(|p| {
-            std::fs::read(&p)
-                .expect("read journal")
-                .windows(needle.len())
-                .any(|w| w == needle)
-        })
-}
-
 /// A spool write leaves its block in the engine's journal buffer: no
 /// `write` on the forwarding thread (measured: one per dispatcher turn,
 /// sometimes over 100 µs, when the keyspace's own insert flushed it).
@@ -102,12 +87,12 @@ async fn a_spool_write_reaches_the_journal_file_with_the_durability_request() {
     r.msg.payload = bytes::Bytes::from_static(marker);
     written(sp.append(&r).expect("append"));
     assert!(
-        !journal_holds(dir.path(), marker),
+        !crate::store::journal_holds(dir.path(), marker),
         "the append wrote the journal itself"
     );
     s.durable().await.expect("durable");
     assert!(
-        journal_holds(dir.path(), marker),
+        crate::store::journal_holds(dir.path(), marker),
         "durable without the block on disk"
     );
 }

@@ -230,6 +230,26 @@ impl Store {
         &self.inner.db
     }
 
+    /// Writes `key → value` into `ks` for the next [`Store::durable`]. Not
+    /// `Keyspace::insert`: that hands the journal to the OS (a `write` under
+    /// the journal's lock, on the caller's thread — the forwarding thread)
+    /// on every call unless the keyspace was created with manual
+    /// persistence, a setting stored with each keyspace; a batch follows
+    /// the database's (manual) setting, and the next durability request
+    /// hands the journal over.
+    pub fn insert(&self, ks: &Keyspace, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let mut batch = self.inner.db.batch();
+        batch.insert(ks, key, value);
+        Ok(batch.commit()?)
+    }
+
+    /// Deletes `key` from `ks`, as [`Store::insert`] writes.
+    pub fn remove(&self, ks: &Keyspace, key: &[u8]) -> Result<(), StoreError> {
+        let mut batch = self.inner.db.batch();
+        batch.remove(ks, key);
+        Ok(batch.commit()?)
+    }
+
     /// Opens (creating if needed) the keyspace `name`.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
         Ok(self
@@ -482,6 +502,22 @@ impl JournalSync {
 }
 
 #[cfg(test)]
+/// Whether any journal file in `dir` holds `needle` (read from disk,
+/// not from the engine's buffers).
+pub(crate) fn journal_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir)
+        .expect("read data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .any(|p| {
+            std::fs::read(&p)
+                .expect("read journal")
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -490,6 +526,43 @@ mod tests {
             dir: dir.to_path_buf(),
             fsync,
             max_bytes: 1 << 20,
+        }
+    }
+
+    /// `Store::insert`/`remove` leave the journal with the engine until a
+    /// durability request (no `write` on the caller's thread), whatever
+    /// the policy; the request hands it to the OS, and a reopen finds it.
+    #[tokio::test]
+    async fn writes_reach_the_journal_file_with_the_durability_request() {
+        for fsync in [FsyncPolicy::Batch, FsyncPolicy::Never] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let store = Store::open(&plan(dir.path(), fsync)).expect("open");
+                let ks = store.keyspace("t").expect("keyspace");
+                store
+                    .insert(&ks, b"put-key-5e1", b"put-value-5e1".to_vec())
+                    .expect("insert");
+                store.remove(&ks, b"removed-key-9c2").expect("remove");
+                for needle in [&b"put-value-5e1"[..], b"removed-key-9c2"] {
+                    assert!(
+                        !journal_holds(dir.path(), needle),
+                        "{fsync:?}: written at once"
+                    );
+                }
+                store.durable().await.expect("durable");
+                for needle in [&b"put-value-5e1"[..], b"removed-key-9c2"] {
+                    assert!(
+                        journal_holds(dir.path(), needle),
+                        "{fsync:?}: durable without it"
+                    );
+                }
+            }
+            let store = Store::open(&plan(dir.path(), fsync)).expect("reopen");
+            let ks = store.keyspace("t").expect("keyspace");
+            assert_eq!(
+                ks.get(b"put-key-5e1").expect("get").as_deref(),
+                Some(&b"put-value-5e1"[..])
+            );
         }
     }
 
