@@ -14,6 +14,7 @@ use rumqttc::v5::mqttbytes::{
 };
 
 use super::V5Error;
+use super::raw::put_vbi;
 
 fn malformed() -> V5Error {
     V5Error::Codec(mqttbytes::Error::MalformedPacket)
@@ -123,16 +124,4 @@ pub(super) fn write(auth: &Auth, buf: &mut BytesMut) -> Result<(), V5Error> {
     put_vbi(buf, body.len());
     buf.extend_from_slice(&body);
     Ok(())
-}
-
-fn put_vbi(out: &mut BytesMut, mut x: usize) {
-    loop {
-        let b = (x % 128) as u8;
-        x /= 128;
-        if x == 0 {
-            out.put_u8(b);
-            return;
-        }
-        out.put_u8(b | 0x80);
-    }
 }

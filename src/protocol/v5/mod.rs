@@ -34,6 +34,11 @@
 //!   (its `Packet::read` stops at type 14; its AUTH property reader and
 //!   size skip the string length prefixes, so AUTH properties are read
 //!   and written here).
+//! - **Decoded wrongly, now read right**: a PUBLISH's subscription
+//!   identifiers (it counts each one byte longer than it is, so with two or
+//!   more its property loop can stop early and read the properties after
+//!   them as payload): the frame goes to rumqttc without them and they are
+//!   put back (`raw::split_subscription_ids`).
 //! - **Encoded wrongly, now refused or written here**: strings and binary
 //!   fields over 65,535 bytes (it truncates the length prefix silently);
 //!   a DISCONNECT with a reason but no properties (it writes a stray byte
@@ -146,13 +151,20 @@ pub fn decode_boxed(
     }
     let frame = buf.split_to(frame_len);
     let body = frame.get(h.header_len..).unwrap_or_default();
-    raw::check_body(h.byte1, body, sender)?;
-    parse(h, frame).map(Some)
+    let checked = raw::check_body(h.byte1, body, sender)?;
+    parse(h, frame, checked).map(Some)
 }
 
 /// Hands a checked frame to rumqttc, around its gaps (see module docs).
-fn parse(h: Header, mut frame: BytesMut) -> Result<Box<Packet>, V5Error> {
+fn parse(h: Header, mut frame: BytesMut, checked: raw::Checked) -> Result<Box<Packet>, V5Error> {
     let packet_type = h.byte1 >> 4;
+    let mut subscription_ids = None;
+    if checked.subscription_ids {
+        let body = frame.get(h.header_len..).unwrap_or_default();
+        let (without, ids) = raw::split_subscription_ids(h.byte1, body)?;
+        frame = without;
+        subscription_ids = Some(ids);
+    }
     if h.remaining_len < 2 && matches!(packet_type, 14 | 15) {
         // Reason code absent (0x00) or alone, properties absent: rumqttc
         // needs both, so hand it the equivalent long form.
@@ -164,6 +176,12 @@ fn parse(h: Header, mut frame: BytesMut) -> Result<Box<Packet>, V5Error> {
         return auth::read(body).map(|a| Box::new(Packet::Auth(a)));
     }
     match Packet::read(&mut frame, None) {
+        Ok(Packet::Publish(mut p)) if let Some(ids) = subscription_ids => {
+            p.properties
+                .get_or_insert_default()
+                .subscription_identifiers = ids;
+            Ok(Box::new(Packet::Publish(p)))
+        }
         Ok(p) => Ok(Box::new(p)),
         Err(mqttbytes::Error::InsufficientBytes(_)) => {
             Err(V5Error::Codec(mqttbytes::Error::MalformedPacket))
@@ -255,5 +273,5 @@ fn verify(out: &[u8], sender: Sender) -> Result<(), V5Error> {
     if h.header_len + h.remaining_len != out.len() {
         return Err(V5Error::Codec(mqttbytes::Error::MalformedPacket));
     }
-    raw::check_body(byte1, out.get(h.header_len..).unwrap_or_default(), sender)
+    raw::check_body(byte1, out.get(h.header_len..).unwrap_or_default(), sender).map(|_| ())
 }

@@ -50,7 +50,7 @@ fn publish_props() -> impl Strategy<Value = PublishProperties> {
         of(topic()),
         of(bin()),
         users(),
-        vec(1usize..=268_435_455, 0..3),
+        vec(1usize..=268_435_455, 0..6),
         of(text()),
     )
         .prop_map(

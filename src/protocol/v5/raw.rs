@@ -4,6 +4,8 @@
 //! PUBLISH/will topics as raw bytes, so the whole structure is walked here
 //! once; what passes is well-formed, and rumqttc only builds the structs.
 
+use bytes::{BufMut, BytesMut};
+
 use crate::protocol::reason::{AckPacket, ReasonCode};
 
 use super::error::{V5Error, Violation};
@@ -99,6 +101,11 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// The bytes not read yet, consuming the reader.
+    fn rest(self) -> &'a [u8] {
+        self.buf
+    }
+
     fn end(&self) -> Result<(), V5Error> {
         if self.buf.is_empty() {
             Ok(())
@@ -176,86 +183,98 @@ fn properties(r: &mut Reader<'_>, set: Props) -> Result<Seen, V5Error> {
     let mut once = 0u64;
     let mut seen = Seen::default();
     while !p.is_empty() {
-        let id = p.vbi()?;
-        let id8 = u8::try_from(id)
-            .ok()
-            .filter(|&i| set.allows(i))
-            .ok_or(malformed(Violation::PropertyNotAllowed {
-                id,
-                packet: set.name(),
-            }))?;
-        let repeatable = id8 == 0x26 || (id8 == 0x0B && set == Props::Publish);
-        if !repeatable {
-            let bit = 1u64 << id8;
-            if once & bit != 0 {
-                return Err(protocol(Violation::DuplicateProperty(id8)));
-            }
-            once |= bit;
-        }
-        let bad = |value: u32| protocol(Violation::PropertyValue { id: id8, value });
-        match id8 {
-            // Byte flags that must be 0 or 1.
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
-                let v = p.u8()?;
-                if v > 1 {
-                    return Err(bad(v.into()));
-                }
-            }
-            0x02 | 0x18 => {
-                p.u32()?;
-            }
-            0x11 => {
-                p.u32()?;
-                seen.session_expiry = true;
-            }
-            0x27 => {
-                let v = p.u32()?;
-                if v == 0 {
-                    return Err(bad(0));
-                }
-            }
-            0x13 | 0x22 => {
-                p.u16()?;
-            }
-            0x21 => {
-                if p.u16()? == 0 {
-                    return Err(bad(0));
-                }
-            }
-            0x23 => {
-                if p.u16()? == 0 {
-                    return Err(V5Error::TopicAliasZero);
-                }
-                seen.topic_alias = true;
-            }
-            0x0B => {
-                if p.vbi()? == 0 {
-                    return Err(bad(0));
-                }
-                seen.subscription_id = true;
-            }
-            0x08 => {
-                if p.string("response topic")?.contains(['+', '#']) {
-                    return Err(protocol(Violation::ResponseTopicWildcard));
-                }
-            }
-            0x03 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => {
-                p.string("property string")?;
-            }
-            0x26 => {
-                p.string("user property name")?;
-                p.string("user property value")?;
-            }
-            // 0x09 correlation data, 0x16 authentication data.
-            _ => {
-                p.binary()?;
-            }
-        }
+        property(&mut p, set, &mut once, &mut seen)?;
     }
     if once & (1 << 0x16) != 0 && once & (1 << 0x15) == 0 {
         return Err(protocol(Violation::AuthDataWithoutMethod));
     }
     Ok(seen)
+}
+
+/// Reads and checks one property of `set` (`once`: the single-valued ids
+/// seen so far in this section); returns its id.
+fn property(
+    p: &mut Reader<'_>,
+    set: Props,
+    once: &mut u64,
+    seen: &mut Seen,
+) -> Result<u8, V5Error> {
+    let id = p.vbi()?;
+    let id8 = u8::try_from(id)
+        .ok()
+        .filter(|&i| set.allows(i))
+        .ok_or(malformed(Violation::PropertyNotAllowed {
+            id,
+            packet: set.name(),
+        }))?;
+    let repeatable = id8 == 0x26 || (id8 == 0x0B && set == Props::Publish);
+    if !repeatable {
+        let bit = 1u64 << id8;
+        if *once & bit != 0 {
+            return Err(protocol(Violation::DuplicateProperty(id8)));
+        }
+        *once |= bit;
+    }
+    let bad = |value: u32| protocol(Violation::PropertyValue { id: id8, value });
+    match id8 {
+        // Byte flags that must be 0 or 1.
+        0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+            let v = p.u8()?;
+            if v > 1 {
+                return Err(bad(v.into()));
+            }
+        }
+        0x02 | 0x18 => {
+            p.u32()?;
+        }
+        0x11 => {
+            p.u32()?;
+            seen.session_expiry = true;
+        }
+        0x27 => {
+            let v = p.u32()?;
+            if v == 0 {
+                return Err(bad(0));
+            }
+        }
+        0x13 | 0x22 => {
+            p.u16()?;
+        }
+        0x21 => {
+            if p.u16()? == 0 {
+                return Err(bad(0));
+            }
+        }
+        0x23 => {
+            if p.u16()? == 0 {
+                return Err(V5Error::TopicAliasZero);
+            }
+            seen.topic_alias = true;
+        }
+        0x0B => {
+            if p.vbi()? == 0 {
+                return Err(bad(0));
+            }
+            seen.subscription_id = true;
+        }
+        0x08 => {
+            if p.string("response topic")?.contains(['+', '#']) {
+                return Err(protocol(Violation::ResponseTopicWildcard));
+            }
+        }
+        0x03 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => {
+            p.string("property string")?;
+        }
+        0x26 => {
+            p.string("user property name")?;
+            p.string("user property value")?;
+        }
+        // 0x09 correlation data, 0x16 authentication data.
+        _ => {
+            p.binary()?;
+        }
+    }
+    Ok(id8)
 }
 
 /// Reserved flag bits of the fixed header (table 2-2) [MQTT-2.1.3-1]:
@@ -314,17 +333,29 @@ fn sent_by(packet_type: u8) -> Option<Sender> {
     }
 }
 
+/// What [`check_body`] found that parsing the frame needs to know.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Checked {
+    /// A PUBLISH with subscription identifiers: see
+    /// [`split_subscription_ids`].
+    pub subscription_ids: bool,
+}
+
 /// Checks a complete frame's body (after the fixed header).
-pub(super) fn check_body(byte1: u8, body: &[u8], sender: Sender) -> Result<(), V5Error> {
+pub(super) fn check_body(byte1: u8, body: &[u8], sender: Sender) -> Result<Checked, V5Error> {
     let packet_type = byte1 >> 4;
     if sent_by(packet_type).is_some_and(|s| s != sender) {
         return Err(protocol(Violation::WrongDirection(name(packet_type))));
     }
     let mut r = Reader::new(body);
+    if packet_type == 3 {
+        return publish(byte1, &mut r, sender).map(|seen| Checked {
+            subscription_ids: seen.subscription_id,
+        });
+    }
     match packet_type {
         1 => connect(&mut r),
         2 => connack(&mut r),
-        3 => publish(byte1, &mut r, sender),
         4 => ack(&mut r, "PUBACK", AckPacket::PubAck),
         5 => ack(&mut r, "PUBREC", AckPacket::PubRec),
         6 => ack(&mut r, "PUBREL", AckPacket::PubRel),
@@ -336,6 +367,69 @@ pub(super) fn check_body(byte1: u8, body: &[u8], sender: Sender) -> Result<(), V
         12 | 13 => r.end(),
         14 => disconnect(&mut r, sender),
         _ => auth(&mut r),
+    }
+    .map(|()| Checked::default())
+}
+
+/// rumqttc 0.25 counts a PUBLISH's subscription identifier property one
+/// byte longer than it is (`cursor += 1 + id_len` after the id byte was
+/// counted), so with two or more of them its property loop can stop early
+/// and hand the properties that follow to the payload. Returns a checked
+/// PUBLISH frame (fixed header `byte1`, `body` after it) rebuilt without
+/// its subscription identifiers, for rumqttc to parse, and their values in
+/// order, to put back into what it parsed.
+pub(super) fn split_subscription_ids(
+    byte1: u8,
+    body: &[u8],
+) -> Result<(BytesMut, Vec<usize>), V5Error> {
+    let mut r = Reader::new(body);
+    r.binary()?;
+    if (byte1 >> 1) & 0b11 != 0 {
+        r.u16()?;
+    }
+    let head = body.get(..body.len() - r.remaining()).unwrap_or_default();
+    let len = r.vbi()?;
+    let props = r.take(len as usize)?;
+    let payload = r.rest();
+    let mut p = Reader::new(props);
+    let (mut once, mut seen) = (0u64, Seen::default());
+    let mut kept = Vec::with_capacity(props.len());
+    let mut ids = Vec::new();
+    while !p.is_empty() {
+        let start = props.len() - p.remaining();
+        let id = property(&mut p, Props::Publish, &mut once, &mut seen)?;
+        let one = props
+            .get(start..props.len() - p.remaining())
+            .unwrap_or_default();
+        if id == 0x0B {
+            // The id is one byte (shortest form), the value a variable byte integer.
+            ids.push(Reader::new(one.get(1..).unwrap_or_default()).vbi()? as usize);
+        } else {
+            kept.extend_from_slice(one);
+        }
+    }
+    let mut rest = BytesMut::with_capacity(body.len());
+    rest.extend_from_slice(head);
+    put_vbi(&mut rest, kept.len());
+    rest.extend_from_slice(&kept);
+    rest.extend_from_slice(payload);
+    let mut frame = BytesMut::with_capacity(rest.len() + 5);
+    frame.put_u8(byte1);
+    put_vbi(&mut frame, rest.len());
+    frame.extend_from_slice(&rest);
+    Ok((frame, ids))
+}
+
+/// Writes a variable byte integer (shortest form).
+pub(super) fn put_vbi(out: &mut BytesMut, mut x: usize) {
+    loop {
+        let b = (x % 128) as u8;
+        x /= 128;
+        if x == 0 {
+            out.put_u8(b);
+            return;
+        }
+        out.put_u8(b | 0x80);
     }
 }
 
@@ -421,7 +515,7 @@ fn connack(r: &mut Reader<'_>) -> Result<(), V5Error> {
     r.end()
 }
 
-fn publish(byte1: u8, r: &mut Reader<'_>, sender: Sender) -> Result<(), V5Error> {
+fn publish(byte1: u8, r: &mut Reader<'_>, sender: Sender) -> Result<Seen, V5Error> {
     let topic = r.string("topic name")?;
     topic_name(topic)?;
     if (byte1 >> 1) & 0b11 != 0 {
@@ -434,7 +528,7 @@ fn publish(byte1: u8, r: &mut Reader<'_>, sender: Sender) -> Result<(), V5Error>
     if seen.subscription_id && sender == Sender::Client {
         return Err(protocol(Violation::SubscriptionIdFromClient));
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP: reason code and properties may be

@@ -137,6 +137,45 @@ fn decodes_publish_with_every_message_property_in_order() {
 }
 
 #[test]
+fn subscription_ids_before_other_properties_leave_them_and_the_payload_whole() {
+    // rumqttc alone counts each identifier one byte long, stops its property
+    // loop early and reads what follows as payload (found by fuzzing).
+    let mut p = vec![0x0B, 5, 0x0B, 0x81, 0x01, 0x0B, 7, 0x01, 1];
+    p.extend(user_prop(b"k", b"v"));
+    p.push(0x03);
+    p.extend(s(b""));
+    let bytes = publish(0x32, b"a/b", Some(3), &p, b"hi");
+    let Some(Packet::Publish(got)) = dec_srv(&bytes).unwrap() else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(&got.payload[..], b"hi");
+    let props = got.properties.expect("properties");
+    assert_eq!(props.subscription_identifiers, [5, 129, 7]);
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert_eq!(props.content_type.as_deref(), Some(""));
+    assert_eq!(props.user_properties, [("k".to_string(), "v".to_string())]);
+    // Identifiers alone; and the same message encoded by us decodes back.
+    let alone = publish(0x30, b"t", None, &[0x0B, 1, 0x0B, 2, 0x0B, 3], b"x");
+    let Some(Packet::Publish(only)) = dec_srv(&alone).unwrap() else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(&only.payload[..], b"x");
+    assert_eq!(
+        only.properties
+            .expect("properties")
+            .subscription_identifiers,
+        [1, 2, 3]
+    );
+    let packet = Packet::Publish(Publish {
+        properties: Some(props),
+        ..got
+    });
+    let mut out = BytesMut::new();
+    encode(&packet, &mut out, MAX, Sender::Server).unwrap();
+    assert_eq!(dec_srv(&out).unwrap(), Some(packet));
+}
+
+#[test]
 fn partial_input_needs_more_and_consumes_nothing() {
     let bytes = publish(0x30, b"t", None, &user_prop(b"k", b"v"), b"payload");
     let mut buf = BytesMut::new();
