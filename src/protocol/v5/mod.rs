@@ -38,7 +38,7 @@
 //!   identifiers (it counts each one byte longer than it is, so with two or
 //!   more its property loop can stop early and read the properties after
 //!   them as payload): the frame goes to rumqttc without them and they are
-//!   put back (`raw::split_subscription_ids`).
+//!   put back (`parse_with_subscription_ids`).
 //! - **Encoded wrongly, now refused or written here**: strings and binary
 //!   fields over 65,535 bytes (it truncates the length prefix silently);
 //!   a DISCONNECT with a reason but no properties (it writes a stray byte
@@ -157,14 +157,10 @@ pub fn decode_boxed(
 
 /// Hands a checked frame to rumqttc, around its gaps (see module docs).
 fn parse(h: Header, mut frame: BytesMut, checked: raw::Checked) -> Result<Box<Packet>, V5Error> {
-    let packet_type = h.byte1 >> 4;
-    let mut subscription_ids = None;
     if checked.subscription_ids {
-        let body = frame.get(h.header_len..).unwrap_or_default();
-        let (without, ids) = raw::split_subscription_ids(h.byte1, body)?;
-        frame = without;
-        subscription_ids = Some(ids);
+        return parse_with_subscription_ids(h, &frame);
     }
+    let packet_type = h.byte1 >> 4;
     if h.remaining_len < 2 && matches!(packet_type, 14 | 15) {
         // Reason code absent (0x00) or alone, properties absent: rumqttc
         // needs both, so hand it the equivalent long form.
@@ -175,19 +171,34 @@ fn parse(h: Header, mut frame: BytesMut, checked: raw::Checked) -> Result<Box<Pa
         let body = frame.get(h.header_len..).unwrap_or_default();
         return auth::read(body).map(|a| Box::new(Packet::Auth(a)));
     }
-    match Packet::read(&mut frame, None) {
-        Ok(Packet::Publish(mut p)) if let Some(ids) = subscription_ids => {
-            p.properties
-                .get_or_insert_default()
-                .subscription_identifiers = ids;
-            Ok(Box::new(Packet::Publish(p)))
-        }
+    read(&mut frame)
+}
+
+/// rumqttc's parse of a frame it can take.
+fn read(frame: &mut BytesMut) -> Result<Box<Packet>, V5Error> {
+    match Packet::read(frame, None) {
         Ok(p) => Ok(Box::new(p)),
         Err(mqttbytes::Error::InsufficientBytes(_)) => {
             Err(V5Error::Codec(mqttbytes::Error::MalformedPacket))
         }
         Err(e) => Err(V5Error::Codec(e)),
     }
+}
+
+/// A checked PUBLISH with subscription identifiers: rumqttc parses it
+/// without them ([`raw::split_subscription_ids`]), and they are put back.
+#[cold]
+#[inline(never)]
+fn parse_with_subscription_ids(h: Header, frame: &[u8]) -> Result<Box<Packet>, V5Error> {
+    let body = frame.get(h.header_len..).unwrap_or_default();
+    let (mut without, ids) = raw::split_subscription_ids(h.byte1, body)?;
+    let mut packet = read(&mut without)?;
+    if let Packet::Publish(p) = packet.as_mut() {
+        p.properties
+            .get_or_insert_default()
+            .subscription_identifiers = ids;
+    }
+    Ok(packet)
 }
 
 /// Encodes `packet`, sent by `sender`, at the end of `buf`: refuses what

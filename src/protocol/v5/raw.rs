@@ -193,6 +193,7 @@ fn properties(r: &mut Reader<'_>, set: Props) -> Result<Seen, V5Error> {
 
 /// Reads and checks one property of `set` (`once`: the single-valued ids
 /// seen so far in this section); returns its id.
+#[inline(always)]
 fn property(
     p: &mut Reader<'_>,
     set: Props,
