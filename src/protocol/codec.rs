@@ -34,12 +34,26 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use rumqttc::mqttbytes::{self, v4::Packet, v4::Publish};
 
 use super::message::{Message, QoS};
 
 pub use checks::{MAX_STRING_LEN, filter_is_valid, topic_name_is_valid};
+
+/// Writes an MQTT variable byte integer (remaining length, property
+/// lengths; shortest form) at the end of `out`.
+pub(crate) fn put_vbi(out: &mut BytesMut, mut x: usize) {
+    loop {
+        let b = (x % 128) as u8;
+        x /= 128;
+        if x == 0 {
+            out.put_u8(b);
+            return;
+        }
+        out.put_u8(b | 0x80);
+    }
+}
 
 /// Why a packet could not be decoded, encoded, read or written. Every
 /// variant closes the connection it happened on (and only that one).

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::codec::CodecError;
+use super::codec::{CodecError, put_vbi};
 use super::v5::Sender;
 use super::version::{self, AnyCodecError, Packet, ProtocolVersion};
 
@@ -232,18 +232,9 @@ fn mqisdp_connect(connect: &[u8]) -> Result<BytesMut, AnyCodecError> {
         .ok_or(CodecError::Malformed(
             rumqttc::mqttbytes::Error::MalformedPacket,
         ))?;
-    let mut remaining = V31.len() + rest.len();
     let mut out = BytesMut::with_capacity(connect.len() + 2);
     out.put_u8(0x10);
-    loop {
-        let byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining == 0 {
-            out.put_u8(byte);
-            break;
-        }
-        out.put_u8(byte | 0x80);
-    }
+    put_vbi(&mut out, V31.len() + rest.len());
     out.extend_from_slice(V31);
     out.extend_from_slice(rest);
     Ok(out)

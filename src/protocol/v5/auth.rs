@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::{
 };
 
 use super::V5Error;
-use super::raw::put_vbi;
+use crate::protocol::codec::put_vbi;
 
 fn malformed() -> V5Error {
     V5Error::Codec(mqttbytes::Error::MalformedPacket)

@@ -6,6 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::protocol::codec::put_vbi;
 use crate::protocol::reason::{AckPacket, ReasonCode};
 
 use super::error::{V5Error, Violation};
@@ -419,19 +420,6 @@ pub(super) fn split_subscription_ids(
     put_vbi(&mut frame, rest.len());
     frame.extend_from_slice(&rest);
     Ok((frame, ids))
-}
-
-/// Writes a variable byte integer (shortest form).
-pub(super) fn put_vbi(out: &mut BytesMut, mut x: usize) {
-    loop {
-        let b = (x % 128) as u8;
-        x /= 128;
-        if x == 0 {
-            out.put_u8(b);
-            return;
-        }
-        out.put_u8(b | 0x80);
-    }
 }
 
 fn reason(r: &mut Reader<'_>, packet: &'static str, table: AckPacket) -> Result<u8, V5Error> {
