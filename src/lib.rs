@@ -15,6 +15,9 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod metrics;
 pub mod pipe;

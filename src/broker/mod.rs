@@ -29,7 +29,7 @@ mod local;
 mod outlet;
 mod persist;
 mod problem;
-mod record;
+pub(crate) mod record;
 mod retained;
 mod router;
 mod session;

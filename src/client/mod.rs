@@ -10,7 +10,7 @@
 pub(crate) mod backoff;
 mod conn;
 mod connection;
-mod durable;
+pub(crate) mod durable;
 #[cfg(test)]
 mod durable_tests;
 pub(crate) mod failover;
