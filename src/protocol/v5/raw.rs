@@ -410,15 +410,15 @@ pub(super) fn split_subscription_ids(
             kept.extend_from_slice(one);
         }
     }
-    let mut rest = BytesMut::with_capacity(body.len());
-    rest.extend_from_slice(head);
-    put_vbi(&mut rest, kept.len());
-    rest.extend_from_slice(&kept);
-    rest.extend_from_slice(payload);
-    let mut frame = BytesMut::with_capacity(rest.len() + 5);
+    let mut props_len = BytesMut::new();
+    put_vbi(&mut props_len, kept.len());
+    let remaining = head.len() + props_len.len() + kept.len() + payload.len();
+    let mut frame = BytesMut::with_capacity(remaining + 5);
     frame.put_u8(byte1);
-    put_vbi(&mut frame, rest.len());
-    frame.extend_from_slice(&rest);
+    put_vbi(&mut frame, remaining);
+    for part in [head, &props_len, &kept, payload] {
+        frame.extend_from_slice(part);
+    }
     Ok((frame, ids))
 }
 
